@@ -1,0 +1,61 @@
+# Yizhan — two commands on a fresh Debian / Raspberry Pi OS machine:
+#   make demo   broker, hub and simulated stations on this machine
+#   make test   everything the tests need, then the tests
+# Both install what they need themselves (system packages only when run as root).
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+PYTEST_ARGS ?=
+
+.PHONY: demo test lint bench system-deps venv clean help
+
+help:
+	@echo "make demo    run broker, hub and simulated stations (Ctrl-C stops)"
+	@echo "make test    install what the tests need and run them"
+	@echo "make lint    ruff"
+	@echo "make bench   benchmarks (see docs/benchmarks.md)"
+
+# System packages: the Python venv module, Mosquitto, and what later parts need.
+# Installed only when missing; as root directly, otherwise with sudo when present.
+system-deps:
+	@missing=""; \
+	$(PYTHON) -c "import ensurepip, venv" 2>/dev/null || missing="$$missing python3-venv"; \
+	[ -x /usr/sbin/mosquitto ] || command -v mosquitto >/dev/null || missing="$$missing mosquitto"; \
+	command -v mosquitto_passwd >/dev/null || missing="$$missing mosquitto"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] || command -v sudo >/dev/null; then \
+	    echo "installing:$$missing"; \
+	    $(SUDO) apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	  else \
+	    echo "missing system packages:$$missing (install them, or run as root)"; \
+	  fi; \
+	fi
+
+$(STAMP): pyproject.toml
+	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev,postgres,broker]'
+	@touch $(STAMP)
+
+venv: system-deps $(STAMP)
+
+demo: venv
+	$(VENV)/bin/yizhan demo
+
+test: venv
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check .
+
+bench: venv
+	@if [ -d bench ] && ls bench/*.py >/dev/null 2>&1; then \
+	  for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done; \
+	else echo "no benchmarks yet"; fi
+
+clean:
+	rm -rf $(VENV) run .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,71 @@
+"""Pi health: CPU temperature, undervoltage and throttling, free disk.
+
+On a Pi these come from sysfs and the firmware's ``get_throttled`` bits; the
+simulated Pi reports a healthy board with the real free disk of the data dir.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from protocol.messages import Health
+from yizhan.clock import Clock
+
+THERMAL_ZONE = Path("/sys/class/thermal/thermal_zone0/temp")
+# The kernel exposes the firmware's throttled bits here on Bookworm.
+THROTTLED = Path("/sys/devices/platform/soc/soc:firmware/get_throttled")
+
+
+class PiHealth:
+    """Reads the real Pi's health files; a missing file reads as unknown (None)."""
+
+    def __init__(self, data_dir: Path, clock: Clock, thermal: Path = THERMAL_ZONE,
+                 throttled: Path = THROTTLED) -> None:
+        self.data_dir = data_dir
+        self.clock = clock
+        self.thermal = thermal
+        self.throttled_path = throttled
+        self._started = clock.monotonic()
+
+    def cpu_temp_c(self) -> float | None:
+        try:
+            return round(int(self.thermal.read_text().strip()) / 1000, 1)
+        except (OSError, ValueError):
+            return None
+
+    def throttle_bits(self) -> int | None:
+        try:
+            return int(self.throttled_path.read_text().strip(), 16)
+        except (OSError, ValueError):
+            return None
+
+    def read(self, outbox: int = 0, kiosk: str | None = None) -> Health:
+        bits = self.throttle_bits()
+        return Health(
+            cpu_temp_c=self.cpu_temp_c(),
+            # bit 0: under-voltage now; bit 2: throttled now
+            undervoltage=None if bits is None else bool(bits & 0x1),
+            throttled=None if bits is None else bool(bits & 0x4),
+            disk_free_mb=disk_free_mb(self.data_dir),
+            uptime_s=int(self.clock.monotonic() - self._started),
+            outbox=outbox,
+            kiosk=kiosk,
+        )
+
+
+class SimHealth(PiHealth):
+    """A healthy simulated Pi: 48 °C, no undervoltage, real free disk."""
+
+    def cpu_temp_c(self) -> float | None:
+        return 48.0
+
+    def throttle_bits(self) -> int | None:
+        return 0
+
+
+def disk_free_mb(path: Path) -> int | None:
+    try:
+        return shutil.disk_usage(path).free // (1024 * 1024)
+    except OSError:
+        return None

@@ -1,0 +1,59 @@
+"""`yizhan demo` (what `make demo` runs): three stations online within 30 s, and
+Ctrl-C stops every process it started."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.harness.procs import free_port, http_json, wait_until
+
+
+def _children_of(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
+    return [int(x) for x in out.stdout.split()]
+
+
+@pytest.mark.parametrize("broker", ["mosquitto", "embedded"])
+def test_demo_brings_three_stations_online_and_stops_cleanly(tmp_path, broker):
+    port = free_port()
+    workdir = tmp_path / "demo"
+    log = open(tmp_path / "demo.log", "wb")  # noqa: SIM115
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "yizhan", "demo", "--dir", str(workdir),
+         "--http-port", str(port), "--broker", broker],
+        stdout=log, stderr=subprocess.STDOUT)
+    started = time.monotonic()
+    try:
+        token_file = workdir / "api-token"
+        wait_until(token_file.exists, 10, "the demo's API token")
+        token = token_file.read_text().strip()
+
+        def all_online():
+            status, body = http_json(f"http://127.0.0.1:{port}/api/v1/stations", token)
+            return status == 200 and len(body["stations"]) == 3 and all(
+                s["online"] for s in body["stations"])
+
+        wait_until(all_online, 30, "three stations online",
+                   interval=0.25, on_fail=lambda: (tmp_path / "demo.log").read_text())
+        assert time.monotonic() - started < 30
+        children = _children_of(demo.pid)
+        assert len(children) >= 5  # broker, hub, three agents
+
+        demo.send_signal(signal.SIGINT)
+        assert demo.wait(20) == 0
+        for pid in children:
+            wait_until(lambda pid=pid: not os.path.exists(f"/proc/{pid}")
+                       or open(f"/proc/{pid}/stat").read().split()[2] == "Z",
+                       5, f"child {pid} gone")
+        assert "stopped." in (tmp_path / "demo.log").read_text()
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()
+        log.close()

@@ -1,0 +1,182 @@
+"""The ``yizhan`` command (contract §14).
+
+    yizhan hub --config /etc/yizhan/hub.yaml
+    yizhan agent --config /etc/yizhan/station.yaml
+    yizhan kiosk --config /etc/yizhan/station.yaml
+    yizhan sim board --link /tmp/ttyLOCKER
+    yizhan demo
+
+A bad configuration exits with status 2 and names the file, the key and the
+problem.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Callable, Sequence
+
+from yizhan import __version__
+from yizhan.config import ConfigError
+
+EXIT_CONFIG = 2
+EXIT_NOT_BUILT = 3
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _on_terminate(stop: Callable[[], None]) -> None:
+    """SIGTERM (systemd stop) and SIGINT (Ctrl-C) both ask for a clean stop."""
+
+    def handler(signum, frame):
+        stop()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def cmd_hub(args: argparse.Namespace) -> int:
+    from hub.config import load_hub_config
+    from hub.service import Hub
+
+    config = load_hub_config(args.config)
+    hub = Hub(config)
+
+    def stop() -> None:
+        # waitress's loop ends on SystemExit raised in the main thread.
+        raise SystemExit(0)
+
+    _on_terminate(stop)
+    logging.getLogger("yizhan").info("hub starting, mqtt %s", config.mqtt.redacted())
+    hub.run()
+    return 0
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    from firmware.agent import Agent
+    from firmware.config import load_station_config
+    from firmware.hardware import build_hardware
+    from yizhan.clock import SYSTEM_CLOCK
+
+    config = load_station_config(args.config)
+    hardware = build_hardware(config, SYSTEM_CLOCK)
+    agent = Agent(config, SYSTEM_CLOCK, hardware)
+    _on_terminate(agent.stop)
+    logging.getLogger("yizhan").info("agent %s starting, mqtt %s", config.sid,
+                                     config.mqtt.redacted())
+    agent.run()
+    return 0
+
+
+def cmd_kiosk(args: argparse.Namespace) -> int:
+    print("yizhan kiosk: not built yet (see issue 5: the kiosk).", file=sys.stderr)
+    return EXIT_NOT_BUILT
+
+
+def cmd_sim_board(args: argparse.Namespace) -> int:
+    from firmware.sim.board import BoardSimulator
+
+    sim = BoardSimulator(n_slots=args.slots, address=args.address, link_path=args.link,
+                         auto_take=args.auto_take)
+    sim.start()
+    sim.start_realtime()
+    print(f"board simulator: YZ-LB1 address {args.address}, {args.slots} slots, "
+          f"on {sim.port}", flush=True)
+    done = []
+    _on_terminate(lambda: done.append(True))
+    try:
+        while not done:
+            signal.pause()
+    finally:
+        sim.stop()
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from yizhan.demo import run_demo
+
+    return run_demo(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="yizhan",
+        description="Yizhan (驿站): run a rest station's agent or kiosk, the fleet hub, "
+                    "a simulation, or the whole demo.",
+    )
+    p.add_argument("--version", action="version", version=f"yizhan {__version__}")
+    p.add_argument("--log-level", default="info",
+                   choices=["debug", "info", "warning", "error"], help="default: info")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    h = sub.add_parser("hub", help="the fleet hub: ingest, uptime, alerts, API, metrics",
+                       description="Run the hub: MQTT ingest, store, uptime ledger, "
+                                   "HTTP API and /metrics, from a hub YAML file.")
+    h.add_argument("--config", required=True, metavar="FILE", help="hub configuration (YAML)")
+    h.set_defaults(func=cmd_hub)
+
+    a = sub.add_parser("agent", help="the station agent on the station's Raspberry Pi",
+                       description="Run the station agent: watch the locker board, "
+                                   "dispenser and doors, keep the heater safe, report to "
+                                   "the hub over MQTT.")
+    a.add_argument("--config", required=True, metavar="FILE",
+                   help="station configuration (YAML)")
+    a.set_defaults(func=cmd_agent)
+
+    k = sub.add_parser("kiosk", help="the touchscreen kiosk (not built yet)",
+                       description="Run the station's touchscreen kiosk from the station "
+                                   "YAML file. Not built yet.")
+    k.add_argument("--config", required=True, metavar="FILE",
+                   help="station configuration (YAML)")
+    k.set_defaults(func=cmd_kiosk)
+
+    s = sub.add_parser("sim", help="simulated hardware for development",
+                       description="Simulated station hardware.")
+    ssub = s.add_subparsers(dest="sim_command", required=True, metavar="PART")
+    b = ssub.add_parser("board", help="a YZ-LB1 locker board on a pseudo-terminal",
+                        description="Run a locker board simulator that speaks YZ-LB1 on a "
+                                    "pseudo-terminal; point a station's lockers.port at "
+                                    "the --link path.")
+    b.add_argument("--link", required=True, metavar="PATH",
+                   help="symlink to create for the serial device")
+    b.add_argument("--slots", type=int, default=12, help="number of slots (default 12)")
+    b.add_argument("--address", type=int, default=1, help="board address 1-15 (default 1)")
+    b.add_argument("--auto-take", action="store_true",
+                   help="a released bank is taken by a simulated rider")
+    b.set_defaults(func=cmd_sim_board)
+
+    d = sub.add_parser("demo", help="broker, hub and simulated stations on this machine",
+                       description="Start a private MQTT broker, the hub and simulated "
+                                   "stations, print the URLs, and stop everything on Ctrl-C.")
+    d.add_argument("--dir", default="run/demo", help="working directory (default run/demo)")
+    d.add_argument("--stations", type=int, default=3, help="simulated stations (default 3)")
+    d.add_argument("--http-port", type=int, default=8080, help="hub HTTP port (default 8080)")
+    d.add_argument("--mqtt-port", type=int, default=0,
+                   help="broker port (default: a free one)")
+    d.add_argument("--broker", choices=["auto", "mosquitto", "embedded"], default="auto",
+                   help="auto: Mosquitto when installed, else the embedded broker")
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _logging(args.log_level)
+    try:
+        return args.func(args)
+    except ConfigError as err:
+        print(f"yizhan {args.command}: bad configuration: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,249 @@
+"""Reading and checking YAML configuration files.
+
+Every program validates its whole configuration once at start and refuses to run
+with a message that names the file, the key and what is wrong (contract §14):
+
+    station.yaml: mqtt.port: must be an integer from 1 to 65535, not 'abc'
+
+The helpers here walk a parsed YAML mapping with a dotted key path so that each
+check can say exactly where it failed. The program-specific layouts live in
+``firmware/config.py`` and ``hub/config.py``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+_DURATION_RE = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?(?:(\d+)ms)?$")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; ``str()`` is the message for the operator."""
+
+    def __init__(self, key: str, problem: str, file: str | Path | None = None) -> None:
+        self.key = key
+        self.problem = problem
+        self.file = str(file) if file is not None else None
+        super().__init__(self._text())
+
+    def _text(self) -> str:
+        where = f"{self.file}: " if self.file else ""
+        return f"{where}{self.key}: {self.problem}" if self.key else f"{where}{self.problem}"
+
+    def in_file(self, file: str | Path) -> ConfigError:
+        return ConfigError(self.key, self.problem, file)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML file that must hold a mapping; errors name the file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError("", "file not found", path) from None
+    except OSError as err:
+        raise ConfigError("", f"cannot be read: {err.strerror}", path) from err
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError("", f"is not valid YAML{at}", path) from err
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError("", "must be a YAML mapping of keys to values", path)
+    return data
+
+
+def parse_duration(text: Any, key: str) -> float:
+    """Seconds in a Prometheus-style duration: ``30s``, ``10m``, ``2h``, ``1h30m``, ``250ms``.
+
+    A bare number is taken as seconds.
+    """
+    if isinstance(text, bool):
+        raise ConfigError(key, f"must be a duration such as 30s or 10m, not {text!r}")
+    if isinstance(text, int | float):
+        if text < 0:
+            raise ConfigError(key, "must not be negative")
+        return float(text)
+    if not isinstance(text, str) or not text:
+        raise ConfigError(key, f"must be a duration such as 30s or 10m, not {text!r}")
+    m = _DURATION_RE.match(text.strip())
+    if not m or not any(m.groups()):
+        raise ConfigError(key, f"must be a duration such as 30s or 10m, not {text!r}")
+    d, h, mi, s, ms = (int(g) if g else 0 for g in m.groups())
+    return d * 86400 + h * 3600 + mi * 60 + s + ms / 1000
+
+
+@dataclass
+class Section:
+    """A view of one mapping in the configuration that knows its own dotted path."""
+
+    data: Mapping[str, Any]
+    path: str = ""
+
+    @classmethod
+    def of(cls, parent: Mapping[str, Any], key: str, path: str = "", *,
+           required: bool = False) -> Section | None:
+        full = f"{path}.{key}" if path else key
+        if key not in parent or parent[key] is None:
+            if required:
+                raise ConfigError(full, "is required")
+            return None
+        value = parent[key]
+        if not isinstance(value, Mapping):
+            raise ConfigError(full, f"must be a mapping, not {type(value).__name__}")
+        return cls(value, full)
+
+    def key(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def has(self, name: str) -> bool:
+        return self.data.get(name) is not None
+
+    def raw(self, name: str, default: Any = None) -> Any:
+        value = self.data.get(name)
+        return default if value is None else value
+
+    def section(self, name: str, *, required: bool = False) -> Section | None:
+        return Section.of(self.data, name, self.path, required=required)
+
+    def str(self, name: str, default: str | None = None, *, required: bool = False,
+            pattern: str | None = None, choices: tuple[str, ...] | None = None) -> str | None:
+        value = self.data.get(name)
+        if value is None:
+            if required:
+                raise ConfigError(self.key(name), "is required")
+            return default
+        if not isinstance(value, str) or not value:
+            raise ConfigError(self.key(name), f"must be a non-empty string, not {value!r}")
+        if pattern and not re.fullmatch(pattern, value):
+            raise ConfigError(self.key(name), f"{value!r} does not match {pattern}")
+        if choices and value not in choices:
+            raise ConfigError(self.key(name), f"must be one of {', '.join(choices)}, not {value!r}")
+        return value
+
+    def int(self, name: str, default: int | None = None, *, required: bool = False,
+            lo: int | None = None, hi: int | None = None) -> int | None:
+        value = self.data.get(name)
+        if value is None:
+            if required:
+                raise ConfigError(self.key(name), "is required")
+            return default
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(self.key(name), f"must be an integer{_range(lo, hi)}, not {value!r}")
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            raise ConfigError(self.key(name), f"must be an integer{_range(lo, hi)}, not {value!r}")
+        return value
+
+    def float(self, name: str, default: float | None = None, *, lo: float | None = None,
+              hi: float | None = None) -> float | None:
+        value = self.data.get(name)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(self.key(name), f"must be a number{_range(lo, hi)}, not {value!r}")
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            raise ConfigError(self.key(name), f"must be a number{_range(lo, hi)}, not {value!r}")
+        return float(value)
+
+    def bool(self, name: str, default: bool = False) -> bool:
+        value = self.data.get(name)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            raise ConfigError(self.key(name), f"must be true or false, not {value!r}")
+        return value
+
+    def duration(self, name: str, default: float | None = None) -> float | None:
+        value = self.data.get(name)
+        if value is None:
+            return default
+        return parse_duration(value, self.key(name))
+
+    def list(self, name: str) -> list[Any]:
+        value = self.data.get(name)
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise ConfigError(self.key(name), f"must be a list, not {type(value).__name__}")
+        return value
+
+    def secret(self, name: str, base: Path | None = None) -> str | None:
+        """A secret given inline as ``name`` or, better, read from ``name_file``."""
+        file_key = f"{name}_file"
+        if self.has(file_key):
+            path = Path(self.str(file_key))
+            if base is not None and not path.is_absolute():
+                path = base / path
+            try:
+                return path.read_text(encoding="utf-8").strip()
+            except OSError as err:
+                raise ConfigError(self.key(file_key),
+                                  f"cannot read {path}: {err.strerror}") from err
+        return self.str(name)
+
+
+def _range(lo: Any, hi: Any) -> str:
+    if lo is not None and hi is not None:
+        return f" from {lo} to {hi}"
+    if lo is not None:
+        return f" of at least {lo}"
+    if hi is not None:
+        return f" of at most {hi}"
+    return ""
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    ca_file: str | None
+    cert_file: str | None
+    key_file: str | None
+    insecure: bool = False
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    """The ``mqtt`` section shared by the hub and the station (contract §14)."""
+
+    host: str = "127.0.0.1"
+    port: int = 1883
+    username: str | None = None
+    password: str | None = None
+    tls: TlsConfig | None = None
+    keepalive: int = 30
+
+    @classmethod
+    def from_section(cls, sec: Section | None, base: Path | None = None) -> MqttConfig:
+        if sec is None:
+            return cls()
+        tls = None
+        tls_sec = sec.section("tls")
+        if tls_sec is not None:
+            tls = TlsConfig(
+                ca_file=tls_sec.str("ca_file"),
+                cert_file=tls_sec.str("cert_file"),
+                key_file=tls_sec.str("key_file"),
+                insecure=tls_sec.bool("insecure"),
+            )
+        return cls(
+            host=sec.str("host", "127.0.0.1"),
+            port=sec.int("port", 1883, lo=1, hi=65535),
+            username=sec.str("username"),
+            password=sec.secret("password", base),
+            tls=tls,
+            keepalive=sec.int("keepalive", 30, lo=2, hi=65535),
+        )
+
+    def redacted(self) -> dict[str, Any]:
+        """For logging: never the password."""
+        return {"host": self.host, "port": self.port, "username": self.username,
+                "password": "***" if self.password else None, "tls": self.tls is not None,
+                "keepalive": self.keepalive}

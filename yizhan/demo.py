@@ -1,0 +1,203 @@
+"""``yizhan demo``: the whole system on one machine, stopped cleanly by Ctrl-C.
+
+It writes its configurations into ``--dir`` (``run/demo``), starts a private
+broker, the hub and the simulated stations as separate processes — exactly as
+they run in a fleet — waits until every station shows online in the hub's API,
+prints the URLs, and on Ctrl-C stops the stations, the hub and the broker in
+that order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+from yizhan.broker import free_port, port_is_free, start_broker
+
+DEMO_STATIONS = [
+    ("yh-chumen-01", "楚门镇先锋驿站", "chumen"),
+    ("yh-chumen-02", "楚门镇东街驿站", "chumen"),
+    ("yh-kanmen-01", "坎门街道海港驿站", "kanmen"),
+    ("yh-kanmen-02", "坎门街道渔港驿站", "kanmen"),
+    ("yh-qinggang-01", "清港镇文化礼堂驿站", "qinggang"),
+]
+
+
+def _write(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def _token(workdir: Path) -> str:
+    """One API token per demo directory, kept so bookmarks keep working."""
+    path = workdir / "api-token"
+    if path.exists():
+        return path.read_text().strip()
+    token = secrets.token_urlsafe(24)
+    path.write_text(token + "\n")
+    path.chmod(0o600)
+    return token
+
+
+def write_configs(workdir: Path, n: int, mqtt_port: int, http_port: int) -> tuple[Path, list]:
+    workdir.mkdir(parents=True, exist_ok=True)
+    token = _token(workdir)
+    key = workdir / "fleet.key"
+    if not key.exists():
+        key.write_text(secrets.token_hex(32) + "\n")
+        key.chmod(0o600)
+    stations = [DEMO_STATIONS[i % len(DEMO_STATIONS)] for i in range(n)]
+    if n > len(DEMO_STATIONS):
+        stations = [(f"yh-sim-{i + 1:02d}", f"模拟驿站 {i + 1}", "sim") for i in range(n)]
+    mqtt = {"host": "127.0.0.1", "port": mqtt_port, "keepalive": 10}
+    hub = _write(workdir / "hub.yaml", {
+        "mqtt": mqtt,
+        "database": f"sqlite:///{(workdir / 'hub.db').resolve()}",
+        "http": {"host": "127.0.0.1", "port": http_port},
+        "api_tokens": [token],
+        "fleet_key_file": str(key.resolve()),
+        "stations": [{"sid": s, "name": name, "group": g} for s, name, g in stations],
+    })
+    configs = []
+    for sid, name, _group in stations:
+        cfg = _write(workdir / f"{sid}.yaml", {
+            "hardware": "sim",
+            "station": {"id": sid, "name": name},
+            "mqtt": mqtt,
+            "data_dir": str((workdir / sid).resolve()),
+            "fleet_key_file": str(key.resolve()),
+        })
+        configs.append((sid, cfg))
+    return hub, configs
+
+
+def _get(url: str, token: str | None = None, timeout: float = 2.0) -> dict | None:
+    req = urllib.request.Request(url)
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return json.loads(resp.read())
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+
+
+def run_demo(args) -> int:
+    workdir = Path(args.dir)
+    mqtt_port = args.mqtt_port or free_port()
+    http_port = args.http_port
+    if not port_is_free(http_port):
+        http_port = free_port()
+        print(f"port {args.http_port} is taken; the hub uses {http_port}", flush=True)
+    hub_cfg, station_cfgs = write_configs(workdir, args.stations, mqtt_port, http_port)
+    token = (workdir / "api-token").read_text().strip()
+    logs = workdir / "logs"
+    logs.mkdir(exist_ok=True)
+
+    children: list[tuple[str, subprocess.Popen]] = []
+    stopping = []
+
+    def spawn(name: str, argv: list[str]) -> None:
+        out = open(logs / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
+        proc = subprocess.Popen([sys.executable, "-m", "yizhan", *argv], stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        children.append((name, proc))
+
+    def on_signal(signum, frame):
+        stopping.append(signum)
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+
+    broker = None
+    try:
+        broker, broker_name = start_broker(args.broker, mqtt_port, workdir)
+        print(f"broker: {broker_name} on 127.0.0.1:{mqtt_port}", flush=True)
+        spawn("hub", ["hub", "--config", str(hub_cfg)])
+        for sid, cfg in station_cfgs:
+            spawn(sid, ["agent", "--config", str(cfg)])
+
+        base = f"http://127.0.0.1:{http_port}"
+        deadline = time.monotonic() + 60
+        online = 0
+        while not stopping and time.monotonic() < deadline:
+            _check_children(children)
+            body = _get(f"{base}/api/v1/stations", token)
+            if body is not None:
+                online = sum(1 for s in body["stations"] if s["online"])
+            print(f"\rwaiting for stations: {online}/{len(station_cfgs)} online ", end="",
+                  flush=True)
+            if online >= len(station_cfgs):
+                break
+            time.sleep(0.5)
+        print(flush=True)
+        if stopping:
+            return 0
+        if online < len(station_cfgs):
+            print(f"only {online} of {len(station_cfgs)} stations came online; "
+                  f"see the logs in {logs}", file=sys.stderr)
+            return 1
+        print(_banner(base, token, workdir), flush=True)
+        while not stopping:
+            _check_children(children)
+            time.sleep(0.5)
+        return 0
+    except RuntimeError as err:
+        print(f"\nyizhan demo: {err}", file=sys.stderr)
+        return 1
+    finally:
+        _stop_all(children, broker)
+
+
+def _check_children(children) -> None:
+    for name, proc in children:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited with status {proc.returncode}; "
+                               f"see its log in the demo's logs/ folder")
+
+
+def _stop_all(children, broker) -> None:
+    print("stopping…", flush=True)
+    # Stations first (each publishes its clean offline), then the hub, then the broker.
+    for _name, proc in reversed(children):
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for name, proc in reversed(children):
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            print(f"{name} did not stop in 10 s; killing it", file=sys.stderr)
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    if broker is not None and broker.poll() is None:
+        broker.terminate()
+        try:
+            broker.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            broker.kill()
+    print("stopped.", flush=True)
+
+
+def _banner(base: str, token: str, workdir: Path) -> str:
+    return "\n".join([
+        "",
+        "Yizhan demo is running.",
+        f"  hub API     {base}/api/v1/stations",
+        f"  API token   {token}   (also in {workdir / 'api-token'})",
+        f"  try         curl -H 'Authorization: Bearer {token}' {base}/api/v1/stations",
+        f"  health      {base}/healthz",
+        f"  metrics     {base}/metrics",
+        "  kiosk       not built yet (issue 5)",
+        f"  logs        {workdir / 'logs'}",
+        "Press Ctrl-C to stop everything.",
+    ])
