@@ -3,7 +3,6 @@ Ctrl-C stops every process it started."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -12,6 +11,14 @@ import time
 import pytest
 
 from tests.harness.procs import free_port, http_json, wait_until
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] == "Z"  # a zombie has exited
+    except FileNotFoundError:
+        return True
 
 
 def _children_of(pid: int) -> list[int]:
@@ -48,9 +55,7 @@ def test_demo_brings_three_stations_online_and_stops_cleanly(tmp_path, broker):
         demo.send_signal(signal.SIGINT)
         assert demo.wait(20) == 0
         for pid in children:
-            wait_until(lambda pid=pid: not os.path.exists(f"/proc/{pid}")
-                       or open(f"/proc/{pid}/stat").read().split()[2] == "Z",
-                       5, f"child {pid} gone")
+            wait_until(lambda pid=pid: _gone(pid), 5, f"child {pid} gone")
         assert "stopped." in (tmp_path / "demo.log").read_text()
     finally:
         if demo.poll() is None:

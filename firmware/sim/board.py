@@ -1,0 +1,428 @@
+"""A locker board that speaks YZ-LB1 (contract §10) on a pseudo-terminal.
+
+The host opens ``sim.port`` with pyserial exactly as it opens a USB adapter on
+a Pi; everything above the byte stream is the real code. Behind the wire sits a
+:class:`~firmware.sim.model.Cabinet`, and the faults a field board shows can be
+scripted: a jammed lock, a silent or garbling board, an unplugged adapter.
+
+    sim = BoardSimulator(n_slots=2, link_path=tmp / "board")
+    sim.start()
+    with serial.Serial(sim.port, 115200, timeout=0.2) as line:
+        line.write(info_request(1))
+        answer = line.read(18)       # INFO: 2 slots, firmware "YZ-SIM-1.0"
+    sim.jam(2)                       # UNLOCK of slot 2 now answers JAMMED
+    sim.unplug(); sim.replug()       # the host sees EIO, then reopens the same path
+    sim.stop()
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import select
+import struct
+import threading
+import tty
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from firmware.sim.model import Cabinet, SimulatorError, SlotError
+from protocol.frames import (
+    HEADER_LEN,
+    RESPONSE_BIT,
+    SYNC,
+    Cmd,
+    ErrorCode,
+    Frame,
+    FrameDecoder,
+    SlotRecord,
+    charge_response,
+    crc16_modbus,
+    error_response,
+    info_response,
+    status_response,
+    unlock_response,
+)
+from yizhan.clock import SYSTEM_CLOCK, Clock
+
+log = logging.getLogger(__name__)
+
+__all__ = ["BoardSimulator", "ReceivedFrame", "SimulatorError", "SlotError"]
+
+# Payload length each request must have; anything else is error 3 (bad length).
+_REQUEST_LEN = {Cmd.INFO: 0, Cmd.STATUS: 0, Cmd.UNLOCK: 3, Cmd.CHARGE: 2}
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivedFrame:
+    """A request the board saw on the line (any address), dated by the clock."""
+
+    at: float  # clock.now()
+    frame: Frame
+
+    @property
+    def addr(self) -> int:
+        return self.frame.addr
+
+    @property
+    def cmd(self) -> int:
+        return self.frame.cmd
+
+    @property
+    def payload(self) -> bytes:
+        return self.frame.payload
+
+
+class _Line:
+    """One plugged-in life of the adapter: a pty pair and the thread serving it."""
+
+    def __init__(self, board: BoardSimulator) -> None:
+        self.master, self.slave = os.openpty()
+        # Raw: no echo, no line discipline turning 0x0D into 0x0A or eating 0x03.
+        tty.setraw(self.slave)
+        # A UART never waits for a listener: answers nobody reads are dropped
+        # instead of blocking the board once the pty buffer fills.
+        os.set_blocking(self.master, False)
+        self.slave_name = os.ttyname(self.slave)
+        self._wake_r, self._wake_w = os.pipe()
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(
+            target=board._serve, args=(self,), name=f"board-sim-{self.slave_name}", daemon=True
+        )
+
+    def close(self) -> None:
+        self.stopping.set()
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"x")
+        if self.thread.is_alive() and self.thread is not threading.current_thread():
+            self.thread.join(5.0)
+        # The slave we hold open keeps the pty alive while no host has it open
+        # (else reading the master fails with EIO); closing both pulls the plug.
+        for fd in (self.master, self.slave, self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def wait_readable(self) -> bool:
+        ready, _, _ = select.select([self.master, self._wake_r], [], [])
+        return self.master in ready and not self.stopping.is_set()
+
+
+class BoardSimulator:
+    """A YZ-LB1 locker board at ``address`` on a pseudo-terminal.
+
+    ``port`` is what the host opens: ``link_path`` when given (a stable symlink
+    to the current pty, like ``/dev/serial/by-id/...``, re-pointed by
+    :meth:`replug`), else the pty's own device. Extra keyword arguments go to
+    the :class:`~firmware.sim.model.Cabinet` (``banks``, ``charge_rate``,
+    ``release_window``, ``auto_take``, ``time_scale``...). ``realtime`` runs a
+    background ticker so the cabinet moves with the clock even when nobody
+    polls (the demo); tests leave it off and move time themselves.
+    """
+
+    def __init__(
+        self,
+        n_slots: int = 12,
+        address: int = 1,
+        firmware: str = "YZ-SIM-1.0",
+        clock: Clock | None = None,
+        link_path: str | os.PathLike[str] | None = None,
+        *,
+        banks: Mapping[int, tuple[str, int]] | None = None,
+        realtime: bool = False,
+        tick_interval: float = 0.5,
+        **cabinet_options: object,
+    ) -> None:
+        if not 1 <= address <= 15:
+            raise ValueError(f"board address must be 1..15, got {address}")
+        self.address = address
+        self.firmware = firmware
+        self.clock = clock or SYSTEM_CLOCK
+        self.link_path = Path(link_path) if link_path is not None else None
+        self.cabinet = Cabinet(n_slots, banks=banks, clock=self.clock, **cabinet_options)
+        self.realtime = realtime
+        self.tick_interval = tick_interval
+        self._lock = threading.Lock()
+        self._seen = threading.Condition(self._lock)
+        self._frames: list[ReceivedFrame] = []
+        self._silent = False
+        self._garble = 0
+        self._delay = 0.0
+        self._line: _Line | None = None
+        self._started = False
+        self._ticker: threading.Thread | None = None
+        self._ticker_stop = threading.Event()
+        self._decoder = FrameDecoder()
+        self._unparsed = b""
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    @property
+    def n_slots(self) -> int:
+        return self.cabinet.n_slots
+
+    @property
+    def port(self) -> str:
+        if self.link_path is not None:
+            return str(self.link_path)
+        if self._line is None:
+            raise SimulatorError("the simulator is not plugged in")
+        return self._line.slave_name
+
+    @property
+    def plugged(self) -> bool:
+        return self._line is not None
+
+    def start(self) -> BoardSimulator:
+        if self._started:
+            return self
+        self._started = True
+        self.replug()
+        if self.realtime:
+            self._ticker_stop.clear()
+            self._ticker = threading.Thread(target=self._tick_loop, name="board-sim-ticker",
+                                            daemon=True)
+            self._ticker.start()
+        return self
+
+    def stop(self) -> None:
+        """Close everything and join the threads; safe to call twice."""
+        self._started = False
+        self._ticker_stop.set()
+        if self._ticker is not None:
+            self._ticker.join(5.0)
+            self._ticker = None
+        self.unplug()
+
+    def __enter__(self) -> BoardSimulator:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def unplug(self) -> None:
+        """The USB adapter is pulled: the host's reads and writes now fail, the
+        symlink is gone."""
+        line, self._line = self._line, None
+        if self.link_path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.link_path.unlink()
+        if line is not None:
+            line.close()
+
+    def replug(self) -> None:
+        """A fresh adapter appears (a new pty) and the symlink points at it again."""
+        if self._line is not None:
+            return
+        line = _Line(self)
+        self._decoder = FrameDecoder()  # a new adapter has heard nothing yet
+        self._unparsed = b""
+        if self.link_path is not None:
+            # Re-point atomically, as udev does, so a host never sees a dangling link.
+            tmp = self.link_path.with_name(f".{self.link_path.name}.{os.getpid()}.tmp")
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            tmp.symlink_to(line.slave_name)
+            os.replace(tmp, self.link_path)
+        self._line = line
+        line.thread.start()
+
+    # -- scripted faults of the board itself ---------------------------------------
+
+    def silent(self, on: bool = True) -> None:
+        """Keep listening (frames are still recorded) but never answer."""
+        with self._lock:
+            self._silent = on
+
+    def garble_next(self, n: int = 1) -> None:
+        """Corrupt the CRC of the next ``n`` answers."""
+        with self._lock:
+            self._garble += n
+
+    def delay_next(self, seconds: float) -> None:
+        """Hold the next answer back for ``seconds`` of real time.
+
+        Real time, not the clock's: what it tests is the host's serial timeout,
+        and pyserial times out by the wall.
+        """
+        with self._lock:
+            self._delay = seconds
+
+    def inject_garbage(self, data: bytes) -> None:
+        """Put raw bytes on the line now (noise, a half frame, another talker)."""
+        self._write(bytes(data))
+
+    # -- the cabinet, for tests and the demo ------------------------------------------
+
+    def tick(self, seconds: float) -> None:
+        self.cabinet.tick(seconds)
+
+    def slot(self, n: int) -> SlotRecord:
+        """A snapshot of slot ``n``, as a :class:`~protocol.frames.SlotRecord`."""
+        return self.cabinet.slot(n)
+
+    def take(self, n: int) -> str:
+        return self.cabinet.take(n)
+
+    def insert(self, n: int, bank_id: str, charge: int, cycles: int | None = None) -> None:
+        self.cabinet.insert(n, bank_id, charge, cycles)
+
+    def jam(self, n: int) -> None:
+        self.cabinet.jam(n)
+
+    def unjam(self, n: int) -> None:
+        self.cabinet.unjam(n)
+
+    def set_fault(self, n: int, fault: str | None) -> None:
+        self.cabinet.set_fault(n, fault)
+
+    def busy(self, n: int, busy: bool = True) -> None:
+        self.cabinet.busy(n, busy)
+
+    # -- what the line carried ----------------------------------------------------------
+
+    @property
+    def frames_received(self) -> list[ReceivedFrame]:
+        """Every request seen on the line, whatever its address, oldest first."""
+        with self._lock:
+            return list(self._frames)
+
+    @property
+    def bad_frames(self) -> int:
+        """Frames that arrived with a bad CRC."""
+        return self._decoder.bad_crc
+
+    def wait_for_frame(
+        self, cmd: int, timeout: float = 2.0, *, addr: int | None = None, after: int = 0
+    ) -> ReceivedFrame:
+        """The first request with ``cmd`` to ``addr`` (default: this board) among
+        ``frames_received[after:]``, waiting up to ``timeout`` real seconds."""
+        addr = self.address if addr is None else addr
+        with self._seen:
+            found = self._seen.wait_for(
+                lambda: next(
+                    (f for f in self._frames[after:] if f.cmd == cmd and f.addr == addr), None
+                ),
+                timeout,
+            )
+            if found is None:
+                got = [(f.addr, hex(f.cmd)) for f in self._frames]
+                raise TimeoutError(
+                    f"no frame cmd=0x{cmd:02X} addr={addr} within {timeout} s; got {got}"
+                )
+            return found
+
+    # -- serving ---------------------------------------------------------------------------
+
+    def _serve(self, line: _Line) -> None:
+        while not line.stopping.is_set():
+            if not line.wait_readable():
+                continue
+            try:
+                data = os.read(line.master, 4096)
+            except BlockingIOError:
+                continue
+            except OSError as err:
+                # EIO: no host has the slave open and ours is closing; nothing to read.
+                if err.errno == errno.EIO and not line.stopping.is_set():
+                    line.stopping.wait(0.01)
+                    continue
+                return
+            if not data:
+                continue
+            try:
+                replies = self._handle(data)
+            except Exception:
+                # A bug here must show, yet must not turn the board mute for
+                # the rest of the run: log it and serve the next request.
+                log.exception("board simulator failed on %s", data.hex(" "))
+                continue
+            for reply in replies:
+                if line.stopping.is_set():
+                    return
+                self._send(line, reply)
+
+    def _handle(self, data: bytes) -> list[bytes]:
+        """Answers for what ``data`` completes, in order."""
+        # The decoder drops a corrupt frame silently, yet the board must answer
+        # error 1 when the corrupt frame was for it; so keep our own copy of
+        # the bytes the decoder still holds, to look at the corrupt frame.
+        pending = self._unparsed + data
+        bad_before = self._decoder.bad_crc
+        frames = self._decoder.feed(data)
+        self._unparsed = pending[len(pending) - self._decoder.pending :]
+        replies: list[bytes] = []
+        if self._decoder.bad_crc > bad_before:
+            corrupt_cmd = _first_corrupt_cmd(pending, self.address)
+            if corrupt_cmd is not None:
+                replies.append(error_response(self.address, corrupt_cmd, ErrorCode.BAD_CRC))
+        now = self.clock.now()
+        with self._seen:
+            for frame in frames:
+                if not frame.cmd & RESPONSE_BIT:  # answers of other boards are not requests
+                    self._frames.append(ReceivedFrame(now, frame))
+            self._seen.notify_all()
+        for frame in frames:
+            if frame.addr == self.address and not frame.cmd & RESPONSE_BIT:
+                replies.append(self._answer(frame))
+        return replies
+
+    def _answer(self, frame: Frame) -> bytes:
+        a, p = self.address, frame.payload
+        try:
+            cmd = Cmd(frame.cmd)
+        except ValueError:
+            return error_response(a, frame.cmd, ErrorCode.UNKNOWN_COMMAND)
+        if cmd not in _REQUEST_LEN:
+            return error_response(a, frame.cmd, ErrorCode.UNKNOWN_COMMAND)
+        if len(p) != _REQUEST_LEN[cmd]:
+            return error_response(a, frame.cmd, ErrorCode.BAD_LENGTH)
+        if cmd is Cmd.INFO:
+            return info_response(a, self.cabinet.n_slots, self.firmware)
+        if cmd is Cmd.STATUS:
+            return status_response(a, self.cabinet.records())
+        if cmd is Cmd.UNLOCK:
+            slot, _pulse_ms = struct.unpack("<BH", p)
+            return unlock_response(a, slot, self.cabinet.unlock(slot))
+        slot, on = p
+        return charge_response(a, slot, self.cabinet.set_charging(slot, on != 0))
+
+    def _send(self, line: _Line, reply: bytes) -> None:
+        with self._lock:
+            silent, delay = self._silent, self._delay
+            self._delay = 0.0
+            if not silent and self._garble > 0:
+                self._garble -= 1
+                reply = reply[:-1] + bytes((reply[-1] ^ 0xFF,))
+        if silent:
+            return
+        if delay > 0 and line.stopping.wait(delay):
+            return
+        self._write(reply, line)
+
+    def _write(self, data: bytes, line: _Line | None = None) -> None:
+        line = line or self._line
+        if line is None:
+            raise SimulatorError("the simulator is unplugged")
+        with contextlib.suppress(BlockingIOError):  # buffer full: the bytes fall on the floor
+            os.write(line.master, data)
+
+    def _tick_loop(self) -> None:
+        while not self._ticker_stop.wait(self.tick_interval):
+            self.cabinet.sync()
+
+
+def _first_corrupt_cmd(buf: bytes, address: int) -> int | None:
+    """The cmd of the first complete frame to ``address`` in ``buf`` whose CRC is wrong."""
+    pos = buf.find(SYNC)
+    while pos >= 0 and pos + HEADER_LEN <= len(buf):
+        addr, cmd, length = buf[pos + 2], buf[pos + 3], buf[pos + 4]
+        end = pos + HEADER_LEN + length + 2
+        if end <= len(buf) and addr == address and not cmd & RESPONSE_BIT:
+            body = buf[pos + 2 : end - 2]
+            if crc16_modbus(body) != int.from_bytes(buf[end - 2 : end], "little"):
+                return cmd
+        pos = buf.find(SYNC, pos + 1)
+    return None

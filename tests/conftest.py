@@ -1,0 +1,93 @@
+"""Fixtures shared by every test: a real broker, a simulated board, pins, a clock.
+
+Each mirrors how the programs are built (design principle 6): tests make what
+they need side by side and nothing leaks into the next test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from firmware.sim import BoardSimulator
+from tests.harness.mosquitto import Broker
+from yizhan.clock import ManualClock
+
+#: Accounts of the ``secure_broker``: two stations and the hub (see deploy/mosquitto/acl).
+SECURE_USERS = {
+    "yh-chumen-01": "pw-chumen-01",
+    "yh-other": "pw-other",
+    "_hub": "pw-hub",
+}
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    """One plain broker for the whole session. Tests that stop, kill or restart
+    a broker must use ``broker_factory`` instead, or they break their neighbours."""
+    b = Broker(tmp_path_factory.mktemp("broker")).start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+def broker_factory(tmp_path: Path) -> Iterator[Callable[..., Broker]]:
+    """``broker_factory(**Broker options, start=True) -> Broker``: fresh brokers,
+    each in its own directory, all stopped at teardown."""
+    made: list[Broker] = []
+
+    def make(*, start: bool = True, **options: object) -> Broker:
+        b = Broker(tmp_path / f"broker-{len(made)}", **options)
+        made.append(b)
+        return b.start() if start else b
+
+    yield make
+    errors = []
+    for b in made:  # every one, even when an earlier stop fails
+        try:
+            b.stop()
+        except Exception as err:
+            errors.append(err)
+    if errors:
+        raise errors[0]
+
+
+@pytest.fixture
+def secure_broker(broker_factory: Callable[..., Broker]) -> Broker:
+    """A broker with passwords (``SECURE_USERS``, also on ``.users``) and the
+    canonical ACL of contract §2."""
+    return broker_factory(users=SECURE_USERS, acl=True)
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    """A clock that moves only when the test says so."""
+    return ManualClock()
+
+
+@pytest.fixture
+def board(clock: ManualClock, tmp_path: Path) -> Iterator[BoardSimulator]:
+    """A started 12-slot board at address 1 on a pty, reachable at ``board.port``
+    (a symlink in tmp_path), on the test's ``clock``."""
+    sim = BoardSimulator(clock=clock, link_path=tmp_path / "ttyYZ-board").start()
+    yield sim
+    sim.stop()
+
+
+@pytest.fixture
+def pin_factory() -> Iterator[object]:
+    """A fresh gpiozero MockFactory for this test only; pins are closed after."""
+    from gpiozero import Device
+    from gpiozero.pins.mock import MockFactory
+
+    previous = Device.pin_factory
+    factory = MockFactory()
+    Device.pin_factory = factory
+    try:
+        yield factory
+    finally:
+        factory.close()  # closes every pin a device left behind
+        factory.reset()  # and forgets reservations, so nothing carries over
+        Device.pin_factory = previous
