@@ -86,7 +86,7 @@ def parse_station_config(data: dict, base: Path | None = None,
             baudrate=lsec.int("baudrate", 115200, lo=1200, hi=4_000_000),
             address=lsec.int("address", 1, lo=1, hi=15),
             poll_interval=lsec.duration("poll_interval", 2.0),
-            slots=lsec.int("slots", 12, lo=1, hi=60),
+            slots=lsec.int("slots", 12, lo=1, hi=15),  # a STATUS answer holds 15 records at most
         )
 
     doors: dict[str, dict] = {}

@@ -85,9 +85,8 @@ def cmd_sim_board(args: argparse.Namespace) -> int:
     from firmware.sim.board import BoardSimulator
 
     sim = BoardSimulator(n_slots=args.slots, address=args.address, link_path=args.link,
-                         auto_take=args.auto_take)
+                         realtime=True, auto_take=args.auto_take)
     sim.start()
-    sim.start_realtime()
     print(f"board simulator: YZ-LB1 address {args.address}, {args.slots} slots, "
           f"on {sim.port}", flush=True)
     done = []

@@ -1,0 +1,134 @@
+"""Event (contract §6) and the data each known type carries; import from
+:mod:`protocol.messages`."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from protocol._fields import (
+    NULLABLE,
+    OPT,
+    RIDER_FORM,
+    VERSION,
+    env_dict,
+    envelope,
+    read_int,
+    read_num,
+    read_obj,
+    read_str,
+)
+from protocol._state import DISPENSER_FAULTS, LEVEL_STATES, SLOT_FAULTS
+from protocol.ids import RIDER_RE
+from protocol.topics import Kind
+
+UNLOCK_FAIL_REASONS = frozenset({"jammed", "timeout", "not_taken", "bad_slot", "board_offline"})
+REFILL_WHAT = frozenset({"water", "banks", "cups"})
+_EVENT_TYPE_RE = re.compile(r"^[a-z0-9_]{1,64}\Z")
+
+
+# A data-key checker takes (data, key, path prefix), returns the value or raises
+# InvalidMessage; a spec lists the keys a known event type must carry.
+def _spec(**checks: Any) -> tuple[tuple[str, Any], ...]:
+    return tuple(checks.items())
+
+
+def _slot_no(d, k, p):
+    return read_int(d, k, p, lo=1)
+
+
+def _text(d, k, p):
+    return read_str(d, k, p)
+
+
+def _charge(d, k, p):
+    return read_int(d, k, p, NULLABLE, lo=0, hi=100)
+
+
+def _rider(d, k, p):
+    return read_str(d, k, p, pattern=RIDER_RE, form=RIDER_FORM)
+
+
+def _rider_or_null(d, k, p):
+    return read_str(d, k, p, NULLABLE, pattern=RIDER_RE, form=RIDER_FORM)
+
+
+def _choice(choices: frozenset[str]):
+    return lambda d, k, p: read_str(d, k, p, choices=choices)
+
+
+def _level(d, k, p):
+    return read_num(d, k, p, NULLABLE, lo=0, hi=1)
+
+
+def _count(d, k, p):
+    return read_int(d, k, p, lo=0)
+
+
+_EVENT_SPECS: dict[str, tuple[tuple[str, Any], ...]] = {
+    "door_opened": _spec(door=_text),
+    "door_closed": _spec(door=_text),
+    "bank_borrowed": _spec(slot=_slot_no, bank=_text, charge=_charge, rider=_rider),
+    "bank_returned": _spec(slot=_slot_no, bank=_text, charge=_charge, rider=_rider_or_null),
+    "unlock_failed": _spec(slot=_slot_no, reason=_choice(UNLOCK_FAIL_REASONS)),
+    "slot_fault": _spec(slot=_slot_no, fault=_choice(SLOT_FAULTS)),
+    "slot_fault_cleared": _spec(slot=_slot_no, fault=_choice(SLOT_FAULTS)),
+    "locker_offline": (),
+    "locker_online": (),
+    "water_level": _spec(level_state=_choice(LEVEL_STATES), level=_level),
+    "dispenser_fault": _spec(fault=_choice(DISPENSER_FAULTS)),
+    "dispenser_fault_cleared": _spec(fault=_choice(DISPENSER_FAULTS)),
+    "heater_lockout": _spec(reason=_text),
+    "heater_lockout_cleared": _spec(reason=_text),
+    "refilled": _spec(what=_choice(REFILL_WHAT), staff=_text),
+    "maintenance_started": _spec(staff=_text),
+    "maintenance_ended": _spec(staff=_text),
+    "tamper": _spec(door=_text),
+    "visit": _spec(count=_count),
+}
+# The event types of contract §6 and the data keys each must carry. Readers accept
+# other types too (stored, not acted on).
+EVENT_TYPES: dict[str, tuple[str, ...]] = {
+    t: tuple(k for k, _ in spec) for t, spec in _EVENT_SPECS.items()
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """Something that happened, numbered gap-free by ``seq`` per (sid, epoch)."""
+
+    KIND: ClassVar[Kind] = Kind.EVENT
+
+    sid: str
+    epoch: str
+    ts: int
+    synced: bool
+    seq: int
+    type: str
+    data: dict[str, Any] = field(default_factory=dict)
+    v: int = VERSION
+
+    @property
+    def is_known(self) -> bool:
+        """Whether the type is one of contract §6 (others are stored, not acted on)."""
+        return self.type in _EVENT_SPECS
+
+    def to_dict(self) -> dict[str, Any]:
+        d = env_dict(self)
+        d["seq"] = self.seq
+        d["type"] = self.type
+        d["data"] = self.data
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict, topic_sid: str | None = None) -> Event:
+        sid, epoch, ts, synced = envelope(d, topic_sid)
+        seq = read_int(d, "seq", "", lo=1)
+        etype = read_str(d, "type", "", pattern=_EVENT_TYPE_RE, form="1-64 chars of a-z, 0-9, _")
+        # Events without data (locker_offline) may omit the object altogether.
+        data = read_obj(d, "data", "", OPT)
+        data = {} if data is None else data
+        for key, check in _EVENT_SPECS.get(etype, ()):
+            check(data, key, "data.")
+        return cls(sid, epoch, ts, synced, seq, etype, data)

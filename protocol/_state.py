@@ -1,0 +1,246 @@
+"""State (contract §5) and its sections; import these from :mod:`protocol.messages`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from protocol._fields import (
+    NULLABLE,
+    OPT,
+    VERSION,
+    env_dict,
+    envelope,
+    read_bool,
+    read_int,
+    read_list,
+    read_num,
+    read_obj,
+    read_str,
+    type_name,
+)
+from protocol.errors import InvalidMessage
+from protocol.topics import Kind
+
+SLOT_FAULTS = frozenset({"lock_jammed", "charger_fault", "sensor_fault", "overheat", "comm"})
+DISPENSER_FAULTS = frozenset({"sensor", "heater", "overtemp", "dry_boil"})
+LEVEL_STATES = frozenset({"ok", "low", "empty", "unknown"})
+
+
+@dataclass(frozen=True, slots=True)
+class Slot:
+    """One locker slot; ``bank`` is None when the slot is empty."""
+
+    slot: int
+    bank: str | None
+    charge: int | None
+    charging: bool
+    locked: bool
+    fault: str | None
+    temp_c: int | float | None
+    cycles: int | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "slot": self.slot,
+            "bank": self.bank,
+            "charge": self.charge,
+            "charging": self.charging,
+            "locked": self.locked,
+            "fault": self.fault,
+            "temp_c": self.temp_c,
+            "cycles": self.cycles,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict, p: str) -> Slot:
+        return cls(
+            slot=read_int(d, "slot", p, lo=1),
+            bank=read_str(d, "bank", p, NULLABLE),
+            charge=read_int(d, "charge", p, NULLABLE, lo=0, hi=100),
+            charging=read_bool(d, "charging", p),
+            locked=read_bool(d, "locked", p),
+            fault=read_str(d, "fault", p, NULLABLE, choices=SLOT_FAULTS),
+            temp_c=read_num(d, "temp_c", p, NULLABLE),
+            cycles=read_int(d, "cycles", p, NULLABLE, lo=0),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Lockers:
+    """The power-bank locker; ``online`` False means the board is silent and the
+    slots are the last known."""
+
+    online: bool
+    slots: tuple[Slot, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"online": self.online, "slots": [s.to_dict() for s in self.slots]}
+
+    @classmethod
+    def from_dict(cls, d: dict, p: str) -> Lockers:
+        online = read_bool(d, "online", p)
+        raw = read_list(d, "slots", p)
+        slots = []
+        for i, s in enumerate(raw):
+            sp = f"{p}slots[{i}]"
+            if not isinstance(s, dict):
+                raise InvalidMessage(sp, f"must be an object, got {type_name(s)}")
+            slots.append(Slot.from_dict(s, sp + "."))
+        return cls(online, tuple(slots))
+
+
+@dataclass(frozen=True, slots=True)
+class Dispenser:
+    """The hot-water dispenser; ``level`` is a 0..1 fraction or None (float switches only)."""
+
+    online: bool
+    level: float | None
+    level_state: str
+    temp_c: float | None
+    heater: bool
+    heater_lockout: bool
+    fault: str | None
+    dispensed_ml: int | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "online": self.online,
+            "level": self.level,
+            "level_state": self.level_state,
+            "temp_c": self.temp_c,
+            "heater": self.heater,
+            "heater_lockout": self.heater_lockout,
+            "fault": self.fault,
+            "dispensed_ml": self.dispensed_ml,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict, p: str) -> Dispenser:
+        return cls(
+            online=read_bool(d, "online", p),
+            level=read_num(d, "level", p, NULLABLE, lo=0, hi=1),
+            level_state=read_str(d, "level_state", p, choices=LEVEL_STATES),
+            temp_c=read_num(d, "temp_c", p, NULLABLE),
+            heater=read_bool(d, "heater", p),
+            heater_lockout=read_bool(d, "heater_lockout", p),
+            fault=read_str(d, "fault", p, NULLABLE, choices=DISPENSER_FAULTS),
+            dispensed_ml=read_int(d, "dispensed_ml", p, NULLABLE, lo=0),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """The Pi's own health; every field is optional and omitted when None."""
+
+    cpu_temp_c: float | None = None
+    undervoltage: bool | None = None
+    throttled: bool | None = None
+    disk_free_mb: int | None = None
+    uptime_s: int | None = None
+    outbox: int | None = None
+    kiosk: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__slots__ if getattr(self, k) is not None}
+
+    @classmethod
+    def from_dict(cls, d: dict, p: str) -> Health:
+        return cls(
+            cpu_temp_c=read_num(d, "cpu_temp_c", p, OPT),
+            undervoltage=read_bool(d, "undervoltage", p, OPT),
+            throttled=read_bool(d, "throttled", p, OPT),
+            disk_free_mb=read_int(d, "disk_free_mb", p, OPT, lo=0),
+            uptime_s=read_int(d, "uptime_s", p, OPT, lo=0),
+            outbox=read_int(d, "outbox", p, OPT, lo=0),
+            kiosk=read_str(d, "kiosk", p, OPT),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Counters:
+    """Cumulative per epoch."""
+
+    visits: int = 0
+    borrows: int = 0
+    returns: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"visits": self.visits, "borrows": self.borrows, "returns": self.returns}
+
+    @classmethod
+    def from_dict(cls, d: dict, p: str) -> Counters:
+        return cls(
+            visits=read_int(d, "visits", p, lo=0),
+            borrows=read_int(d, "borrows", p, lo=0),
+            returns=read_int(d, "returns", p, lo=0),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class State:
+    """A station's snapshot; a section whose hardware the station lacks is None."""
+
+    KIND: ClassVar[Kind] = Kind.STATE
+
+    sid: str
+    epoch: str
+    ts: int
+    synced: bool
+    rev: int
+    last_seq: int
+    lockers: Lockers | None = None
+    dispenser: Dispenser | None = None
+    doors: dict[str, bool] | None = None
+    health: Health | None = None
+    counters: Counters | None = None
+    v: int = VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        d = env_dict(self)
+        d["rev"] = self.rev
+        d["last_seq"] = self.last_seq
+        if self.lockers is not None:
+            d["lockers"] = self.lockers.to_dict()
+        if self.dispenser is not None:
+            d["dispenser"] = self.dispenser.to_dict()
+        if self.doors is not None:
+            d["doors"] = dict(self.doors)
+        if self.health is not None:
+            d["health"] = self.health.to_dict()
+        if self.counters is not None:
+            d["counters"] = self.counters.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict, topic_sid: str | None = None) -> State:
+        sid, epoch, ts, synced = envelope(d, topic_sid)
+        rev = read_int(d, "rev", "", lo=0)
+        last_seq = read_int(d, "last_seq", "", lo=0)
+        lockers = read_obj(d, "lockers", "", OPT)
+        dispenser = read_obj(d, "dispenser", "", OPT)
+        doors = read_obj(d, "doors", "", OPT)
+        health = read_obj(d, "health", "", OPT)
+        counters = read_obj(d, "counters", "", OPT)
+        if doors is not None:
+            for name, is_open in doors.items():
+                if not name:
+                    raise InvalidMessage("doors", "door names must not be empty")
+                if not isinstance(is_open, bool):
+                    raise InvalidMessage(
+                        f"doors.{name}", f"must be a bool, got {type_name(is_open)}"
+                    )
+            doors = dict(doors)
+        return cls(
+            sid,
+            epoch,
+            ts,
+            synced,
+            rev,
+            last_seq,
+            lockers=None if lockers is None else Lockers.from_dict(lockers, "lockers."),
+            dispenser=None if dispenser is None else Dispenser.from_dict(dispenser, "dispenser."),
+            doors=doors,
+            health=None if health is None else Health.from_dict(health, "health."),
+            counters=None if counters is None else Counters.from_dict(counters, "counters."),
+        )
