@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from protocol.ids import new_epoch
@@ -33,7 +35,12 @@ CREATE TABLE IF NOT EXISTS events (
     sent INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS events_unsent ON events (seq) WHERE sent = 0;
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
+
+# Cumulative per epoch (contract §5 ``counters``), kept in step with the events
+# that move them, in the same transaction.
+COUNTED = {"visit": "visits", "bank_borrowed": "borrows", "bank_returned": "returns"}
 
 
 class Journal:
@@ -42,7 +49,7 @@ class Journal:
     def __init__(self, data_dir: str | Path) -> None:
         self.path = Path(data_dir) / "station.db"
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         # The agent's threads (MQTT network thread, main loop) share one
         # connection; the lock serialises them.
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
@@ -88,23 +95,63 @@ class Journal:
         with self._lock:
             return self._last_seq
 
-    def append_event(self, ts: int, synced: bool, type_: str, data: dict) -> int:
-        """Record an event durably and return its ``seq`` (gap-free from 1)."""
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One atomic write: other modules' rows and events together, or nothing.
+
+        >>> with journal.transaction() as tx:                      # doctest: +SKIP
+        ...     tx.execute("INSERT INTO loans ...")
+        ...     journal.add_event(tx, ts, synced, "bank_borrowed", data)
+        """
         with self._lock:
-            seq = self._last_seq + 1
-            self._db.execute("BEGIN")
+            self._db.execute("BEGIN IMMEDIATE")
+            seq_before = self._last_seq
             try:
-                self._db.execute(
-                    "INSERT INTO events (seq, ts, synced, type, data) VALUES (?, ?, ?, ?, ?)",
-                    (seq, ts, int(synced), type_, json.dumps(data, ensure_ascii=False)),
-                )
-                self._set_meta("last_seq", seq)
+                yield self._db
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
+                self._last_seq = seq_before
                 raise
-            self._last_seq = seq
-            return seq
+
+    def add_event(self, tx: sqlite3.Connection, ts: int, synced: bool, type_: str,
+                  data: dict) -> int:
+        """Record an event inside ``transaction()``; returns its gap-free ``seq``."""
+        seq = self._last_seq + 1
+        tx.execute(
+            "INSERT INTO events (seq, ts, synced, type, data) VALUES (?, ?, ?, ?, ?)",
+            (seq, ts, int(synced), type_, json.dumps(data, ensure_ascii=False)),
+        )
+        self._set_meta("last_seq", seq)
+        counter = COUNTED.get(type_)
+        if counter is not None:
+            step = int(data.get("count", 1)) if type_ == "visit" else 1
+            tx.execute(
+                "INSERT INTO counters (name, value) VALUES (?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+                (counter, step),
+            )
+        self._last_seq = seq
+        return seq
+
+    def append_event(self, ts: int, synced: bool, type_: str, data: dict) -> int:
+        """Record an event durably in its own transaction and return its ``seq``."""
+        with self.transaction() as tx:
+            return self.add_event(tx, ts, synced, type_, data)
+
+    def counters(self) -> dict[str, int]:
+        """``visits``, ``borrows``, ``returns`` since the epoch began."""
+        with self._lock:
+            rows = dict(self._db.execute("SELECT name, value FROM counters").fetchall())
+        return {name: int(rows.get(name, 0)) for name in ("visits", "borrows", "returns")}
+
+    def get_meta(self, key: str) -> str | None:
+        with self._lock:
+            return self._meta(key)
+
+    def set_meta(self, key: str, value: object) -> None:
+        with self._lock:
+            self._set_meta(key, value)
 
     def close(self) -> None:
         with self._lock:
