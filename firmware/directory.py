@@ -1,0 +1,339 @@
+"""Who may borrow and who may maintain, kept on the station's disk (contract §8).
+
+The hub publishes the Directory retained; the station keeps the last one it got
+so that lending follows the same rules while the hub is unreachable. PINs are
+checked here, against the hashes the directory carries, with a lockout after
+five wrong tries that survives a restart.
+
+    store = DirectoryStore(data_dir / "directory.json", clock)
+    store.apply(directory)                 # only when its rev is newer
+    store.policy.lending                   # "open" before any directory arrived
+    store.check_rider_pin("r:5e8f...", "4821").ok
+
+PIN hashes are Django's ``pbkdf2_sha256`` format, so a hub (or any Django
+install) can make them with :func:`hash_pin`::
+
+    pbkdf2_sha256$<iterations>$<salt>$<base64 of the 32-byte PBKDF2-HMAC-SHA256>
+
+where the salt is the text between the ``$`` signs, used as its UTF-8 bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import functools
+import hashlib
+import hmac
+import json
+import logging
+import os
+import secrets
+import string
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from protocol.errors import InvalidMessage
+from protocol.messages import Directory, Policy, RiderEntry, StaffEntry
+from yizhan.clock import SYSTEM_CLOCK, Clock
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "DEFAULT_ITERATIONS",
+    "LOCKOUT_AFTER",
+    "LOCKOUT_SECONDS",
+    "DirectoryStore",
+    "PinCheck",
+    "hash_pin",
+    "verify_pin",
+]
+
+DEFAULT_ITERATIONS = 200_000
+# A hash asking for more work than this is refused rather than run: a bad
+# directory must not be able to freeze the kiosk for minutes per PIN.
+MAX_ITERATIONS = 2_000_000
+LOCKOUT_AFTER = 5  # wrong PINs in a row
+LOCKOUT_SECONDS = 15 * 60
+# Lockout entries kept at most; a kiosk typing random ids cannot grow the file forever.
+MAX_LOCKOUT_ENTRIES = 10_000
+
+_SALT_ALPHABET = string.ascii_letters + string.digits
+_ALGORITHM = "pbkdf2_sha256"
+
+
+# -- PIN hashes -------------------------------------------------------------------
+
+
+def hash_pin(pin: str, salt: str | None = None, iterations: int = DEFAULT_ITERATIONS) -> str:
+    """The directory form of ``pin``: what the hub puts in ``riders[].pin``.
+
+    >>> h = hash_pin("4821", salt="yizhan", iterations=1000)
+    >>> h.split("$")[:3]
+    ['pbkdf2_sha256', '1000', 'yizhan']
+    >>> verify_pin("4821", h), verify_pin("4822", h)
+    (True, False)
+    """
+    if salt is None:
+        salt = "".join(secrets.choice(_SALT_ALPHABET) for _ in range(22))
+    if not salt or "$" in salt:
+        raise ValueError("salt must be non-empty text without '$'")
+    if not isinstance(iterations, int) or not 1 <= iterations <= MAX_ITERATIONS:
+        raise ValueError(f"iterations must be 1..{MAX_ITERATIONS}")
+    digest = hashlib.pbkdf2_hmac("sha256", pin.encode("utf-8"), salt.encode("utf-8"), iterations)
+    return f"{_ALGORITHM}${iterations}${salt}${base64.b64encode(digest).decode('ascii')}"
+
+
+def verify_pin(pin: str, encoded: str) -> bool:
+    """True when ``pin`` matches ``encoded``; a malformed hash matches nothing.
+
+    The digests are compared in constant time.
+    """
+    try:
+        algorithm, iterations_text, salt, expected_b64 = encoded.split("$")
+        iterations = int(iterations_text)
+        expected = base64.b64decode(expected_b64, validate=True)
+    except (AttributeError, ValueError):
+        return False
+    if algorithm != _ALGORITHM or not salt or not 1 <= iterations <= MAX_ITERATIONS:
+        return False
+    digest = hashlib.pbkdf2_hmac("sha256", pin.encode("utf-8"), salt.encode("utf-8"), iterations)
+    return hmac.compare_digest(digest, expected)
+
+
+@functools.lru_cache(maxsize=4)
+def _dummy_hash(iterations: int) -> str:
+    """Hashed against when the id is unknown, so that "no such staff" costs as
+    long as "wrong PIN" and the kiosk's timing does not tell which ids exist."""
+    return hash_pin("0000", salt="yizhan-dummy", iterations=iterations)
+
+
+def _iterations(encoded: str) -> int:
+    try:
+        n = int(encoded.split("$")[1])
+    except (IndexError, ValueError):
+        return DEFAULT_ITERATIONS
+    return n if 1 <= n <= MAX_ITERATIONS else DEFAULT_ITERATIONS
+
+
+@dataclass(frozen=True, slots=True)
+class PinCheck:
+    """The verdict on one PIN.
+
+    ``reason`` is None when ``ok``, else ``bad_pin``, ``locked_out`` or
+    ``not_registered``; ``tries_left`` counts wrong PINs before a lockout;
+    ``locked_until`` is the end of a lockout in ms (station clock).
+    """
+
+    ok: bool
+    reason: str | None = None
+    tries_left: int | None = None
+    locked_until: int | None = None
+
+
+# -- the store --------------------------------------------------------------------
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` so that a power cut leaves the old or the new file."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    # The rename itself lives in the directory: sync it too.
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+class DirectoryStore:
+    """The last Directory the hub sent, on disk at ``path``, and the PIN lockouts.
+
+    Before any directory arrived the policy is the contract default (open
+    lending, ``min_charge`` 80, one bank a rider, 24 h). Lockouts live beside
+    the directory in ``<path>.lockouts`` (wall-clock ends, so a restart keeps
+    them; a clock jumping backwards at boot cannot stretch one past 15 min).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], clock: Clock = SYSTEM_CLOCK,
+                 lockout_after: int = LOCKOUT_AFTER,
+                 lockout_seconds: float = LOCKOUT_SECONDS) -> None:
+        self.path = Path(path)
+        self.lockout_path = self.path.with_name(self.path.name + ".lockouts")
+        self.clock = clock
+        self.lockout_after = lockout_after
+        self.lockout_seconds = lockout_seconds
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._directory: Directory | None = None
+        self._riders: dict[str, RiderEntry] = {}
+        self._staff: dict[str, StaffEntry] = {}
+        self._denied: frozenset[str] = frozenset()
+        # key ("rider:<id>" / "staff:<id>") -> {"wrong": n, "until": wall seconds}
+        self._lockouts: dict[str, dict] = {}
+        self._load()
+
+    # -- the directory ------------------------------------------------------------
+
+    def _load(self) -> None:
+        if self.path.exists():
+            try:
+                d = Directory.from_dict(json.loads(self.path.read_text(encoding="utf-8")))
+            except (OSError, ValueError) as err:  # InvalidMessage and bad JSON are ValueErrors
+                # Keep the evidence, run on the defaults until the hub resends
+                # (the directory topic is retained, so it does on connect).
+                aside = self.path.with_name(self.path.name + ".corrupt")
+                log.error("directory file %s is unreadable (%s); moved to %s, using defaults",
+                          self.path, err, aside)
+                with contextlib.suppress(OSError):
+                    os.replace(self.path, aside)
+            else:
+                self._install(d)
+        if self.lockout_path.exists():
+            try:
+                raw = json.loads(self.lockout_path.read_text(encoding="utf-8"))
+                self._lockouts = {
+                    str(k): {"wrong": int(v["wrong"]), "until": float(v["until"])}
+                    for k, v in raw.items()
+                }
+            except (OSError, ValueError, TypeError, KeyError, AttributeError) as err:
+                log.error("lockout file %s is unreadable (%s); starting without lockouts",
+                          self.lockout_path, err)
+
+    def _install(self, d: Directory) -> None:
+        self._directory = d
+        self._riders = {r.id: r for r in d.riders}
+        self._staff = {s.id: s for s in d.staff}
+        self._denied = frozenset(d.denied)
+
+    def apply(self, directory: Directory | dict) -> bool:
+        """Keep ``directory`` when its ``rev`` is newer than the one held; True if kept.
+
+        A dict is validated first (InvalidMessage names the bad field, and
+        nothing changes). The file is written before the new rules apply, so
+        what the station enforces is always what it would reload.
+        """
+        d = Directory.from_dict(directory) if isinstance(directory, dict) else directory
+        if not isinstance(d, Directory):
+            raise InvalidMessage("", f"not a Directory: {type(directory).__name__}")
+        with self._lock:
+            if self._directory is not None and d.rev <= self._directory.rev:
+                log.info("directory rev %d ignored: holding rev %d", d.rev, self._directory.rev)
+                return False
+            data = json.dumps(d.to_dict(), ensure_ascii=False, indent=1).encode("utf-8")
+            _write_atomically(self.path, data)
+            self._install(d)
+        log.info("directory rev %d applied (%s lending, %d riders, %d staff, %d denied)",
+                 d.rev, d.policy.lending, len(d.riders), len(d.staff), len(d.denied))
+        return True
+
+    @property
+    def directory(self) -> Directory | None:
+        """The directory held, or None before the hub ever sent one."""
+        return self._directory
+
+    @property
+    def rev(self) -> int | None:
+        d = self._directory
+        return None if d is None else d.rev
+
+    @property
+    def policy(self) -> Policy:
+        d = self._directory
+        return Policy() if d is None else d.policy
+
+    def is_denied(self, rider: str) -> bool:
+        return rider in self._denied
+
+    def is_registered(self, rider: str) -> bool:
+        return rider in self._riders
+
+    def staff(self, staff_id: str) -> StaffEntry | None:
+        return self._staff.get(staff_id)
+
+    # -- PINs ---------------------------------------------------------------------
+
+    def check_rider_pin(self, rider: str, pin: str | None) -> PinCheck:
+        """Check a listed rider's PIN; ``not_registered`` when the rider is not listed."""
+        entry = self._riders.get(rider)
+        if entry is None:
+            return PinCheck(False, "not_registered")
+        return self._check(f"rider:{rider}", pin, entry.pin)
+
+    def check_staff_pin(self, staff_id: str, pin: str | None) -> PinCheck:
+        """Check a staff member's PIN; an unknown id is a wrong PIN (and counts as one)."""
+        entry = self._staff.get(staff_id)
+        if entry is None:
+            # As costly as a real check, and counted, so guessing ids shows nothing.
+            some = next(iter(self._staff.values()), None)
+            dummy = _dummy_hash(_iterations(some.pin) if some else DEFAULT_ITERATIONS)
+            return self._check(f"staff:{staff_id}", pin, dummy, known=False)
+        return self._check(f"staff:{staff_id}", pin, entry.pin)
+
+    def locked_until(self, key: str) -> int | None:
+        """End of the lockout of ``rider:<id>`` or ``staff:<id>`` in ms, or None."""
+        with self._lock:
+            until = self._until(key, self.clock.now())
+        return None if until is None else int(until * 1000)
+
+    def _until(self, key: str, now: float) -> float | None:
+        entry = self._lockouts.get(key)
+        if entry is None or entry["until"] <= now:
+            return None
+        # A lockout reaching further than its length means the wall clock went
+        # back (a Pi's boot before NTP): re-anchor it instead of locking for days.
+        if entry["until"] - now > self.lockout_seconds:
+            entry["until"] = now + self.lockout_seconds
+        return entry["until"]
+
+    def _check(self, key: str, pin: str | None, encoded: str, known: bool = True) -> PinCheck:
+        now = self.clock.now()
+        with self._lock:
+            until = self._until(key, now)
+        if until is not None:
+            return PinCheck(False, "locked_out", 0, int(until * 1000))
+        # Hash outside the lock: 200 000 rounds take a while on a Pi.
+        good = isinstance(pin, str) and verify_pin(pin, encoded) and known
+        with self._lock:
+            entry = self._lockouts.get(key)
+            if good:
+                if entry is not None:
+                    del self._lockouts[key]
+                    self._save_lockouts()
+                return PinCheck(True)
+            if entry is None or (entry["until"] and entry["until"] <= now):
+                entry = {"wrong": 0, "until": 0.0}
+            entry["wrong"] += 1
+            if entry["wrong"] >= self.lockout_after:
+                entry = {"wrong": 0, "until": now + self.lockout_seconds}
+            self._lockouts[key] = entry
+            self._prune(now)
+            self._save_lockouts()
+            if entry["until"]:
+                return PinCheck(False, "locked_out", 0, int(entry["until"] * 1000))
+            return PinCheck(False, "bad_pin", self.lockout_after - entry["wrong"])
+
+    def _prune(self, now: float) -> None:
+        if len(self._lockouts) <= MAX_LOCKOUT_ENTRIES:
+            return
+        # Drop expired lockouts first, then the oldest counts of wrong tries.
+        for key in [k for k, v in self._lockouts.items() if v["until"] and v["until"] <= now]:
+            del self._lockouts[key]
+        excess = len(self._lockouts) - MAX_LOCKOUT_ENTRIES
+        for key in [k for k, v in self._lockouts.items() if not v["until"]][:max(0, excess)]:
+            del self._lockouts[key]
+
+    def _save_lockouts(self) -> None:
+        data = json.dumps(self._lockouts, separators=(",", ":")).encode("utf-8")
+        _write_atomically(self.lockout_path, data)
