@@ -2,7 +2,10 @@
 
 A station lists exactly the hardware it has; a section left out means that part
 is absent and the agent runs with the rest. ``hardware: sim`` runs the whole
-station on simulated hardware, the sections then only tune the simulation.
+station on simulated hardware; the sections then only tune the simulation (a
+simulated station has every part, on default pins where a section is missing).
+
+A ConfigError names the key: ``station.yaml: doors.entrance.pin: is required``.
 """
 
 from __future__ import annotations
@@ -10,11 +13,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from firmware.hardware.dispenser import DispenserSpec, parse_dispenser
+from firmware.hardware.doors import DoorSpec, known_keys, parse_doors
+from firmware.hardware.occupancy import OccupancySpec, parse_occupancy
 from protocol.errors import InvalidIdentifier
-from protocol.ids import SID_RE, check_sid
+from protocol.ids import check_sid
 from yizhan.config import ConfigError, MqttConfig, Section, load_yaml
 
-SID_PATTERN = SID_RE.pattern.lstrip("^").rstrip("$")
+TOP_LEVEL = ("hardware", "station", "mqtt", "data_dir", "fleet_key_file", "lockers",
+             "dispenser", "doors", "occupancy", "kiosk", "local_api", "lending", "timing",
+             "sim")
+# GPIO4 carries the DS18B20's 1-wire bus (dtoverlay=w1-gpio) whenever there is one.
+W1_PIN = 4
 
 
 @dataclass(frozen=True)
@@ -33,6 +43,40 @@ class KioskConfig:
 
 
 @dataclass(frozen=True)
+class LocalApiConfig:
+    """Where the agent serves the kiosk (loopback, or a Unix socket)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8701
+    unix_socket: str | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class LendingConfig:
+    take_timeout: float = 30.0
+    maintenance_idle: float = 600.0
+    charge_rate: float = 1.0  # % per minute, for "next bank ready at"
+    slot_hold: float = 300.0
+    pulse_ms: int = 500
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """How busy a simulated station is (``sim`` section, ``hardware: sim`` only)."""
+
+    riders_per_hour: float = 12.0  # visitors through the door
+    borrows_per_hour: float = 6.0
+    mean_loan: float = 2 * 3600.0
+    draws_per_hour: float = 20.0  # cups of hot water
+    auto_refill: float | None = 1800.0  # staff top the tank up this long after "low"
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
 class StationConfig:
     sid: str
     name: str
@@ -40,11 +84,16 @@ class StationConfig:
     mqtt: MqttConfig
     sim: bool = False
     lockers: LockerConfig | None = None
-    dispenser: dict | None = None
-    doors: dict[str, dict] = field(default_factory=dict)
+    dispenser: DispenserSpec | None = None
+    doors: dict[str, DoorSpec] = field(default_factory=dict)
+    occupancy: OccupancySpec | None = None
     kiosk: KioskConfig = field(default_factory=KioskConfig)
+    local_api: LocalApiConfig = field(default_factory=LocalApiConfig)
+    lending: LendingConfig = field(default_factory=LendingConfig)
+    simulation: SimConfig = field(default_factory=SimConfig)
     heartbeat: float = 60.0
     coalesce: float = 2.0
+    tick: float = 0.25
     fleet_key: bytes | None = None
     source: str | None = None
 
@@ -65,60 +114,101 @@ def load_station_config(path: str | Path) -> StationConfig:
 def parse_station_config(data: dict, base: Path | None = None,
                          source: str | None = None) -> StationConfig:
     root = Section(data)
+    known_keys(root, TOP_LEVEL)
     hardware = root.str("hardware", choices=("sim", "pi"))
+    sim = hardware == "sim"
     station = root.section("station", required=True)
     sid = station.str("id", required=True)
     try:
         check_sid(sid)
     except InvalidIdentifier as err:
-        raise ConfigError("station.id", str(err.reason if hasattr(err, "reason") else err)) from err
+        raise ConfigError("station.id", str(err)) from err
     data_dir = Path(root.str("data_dir", required=True))
     if base is not None and not data_dir.is_absolute():
         data_dir = base / data_dir
-    sim = hardware == "sim"
 
     lockers = None
     lsec = root.section("lockers")
-    if lsec is not None:
-        port = lsec.str("port", required=not sim) or "sim"
+    if lsec is not None or sim:
+        lsec = lsec or Section({}, "lockers")
+        known_keys(lsec, ("port", "baudrate", "address", "poll_interval", "slots"))
         lockers = LockerConfig(
-            port=port,
+            port=lsec.str("port", required=not sim) or "sim",
             baudrate=lsec.int("baudrate", 115200, lo=1200, hi=4_000_000),
             address=lsec.int("address", 1, lo=1, hi=15),
             poll_interval=lsec.duration("poll_interval", 2.0),
-            slots=lsec.int("slots", 12, lo=1, hi=15),  # a STATUS answer holds 15 records at most
+            # A STATUS answer holds 15 records at most (255-byte payload).
+            slots=lsec.int("slots", 12, lo=1, hi=15),
         )
 
-    doors: dict[str, dict] = {}
-    dsec = root.section("doors")
-    if dsec is not None:
-        for name, spec in dsec.data.items():
-            if not isinstance(name, str) or not name.replace("_", "").isalnum():
-                raise ConfigError(f"doors.{name}", "a door name is letters, digits and _")
-            if spec is not None and not isinstance(spec, dict):
-                raise ConfigError(f"doors.{name}", "must be a mapping (for example {pin: 17})")
-            doors[name] = dict(spec or {})
-
-    dispenser = None
-    psec = root.section("dispenser")
-    if psec is not None:
-        dispenser = dict(psec.data)
+    doors = parse_doors(root.section("doors"))
+    dispenser = parse_dispenser(root.section("dispenser"))
+    occupancy = parse_occupancy(root.section("occupancy"))
+    if not sim:
+        _check_pins(doors, dispenser, occupancy)
 
     ksec = root.section("kiosk")
     kiosk = KioskConfig()
     if ksec is not None:
         kiosk = KioskConfig(host=ksec.str("host", "127.0.0.1"),
                             port=ksec.int("port", 8700, lo=1, hi=65535))
+    asec = root.section("local_api")
+    local_api = LocalApiConfig()
+    if asec is not None:
+        known_keys(asec, ("host", "port", "unix_socket"))
+        local_api = LocalApiConfig(host=asec.str("host", "127.0.0.1"),
+                                   port=asec.int("port", 8701, lo=0, hi=65535),
+                                   unix_socket=asec.str("unix_socket"))
+        if local_api.unix_socket is None and local_api.host not in ("127.0.0.1", "::1",
+                                                                     "localhost"):
+            raise ConfigError("local_api.host", "the kiosk's API must stay on loopback "
+                                                "(127.0.0.1) or a unix_socket")
+
+    lending = LendingConfig()
+    gsec = root.section("lending")
+    if gsec is not None:
+        known_keys(gsec, ("take_timeout", "maintenance_idle", "charge_rate", "slot_hold",
+                          "pulse_ms"))
+        lending = LendingConfig(
+            take_timeout=gsec.duration("take_timeout", 30.0),
+            maintenance_idle=gsec.duration("maintenance_idle", 600.0),
+            charge_rate=gsec.float("charge_rate", 1.0, lo=0.01, hi=100),
+            slot_hold=gsec.duration("slot_hold", 300.0),
+            pulse_ms=gsec.int("pulse_ms", 500, lo=50, hi=5000),
+        )
+
+    simulation = SimConfig()
+    ssec = root.section("sim")
+    if ssec is not None:
+        if not sim:
+            raise ConfigError("sim", "only means something with hardware: sim")
+        known_keys(ssec, ("riders_per_hour", "borrows_per_hour", "mean_loan",
+                          "draws_per_hour", "auto_refill", "seed"))
+        simulation = SimConfig(
+            riders_per_hour=ssec.float("riders_per_hour", 12.0, lo=0),
+            borrows_per_hour=ssec.float("borrows_per_hour", 6.0, lo=0),
+            mean_loan=ssec.duration("mean_loan", 7200.0),
+            draws_per_hour=ssec.float("draws_per_hour", 20.0, lo=0),
+            auto_refill=ssec.duration("auto_refill", 1800.0),
+            seed=ssec.int("seed"),
+        )
 
     fleet_key = None
     if root.has("fleet_key_file"):
-        fleet_key = (root.secret("fleet_key") or "").encode()
+        fleet_key = (root.secret("fleet_key", base) or "").encode()
+        if len(fleet_key) < 16:
+            raise ConfigError("fleet_key_file", "the fleet key must be at least 16 characters")
 
     timing = root.section("timing")
     heartbeat = timing.duration("heartbeat", 60.0) if timing else 60.0
     coalesce = timing.duration("coalesce", 2.0) if timing else 2.0
+    tick = timing.duration("tick", 0.25) if timing else 0.25
     if heartbeat > 60.0:
         raise ConfigError("timing.heartbeat", "must be at most 60s (contract §5)")
+    if coalesce > 2.0:
+        raise ConfigError("timing.coalesce", "must be at most 2s (contract §5)")
+    if not 0.01 <= tick <= 1.0:
+        raise ConfigError("timing.tick", "must be from 10ms to 1s")
 
     return StationConfig(
         sid=sid,
@@ -129,9 +219,35 @@ def parse_station_config(data: dict, base: Path | None = None,
         lockers=lockers,
         dispenser=dispenser,
         doors=doors,
+        occupancy=occupancy,
         kiosk=kiosk,
+        local_api=local_api,
+        lending=lending,
+        simulation=simulation,
         heartbeat=heartbeat,
         coalesce=coalesce,
+        tick=tick,
         fleet_key=fleet_key,
         source=source,
     )
+
+
+def _check_pins(doors: dict[str, DoorSpec], dispenser: DispenserSpec | None,
+                occupancy: OccupancySpec | None) -> None:
+    """Two parts on one GPIO would fight silently; refuse naming both keys."""
+    used: dict[int, str] = {}
+
+    def take(pin: int, key: str) -> None:
+        if pin in used:
+            raise ConfigError(key, f"GPIO{pin} is already used by {used[pin]}")
+        used[pin] = key
+
+    if dispenser is not None:
+        if dispenser.thermometer is not None:
+            used[W1_PIN] = "the DS18B20 1-wire bus (GPIO4)"
+        for pin, key in sorted(dispenser.pins().items()):
+            take(pin, key)
+    for name, spec in doors.items():
+        take(spec.pin, f"doors.{name}.pin")
+    if occupancy is not None:
+        take(occupancy.pin, "occupancy.pin")

@@ -63,12 +63,16 @@ def cmd_hub(args: argparse.Namespace) -> int:
 def cmd_agent(args: argparse.Namespace) -> int:
     from firmware.agent import Agent
     from firmware.config import load_station_config
-    from firmware.hardware import build_hardware
+    from firmware.hardware.station import build_hardware
     from yizhan.clock import SYSTEM_CLOCK
 
     config = load_station_config(args.config)
     hardware = build_hardware(config, SYSTEM_CLOCK)
-    agent = Agent(config, SYSTEM_CLOCK, hardware)
+    try:
+        agent = Agent(config, SYSTEM_CLOCK, hardware)
+    except BaseException:
+        hardware.close()
+        raise
     _on_terminate(agent.stop)
     logging.getLogger("yizhan").info("agent %s starting, mqtt %s", config.sid,
                                      config.mqtt.redacted())

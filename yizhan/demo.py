@@ -69,16 +69,30 @@ def write_configs(workdir: Path, n: int, mqtt_port: int, http_port: int) -> tupl
         "stations": [{"sid": s, "name": name, "group": g} for s, name, g in stations],
     })
     configs = []
-    for sid, name, _group in stations:
+    for i, (sid, name, _group) in enumerate(stations):
+        # Each station on this one machine needs its own kiosk and local API ports.
+        kiosk_port = _port_near(8700 + 10 * i)
+        api_port = _port_near(8701 + 10 * i, avoid={kiosk_port})
         cfg = _write(workdir / f"{sid}.yaml", {
             "hardware": "sim",
             "station": {"id": sid, "name": name},
             "mqtt": mqtt,
             "data_dir": str((workdir / sid).resolve()),
             "fleet_key_file": str(key.resolve()),
+            "kiosk": {"host": "127.0.0.1", "port": kiosk_port},
+            "local_api": {"host": "127.0.0.1", "port": api_port},
+            # Busier than life, so the demo shows borrowing within minutes.
+            "sim": {"borrows_per_hour": 30, "riders_per_hour": 60, "mean_loan": "20m"},
         })
         configs.append((sid, cfg))
     return hub, configs
+
+
+def _port_near(port: int, avoid: set[int] | frozenset = frozenset()) -> int:
+    """``port`` when it is free (stable URLs across runs), else any free one."""
+    if port not in avoid and port_is_free(port):
+        return port
+    return free_port()
 
 
 def _get(url: str, token: str | None = None, timeout: float = 2.0) -> dict | None:

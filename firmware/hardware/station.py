@@ -1,35 +1,70 @@
-"""All the hardware of one station, as configured."""
+"""The station's hardware edge, as configured: pins, the serial line, the Pi.
+
+``build_hardware(config, clock)`` returns what the agent builds its parts on:
+the gpiozero pin factory, the locker board client, the Pi's health readers and
+clock-sync check. On a Pi that is gpiozero's default factory (lgpio) and the
+configured serial device; with ``hardware: sim`` it is a ``MockFactory`` whose
+pins the simulators drive, and a board simulator on a pseudo-terminal — the
+same code above that edge either way (design principle 1).
+"""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from typing import Any
 
 from firmware.config import StationConfig
+from firmware.hardware.board import LockerBoard
+from firmware.hardware.clocksync import AssumedSynced, KernelClockSync
+from firmware.hardware.dispenser import DispenserSpec
+from firmware.hardware.doors import DoorSpec
 from firmware.hardware.health import PiHealth, SimHealth
-from protocol.messages import Health
+from firmware.hardware.occupancy import OccupancySpec
 from yizhan.clock import Clock
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class StationHardware:
-    """What the agent reads and drives. Parts the station lacks are None."""
+    """The lowest layer the agent stands on. ``simulation`` is None on a Pi."""
 
+    pin_factory: Any | None  # None: gpiozero's own default (lgpio on a Pi)
+    board: LockerBoard | None
     health: PiHealth
+    clock_sync: KernelClockSync | AssumedSynced
+    dispenser: DispenserSpec | None
+    doors: dict[str, DoorSpec]
+    occupancy: OccupancySpec | None
+    simulation: Any | None = None  # firmware.sim.station.StationSim
 
-    def describe(self) -> dict:
-        """The ``hw`` object of the birth message (contract §4)."""
-        return {}
-
-    def read_health(self, outbox: int = 0) -> Health:
-        return self.health.read(outbox=outbox)
-
-    def safe(self) -> None:
-        """Put every output in its safe state (heater off, locks engaged)."""
+    def synced(self) -> bool:
+        return self.clock_sync.synced()
 
     def close(self) -> None:
-        self.safe()
+        if self.board is not None:
+            self.board.close()
+        if self.simulation is not None:
+            self.simulation.close()
 
 
 def build_hardware(config: StationConfig, clock: Clock) -> StationHardware:
-    health_cls = SimHealth if config.sim else PiHealth
-    return StationHardware(health=health_cls(config.data_dir, clock))
+    if config.sim:
+        from firmware.sim.station import StationSim
+
+        sim = StationSim(config, clock)
+        board = LockerBoard(sim.board.port, address=config.lockers.address)
+        return StationHardware(pin_factory=sim.pin_factory, board=board,
+                               health=SimHealth(config.data_dir, clock),
+                               clock_sync=AssumedSynced(), dispenser=sim.dispenser_spec,
+                               doors=sim.door_specs, occupancy=sim.occupancy_spec,
+                               simulation=sim)
+    board = None
+    if config.lockers is not None:
+        board = LockerBoard(config.lockers.port, baudrate=config.lockers.baudrate,
+                            address=config.lockers.address)
+    return StationHardware(pin_factory=None, board=board,
+                           health=PiHealth(config.data_dir, clock),
+                           clock_sync=KernelClockSync(), dispenser=config.dispenser,
+                           doors=config.doors, occupancy=config.occupancy)
