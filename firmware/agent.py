@@ -291,11 +291,20 @@ class Agent:
                                          unix_socket_perms="660", threads=4)
         else:
             self._server = create_server(app, host=api.host, port=api.port, threads=4)
-        self._server_thread = threading.Thread(target=self._server.run, name="local-api",
+        self._server_thread = threading.Thread(target=self._serve, name="local-api",
                                                daemon=True)
         self._server_thread.start()
         log.info("local API for the kiosk on %s", api.unix_socket or
                  f"http://{api.host}:{self.local_api_port}")
+
+    def _serve(self) -> None:
+        try:
+            self._server.run()
+        except OSError:
+            # waitress has no thread-safe stop: closing its sockets from close()
+            # ends select() with EBADF, which is the way out we want.
+            if not self._closed:
+                raise
 
     @property
     def local_api_port(self) -> int | None:
@@ -340,6 +349,7 @@ class Agent:
         try:
             if self._server is not None:
                 self._server.close()
+                self._server_thread.join(5)
             self.commands.close()
             self._close_parts()
             self._save()
