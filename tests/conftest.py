@@ -91,3 +91,21 @@ def pin_factory() -> Iterator[object]:
         factory.close()  # closes every pin a device left behind
         factory.reset()  # and forgets reservations, so nothing carries over
         Device.pin_factory = previous
+
+
+@pytest.fixture
+def stations() -> Iterator[Callable[..., object]]:
+    """``stations(...)``: in-process DeliveryStations (journal, link, outbox), closed
+    after the test, which fails if any pump raised."""
+    from tests.harness.delivery import DeliveryStation
+
+    made: list[DeliveryStation] = []
+
+    def make(*args: object, **kwargs: object) -> DeliveryStation:
+        made.append(DeliveryStation(*args, **kwargs))
+        return made[-1]
+
+    yield make
+    for s in made:
+        s.close()
+        assert not s.pump_errors

@@ -12,7 +12,7 @@ import pytest
 from protocol import messages as m
 from protocol.topics import HUB_STATUS_TOPIC, Kind, topic
 from tests.conftest import SECURE_USERS
-from tests.harness.delivery import SID, DeliveryStation
+from tests.harness.delivery import SID
 from tests.harness.mosquitto import free_port
 from tests.harness.mqtt import Subscriber, publish
 from tests.harness.procs import wait_until
@@ -22,19 +22,6 @@ STATUS = topic(SID, Kind.STATUS)
 
 def statuses(sub: Subscriber) -> list[dict]:
     return [json.loads(x.payload) for x in sub.messages if x.topic == STATUS]
-
-
-@pytest.fixture
-def stations():
-    made: list[DeliveryStation] = []
-
-    def make(*args, **kwargs) -> DeliveryStation:
-        made.append(DeliveryStation(*args, **kwargs))
-        return made[-1]
-
-    yield make
-    for s in made:
-        s.close()
 
 
 def test_backoff_doubles_with_jitter_up_to_the_cap(broker, tmp_path, stations):

@@ -19,14 +19,12 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
-
 from firmware.journal import Journal
 from firmware.link import StationLink
 from firmware.outbox import Outbox
 from protocol import messages as m
 from protocol.topics import Kind, topic
-from tests.harness.delivery import SID, DeliveryStation
+from tests.harness.delivery import SID
 from tests.harness.mqtt import Received, Subscriber, close, connect
 from tests.harness.procs import wait_until
 from yizhan.config import MqttConfig
@@ -42,20 +40,6 @@ def seqs(messages: list[Received]) -> list[int]:
 def first_arrivals(arrived: list[int]) -> list[int]:
     seen: set[int] = set()
     return [s for s in arrived if not (s in seen or seen.add(s))]
-
-
-@pytest.fixture
-def stations():
-    made: list[DeliveryStation] = []
-
-    def make(*args, **kwargs) -> DeliveryStation:
-        made.append(DeliveryStation(*args, **kwargs))
-        return made[-1]
-
-    yield make
-    for s in made:
-        s.close()
-        assert not s.pump_errors
 
 
 def test_events_go_in_order_exactly_once_and_are_marked_sent(broker_factory, tmp_path,

@@ -25,6 +25,7 @@ from typing import Any
 
 from firmware.hardware.doors import DoorSpec
 from firmware.hardware.occupancy import OccupancySpec
+from firmware.sim.timeline import Timeline
 from firmware.sim.water import DrivenPin, driven_pin
 from yizhan.clock import SYSTEM_CLOCK, Clock
 
@@ -96,7 +97,7 @@ class PirSim:
         self.pin.drive(motion)
 
 
-class Traffic:
+class Traffic(Timeline):
     """Riders arriving at ``riders_per_hour`` (Poisson, seeded), staying a
     uniform ``stay`` seconds, opening ``door`` for ``door_open`` seconds on the
     way in and out; the PIR sees motion while anyone is inside.
@@ -118,25 +119,19 @@ class Traffic:
         seed: int = 0,
         time_scale: float = 1.0,
     ) -> None:
-        self.clock = clock or SYSTEM_CLOCK
+        self._init_timeline(clock or SYSTEM_CLOCK, time_scale, "traffic-sim")
         self.doors = doors
         self.door = door if doors is not None and door in doors.specs else None
         self.pir = pir
         self.riders_per_hour = riders_per_hour
         self.stay = stay
         self.door_open = door_open
-        self.time_scale = time_scale
         self.arrivals = 0
         self.inside = 0
         self._rng = random.Random(seed)
-        self._lock = threading.RLock()
-        self._t = 0.0
-        self._synced_at = self.clock.monotonic()
         self._queue: list[tuple[float, int, str]] = []
         self._n = 0
         self._door_holds = 0
-        self._ticker: threading.Thread | None = None
-        self._stop = threading.Event()
         self._schedule_arrival()
 
     def _push(self, at: float, what: str) -> None:
@@ -146,29 +141,6 @@ class Traffic:
     def _schedule_arrival(self) -> None:
         if self.riders_per_hour > 0:
             self._push(self._t + self._rng.expovariate(self.riders_per_hour / 3600.0), "arrive")
-
-    @property
-    def time(self) -> float:
-        with self._lock:
-            self._sync()
-            return self._t
-
-    def tick(self, seconds: float) -> None:
-        if seconds < 0:
-            raise ValueError("time only moves forward")
-        with self._lock:
-            self._sync()
-            self._advance(seconds)
-
-    def sync(self) -> None:
-        with self._lock:
-            self._sync()
-
-    def _sync(self) -> None:
-        now = self.clock.monotonic()
-        elapsed, self._synced_at = now - self._synced_at, now
-        if elapsed > 0:
-            self._advance(elapsed * self.time_scale)
 
     def _advance(self, seconds: float) -> None:
         end = self._t + seconds
@@ -201,21 +173,3 @@ class Traffic:
         self._door_holds += 1
         self.doors.open(self.door)
         self._push(self._t + self.door_open, "shut")
-
-    def start(self, interval: float = 0.25) -> Traffic:
-        if self._ticker is None:
-            self._stop.clear()
-            self._ticker = threading.Thread(target=self._loop, args=(interval,),
-                                            name="traffic-sim", daemon=True)
-            self._ticker.start()
-        return self
-
-    def _loop(self, interval: float) -> None:
-        while not self._stop.wait(interval):
-            self.sync()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._ticker is not None:
-            self._ticker.join(timeout=5)
-            self._ticker = None

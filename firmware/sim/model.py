@@ -18,10 +18,10 @@ shares a :class:`~yizhan.clock.ManualClock` with the agent moves both at once.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from firmware.sim.timeline import Timeline
 from protocol.frames import ChargeResult, SlotRecord, UnlockResult
 from yizhan.clock import SYSTEM_CLOCK, Clock
 
@@ -98,7 +98,7 @@ def default_banks(n_slots: int) -> dict[int, tuple[str, int]]:
     return {n: (f"PB{0x12A0 + n:06X}", 40 + (17 * n) % 61) for n in range(1, n_slots + 1)}
 
 
-class Cabinet:
+class Cabinet(Timeline):
     """``n_slots`` charging slots, each maybe holding a bank.
 
     ``banks`` maps slot → ``(bank_id, charge)`` (default: :func:`default_banks`;
@@ -126,15 +126,11 @@ class Cabinet:
             # 15 records of 16 bytes are the most one STATUS frame can carry.
             raise ValueError(f"n_slots must be 1..15, got {n_slots}")
         self.n_slots = n_slots
-        self.clock = clock or SYSTEM_CLOCK
+        self._init_timeline(clock or SYSTEM_CLOCK, time_scale, "cabinet-sim")
         self.charge_rate = charge_rate
         self.release_window = release_window
         self.auto_take = auto_take
         self.auto_take_delay = auto_take_delay
-        self.time_scale = time_scale
-        self._lock = threading.RLock()
-        self._t = 0.0  # model seconds since power-up
-        self._synced_at = self.clock.monotonic()
         self._slots = {n: _Slot(n) for n in range(1, n_slots + 1)}
         self._cycles: dict[str, int] = {}  # per bank: it keeps its count across slots
         self.taken: list[Taken] = []
@@ -143,32 +139,6 @@ class Cabinet:
             self._put(n, bank_id, charge, cycles=10 * n)
 
     # -- time ---------------------------------------------------------------
-
-    @property
-    def time(self) -> float:
-        """Model seconds since power-up."""
-        with self._lock:
-            self._sync()
-            return self._t
-
-    def tick(self, seconds: float) -> None:
-        """Move the model ``seconds`` forward on its own (the clock is not touched)."""
-        if seconds < 0:
-            raise ValueError("time only moves forward")
-        with self._lock:
-            self._sync()
-            self._advance(seconds)
-
-    def sync(self) -> None:
-        """Catch up with the clock (the background ticker calls this)."""
-        with self._lock:
-            self._sync()
-
-    def _sync(self) -> None:
-        now = self.clock.monotonic()
-        elapsed, self._synced_at = now - self._synced_at, now
-        if elapsed > 0:
-            self._advance(elapsed * self.time_scale)
 
     def _advance(self, seconds: float) -> None:
         # Step from one due event (a take, a relock) to the next, so that charge
