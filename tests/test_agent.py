@@ -51,7 +51,7 @@ def station_yaml(tmp_path, broker, **extra) -> dict:
 class Running:
     """An in-process agent on its own thread, and a client for its local API."""
 
-    def __init__(self, tmp_path, broker, **extra) -> None:
+    def __init__(self, tmp_path, broker, **extra) -> None:  # extra: top-level keys
         data = station_yaml(tmp_path, broker, **extra)
         self.config = parse_station_config(data, source=None)
         self.hardware = build_hardware(self.config, SYSTEM_CLOCK)
@@ -299,3 +299,46 @@ def test_a_sigkilled_agent_process_loses_no_event(tmp_path, broker_factory):
         assert {e["epoch"] for e in events} == {events[0]["epoch"]}  # same storage, same epoch
     finally:
         procs.close()
+
+
+def test_the_agent_speaks_tls_with_its_password(tmp_path, broker_factory):
+    """Contract §2 deployment: TLS to the broker, username = sid, password from a file."""
+    from tests.conftest import SECURE_USERS
+    from tests.harness.tls import make_tls
+
+    tls = make_tls(tmp_path / "tls")
+    broker = broker_factory(users=SECURE_USERS, acl=True, tls=tls)
+    (tmp_path / "mqtt.password").write_text(SECURE_USERS[SID] + "\n")
+    mqtt = {"host": "127.0.0.1", "port": broker.tls_port, "keepalive": 5,
+            "username": SID, "password_file": str(tmp_path / "mqtt.password"),
+            "tls": {"ca_file": str(tls.ca_file)}}
+    with Subscriber(broker, [topic(SID, Kind.STATUS)], username="_hub",
+                    password=SECURE_USERS["_hub"]) as sub:
+        r = Running(tmp_path, broker, mqtt=mqtt)
+        birth = sub.wait_for(lambda x: x.json()["state"] == "online", timeout=10)
+        assert birth.json()["birth"] == r.agent.link.birth
+        r.stop()
+
+
+def test_a_broker_with_an_unknown_certificate_is_refused(tmp_path, broker_factory, caplog):
+    from tests.harness.tls import make_tls
+
+    served = make_tls(tmp_path / "served", name="served")
+    other = make_tls(tmp_path / "other", name="other")
+    broker = broker_factory(tls=served)
+    mqtt = {"host": "127.0.0.1", "port": broker.tls_port, "keepalive": 5,
+            "tls": {"ca_file": str(other.ca_file)}}
+    data = station_yaml(tmp_path, broker, mqtt=mqtt)
+    config = parse_station_config(data)
+    hardware = build_hardware(config, SYSTEM_CLOCK)
+    agent = Agent(config, SYSTEM_CLOCK, hardware, notifier=Notifier(None))
+    thread = threading.Thread(target=agent.run, daemon=True)
+    thread.start()
+    try:
+        # The agent does not trust the broker's certificate, and says so.
+        wait_until(lambda: f"cannot reach the broker at 127.0.0.1:{broker.tls_port}"
+                   in caplog.text, 10, "a refused connection attempt")
+        assert not agent.link.connected.is_set()
+    finally:
+        agent.stop()
+        thread.join(15)

@@ -113,6 +113,7 @@ class Broker:
         persistence: bool = False,
         autosave_interval: int | None = None,
         start_timeout: float = 10.0,
+        tls: object | None = None,
     ) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -131,6 +132,10 @@ class Broker:
         self.persistence = persistence
         self.autosave_interval = autosave_interval
         self.start_timeout = start_timeout
+        # A second listener with TLS (tests.harness.tls.TlsFiles); the plain one
+        # stays for the readiness check and for test clients.
+        self.tls = tls
+        self.tls_port = free_port() if tls is not None else None
         self.config_path = self.workdir / "mosquitto.conf"
         self.log_path = self.workdir / "mosquitto.log"
         self.passwd_path = self.workdir / "passwd"
@@ -261,6 +266,14 @@ class Broker:
             "connection_messages true",
             "log_timestamp_format %H:%M:%S",
         ]
+        if self.tls is not None:
+            lines += [
+                f"listener {self.tls_port} {self.host}",
+                f"cafile {self.tls.ca_file}",
+                f"certfile {self.tls.cert_file}",
+                f"keyfile {self.tls.key_file}",
+                "tls_version tlsv1.2",
+            ]
         lines += run_as_lines()
         if self.persistence:
             lines += [
