@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint bench system-deps venv clean help
+.PHONY: demo test lint bench system-deps postgres-ready venv clean help
 
 help:
 	@echo "make demo    run broker, hub and simulated stations (Ctrl-C stops)"
@@ -18,13 +18,17 @@ help:
 	@echo "make lint    ruff"
 	@echo "make bench   benchmarks (see docs/benchmarks.md)"
 
-# System packages: the Python venv module, Mosquitto, and what later parts need.
-# Installed only when missing; as root directly, otherwise with sudo when present.
+# System packages: the Python venv module, Mosquitto, PostgreSQL and Prometheus
+# (the tests talk to real ones). Installed only when missing; as root directly,
+# otherwise with sudo when present.
 system-deps:
 	@missing=""; \
 	$(PYTHON) -c "import ensurepip, venv" 2>/dev/null || missing="$$missing python3-venv"; \
 	[ -x /usr/sbin/mosquitto ] || command -v mosquitto >/dev/null || missing="$$missing mosquitto"; \
-	command -v mosquitto_passwd >/dev/null || missing="$$missing mosquitto"; \
+	command -v mosquitto_passwd >/dev/null || missing="$$missing mosquitto-clients"; \
+	command -v pg_ctlcluster >/dev/null || missing="$$missing postgresql"; \
+	command -v prometheus >/dev/null || missing="$$missing prometheus"; \
+	command -v openssl >/dev/null || missing="$$missing openssl"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] || command -v sudo >/dev/null; then \
 	    echo "installing:$$missing"; \
@@ -32,6 +36,21 @@ system-deps:
 	    DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
 	  else \
 	    echo "missing system packages:$$missing (install them, or run as root)"; \
+	  fi; \
+	fi
+
+# The tests use the machine's PostgreSQL: make sure a cluster runs and that the
+# current user is a superuser role on it (peer authentication on the socket).
+postgres-ready: system-deps
+	@if command -v pg_lsclusters >/dev/null; then \
+	  pg_lsclusters -h | awk '$$4 != "online" {print $$1, $$2}' | while read v c; do \
+	    echo "starting PostgreSQL $$v/$$c"; \
+	    $(SUDO) pg_ctlcluster --skip-systemctl-redirect $$v $$c start || true; \
+	  done; \
+	  me=$$(id -un); \
+	  if ! psql -d postgres -tAc "SELECT 1" >/dev/null 2>&1; then \
+	    $(SUDO) -u postgres createuser -s "$$me" 2>/dev/null || \
+	      su postgres -c "createuser -s $$me" 2>/dev/null || true; \
 	  fi; \
 	fi
 
@@ -46,7 +65,7 @@ venv: system-deps $(STAMP)
 demo: venv
 	$(VENV)/bin/yizhan demo
 
-test: venv
+test: venv postgres-ready
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: venv

@@ -48,7 +48,7 @@ events = sa.Table(
     sa.Column("sid", sa.String(32), primary_key=True),
     sa.Column("epoch", sa.String(32), primary_key=True),
     sa.Column("seq", sa.BigInteger, primary_key=True),
-    sa.Column("type", sa.String(48), nullable=False),
+    sa.Column("type", sa.String(64), nullable=False),
     sa.Column("ts", sa.BigInteger, nullable=False),
     sa.Column("synced", sa.Boolean, nullable=False),
     sa.Column("received_ms", sa.BigInteger, nullable=False),
@@ -105,7 +105,9 @@ loans = sa.Table(
     sa.Column("due_ms", sa.BigInteger, nullable=False),
     sa.Column("returned_ms", sa.BigInteger, nullable=True),
     sa.Column("returned_sid", sa.String(32), nullable=True),
-    sa.Column("borrow_event", sa.String(80), nullable=False, unique=True),  # sid/epoch/seq
+    sa.Column("borrow_event", sa.String(80), nullable=False),  # sid/epoch/seq
+    # Named, because SQLite migrations can only change a constraint with a name.
+    sa.UniqueConstraint("borrow_event", name="uq_loans_borrow_event"),
     sa.Index("loans_open_bank", "bank", "returned_ms"),
     sa.Index("loans_due", "returned_ms", "due_ms"),
 )

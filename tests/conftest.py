@@ -109,3 +109,47 @@ def stations() -> Iterator[Callable[..., object]]:
     for s in made:
         s.close()
         assert not s.pump_errors
+
+
+# -- databases (hub store and writer) -------------------------------------------------
+
+import os  # noqa: E402 - this section was appended on its own
+
+from tests.harness.postgres import PostgresServer, PostgresUnavailable  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> PostgresServer:
+    """The machine's PostgreSQL (``YIZHAN_TEST_PG`` overrides the default URL).
+
+    Unreachable: skipped with the reason, except under CI (env ``CI`` set), where
+    a test that needs PostgreSQL fails instead of passing unseen.
+    """
+    server = PostgresServer()
+    try:
+        server.check()
+    except PostgresUnavailable as err:
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL is required under CI: {err}", pytrace=False)
+        pytest.skip(f"PostgreSQL unavailable: {err}")
+    return server
+
+
+@pytest.fixture
+def pg_url(pg_server: PostgresServer) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for this test (``postgresql://…/yz_test_…``),
+    dropped after it. Tests using it directly should be ``@pytest.mark.postgres``."""
+    with pg_server.database() as url:
+        yield url
+
+
+@pytest.fixture(params=[
+    pytest.param("sqlite", id="sqlite"),
+    pytest.param("postgresql", id="postgresql", marks=pytest.mark.postgres),
+])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Runs the test twice: on a fresh SQLite file in tmp_path and on a fresh
+    PostgreSQL database. The URL is empty (``Store(url)`` migrates it)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'hub.db'}"
+    return request.getfixturevalue("pg_url")

@@ -1,0 +1,321 @@
+"""One writer thread that turns many small writes into few transactions.
+
+A commit per message falls to 50–1 000 rows/s where fsync is slow (SD cards,
+eMMC; design.md), so the ingest never writes itself: it hands the writer an
+*op*, a function that does its writes on the connection it is given, and goes on.
+
+>>> writer = Writer(store).start()
+>>> writer.submit(lambda conn: conn.execute(store.insert_ignore(events).values(**row)))
+>>> writer.flush()      # True once everything submitted so far is committed
+>>> writer.close()
+
+Ops run in submission order, up to ``max_batch`` in one transaction, committed
+at the latest ``max_delay`` seconds after the oldest was submitted. A failing op
+costs only itself: its batch is rolled back and replayed one op per transaction,
+and the one that fails again is dropped (logged, counted). A failure of the
+database itself (connection lost, server restarting, "database is locked") is
+retried with backoff and drops nothing; meanwhile the queue fills and
+``submit`` blocks, which holds the ingest back rather than losing messages.
+
+An op may therefore run more than once (after a rollback): it must keep its
+effects inside the transaction, and decide from what it reads there, not from
+Python state it changed on an earlier run. When the connection dies during the
+COMMIT itself nobody can tell whether it happened; the batch is run again, so
+inserts that must not double (events, loans) use ``store.insert_ignore``.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any
+
+import sqlalchemy as sa
+
+from hub.store import Store, StoreError
+
+log = logging.getLogger(__name__)
+
+#: What ``Writer.submit`` takes: writes on the connection, inside the writer's transaction.
+Op = Callable[[sa.Connection], Any]
+
+# Messages of sqlite3.OperationalError that say "try again", not "your SQL is wrong"
+# (sqlite3 raises OperationalError for both, e.g. "no such table").
+_SQLITE_TRANSIENT = ("database is locked", "database table is locked", "database is busy",
+                     "disk i/o error", "unable to open database file")
+
+
+class WriterClosed(StoreError, RuntimeError):
+    """``submit`` after ``close()``, or while ``close()`` gave up on a dead database."""
+
+
+def is_transient(err: BaseException) -> bool:
+    """Whether ``err`` is the database failing (retry) rather than the op (drop)."""
+    if isinstance(err, sa.exc.DBAPIError):
+        if err.connection_invalidated or isinstance(err, sa.exc.InterfaceError):
+            return True  # the connection is gone; a new one may work
+        if isinstance(err, sa.exc.OperationalError):
+            if isinstance(err.orig, sqlite3.Error):
+                return any(s in str(err.orig).lower() for s in _SQLITE_TRANSIENT)
+            # psycopg's OperationalError is SQLSTATE classes 08 (connection), 40
+            # (serialization, deadlock), 53 (resources), 55/57 (lock, shutdown):
+            # all the server's trouble. Bad SQL and bad data are other classes.
+            return True
+        return False
+    # Pool exhausted, or a connection refused at checkout.
+    return isinstance(err, sa.exc.TimeoutError | sa.exc.DisconnectionError)
+
+
+def _op_name(op: Op) -> str:
+    return getattr(op, "__qualname__", None) or type(op).__qualname__
+
+
+class Writer:
+    """The hub's single writer: ``submit(op)`` from any thread, batched commits.
+
+    Counters (read them from any thread): ``batches`` (transactions committed),
+    ``ops`` (ops committed), ``failed`` (ops dropped), ``retries`` (attempts
+    repeated after a transient database error), ``queue_depth``, ``last_commit_ms``
+    (how long the last commit took). ``healthy()`` is for /healthz.
+    """
+
+    def __init__(self, store: Store, *, max_batch: int = 100, max_delay: float = 0.05,
+                 max_queue: int = 100_000, unhealthy_after: float = 5.0,
+                 backoff: tuple[float, float] = (0.05, 2.0)) -> None:
+        if max_batch < 1 or max_queue < 1 or max_delay < 0:
+            raise ValueError("max_batch and max_queue must be ≥ 1 and max_delay ≥ 0")
+        self.store = store
+        self.max_batch = max_batch
+        self.max_delay = max_delay
+        self.max_queue = max_queue
+        self.unhealthy_after = unhealthy_after
+        self.backoff = backoff
+
+        self.batches = 0
+        self.ops = 0
+        self.failed = 0
+        self.retries = 0
+        self.last_commit_ms: float | None = None
+        #: Dropped ops by kind (``"op_name: ExceptionType"``).
+        self.failures: collections.Counter[str] = collections.Counter()
+
+        # One lock, three conditions on it: ops waiting, room in the queue, ops done.
+        self._lock = threading.Lock()
+        self._has_work = threading.Condition(self._lock)
+        self._has_room = threading.Condition(self._lock)
+        self._done = threading.Condition(self._lock)
+        self._pending: collections.deque[tuple[int, float, Op]] = collections.deque()
+        self._submitted = 0  # seq of the last op submitted
+        self._finished = 0  # seq of the last op committed or dropped; ops finish in order
+        self._flushers = 0  # threads in flush(): commit now instead of waiting max_delay
+        self._closing = False
+        self._abort = threading.Event()  # close() gave up: stop retrying
+        self._thread: threading.Thread | None = None
+        self._stalled_since: float | None = None  # a batch is not yet through since then
+
+    # -- any thread -----------------------------------------------------------------------
+
+    def start(self) -> Writer:
+        """Start the writer thread (once); returns the writer."""
+        with self._lock:
+            if self._closing:
+                raise WriterClosed("writer is closed")
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="hub-writer",
+                                                daemon=True)
+                self._thread.start()
+        return self
+
+    def submit(self, op: Op) -> None:
+        """Queue ``op`` to run in a later batch; blocks while the queue is full."""
+        on_writer = threading.current_thread() is self._thread
+        with self._lock:
+            # The writer thread itself must not wait for room only it can make.
+            while len(self._pending) >= self.max_queue and not self._closing and not on_writer:
+                self._has_room.wait()
+            if self._closing and not on_writer:
+                raise WriterClosed("writer is closed; the op was not queued")
+            self._submitted += 1
+            self._pending.append((self._submitted, time.monotonic(), op))
+            # Wake the writer only when it has something new to decide on.
+            if len(self._pending) == 1 or len(self._pending) >= self.max_batch:
+                self._has_work.notify()
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until every op submitted before this call is committed (or dropped).
+
+        Commits what is queued now rather than after ``max_delay``. Returns
+        False if that did not happen within ``timeout`` seconds.
+        """
+        if threading.current_thread() is self._thread:
+            raise RuntimeError("flush() from inside an op would wait for itself")
+        with self._lock:
+            target = self._submitted
+            if self._finished >= target:
+                return True
+            self._flushers += 1
+            self._has_work.notify()
+            try:
+                return self._done.wait_for(lambda: self._finished >= target, timeout)
+            finally:
+                self._flushers -= 1
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Commit what is queued, then stop. Idempotent.
+
+        Should the database stay unusable for ``timeout`` seconds, the ops still
+        queued are given up (logged with their number): the process is stopping.
+        """
+        with self._lock:
+            self._closing = True
+            self._has_work.notify_all()
+            self._has_room.notify_all()  # blocked submitters get WriterClosed
+            thread = self._thread
+        if thread is None:
+            if self._pending:
+                log.error("writer closed before it was started: %d ops not written",
+                          len(self._pending))
+            return
+        thread.join(timeout)
+        if thread.is_alive():
+            self._abort.set()
+            thread.join(max(1.0, timeout / 4))
+        lost = len(self._pending)
+        if lost:
+            log.error("writer stopped with %d ops not written (database unusable)", lost)
+
+    @property
+    def queue_depth(self) -> int:
+        """Ops submitted and not yet taken into a batch."""
+        return len(self._pending)
+
+    def healthy(self) -> bool:
+        """True while the writer runs and no batch has been stuck (failing, or
+        waiting on the database) for more than ``unhealthy_after`` seconds."""
+        if self._thread is None or not self._thread.is_alive():
+            return False
+        since = self._stalled_since
+        return since is None or time.monotonic() - since <= self.unhealthy_after
+
+    def __enter__(self) -> Writer:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    # -- the writer thread ----------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            batch = self._next_batch()
+            if batch is None:
+                return
+            try:
+                self._write(batch)
+            except _Aborted:
+                with self._lock:
+                    self._pending.extendleft(reversed(batch))  # counted as lost by close()
+                return
+            except Exception:  # a bug here, not in an op: keep writing the rest
+                log.exception("writer: unexpected error; %d ops dropped", len(batch))
+                self.failed += len(batch)
+            with self._lock:
+                self._finished = batch[-1][0]
+                self._done.notify_all()
+
+    def _next_batch(self) -> list[tuple[int, float, Op]] | None:
+        """Wait for a full batch, the oldest op's deadline, a flush or close."""
+        with self._lock:
+            while True:
+                if self._abort.is_set():
+                    return None
+                if self._pending:
+                    due = self._pending[0][1] + self.max_delay
+                    wait = due - time.monotonic()
+                    if (len(self._pending) >= self.max_batch or wait <= 0
+                            or self._flushers or self._closing):
+                        n = min(self.max_batch, len(self._pending))
+                        batch = [self._pending.popleft() for _ in range(n)]
+                        self._has_room.notify_all()
+                        return batch
+                    self._has_work.wait(wait)
+                elif self._closing:
+                    return None
+                else:
+                    self._has_work.wait()
+
+    def _write(self, batch: list[tuple[int, float, Op]]) -> None:
+        self._stalled_since = time.monotonic()
+        ops = [op for _, _, op in batch]
+        try:
+            self._transaction(ops)
+        except _OpFailed:
+            # Which op failed is not known for sure (it may show only at commit):
+            # replay them alone, so that only the bad one is lost.
+            for op in ops:
+                try:
+                    self._transaction([op])
+                except _OpFailed as failed:
+                    self._drop(op, failed.__cause__)
+        finally:
+            self._stalled_since = None
+
+    def _transaction(self, ops: list[Op]) -> None:
+        """Run ``ops`` in one transaction, retrying while the database is the
+        problem; raises _OpFailed when an op (or its commit) is."""
+        attempt = 0
+        while True:
+            started = time.monotonic()
+            try:
+                with self.store.engine.begin() as conn:
+                    for op in ops:
+                        op(conn)
+                    commit_started = time.monotonic()
+                # The commit happened on leaving the block.
+            except Exception as err:
+                if not is_transient(err):
+                    raise _OpFailed from err
+                attempt += 1
+                self.retries += 1
+                self._retry_wait(err, attempt, started)
+                continue
+            done = time.monotonic()
+            self.last_commit_ms = (done - commit_started) * 1000
+            self.batches += 1
+            self.ops += len(ops)
+            if attempt:
+                log.warning("writer: database back after %d retries (%.1f s)", attempt,
+                            done - (self._stalled_since or started))
+            return
+
+    def _retry_wait(self, err: BaseException, attempt: int, started: float) -> None:
+        if attempt == 1:
+            log.warning("writer: database error, retrying until it works: %s", err)
+        else:
+            log.debug("writer: retry %d failed: %s", attempt, err)
+        first, cap = self.backoff
+        if self._abort.wait(min(cap, first * 2 ** (attempt - 1))):
+            raise _Aborted
+
+    def _drop(self, op: Op, err: BaseException | None) -> None:
+        kind = f"{_op_name(op)}: {type(err).__name__}"
+        self.failed += 1
+        self.failures[kind] += 1
+        if self.failures[kind] == 1:  # the traceback once; the counter says how often
+            log.error("writer: dropped an op that fails on its own (%s)", kind, exc_info=err)
+        else:
+            log.debug("writer: dropped another %s (%d so far)", kind, self.failures[kind])
+
+
+class _OpFailed(Exception):
+    """An op (not the database) failed; ``__cause__`` says how."""
+
+
+class _Aborted(Exception):
+    """close() gave up waiting for the database."""

@@ -1,0 +1,276 @@
+"""The hub writer on a real SQLite file and a real PostgreSQL database (issue 5).
+
+Many ops become few transactions; flush and close mean committed; a bad op
+costs only itself; a full queue holds the submitter back instead of losing
+anything; a database that fails for a while (locked, connection killed) is
+retried until it works, and nothing is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+import sqlalchemy as sa
+
+from hub import schema
+from hub.store import Store
+from hub.writer import Writer, WriterClosed
+from tests.harness.procs import wait_until
+
+SID = "yh-chumen-01"
+EPOCH = "9f2c01ab"
+
+
+def event_row(seq: int, sid: str = SID) -> dict:
+    return {"sid": sid, "epoch": EPOCH, "seq": seq, "type": "visit", "ts": seq,
+            "synced": True, "received_ms": seq, "at_ms": seq, "data": "{}"}
+
+
+def insert_event(store: Store, seq: int, sid: str = SID) -> Callable[[sa.Connection], None]:
+    def insert_event(conn: sa.Connection) -> None:
+        conn.execute(store.insert_ignore(schema.events).values(event_row(seq, sid)))
+    return insert_event
+
+
+def stored(store: Store, sid: str | None = None) -> list[int]:
+    ev = schema.events
+    query = sa.select(ev.c.seq).order_by(ev.c.sid, ev.c.seq)
+    if sid is not None:
+        query = query.where(ev.c.sid == sid)
+    with store.engine.connect() as conn:
+        return list(conn.execute(query).scalars())
+
+
+@pytest.fixture
+def store(database_url: str) -> Iterator[Store]:
+    s = Store(database_url)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def writers() -> Iterator[Callable[..., Writer]]:
+    """``writers(store, **options)``: Writers closed after the test, even a failed one."""
+    made: list[Writer] = []
+
+    def make(target: Store, **options: object) -> Writer:
+        made.append(Writer(target, **options))
+        return made[-1]
+
+    yield make
+    for w in made:
+        w.close(timeout=5)
+
+
+# -- batching and flushing ------------------------------------------------------------
+
+
+def test_many_ops_become_few_transactions(store: Store, writers) -> None:
+    writer = writers(store)
+    for seq in range(1, 1001):
+        writer.submit(insert_event(store, seq))
+    assert writer.queue_depth == 1000 and not writer.healthy()  # queued, not started
+    writer.start()
+    assert writer.flush(10)
+    assert (writer.batches, writer.ops, writer.failed) == (10, 1000, 0)
+    assert writer.queue_depth == 0 and writer.last_commit_ms is not None
+    assert stored(store) == list(range(1, 1001))
+
+    # While running, a quick burst is still committed in few transactions.
+    for seq in range(1001, 1501):
+        writer.submit(insert_event(store, seq))
+    assert writer.flush(10)
+    assert writer.ops == 1500 and writer.batches - 10 <= 50
+    assert writer.healthy()
+
+
+def test_a_lone_op_is_committed_after_max_delay_without_flush(store: Store, writers) -> None:
+    writer = writers(store, max_delay=0.05).start()
+    started = time.monotonic()
+    writer.submit(insert_event(store, 1))
+    # The counter moves just after the commit, so wait for both.
+    wait_until(lambda: stored(store) == [1] and writer.batches == 1, 2,
+               "the op committed by the max_delay timer")
+    assert time.monotonic() - started < 1.0
+
+
+def test_flush_waits_for_everything_submitted_before_it(store: Store, writers) -> None:
+    writer = writers(store, max_delay=10).start()  # only flush makes this writer commit soon
+    assert writer.flush(0.1)  # nothing submitted: at once
+    gate = threading.Event()
+
+    def slow(conn: sa.Connection) -> None:
+        assert gate.wait(5)
+        insert_event(store, 1)(conn)
+
+    writer.submit(slow)
+    writer.submit(insert_event(store, 2))
+    assert writer.flush(0.2) is False  # the slow op holds its batch open
+    results: list[bool] = []
+    flusher = threading.Thread(target=lambda: results.append(writer.flush(5)))
+    flusher.start()
+    time.sleep(0.1)
+    assert flusher.is_alive() and stored(store) == []
+    gate.set()
+    flusher.join(5)
+    assert results == [True] and stored(store) == [1, 2]
+
+
+def test_close_commits_what_is_queued_and_then_refuses(store: Store, writers) -> None:
+    writer = writers(store, max_delay=10).start()
+    for seq in range(1, 301):
+        writer.submit(insert_event(store, seq))
+    writer.close()
+    assert stored(store) == list(range(1, 301))
+    assert not writer.healthy()
+    with pytest.raises(WriterClosed):
+        writer.submit(insert_event(store, 301))
+    writer.close()  # again: nothing happens
+
+
+def test_ops_from_many_threads_all_land(store: Store, writers) -> None:
+    writer = writers(store).start()
+    gate = threading.Barrier(8)
+
+    def produce(n: int) -> None:
+        gate.wait(5)
+        for seq in range(1, 201):
+            writer.submit(insert_event(store, seq, sid=f"yh-t{n}"))
+
+    threads = [threading.Thread(target=produce, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert writer.flush(10)
+    for n in range(8):
+        assert stored(store, f"yh-t{n}") == list(range(1, 201))
+    assert writer.ops == 1600 and writer.failed == 0 and writer.batches < 200
+
+
+# -- failures -------------------------------------------------------------------------
+
+
+def test_a_bad_op_costs_only_itself(store: Store, writers, caplog) -> None:
+    def duplicate(conn: sa.Connection) -> None:  # a plain INSERT of a stored key
+        conn.execute(schema.events.insert().values(event_row(1)))
+
+    def broken(conn: sa.Connection) -> None:
+        raise ValueError("a bug in an op")
+
+    writer = writers(store)
+    for seq in range(1, 6):
+        writer.submit(insert_event(store, seq))
+    writer.submit(duplicate)
+    for seq in range(6, 11):
+        writer.submit(insert_event(store, seq))
+    writer.submit(broken)
+    writer.submit(broken)
+    with caplog.at_level(logging.DEBUG, logger="hub.writer"):
+        writer.start()
+        assert writer.flush(10)
+    assert stored(store) == list(range(1, 11))
+    assert writer.failed == 3 and writer.ops == 10
+    assert writer.failures == {"test_a_bad_op_costs_only_itself.<locals>.duplicate: "
+                               "IntegrityError": 1,
+                               "test_a_bad_op_costs_only_itself.<locals>.broken: ValueError": 2}
+    # One traceback per kind of failure, not one per failure.
+    tracebacks = [r for r in caplog.records if r.exc_info]
+    assert len(tracebacks) == 2
+    assert {type(r.exc_info[1]).__name__ for r in tracebacks} == {"IntegrityError",
+                                                                  "ValueError"}
+    # The writer goes on.
+    writer.submit(insert_event(store, 11))
+    assert writer.flush(5) and stored(store)[-1] == 11 and writer.healthy()
+
+
+def test_a_full_queue_holds_the_submitter_back(store: Store, writers) -> None:
+    writer = writers(store, max_queue=5, max_delay=0.01).start()
+    gate = threading.Event()
+
+    def slow(conn: sa.Connection) -> None:
+        assert gate.wait(5)
+        insert_event(store, 1)(conn)
+
+    writer.submit(slow)
+    wait_until(lambda: writer.queue_depth == 0, 2, "the writer to take the slow op")
+    submitted: list[int] = []
+
+    def produce() -> None:
+        for seq in range(2, 22):
+            writer.submit(insert_event(store, seq))
+            submitted.append(seq)
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    wait_until(lambda: writer.queue_depth == 5, 2, "the queue to fill")
+    time.sleep(0.1)
+    assert producer.is_alive() and len(submitted) == 5  # blocked, not dropping
+    gate.set()
+    producer.join(5)
+    assert not producer.is_alive() and writer.flush(5)
+    assert stored(store) == list(range(1, 22)) and writer.failed == 0
+
+
+def test_a_locked_sqlite_database_is_waited_out(tmp_path, writers, caplog) -> None:
+    path = tmp_path / "hub.db"
+    store = Store(f"sqlite:///{path}?timeout=0.05")  # give up on the lock quickly
+    writer = writers(store, unhealthy_after=0.3, backoff=(0.02, 0.1)).start()
+    try:
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+        for seq in range(1, 51):
+            writer.submit(insert_event(store, seq))
+        wait_until(lambda: not writer.healthy(), 3, "the writer to report itself stuck")
+        assert writer.retries > 0 and writer.failed == 0
+        assert any("database is locked" in r.getMessage() for r in caplog.records)
+        other.execute("COMMIT")
+        other.close()
+        assert writer.flush(5)
+        assert stored(store) == list(range(1, 51)) and writer.failed == 0
+        assert writer.healthy()
+    finally:
+        writer.close()
+        store.close()
+
+
+@pytest.mark.postgres
+def test_a_killed_postgresql_connection_is_retried_without_loss(pg_server, pg_url: str,
+                                                               writers) -> None:
+    store = Store(pg_url)
+    writer = writers(store, backoff=(0.02, 0.2)).start()
+    killed: list[int] = []
+
+    def killer(conn: sa.Connection) -> None:
+        # The first time, the server ends this very connection mid-transaction.
+        if not killed:
+            pid = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+            killed.append(pg_server.terminate(pg_url, pid=pid))
+        conn.execute(store.insert_ignore(schema.events).values(event_row(1000)))
+
+    try:
+        for seq in range(1, 51):
+            writer.submit(insert_event(store, seq))
+        writer.submit(killer)
+        for seq in range(51, 101):
+            writer.submit(insert_event(store, seq))
+        assert writer.flush(10)
+        assert killed == [1] and writer.retries >= 1 and writer.failed == 0
+        assert stored(store) == [*range(1, 101), 1000]
+
+        # Every connection dropped while idle between batches (a restart, a
+        # failover): the pool replaces them, nothing is lost either.
+        pg_server.terminate(pg_url)
+        for seq in range(101, 151):
+            writer.submit(insert_event(store, seq))
+        assert writer.flush(10)
+        assert stored(store) == [*range(1, 151), 1000] and writer.failed == 0
+        assert writer.healthy()
+    finally:
+        writer.close()
+        store.close()
