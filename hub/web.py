@@ -1,35 +1,76 @@
 """The hub's HTTP side (contract §11): JSON API, health and metrics.
 
 Built by ``create_app(hub)``; the hub object owns the fleet, the store and the
-metrics registry, so tests build as many as they need side by side.
+metrics registry, so tests build as many as they need side by side. Every
+error, whatever its status, is ``{"error": {"code": ..., "message": ...}}``.
+The API is described by ``/api/v1/openapi.json`` (``hub/openapi.py``).
 """
 
 from __future__ import annotations
 
 import hmac
-from typing import TYPE_CHECKING
+import json
+import logging
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
-from flask import Blueprint, Flask, current_app, g, jsonify, request
+import sqlalchemy as sa
+from flask import Blueprint, Flask, current_app, g, jsonify, request, url_for
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from werkzeug.exceptions import HTTPException
+
+from hub import openapi
+from hub.alerts import STATES as ALERT_STATES
+from hub.alerts import AlertConflict, AlertNotFound, StoreUnavailable
+from hub.commands import BadCommand, CommandNotSent
+from hub.metrics import bank_states, min_charge
+from protocol.errors import InvalidIdentifier
+from protocol.ids import check_sid
 
 if TYPE_CHECKING:
     from hub.service import Hub
 
+log = logging.getLogger(__name__)
+
 api = Blueprint("api", __name__, url_prefix="/api/v1")
+
+WINDOWS_MS = {"24h": 24 * 3600_000, "7d": 7 * 24 * 3600_000, "30d": 30 * 24 * 3600_000}
+COMPONENTS = ("station", "lockers", "dispenser", "kiosk")
+MAX_LIMIT = 10_000
+#: The largest request body: a command is far smaller (MQTT payloads are ≤ 64 KiB).
+MAX_BODY = 64 * 1024
+
+_HTTP_CODES = {
+    400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+    405: "method_not_allowed", 409: "conflict", 413: "payload_too_large",
+    415: "unsupported_media_type", 422: "invalid", 503: "unavailable",
+}
+
+
+class ApiError(Exception):
+    """Raised by a view's helpers; answered as the JSON error of contract §11."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
 
 
 def create_app(hub: Hub) -> Flask:
-    app = Flask(__name__)
-    app.config["JSON_AS_ASCII"] = False
+    """The Flask app of one hub; serve it with waitress (``Hub.serve``)."""
+    app = Flask(__name__, static_folder=None)  # every route is an API route, documented
     app.json.ensure_ascii = False
     app.json.sort_keys = False
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
     app.extensions["yizhan_hub"] = hub
     app.register_blueprint(api)
 
     @app.get("/healthz")
     def healthz():
-        problems = hub.problems()
+        try:
+            problems = list(hub.problems())
+        except Exception as err:  # the check itself failing is a problem too
+            log.exception("health check failed")
+            problems = [f"health check failed: {err}"]
         if problems:
             return jsonify({"ok": False, "problems": problems}), 503
         return jsonify({"ok": True})
@@ -38,60 +79,255 @@ def create_app(hub: Hub) -> Flask:
     def metrics():
         return generate_latest(hub.registry), 200, {"Content-Type": CONTENT_TYPE_LATEST}
 
+    # The description is public (it holds no data), so tools can read it without a token.
+    @app.get("/api/v1/openapi.json")
+    def openapi_json():
+        return jsonify(openapi.document())
+
+    @app.errorhandler(ApiError)
+    def api_error(err: ApiError):
+        return error(err.code, err.message, err.status)
+
     @app.errorhandler(HTTPException)
     def http_error(err: HTTPException):
-        code = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-                405: "method_not_allowed", 409: "conflict", 415: "unsupported_media_type",
-                422: "invalid"}.get(err.code or 500, "error")
-        return error(code, err.description or err.name, err.code or 500)
+        status = err.code or 500
+        resp, status = error(_HTTP_CODES.get(status, "error"), err.description or err.name,
+                             status)
+        if status == 405 and getattr(err, "valid_methods", None):
+            resp.headers["Allow"] = ", ".join(err.valid_methods)
+        return resp, status
+
+    @app.errorhandler(sa.exc.OperationalError)
+    @app.errorhandler(sa.exc.InterfaceError)
+    def database_down(err: Exception):
+        log.error("database error serving %s: %s", request.path, err)
+        return error("database_unavailable", "the hub's database does not answer", 503)
+
+    @app.errorhandler(Exception)
+    def internal_error(err: Exception):
+        log.exception("unhandled error serving %s %s", request.method, request.path)
+        return error("internal", "internal error; the hub log has the details", 500)
 
     return app
 
 
 def error(code: str, message: str, status: int):
-    return jsonify({"error": {"code": code, "message": message}}), status
+    resp = jsonify({"error": {"code": code, "message": message}})
+    if status == 401:
+        resp.headers["WWW-Authenticate"] = 'Bearer realm="yizhan-hub"'
+    return resp, status
 
 
 def the_hub() -> Hub:
     return current_app.extensions["yizhan_hub"]
 
 
+# -- authentication ------------------------------------------------------------------
+
+
+def api_tokens(config: Any) -> Iterator[tuple[str, str]]:
+    """``(name, token)`` for each configured token. A bare string is named
+    ``token:`` + its first 6 characters (enough to tell tokens apart in the
+    records, too little to use one); ``{name, token}`` entries keep their name."""
+    for entry in config.api_tokens:
+        if isinstance(entry, str):
+            yield f"token:{entry[:6]}", entry
+        elif isinstance(entry, Mapping):
+            yield str(entry["name"]), str(entry["token"])
+        else:
+            yield str(entry.name), str(entry.token)
+
+
 @api.before_request
 def require_token():
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
+    token = token.strip()
     if scheme.lower() != "bearer" or not token:
         return error("unauthorized", "send Authorization: Bearer <token>", 401)
-    for known in the_hub().config.api_tokens:
+    found = None
+    for name, known in api_tokens(the_hub().config):
+        # Compare against every token, so the time taken does not tell which matched.
         if hmac.compare_digest(token.encode(), known.encode()):
-            g.token = known
-            return None
-    return error("unauthorized", "unknown API token", 401)
+            found = name
+    if found is None:
+        return error("unauthorized", "unknown API token", 401)
+    g.token_name = found
+    return None
 
 
-def station_summary(view) -> dict:
+# -- stations ------------------------------------------------------------------------
+
+
+def _alerts_by_station() -> dict[str, int]:
+    out: dict[str, int] = {}
+    for (sid, _rule, _severity), n in the_hub().alerts.firing_counts().items():
+        out[sid] = out.get(sid, 0) + n
+    return out
+
+
+def station_summary(view: Any, alerts: Mapping[str, int], threshold: int) -> dict[str, Any]:
+    banks = bank_states(view.state, threshold)
     return {
         "sid": view.sid,
         "name": view.name,
         "online": view.online,
         "since": view.since_ms,
-        "chargers_ready": view.chargers_ready(),
+        "chargers_ready": banks["ready"] if banks is not None else None,
         "water": view.water(),
-        "alerts_firing": 0,
+        "alerts_firing": alerts.get(view.sid, 0),
     }
+
+
+def _station_or_404(sid: str) -> Any:
+    view = the_hub().fleet.get(sid)
+    if view is None:
+        raise ApiError(404, "not_found", f"no station {sid!r} is known to the hub")
+    return view
 
 
 @api.get("/stations")
 def list_stations():
-    return jsonify({"stations": [station_summary(v) for v in the_hub().fleet.stations()]})
+    hub = the_hub()
+    alerts = _alerts_by_station()
+    threshold = min_charge(hub)
+    return jsonify({"stations": [station_summary(v, alerts, threshold)
+                                 for v in hub.fleet.stations()]})
 
 
 @api.get("/stations/<sid>")
 def get_station(sid: str):
-    view = the_hub().fleet.get(sid)
-    if view is None:
-        return error("not_found", f"no station {sid}", 404)
-    body = station_summary(view)
+    view = _station_or_404(sid)
+    body = station_summary(view, _alerts_by_station(), min_charge(the_hub()))
     body.update({"group": view.group, "epoch": view.epoch, "last_seen": view.last_seen_ms,
                  "state": view.state})
     return jsonify(body)
+
+
+def _ms_arg(name: str) -> int:
+    raw = request.args.get(name)
+    if raw is None:
+        raise ApiError(400, "bad_range", "from and to go together")
+    if not raw.isdigit() or len(raw) > 15:
+        raise ApiError(400, "bad_range",
+                       f"{name} must be a time in integer milliseconds since the Unix epoch")
+    return int(raw)
+
+
+def _uptime_range(now_ms: int) -> tuple[int, int, str | None]:
+    """(from, to, window) from the query: a window ending now (24h by default),
+    or from and to."""
+    window = request.args.get("window")
+    if "from" in request.args or "to" in request.args:
+        if window is not None:
+            raise ApiError(400, "bad_range", "give window or from and to, not both")
+        start, end = _ms_arg("from"), _ms_arg("to")
+        if start >= end:
+            raise ApiError(400, "bad_range", "from must be before to")
+        return start, end, None
+    window = "24h" if window is None else window
+    if window not in WINDOWS_MS:
+        raise ApiError(400, "bad_window", f"window must be one of {', '.join(WINDOWS_MS)}")
+    return now_ms - WINDOWS_MS[window], now_ms, window
+
+
+@api.get("/stations/<sid>/uptime")
+def station_uptime(sid: str):
+    view = _station_or_404(sid)
+    hub = the_hub()
+    component = request.args.get("component", "station")
+    if component not in COMPONENTS:
+        raise ApiError(400, "bad_component", f"component must be one of {', '.join(COMPONENTS)}")
+    start, end, window = _uptime_range(hub.clock.ms())
+    uptime = hub.ledger.uptime(view.sid, start, end, component).to_dict()
+    body = {"sid": view.sid, "component": component, "window": window, "from": start,
+            "to": end}
+    body.update(uptime)
+    return jsonify(body)
+
+
+# -- alerts --------------------------------------------------------------------------
+
+
+@api.get("/alerts")
+def list_alerts():
+    state = request.args.get("state") or None
+    sid = request.args.get("sid") or None
+    if state is not None and state not in ALERT_STATES:
+        return error("bad_state", f"state must be one of {', '.join(ALERT_STATES)}", 400)
+    if sid is not None:
+        try:
+            check_sid(sid)
+        except InvalidIdentifier as err:
+            return error("bad_sid", str(err), 400)
+    raw_limit = request.args.get("limit", "1000")
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIMIT:
+        return error("bad_limit", f"limit must be an integer from 1 to {MAX_LIMIT}", 400)
+    alerts = the_hub().alerts.list(state=state, sid=sid, limit=int(raw_limit))
+    return jsonify({"alerts": alerts})
+
+
+def _change_alert(alert_id: str, change: str):
+    store = the_hub().alerts
+    try:
+        alert = getattr(store, change)(alert_id, by=g.token_name)
+    except AlertNotFound:
+        return error("not_found", f"no alert {alert_id!r}", 404)
+    except AlertConflict as err:
+        return error("conflict", str(err), 409)
+    except StoreUnavailable as err:
+        return error("database_unavailable", str(err), 503)
+    return jsonify(alert)
+
+
+@api.post("/alerts/<alert_id>/ack")
+def ack_alert(alert_id: str):
+    return _change_alert(alert_id, "ack")
+
+
+@api.post("/alerts/<alert_id>/resolve")
+def resolve_alert(alert_id: str):
+    return _change_alert(alert_id, "resolve")
+
+
+# -- commands ------------------------------------------------------------------------
+
+
+def _json_body() -> dict[str, Any]:
+    """The request body as a JSON object, whatever the Content-Type claims (curl's
+    ``-d`` sends form encoding by default)."""
+    raw = request.get_data(cache=True)
+    try:
+        body = json.loads(raw) if raw else None
+    except ValueError as err:
+        raise ApiError(400, "bad_json", f"the body is not JSON: {err}") from err
+    if not isinstance(body, dict):
+        raise ApiError(400, "bad_body", 'the body must be a JSON object {"cmd": ..., "args": {}}')
+    return body
+
+
+@api.post("/stations/<sid>/commands")
+def send_command(sid: str):
+    # The hub accepts stations it has never heard of, but a command to one is
+    # almost certainly a typo: nothing would ever answer it.
+    view = _station_or_404(sid)
+    body = _json_body()
+    cmd, args = body.get("cmd"), body.get("args", {})
+    if not isinstance(cmd, str) or not cmd:
+        return error("bad_body", 'the body needs "cmd", a command name', 400)
+    try:
+        command_id = the_hub().commands.send(view.sid, cmd, args, by=g.token_name)
+    except BadCommand as exc:
+        return error(exc.code, exc.message, 400)
+    except CommandNotSent as exc:
+        return error("broker_unavailable", str(exc), 503)
+    location = url_for("api.get_command", sid=view.sid, command_id=command_id)
+    return jsonify({"id": command_id}), 202, {"Location": location}
+
+
+@api.get("/stations/<sid>/commands/<command_id>")
+def get_command(sid: str, command_id: str):
+    command = the_hub().commands.get(sid, command_id)
+    if command is None:
+        return error("not_found", f"no command {command_id!r} for station {sid!r}", 404)
+    return jsonify(command)
