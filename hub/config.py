@@ -34,6 +34,17 @@ class HubConfig:
     missed_heartbeats: int = 3
     client_id: str = "yizhan-hub"
     source: str | None = None
+    # policy: the lending threshold (contract §12 "ready") and how long a loan runs.
+    min_charge: int = 80
+    loan_hours: float = 24.0
+    # timing: gap healing (contract §3). A gap is asked for once it has stayed
+    # open ``replay_after``; one replay per station per ``replay_every``, each of
+    # at most ``replay_max`` seqs.
+    replay_after: float = 10.0
+    replay_every: float = 30.0
+    replay_max: int = 1000
+    # mqtt.shared_group: several hub workers share the subscriptions ($share/...).
+    shared_group: str | None = None
 
     def station_meta(self, sid: str) -> StationMeta | None:
         for s in self.stations:
@@ -92,6 +103,12 @@ def parse_hub_config(data: dict, base: Path | None = None, source: str | None = 
 
     rules = root.section("rules")
     timing = root.section("timing")
+    policy = root.section("policy")
+    mqtt_sec = root.section("mqtt")
+    shared_group = mqtt_sec.str("shared_group", pattern=r"[^/+#\s]+") if mqtt_sec else None
+    if shared_group and database.startswith("sqlite:"):
+        raise ConfigError("mqtt.shared_group", "several hub workers need a shared PostgreSQL "
+                          "database, not SQLite (see docs/hub.md)")
     return HubConfig(
         mqtt=MqttConfig.from_section(root.section("mqtt"), base),
         database=database,
@@ -108,4 +125,10 @@ def parse_hub_config(data: dict, base: Path | None = None, source: str | None = 
         client_id=(root.section("mqtt").str("client_id", "yizhan-hub")
                    if root.section("mqtt") else "yizhan-hub"),
         source=source,
+        min_charge=policy.int("min_charge", 80, lo=0, hi=100) if policy else 80,
+        loan_hours=policy.float("loan_hours", 24.0, lo=0.01) if policy else 24.0,
+        replay_after=timing.duration("replay_after", 10.0) if timing else 10.0,
+        replay_every=timing.duration("replay_every", 30.0) if timing else 30.0,
+        replay_max=timing.int("replay_max", 1000, lo=1, hi=100_000) if timing else 1000,
+        shared_group=shared_group,
     )

@@ -2,6 +2,11 @@
 
 >>> hub = Hub(load_hub_config("hub.yaml"))
 >>> hub.run()          # until SIGTERM / Ctrl-C
+
+What it builds, in order (docs/hub-internals.md): the store (migrated to head),
+the writer, the uptime ledger, the loans, the commands (published through the
+ingest's MQTT client), the fleet, the alert store, the ingest, the web app and
+the ``/metrics`` collector; ``start()`` adds the one scheduler of the process.
 """
 
 from __future__ import annotations
@@ -13,52 +18,127 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import CollectorRegistry
 from waitress.server import create_server
 
+from hub.alerts import AlertStore
+from hub.commands import CommandError, Commands
 from hub.config import HubConfig
 from hub.fleet import Fleet
 from hub.ingest import Ingest
+from hub.ledger import Ledger
+from hub.loans import Loans
+from hub.metrics import FleetCollector
 from hub.store import Store
 from hub.web import create_app
+from hub.writer import Writer
 from yizhan.clock import SYSTEM_CLOCK, Clock
 
 log = logging.getLogger(__name__)
 
+#: Scheduler jobs: (name, seconds between runs).
+SWEEP_EVERY = 5
+GAPS_EVERY = 2
+EXPIRE_EVERY = 5
+ALIVE_EVERY = 10
+REFRESH_EVERY = 60
+
 
 class Hub:
+    """Everything one hub process runs; tests build several side by side."""
+
     def __init__(self, config: HubConfig, clock: Clock = SYSTEM_CLOCK,
                  registry: CollectorRegistry | None = None) -> None:
         self.config = config
         self.clock = clock
         self.registry = registry if registry is not None else CollectorRegistry()
         self.store = Store(config.database)
-        self.fleet = Fleet(config, self.store)
-        self.ingest = Ingest(config, self.fleet, clock, self.registry)
-        self.app = create_app(self)
+        self.writer: Writer | None = None
+        try:
+            self.writer = Writer(self.store).start()
+            self.ledger = Ledger(self.store, self.writer, clock)
+            self.loans = Loans(self.store, config.loan_hours)
+            # The ingest's client publishes the commands; it is built below.
+            self.commands = Commands(self.store, self.writer, self._publish, clock)
+            self.fleet = Fleet(config, self.store, self.writer, self.ledger, clock,
+                               loans=self.loans, commands=self.commands)
+            self.alerts = AlertStore(self.store, self.writer, clock)
+            self.ingest = Ingest(config, self.fleet, clock, self.registry)
+            self.app = create_app(self)
+            self.registry.register(FleetCollector(self))
+        except BaseException:
+            self._close_store()  # a half-built hub leaves no thread nor connection
+            raise
         self.scheduler: BackgroundScheduler | None = None
         self._server = None
+        self._started = False
+        self._closed = False
         self._stopped = threading.Event()
 
+    def _publish(self, topic: str, payload: bytes) -> object:
+        return self.ingest.publish(topic, payload)
+
+    # -- health --------------------------------------------------------------------------
+
     def problems(self) -> list[str]:
+        """What keeps the hub from doing its job now (empty when healthy), for /healthz."""
         out = []
         if not self.ingest.connected.is_set():
             out.append("not connected to the MQTT broker")
+        if self.writer is None or not self.writer.healthy():
+            out.append("the database writer is stuck or stopped")
         if not self.store.ping():
             out.append("database unreachable")
         return out
 
+    # -- scheduled jobs ----------------------------------------------------------------------
+
     def sweep(self) -> None:
+        """Stations silent for too long go down (their outage from when last heard)."""
         for sid in self.fleet.sweep_silent(self.clock.ms()):
             log.warning("station %s is silent past %d heartbeats: down", sid,
                         self.config.missed_heartbeats)
 
+    def heal_gaps(self) -> None:
+        """Ask stations to replay the events the hub is missing (contract §3)."""
+        for sid, lo, hi in self.fleet.gaps_due(self.clock.ms()):
+            try:
+                cid = self.commands.send(sid, "replay", {"from_seq": lo, "to_seq": hi},
+                                         by="hub")
+            except CommandError as err:
+                # Asked again after replay_every; the gap stays known meanwhile.
+                log.warning("replay %d..%d for %s not sent: %s", lo, hi, sid, err)
+                continue
+            self.fleet.replay_sent(sid, cid, lo, hi)
+            log.info("asked %s to replay events %d..%d (%s)", sid, lo, hi, cid)
+
+    def expire_commands(self) -> None:
+        self.commands.expire(self.clock.ms())
+
+    def alive(self) -> None:
+        self.ledger.hub_alive(self.clock.ms())
+
+    def refresh(self) -> None:
+        self.ledger.refresh(self.clock.ms())
+
+    # -- life ----------------------------------------------------------------------------
+
     def start(self) -> None:
-        """Start ingest and the scheduler (once per process); the web is ``serve()``."""
+        """Start vouching (ledger), ingest and the scheduler; the web is ``serve()``."""
+        if self._started:
+            return
+        self._started = True
+        self.ledger.hub_started(self.clock.ms())
         self.ingest.start()
         self.scheduler = BackgroundScheduler(daemon=True)
-        self.scheduler.add_job(self.sweep, "interval", seconds=5, id="sweep",
-                               max_instances=1, coalesce=True)
+        jobs = ((self.sweep, SWEEP_EVERY), (self.heal_gaps, GAPS_EVERY),
+                (self.expire_commands, EXPIRE_EVERY), (self.alive, ALIVE_EVERY),
+                (self.refresh, REFRESH_EVERY))
+        for job, seconds in jobs:
+            # APScheduler logs a job's exception with its traceback and runs it again.
+            self.scheduler.add_job(job, "interval", seconds=seconds, id=job.__name__,
+                                   max_instances=1, coalesce=True)
         self.scheduler.start()
 
     def serve(self) -> None:
+        """Serve the web with waitress until ``stop()`` (or SystemExit from a signal)."""
         self._server = create_server(self.app, host=self.config.http_host,
                                      port=self.config.http_port, threads=8,
                                      ident="yizhan-hub")
@@ -89,7 +169,21 @@ class Hub:
             self._server.close()
 
     def close(self) -> None:
+        """A clean stop: scheduler, ingest (its retained offline), the ledger's
+        stop mark, everything written, connections closed. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
         if self.scheduler is not None and self.scheduler.running:
-            self.scheduler.shutdown(wait=False)
+            self.scheduler.shutdown(wait=True)
         self.ingest.stop()
+        if self._started:
+            self.ledger.hub_stopped(self.clock.ms())
+        if self._server is not None:
+            self._server.close()
+        self._close_store()
+
+    def _close_store(self) -> None:
+        if self.writer is not None:
+            self.writer.close()  # flushes
         self.store.close()
