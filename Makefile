@@ -18,8 +18,8 @@ help:
 	@echo "make lint    ruff"
 	@echo "make bench   benchmarks (see docs/benchmarks.md)"
 
-# System packages: the Python venv module, Mosquitto, PostgreSQL and Prometheus
-# (the tests talk to real ones). Installed only when missing; as root directly,
+# System packages: the Python venv module, Mosquitto, PostgreSQL, Prometheus and
+# Chromium with CJK fonts (the tests talk to real ones and look at real pages). Installed only when missing; as root directly,
 # otherwise with sudo when present.
 system-deps:
 	@missing=""; \
@@ -29,6 +29,8 @@ system-deps:
 	command -v pg_ctlcluster >/dev/null || missing="$$missing postgresql"; \
 	command -v prometheus >/dev/null || missing="$$missing prometheus"; \
 	command -v openssl >/dev/null || missing="$$missing openssl"; \
+	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
+	[ -d /usr/share/fonts/opentype/noto ] || missing="$$missing fonts-noto-cjk"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] || command -v sudo >/dev/null; then \
 	    echo "installing:$$missing"; \

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from yizhan.cli import EXIT_CONFIG, EXIT_NOT_BUILT
+from yizhan.cli import EXIT_CONFIG
 
 
 def run(*argv: str) -> subprocess.CompletedProcess:
@@ -22,12 +22,6 @@ def test_every_subcommand_explains_itself(argv):
     assert out.returncode == 0, out.stderr
     assert "usage: yizhan" in out.stdout
     assert len(out.stdout.splitlines()) >= 4
-
-
-def test_unfinished_subcommand_says_so_and_fails(tmp_path):
-    out = run("kiosk", "--config", str(tmp_path / "station.yaml"))
-    assert out.returncode == EXIT_NOT_BUILT
-    assert "not built yet" in out.stderr
 
 
 @pytest.mark.parametrize(("program", "text", "key", "problem"), [

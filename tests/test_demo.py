@@ -21,6 +21,17 @@ def _gone(pid: int) -> bool:
         return True
 
 
+def _page(url: str) -> str:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return resp.read().decode()
+    except (urllib.error.URLError, OSError):
+        return ""
+
+
 def _children_of(pid: int) -> list[int]:
     out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
     return [int(x) for x in out.stdout.split()]
@@ -50,7 +61,15 @@ def test_demo_brings_three_stations_online_and_stops_cleanly(tmp_path, broker):
                    interval=0.25, on_fail=lambda: (tmp_path / "demo.log").read_text())
         assert time.monotonic() - started < 30
         children = _children_of(demo.pid)
-        assert len(children) >= 5  # broker, hub, three agents
+        assert len(children) >= 8  # broker, hub, three agents, three kiosks
+        wait_until(lambda: "Press Ctrl-C" in (tmp_path / "demo.log").read_text(), 10,
+                   "the demo's banner")
+        kiosks = [line.split()[1] for line in (tmp_path / "demo.log").read_text().splitlines()
+                  if line.strip().startswith("kiosk ")]
+        assert len(kiosks) == 3
+        for url in kiosks:  # every station's touchscreen answers, in Chinese
+            wait_until(lambda url=url: _page(url), 15, f"the kiosk at {url}")
+            assert "借充电宝" in _page(url)
 
         demo.send_signal(signal.SIGINT)
         assert demo.wait(20) == 0

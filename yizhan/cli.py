@@ -22,7 +22,6 @@ from yizhan import __version__
 from yizhan.config import ConfigError
 
 EXIT_CONFIG = 2
-EXIT_NOT_BUILT = 3
 
 
 def _logging(level: str) -> None:
@@ -81,8 +80,32 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
 
 def cmd_kiosk(args: argparse.Namespace) -> int:
-    print("yizhan kiosk: not built yet (see issue 5: the kiosk).", file=sys.stderr)
-    return EXIT_NOT_BUILT
+    from waitress.server import create_server
+
+    from kiosk import create_app
+    from kiosk.config import load_kiosk_config
+    from kiosk.security import PhoneRedactor
+
+    config = load_kiosk_config(args.config)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(PhoneRedactor())  # belt and braces: the kiosk never logs one
+    app = create_app(config)
+    server = create_server(app, host=config.host, port=config.port, threads=4,
+                           ident="yizhan-kiosk")
+
+    def stop() -> None:
+        # waitress's loop ends on SystemExit raised in the main thread.
+        raise SystemExit(0)
+
+    _on_terminate(stop)
+    logging.getLogger("yizhan").info(
+        "kiosk for %s on http://%s:%s, agent at %s", config.sid, config.host,
+        server.effective_port, config.api_socket or config.api_url)
+    try:
+        server.run()
+    finally:
+        server.close()
+    return 0
 
 
 def cmd_sim_board(args: argparse.Namespace) -> int:
@@ -134,9 +157,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="station configuration (YAML)")
     a.set_defaults(func=cmd_agent)
 
-    k = sub.add_parser("kiosk", help="the touchscreen kiosk (not built yet)",
-                       description="Run the station's touchscreen kiosk from the station "
-                                   "YAML file. Not built yet.")
+    k = sub.add_parser("kiosk", help="the touchscreen kiosk on the station's screen",
+                       description="Run the station's touchscreen kiosk (borrow and return "
+                                   "a power bank, staff restock) with waitress on loopback, "
+                                   "from the same station YAML file as the agent; it talks "
+                                   "only to the agent's local API.")
     k.add_argument("--config", required=True, metavar="FILE",
                    help="station configuration (YAML)")
     k.set_defaults(func=cmd_kiosk)

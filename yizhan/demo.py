@@ -138,8 +138,13 @@ def run_demo(args) -> int:
         broker, broker_name = start_broker(args.broker, mqtt_port, workdir)
         print(f"broker: {broker_name} on 127.0.0.1:{mqtt_port}", flush=True)
         spawn("hub", ["hub", "--config", str(hub_cfg)])
+        kiosks = []
         for sid, cfg in station_cfgs:
             spawn(sid, ["agent", "--config", str(cfg)])
+            # Each station's touchscreen: the kiosk reads the same station file.
+            spawn(f"{sid}-kiosk", ["kiosk", "--config", str(cfg)])
+            kiosk = yaml.safe_load(cfg.read_text(encoding="utf-8"))["kiosk"]
+            kiosks.append((sid, f"http://{kiosk['host']}:{kiosk['port']}/"))
 
         base = f"http://127.0.0.1:{http_port}"
         deadline = time.monotonic() + 60
@@ -161,7 +166,7 @@ def run_demo(args) -> int:
             print(f"only {online} of {len(station_cfgs)} stations came online; "
                   f"see the logs in {logs}", file=sys.stderr)
             return 1
-        print(_banner(base, token, workdir), flush=True)
+        print(_banner(base, token, workdir, kiosks), flush=True)
         while not stopping:
             _check_children(children)
             time.sleep(0.5)
@@ -202,7 +207,7 @@ def _stop_all(children, broker) -> None:
     print("stopped.", flush=True)
 
 
-def _banner(base: str, token: str, workdir: Path) -> str:
+def _banner(base: str, token: str, workdir: Path, kiosks: list[tuple[str, str]]) -> str:
     return "\n".join([
         "",
         "Yizhan demo is running.",
@@ -211,7 +216,8 @@ def _banner(base: str, token: str, workdir: Path) -> str:
         f"  try         curl -H 'Authorization: Bearer {token}' {base}/api/v1/stations",
         f"  health      {base}/healthz",
         f"  metrics     {base}/metrics",
-        "  kiosk       not built yet (issue 5)",
+        *[f"  kiosk       {url}   ({sid}; open at 800x480 — a touchscreen)"
+          for sid, url in kiosks],
         f"  logs        {workdir / 'logs'}",
         "Press Ctrl-C to stop everything.",
     ])

@@ -1,0 +1,40 @@
+"""What every view of one kiosk app shares: its settings, the agent client, the
+clock and the borrow rate limiter (one per app, never a module global)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flask import current_app, flash, redirect, url_for
+
+from kiosk.agent import AgentClient
+from kiosk.config import KioskConfig
+from kiosk.ratelimit import RateLimiter
+from yizhan.clock import Clock
+
+__all__ = ["Kiosk", "go_home", "kiosk"]
+
+_KEY = "yizhan_kiosk"
+
+
+@dataclass
+class Kiosk:
+    config: KioskConfig
+    agent: AgentClient
+    clock: Clock
+    limiter: RateLimiter
+
+    def install(self, app) -> None:
+        app.extensions[_KEY] = self
+
+
+def kiosk() -> Kiosk:
+    """The current app's Kiosk (inside a request)."""
+    return current_app.extensions[_KEY]
+
+
+def go_home(message: str | None = None, category: str = "info"):
+    """Redirect to the home screen, with a note shown there."""
+    if message:
+        flash(message, category)
+    return redirect(url_for("home.index"))
