@@ -177,13 +177,10 @@ def test_a_silent_board_is_offline_after_the_retries(
     board: BoardSimulator, lb: LockerBoard
 ) -> None:
     board.silent()
-    started = time.monotonic()
     with pytest.raises(BoardOffline) as caught:
         lb.status()
-    took = time.monotonic() - started
     assert isinstance(caught.value, ConnectionError)
-    assert 0.6 <= took < 1.5  # 3 attempts x 200 ms (and a loaded machine)
-    assert lb.timeouts == 3
+    assert lb.timeouts == 3  # three attempts, each given up after its timeout
     assert len([f for f in board.frames_received if f.cmd == Cmd.STATUS]) == 3
     assert lb.is_open  # the port is fine; the board is mute
     board.silent(False)
