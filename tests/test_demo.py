@@ -3,6 +3,8 @@ Ctrl-C stops every process it started."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import subprocess
 import sys
@@ -78,6 +80,11 @@ def test_demo_brings_three_stations_online_and_stops_cleanly(tmp_path, broker):
         assert "stopped." in (tmp_path / "demo.log").read_text()
     finally:
         if demo.poll() is None:
+            # A failed test must not leave the demo's processes behind: they run in
+            # sessions of their own, so killing the demo alone would orphan them.
+            for pid in _children_of(demo.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)
             demo.kill()
             demo.wait()
         log.close()

@@ -116,8 +116,13 @@ def test_birth_state_and_death_through_real_processes(system, procs):
                    on_fail=agent.tail)
         st = station(system.base)
         assert st["name"] == "楚门镇先锋驿站"
-        status, detail = http_json(f"{system.base}/api/v1/stations/{SID}", TOKEN)
-        assert status == 200 and detail["state"]["rev"] >= state.rev
+        # The hub applies the State a moment after our own subscriber saw it.
+        def hub_has_state():
+            status, detail = http_json(f"{system.base}/api/v1/stations/{SID}", TOKEN)
+            assert status == 200
+            return detail["state"] and detail["state"]["rev"] >= state.rev
+
+        wait_until(hub_has_state, 5, "the State in the hub's API")
 
         killed_at = time.monotonic()
         agent.signal(signal.SIGKILL)
