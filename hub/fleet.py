@@ -206,6 +206,7 @@ class Fleet:
         self._stations: dict[str, _Station] = {}
         self._replays: OrderedDict[str, _Replay] = OrderedDict()
         self._listening_since: int | None = None
+        self._listeners: list[Callable[[str, str, Any, int], None]] = []
         # Built once: the hot path only passes parameters (SQLAlchemy caches the SQL).
         self._insert_event = store.insert_ignore(events)
         self._save_station = store.upsert(stations, ["sid"], _STATION_COLUMNS)
@@ -275,6 +276,38 @@ class Fleet:
             st = self._stations.get(sid)
             return replace(st.view) if st is not None else None
 
+    # -- listeners (the alert engine, the forecaster) ---------------------------------------
+
+    def add_listener(self, fn: Callable[[str, str, Any, int], None]) -> None:
+        """``fn(sid, kind, payload, now_ms)`` after each Status, State or Event is
+        applied (kind ``status``, ``state``, ``event``; payload the message), and
+        with kind ``status`` and payload None when only the station's liveness
+        changed (silent, or heard again). Called on the ingest thread, outside
+        the fleet's lock: it must only take note, never wait."""
+        self._listeners.append(fn)
+
+    def remove_listener(self, fn: Callable[[str, str, Any, int], None]) -> None:
+        if fn in self._listeners:
+            self._listeners.remove(fn)
+
+    def _tell(self, sid: str, kind: str, payload: Any, now_ms: int) -> None:
+        for fn in self._listeners:
+            try:
+                fn(sid, kind, payload, now_ms)
+            except Exception:  # a listener's bug must not stop the ingest
+                log.exception("fleet listener %r failed on %s of %s", fn, kind, sid)
+
+    def _told(self, sid: str, kind: str, msg: Any, applied: bool, was_online: bool,
+              now_ms: int) -> None:
+        if applied:
+            self._tell(sid, kind, msg, now_ms)
+        elif self._listeners and self._online(sid) != was_online:
+            self._tell(sid, "status", None, now_ms)
+
+    def _online(self, sid: str) -> bool:
+        st = self._stations.get(sid)
+        return st is not None and st.view.online
+
     # -- the broker connection -------------------------------------------------------------
 
     def broker_up(self, now_ms: int) -> None:
@@ -295,12 +328,14 @@ class Fleet:
         out on subscribe: it says what the station last published, not that it
         is talking now."""
         with self._lock:
+            was_online = self._online(status.sid)
             st = self._station(status.sid)
             if status.is_online:
                 result = self._birth(st, status, now_ms, live)
             else:
                 result = self._death(st, status, now_ms, live)
         self._drain()
+        self._told(status.sid, "status", status, result == APPLIED, was_online, now_ms)
         return result
 
     def _birth(self, st: _Station, status: m.Status, now_ms: int, live: bool) -> str:
@@ -348,8 +383,10 @@ class Fleet:
 
     def apply_state(self, state: m.State, now_ms: int, live: bool = True) -> str:
         with self._lock:
+            was_online = self._online(state.sid)
             result = self._apply_state(self._station(state.sid), state, now_ms, live)
         self._drain()
+        self._told(state.sid, "state", state, result == APPLIED, was_online, now_ms)
         return result
 
     def _apply_state(self, st: _Station, state: m.State, now_ms: int, live: bool) -> str:
@@ -392,8 +429,10 @@ class Fleet:
 
     def apply_event(self, event: m.Event, now_ms: int, live: bool = True) -> str:
         with self._lock:
+            was_online = self._online(event.sid)
             result = self._apply_event(self._station(event.sid), event, now_ms, live)
         self._drain()
+        self._told(event.sid, "event", event, result == APPLIED, was_online, now_ms)
         return result
 
     def _apply_event(self, st: _Station, event: m.Event, now_ms: int, live: bool) -> str:
@@ -468,8 +507,10 @@ class Fleet:
         """Hand a station's answer to the commands; a replay's answer naming events
         the station no longer has ends the hub's asking for them."""
         with self._lock:
+            was_online = self._online(result.sid)
             self._heard(self._station(result.sid), now_ms, live)
         self._drain()
+        self._told(result.sid, "result", None, False, was_online, now_ms)
         if self.commands is None:
             return STALE
         outcome = self.commands.result(result, now_ms)
@@ -529,6 +570,8 @@ class Fleet:
                     self._go_down(st, SILENT, now_ms)
                     gone.append(v.sid)
         self._drain()
+        for sid in gone:
+            self._tell(sid, "status", None, now_ms)
         return gone
 
     def gaps_due(self, now_ms: int) -> list[tuple[str, int, int]]:
