@@ -134,6 +134,71 @@ SCHEMAS: dict[str, Any] = {
         "expires": MS,
         "answered": MS_OR_NULL,
     }),
+    "Delivery": _obj({
+        "id": {"type": "string", "description": "the delivery id, sent as X-Yizhan-Delivery "
+               "(webhook) or in Message-ID (e-mail); the same on every retry"},
+        "alert_id": {"type": ["string", "null"]},
+        "notifier": {"type": "string"},
+        "kind": {"type": "string",
+                 "enum": ["firing", "resolved", "acked", "escalated", "reminder"]},
+        "state": {"type": "string", "enum": ["pending", "delivered", "failed"],
+                  "description": "failed: given up after an error the platform calls "
+                  "permanent (a wrong robot key, say); last_error says which"},
+        "attempts": {"type": "integer", "minimum": 0},
+        "created": MS,
+        "next_attempt": {**MS_OR_NULL, "description": "when it is tried again (pending only)"},
+        "delivered": MS_OR_NULL,
+        "last_error": {"type": ["string", "null"]},
+    }),
+    "DeliveryList": _obj({
+        "alert_id": {"type": "string"},
+        "deliveries": {"type": "array", "items": _ref("Delivery")},
+    }),
+    # Silences and maintenance windows (docs/alerts.md).
+    "Silence": _obj({
+        "id": {"type": "string", "pattern": "^s-[0-9a-f]+$"},
+        "sid": {**SID, "type": ["string", "null"], "description": "only this station"},
+        "group": {"type": ["string", "null"], "description": "only this group's stations"},
+        "rule": {"type": ["string", "null"], "enum": [*RULES, None],
+                 "description": "only this rule"},
+        "starts_at": MS,
+        "ends_at": {**MS, "description": "set to the time it was ended, if ended early"},
+        "comment": {"type": ["string", "null"]},
+        "created_by": {"type": ["string", "null"], "description": "the API token's name"},
+        "created_at": MS,
+    }),
+    "SilenceRequest": _obj({
+        "sid": SID,
+        "group": {"type": "string", "maxLength": 64},
+        "rule": {"type": "string", "enum": list(RULES)},
+        "starts_at": {**MS, "description": "default: now"},
+        "ends_at": MS,
+        "duration": {"type": "string", "example": "2h",
+                     "description": "instead of ends_at: 30m, 2h, 1d (at most 30 days)"},
+        "comment": {"type": "string", "maxLength": 500},
+    }, required=[], description="at least one of sid, group, rule; ends_at or duration"),
+    "SilenceList": _obj({"silences": {"type": "array", "items": _ref("Silence")}}),
+    "MaintenanceWindow": _obj({
+        "id": {"type": "string", "pattern": "^mw-[0-9a-f]+$"},
+        "sid": {**SID, "type": ["string", "null"], "description": "this station"},
+        "group": {"type": ["string", "null"], "description": "every station of this group"},
+        "starts_at": MS,
+        "ends_at": {**MS, "description": "set to the time it was ended, if ended early"},
+        "comment": {"type": ["string", "null"]},
+        "created_by": {"type": ["string", "null"], "description": "the API token's name"},
+        "created_at": MS,
+    }),
+    "MaintenanceWindowRequest": _obj({
+        "sid": SID,
+        "group": {"type": "string", "maxLength": 64},
+        "starts_at": {**MS, "description": "default: now"},
+        "ends_at": MS,
+        "duration": {"type": "string", "example": "3h",
+                     "description": "instead of ends_at: 30m, 2h, 1d (at most 30 days)"},
+        "comment": {"type": "string", "maxLength": 500},
+    }, required=[], description="sid or group (or both); ends_at or duration"),
+    "MaintenanceWindowList": _obj({
+        "maintenance_windows": {"type": "array", "items": _ref("MaintenanceWindow")}}),
 }
 
 _ERROR = _ref("Error")
@@ -234,6 +299,33 @@ PATHS: dict[str, Any] = {
         "responses": {"200": _json(_ref("Alert"), "The alert, now resolved."), **AUTH_ERRORS,
                       "404": _err("NotFound"), "503": _err("Unavailable")},
     }},
+    "/api/v1/alerts/{alert_id}/deliveries": {"get": {
+        "operationId": "listDeliveries",
+        "summary": "The notifications of an alert: to whom, delivered or not, and why not.",
+        "parameters": [_param("alert_id", "path", {"type": "string"}, "alert id")],
+        "responses": {"200": _json(_ref("DeliveryList"), "Its deliveries, oldest first."),
+                      **AUTH_ERRORS, "404": _err("NotFound")},
+    }},
+    "/ack/{token}": {"get": {
+        "operationId": "ackLink",
+        "summary": "Acknowledge the alert of a signed, expiring link from a notification.",
+        "description": "No bearer token: the token (hub/acklink.py) is the authority. "
+                       "Answers a small HTML page for a phone. HEAD checks the token "
+                       "without acknowledging (link previews).",
+        "security": [],
+        "parameters": [_param("token", "path", {"type": "string"}, "the link's token")],
+        "responses": {
+            status: {"description": text,
+                     "content": {"text/html": {"schema": {"type": "string"}}}}
+            for status, text in [
+                ("200", "Acknowledged (now, or already before)."),
+                ("403", "The link is expired, or was not signed by this hub."),
+                ("404", "No such alert."),
+                ("409", "The alert has resolved: nothing to acknowledge."),
+                ("503", "The database did not answer, or ack links are not configured."),
+            ]
+        },
+    }},
     "/api/v1/stations/{sid}/commands": {"post": {
         "operationId": "sendCommand",
         "summary": "Send a command (contract §7); it expires unanswered after 30 s.",
@@ -254,6 +346,51 @@ PATHS: dict[str, Any] = {
         "responses": {"200": _json(_ref("Command"), "The command."), **AUTH_ERRORS,
                       "404": _err("NotFound")},
     }},
+    **{
+        f"/api/v1/{path}": {
+            "get": {
+                "operationId": f"list{name}s",
+                "summary": f"{text.capitalize()}s not over yet (include=all: past ones too).",
+                "parameters": [_param("include", "query",
+                                      {"type": "string", "enum": ["active", "all"],
+                                       "default": "active"},
+                                      "active: current and future, soonest first; all: "
+                                      "every one, the latest ending first")],
+                "responses": {"200": _json(_ref(f"{name}List"), f"The {text}s."),
+                              "400": _err("BadRequest"), **AUTH_ERRORS},
+            },
+            "post": {
+                "operationId": f"add{name}",
+                "summary": f"Add a {text}: {effect}.",
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": _ref(f"{name}Request"), "example": example}}},
+                "responses": {"201": _json(_ref(name), f"The {text}."),
+                              "400": _err("BadRequest"), **AUTH_ERRORS,
+                              "413": _err("TooLarge"), "503": _err("Unavailable")},
+            },
+        } for path, name, text, effect, example in [
+            ("silences", "Silence", "silence",
+             "matching alerts are raised and listed but not notified, escalated nor "
+             "reminded until it ends", {"sid": "yh-chumen-01", "rule": "water_low",
+                                        "duration": "2h", "comment": "水泵维修中"}),
+            ("maintenance-windows", "MaintenanceWindow", "maintenance window",
+             "the refill alerts (water_*, chargers_*) and door_open_too_long of the "
+             "station or group are held back while it is open",
+             {"group": "chumen", "duration": "3h", "comment": "季度检修"}),
+        ]
+    },
+    **{
+        f"/api/v1/{path}/{{{param}}}": {"delete": {
+            "operationId": f"end{name}",
+            "summary": f"End a {text} now (one not started yet never starts).",
+            "parameters": [_param(param, "path", {"type": "string"}, f"{text} id")],
+            "responses": {"200": _json(_ref(name), f"The {text}, ended."), **AUTH_ERRORS,
+                          "404": _err("NotFound"), "503": _err("Unavailable")},
+        }} for path, param, name, text in [
+            ("silences", "silence_id", "Silence", "silence"),
+            ("maintenance-windows", "window_id", "MaintenanceWindow", "maintenance window"),
+        ]
+    },
 }
 
 _ERROR_ON_EVERY_OPERATION = {

@@ -144,6 +144,12 @@ alerts = sa.Table(
     sa.Column("resolved_by", sa.String(64), nullable=True),
     sa.Column("escalation", sa.Integer, nullable=False, default=0),
     sa.Column("last_notified_ms", sa.BigInteger, nullable=True),
+    # What the router has told (hub/routing.py): the last state announced
+    # (firing, acked, resolved; NULL while nobody was told), the route it was
+    # told on, and when its current tier (``escalation``) was told.
+    sa.Column("notified", sa.String(16), nullable=True),
+    sa.Column("route", sa.String(64), nullable=True),
+    sa.Column("tier_ms", sa.BigInteger, nullable=True),
     sa.Index("alerts_open", "rule", "sid", "subject", "state"),
     sa.Index("alerts_sid_state", "sid", "state"),
 )
@@ -162,4 +168,35 @@ notifications = sa.Table(
     sa.Column("delivered_ms", sa.BigInteger, nullable=True),
     sa.Column("last_error", sa.Text, nullable=True),
     sa.Index("notifications_due", "delivered_ms", "next_attempt_ms"),
+)
+
+# Silences (alert engine, docs/alerts.md): an open alert matching every given
+# field (sid, group, rule; NULL matches any) is not notified in [starts, ends).
+silences = sa.Table(
+    "silences", metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("sid", sa.String(32), nullable=True),
+    sa.Column("grp", sa.String(64), nullable=True),
+    sa.Column("rule", sa.String(40), nullable=True),
+    sa.Column("starts_ms", sa.BigInteger, nullable=False),
+    sa.Column("ends_ms", sa.BigInteger, nullable=False),  # set to now when ended early
+    sa.Column("comment", sa.Text, nullable=True),
+    sa.Column("created_by", sa.String(64), nullable=True),
+    sa.Column("created_ms", sa.BigInteger, nullable=False),
+    sa.Index("silences_ends", "ends_ms"),
+)
+
+# Planned maintenance of a station or a group: its refill alerts are held back
+# in [starts, ends), as while staff are on site.
+maintenance_windows = sa.Table(
+    "maintenance_windows", metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("sid", sa.String(32), nullable=True),
+    sa.Column("grp", sa.String(64), nullable=True),
+    sa.Column("starts_ms", sa.BigInteger, nullable=False),
+    sa.Column("ends_ms", sa.BigInteger, nullable=False),
+    sa.Column("comment", sa.Text, nullable=True),
+    sa.Column("created_by", sa.String(64), nullable=True),
+    sa.Column("created_ms", sa.BigInteger, nullable=False),
+    sa.Index("maintenance_windows_ends", "ends_ms"),
 )

@@ -5,8 +5,13 @@
 
 What it builds, in order (docs/hub-internals.md): the store (migrated to head),
 the writer, the uptime ledger, the loans, the commands (published through the
-ingest's MQTT client), the fleet, the alert store, the ingest, the web app and
-the ``/metrics`` collector; ``start()`` adds the one scheduler of the process.
+ingest's MQTT client), the fleet, the alert store, the alerting
+(docs/alerting-internals.md: the forecaster listening to the fleet, the
+notification outbox with its notifiers and ack links, the alert engine listening
+to the fleet, the router that the engine tells of each transition), the ingest,
+the web app and the ``/metrics`` collector; ``start()`` starts the outbox's
+senders, the engine, the ingest and the one scheduler of the process, and
+``close()`` stops them in the reverse order.
 """
 
 from __future__ import annotations
@@ -14,18 +19,25 @@ from __future__ import annotations
 import logging
 import threading
 
+import sqlalchemy as sa
 from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import CollectorRegistry
 from waitress.server import create_server
 
+from hub.acklink import AckLinks
 from hub.alerts import AlertStore
 from hub.commands import CommandError, Commands
 from hub.config import HubConfig
+from hub.engine import AlertEngine
 from hub.fleet import Fleet
+from hub.forecast import Forecaster
 from hub.ingest import Ingest
 from hub.ledger import Ledger
 from hub.loans import Loans
 from hub.metrics import FleetCollector
+from hub.notify import NEVER, Outbox, build_notifiers
+from hub.routing import Router
+from hub.schema import notifications
 from hub.store import Store
 from hub.web import create_app
 from hub.writer import Writer
@@ -39,6 +51,13 @@ GAPS_EVERY = 2
 EXPIRE_EVERY = 5
 ALIVE_EVERY = 10
 REFRESH_EVERY = 60
+ENGINE_EVERY = 1  # for durations, outages, predictions, holds that ended
+ROUTER_EVERY = 5  # escalations, reminders, notices not yet sent, route tests
+PRUNE_EVERY = 3600
+#: Delivered (or given up) notifications are kept this long, for the API.
+KEEP_DELIVERIES_MS = 30 * 86400_000
+#: A notifier's oldest due delivery not attempted for this long: its sender is stuck.
+STUCK_AFTER_MS = 5 * 60_000
 
 
 class Hub:
@@ -60,6 +79,7 @@ class Hub:
             self.fleet = Fleet(config, self.store, self.writer, self.ledger, clock,
                                loans=self.loans, commands=self.commands)
             self.alerts = AlertStore(self.store, self.writer, clock)
+            self._build_alerting()
             self.ingest = Ingest(config, self.fleet, clock, self.registry)
             self.app = create_app(self)
             self.registry.register(FleetCollector(self))
@@ -71,6 +91,25 @@ class Hub:
         self._started = False
         self._closed = False
         self._stopped = threading.Event()
+
+    def _build_alerting(self) -> None:
+        """Forecaster, outbox, engine, router (docs/alerting-internals.md).
+
+        The forecaster listens to the fleet before the engine does, so a State
+        has been learned from when the engine evaluates it. Nothing runs yet.
+        """
+        config, clock = self.config, self.clock
+        self.forecaster = Forecaster(clock, store=self.store, min_charge=config.min_charge)
+        self.forecaster.attach(self.fleet)
+        self.acklinks = AckLinks.from_config(config, clock)
+        self.outbox = Outbox(self.store, self.writer, clock,
+                             build_notifiers(config.notifier_specs, config.routing.timezone),
+                             acklinks=self.acklinks)
+        self.engine = AlertEngine(config, self.fleet, self.alerts, clock,
+                                  forecaster=self.forecaster)
+        self.router = Router(config, self.outbox, clock, self.alerts,
+                             stations=self.fleet.get, muted=self.engine.muted)
+        self.engine.on_transition = self.router.on_transition
 
     def _publish(self, topic: str, payload: bytes) -> object:
         return self.ingest.publish(topic, payload)
@@ -86,7 +125,29 @@ class Hub:
             out.append("the database writer is stuck or stopped")
         if not self.store.ping():
             out.append("database unreachable")
+        elif self._started:
+            stuck = self.stuck_notifiers(self.clock.ms())
+            if stuck:
+                # Receivers that fail are the notify_failing alert's business; a
+                # due delivery nobody even tried means the hub's sender is stuck.
+                out.append(f"notification sender stuck: {', '.join(stuck)}")
         return out
+
+    def stuck_notifiers(self, now_ms: int) -> list[str]:
+        """Notifiers whose next delivery has been due for ``STUCK_AFTER_MS``
+        without an attempt (each sends its rows in order: only the head counts)."""
+        t = notifications
+        stuck = []
+        with self.store.engine.connect() as conn:
+            for name in self.outbox.notifiers:
+                head = conn.execute(
+                    sa.select(t.c.next_attempt_ms)
+                    .where(t.c.notifier == name, t.c.delivered_ms.is_(None),
+                           t.c.next_attempt_ms < NEVER)
+                    .order_by(t.c.created_ms, t.c.id).limit(1)).first()
+                if head is not None and now_ms - head.next_attempt_ms > STUCK_AFTER_MS:
+                    stuck.append(name)
+        return stuck
 
     # -- scheduled jobs ----------------------------------------------------------------------
 
@@ -118,6 +179,17 @@ class Hub:
     def refresh(self) -> None:
         self.ledger.refresh(self.clock.ms())
 
+    def evaluate_alerts(self) -> None:
+        self.engine.tick(self.clock.ms())
+
+    def route_alerts(self) -> None:
+        self.router.tick(self.clock.ms())
+
+    def prune_deliveries(self) -> None:
+        gone = self.outbox.prune(self.clock.ms() - KEEP_DELIVERIES_MS)
+        if gone:
+            log.info("pruned %d finished notifications older than 30 days", gone)
+
     # -- life ----------------------------------------------------------------------------
 
     def start(self) -> None:
@@ -126,11 +198,18 @@ class Hub:
             return
         self._started = True
         self.ledger.hub_started(self.clock.ms())
+        # Senders first: what the engine finds at its start is delivered at once.
+        self.outbox.start()
+        self.engine.start()  # evaluates the fleet as loaded, then listens
         self.ingest.start()
+        # A "Running job" line a second would drown the log; a job's exception is
+        # still logged (ERROR), with its traceback.
+        logging.getLogger("apscheduler.executors.default").setLevel(logging.WARNING)
         self.scheduler = BackgroundScheduler(daemon=True)
         jobs = ((self.sweep, SWEEP_EVERY), (self.heal_gaps, GAPS_EVERY),
                 (self.expire_commands, EXPIRE_EVERY), (self.alive, ALIVE_EVERY),
-                (self.refresh, REFRESH_EVERY))
+                (self.refresh, REFRESH_EVERY), (self.evaluate_alerts, ENGINE_EVERY),
+                (self.route_alerts, ROUTER_EVERY), (self.prune_deliveries, PRUNE_EVERY))
         for job, seconds in jobs:
             # APScheduler logs a job's exception with its traceback and runs it again.
             self.scheduler.add_job(job, "interval", seconds=seconds, id=job.__name__,
@@ -169,14 +248,17 @@ class Hub:
             self._server.close()
 
     def close(self) -> None:
-        """A clean stop: scheduler, ingest (its retained offline), the ledger's
-        stop mark, everything written, connections closed. Idempotent."""
+        """A clean stop: scheduler, ingest (its retained offline), the engine, the
+        outbox's senders (what they hold stays queued for the next start), the
+        ledger's stop mark, everything written, connections closed. Idempotent."""
         if self._closed:
             return
         self._closed = True
         if self.scheduler is not None and self.scheduler.running:
             self.scheduler.shutdown(wait=True)
         self.ingest.stop()
+        self.engine.close()
+        self.outbox.close()
         if self._started:
             self.ledger.hub_stopped(self.clock.ms())
         if self._server is not None:

@@ -9,21 +9,25 @@ The API is described by ``/api/v1/openapi.json`` (``hub/openapi.py``).
 from __future__ import annotations
 
 import hmac
+import html
 import json
 import logging
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from flask import Blueprint, Flask, current_app, g, jsonify, request, url_for
+from flask import Blueprint, Flask, Response, current_app, g, jsonify, request, url_for
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from werkzeug.exceptions import HTTPException
 
 from hub import openapi
+from hub.acklink import LinkExpired, LinkInvalid
+from hub.alerts import SILENCE, WINDOW, AlertConflict, AlertNotFound, BadMute, StoreUnavailable
 from hub.alerts import STATES as ALERT_STATES
-from hub.alerts import AlertConflict, AlertNotFound, StoreUnavailable
 from hub.commands import BadCommand, CommandNotSent
 from hub.metrics import bank_states, min_charge
+from hub.notify.outbox import deliveries as alert_deliveries
+from hub.notify.text import clock_text, what_text
 from protocol.errors import InvalidIdentifier
 from protocol.ids import check_sid
 
@@ -78,6 +82,12 @@ def create_app(hub: Hub) -> Flask:
     @app.get("/metrics")
     def metrics():
         return generate_latest(hub.registry), 200, {"Content-Type": CONTENT_TYPE_LATEST}
+
+    # No bearer token: the signed, expiring token in the link is the authority
+    # (hub/acklink.py). A phone opens it from a chat message, so the answer is a page.
+    @app.get("/ack/<token>")
+    def ack_link(token: str):
+        return ack_page(hub, token)
 
     # The description is public (it holds no data), so tools can read it without a token.
     @app.get("/api/v1/openapi.json")
@@ -290,6 +300,124 @@ def resolve_alert(alert_id: str):
     return _change_alert(alert_id, "resolve")
 
 
+@api.get("/alerts/<alert_id>/deliveries")
+def list_deliveries(alert_id: str):
+    hub = the_hub()
+    found = alert_deliveries(hub.store, alert_id)
+    # A route test's synthetic alert has deliveries and no row: show those too.
+    if not found and hub.alerts.get(alert_id) is None:
+        return error("not_found", f"no alert {alert_id!r}", 404)
+    return jsonify({"alert_id": alert_id, "deliveries": found})
+
+
+# -- acknowledge links -----------------------------------------------------------------
+
+_PAGE = {
+    "zh": {
+        "ok": "已确认",
+        "again": "已确认（之前已有人确认）",
+        "thanks": "谢谢！值班同事会看到已有人处理。",
+        "at": "确认时间",
+        "expired": "链接已过期",
+        "expired_text": "这个确认链接已经过期。请在群里回复，或登录后台确认。",
+        "invalid": "链接无效",
+        "invalid_text": "这个确认链接不完整或不是本系统发出的。请从原消息重新打开。",
+        "missing": "找不到这条告警",
+        "missing_text": "告警可能已被清理。",
+        "resolved": "告警已恢复",
+        "resolved_text": "这条告警已经恢复，无需确认。",
+        "busy": "暂时无法确认",
+        "busy_text": "系统忙，请稍后再点一次链接。",
+        "off": "确认链接未启用",
+        "off_text": "本系统未配置确认链接。",
+    },
+    "en": {"ok": "Acknowledged", "again": "Acknowledged (already, earlier)",
+           "thanks": "Thank you! The others can see someone is on it.", "at": "At",
+           "expired": "Link expired", "expired_text": "This acknowledge link has expired. "
+           "Reply in the group, or acknowledge in the console.", "invalid": "Invalid link",
+           "invalid_text": "This link is incomplete or was not sent by this hub. Open it "
+           "again from the message.", "missing": "Alert not found",
+           "missing_text": "It may have been cleaned up.", "resolved": "Already resolved",
+           "resolved_text": "This alert has resolved; nothing to acknowledge.",
+           "busy": "Cannot acknowledge now", "busy_text": "Please tap the link again shortly.",
+           "off": "Acknowledge links are off", "off_text": "This hub has no ack links."},
+}
+
+
+def ack_page(hub: Any, token: str):
+    """``GET /ack/<token>``: acknowledge the alert the token names, as
+    ``link:<notifier>``, and say so on a small page. HEAD only checks the token:
+    link previews must not acknowledge anything."""
+    links = getattr(hub, "acklinks", None)
+    if links is None:
+        return _page("zh", 503, "off")
+    try:
+        claim = links.verify(token)
+    except LinkExpired as err:
+        return _page(_lang(hub, err.claim.notifier), 403, "expired")
+    except LinkInvalid:
+        return _page("zh", 403, "invalid")
+    lang = _lang(hub, claim.notifier)
+    if request.method == "HEAD":
+        return _page(lang, 200, "ok")
+    try:
+        before = hub.alerts.get(claim.alert_id)
+        alert = hub.alerts.ack(claim.alert_id, by=claim.by)
+    except AlertNotFound:
+        return _page(lang, 404, "missing")
+    except AlertConflict:
+        return _page(lang, 409, "resolved")
+    except StoreUnavailable:
+        return _page(lang, 503, "busy")
+    again = before is not None and before["state"] != "firing"
+    if not again:
+        log.info("alert %s acknowledged through a link of %s", alert["id"], claim.notifier)
+    station = _station_for_page(hub, alert["sid"])
+    label = f"{station['name']}（{alert['sid']}）" if lang == "zh" else (
+        f"{station['name']} ({alert['sid']})")
+    words = _PAGE[lang]
+    when = clock_text(alert["acked_at"]) if alert.get("acked_at") else ""
+    lines = [f"{label}{'：' if lang == 'zh' else ': '}{what_text(alert, station, lang)}",
+             f"{words['at']} {when}".strip(), words["thanks"]]
+    return _page(lang, 200, "again" if again else "ok", lines)
+
+
+def _lang(hub: Any, notifier: str) -> str:
+    spec_of = getattr(hub.config, "notifier_spec", None)
+    spec = spec_of(notifier) if spec_of is not None else None
+    return spec.language if spec is not None else "zh"
+
+
+def _station_for_page(hub: Any, sid: str) -> dict[str, Any]:
+    fleet = getattr(hub, "fleet", None)
+    view = fleet.get(sid) if fleet is not None else None
+    if view is not None:
+        return {"sid": sid, "name": view.name or sid, "group": view.group}
+    meta = hub.config.station_meta(sid)
+    return {"sid": sid, "name": meta.name if meta else sid}
+
+
+def _page(lang: str, status: int, what: str, lines: list[str] | None = None) -> Response:
+    words = _PAGE[lang]
+    title = words[what]
+    body = lines if lines is not None else [words.get(f"{what}_text", "")]
+    mark = "✅" if status == 200 else "⚠️"
+    paras = "".join(f"<p>{html.escape(line)}</p>" for line in body if line)
+    page = (f"<!doctype html><html lang=\"{'zh-CN' if lang == 'zh' else 'en'}\"><head>"
+            "<meta charset=\"utf-8\"><meta name=\"viewport\" "
+            "content=\"width=device-width,initial-scale=1\">"
+            f"<title>{html.escape(title)}</title><style>body{{font-family:system-ui,"
+            "sans-serif;margin:2.5em 1.2em;font-size:18px;line-height:1.5;color:#222}"
+            "h1{font-size:1.6em;margin:0 0 .6em}p{margin:.4em 0}</style></head><body>"
+            f"<h1>{mark} {html.escape(title)}</h1>{paras}</body></html>")
+    resp = Response(page, status=status, mimetype="text/html")
+    # The token is in the URL: keep it out of caches, referrers and search engines.
+    resp.headers["Cache-Control"] = "no-store"
+    resp.headers["Referrer-Policy"] = "no-referrer"
+    resp.headers["X-Robots-Tag"] = "noindex"
+    return resp
+
+
 # -- commands ------------------------------------------------------------------------
 
 
@@ -331,3 +459,74 @@ def get_command(sid: str, command_id: str):
     if command is None:
         return error("not_found", f"no command {command_id!r} for station {sid!r}", 404)
     return jsonify(command)
+
+
+# -- silences and maintenance windows (docs/alerts.md) ----------------------------------
+
+
+def _mute_json() -> Any:
+    """The body as JSON (any value: ``Mutes.add`` says what a good one is)."""
+    raw = request.get_data(cache=True)
+    try:
+        return json.loads(raw) if raw else None
+    except ValueError as err:
+        raise ApiError(400, "bad_json", f"the body is not JSON: {err}") from err
+
+
+def _list_mutes(kind: str):
+    include = request.args.get("include", "active")
+    if include not in ("active", "all"):
+        return error("bad_include", "include must be active (not over yet, the default) "
+                     "or all", 400)
+    items = the_hub().alerts.mutes.list(kind, include_ended=include == "all")
+    return jsonify({"silences" if kind == SILENCE else "maintenance_windows": items})
+
+
+def _add_mute(kind: str):
+    try:
+        item = the_hub().alerts.mutes.add(kind, _mute_json(), by=g.token_name)
+    except BadMute as err:
+        return error(err.code, err.message, 400)
+    except StoreUnavailable as err:
+        return error("database_unavailable", str(err), 503)
+    return jsonify(item), 201
+
+
+def _end_mute(kind: str, mute_id: str):
+    try:
+        return jsonify(the_hub().alerts.mutes.end(kind, mute_id))
+    except AlertNotFound:
+        what = "silence" if kind == SILENCE else "maintenance window"
+        return error("not_found", f"no {what} {mute_id!r}", 404)
+    except StoreUnavailable as err:
+        return error("database_unavailable", str(err), 503)
+
+
+@api.get("/silences")
+def list_silences():
+    return _list_mutes(SILENCE)
+
+
+@api.post("/silences")
+def add_silence():
+    return _add_mute(SILENCE)
+
+
+@api.delete("/silences/<silence_id>")
+def end_silence(silence_id: str):
+    return _end_mute(SILENCE, silence_id)
+
+
+@api.get("/maintenance-windows")
+def list_maintenance_windows():
+    return _list_mutes(WINDOW)
+
+
+@api.post("/maintenance-windows")
+def add_maintenance_window():
+    return _add_mute(WINDOW)
+
+
+@api.delete("/maintenance-windows/<window_id>")
+def end_maintenance_window(window_id: str):
+    return _end_mute(WINDOW, window_id)

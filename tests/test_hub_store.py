@@ -50,8 +50,8 @@ def current_revision(store: Store) -> str | None:
 
 
 def test_an_empty_database_is_migrated_to_head(store: Store) -> None:
-    assert head_revision() == "0001"
-    assert current_revision(store) == "0001"
+    assert head_revision() is not None  # one head: the revisions form a single chain
+    assert current_revision(store) == head_revision()
     tables = set(sa.inspect(store.engine).get_table_names())
     assert set(schema.metadata.tables) <= tables
     assert store.ping()
@@ -74,7 +74,7 @@ def test_reopening_is_idempotent_and_keeps_the_data(database_url: str) -> None:
         conn.execute(schema.events.insert().values(event_row(1)))
     first.close()
     for again in (Store(database_url), Store(database_url, migrate=False)):
-        assert current_revision(again) == "0001"
+        assert current_revision(again) == head_revision()
         with again.engine.connect() as conn:
             assert conn.execute(sa.select(sa.func.count()).select_from(schema.events)).scalar() == 1
         again.close()
@@ -120,7 +120,7 @@ def test_hubs_starting_together_migrate_once(database_url: str, tmp_path) -> Non
     try:
         with store.engine.connect() as conn:
             assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).all() \
-                == [("0001",)]
+                == [(head_revision(),)]
         assert schema_differences(store) == []
     finally:
         store.close()
@@ -145,7 +145,7 @@ def test_threads_of_one_process_may_open_stores_at_once(database_url: str) -> No
         t.join(30)
     try:
         assert errors == [] and len(stores) == 4
-        assert current_revision(stores[0]) == "0001"
+        assert current_revision(stores[0]) == head_revision()
     finally:
         for s in stores:
             s.close()
