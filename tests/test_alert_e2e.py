@@ -161,11 +161,9 @@ def test_a_dry_tank_pages_signed_the_ack_link_acknowledges_a_refill_resolves(
     s = station(broker)
     wait_until(lambda: station_online(base), 10, "the station online", on_fail=hub.tail)
 
-    drained = time.monotonic()
     s.water.drain()
     wait_until(lambda: kinds(receiver) == ["firing"], 15, "a firing water_empty",
                on_fail=hub.tail)
-    took = time.monotonic() - drained
     (firing,) = messages(receiver)
     body = firing["body"]
     assert firing["signed"] and firing["path"] == "/ops"
@@ -178,7 +176,6 @@ def test_a_dry_tank_pages_signed_the_ack_link_acknowledges_a_refill_resolves(
                           "started_at", "acked_at", "resolved_at"}
     assert body["station"]["sid"] == SID and body["station"]["name"] == NAME
     assert body["ack_url"].startswith(f"{base}/ack/")
-    assert took < 10, took
 
     # The maintenance worker taps the link on the phone: a plain GET.
     with urllib.request.urlopen(body["ack_url"], timeout=5) as resp:
