@@ -252,7 +252,8 @@ def test_a_sigkilled_agent_process_loses_no_event(tmp_path, broker_factory):
     data = station_yaml(tmp_path, broker, local_api={"host": "127.0.0.1", "port": api_port})
     cfg = write_yaml(tmp_path / "station.yaml", data)
     staff = m.StaffEntry(id="li", name="李师傅", pin=hash_pin("2468", iterations=1000))
-    directory = m.Directory(rev=1, ts=int(time.time() * 1000), policy=m.Policy(),
+    # min_charge 81 marks this directory, so the test can see when the agent has it.
+    directory = m.Directory(rev=1, ts=int(time.time() * 1000), policy=m.Policy(min_charge=81),
                             riders=(), staff=(staff,), denied=())
     publish(broker, topic(SID, Kind.DIRECTORY), m.encode(directory), retain=True)
     base = f"http://127.0.0.1:{api_port}"
@@ -275,8 +276,9 @@ def test_a_sigkilled_agent_process_loses_no_event(tmp_path, broker_factory):
     try:
         with Subscriber(broker, [topic(SID, Kind.EVENT)]) as sub:
             agent = procs.start("agent-1", "agent", "--config", str(cfg))
-            wait_until(lambda: http_json(base + "/v1/station")[0] == 200, 10, "local API",
-                       on_fail=agent.tail)
+            # A staff login before the directory arrives would be a wrong PIN.
+            wait_until(lambda: http_json(base + "/v1/station")[1]["lending"]["min_charge"]
+                       == 81, 15, "the directory applied", on_fail=agent.tail)
             for _ in range(5):
                 maintenance_round()
             agent.signal(signal.SIGKILL)
