@@ -287,6 +287,23 @@ def _query_has(url: str, name: str) -> bool:
     return bool(parse_qs(urlsplit(url).query).get(name, [""])[0])
 
 
+def _robot_url(sec: Section, base: Path | None, param: str, template: str,
+               what: str) -> str:
+    """A chat robot's webhook: the whole ``url`` (ending in ``?param=…``), or just
+    ``param`` (or ``param_file``) put into the platform's address ``template``."""
+    url = _http_url(sec, base)
+    token = sec.secret(param, base)
+    if url is None and token is None:
+        raise ConfigError(sec.key("url"), f"is required: {what} "
+                          f"{template.format('…')} (or url_file, or {param}/{param}_file)")
+    if url is None:
+        return template.format(token)
+    if not _query_has(url, param):
+        raise ConfigError(sec.key("url"), f"must end in ?{param}=… (copy the whole "
+                          "webhook address)")
+    return url
+
+
 def parse_notifier(sec: Section, base: Path | None = None) -> NotifierSpec:
     """One ``notifiers:`` entry; every problem names its key."""
     name = sec.str("name", required=True)
@@ -313,31 +330,12 @@ def parse_notifier(sec: Section, base: Path | None = None) -> NotifierSpec:
         return NotifierSpec(url=url, secret=secret, **common)
 
     if kind == "wecom":
-        url = _http_url(sec, base)
-        key = sec.secret("key", base)
-        if url is None and key is None:
-            raise ConfigError(sec.key("url"), "is required: the group robot's webhook address "
-                              "https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=… "
-                              "(or url_file, or key/key_file)")
-        if url is None:
-            url = WECOM_URL.format(key)
-        elif not _query_has(url, "key"):
-            raise ConfigError(sec.key("url"), "must end in ?key=… (copy the whole webhook "
-                              "address the group robot shows)")
+        url = _robot_url(sec, base, "key", WECOM_URL, "the group robot's webhook address")
         return NotifierSpec(url=url, **common)
 
     if kind == "dingtalk":
-        url = _http_url(sec, base)
-        token = sec.secret("access_token", base)
-        if url is None and token is None:
-            raise ConfigError(sec.key("url"), "is required: the robot's webhook address "
-                              "https://oapi.dingtalk.com/robot/send?access_token=… "
-                              "(or url_file, or access_token/access_token_file)")
-        if url is None:
-            url = DINGTALK_URL.format(token)
-        elif not _query_has(url, "access_token"):
-            raise ConfigError(sec.key("url"), "must end in ?access_token=… (copy the whole "
-                              "webhook address)")
+        url = _robot_url(sec, base, "access_token", DINGTALK_URL,
+                         "the robot's webhook address")
         secret = sec.secret("secret", base)
         if secret is not None and not secret.startswith("SEC"):
             raise ConfigError(sec.key("secret"), "must be the robot's 加签 secret, which "
