@@ -234,11 +234,13 @@ class AlertStore:
             "started_ms": self.clock.ms() if at_ms is None else at_ms, "escalation": 0,
         }
 
+        where = {"o_rule": rule, "o_sid": sid, "o_subject": subject}
+
         def op(conn: sa.Connection) -> tuple[str, bool]:
-            row = conn.execute(_open_query(rule, sid, subject)).first()
+            row = conn.execute(_OPEN, where).first()
             if row is not None:
                 return row.id, False
-            conn.execute(table.insert().values(**values))
+            conn.execute(_INSERT, values)
             return values["id"], True
 
         alert_id, created = self._write(op)
@@ -270,12 +272,13 @@ class AlertStore:
         """Resolve the open alert of (rule, sid, subject), if any; it, resolved."""
         now = self.clock.ms()
 
+        where = {"o_rule": rule, "o_sid": sid, "o_subject": subject}
+
         def op(conn: sa.Connection) -> str | None:
-            row = conn.execute(_open_query(rule, sid, subject)).first()
+            row = conn.execute(_OPEN, where).first()
             if row is None:
                 return None
-            conn.execute(table.update().where(table.c.id == row.id)
-                         .values(state=RESOLVED, resolved_ms=now, resolved_by=by))
+            conn.execute(_RESOLVE, {"r_id": row.id, "r_now": now, "r_by": by})
             return row.id
 
         alert_id = self._write(op)
@@ -308,11 +311,18 @@ def _row(conn: sa.Connection, alert_id: str) -> Any:
     return conn.execute(sa.select(table).where(table.c.id == alert_id)).first()
 
 
-def _open_query(rule: str, sid: str, subject: str) -> sa.Select:
-    return (sa.select(table.c.id)
-            .where(table.c.rule == rule, table.c.sid == sid, table.c.subject == subject,
-                   table.c.state.in_(OPEN))
-            .limit(1))
+# Built once with bound parameters: the engine fires and clears alerts from its
+# thread, and a statement built per call costs SQLAlchemy a new cache key.
+_INSERT = table.insert()
+_OPEN = (sa.select(table.c.id)
+         .where(table.c.rule == sa.bindparam("o_rule"), table.c.sid == sa.bindparam("o_sid"),
+                table.c.subject == sa.bindparam("o_subject"),
+                # Not IN (…): an expanding parameter is rendered again at every execute.
+                sa.or_(table.c.state == FIRING, table.c.state == ACKED))
+         .limit(1))
+_RESOLVE = (table.update().where(table.c.id == sa.bindparam("r_id"))
+            .values(state=RESOLVED, resolved_ms=sa.bindparam("r_now"),
+                    resolved_by=sa.bindparam("r_by")))
 
 
 # -- silences and maintenance windows --------------------------------------------------

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from hub.schema import hub_runs, ledger
+from hub.writer import Rows
 from yizhan.clock import Clock
 
 if TYPE_CHECKING:
@@ -487,7 +488,8 @@ class Ledger:
                 self._dirty.add(sid)
         # Outside the lock: submit may block on a full queue, and the writer
         # thread itself may be the caller.
-        self.writer.submit(functools.partial(_insert_point, sid, component, at_ms, state))
+        self.writer.submit(Rows(_INSERT_POINT, {"sid": sid, "component": component,
+                                                "at_ms": at_ms, "state": state}))
         return True
 
     def state(self, sid: str, component: str = STATION) -> str | None:
@@ -726,8 +728,8 @@ def _points(sid: str, component: str) -> sa.Select:
         ledger.c.sid == sid, ledger.c.component == component)
 
 
-def _insert_point(sid: str, component: str, at_ms: int, state: str, conn: sa.Connection) -> None:
-    conn.execute(ledger.insert().values(sid=sid, component=component, at_ms=at_ms, state=state))
+#: Built once: one statement for every point, batched by the writer (``Rows``).
+_INSERT_POINT = ledger.insert()
 
 
 def _insert_run(run: _Run, conn: sa.Connection) -> None:

@@ -10,7 +10,11 @@ eMMC; design.md), so the ingest never writes itself: it hands the writer an
 >>> writer.close()
 
 Ops run in submission order, up to ``max_batch`` in one transaction, committed
-at the latest ``max_delay`` seconds after the oldest was submitted. A failing op
+at the latest ``max_delay`` seconds after the oldest was submitted. An op that is
+one statement with one row (:class:`Rows`) is not run alone: consecutive ``Rows``
+ops of a batch are run as one ``executemany`` per statement (a statement's rows
+in their order; ``Rows`` of *different* statements must therefore commute, as
+writes to different tables do), which on the hub's hot path is most of them. A failing op
 costs only itself: its batch is rolled back and replayed one op per transaction,
 and the one that fails again is dropped (logged, counted). A failure of the
 database itself (connection lost, server restarting, "database is locked") is
@@ -71,7 +75,60 @@ def is_transient(err: BaseException) -> bool:
     return isinstance(err, sa.exc.TimeoutError | sa.exc.DisconnectionError)
 
 
+class Rows:
+    """An op that runs ``statement`` with one row of ``params``; see the module doc.
+
+    ``key`` marks a snapshot (the station's row as it is now): of the rows with
+    the same key in one executemany only the last is written.
+
+    >>> writer.submit(Rows(store.insert_ignore(events), row))
+    """
+
+    __slots__ = ("key", "params", "statement")
+
+    def __init__(self, statement: sa.Executable, params: dict[str, Any],
+                 key: Any = None) -> None:
+        self.statement = statement
+        self.params = params
+        self.key = key
+
+    def __call__(self, conn: sa.Connection) -> Any:
+        return conn.execute(self.statement, self.params)
+
+
+def run_ops(conn: sa.Connection, ops: list[Op]) -> None:
+    """Run ``ops`` on ``conn`` in order, each run of ``Rows`` as one executemany
+    per statement."""
+    run: dict[sa.Executable, list[Rows]] = {}
+    for op in ops:
+        if type(op) is Rows:
+            run.setdefault(op.statement, []).append(op)
+            continue
+        if run:
+            _execute_rows(conn, run)
+            run = {}
+        op(conn)
+    if run:
+        _execute_rows(conn, run)
+
+
+def _execute_rows(conn: sa.Connection, run: dict[sa.Executable, list[Rows]]) -> None:
+    for statement, rows in run.items():
+        if len(rows) == 1:
+            conn.execute(statement, rows[0].params)
+            continue
+        if rows[0].key is not None:
+            last = {r.key: r.params for r in rows}  # a later snapshot replaces an earlier
+            params = list(last.values())
+        else:
+            params = [r.params for r in rows]
+        conn.execute(statement, params)
+
+
 def _op_name(op: Op) -> str:
+    if type(op) is Rows:
+        table = getattr(op.statement, "table", None)
+        return f"Rows({getattr(table, 'name', type(op.statement).__name__)})"
     return getattr(op, "__qualname__", None) or type(op).__qualname__
 
 
@@ -84,7 +141,7 @@ class Writer:
     (how long the last commit took). ``healthy()`` is for /healthz.
     """
 
-    def __init__(self, store: Store, *, max_batch: int = 100, max_delay: float = 0.05,
+    def __init__(self, store: Store, *, max_batch: int = 500, max_delay: float = 0.05,
                  max_queue: int = 100_000, unhealthy_after: float = 5.0,
                  backoff: tuple[float, float] = (0.05, 2.0)) -> None:
         if max_batch < 1 or max_queue < 1 or max_delay < 0:
@@ -274,8 +331,7 @@ class Writer:
             started = time.monotonic()
             try:
                 with self.store.engine.begin() as conn:
-                    for op in ops:
-                        op(conn)
+                    run_ops(conn, ops)
                     commit_started = time.monotonic()
                 # The commit happened on leaving the block.
             except Exception as err:

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 
 from hub import schema
 from hub.store import Store
-from hub.writer import Writer, WriterClosed
+from hub.writer import Rows, Writer, WriterClosed
 from tests.harness.procs import wait_until
 
 SID = "yh-chumen-01"
@@ -77,7 +77,7 @@ def test_many_ops_become_few_transactions(store: Store, writers) -> None:
     assert writer.queue_depth == 1000 and not writer.healthy()  # queued, not started
     writer.start()
     assert writer.flush(10)
-    assert (writer.batches, writer.ops, writer.failed) == (10, 1000, 0)
+    assert (writer.batches, writer.ops, writer.failed) == (1000 // writer.max_batch, 1000, 0)
     assert writer.queue_depth == 0 and writer.last_commit_ms is not None
     assert stored(store) == list(range(1, 1001))
 
@@ -85,7 +85,7 @@ def test_many_ops_become_few_transactions(store: Store, writers) -> None:
     for seq in range(1001, 1501):
         writer.submit(insert_event(store, seq))
     assert writer.flush(10)
-    assert writer.ops == 1500 and writer.batches - 10 <= 50
+    assert writer.ops == 1500 and writer.batches - 1000 // writer.max_batch <= 50
     assert writer.healthy()
 
 
@@ -274,3 +274,69 @@ def test_a_killed_postgresql_connection_is_retried_without_loss(pg_server, pg_ur
     finally:
         writer.close()
         store.close()
+
+
+# -- Rows: one statement, one row; batched as executemany -------------------------------
+
+
+def _count_executes(store: Store) -> tuple[list[tuple[str, bool]], Callable[[], None]]:
+    """(statement's first words, executemany) of every execute on ``store``."""
+    seen: list[tuple[str, bool]] = []
+
+    def before(conn, cursor, statement, parameters, context, executemany) -> None:
+        seen.append((" ".join(statement.split()[:3]), executemany))
+
+    sa.event.listen(store.engine, "before_cursor_execute", before)
+    return seen, lambda: sa.event.remove(store.engine, "before_cursor_execute", before)
+
+
+def test_rows_of_one_statement_are_written_as_one_executemany(store: Store, writers) -> None:
+    insert = store.insert_ignore(schema.events)
+    upsert = store.upsert(schema.stations, ["sid"], ["name"])
+    writer = writers(store)
+    seen, stop = _count_executes(store)
+    try:
+        for seq in range(1, 201):  # 400 ops: one batch
+            writer.submit(Rows(insert, event_row(seq)))
+            # A snapshot per message: only the last of each station's is written.
+            sid = f"yh-town-{seq % 3}"
+            writer.submit(Rows(upsert, {"sid": sid, "name": f"{sid} at {seq}"}, key=sid))
+        writer.start()
+        assert writer.flush(10)
+    finally:
+        stop()
+    assert stored(store) == list(range(1, 201))
+    with store.engine.connect() as conn:
+        names = dict(conn.execute(sa.select(schema.stations.c.sid,
+                                            schema.stations.c.name)).all())
+    assert names == {"yh-town-0": "yh-town-0 at 198", "yh-town-1": "yh-town-1 at 199",
+                     "yh-town-2": "yh-town-2 at 200"}
+    writes = [s for s in seen if s[0].startswith("INSERT")]
+    # 400 ops in one batch: one executemany of 200 events, one of 3 station rows.
+    assert (writer.ops, writer.batches) == (400, 1)
+    assert len(writes) == 2 and all(many for _, many in writes)
+
+
+def test_an_op_between_rows_sees_the_rows_before_it(store: Store, writers) -> None:
+    insert = store.insert_ignore(schema.events)
+    counted: list[int] = []
+    writer = writers(store).start()
+    writer.submit(Rows(insert, event_row(1)))
+    writer.submit(Rows(insert, event_row(2)))
+    writer.submit(lambda conn: counted.append(
+        conn.execute(sa.select(sa.func.count()).select_from(schema.events)).scalar_one()))
+    writer.submit(Rows(insert, event_row(3)))
+    assert writer.flush(10)
+    assert counted == [2] and stored(store) == [1, 2, 3]
+
+
+def test_a_bad_row_costs_only_itself(store: Store, writers, caplog) -> None:
+    insert = store.insert_ignore(schema.events)
+    writer = writers(store).start()
+    bad = {**event_row(2), "sid": None}  # NOT NULL
+    with caplog.at_level(logging.ERROR, logger="hub.writer"):
+        for row in (event_row(1), bad, event_row(3)):
+            writer.submit(Rows(insert, row))
+        assert writer.flush(10)
+    assert stored(store) == [1, 3]
+    assert writer.failed == 1 and list(writer.failures) == ["Rows(events): IntegrityError"]
