@@ -63,9 +63,10 @@ class Ingest:
         self.messages = Counter(
             "yizhan_hub_messages", "Messages taken in from stations, by kind and outcome.",
             ["kind", "result"], registry=registry)
-        for kind in METRIC_KIND.values():
-            for result in RESULTS:
-                self.messages.labels(kind, result)  # every series from the start, at 0
+        # Every series from the start, at 0; the children kept (``labels`` per
+        # message is a lock and a dict lookup the ingest need not pay).
+        self._counted = {(kind, result): self.messages.labels(name, result)
+                         for kind, name in METRIC_KIND.items() for result in RESULTS}
         self.lag = Histogram(
             "yizhan_hub_ingest_lag_seconds",
             "Hub apply time minus the station's ts, for live messages from synced clocks.",
@@ -154,19 +155,20 @@ class Ingest:
             return
         live = not msg.retain
         try:
-            result = self.apply(kind, message, live)
+            if kind is Kind.STATE:
+                result = self.fleet.apply_state(message, self._observe(message, live), live,
+                                                raw=msg.payload.decode("utf-8"))
+            else:
+                result = self.apply(kind, message, live)
         except Exception:
             # A bug must not take the network thread down with it; it is logged
             # with its traceback and the message is not counted as applied.
             log.exception("applying a message on %s failed", msg.topic)
             return
-        self.messages.labels(METRIC_KIND[kind], result).inc()
+        self._counted[(kind, result)].inc()
 
     def apply(self, kind: Kind, message: object, live: bool = True) -> str:
-        now = self.clock.ms()
-        ts = getattr(message, "ts", None)
-        if live and ts is not None and getattr(message, "synced", False):
-            self.lag.observe(max(0.0, (now - ts) / 1000))
+        now = self._observe(message, live)
         if kind is Kind.STATUS:
             return self.fleet.apply_status(message, now, live)
         if kind is Kind.STATE:
@@ -174,6 +176,14 @@ class Ingest:
         if kind is Kind.EVENT:
             return self.fleet.apply_event(message, now, live)
         return self.fleet.apply_result(message, now, live)
+
+    def _observe(self, message: object, live: bool) -> int:
+        """The hub's time of applying ``message``, its lag observed (§12)."""
+        now = self.clock.ms()
+        ts = getattr(message, "ts", None)
+        if live and ts is not None and getattr(message, "synced", False):
+            self.lag.observe(max(0.0, (now - ts) / 1000))
+        return now
 
     def _invalid(self, topic: str, kind: Kind | None, sid: str | None,
                  err: Exception) -> None:

@@ -29,6 +29,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.pool import StaticPool
 
 from hub.schema import metadata, station_state, stations
+from protocol import messages as m
+from protocol.errors import InvalidMessage
 
 __all__ = [
     "MIGRATIONS", "MigrationError", "Store", "StoreError", "alembic_config", "head_revision",
@@ -255,7 +257,7 @@ class Store:
         out = []
         for row in rows:
             d = dict(row)
-            d["state"] = json.loads(d["state"]) if d["state"] is not None else None
+            d["state"] = _state_doc(d["state"]) if d["state"] is not None else None
             out.append(d)
         return out
 
@@ -271,3 +273,15 @@ class Store:
     def close(self) -> None:
         """Close every pooled connection; idempotent."""
         self.engine.dispose()
+
+
+def _state_doc(text: str) -> dict[str, Any]:
+    """A stored State (the payload as the station sent it) as the fleet holds
+    one: decoded and dumped again, so that extra fields and absent optional ones
+    read as after ``State.to_dict``. One that no longer decodes (stored by an
+    older hub) is kept as it is."""
+    doc = json.loads(text)
+    try:
+        return m.State.from_dict(doc).to_dict()
+    except InvalidMessage:
+        return doc

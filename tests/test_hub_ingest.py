@@ -309,3 +309,31 @@ def test_policy_and_timing_are_read_from_the_configuration(tmp_path):
     defaults = dataclasses.asdict(parse_hub_config({"database": "sqlite:///x.db"}))
     assert (defaults["min_charge"], defaults["loan_hours"], defaults["replay_after"],
             defaults["replay_every"], defaults["replay_max"]) == (80, 24.0, 10.0, 30.0, 1000)
+
+
+# -- what is kept of a State ---------------------------------------------------------------------
+
+
+def test_a_state_is_stored_as_sent_and_read_back_as_decoded(database_url, make_hub):
+    """The payload goes to the database untouched (no dump on the ingest's path);
+    a restarted hub holds it as ``State.to_dict`` would, an unknown field
+    (allowed, contract §2) left out as at runtime."""
+    hub = make_hub(database_url=database_url)
+    s = Station(hub.broker)
+    try:
+        doc = example("state", ts=hub.clock.ms(), rev=7, firmware_note="新版本")
+        payload = json.dumps(doc, ensure_ascii=False, indent=1).encode()
+        s.send("state", payload)
+        wait_count(hub, "state", "applied", 1)
+        assert hub.writer.flush(5)
+        with hub.store.engine.connect() as conn:
+            stored = conn.execute(sa.select(station_state.c.state)).scalar_one()
+        assert stored == payload.decode()
+        live = hub.fleet.get(SID).state
+        assert live == m.State.from_dict(doc).to_dict() and "firmware_note" not in live
+    finally:
+        s.close()
+    hub.close()
+    again = make_hub(broker=hub.broker, database_url=database_url)
+    assert again.fleet.get(SID).state == live
+

@@ -412,3 +412,32 @@ def test_docstring_examples_hold(module):
 
     mod = importlib.import_module(module if module == "protocol" else f"protocol.{module}")
     assert doctest.testmod(mod).failed == 0
+
+
+# -- the slot's fast path agrees with its checks --------------------------------------------------
+
+_JSON_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-5, 120),
+                         st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=3),
+                         st.sampled_from(["charger_fault", "lock_jammed", "PB0012A1", ""]),
+                         st.lists(st.integers(), max_size=1))
+_SLOT_KEYS = ("slot", "bank", "charge", "charging", "locked", "fault", "temp_c", "cycles")
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.dictionaries(st.sampled_from(_SLOT_KEYS), _JSON_VALUES, max_size=8))
+def test_slot_read_takes_only_what_from_dict_takes(d):
+    fast = m.Slot.read(d)
+    try:
+        checked = m.Slot.from_dict(d, "")
+    except InvalidMessage:
+        checked = None
+    # The fast path may pass a good slot on to the checks, never let a bad one in.
+    assert fast is None or fast == checked
+
+
+def test_slot_read_takes_the_common_slot():
+    good = {"slot": 3, "bank": "PB0012A1", "charge": 85, "charging": True, "locked": True,
+            "fault": None, "temp_c": 31.5, "cycles": 20}
+    assert m.Slot.read(good) == m.Slot.from_dict(good, "")
+    empty = {**good, "bank": None, "charge": None, "fault": "charger_fault", "temp_c": None}
+    assert m.Slot.read(empty) == m.Slot.from_dict(empty, "")
