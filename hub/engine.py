@@ -5,9 +5,24 @@ ingest thread: only noted); the engine's own thread then evaluates every rule of
 that station from its :class:`~hub.fleet.StationView` (the last State, online or
 not, since when), the events the State does not show yet, and the forecaster's
 time to empty — and raises or clears alerts in the :class:`~hub.alerts.AlertStore`.
-The scheduler calls ``tick(now_ms)`` every few seconds for what time alone
+The scheduler calls ``tick(now_ms)`` every second for what time alone
 changes: ``for`` durations, a station offline long enough, overdue loans,
 predictions, the end of a silence or of a maintenance session.
+
+Under load the engine must not cost the ingest its pace (bench/hub_ingest.py):
+
+* events no rule reads (visits, returns, refills…) are not noted at all;
+* the thread evaluates what was noted in passes, and after a pass that took
+  *d* seconds it rests ``rest`` × *d* before the next (at most ``MAX_REST_S``):
+  the engine takes at most 1 / (1 + ``rest``) of the hub's time, and a station
+  that changed ten times meanwhile is evaluated once. Idle, a pass is a
+  fraction of a millisecond and so is its rest: the pacing adds latency only
+  under load. The events a person must hear of at once (``URGENT_EVENTS``:
+  tamper, a failed unlock, staff arriving or leaving) do not wait for a rest;
+* ``tick`` evaluates only the stations time can change — a pending ``for``, a
+  held or flapping alert, an event alert's quiet time, an open door, staff on
+  site — plus each other station once every ``SWEEP_MS`` (predictions move
+  with the clock); ``evaluate_all`` is the full pass the engine starts with.
 
 >>> engine = AlertEngine(config, fleet, alerts, clock, forecaster=forecaster,
 ...                      on_transition=router.on_transition)
@@ -42,6 +57,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -80,6 +96,17 @@ STATE_RULES = (
 )
 #: Events older than this are history when they arrive (a replay), not alerts.
 EVENT_MAX_AGE_MS = 24 * 3600_000
+#: After a pass the engine thread rests this many times the pass's duration ...
+REST = 3.0
+MAX_REST_S = 2.0
+#: ... except for these events, evaluated at once.
+URGENT_EVENTS = frozenset({"tamper", "unlock_failed", "maintenance_started",
+                           "maintenance_ended"})
+#: Every station is evaluated by ``tick`` at least this often, noted or not.
+SWEEP_MS = 60_000
+#: A prediction this close (seconds) to its band is evaluated at every tick: a
+#: forecast can jump when its hourly profile does, not only count down.
+PREDICTION_WATCH_S = 3600
 SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
 _REFILL_WHAT = {"water_low": "water", "water_empty": "water", "water_predicted_empty": "water",
                 "chargers_low": "chargers", "chargers_predicted_empty": "chargers"}
@@ -134,6 +161,7 @@ class _Site:
     doors_since: dict[str, int] = field(default_factory=dict)  # open door -> hub ms
     maintenance_since: int | None = None  # staff on site since
     maintenance_mark: tuple[str, int] | None = None  # (epoch, seq) of the last such event
+    watch: bool = False  # a prediction near its band at the last evaluation
 
 
 class AlertEngine:
@@ -146,8 +174,10 @@ class AlertEngine:
     """
 
     def __init__(self, config: Any, fleet: Any, alerts: AlertStore, clock: Clock, *,
-                 forecaster: Any = None, on_transition: Transition | None = None) -> None:
+                 forecaster: Any = None, on_transition: Transition | None = None,
+                 rest: float = REST) -> None:
         self.config = config
+        self.rest = rest
         self.rules = Rules.from_config(config)
         self.fleet = fleet
         self.alerts = alerts
@@ -161,7 +191,13 @@ class AlertEngine:
         self._lock = threading.RLock()  # evaluation: tracks and sites
         self._queue = threading.Condition()  # the fleet's notes, for the thread
         self._dirty: dict[str, int] = {}  # sid -> the latest now_ms noted
+        self._urgent: set[str] = set()  # noted sids not to wait for the pace
+        self._next_pass = 0.0  # time.monotonic() of the next pass, after a rest
         self._events: dict[str, list[tuple[m.Event, int]]] = {}
+        # sid -> hub ms of its last evaluation, oldest first (re-inserted on each):
+        # what tick's sweep takes from the front.
+        self._evaluated: dict[str, int] = {}
+        self._timed: set[str] = set()  # stations time alone can change; see _needs_time
         self._tracks: dict[str, dict[tuple[str, str], _Track]] = {}  # sid -> tracks
         self._by_id: dict[str, _Track] = {}  # open alert id -> its track
         self._sites: dict[str, _Site] = {}
@@ -206,7 +242,7 @@ class AlertEngine:
         router asks), then start the engine's thread. Returns the engine."""
         if self._thread is not None:
             return self
-        self.tick(self.clock.ms())
+        self.evaluate_all(self.clock.ms())
         self._thread = threading.Thread(target=self._run, name="hub-alert-engine", daemon=True)
         self._thread.start()
         return self
@@ -226,31 +262,63 @@ class AlertEngine:
 
     def note(self, sid: str, kind: str, payload: Any, now_ms: int) -> None:
         """The fleet listener: ``sid`` changed; evaluated soon on the engine's thread."""
+        urgent = False
+        if kind == "event" and payload is not None:
+            if payload.type not in ENGINE_EVENTS:
+                return  # no rule reads it: not worth an evaluation
+            urgent = payload.type in URGENT_EVENTS
         with self._queue:
             if kind == "event" and payload is not None:
                 self._events.setdefault(sid, []).append((payload, now_ms))
+            wake = not self._dirty
             self._dirty[sid] = max(self._dirty.get(sid, now_ms), now_ms)
-            self._queue.notify()
+            if urgent:
+                self._urgent.add(sid)
+                wake = True
+            if wake:  # not at every note: the thread would only go back to waiting
+                self._queue.notify()
+
+    def _next_noted(self) -> dict[str, int] | None:
+        """What the thread evaluates next: urgent stations at once, the others
+        after the rest that followed the last pass; None when closing."""
+        with self._queue:
+            while not self._closing:
+                if self._urgent:
+                    batch = {sid: self._dirty.pop(sid) for sid in self._urgent
+                             if sid in self._dirty}
+                    self._urgent.clear()
+                    if batch:
+                        return batch
+                elif self._dirty:
+                    wait = self._next_pass - time.monotonic()
+                    if wait <= 0:
+                        batch, self._dirty = self._dirty, {}
+                        return batch
+                    self._queue.wait(wait)
+                else:
+                    self._queue.wait()
+            return None
 
     def _run(self) -> None:
         while True:
-            with self._queue:
-                while not self._dirty and not self._closing:
-                    self._queue.wait()
-                if self._closing:
-                    return
-                dirty, self._dirty = self._dirty, {}
+            dirty = self._next_noted()
+            if dirty is None:
+                return
+            started = time.monotonic()
             for sid, now_ms in dirty.items():
                 try:
                     self.evaluate(sid, now_ms)
                 except Exception:
                     log.exception("evaluating the alert rules of %s failed", sid)
+            done = time.monotonic()
+            self._next_pass = done + min(MAX_REST_S, self.rest * (done - started))
 
     def run_pending(self) -> int:
         """Evaluate every station noted so far, here and now (tests; the thread
         does the same). Returns how many."""
         with self._queue:
             dirty, self._dirty = self._dirty, {}
+            self._urgent.clear()
         for sid, now_ms in dirty.items():
             self.evaluate(sid, now_ms)
         return len(dirty)
@@ -263,15 +331,19 @@ class AlertEngine:
         with self._lock:
             with self._queue:
                 self._dirty.pop(sid, None)
+                self._urgent.discard(sid)
                 noted = self._events.pop(sid, [])
             view = self.fleet.get(sid)
             if view is None:
                 return
+            self._evaluated.pop(sid, None)
+            self._evaluated[sid] = now_ms
             self.evaluations += 1
             site = self._site(sid)
             for event, at in noted:
                 self._on_event(view, site, event, at, now_ms)
             doc = self._current_state(view, site)
+            site.watch = False
             ctx = _Context(self, view, doc, site, now_ms)
             for name in STATE_RULES:
                 spec = self.rules.rule_for(view.group, name)
@@ -280,25 +352,68 @@ class AlertEngine:
             for name in EVENT_RULES:
                 self._settle_event_rule(view, ctx, self.rules.rule_for(view.group, name), now_ms)
             self._update_holds(view, now_ms)
+            if self._needs_time(sid, site):
+                self._timed.add(sid)
+            else:
+                self._timed.discard(sid)
+
+    def _needs_time(self, sid: str, site: _Site) -> bool:
+        """Whether time alone can change an alert of ``sid`` before a new message
+        does (then ``tick`` evaluates it every time; otherwise its sweep)."""
+        if site.doors_since or site.maintenance_since is not None or site.watch:
+            return True
+        for t in self._tracks.get(sid, {}).values():
+            if t.rule == "bank_overdue":
+                continue  # _overdue's business, every tick
+            if t.alert is None:
+                if t.active:
+                    return True  # pending: fires once its ``for`` has passed
+            elif t.hold is not None or t.flapping or not t.active or t.rule in EVENT_RULES:
+                return True  # a hold may end, a quiet time pass
+        return False
 
     def tick(self, now_ms: int | None = None) -> None:
-        """The scheduler's job: every station evaluated at ``now_ms`` (``for``
-        durations, outages, predictions, quiet times, holds that ended), overdue
+        """The scheduler's job, every second: the stations time can change
+        evaluated at ``now_ms`` (``for`` durations, outages, quiet times, holds that
+        ended), every other station once per ``SWEEP_MS`` (predictions), overdue
         loans, silences and windows re-read."""
         now = self.clock.ms() if now_ms is None else now_ms
         try:
             self.alerts.mutes.refresh(now)
         except Exception:
             log.exception("reading silences and maintenance windows failed; using the last")
-        for view in self.fleet.stations():
-            try:
-                self.evaluate(view.sid, now)
-            except Exception:
-                log.exception("evaluating the alert rules of %s failed", view.sid)
+        with self._lock:
+            due = set(self._timed)
+            for sid, at in self._evaluated.items():
+                if now - at < SWEEP_MS:
+                    break  # oldest first: the rest were evaluated later
+                due.add(sid)
+        self._evaluate_each(sorted(due), now)
         try:
             self._overdue(now)
         except Exception:
             log.exception("evaluating overdue loans failed")
+
+    def evaluate_all(self, now_ms: int | None = None) -> None:
+        """Every station of the fleet evaluated at ``now_ms``, and overdue loans:
+        the engine's first pass."""
+        now = self.clock.ms() if now_ms is None else now_ms
+        try:
+            self.alerts.mutes.refresh(now)
+        except Exception:
+            log.exception("reading silences and maintenance windows failed; using the last")
+        self._evaluate_each(self.fleet.sids(), now)
+        try:
+            self._overdue(now)
+        except Exception:
+            log.exception("evaluating overdue loans failed")
+
+    def _evaluate_each(self, sids: Iterable[str], now_ms: int) -> None:
+        for sid in sids:
+            try:
+                self.evaluate(sid, now_ms)
+            except Exception:
+                log.exception("evaluating the alert rules of %s failed", sid)
 
     # -- events ------------------------------------------------------------------------------
 
@@ -769,6 +884,8 @@ def _predicted(what: str, rule: str) -> Callable[[_Context, RuleSpec], list[Obs]
         below, clear = c.engine.rules.prediction_band(c.view.group, rule)
         if left is None:
             return [Obs("", False)]
+        if left < clear + PREDICTION_WATCH_S:
+            c.site.watch = True
         active = True if left < below else False if left >= clear else None
         return [Obs("", active, round(left), f"预计约 {_minutes(left)} 后{noun}")]
 
@@ -928,6 +1045,9 @@ _PATCHES: dict[str, Callable[[dict[str, Any], dict[str, Any]], None]] = {
     "heater_lockout": _patch_section("dispenser", _set("heater_lockout", True)),
     "heater_lockout_cleared": _patch_section("dispenser", _set("heater_lockout", False)),
 }
+#: Events a rule reads: the State's overlay, staff sessions, the event rules, a
+#: slot that proves it works. Others (visits, returns, refills) are not noted.
+ENGINE_EVENTS = frozenset(_PATCHES) | URGENT_EVENTS | {"slot_fault_cleared", "bank_borrowed"}
 
 
 def _door(door: Any) -> str:

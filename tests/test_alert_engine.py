@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -741,7 +742,9 @@ def test_predicted_empty_fires_within_the_groups_response_time(make: Callable[..
     for left, is_open in [(50 * MIN, False), (44 * MIN, True), (60 * MIN, True),
                           (68 * MIN, False), (None, False)]:
         fc.left["water"] = left
+        st.state()  # a forecast moves with what the station reports
         rig.later(5)
+        rig.run()
         assert (("water_predicted_empty", "") in rig.open()) is is_open, left
     alert = rig.alerts_of("water_predicted_empty")[0]
     assert (alert["severity"], alert["value"], alert["summary"]) == \
@@ -815,6 +818,83 @@ def test_the_engine_thread_tells_of_each_change_it_is_fed(rig: Rig) -> None:
             assert told.wait(5), "the engine did not tell"
         rig.clock.advance(3600)  # no flapping
     assert kinds == ["firing", "resolved"] * 3
+
+
+# -- the engine under load: what it evaluates, and when ---------------------------------------
+
+
+@SQLITE_ONLY
+def test_events_no_rule_reads_cost_no_evaluation(rig: Rig) -> None:
+    st = rig.station().online()
+    rig.run()
+    before = rig.engine.evaluations
+    st.event("visit", count=2).event("bank_returned", slot=1, bank="PB0012A1", charge=40)
+    st.event("refilled", what="water", staff="li")
+    assert rig.engine.run_pending() == 0 and rig.engine.evaluations == before
+    st.event("door_opened", door="entrance")  # the State's overlay: read by a rule
+    assert rig.engine.run_pending() == 1
+
+
+@SQLITE_ONLY
+def test_tick_evaluates_what_time_can_change_and_sweeps_the_rest(rig: Rig) -> None:
+    quiet = rig.station(OTHER).online()
+    st = rig.station().online()
+    rig.run()
+    assert rig.open() == {}
+    counted = rig.engine.evaluations
+    rig.later(1)
+    assert rig.engine.evaluations == counted  # nothing of either can change with time
+    st.event("door_opened", door="entrance")
+    rig.run()
+    counted = rig.engine.evaluations
+    for _ in range(3):
+        rig.later(1)  # the open door is looked at every tick; the quiet station not
+    assert rig.engine.evaluations == counted + 3
+    rig.clock.advance(10 * 60 - 3)
+    rig.engine.tick(rig.clock.ms())
+    assert rig.open() == {("door_open_too_long", "entrance"): None}
+    st.event("door_closed", door="entrance")
+    rig.run()
+    rig.later(1)
+    assert rig.open() == {}
+    # Sixty seconds after its last evaluation, the quiet station is swept.
+    counted = rig.engine.evaluations
+    rig.later(60)
+    assert rig.engine.evaluations == counted + 2
+    assert quiet.sid in rig.engine._evaluated
+
+
+def test_the_engine_thread_rests_after_a_pass_but_not_for_urgent_events(rig: Rig) -> None:
+    """A long rest (the cap, 2 s): a State noted during it waits; a tamper does not.
+
+    Bounded real waits: the engine's own thread is what is tested."""
+    from hub import engine as engine_module
+
+    told = threading.Event()
+    rig.engine.on_transition = lambda kind, alert, station: told.set()
+    st = rig.station().online()
+    other = rig.station(OTHER).online()
+    rig.engine.rest = 1e6  # every pass is followed by the longest rest
+    rig.engine.start()
+    assert wait_for(lambda: not rig.engine._dirty, 5)
+    rig.engine._next_pass = engine_module.time.monotonic() + 30  # as after a long pass
+    counted = rig.engine.evaluations
+    other.water(0.1)
+    assert not wait_for(lambda: rig.engine.evaluations > counted, 0.3)  # resting
+    st.event("tamper", door="entrance")
+    assert told.wait(5), "a tamper waited for the rest"
+    assert ("tamper", "entrance") in rig.open()
+    assert rig.open(OTHER) == {}  # still resting: evaluated after the rest
+    assert OTHER in rig.engine._dirty
+
+
+def wait_for(cond: Callable[[], bool], seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.01)
+    return cond()
 
 
 @SQLITE_ONLY
