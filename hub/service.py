@@ -16,8 +16,10 @@ senders, the engine, the ingest and the one scheduler of the process, and
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
+import time
 
 import sqlalchemy as sa
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -54,6 +56,13 @@ REFRESH_EVERY = 60
 ENGINE_EVERY = 1  # for durations, outages, predictions, holds that ended
 ROUTER_EVERY = 5  # escalations, reminders, notices not yet sent, route tests
 PRUNE_EVERY = 3600
+#: Garbage collection (``start(tune_gc=True)``, what ``run()`` does): the young
+#: objects every GC_YOUNG_EVERY seconds, every object every GC_FULL_EVERY.
+GC_YOUNG_EVERY = 600
+GC_FULL_EVERY = 6 * 3600
+#: Automatic full collections only this rarely (in gen-1 collections): the
+#: scheduler's take their place.
+GC_GEN2_THRESHOLD = 100_000
 #: Delivered (or given up) notifications are kept this long, for the API.
 KEEP_DELIVERIES_MS = 30 * 86400_000
 #: A notifier's oldest due delivery not attempted for this long: its sender is stuck.
@@ -192,8 +201,15 @@ class Hub:
 
     # -- life ----------------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Start vouching (ledger), ingest and the scheduler; the web is ``serve()``."""
+    def start(self, tune_gc: bool = False) -> None:
+        """Start vouching (ledger), ingest and the scheduler; the web is ``serve()``.
+
+        ``tune_gc`` (``run()`` sets it; tests that start many hubs in one process
+        do not): the fleet as loaded is frozen out of the garbage collector's
+        way, and full collections happen on the scheduler's time instead of
+        Python's. Why: a hub of 50 000 stations holds over a million objects
+        the collector would walk in a full collection, stopping every thread
+        for a second, every 10–15 s under load (docs/benchmarks.md)."""
         if self._started:
             return
         self._started = True
@@ -210,11 +226,39 @@ class Hub:
                 (self.expire_commands, EXPIRE_EVERY), (self.alive, ALIVE_EVERY),
                 (self.refresh, REFRESH_EVERY), (self.evaluate_alerts, ENGINE_EVERY),
                 (self.route_alerts, ROUTER_EVERY), (self.prune_deliveries, PRUNE_EVERY))
+        if tune_gc:
+            jobs += ((self.collect_young_garbage, GC_YOUNG_EVERY),
+                     (self.collect_all_garbage, GC_FULL_EVERY))
         for job, seconds in jobs:
             # APScheduler logs a job's exception with its traceback and runs it again.
             self.scheduler.add_job(job, "interval", seconds=seconds, id=job.__name__,
                                    max_instances=1, coalesce=True)
         self.scheduler.start()
+        if tune_gc:
+            gc.set_threshold(*gc.get_threshold()[:2], GC_GEN2_THRESHOLD)
+            self.collect_all_garbage()
+
+    def collect_young_garbage(self) -> None:
+        """Collect what is not frozen (what came since the last freeze), freeze
+        what survives: the next collection walks only what is newer. A cycle among
+        frozen objects waits for ``collect_all_garbage``."""
+        self._collect(full=False)
+
+    def collect_all_garbage(self) -> None:
+        """Collect every object (a pause of about a second with 50 000 stations),
+        then freeze the survivors."""
+        self._collect(full=True)
+
+    def _collect(self, full: bool) -> None:
+        started = time.monotonic()
+        if full:
+            gc.unfreeze()
+        found = gc.collect()
+        gc.freeze()
+        log.log(logging.INFO if full else logging.DEBUG,
+                "garbage collection (%s): %d unreachable, %d objects frozen, %.0f ms",
+                "full" if full else "young", found, gc.get_freeze_count(),
+                (time.monotonic() - started) * 1000)
 
     def serve(self) -> None:
         """Serve the web with waitress until ``stop()`` (or SystemExit from a signal)."""
@@ -235,7 +279,7 @@ class Hub:
         return self.config.http_port
 
     def run(self) -> None:
-        self.start()
+        self.start(tune_gc=True)
         try:
             self.serve()
         finally:
