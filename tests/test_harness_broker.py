@@ -163,3 +163,35 @@ def test_an_account_named_hub_cannot_fake_the_hub(broker_factory) -> None:
         publish(b, f"yizhan/v1/{STATION}/state", b"marker", **creds(STATION))
         hub.wait_for(f"yizhan/v1/{STATION}/state")
         assert [m.topic for m in hub.messages] == [f"yizhan/v1/{STATION}/state"]
+
+
+# -- the deployment's own configuration ------------------------------------------------
+
+
+def test_the_deployed_mosquitto_configuration_starts_a_broker(tmp_path: Path) -> None:
+    """deploy/mosquitto/yizhan.conf as shipped (its queue limits included), only
+    the port, files and persistence moved into the test's folder."""
+    import subprocess
+
+    from yizhan.broker import find_mosquitto, free_port, wait_for_port
+
+    port = free_port()
+    (tmp_path / "passwd").write_text("")
+    text = (REPO / "deploy" / "mosquitto" / "yizhan.conf").read_text()
+    assert "max_queued_messages 300000" in text and "max_queued_bytes 536870912" in text
+    text = (text.replace("listener 1883 127.0.0.1", f"listener {port} 127.0.0.1")
+            .replace("/etc/mosquitto/yizhan.passwd", str(tmp_path / "passwd"))
+            .replace("/etc/mosquitto/yizhan.acl", str(REPO / "deploy" / "mosquitto" / "acl"))
+            .replace("persistence true", "persistence false"))
+    assert f"listener {port} " in text
+    conf = tmp_path / "yizhan.conf"
+    conf.write_text("\n".join([*run_as_lines(), text]))
+    proc = subprocess.Popen([find_mosquitto(), "-c", str(conf)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        assert wait_for_port(port, timeout=10), proc.stdout.read() if proc.poll() else ""
+        assert proc.poll() is None
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=10)
+    assert "Error" not in out, out
