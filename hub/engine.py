@@ -19,10 +19,13 @@ Under load the engine must not cost the ingest its pace (bench/hub_ingest.py):
   fraction of a millisecond and so is its rest: the pacing adds latency only
   under load. The events a person must hear of at once (``URGENT_EVENTS``:
   tamper, a failed unlock, staff arriving or leaving) do not wait for a rest;
-* ``tick`` evaluates only the stations time can change — a pending ``for``, a
-  held or flapping alert, an event alert's quiet time, an open door, staff on
-  site — plus each other station once every ``SWEEP_MS`` (predictions move
-  with the clock); ``evaluate_all`` is the full pass the engine starts with.
+* ``tick`` evaluates only the stations whose alerts time alone can change by
+  now — a pending ``for`` that has passed (a door open ten minutes), an event
+  alert's quiet time, a flapping alert quiet long enough, a silence or a
+  maintenance window that may have ended, staff on site too long, a prediction
+  near its band — plus each other station once every ``SWEEP_MS`` (predictions
+  count down with the clock; anything else missed is found then);
+  ``evaluate_all`` is the full pass the engine starts with.
 
 >>> engine = AlertEngine(config, fleet, alerts, clock, forecaster=forecaster,
 ...                      on_transition=router.on_transition)
@@ -197,7 +200,9 @@ class AlertEngine:
         # sid -> hub ms of its last evaluation, oldest first (re-inserted on each):
         # what tick's sweep takes from the front.
         self._evaluated: dict[str, int] = {}
-        self._timed: set[str] = set()  # stations time alone can change; see _needs_time
+        # sid -> hub ms from which time alone can change one of its alerts (a
+        # ``for`` ending, a quiet time, a hold): what tick evaluates; see _due_ms.
+        self._due: dict[str, int] = {}
         self._tracks: dict[str, dict[tuple[str, str], _Track]] = {}  # sid -> tracks
         self._by_id: dict[str, _Track] = {}  # open alert id -> its track
         self._sites: dict[str, _Site] = {}
@@ -352,25 +357,39 @@ class AlertEngine:
             for name in EVENT_RULES:
                 self._settle_event_rule(view, ctx, self.rules.rule_for(view.group, name), now_ms)
             self._update_holds(view, now_ms)
-            if self._needs_time(sid, site):
-                self._timed.add(sid)
+            due = self._due_ms(view, site, now_ms)
+            if due is None:
+                self._due.pop(sid, None)
             else:
-                self._timed.discard(sid)
+                self._due[sid] = due
 
-    def _needs_time(self, sid: str, site: _Site) -> bool:
-        """Whether time alone can change an alert of ``sid`` before a new message
-        does (then ``tick`` evaluates it every time; otherwise its sweep)."""
-        if site.doors_since or site.maintenance_since is not None or site.watch:
-            return True
-        for t in self._tracks.get(sid, {}).values():
+    def _due_ms(self, view: StationView, site: _Site, now_ms: int) -> int | None:
+        """When time alone, with no new message, can next change an alert of this
+        station (``tick`` evaluates it from then on), or None. What this misses
+        the sweep still finds within ``SWEEP_MS``."""
+        times = []
+        if site.watch:
+            times.append(now_ms)  # a prediction near its band: every tick
+        if site.maintenance_since is not None:
+            times.append(site.maintenance_since + self.maintenance_max_ms)
+        for t in self._tracks.get(view.sid, {}).values():
             if t.rule == "bank_overdue":
                 continue  # _overdue's business, every tick
+            spec = self.rules.rule_for(view.group, t.rule)
             if t.alert is None:
-                if t.active:
-                    return True  # pending: fires once its ``for`` has passed
-            elif t.hold is not None or t.flapping or not t.active or t.rule in EVENT_RULES:
-                return True  # a hold may end, a quiet time pass
-        return False
+                if t.active and not t.handled:  # pending: fires once its ``for`` passed
+                    for_ms = 0 if t.rule in EVENT_RULES else spec.for_s * 1000
+                    times.append(int((t.since_ms or now_ms) + for_ms))
+                continue
+            if t.hold is not None and t.hold != INHIBITED:
+                times.append(now_ms)  # a silence or a maintenance window may end
+            if t.flapping and t.quiet_since is not None:
+                times.append(t.quiet_since + self.flap_window_ms)
+            elif not t.active:
+                times.append(now_ms)
+            if t.active and t.rule in EVENT_RULES and spec.quiet_s is not None:
+                times.append(int((t.last_event_ms or now_ms) + spec.quiet_s * 1000))
+        return max(now_ms, min(times)) if times else None
 
     def tick(self, now_ms: int | None = None) -> None:
         """The scheduler's job, every second: the stations time can change
@@ -383,7 +402,7 @@ class AlertEngine:
         except Exception:
             log.exception("reading silences and maintenance windows failed; using the last")
         with self._lock:
-            due = set(self._timed)
+            due = {sid for sid, at in self._due.items() if at <= now}
             for sid, at in self._evaluated.items():
                 if now - at < SWEEP_MS:
                     break  # oldest first: the rest were evaluated later

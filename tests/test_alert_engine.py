@@ -848,18 +848,22 @@ def test_tick_evaluates_what_time_can_change_and_sweeps_the_rest(rig: Rig) -> No
     rig.run()
     counted = rig.engine.evaluations
     for _ in range(3):
-        rig.later(1)  # the open door is looked at every tick; the quiet station not
-    assert rig.engine.evaluations == counted + 3
-    rig.clock.advance(10 * 60 - 3)
-    rig.engine.tick(rig.clock.ms())
+        rig.later(1)  # the door has ten minutes: nothing to look at before
+    assert rig.engine.evaluations == counted
+    rig.later(10 * 60 - 4)  # both swept meanwhile (a minute since their last look)
+    assert rig.open() == {} and rig.engine.evaluations == counted + 2
+    rig.later(1)  # ten minutes: due
     assert rig.open() == {("door_open_too_long", "entrance"): None}
+    assert rig.engine.evaluations == counted + 3
     st.event("door_closed", door="entrance")
     rig.run()
-    rig.later(1)
     assert rig.open() == {}
-    # Sixty seconds after its last evaluation, the quiet station is swept.
+    # Sixty seconds after its last evaluation, each station is swept (the quiet
+    # one was last looked at a second before the other).
     counted = rig.engine.evaluations
-    rig.later(60)
+    rig.later(58)
+    assert rig.engine.evaluations == counted
+    rig.later(2)
     assert rig.engine.evaluations == counted + 2
     assert quiet.sid in rig.engine._evaluated
 
