@@ -677,6 +677,33 @@ class HubUnderTest:
             "http": {"host": "127.0.0.1", "port": 0},
         })
         self.hub = Hub(config, registry=CollectorRegistry())
+        # The scheduled collections (Hub.start(tune_gc=True)): when and how long.
+        self.collections: list[tuple[float, str, float]] = []
+        collect = self.hub._collect
+
+        def timed_collect(full: bool) -> int:
+            # The pause is the collector's own (start to stop, all threads held),
+            # not the job's wall time, which includes waiting for the GIL.
+            pauses: list[tuple[int, float]] = []
+            began = [0.0]
+
+            def watch(phase: str, info: dict) -> None:
+                if phase == "start":
+                    began[0] = time.perf_counter()
+                else:
+                    pauses.append((info["generation"], time.perf_counter() - began[0]))
+
+            t0 = time.monotonic()
+            gc.callbacks.append(watch)
+            try:
+                found = collect(full)
+            finally:
+                gc.callbacks.remove(watch)
+            mine = [d for g, d in pauses if g == (2 if full else 1)]
+            self.collections.append((t0, "full" if full else "young", max(mine, default=0.0)))
+            return found
+
+        self.hub._collect = timed_collect
         self.count = 0
         self.expected = -1
         self.t_connack = 0.0
@@ -712,7 +739,8 @@ class HubUnderTest:
         client.on_disconnect = disconnected
 
     def start(self) -> None:
-        self.hub.start()
+        self.t_started = time.monotonic()
+        self.hub.start(tune_gc=True)  # as ``yizhan hub`` (Hub.run) does
         if not self.hub.ingest.connected.wait(15):
             raise RuntimeError("the hub did not connect to the broker")
 
@@ -999,6 +1027,7 @@ def main() -> int:
                 res["storm2"] = storm(h, port, "storm2", n_stations, seqs,
                                       "reconnect storm")
                 res["hub_rss_end"], res["hub_hwm"] = rss_mb()
+                res["gc"] = scheduled_collections(h)
             finally:
                 h.close()
                 stop(broker)
@@ -1032,6 +1061,18 @@ def main() -> int:
 def ms(x: float) -> str:
     """Milliseconds; ``ts`` is whole milliseconds, so a lag under 1 ms reads 0."""
     return "< 1" if x < 0.001 else f"{x * 1000:.0f}"
+
+
+def scheduled_collections(h: HubUnderTest) -> dict:
+    """How long the hub's scheduled collections stop it, with every station loaded
+    (``Hub.run`` runs the young one every 10 min and the full one every 6 h)."""
+    during = [(kind, secs) for _, kind, secs in h.collections]
+    out = {"objects": len(gc.get_objects()) + gc.get_freeze_count(), "during": during,
+           "seconds": time.monotonic() - h.t_started}
+    for name in ("young", "all"):
+        out[f"{name}_found"] = getattr(h.hub, f"collect_{name}_garbage")()
+        out[name] = h.collections[-1][2]
+    return out
 
 
 def report(res: dict, rss0: float, quick: bool, elapsed: float) -> None:
@@ -1082,6 +1123,16 @@ def report(res: dict, rss0: float, quick: bool, elapsed: float) -> None:
               f"≤ 60 s | {verdict(s['absorbed_s'] <= 60, s)} |")
     if "hub_hwm" in res:
         print(f"| hub process VmHWM after fleet and storms | {res['hub_hwm']:.0f} MB | — | — |")
+    g = res.get("gc")
+    if g:
+        print(f"| the hub's scheduled collections over {fmt_int(g['objects'])} objects, at the "
+              f"end: young (every minute) / full (every 6 h, after {g['seconds']:.0f} s of "
+              f"the bench: {fmt_int(g['all_found'])} unreachable found) stop it for | "
+              f"{g['young'] * 1000:.0f} / {g['all'] * 1000:.0f} ms | — | — |")
+        young = [secs for kind, secs in g["during"] if kind == "young"]
+        if young:
+            print(f"| young collections the scheduler ran during the phases: {len(young)}, "
+                  f"each | {spread([y * 1000 for y in young])} ms | — | — |")
     print()
     if res.get("sqlite"):
         r = res["sqlite"]
