@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import sqlalchemy as sa
 
 from hub.schema import events
+from protocol import messages as m
 from yizhan.clock import Clock
 
 if TYPE_CHECKING:
@@ -465,12 +466,16 @@ class Forecaster:
     def observe(self, sid: str, state: Any, now_ms: int | None = None) -> None:
         """Learn from a State the hub applied (a dict of contract §5 or a
         ``protocol.messages.State``) at ``now_ms`` on the hub's clock."""
-        if hasattr(state, "to_dict"):
-            state = state.to_dict()
-        if not isinstance(state, dict):
+        if isinstance(state, m.State):
+            # Only the sections it reads: a whole to_dict (ten slots) for every
+            # State was a tenth of the ingest's callback (bench/hub_apply.py).
+            dispenser = state.dispenser.to_dict() if state.dispenser is not None else None
+            lockers = state.lockers
+        elif isinstance(state, dict):
+            dispenser, lockers = state.get("dispenser"), state.get("lockers")
+        else:
             return
         now = self.clock.ms() if now_ms is None else int(now_ms)
-        dispenser, lockers = state.get("dispenser"), state.get("lockers")
         with self._lock:
             st = self._stations.get(sid)
             if st is None:
@@ -479,7 +484,7 @@ class Forecaster:
                 if st.water is None:
                     st.water = _Water()
                 self._observe_water(st, st.water, dispenser, now)
-            if isinstance(lockers, dict):
+            if isinstance(lockers, dict | m.Lockers):
                 if st.chargers is None:
                     st.chargers = _Chargers()
                 self._observe_chargers(st, st.chargers, lockers, now)
@@ -578,23 +583,30 @@ class Forecaster:
                 tr.band_low = _blend(tr.band_low, drawn)
         tr.phase_ml = ml
 
-    def _observe_chargers(self, st: _Station, tr: _Chargers, lockers: dict, now: int) -> None:
+    def _observe_chargers(self, st: _Station, tr: _Chargers, lockers: dict | m.Lockers,
+                          now: int) -> None:
         if tr.at_ms is not None and now <= tr.at_ms:
             return
-        if not lockers.get("online"):
+        if isinstance(lockers, m.Lockers):
+            online = lockers.online
+            raw = [(s.bank, s.charge, s.fault) for s in lockers.slots]
+        else:
+            online = lockers.get("online")
+            raw = [(s.get("bank"), s.get("charge"), s.get("fault"))
+                   for s in lockers.get("slots") or ()]
+        if not online:
             tr.at_ms = None  # slot data is the last known, not news
             return
         mc = self.min_charge
-        raw = lockers.get("slots") or ()
         cur = bytearray(len(raw))
         faults = ready = cap = 0
-        for i, s in enumerate(raw):
-            charge = s.get("charge") or 0
-            if s.get("fault"):
+        for i, (bank, charge, fault) in enumerate(raw):
+            charge = charge or 0
+            if fault:
                 faults |= 1 << i
-            if s.get("bank"):
+            if bank:
                 cur[i] = min(max(int(charge), 0), 100)
-                if not s.get("fault"):
+                if not fault:
                     cap += 1
                     ready += charge >= mc
             else:
