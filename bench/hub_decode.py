@@ -1,0 +1,155 @@
+"""Hub decode: how far decoding alone goes, in one process and in two.
+
+The ceiling for the ingest ratio (bench/hub_ingest.py), and for splitting the
+hub into decoder processes: subscribers that do what the hub's MQTT callback
+does *before* the fleet — the topic parsed, the payload decoded and validated by
+``protocol.messages.decode`` — and nothing after it (no fleet, no store, no
+alerting). Method as the ratio run: a private Mosquitto, a persistent session
+per subscriber registered with the hub's subscriptions, 20 000 messages of 1 000
+stations queued while they are away, each drain timed from CONNACK to the last
+message. Every subscriber is its own process; with two, both drain the whole
+queue at once (each its own session), and the rate is both together — what two
+decoder processes behind a ``$share/`` subscription could take in, the broker
+sending twice as much (so, if anything, low). Baseline in the same run: one
+process that only ``json.loads`` (the ratio run's baseline).
+
+    .venv/bin/python bench/hub_decode.py            # ~1 min
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+import hub_ingest  # noqa: E402  (its broker, publishers and stations)
+import paho.mqtt.client as mqtt  # noqa: E402
+from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
+
+from protocol import messages as m  # noqa: E402
+from protocol.topics import HUB_STATUS_TOPIC, Kind, hub_subscriptions, parse_topic  # noqa: E402
+
+STATION_KINDS = (Kind.STATUS, Kind.STATE, Kind.EVENT, Kind.CMD_RESULT)
+
+
+def subscriber(port: int, client_id: str, expected: int, decode: bool) -> None:
+    """A child process: register, say ready, drain on "go", print the seconds."""
+    done = threading.Event()
+    seen = {"n": 0, "t0": 0.0, "t1": 0.0}
+
+    def connected(client, userdata, flags, reason_code, properties) -> None:
+        seen["t0"] = time.monotonic()
+        client.subscribe(hub_subscriptions())
+
+    def message(client, userdata, msg) -> None:
+        if decode:
+            where = parse_topic(msg.topic)
+            if where.kind in STATION_KINDS:
+                m.decode(where.kind, msg.payload, topic_sid=where.sid)
+        else:
+            json.loads(msg.payload)
+        if msg.topic != HUB_STATUS_TOPIC:
+            seen["n"] += 1
+            if seen["n"] == expected:
+                seen["t1"] = time.monotonic()
+                done.set()
+
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False,
+                    protocol=mqtt.MQTTv311)
+    c.on_connect, c.on_message = connected, message
+    subscribed = threading.Event()
+    c.on_subscribe = lambda *a: subscribed.set()
+    c.connect("127.0.0.1", port, 60)
+    c.loop_start()
+    if not subscribed.wait(10):
+        raise SystemExit("did not subscribe")
+    c.disconnect()
+    c.loop_stop()
+    print("ready", flush=True)
+    sys.stdin.readline()
+    c.connect("127.0.0.1", port, 60)
+    c.loop_start()
+    ok = done.wait(300)
+    c.disconnect()
+    c.loop_stop()
+    print(json.dumps({"ok": ok, "seconds": seen["t1"] - seen["t0"], "n": seen["n"]}),
+          flush=True)
+
+
+def drain(processes: int, decode: bool, n_msgs: int, n_stations: int, seed: int) -> float:
+    """Messages a second that ``processes`` subscribers take in together."""
+    work = Path(tempfile.mkdtemp(prefix="yizhan-bench-decode-"))
+    broker, port = hub_ingest.start_mosquitto(work)
+    expected = n_msgs + 2 * n_stations  # and the retained Status and State
+    procs = []
+    try:
+        for i in range(processes):
+            cid = f"bench-decode-{hub_ingest.RUN}-{seed}-{i}-{int(decode)}"
+            procs.append(subprocess.Popen(
+                [sys.executable, __file__, "--subscriber", str(port), cid, str(expected),
+                 "decode" if decode else "loads"],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
+        for p in procs:
+            if p.stdout.readline().strip() != "ready":
+                raise RuntimeError("a subscriber did not register")
+        w = hub_ingest.Workers([{"mode": "mix", "phase": "mix", "port": port, "seed": seed,
+                                 "client_id": f"bench-decode-pub-{hub_ingest.RUN}-{seed}",
+                                 "prefix": f"d{seed}", "lo": 0, "hi": n_stations,
+                                 "rounds": n_msgs // n_stations}])
+        w.go()
+        w.wait()
+        for p in procs:
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        results = [json.loads(p.stdout.readline()) for p in procs]
+        if not all(r["ok"] for r in results):
+            raise RuntimeError(f"a subscriber did not get every message: {results}")
+        return processes * expected / max(r["seconds"] for r in results)
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+        hub_ingest.stop(broker)
+
+
+def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == "--subscriber":
+        port, cid, expected, what = sys.argv[2:6]
+        subscriber(int(port), cid, int(expected), what == "decode")
+        return 0
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--messages", type=int, default=20_000)
+    p.add_argument("--reps", type=int, default=3)
+    args = p.parse_args()
+    rows: dict[str, list[float]] = {"base": [], "one": [], "two": []}
+    for rep in range(args.reps):
+        for key, n, decode in (("base", 1, False), ("one", 1, True), ("two", 2, True)):
+            rows[key].append(drain(n, decode, args.messages, 1000, rep))
+        print(f"[decode {rep + 1}/{args.reps}] json.loads {rows['base'][-1]:.0f}, decode "
+              f"{rows['one'][-1]:.0f}, two decoders {rows['two'][-1]:.0f} msg/s",
+              file=sys.stderr)
+    base = statistics.median(rows["base"])
+    print(f"| drained, {args.messages + 2000} queued messages (median of {args.reps}) "
+          "| msg/s | ÷ baseline |")
+    print("|---|---|---|")
+    print(f"| baseline: one process, paho + json.loads | {base:,.0f} | 1 |")
+    for key, name in (("one", "one process, paho + decode and validate"),
+                      ("two", "two such processes together")):
+        ratios = [r / b for r, b in zip(rows[key], rows["base"], strict=True)]
+        print(f"| {name} | {statistics.median(rows[key]):,.0f} | "
+              f"**{statistics.median(ratios):.2f}** ({min(ratios):.2f}–{max(ratios):.2f}) |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
