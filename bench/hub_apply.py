@@ -11,6 +11,7 @@ bare subscriber does beyond paho. It says where the hub stands without paho and
 without the broker's scheduling: a profile target, not a target of its own.
 
     .venv/bin/python bench/hub_apply.py             # ~20 s
+    .venv/bin/python bench/hub_apply.py --pg        # on a fresh PostgreSQL database
     .venv/bin/python bench/hub_apply.py --profile   # and where the callback spends it (cProfile)
 """
 
@@ -63,12 +64,12 @@ def payloads(n_stations: int, rounds: int, seed: int) -> list[Message]:
     return out
 
 
-def hub_run(msgs: list[Message], work: Path, profile: cProfile.Profile | None) -> float:
-    """CPU seconds per message for the hub to apply, store and evaluate ``msgs``."""
+def hub_run(msgs: list[Message], database: str, profile: cProfile.Profile | None) -> float:
+    """CPU seconds per message for the hub to apply, store and evaluate ``msgs``
+    (this process's: a PostgreSQL server's own work is not in it)."""
     config = parse_hub_config({
         "mqtt": {"host": "127.0.0.1", "port": 1, "client_id": "bench-apply"},
-        "database": f"sqlite:///{work / f'apply-{time.monotonic_ns()}.db'}",
-        "http": {"host": "127.0.0.1", "port": 0}})
+        "database": database, "http": {"host": "127.0.0.1", "port": 0}})
     hub = Hub(config, registry=CollectorRegistry())
     try:
         # What Hub.start does, but the MQTT client, which is never connected.
@@ -115,6 +116,8 @@ def main() -> int:
     p.add_argument("--stations", type=int, default=1000)
     p.add_argument("--rounds", type=int, default=20, help="messages per station (20)")
     p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--pg", nargs="?", const=hub_ingest.PG_DEFAULT, metavar="SERVER",
+                   help=f"PostgreSQL instead of SQLite ({hub_ingest.PG_DEFAULT})")
     p.add_argument("--profile", action="store_true",
                    help="print the top of a cProfile of the callback (not of the "
                         "writer's or the engine's thread)")
@@ -125,7 +128,15 @@ def main() -> int:
     for rep in range(args.reps):
         msgs = payloads(args.stations, args.rounds, rep)
         base_us.append(loads_run(msgs) * 1e6)
-        hub_us.append(hub_run(msgs, work, profile if rep == 0 else None) * 1e6)
+        prof = profile if rep == 0 else None
+        if args.pg:
+            with hub_ingest.pg_database(args.pg) as (url, why):
+                if url is None:
+                    raise SystemExit(f"PostgreSQL at {args.pg}: {why}")
+                hub_us.append(hub_run(msgs, url, prof) * 1e6)
+        else:
+            db = f"sqlite:///{work / f'apply-{rep}.db'}"
+            hub_us.append(hub_run(msgs, db, prof) * 1e6)
         print(f"[apply {rep + 1}/{args.reps}] {len(msgs)} messages: hub "
               f"{hub_us[-1]:.1f} µs, json.loads {base_us[-1]:.1f} µs of CPU a message",
               file=sys.stderr)
@@ -133,8 +144,9 @@ def main() -> int:
     print("| measure (CPU of this process a message, median of "
           f"{args.reps}) | hub | json.loads alone | ratio |")
     print("|---|---|---|---|")
+    store = "PostgreSQL" if args.pg else "SQLite"
     print(f"| {args.stations} stations × {args.rounds} messages (births, States, events), "
-          f"applied, stored, evaluated | {hub_m:.1f} µs ({1e6 / hub_m:,.0f} msg/s of one "
+          f"applied, stored ({store}), evaluated | {hub_m:.1f} µs ({1e6 / hub_m:,.0f} msg/s of one "
           f"core) | {base_m:.1f} µs | {hub_m / base_m:.1f} |")
     if profile is not None:
         pstats.Stats(profile).sort_stats("cumulative").print_stats(30)

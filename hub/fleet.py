@@ -421,7 +421,7 @@ class Fleet:
                   # What the station sent, as it sent it: a dump would cost the
                   # ingest a tenth of its time (the load normalises it again).
                   "state": raw if raw is not None else json.dumps(doc, ensure_ascii=False)}
-        self._submit(Rows(self._save_state, values))
+        self._submit(Rows(self._save_state, values, key=v.sid))  # the newest State wins
         self._save(st)
         return APPLIED
 
