@@ -62,6 +62,8 @@ MAX_REPLAYS_OF_ONE_GAP = 10
 OTHER_EPOCHS_KEPT = 4
 #: Replay commands remembered for their results.
 REPLAYS_KEPT = 10_000
+#: What json.dumps(data, ensure_ascii=False) writes, without a new encoder per event.
+_DATA_JSON = json.JSONEncoder(ensure_ascii=False)
 
 
 class Seqs:
@@ -467,7 +469,7 @@ class Fleet:
         effects = self._effects(st, event, at_ms, now_ms, current)
         row = {"sid": event.sid, "epoch": event.epoch, "seq": event.seq, "type": event.type,
                "ts": event.ts, "synced": event.synced, "received_ms": now_ms, "at_ms": at_ms,
-               "data": json.dumps(event.data, ensure_ascii=False)}
+               "data": _DATA_JSON.encode(event.data)}
         insert = self._insert_event
         if not effects:
             self._submit(Rows(insert, row))  # batched with its neighbours

@@ -236,6 +236,20 @@ def test_whole_payload_rejected(kind, raw, reason):
     assert reason in info.value.reason
 
 
+def test_payloads_are_utf8_as_the_contract_says():
+    text = json.dumps({**examples.example("event"), "type": "note", "data": {"who": "李师傅"}},
+                      ensure_ascii=False)
+    assert m.decode(Kind.EVENT, text.encode("utf-8")).data == {"who": "李师傅"}
+    # A UTF-8 byte-order mark is tolerated (RFC 8259: a parser may ignore it).
+    assert m.decode(Kind.EVENT, b"\xef\xbb\xbf" + text.encode("utf-8")).seq
+    assert m.decode(Kind.EVENT, bytearray(text.encode("utf-8"))).seq
+    assert m.decode(Kind.EVENT, memoryview(text.encode("utf-8"))).seq
+    # json.loads alone would take UTF-16 and UTF-32; contract §2 says UTF-8.
+    for other in ("utf-16", "utf-32", "gbk"):
+        with pytest.raises(InvalidMessage, match="not valid UTF-8 JSON"):
+            m.decode(Kind.EVENT, text.encode(other))
+
+
 def test_size_limit_is_in_utf8_bytes():
     # 30 000 Chinese characters are 90 000 UTF-8 bytes: too big even as a str.
     d = {**examples.example("event"), "type": "note", "data": {"t": "驿" * 30000}}
