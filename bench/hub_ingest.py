@@ -690,8 +690,9 @@ class HubUnderTest:
             def watch(phase: str, info: dict) -> None:
                 if phase == "start":
                     began[0] = time.perf_counter()
-                else:
+                elif began[0]:  # not the end of one that began before we listened
                     pauses.append((info["generation"], time.perf_counter() - began[0]))
+                    began[0] = 0.0
 
             t0 = time.monotonic()
             gc.callbacks.append(watch)
