@@ -24,7 +24,8 @@ Under load the engine must not cost the ingest its pace (bench/hub_ingest.py):
   alert's quiet time, a flapping alert quiet long enough, a silence or a
   maintenance window that may have ended, staff on site too long, a prediction
   near its band — plus each other station once every ``SWEEP_MS`` (predictions
-  count down with the clock; anything else missed is found then);
+  count down with the clock; anything else missed is found then), at most a
+  ``SWEEP_SHARE``-th of the fleet a tick;
   ``evaluate_all`` is the full pass the engine starts with.
 
 >>> engine = AlertEngine(config, fleet, alerts, clock, forecaster=forecaster,
@@ -105,8 +106,14 @@ MAX_REST_S = 2.0
 #: ... except for these events, evaluated at once.
 URGENT_EVENTS = frozenset({"tamper", "unlock_failed", "maintenance_started",
                            "maintenance_ended"})
-#: Every station is evaluated by ``tick`` at least this often, noted or not.
+#: Every station is evaluated by ``tick`` at least this often, noted or not ...
 SWEEP_MS = 60_000
+#: ... but one tick sweeps at most a thirtieth of the fleet (at least 50): after
+#: a storm every station was evaluated in the same few seconds, and a minute
+#: later one tick would sweep them all (50 000, seconds of the GIL) — capped,
+#: the sweep spreads itself out, each station's coming a little later.
+SWEEP_SHARE = 30
+SWEEP_AT_LEAST = 50
 #: A prediction this close (seconds) to its band is evaluated at every tick: a
 #: forecast can jump when its hourly profile does, not only count down.
 PREDICTION_WATCH_S = 3600
@@ -403,10 +410,12 @@ class AlertEngine:
             log.exception("reading silences and maintenance windows failed; using the last")
         with self._lock:
             due = {sid for sid, at in self._due.items() if at <= now}
+            room = max(SWEEP_AT_LEAST, len(self._evaluated) // SWEEP_SHARE)
             for sid, at in self._evaluated.items():
-                if now - at < SWEEP_MS:
+                if now - at < SWEEP_MS or room == 0:
                     break  # oldest first: the rest were evaluated later
                 due.add(sid)
+                room -= 1
         self._evaluate_each(sorted(due), now)
         try:
             self._overdue(now)

@@ -868,6 +868,25 @@ def test_tick_evaluates_what_time_can_change_and_sweeps_the_rest(rig: Rig) -> No
     assert quiet.sid in rig.engine._evaluated
 
 
+@SQLITE_ONLY
+def test_the_sweep_after_a_storm_is_spread_over_ticks(rig: Rig) -> None:
+    """Stations all evaluated at once (a reconnect storm) are not all swept at
+    the same tick a minute later: at most SWEEP_AT_LEAST (or a SWEEP_SHARE-th)."""
+    from hub.engine import SWEEP_AT_LEAST
+
+    for i in range(120):
+        rig.station(f"yh-storm-{i:03d}").online()
+    rig.run()
+    counted = rig.engine.evaluations
+    rig.later(60)
+    swept = [rig.engine.evaluations - counted]
+    while rig.engine.evaluations - counted < 120:
+        before = rig.engine.evaluations
+        rig.later(1)
+        swept.append(rig.engine.evaluations - before)
+    assert swept == [SWEEP_AT_LEAST, SWEEP_AT_LEAST, 120 - 2 * SWEEP_AT_LEAST]
+
+
 def test_the_engine_thread_rests_after_a_pass_but_not_for_urgent_events(rig: Rig) -> None:
     """A long rest (the cap, 2 s): a State noted during it waits; a tamper does not.
 
