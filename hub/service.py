@@ -52,7 +52,8 @@ SWEEP_EVERY = 5
 GAPS_EVERY = 2
 EXPIRE_EVERY = 5
 ALIVE_EVERY = 10
-REFRESH_EVERY = 60
+REFRESH_EVERY = 10  # a sixth of the stations each time: each once a minute
+REFRESH_SHARE = 6
 ENGINE_EVERY = 1  # for durations, outages, predictions, holds that ended
 ROUTER_EVERY = 5  # escalations, reminders, notices not yet sent, route tests
 PRUNE_EVERY = 3600
@@ -188,7 +189,7 @@ class Hub:
         self.ledger.hub_alive(self.clock.ms())
 
     def refresh(self) -> None:
-        self.ledger.refresh(self.clock.ms())
+        self.ledger.refresh(self.clock.ms(), share=REFRESH_SHARE)
 
     def evaluate_alerts(self) -> None:
         self.engine.tick(self.clock.ms())

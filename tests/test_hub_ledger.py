@@ -544,6 +544,26 @@ def test_the_metrics_cache_sees_a_new_outage_before_the_next_refresh(hub_db, clo
     assert ledger.availability(SID, "30d", clock.ms()) == pytest.approx(3600 / 4800)
 
 
+def test_a_refresh_in_slices_covers_every_station_once_per_round(hub_db, clock) -> None:
+    """``refresh(share=3)``: each call a third of the stations, every station once in
+    three calls; one marked meanwhile is still computed alone when read."""
+    store, writer = hub_db()
+    ledger = Ledger(store, writer, clock)
+    t0 = clock.ms()
+    ledger.hub_started(t0)
+    sids = [f"yh-slice-{i:02d}" for i in range(10)]
+    for sid in sids:
+        ledger.mark(sid, "station", UP, t0)
+    clock.advance(3600)
+    assert [ledger.refresh(clock.ms(), share=3) for _ in range(3)] == [4, 3, 3]
+    assert set(ledger._cache) == set(sids)
+    ledger.mark(sids[1], "station", DOWN, clock.ms())  # in the second slice
+    clock.advance(1200)
+    assert ledger.refresh(clock.ms(), share=3) == 4  # the first slice again
+    assert ledger.availability(sids[1], "24h", clock.ms()) == pytest.approx(3600 / 4800)
+    assert ledger.availability(sids[0], "24h", clock.ms()) == 1.0
+
+
 def test_the_morning_in_docs_uptime_md() -> None:
     """The worked example of docs/uptime.md, minute by minute."""
     m = 60 * S
