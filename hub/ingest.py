@@ -155,11 +155,7 @@ class Ingest:
             return
         live = not msg.retain
         try:
-            if kind is Kind.STATE:
-                result = self.fleet.apply_state(message, self._observe(message, live), live,
-                                                raw=msg.payload.decode("utf-8"))
-            else:
-                result = self.apply(kind, message, live)
+            result = self.apply(kind, message, live, msg.payload)
         except Exception:
             # A bug must not take the network thread down with it; it is logged
             # with its traceback and the message is not counted as applied.
@@ -167,12 +163,16 @@ class Ingest:
             return
         self._counted[(kind, result)].inc()
 
-    def apply(self, kind: Kind, message: object, live: bool = True) -> str:
+    def apply(self, kind: Kind, message: object, live: bool = True,
+              payload: bytes | None = None) -> str:
+        """Apply a decoded ``message`` to the fleet; ``payload``, the bytes it was
+        decoded from, is what a State is stored as (a BOM dropped)."""
         now = self._observe(message, live)
         if kind is Kind.STATUS:
             return self.fleet.apply_status(message, now, live)
         if kind is Kind.STATE:
-            return self.fleet.apply_state(message, now, live)
+            raw = payload.decode("utf-8-sig") if payload is not None else None
+            return self.fleet.apply_state(message, now, live, raw=raw)
         if kind is Kind.EVENT:
             return self.fleet.apply_event(message, now, live)
         return self.fleet.apply_result(message, now, live)

@@ -339,6 +339,24 @@ def test_a_state_is_stored_as_sent_and_read_back_as_decoded(database_url, make_h
     assert again.fleet.get(SID).state == live
 
 
+def test_a_state_sent_with_a_byte_order_mark_is_stored_without_it(database_url, make_hub):
+    """Decoding tolerates a UTF-8 BOM; the stored copy must still load at the next start."""
+    hub = make_hub(database_url=database_url)
+    s = Station(hub.broker)
+    try:
+        text = json.dumps(example("state", ts=hub.clock.ms(), rev=9))
+        s.send("state", b"\xef\xbb\xbf" + text.encode())
+        wait_count(hub, "state", "applied", 1)
+        assert hub.writer.flush(5)
+        with hub.store.engine.connect() as conn:
+            assert conn.execute(sa.select(station_state.c.state)).scalar_one() == text
+    finally:
+        s.close()
+    hub.close()
+    again = make_hub(broker=hub.broker, database_url=database_url)
+    assert again.fleet.get(SID).state["rev"] == 9
+
+
 # -- the collector kept out of the ingest's way (Hub.run) ---------------------------------------
 
 
