@@ -318,10 +318,7 @@ class AlertEngine:
                 return
             started = time.monotonic()
             for sid, now_ms in dirty.items():
-                try:
-                    self.evaluate(sid, now_ms)
-                except Exception:
-                    log.exception("evaluating the alert rules of %s failed", sid)
+                self._evaluate_each((sid,), now_ms)
             done = time.monotonic()
             self._next_pass = done + min(MAX_REST_S, self.rest * (done - started))
 
@@ -403,11 +400,29 @@ class AlertEngine:
         evaluated at ``now_ms`` (``for`` durations, outages, quiet times, holds that
         ended), every other station once per ``SWEEP_MS`` (predictions), overdue
         loans, silences and windows re-read."""
+        self._pass(self._due_now, now_ms)
+
+    def evaluate_all(self, now_ms: int | None = None) -> None:
+        """Every station of the fleet evaluated at ``now_ms``, and overdue loans:
+        the engine's first pass."""
+        self._pass(lambda now: self.fleet.sids(), now_ms)
+
+    def _pass(self, choose: Callable[[int], Iterable[str]], now_ms: int | None) -> None:
+        """Silences and windows re-read, the stations ``choose(now)`` names
+        evaluated, overdue loans."""
         now = self.clock.ms() if now_ms is None else now_ms
         try:
             self.alerts.mutes.refresh(now)
         except Exception:
             log.exception("reading silences and maintenance windows failed; using the last")
+        self._evaluate_each(choose(now), now)
+        try:
+            self._overdue(now)
+        except Exception:
+            log.exception("evaluating overdue loans failed")
+
+    def _due_now(self, now: int) -> list[str]:
+        """The stations due at ``now``, and the oldest-evaluated share of the sweep."""
         with self._lock:
             due = {sid for sid, at in self._due.items() if at <= now}
             room = max(SWEEP_AT_LEAST, len(self._evaluated) // SWEEP_SHARE)
@@ -416,25 +431,7 @@ class AlertEngine:
                     break  # oldest first: the rest were evaluated later
                 due.add(sid)
                 room -= 1
-        self._evaluate_each(sorted(due), now)
-        try:
-            self._overdue(now)
-        except Exception:
-            log.exception("evaluating overdue loans failed")
-
-    def evaluate_all(self, now_ms: int | None = None) -> None:
-        """Every station of the fleet evaluated at ``now_ms``, and overdue loans:
-        the engine's first pass."""
-        now = self.clock.ms() if now_ms is None else now_ms
-        try:
-            self.alerts.mutes.refresh(now)
-        except Exception:
-            log.exception("reading silences and maintenance windows failed; using the last")
-        self._evaluate_each(self.fleet.sids(), now)
-        try:
-            self._overdue(now)
-        except Exception:
-            log.exception("evaluating overdue loans failed")
+        return sorted(due)
 
     def _evaluate_each(self, sids: Iterable[str], now_ms: int) -> None:
         for sid in sids:
