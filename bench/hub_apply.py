@@ -55,7 +55,7 @@ def payloads(n_stations: int, rounds: int, seed: int) -> list[Message]:
     now = int(time.time() * 1000)
     out = []
     for r in range(rounds):
-        kind = "birth" if r == 0 else "state" if r % 3 == 1 else "event"
+        kind = hub_ingest.mix_kind(r)
         for st in stations:
             st.rev = max(st.rev, 1000)
             t, p, _ = (st.birth(now) if kind == "birth" else st.state(now, rng)

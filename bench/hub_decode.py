@@ -24,8 +24,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,57 +31,30 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 import hub_ingest  # noqa: E402  (its broker, publishers and stations)
-import paho.mqtt.client as mqtt  # noqa: E402
-from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
 from protocol import messages as m  # noqa: E402
-from protocol.topics import HUB_STATUS_TOPIC, Kind, hub_subscriptions, parse_topic  # noqa: E402
+from protocol.topics import Kind, parse_topic  # noqa: E402
 
 STATION_KINDS = (Kind.STATUS, Kind.STATE, Kind.EVENT, Kind.CMD_RESULT)
 
 
 def subscriber(port: int, client_id: str, expected: int, decode: bool) -> None:
     """A child process: register, say ready, drain on "go", print the seconds."""
-    done = threading.Event()
-    seen = {"n": 0, "t0": 0.0, "t1": 0.0}
 
-    def connected(client, userdata, flags, reason_code, properties) -> None:
-        seen["t0"] = time.monotonic()
-        client.subscribe(hub_subscriptions())
+    def decode_one(msg) -> None:
+        where = parse_topic(msg.topic)
+        if where.kind in STATION_KINDS:
+            m.decode(where.kind, msg.payload, topic_sid=where.sid)
 
-    def message(client, userdata, msg) -> None:
-        if decode:
-            where = parse_topic(msg.topic)
-            if where.kind in STATION_KINDS:
-                m.decode(where.kind, msg.payload, topic_sid=where.sid)
-        else:
-            json.loads(msg.payload)
-        if msg.topic != HUB_STATUS_TOPIC:
-            seen["n"] += 1
-            if seen["n"] == expected:
-                seen["t1"] = time.monotonic()
-                done.set()
-
-    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False,
-                    protocol=mqtt.MQTTv311)
-    c.on_connect, c.on_message = connected, message
-    subscribed = threading.Event()
-    c.on_subscribe = lambda *a: subscribed.set()
-    c.connect("127.0.0.1", port, 60)
-    c.loop_start()
-    if not subscribed.wait(10):
-        raise SystemExit("did not subscribe")
-    c.disconnect()
-    c.loop_stop()
+    sub = hub_ingest.Baseline(port, client_id, work=decode_one if decode else None)
+    sub.register()
     print("ready", flush=True)
     sys.stdin.readline()
-    c.connect("127.0.0.1", port, 60)
-    c.loop_start()
-    ok = done.wait(300)
-    c.disconnect()
-    c.loop_stop()
-    print(json.dumps({"ok": ok, "seconds": seen["t1"] - seen["t0"], "n": seen["n"]}),
-          flush=True)
+    try:
+        seconds, ok = sub.drain(expected, timeout=300), True
+    except RuntimeError:
+        seconds, ok = 0.0, False
+    print(json.dumps({"ok": ok, "seconds": seconds, "n": sub.count}), flush=True)
 
 
 def drain(processes: int, decode: bool, n_msgs: int, n_stations: int, seed: int) -> float:

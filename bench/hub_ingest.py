@@ -53,6 +53,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -204,6 +205,12 @@ class SimStation:
         return self.topics[Kind.EVENT], m.encode(msg, validate=validate), False
 
 
+def mix_kind(round_: int) -> str:
+    """What each station sends in round ``round_`` of the ratio run's mix: a birth,
+    then a State every third round and events between."""
+    return "birth" if round_ == 0 else "state" if round_ % 3 == 1 else "event"
+
+
 def make_stations(prefix: str, lo: int, hi: int, seed: int) -> list[SimStation]:
     rng = random.Random(seed)
     return [SimStation(f"{prefix}-{i:05d}", i, rng) for i in range(lo, hi)]
@@ -302,8 +309,7 @@ def worker(spec: dict) -> int:
         msgs = []
         if mode == "mix":  # round-robin over the stations: a birth, then States and events
             for r in range(spec["rounds"]):
-                kind = "birth" if r == 0 else "state" if r % 3 == 1 else "event"
-                msgs.extend(build(st, kind, now) for st in stations)
+                msgs.extend(build(st, mix_kind(r), now) for st in stations)
         else:  # every station's birth and State at once
             for st in stations:
                 msgs.append(build(st, "birth", now))
@@ -593,10 +599,12 @@ def quantile(values: list[float], q: float) -> float:
 
 class Baseline:
     """A bare paho-mqtt 2.x subscriber with the hub's session and subscriptions
-    that only ``json.loads`` each payload."""
+    that only ``json.loads`` each payload (or does ``work(msg)`` instead)."""
 
-    def __init__(self, port: int, client_id: str = f"bench-baseline-{RUN}") -> None:
+    def __init__(self, port: int, client_id: str = f"bench-baseline-{RUN}",
+                 work: Callable[[mqtt.MQTTMessage], object] | None = None) -> None:
         self.port = port
+        self.work = work or (lambda msg: json.loads(msg.payload))
         self.count = 0
         self.expected = 0
         self.t_connack = 0.0
@@ -615,7 +623,7 @@ class Baseline:
         client.subscribe(hub_subscriptions())  # as the hub does on every connect
 
     def _message(self, client, userdata, msg) -> None:
-        json.loads(msg.payload)
+        self.work(msg)
         if msg.topic != HUB_STATUS_TOPIC:
             self.count += 1
             if self.count == self.expected:
