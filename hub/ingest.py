@@ -25,10 +25,12 @@ import threading
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry
 
+from hub.bulk_client import BulkClient
 from hub.config import HubConfig
 from hub.fleet import APPLIED, DUPLICATE, INVALID, STALE, Fleet
+from hub.tallies import LagHistogram, MessageTallies
 from protocol import messages as m
 from protocol.errors import InvalidMessage, TopicError
 from protocol.topics import HUB_STATUS_TOPIC, PREFIX, Kind, hub_subscriptions, parse_topic
@@ -60,22 +62,15 @@ class Ingest:
         self.config = config
         self.fleet = fleet
         self.clock = clock
-        self.messages = Counter(
-            "yizhan_hub_messages", "Messages taken in from stations, by kind and outcome.",
-            ["kind", "result"], registry=registry)
-        # Every series from the start, at 0; the children kept (``labels`` per
-        # message is a lock and a dict lookup the ingest need not pay).
-        self._counted = {(kind, result): self.messages.labels(name, result)
-                         for kind, name in METRIC_KIND.items() for result in RESULTS}
-        self.lag = Histogram(
-            "yizhan_hub_ingest_lag_seconds",
-            "Hub apply time minus the station's ts, for live messages from synced clocks.",
-            buckets=LAG_BUCKETS, registry=registry)
+        # Plain numbers, not prometheus_client's locked Counter and Histogram:
+        # they change on every message (hub/tallies.py).
+        self.messages = MessageTallies(METRIC_KIND.values(), RESULTS, registry)
+        self.lag = LagHistogram(LAG_BUCKETS, registry)
         self.connected = threading.Event()
         self._logged: set[tuple[str, str]] = set()
         self._subscriptions = hub_subscriptions(config.shared_group)
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=config.client_id,
-                        clean_session=False, protocol=mqtt.MQTTv311)
+        c = BulkClient(CallbackAPIVersion.VERSION2, client_id=config.client_id,
+                       clean_session=False, protocol=mqtt.MQTTv311)
         mc = config.mqtt
         if mc.username:
             c.username_pw_set(mc.username, mc.password)
@@ -161,7 +156,7 @@ class Ingest:
             # with its traceback and the message is not counted as applied.
             log.exception("applying a message on %s failed", msg.topic)
             return
-        self._counted[(kind, result)].inc()
+        self.messages.inc(METRIC_KIND[kind], result)
 
     def apply(self, kind: Kind, message: object, live: bool = True,
               payload: bytes | None = None) -> str:
@@ -189,7 +184,7 @@ class Ingest:
                  err: Exception) -> None:
         label = METRIC_KIND.get(kind) if kind is not None else _kind_of(topic)
         if label is not None:
-            self.messages.labels(label, INVALID).inc()
+            self.messages.inc(label, INVALID)
         field_ = getattr(err, "field", "")
         reason = getattr(err, "reason", str(err))
         # Once per station and reason: the numbers in a reason ("payload of 70000

@@ -1,0 +1,200 @@
+"""The hub's paho client (hub/bulk_client.py) on real sockets and a real Mosquitto.
+
+It reads the broker's stream in chunks and sends what one write pass queued in
+one call. What must still hold: every message of a backlog arrives once, in
+order, and is acknowledged (the broker does not send it again); a publish from
+another thread while the network thread is busy still goes out; a clean
+disconnect still reaches the broker (so no last will is published).
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import uuid
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from hub import bulk_client
+from hub.bulk_client import BufferedSocket, BulkClient
+from tests.harness.procs import wait_until
+
+
+@pytest.fixture
+def pair():
+    a, b = socket.socketpair()
+    yield a, b
+    a.close()
+    b.close()
+
+
+def test_reads_come_from_one_chunk(pair, monkeypatch) -> None:
+    a, b = pair
+    calls = []
+    real_recv = b.recv
+
+    class Counting:
+        def recv(self, n):
+            calls.append(n)
+            return real_recv(n)
+
+        def __getattr__(self, name):
+            return getattr(b, name)
+
+    sock = BufferedSocket(Counting())
+    a.sendall(b"\x30\x05hello\x30\x03abc")
+    got = [sock.recv(1), sock.recv(1), sock.recv(5)]
+    assert got == [b"\x30", b"\x05", b"hello"]
+    assert sock.pending() == 5 and calls == [bulk_client.CHUNK]
+    assert sock.recv(100) == b"\x30\x03abc"  # no more than is buffered
+    assert sock.pending() == 0 and len(calls) == 1
+    b.setblocking(False)
+    with pytest.raises(BlockingIOError):  # an empty buffer asks the socket again
+        sock.recv(1)
+    a.close()
+    b.setblocking(True)
+    assert sock.recv(1) == b""  # the peer closed
+
+
+def test_writes_wait_for_flush_and_close_flushes(pair) -> None:
+    a, b = pair
+    sock = BufferedSocket(b)
+    assert sock.send(b"\x40\x02\x00\x01") == 4 and sock.send(b"\x40\x02\x00\x02") == 4
+    assert sock.unsent()
+    a.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        a.recv(100)  # nothing went out yet
+    sock.flush()
+    assert not sock.unsent() and a.recv(100) == b"\x40\x02\x00\x01\x40\x02\x00\x02"
+    sock.send(b"\xe0\x00")  # DISCONNECT, then paho closes at once
+    sock.close()
+    a.setblocking(True)
+    assert a.recv(100) == b"\xe0\x00"
+
+
+def _client(broker, client_id: str, **kw) -> BulkClient:
+    c = BulkClient(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False,
+                   protocol=mqtt.MQTTv311, **kw)
+    return c
+
+
+def _publish_all(broker, topic: str, n: int) -> None:
+    pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"pub-{uuid.uuid4().hex[:8]}")
+    pub.max_inflight_messages_set(1000)
+    pub.connect(broker.host, broker.port)
+    pub.loop_start()
+    try:
+        infos = [pub.publish(topic, str(i).encode(), qos=1) for i in range(n)]
+        for info in infos:
+            info.wait_for_publish(10)
+    finally:
+        pub.disconnect()
+        pub.loop_stop()
+
+
+def test_a_queued_backlog_arrives_once_in_order_and_is_acknowledged(broker) -> None:
+    cid = f"bulk-{uuid.uuid4().hex[:8]}"
+    topic = f"test/bulk/{cid}"
+    got: list[int] = []
+    subscribed = threading.Event()
+    c = _client(broker, cid)
+    c.on_connect = lambda cl, *a: cl.subscribe(topic, qos=1)
+    c.on_subscribe = lambda *a: subscribed.set()
+    c.on_message = lambda cl, ud, msg: got.append(int(msg.payload))
+    c.connect(broker.host, broker.port)
+    c.loop_start()
+    assert subscribed.wait(10)
+    c.disconnect()
+    c.loop_stop()
+
+    n = 3000  # many chunks' worth, queued while the client is away
+    _publish_all(broker, topic, n)
+    c.connect(broker.host, broker.port)
+    c.loop_start()
+    try:
+        wait_until(lambda: len(got) >= n, timeout=30, what=f"{n} messages")
+    finally:
+        c.disconnect()
+        c.loop_stop()
+    assert got == list(range(n))
+
+    # Every one was acknowledged: back again, the session holds nothing more.
+    c.connect(broker.host, broker.port)
+    c.loop_start()
+    try:
+        _publish_all(broker, topic, 1)  # a marker after whatever might be re-sent
+        wait_until(lambda: len(got) > n, timeout=10, what="the marker")
+    finally:
+        c.disconnect()
+        c.loop_stop()
+    assert got[n:] == [0]
+
+
+def test_a_publish_from_another_thread_goes_out_while_messages_pour_in(broker) -> None:
+    cid = f"bulk-{uuid.uuid4().hex[:8]}"
+    topic = f"test/bulk/{cid}"
+    echoes: list[bytes] = []
+    subscribed = threading.Event()
+    c = _client(broker, cid)
+    c.on_connect = lambda cl, *a: cl.subscribe([(topic, 1), (topic + "/echo", 1)])
+    c.on_subscribe = lambda *a: subscribed.set()
+    counted = [0]
+
+    def on_message(cl, ud, msg) -> None:
+        if msg.topic.endswith("/echo"):
+            echoes.append(msg.payload)
+        else:
+            counted[0] += 1
+
+    c.on_message = on_message
+    c.connect(broker.host, broker.port)
+    c.loop_start()
+    try:
+        assert subscribed.wait(10)
+        pouring = threading.Thread(target=_publish_all, args=(broker, topic, 2000))
+        pouring.start()
+        # Publishes from this thread while the network thread handles the flood:
+        # each must reach the broker (and come back) without waiting for a timeout.
+        for i in range(50):
+            c.publish(topic + "/echo", f"e{i}".encode(), qos=1)
+        pouring.join(30)
+        wait_until(lambda: len(echoes) == 50 and counted[0] == 2000, timeout=15,
+                   what="every echo and every message")
+    finally:
+        c.disconnect()
+        c.loop_stop()
+    assert sorted(echoes) == sorted(f"e{i}".encode() for i in range(50))
+
+
+def test_a_clean_disconnect_reaches_the_broker_so_no_will_is_sent(broker) -> None:
+    cid = f"bulk-{uuid.uuid4().hex[:8]}"
+    will_topic = f"test/bulk/{cid}/will"
+    wills: list[bytes] = []
+    watcher = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"watch-{cid}")
+    watching = threading.Event()
+    watcher.on_connect = lambda cl, *a: cl.subscribe(will_topic, qos=1)
+    watcher.on_subscribe = lambda *a: watching.set()
+    watcher.on_message = lambda cl, ud, msg: wills.append(msg.payload)
+    watcher.connect(broker.host, broker.port)
+    watcher.loop_start()
+    try:
+        assert watching.wait(10)
+        for i, graceful in enumerate((True, False)):
+            c = _client(broker, f"{cid}-{i}")
+            c.will_set(will_topic, f"gone-{i}".encode(), qos=1)
+            c.connect(broker.host, broker.port)
+            c.loop_start()
+            wait_until(c.is_connected, timeout=10, what="connected")
+            if graceful:
+                c.disconnect()
+                c.loop_stop()
+            else:  # the socket dropped without DISCONNECT: the will must come
+                c.loop_stop()
+                c.socket().close()
+        wait_until(lambda: wills, timeout=10, what="the second client's will")
+        assert wills == [b"gone-1"]
+    finally:
+        watcher.disconnect()
+        watcher.loop_stop()
