@@ -96,33 +96,83 @@ class Rows:
         return conn.execute(self.statement, self.params)
 
 
-def run_ops(conn: sa.Connection, ops: list[Op]) -> None:
+def run_ops(conn: sa.Connection, ops: list[Op], plans: dict | None = None) -> None:
     """Run ``ops`` on ``conn`` in order, each run of ``Rows`` as one executemany
-    per statement."""
+    per statement; ``plans`` keeps each statement's compiled form between calls."""
+    plans = {} if plans is None else plans
     run: dict[sa.Executable, list[Rows]] = {}
     for op in ops:
         if type(op) is Rows:
             run.setdefault(op.statement, []).append(op)
             continue
         if run:
-            _execute_rows(conn, run)
+            _execute_rows(conn, run, plans)
             run = {}
         op(conn)
     if run:
-        _execute_rows(conn, run)
+        _execute_rows(conn, run, plans)
 
 
-def _execute_rows(conn: sa.Connection, run: dict[sa.Executable, list[Rows]]) -> None:
+def _execute_rows(conn: sa.Connection, run: dict[sa.Executable, list[Rows]],
+                  plans: dict) -> None:
     for statement, rows in run.items():
-        if len(rows) == 1:
-            conn.execute(statement, rows[0].params)
-            continue
-        if rows[0].key is not None:
+        if rows[0].key is not None and len(rows) > 1:
             last = {r.key: r.params for r in rows}  # a later snapshot replaces an earlier
             params = list(last.values())
         else:
             params = [r.params for r in rows]
-        conn.execute(statement, params)
+        shape = (statement, tuple(params[0]))  # a bare insert's columns are its rows' keys
+        plan = plans.get(shape, _UNPLANNED)
+        if plan is _UNPLANNED:
+            plan = plans[shape] = _DriverPlan.of(statement, conn.dialect, params[0])
+        if plan is None:
+            conn.execute(statement, params)
+        else:
+            conn.exec_driver_sql(plan.sql, plan.rows(params))
+
+
+_UNPLANNED = object()
+
+
+class _DriverPlan:
+    """A ``Rows`` statement compiled once, its rows handed to the driver as they are.
+
+    ``conn.execute`` of a Core statement builds each row's parameters through the
+    compiled statement's machinery: on the hub's hot path that cost more than the
+    database's own work. Only plain statements are planned (every bind a row
+    key, no names escaped); the rest run through ``conn.execute``."""
+
+    __slots__ = ("names", "processors", "sql")
+
+    def __init__(self, sql: str, names: tuple[str, ...] | None,
+                 processors: dict[str, Callable[[Any], Any]]) -> None:
+        self.sql, self.names, self.processors = sql, names, processors
+
+    @classmethod
+    def of(cls, statement: sa.Executable, dialect: sa.Dialect,
+           sample: dict[str, Any]) -> _DriverPlan | None:
+        compiled = statement.compile(dialect=dialect, column_keys=list(sample),
+                                     for_executemany=True)
+        if compiled.escaped_bind_names or set(compiled.binds) != set(sample):
+            return None
+        processors = {}
+        for name, bind in compiled.binds.items():
+            process = bind.type.bind_processor(dialect)
+            if process is not None:
+                processors[name] = process
+        names = tuple(compiled.positiontup) if dialect.positional else None
+        return cls(str(compiled), names, processors)
+
+    def rows(self, params: list[dict[str, Any]]) -> list:
+        """``params`` as the driver takes them: tuples in the statement's order
+        (qmark, as sqlite3) or dicts (pyformat, as psycopg), bind types applied."""
+        procs = self.processors
+        if procs:
+            params = [{**p, **{k: f(p[k]) for k, f in procs.items()}} for p in params]
+        names = self.names
+        if names is None:
+            return params
+        return [tuple([p[n] for n in names]) for p in params]
 
 
 def _op_name(op: Op) -> str:
@@ -174,6 +224,7 @@ class Writer:
         self._abort = threading.Event()  # close() gave up: stop retrying
         self._thread: threading.Thread | None = None
         self._stalled_since: float | None = None  # a batch is not yet through since then
+        self._plans: dict = {}  # Rows statements compiled for the driver (run_ops)
 
     # -- any thread -----------------------------------------------------------------------
 
@@ -331,7 +382,7 @@ class Writer:
             started = time.monotonic()
             try:
                 with self.store.engine.begin() as conn:
-                    run_ops(conn, ops)
+                    run_ops(conn, ops, self._plans)
                     commit_started = time.monotonic()
                 # The commit happened on leaving the block.
             except Exception as err:

@@ -340,3 +340,29 @@ def test_a_bad_row_costs_only_itself(store: Store, writers, caplog) -> None:
         assert writer.flush(10)
     assert stored(store) == [1, 3]
     assert writer.failed == 1 and list(writer.failures) == ["Rows(events): IntegrityError"]
+
+
+def test_rows_go_to_the_driver_typed_as_sqlalchemy_would_write_them(store: Store,
+                                                                     writers) -> None:
+    log_insert = schema.status_log.insert()
+    # Only sid and name: the columns' Python-side defaults (online, events_through)
+    # must still be written, so this statement is left to SQLAlchemy.
+    partial = store.upsert(schema.stations, ["sid"], ["name"])
+    writer = writers(store).start()
+    for i, (online, reason) in enumerate([(True, None), (False, "lost"), (True, None)]):
+        writer.submit(Rows(log_insert, {"sid": SID, "at_ms": i, "online": online,
+                                        "reason": reason, "epoch": EPOCH, "birth": None}))
+        writer.submit(Rows(partial, {"sid": f"yh-town-{i}", "name": f"town {i}"},
+                           key=f"yh-town-{i}"))
+    assert writer.flush(10) and writer.failed == 0
+    log_, st = schema.status_log.c, schema.stations.c
+    with store.engine.connect() as conn:
+        rows = conn.execute(sa.select(log_.at_ms, log_.online, log_.reason, log_.birth)
+                            .order_by(log_.at_ms)).all()
+        towns = conn.execute(sa.select(st.sid, st.online, st.events_through)
+                             .order_by(st.sid)).all()
+    assert [tuple(r) for r in rows] == [(0, True, None, None), (1, False, "lost", None),
+                                        (2, True, None, None)]
+    assert [tuple(t) for t in towns] == [(f"yh-town-{i}", False, 0) for i in range(3)]
+    planned = {shape[0]: plan for shape, plan in writer._plans.items()}
+    assert planned[log_insert] is not None and planned[partial] is None
