@@ -42,7 +42,7 @@ import sqlalchemy as sa
 from hub.config import HubConfig
 from hub.loans import Loans
 from hub.schema import events, station_state, stations, status_log
-from hub.writer import Rows
+from hub.writer import Rows, execute_row
 from protocol import messages as m
 from yizhan.clock import Clock
 
@@ -476,7 +476,7 @@ class Fleet:
             return APPLIED
 
         def store_event(conn: sa.Connection) -> None:
-            if conn.execute(insert, row).rowcount != 1:
+            if execute_row(conn, insert, row).rowcount != 1:
                 return  # stored before (a replay after a crash): caused nothing twice
             for effect in effects:
                 effect(conn)

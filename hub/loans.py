@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from hub.schema import loans as table
+from hub.writer import execute_row
 from protocol import messages as m
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ class Loans:
             .where(table.c.bank == sa.bindparam("b_bank"), table.c.returned_ms.is_(None),
                    table.c.borrowed_ms <= sa.bindparam("b_at"),
                    table.c.borrow_event != sa.bindparam("b_key"))
-            .values(returned_ms=sa.bindparam("b_at"), returned_sid=None))
+            .values(returned_ms=sa.bindparam("b_at"), returned_sid=sa.null()))
         self._give_back = (
             table.update()
             .where(table.c.bank == sa.bindparam("b_bank"), table.c.returned_ms.is_(None),
@@ -169,8 +170,8 @@ class Loans:
 
         def borrow(conn: sa.Connection) -> None:
             # An open loan of an earlier borrow of this bank ended before this one.
-            conn.execute(self._end_earlier, earlier)
-            conn.execute(self._insert, values)
+            execute_row(conn, self._end_earlier, earlier)
+            execute_row(conn, self._insert, values)
 
         return borrow
 
@@ -191,6 +192,6 @@ class Loans:
 
         def give_back(conn: sa.Connection) -> None:
             # Decided again from the table: the op may run twice after a rollback.
-            conn.execute(self._give_back, params)
+            execute_row(conn, self._give_back, params)
 
         return give_back

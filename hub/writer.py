@@ -96,35 +96,51 @@ class Rows:
         return conn.execute(self.statement, self.params)
 
 
-def run_ops(conn: sa.Connection, ops: list[Op], plans: dict | None = None) -> None:
+def run_ops(conn: sa.Connection, ops: list[Op]) -> None:
     """Run ``ops`` on ``conn`` in order, each run of ``Rows`` as one executemany
-    per statement; ``plans`` keeps each statement's compiled form between calls."""
-    plans = {} if plans is None else plans
+    per statement."""
     run: dict[sa.Executable, list[Rows]] = {}
     for op in ops:
         if type(op) is Rows:
             run.setdefault(op.statement, []).append(op)
             continue
         if run:
-            _execute_rows(conn, run, plans)
+            _execute_rows(conn, run)
             run = {}
         op(conn)
     if run:
-        _execute_rows(conn, run, plans)
+        _execute_rows(conn, run)
 
 
-def _execute_rows(conn: sa.Connection, run: dict[sa.Executable, list[Rows]],
-                  plans: dict) -> None:
+def execute_row(conn: sa.Connection, statement: sa.Executable,
+                params: dict[str, Any]) -> sa.CursorResult:
+    """``conn.execute(statement, params)`` for one row, the statement compiled
+    once (see ``_DriverPlan``): for the ops of the hot path that are not ``Rows``."""
+    plan = _plan(conn, statement, params)
+    if plan is None:
+        return conn.execute(statement, params)
+    return conn.exec_driver_sql(plan.sql, plan.rows([params])[0])
+
+
+def _plan(conn: sa.Connection, statement: sa.Executable,
+          sample: dict[str, Any]) -> _DriverPlan | None:
+    # Kept with the DBAPI connection: compiled for its dialect, gone with it.
+    plans = conn.info.setdefault("yizhan_driver_plans", {})
+    shape = (statement, tuple(sample))  # a bare insert's columns are its rows' keys
+    plan = plans.get(shape, _UNPLANNED)
+    if plan is _UNPLANNED:
+        plan = plans[shape] = _DriverPlan.of(statement, conn.dialect, sample)
+    return plan
+
+
+def _execute_rows(conn: sa.Connection, run: dict[sa.Executable, list[Rows]]) -> None:
     for statement, rows in run.items():
         if rows[0].key is not None and len(rows) > 1:
             last = {r.key: r.params for r in rows}  # a later snapshot replaces an earlier
             params = list(last.values())
         else:
             params = [r.params for r in rows]
-        shape = (statement, tuple(params[0]))  # a bare insert's columns are its rows' keys
-        plan = plans.get(shape, _UNPLANNED)
-        if plan is _UNPLANNED:
-            plan = plans[shape] = _DriverPlan.of(statement, conn.dialect, params[0])
+        plan = _plan(conn, statement, params[0])
         if plan is None:
             conn.execute(statement, params)
         else:
@@ -224,7 +240,6 @@ class Writer:
         self._abort = threading.Event()  # close() gave up: stop retrying
         self._thread: threading.Thread | None = None
         self._stalled_since: float | None = None  # a batch is not yet through since then
-        self._plans: dict = {}  # Rows statements compiled for the driver (run_ops)
 
     # -- any thread -----------------------------------------------------------------------
 
@@ -382,7 +397,7 @@ class Writer:
             started = time.monotonic()
             try:
                 with self.store.engine.begin() as conn:
-                    run_ops(conn, ops, self._plans)
+                    run_ops(conn, ops)
                     commit_started = time.monotonic()
                 # The commit happened on leaving the block.
             except Exception as err:

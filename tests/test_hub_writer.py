@@ -364,5 +364,3 @@ def test_rows_go_to_the_driver_typed_as_sqlalchemy_would_write_them(store: Store
     assert [tuple(r) for r in rows] == [(0, True, None, None), (1, False, "lost", None),
                                         (2, True, None, None)]
     assert [tuple(t) for t in towns] == [(f"yh-town-{i}", False, 0) for i in range(3)]
-    planned = {shape[0]: plan for shape, plan in writer._plans.items()}
-    assert planned[log_insert] is not None and planned[partial] is None
