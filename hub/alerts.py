@@ -221,14 +221,20 @@ class AlertStore:
         return self.fire(rule, sid, severity, summary, value, subject, at_ms).alert
 
     def fire(self, rule: str, sid: str, severity: str, summary: str, value: Any = None,
-             subject: str = "", at_ms: int | None = None) -> Fired:
-        """``raise_alert`` that also says whether the alert is new."""
+             subject: str = "", at_ms: int | None = None, alert_id: str | None = None
+             ) -> Fired:
+        """``raise_alert`` that also says whether the alert is new.
+
+        ``alert_id`` is the id a new alert gets. A caller that retries after
+        StoreUnavailable passes the same one: its first try may have been
+        committed after the wait gave up, and the open alert with that id is
+        then still the retry's own, reported as new."""
         if rule not in RULES:
             raise ValueError(f"unknown rule {rule!r}")
         if severity not in SEVERITIES:
             raise ValueError(f"severity must be one of {', '.join(SEVERITIES)}")
         values = {
-            "id": new_id(), "rule": rule, "sid": sid, "subject": subject,
+            "id": alert_id or new_id(), "rule": rule, "sid": sid, "subject": subject,
             "severity": severity, "state": FIRING, "summary": summary,
             "value": json.dumps(value, ensure_ascii=False) if value is not None else None,
             "started_ms": self.clock.ms() if at_ms is None else at_ms, "escalation": 0,
@@ -239,7 +245,7 @@ class AlertStore:
         def op(conn: sa.Connection) -> tuple[str, bool]:
             row = conn.execute(_OPEN, where).first()
             if row is not None:
-                return row.id, False
+                return row.id, row.id == values["id"]
             conn.execute(_INSERT, values)
             return values["id"], True
 

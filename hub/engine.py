@@ -69,7 +69,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from hub.alerts import ACKED, FIRING, RESOLVED, AlertStore
+from hub.alerts import ACKED, FIRING, RESOLVED, AlertStore, StoreUnavailable, new_id
 from hub.fleet import StationView
 from hub.metrics import bank_states
 from hub.rules import Rules, RuleSpec
@@ -113,6 +113,8 @@ SWEEP_MS = 60_000
 #: later one tick would sweep them all (50 000, seconds of the GIL) — capped,
 #: the sweep spreads itself out, each station's coming a little later.
 SWEEP_SHARE = 30
+#: A station whose alert row was not committed in time is evaluated again after this.
+STORE_RETRY_MS = 5_000
 SWEEP_AT_LEAST = 50
 #: A prediction this close (seconds) to its band is evaluated at every tick: a
 #: forecast can jump when its hourly profile does, not only count down.
@@ -161,6 +163,7 @@ class _Track:
     value: Any = None
     summary: str = ""
     severity: str | None = None
+    firing_id: str | None = None  # the id a fire that timed out asked for, kept for its retry
 
 
 @dataclass(slots=True)
@@ -354,13 +357,19 @@ class AlertEngine:
             doc = self._current_state(view, site)
             site.watch = False
             ctx = _Context(self, view, doc, site, now_ms)
-            for name in STATE_RULES:
-                spec = self.rules.rule_for(view.group, name)
-                obs = EVALUATORS[name](ctx, spec) if spec.enabled else []
-                self._apply(view, spec, obs, now_ms)
-            for name in EVENT_RULES:
-                self._settle_event_rule(view, ctx, self.rules.rule_for(view.group, name), now_ms)
-            self._update_holds(view, now_ms)
+            try:
+                for name in STATE_RULES:
+                    spec = self.rules.rule_for(view.group, name)
+                    obs = EVALUATORS[name](ctx, spec) if spec.enabled else []
+                    self._apply(view, spec, obs, now_ms)
+                for name in EVENT_RULES:
+                    self._settle_event_rule(view, ctx, self.rules.rule_for(view.group, name),
+                                            now_ms)
+                self._update_holds(view, now_ms)
+            except StoreUnavailable:
+                # An alert row not committed in time: evaluated again soon.
+                self._due[sid] = now_ms + STORE_RETRY_MS
+                raise
             due = self._due_ms(view, site, now_ms)
             if due is None:
                 self._due.pop(sid, None)
@@ -437,6 +446,10 @@ class AlertEngine:
         for sid in sids:
             try:
                 self.evaluate(sid, now_ms)
+            except StoreUnavailable as err:
+                # The writer is behind (a storm) or the database away: not a bug.
+                log.warning("alert rules of %s: %s (again in %d s)", sid, err,
+                            STORE_RETRY_MS // 1000)
             except Exception:
                 log.exception("evaluating the alert rules of %s failed", sid)
 
@@ -558,6 +571,11 @@ class AlertEngine:
                     t.alert = updated
             return
         t.handled = False
+        if t.alert is None and t.firing_id is not None:
+            # Its fire timed out and may have committed after all: that alert,
+            # never told, is resolved as quietly.
+            self.alerts.clear(t.rule, t.sid, t.subject, by="auto")
+            t.firing_id = None
         if t.alert is not None:
             if t.flapping:
                 if t.quiet_since is None:
@@ -577,8 +595,15 @@ class AlertEngine:
     def _fire(self, view: StationView, spec: RuleSpec, t: _Track, now_ms: int) -> None:
         severity = t.severity or spec.severity
         summary = t.summary or spec.name
+        if t.firing_id is None:
+            t.firing_id = new_id()
+        # On StoreUnavailable (the writer behind, as in a reconnect storm) the
+        # insert may still commit later; the retry asks for the same id, so that
+        # the alert is known as this track's own and still told (not "open before").
         fired = self.alerts.fire(spec.name, t.sid, severity, summary, t.value, t.subject,
-                                 at_ms=t.since_ms if t.since_ms is not None else now_ms)
+                                 at_ms=t.since_ms if t.since_ms is not None else now_ms,
+                                 alert_id=t.firing_id)
+        t.firing_id = None
         t.alert = fired.alert
         self._by_id[t.alert["id"]] = t
         if not fired.created:

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from hub.alerts import SILENCE, WINDOW, AlertStore, BadMute
+from hub.alerts import SILENCE, WINDOW, AlertStore, BadMute, StoreUnavailable
 from hub.config import parse_hub_config
 from hub.engine import INHIBITED, MAINTENANCE, SILENCED, AlertEngine
 from hub.fleet import Fleet, StationView
@@ -1008,3 +1008,48 @@ def test_maintenance_windows_over_the_api(web: tuple[Any, Any]) -> None:
                  400, "bad_body")
     assert_error(api.call("DELETE", "/api/v1/maintenance-windows/mw-missing"), 404,
                  "not_found")
+
+
+# -- the writer behind (a reconnect storm) --------------------------------------------
+
+
+def _writer_held(rig: Rig) -> threading.Event:
+    """The writer busy with an op that waits for the returned event, as behind a
+    storm's backlog; the alert store gives up waiting after 0.2 s."""
+    rig.alerts.flush_timeout = 0.2
+    gate = threading.Event()
+    rig.writer.submit(lambda conn: gate.wait(10))
+    return gate
+
+
+@SQLITE_ONLY
+def test_an_alert_committed_after_its_wait_gave_up_is_still_told(rig: Rig) -> None:
+    st = rig.station().online()
+    rig.run()
+    gate = _writer_held(rig)
+    st.water(0.2)
+    with pytest.raises(StoreUnavailable):
+        rig.run()
+    gate.set()
+    assert rig.writer.flush(10)
+    assert len(rig.alerts_of("water_low")) == 1  # the insert went through after all
+    assert rig.kinds() == []
+    rig.later(5)  # evaluated again soon, not at the next minute's sweep
+    assert rig.kinds("water_low") == ["firing"]  # its own alert, not "open before"
+    assert [a["state"] for a in rig.alerts_of("water_low")] == ["firing"]
+
+
+@SQLITE_ONLY
+def test_a_late_alert_whose_condition_ended_meanwhile_is_resolved_untold(rig: Rig) -> None:
+    st = rig.station().online()
+    rig.run()
+    gate = _writer_held(rig)
+    st.water(0.2)
+    with pytest.raises(StoreUnavailable):
+        rig.run()
+    gate.set()
+    assert rig.writer.flush(10)
+    st.water(0.9)  # refilled before the engine tried again
+    rig.run()
+    assert [a["state"] for a in rig.alerts_of("water_low")] == ["resolved"]
+    assert rig.kinds() == [] and rig.open() == {}
