@@ -599,10 +599,12 @@ def quantile(values: list[float], q: float) -> float:
 
 class Baseline:
     """A bare paho-mqtt 2.x subscriber with the hub's session and subscriptions
-    that only ``json.loads`` each payload (or does ``work(msg)`` instead)."""
+    that only ``json.loads`` each payload (or does ``work(msg)`` instead; or is
+    ``client_class``, such as the hub's own ``BulkClient``, instead of paho's)."""
 
     def __init__(self, port: int, client_id: str = f"bench-baseline-{RUN}",
-                 work: Callable[[mqtt.MQTTMessage], object] | None = None) -> None:
+                 work: Callable[[mqtt.MQTTMessage], object] | None = None,
+                 client_class: type[mqtt.Client] = mqtt.Client) -> None:
         self.port = port
         self.work = work or (lambda msg: json.loads(msg.payload))
         self.count = 0
@@ -611,8 +613,8 @@ class Baseline:
         self.t_last = 0.0
         self.done = threading.Event()
         self.subscribed = threading.Event()
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
-                        clean_session=False, protocol=mqtt.MQTTv311)
+        c = client_class(CallbackAPIVersion.VERSION2, client_id=client_id,
+                         clean_session=False, protocol=mqtt.MQTTv311)
         c.on_connect = self._connected
         c.on_subscribe = lambda *a: self.subscribed.set()
         c.on_message = self._message
