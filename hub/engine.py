@@ -113,9 +113,9 @@ SWEEP_MS = 60_000
 #: later one tick would sweep them all (50 000, seconds of the GIL) — capped,
 #: the sweep spreads itself out, each station's coming a little later.
 SWEEP_SHARE = 30
+SWEEP_AT_LEAST = 50
 #: A station whose alert row was not committed in time is evaluated again after this.
 STORE_RETRY_MS = 5_000
-SWEEP_AT_LEAST = 50
 #: A prediction this close (seconds) to its band is evaluated at every tick: a
 #: forecast can jump when its hourly profile does, not only count down.
 PREDICTION_WATCH_S = 3600

@@ -156,7 +156,8 @@ class _DriverPlan:
     ``conn.execute`` of a Core statement builds each row's parameters through the
     compiled statement's machinery: on the hub's hot path that cost more than the
     database's own work. Only plain statements are planned (every bind a row
-    key, no names escaped); the rest run through ``conn.execute``."""
+    key, no names escaped, no expanding or literal parameters); the rest run
+    through ``conn.execute``."""
 
     __slots__ = ("names", "processors", "sql")
 
@@ -169,8 +170,9 @@ class _DriverPlan:
            sample: dict[str, Any]) -> _DriverPlan | None:
         compiled = statement.compile(dialect=dialect, column_keys=list(sample),
                                      for_executemany=True)
-        if compiled.escaped_bind_names or set(compiled.binds) != set(sample):
-            return None
+        if (compiled.escaped_bind_names or compiled.post_compile_params
+                or compiled.literal_execute_params or set(compiled.binds) != set(sample)):
+            return None  # names or parameters SQLAlchemy rewrites at execute
         processors = {}
         for name, bind in compiled.binds.items():
             process = bind.type.bind_processor(dialect)

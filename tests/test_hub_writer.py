@@ -19,7 +19,7 @@ import sqlalchemy as sa
 
 from hub import schema
 from hub.store import Store
-from hub.writer import Rows, Writer, WriterClosed
+from hub.writer import Rows, Writer, WriterClosed, execute_row
 from tests.harness.procs import wait_until
 
 SID = "yh-chumen-01"
@@ -364,3 +364,24 @@ def test_rows_go_to_the_driver_typed_as_sqlalchemy_would_write_them(store: Store
     assert [tuple(r) for r in rows] == [(0, True, None, None), (1, False, "lost", None),
                                         (2, True, None, None)]
     assert [tuple(t) for t in towns] == [(f"yh-town-{i}", False, 0) for i in range(3)]
+
+
+def test_execute_row_leaves_an_expanding_parameter_to_sqlalchemy(store: Store,
+                                                                 writers) -> None:
+    insert = store.insert_ignore(schema.events)
+    ev = schema.events
+    delete = ev.delete().where(ev.c.seq.in_(sa.bindparam("seqs", expanding=True)))
+    bump = ev.update().where(ev.c.seq == sa.bindparam("b_seq")).values(
+        received_ms=sa.bindparam("b_ms"))
+    counts: list[int] = []
+    writer = writers(store).start()
+    for seq in (1, 2, 3):
+        writer.submit(Rows(insert, event_row(seq)))
+    writer.submit(lambda conn: counts.append(
+        execute_row(conn, delete, {"seqs": [1, 3]}).rowcount))
+    writer.submit(lambda conn: counts.append(
+        execute_row(conn, bump, {"b_seq": 2, "b_ms": 99}).rowcount))
+    assert writer.flush(10) and writer.failed == 0
+    assert counts == [2, 1] and stored(store) == [2]
+    with store.engine.connect() as conn:
+        assert conn.execute(sa.select(ev.c.received_ms)).scalar_one() == 99
