@@ -1013,25 +1013,26 @@ def test_maintenance_windows_over_the_api(web: tuple[Any, Any]) -> None:
 # -- the writer behind (a reconnect storm) --------------------------------------------
 
 
-def _writer_held(rig: Rig) -> threading.Event:
-    """The writer busy with an op that waits for the returned event, as behind a
-    storm's backlog; the alert store gives up waiting after 0.2 s."""
+def _fire_given_up(rig: Rig) -> Station:
+    """Water low while the writer is busy with an op that holds it, as behind a
+    storm's backlog: the alert store gives up waiting after 0.2 s, then the
+    writer goes on and commits the alert's row after all."""
+    st = rig.station().online()
+    rig.run()
     rig.alerts.flush_timeout = 0.2
     gate = threading.Event()
     rig.writer.submit(lambda conn: gate.wait(10))
-    return gate
-
-
-@SQLITE_ONLY
-def test_an_alert_committed_after_its_wait_gave_up_is_still_told(rig: Rig) -> None:
-    st = rig.station().online()
-    rig.run()
-    gate = _writer_held(rig)
     st.water(0.2)
     with pytest.raises(StoreUnavailable):
         rig.run()
     gate.set()
     assert rig.writer.flush(10)
+    return st
+
+
+@SQLITE_ONLY
+def test_an_alert_committed_after_its_wait_gave_up_is_still_told(rig: Rig) -> None:
+    _fire_given_up(rig)
     assert len(rig.alerts_of("water_low")) == 1  # the insert went through after all
     assert rig.kinds() == []
     rig.later(5)  # evaluated again soon, not at the next minute's sweep
@@ -1041,14 +1042,7 @@ def test_an_alert_committed_after_its_wait_gave_up_is_still_told(rig: Rig) -> No
 
 @SQLITE_ONLY
 def test_a_late_alert_whose_condition_ended_meanwhile_is_resolved_untold(rig: Rig) -> None:
-    st = rig.station().online()
-    rig.run()
-    gate = _writer_held(rig)
-    st.water(0.2)
-    with pytest.raises(StoreUnavailable):
-        rig.run()
-    gate.set()
-    assert rig.writer.flush(10)
+    st = _fire_given_up(rig)
     st.water(0.9)  # refilled before the engine tried again
     rig.run()
     assert [a["state"] for a in rig.alerts_of("water_low")] == ["resolved"]
