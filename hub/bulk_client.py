@@ -41,6 +41,9 @@ class BufferedSocket:
 
     def __init__(self, sock) -> None:
         self._sock = sock
+        # TLS: what OpenSSL decrypted and still holds (looked up once: a failing
+        # hasattr per packet costs an exception).
+        self._inner_pending = getattr(sock, "pending", None)
         self._in = b""
         self._pos = 0
         self._out = bytearray()
@@ -58,7 +61,7 @@ class BufferedSocket:
 
     def pending(self) -> int:
         """Bytes read but not yet handed to paho (and, under TLS, the record's)."""
-        inner = self._sock.pending() if hasattr(self._sock, "pending") else 0
+        inner = self._inner_pending() if self._inner_pending is not None else 0
         return len(self._in) - self._pos + inner
 
     def send(self, data) -> int:
