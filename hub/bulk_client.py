@@ -33,6 +33,8 @@ import paho.mqtt.client as mqtt
 CHUNK = 256 * 1024
 #: Packets handled from one read before paho gets to write (PUBACKs) again.
 READ_BUDGET = 1000
+#: On close, how long what is still buffered may wait for room in the socket.
+CLOSE_WAIT_S = 1.0
 
 
 class BufferedSocket:
@@ -86,6 +88,10 @@ class BufferedSocket:
         # broker, or the broker would publish our last will.
         with contextlib.suppress(OSError):
             self.flush()
+            if self._out:  # the socket's own buffer is full: wait a moment for room
+                self._sock.settimeout(CLOSE_WAIT_S)
+                self._sock.sendall(self._out)
+                self._out.clear()
         self._sock.close()
 
     def __getattr__(self, name: str):
