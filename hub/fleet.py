@@ -207,6 +207,9 @@ class Fleet:
         self._pending: deque[Callable[[sa.Connection], Any]] = deque()
         self._drain_lock = threading.Lock()
         self._stations: dict[str, _Station] = {}
+        # The stations that may have marks (events known missing): gaps_due
+        # looks at these every 2 s, not at all 50 000 under the fleet's lock.
+        self._marked: set[str] = set()
         self._replays: OrderedDict[str, _Replay] = OrderedDict()
         self._listening_since: int | None = None
         self._listeners: list[Callable[[str, str, Any, int], None]] = []
@@ -255,6 +258,7 @@ class Fleet:
             st.known_high = max(v.last_seq or 0, s.through, max(s.ahead, default=0))
             if st.known_high > s.through:
                 st.marks.append([st.known_high, now])
+                self._marked.add(v.sid)
         for meta in self.config.stations:
             st = self._station(meta.sid)
             st.view.name, st.view.group = meta.name, meta.group
@@ -602,8 +606,14 @@ class Fleet:
         with self._lock:
             if self._listening_since is None:
                 return due
-            for st in self._stations.values():
+            for sid in sorted(self._marked):
+                st = self._stations.get(sid)
+                if st is None:
+                    self._marked.discard(sid)
+                    continue
                 span = self._gap_due(st, now_ms, grace)
+                if not st.marks:
+                    self._marked.discard(sid)  # nothing missing (any more)
                 if span is None or not st.view.online or now_ms < st.next_replay_ms:
                     continue
                 lo, hi = span
@@ -672,6 +682,7 @@ class Fleet:
             st.marks[-1][0] = seq
         else:
             st.marks.append([seq, now_ms])
+            self._marked.add(v.sid)
 
     def _heard(self, st: _Station, now_ms: int, live: bool) -> None:
         v = st.view

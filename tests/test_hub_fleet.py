@@ -325,6 +325,40 @@ def test_gaps_of_an_offline_station_wait_until_it_is_back(hub, clock):
     assert hub.fleet.gaps_due(clock.ms()) == [(SID, 1, 4)]
 
 
+def test_gaps_are_looked_for_only_at_stations_missing_events(hub, clock, monkeypatch):
+    # gaps_due runs every 2 s under the fleet's lock: at 50 000 stations a pass
+    # over all of them held the ingest up. It looks only where events are missing.
+    sids = [f"yh-town-{i:03d}" for i in range(200)]
+    for n, sid in enumerate(sids):
+        hub.fleet.apply_status(birth(clock, 10, sid=sid, last_seq=1), clock.ms())
+        hub.fleet.apply_event(event(clock, 1, sid=sid), clock.ms())
+        if n in (7, 150):  # these two are told of events 2..4 they never sent
+            hub.fleet.apply_state(state(clock, 11, sid=sid, last_seq=4), clock.ms())
+    # Each birth told of event 1 before it came: a pass forgets the stations
+    # whose missing events have all arrived since.
+    assert hub.fleet.gaps_due(clock.ms()) == []
+    looked: list[str] = []
+    gap_due = type(hub.fleet)._gap_due
+
+    def counting(self, st, now_ms, grace):
+        looked.append(st.view.sid)
+        return gap_due(self, st, now_ms, grace)
+
+    monkeypatch.setattr(type(hub.fleet), "_gap_due", counting)
+    clock.advance(10)
+    assert hub.fleet.gaps_due(clock.ms()) == [(sids[7], 2, 4), (sids[150], 2, 4)]
+    assert sorted(looked) == [sids[7], sids[150]]
+    for seq in (2, 3, 4):
+        hub.fleet.apply_event(event(clock, seq, sid=sids[7]), clock.ms())
+    looked.clear()
+    clock.advance(40)
+    assert hub.fleet.gaps_due(clock.ms()) == [(sids[150], 2, 4)]  # asked again after 30 s
+    looked.clear()
+    clock.advance(40)
+    hub.fleet.gaps_due(clock.ms())
+    assert looked == [sids[150]]  # the filled one is no longer looked at
+
+
 def test_events_the_station_no_longer_has_are_given_up(make, clock, broker):
     client = connect(broker)
     try:
