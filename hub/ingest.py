@@ -18,6 +18,7 @@ and reason, and dropped: it never stops the hub (design principle 7).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import ssl
@@ -144,13 +145,19 @@ class Ingest:
             kind, sid = where.kind, where.sid
             if kind is Kind.HUB_STATUS or kind not in METRIC_KIND:
                 return  # our own status, or a hub → station topic: not ours to take in
-            message = m.decode(kind, msg.payload, topic_sid=sid)
+            payload = msg.payload
+            if kind is Kind.STATE:
+                # Decoded once: parsed, then stored as the text the station sent.
+                with contextlib.suppress(UnicodeDecodeError):  # decode() says why not
+                    payload = payload.decode("utf-8-sig")
+            message = m.decode(kind, payload, topic_sid=sid)
         except (InvalidMessage, TopicError) as err:
             self._invalid(msg.topic, kind, sid, err)
             return
         live = not msg.retain
         try:
-            result = self.apply(kind, message, live, msg.payload)
+            result = self.apply(kind, message, live,
+                                raw=payload if kind is Kind.STATE else None)
         except Exception:
             # A bug must not take the network thread down with it; it is logged
             # with its traceback and the message is not counted as applied.
@@ -159,14 +166,13 @@ class Ingest:
         self.messages.inc(METRIC_KIND[kind], result)
 
     def apply(self, kind: Kind, message: object, live: bool = True,
-              payload: bytes | None = None) -> str:
-        """Apply a decoded ``message`` to the fleet; ``payload``, the bytes it was
-        decoded from, is what a State is stored as (a BOM dropped)."""
+              raw: str | None = None) -> str:
+        """Apply a decoded ``message`` to the fleet; ``raw``, the text a State was
+        decoded from (a BOM dropped), is what it is stored as."""
         now = self._observe(message, live)
         if kind is Kind.STATUS:
             return self.fleet.apply_status(message, now, live)
         if kind is Kind.STATE:
-            raw = payload.decode("utf-8-sig") if payload is not None else None
             return self.fleet.apply_state(message, now, live, raw=raw)
         if kind is Kind.EVENT:
             return self.fleet.apply_event(message, now, live)

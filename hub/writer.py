@@ -93,7 +93,7 @@ class Rows:
         self.key = key
 
     def __call__(self, conn: sa.Connection) -> Any:
-        return conn.execute(self.statement, self.params)
+        return execute_row(conn, self.statement, self.params)
 
 
 def run_ops(conn: sa.Connection, ops: list[Op]) -> None:
@@ -159,11 +159,13 @@ class _DriverPlan:
     key, no names escaped, no expanding or literal parameters); the rest run
     through ``conn.execute``."""
 
-    __slots__ = ("names", "processors", "sql")
+    __slots__ = ("fields", "names", "processors", "sql")
 
     def __init__(self, sql: str, names: tuple[str, ...] | None,
                  processors: dict[str, Callable[[Any], Any]]) -> None:
         self.sql, self.names, self.processors = sql, names, processors
+        # Positional with bind types: each value taken and typed in one pass.
+        self.fields = None if names is None else tuple((n, processors.get(n)) for n in names)
 
     @classmethod
     def of(cls, statement: sa.Executable, dialect: sa.Dialect,
@@ -184,13 +186,15 @@ class _DriverPlan:
     def rows(self, params: list[dict[str, Any]]) -> list:
         """``params`` as the driver takes them: tuples in the statement's order
         (qmark, as sqlite3) or dicts (pyformat, as psycopg), bind types applied."""
-        procs = self.processors
-        if procs:
-            params = [{**p, **{k: f(p[k]) for k, f in procs.items()}} for p in params]
-        names = self.names
+        procs, names = self.processors, self.names
         if names is None:
-            return params
-        return [tuple([p[n] for n in names]) for p in params]
+            if not procs:
+                return params
+            return [{**p, **{k: f(p[k]) for k, f in procs.items()}} for p in params]
+        if not procs:
+            return [tuple([p[n] for n in names]) for p in params]
+        fields = self.fields
+        return [tuple([p[n] if f is None else f(p[n]) for n, f in fields]) for p in params]
 
 
 def _op_name(op: Op) -> str:

@@ -399,7 +399,6 @@ def _reject_constant(name: str) -> None:
 #: One decoder for every payload (``json.loads`` with an option builds a new one
 #: per call: a twentieth of the hub's decoding).
 _DECODER = json.JSONDecoder(parse_constant=_reject_constant)
-_BOM = b"\xef\xbb\xbf"
 
 
 def _loads(payload: bytes | bytearray | memoryview | str) -> dict:
@@ -420,7 +419,7 @@ def _loads(payload: bytes | bytearray | memoryview | str) -> dict:
         if not isinstance(payload, str):
             # Contract §2: UTF-8 (json.loads would also take UTF-16 and -32); a
             # byte-order mark is tolerated, as json.loads does.
-            payload = bytes(payload[3:] if payload[:3] == _BOM else payload).decode("utf-8")
+            payload = payload.decode("utf-8-sig")
         obj = _DECODER.decode(payload)
     except (ValueError, RecursionError) as err:  # JSONDecodeError and bad UTF-8 are ValueErrors
         raise InvalidMessage("", f"not valid UTF-8 JSON: {err}") from err
