@@ -5,21 +5,29 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
+
+import msgspec
 
 from protocol._fields import (
     NULLABLE,
     OPT,
     RIDER_FORM,
     VERSION,
+    Count,
+    Epoch,
+    Sid,
+    Version,
     env_dict,
     envelope,
     read_int,
     read_num,
     read_obj,
     read_str,
+    sid_ok,
 )
 from protocol._state import DISPENSER_FAULTS, LEVEL_STATES, SLOT_FAULTS
+from protocol.errors import InvalidMessage
 from protocol.ids import RIDER_RE
 from protocol.topics import Kind
 
@@ -132,3 +140,35 @@ class Event:
         for key, check in _EVENT_SPECS.get(etype, ()):
             check(data, key, "data.")
         return cls(sid, epoch, ts, synced, seq, etype, data)
+
+    @classmethod
+    def from_json(cls, text: str, topic_sid: str | None = None) -> Event | None:
+        """The Event msgspec reads from ``text`` (its data checked as above), or
+        None when it refuses: then :meth:`from_dict` judges, and says why."""
+        try:
+            w = _EVENT_WIRE.decode(text)
+        except (msgspec.MsgspecError, RecursionError):
+            return None
+        if not sid_ok(w.sid, topic_sid):
+            return None
+        data = {} if w.data is None else w.data
+        try:
+            for key, check in _EVENT_SPECS.get(w.type, ()):
+                check(data, key, "data.")
+        except InvalidMessage:
+            return None
+        return cls(w.sid, w.epoch, w.ts, w.synced, w.seq, w.type, data)
+
+
+class _EventWire(msgspec.Struct):
+    v: Version
+    sid: Sid
+    epoch: Epoch
+    ts: Count
+    synced: bool
+    seq: Annotated[int, msgspec.Meta(ge=1)]
+    type: Annotated[str, msgspec.Meta(pattern=_EVENT_TYPE_RE.pattern)]
+    data: dict[str, Any] | None = None
+
+
+_EVENT_WIRE = msgspec.json.Decoder(_EventWire)

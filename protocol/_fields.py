@@ -11,13 +11,28 @@ from __future__ import annotations
 
 import re
 from collections.abc import Collection
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from msgspec import Meta
 
 from protocol.errors import InvalidMessage
 from protocol.ids import EPOCH_RE, RESERVED_SIDS, SID_RE
 
 REQ, NULLABLE, OPT = 0, 1, 2
 VERSION = 1
+
+# The same rules as types, for msgspec's reading of a payload (``from_json`` of
+# each message): what these readers check, those types check in C. A JSON number
+# too large for a float is "out of range" to msgspec, so ``float`` is finite here.
+Version = Literal[1]
+Count = Annotated[int, Meta(ge=0)]
+SlotNo = Annotated[int, Meta(ge=1)]
+Percent = Annotated[int, Meta(ge=0, le=100)]
+Num = int | float
+Fraction = Annotated[int, Meta(ge=0, le=1)] | Annotated[float, Meta(ge=0.0, le=1.0)]
+NonEmpty = Annotated[str, Meta(min_length=1)]
+Sid = Annotated[str, Meta(pattern=SID_RE.pattern)]
+Epoch = Annotated[str, Meta(pattern=EPOCH_RE.pattern)]
 
 SID_FORM = "a station id (a-z, 0-9, '-', 1-32 chars)"
 EPOCH_FORM = "8 to 32 lowercase hex chars"
@@ -173,6 +188,11 @@ def envelope(d: dict, topic_sid: str | None) -> tuple[str, str, int, bool]:
     ts = read_int(d, "ts", "", lo=0)
     synced = read_bool(d, "synced", "")
     return sid, epoch, ts, synced
+
+
+def sid_ok(sid: str, topic_sid: str | None) -> bool:
+    """The rules of :func:`check_sid` that no type says: reserved, the topic's own."""
+    return sid not in RESERVED_SIDS and (topic_sid is None or sid == topic_sid)
 
 
 def env_dict(m: Any) -> dict[str, Any]:

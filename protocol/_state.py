@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, get_args
+
+import msgspec
 
 from protocol._fields import (
     NULLABLE,
     OPT,
     VERSION,
+    Count,
+    Epoch,
+    Fraction,
+    NonEmpty,
+    Num,
+    Percent,
+    Sid,
+    SlotNo,
+    Version,
     env_dict,
     envelope,
     read_bool,
@@ -17,28 +28,33 @@ from protocol._fields import (
     read_num,
     read_obj,
     read_str,
+    sid_ok,
     type_name,
 )
 from protocol.errors import InvalidMessage
 from protocol.topics import Kind
 
-SLOT_FAULTS = frozenset({"lock_jammed", "charger_fault", "sensor_fault", "overheat", "comm"})
-DISPENSER_FAULTS = frozenset({"sensor", "heater", "overtemp", "dry_boil"})
-LEVEL_STATES = frozenset({"ok", "low", "empty", "unknown"})
+SlotFault = Literal["lock_jammed", "charger_fault", "sensor_fault", "overheat", "comm"]
+DispenserFault = Literal["sensor", "heater", "overtemp", "dry_boil"]
+LevelState = Literal["ok", "low", "empty", "unknown"]
+SLOT_FAULTS = frozenset(get_args(SlotFault))
+DISPENSER_FAULTS = frozenset(get_args(DispenserFault))
+LEVEL_STATES = frozenset(get_args(LevelState))
 
 
 @dataclass(frozen=True, slots=True)
 class Slot:
     """One locker slot; ``bank`` is None when the slot is empty."""
 
-    slot: int
-    bank: str | None
-    charge: int | None
+    # The field types are also the wire rules msgspec checks (State.from_json).
+    slot: SlotNo
+    bank: NonEmpty | None
+    charge: Percent | None
     charging: bool
     locked: bool
-    fault: str | None
-    temp_c: int | float | None
-    cycles: int | None
+    fault: SlotFault | None
+    temp_c: Num | None
+    cycles: Count | None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -94,7 +110,7 @@ class Lockers:
     slots are the last known."""
 
     online: bool
-    slots: tuple[Slot, ...] = ()
+    slots: tuple[Slot, ...]
 
     def to_dict(self) -> dict[str, Any]:
         return {"online": self.online, "slots": [s.to_dict() for s in self.slots]}
@@ -120,13 +136,13 @@ class Dispenser:
     """The hot-water dispenser; ``level`` is a 0..1 fraction or None (float switches only)."""
 
     online: bool
-    level: float | None
-    level_state: str
-    temp_c: float | None
+    level: Fraction | None
+    level_state: LevelState
+    temp_c: Num | None
     heater: bool
     heater_lockout: bool
-    fault: str | None
-    dispensed_ml: int | None
+    fault: DispenserFault | None
+    dispensed_ml: Count | None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -158,13 +174,13 @@ class Dispenser:
 class Health:
     """The Pi's own health; every field is optional and omitted when None."""
 
-    cpu_temp_c: float | None = None
+    cpu_temp_c: Num | None = None
     undervoltage: bool | None = None
     throttled: bool | None = None
-    disk_free_mb: int | None = None
-    uptime_s: int | None = None
-    outbox: int | None = None
-    kiosk: str | None = None
+    disk_free_mb: Count | None = None
+    uptime_s: Count | None = None
+    outbox: Count | None = None
+    kiosk: NonEmpty | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__slots__ if getattr(self, k) is not None}
@@ -186,9 +202,9 @@ class Health:
 class Counters:
     """Cumulative per epoch."""
 
-    visits: int = 0
-    borrows: int = 0
-    returns: int = 0
+    visits: Count
+    borrows: Count
+    returns: Count
 
     def to_dict(self) -> dict[str, Any]:
         return {"visits": self.visits, "borrows": self.borrows, "returns": self.returns}
@@ -269,3 +285,36 @@ class State:
             health=None if health is None else Health.from_dict(health, "health."),
             counters=None if counters is None else Counters.from_dict(counters, "counters."),
         )
+
+    @classmethod
+    def from_json(cls, text: str, topic_sid: str | None = None) -> State | None:
+        """The State msgspec reads from ``text``, or None when it refuses: then
+        :meth:`from_dict` judges, and says why (a tenth of its time)."""
+        try:
+            w = _STATE_WIRE.decode(text)
+        except (msgspec.MsgspecError, RecursionError):
+            return None
+        if not sid_ok(w.sid, topic_sid):
+            return None
+        return cls(w.sid, w.epoch, w.ts, w.synced, w.rev, w.last_seq, w.lockers, w.dispenser,
+                   w.doors, w.health, w.counters)
+
+
+class _StateWire(msgspec.Struct):
+    """A State as msgspec reads it: required ``v``, the sections as above."""
+
+    v: Version
+    sid: Sid
+    epoch: Epoch
+    ts: Count
+    synced: bool
+    rev: Count
+    last_seq: Count
+    lockers: Lockers | None = None
+    dispenser: Dispenser | None = None
+    doors: dict[NonEmpty, bool] | None = None
+    health: Health | None = None
+    counters: Counters | None = None
+
+
+_STATE_WIRE = msgspec.json.Decoder(_StateWire)
