@@ -9,6 +9,8 @@ reaches the broker (so no last will is published), even from a full socket.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import socket
 import threading
 import uuid
@@ -96,6 +98,109 @@ def test_close_waits_a_moment_for_room_in_a_full_socket(pair) -> None:
     sock.close()  # the rest goes out while the peer reads
     reader.join(10)
     assert bytes(received) == data
+
+
+def _publish(topic: bytes, payload: bytes, qos: int, mid: int = 0, retain: bool = False,
+             dup: bool = False) -> bytes:
+    """One PUBLISH packet as a broker sends it (MQTT 3.1.1)."""
+    body = len(topic).to_bytes(2, "big") + topic
+    body += mid.to_bytes(2, "big") if qos else b""
+    body += payload
+    n, length = len(body), bytearray()
+    while True:  # the remaining length, 7 bits a byte
+        n, byte = n >> 7, n & 127
+        length.append(byte | (128 if n else 0))
+        if not n:
+            break
+    return bytes([0x30 | dup << 3 | qos << 1 | retain]) + bytes(length) + body
+
+
+def test_take_publish_takes_only_a_whole_publish_of_qos_0_or_1(pair) -> None:
+    a, b = pair
+    sock = BufferedSocket(b)
+    big = _publish(b"yizhan/v1/yh-01/state", b"x" * 20_000, 1, mid=7)  # 3 length bytes
+    qos2 = _publish(b"t", b"two", 2, mid=8)
+    ping = b"\xd0\x00"  # PINGRESP
+    a.sendall(_publish(b"t", b"zero", 0, retain=True) + big + qos2 + ping)
+    assert sock.recv(0) == b""  # fills the buffer
+    assert sock.take_publish() == (0x31, b"\x00\x01tzero")
+    command, body = sock.take_publish()
+    assert command == 0x32 and body == big[4:]
+    assert sock.take_publish() is None  # QoS 2: paho's own reading
+    assert sock.recv(len(qos2)) == qos2
+    assert sock.take_publish() is None  # not a PUBLISH
+    assert sock.recv(2) == ping
+    a.sendall(big[:100])
+    assert sock.recv(0) == b""
+    assert sock.take_publish() is None and sock.pending() == 100  # not all here: nothing taken
+    a.sendall(b"\x32\xff\xff\xff\xff\x01")  # a remaining length of five bytes
+    assert sock.recv(100) == big[:100] and sock.recv(0) == b""
+    assert sock.take_publish() is None and sock.pending() == 6
+
+
+# Packets as a broker may send them, and how they may be split across reads.
+_STREAM = [
+    _publish(b"yizhan/v1/yh-01/status", b'{"state":"online"}', 1, mid=1, retain=True),
+    _publish(b"yizhan/v1/yh-01/event", "事件".encode() * 100, 1, mid=2),
+    _publish(b"yizhan/v1/yh-01/state", b"s" * 300, 0),
+    _publish(b"yizhan/v1/yh-02/event", b"{}", 1, mid=65535, dup=True),
+    _publish(b"yizhan/v1/yh-02/state", b"", 1, mid=4),
+    _publish(b"t/\xff", b"bad utf-8 topic", 1, mid=5),
+    _publish(b"yizhan/v1/yh-03/event", b"x" * 20_000, 1, mid=6),
+]
+
+
+def _read_as(client: mqtt.Client, sock: socket.socket, peer: socket.socket,
+             stream: bytes, cuts: list[int]) -> tuple[list[tuple], bytes]:
+    """Feed ``stream`` to ``client`` in pieces cut at ``cuts``: what on_message saw,
+    and what the client wrote back."""
+    seen: list[tuple] = []
+    client.on_message = lambda c, u, msg: seen.append(
+        (msg._topic, msg.payload, msg.qos, msg.retain, msg.dup, msg.mid))
+    client._sock = BufferedSocket(sock) if isinstance(client, BulkClient) else sock
+    client._thread = threading.current_thread()  # PUBACKs wait for loop_write, as in the hub
+    sock.setblocking(False)
+    edges = [0, *cuts, len(stream)]
+    for lo, hi in itertools.pairwise(edges):
+        peer.sendall(stream[lo:hi])  # a socket pair: readable at once
+        for _ in range(len(_STREAM) + 1):  # bare paho reads a packet a call
+            assert client.loop_read() == mqtt.MQTT_ERR_SUCCESS
+        client.loop_write()
+    peer.setblocking(False)
+    written = b""
+    with contextlib.suppress(BlockingIOError):
+        written = peer.recv(1 << 16)
+    client._sock = None
+    return seen, written
+
+
+@pytest.mark.parametrize("cuts", [[], [3], [60], [1, 2, 700, 21_000], list(range(1, 400, 7))],
+                         ids=["whole", "in-the-length", "in-a-body", "here-and-there", "dribbled"])
+def test_publishes_read_and_acknowledged_as_paho_does(cuts) -> None:
+    stream = b"".join(_STREAM)
+    results = []
+    for cls in (mqtt.Client, BulkClient):
+        a, b = socket.socketpair()
+        try:
+            client = cls(CallbackAPIVersion.VERSION2, client_id="c", protocol=mqtt.MQTTv311)
+            results.append(_read_as(client, b, a, stream, cuts))
+        finally:
+            a.close()
+            b.close()
+    (paho_seen, paho_wrote), (bulk_seen, bulk_wrote) = results
+    assert len(bulk_seen) == len(_STREAM) and bulk_seen == paho_seen
+    # QoS 1 PUBACKs, each once and in the order of their PUBLISHes (MQTT 3.1.1 §4.6).
+    assert bulk_wrote == paho_wrote == b"".join(
+        b"\x40\x02" + mid.to_bytes(2, "big") for mid in (1, 2, 65535, 4, 5, 6))
+
+
+def test_a_publish_without_a_topic_is_a_protocol_error_as_in_paho(pair) -> None:
+    a, b = pair
+    client = BulkClient(CallbackAPIVersion.VERSION2, client_id="c", protocol=mqtt.MQTTv311)
+    client._sock = BufferedSocket(b)
+    a.sendall(_publish(b"", b"payload", 1, mid=1))
+    assert client._packet_read() == mqtt.MQTT_ERR_PROTOCOL
+    client._sock = None
 
 
 def _client(client_id: str) -> BulkClient:
