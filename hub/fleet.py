@@ -43,7 +43,7 @@ import sqlalchemy as sa
 from hub.config import HubConfig
 from hub.loans import Loans
 from hub.schema import events, station_state, stations, status_log
-from hub.writer import Rows, execute_row
+from hub.writer import Guarded, Rows
 from protocol import messages as m
 from yizhan.clock import Clock
 
@@ -476,18 +476,11 @@ class Fleet:
         row = {"sid": event.sid, "epoch": event.epoch, "seq": event.seq, "type": event.type,
                "ts": event.ts, "synced": event.synced, "received_ms": now_ms, "at_ms": at_ms,
                "data": _data_json(event.data).decode()}
-        insert = self._insert_event
         if not effects:
-            self._submit(Rows(insert, row))  # batched with its neighbours
-            return APPLIED
-
-        def store_event(conn: sa.Connection) -> None:
-            if execute_row(conn, insert, row).rowcount != 1:
-                return  # stored before (a replay after a crash): caused nothing twice
-            for effect in effects:
-                effect(conn)
-
-        self._submit(store_event)
+            self._submit(Rows(self._insert_event, row))  # batched with its neighbours
+        else:
+            # Stored before (a replay after a crash), it causes nothing twice.
+            self._submit(Guarded(self._insert_event, row, effects))
         return APPLIED
 
     def _effects(self, st: _Station, event: m.Event, at_ms: int, now_ms: int,

@@ -31,6 +31,7 @@ inserts that must not double (events, loans) use ``store.insert_ignore``.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import sqlite3
 import threading
@@ -96,20 +97,115 @@ class Rows:
         return execute_row(conn, self.statement, self.params)
 
 
+class Guarded:
+    """An op that inserts one row with ``statement`` — an insert that skips a
+    conflicting row (``store.insert_ignore``) — and, only when the row was new,
+    runs the ops ``then`` in the same transaction: what storing an event causes
+    is caused once, however often the event comes.
+
+    >>> writer.submit(Guarded(store.insert_ignore(events), row, [open_loan]))
+
+    The ``Guarded`` ops of a batch between two ops of other kinds run after the
+    ``Rows`` among them: first their inserts (on PostgreSQL one pipelined
+    ``executemany`` a statement, not a round trip each), then the ``then`` ops
+    of the new rows in order (on PostgreSQL pipelined: nothing waits for their
+    results). So a ``then`` op must commute with ``Rows`` ops — write no table a
+    ``Rows`` statement writes — and must not read what its statements return.
+    """
+
+    __slots__ = ("params", "statement", "then")
+
+    def __init__(self, statement: sa.Executable, params: dict[str, Any],
+                 then: list[Op]) -> None:
+        self.statement = statement
+        self.params = params
+        self.then = then
+
+    def __call__(self, conn: sa.Connection) -> None:
+        _run_guarded(conn, [self])
+
+
 def run_ops(conn: sa.Connection, ops: list[Op]) -> None:
     """Run ``ops`` on ``conn`` in order, each run of ``Rows`` as one executemany
-    per statement."""
+    per statement, the ``Guarded`` among them after (see ``Guarded``)."""
     run: dict[sa.Executable, list[Rows]] = {}
+    guarded: list[Guarded] = []
     for op in ops:
-        if type(op) is Rows:
+        kind = type(op)
+        if kind is Rows:
             run.setdefault(op.statement, []).append(op)
+            continue
+        if kind is Guarded:
+            guarded.append(op)
             continue
         if run:
             _execute_rows(conn, run)
             run = {}
+        if guarded:
+            _run_guarded(conn, guarded)
+            guarded = []
         op(conn)
     if run:
         _execute_rows(conn, run)
+    if guarded:
+        _run_guarded(conn, guarded)
+
+
+def _run_guarded(conn: sa.Connection, guarded: list[Guarded]) -> None:
+    new = _insert_guarded(conn, guarded)
+    then = [op for g, is_new in zip(guarded, new, strict=True) if is_new for op in g.then]
+    if not then:
+        return
+    raw = _psycopg(conn)
+    if raw is None:
+        for op in then:
+            op(conn)
+        return
+    with _dbapi_errors(conn), raw.pipeline():
+        for op in then:
+            op(conn)
+
+
+def _insert_guarded(conn: sa.Connection, guarded: list[Guarded]) -> list[bool]:
+    """Insert each op's row; whether it was new, in the ops' order."""
+    raw = _psycopg(conn)
+    if raw is None:  # SQLite: in the process, a statement costs no round trip
+        return [execute_row(conn, g.statement, g.params).rowcount == 1 for g in guarded]
+    new = [False] * len(guarded)
+    shapes: dict[tuple, list[int]] = {}
+    for i, g in enumerate(guarded):
+        shapes.setdefault((g.statement, tuple(g.params)), []).append(i)
+    for (statement, _keys), idx in shapes.items():
+        params = [guarded[i].params for i in idx]
+        plan = _plan(conn, statement, params[0])
+        if plan is None:
+            for i in idx:
+                new[i] = conn.execute(statement, guarded[i].params).rowcount == 1
+            continue
+        with _dbapi_errors(conn, plan.sql), raw.cursor() as cur:
+            # One result a row, each with its own rowcount (psycopg >= 3.1).
+            cur.executemany(plan.sql, plan.rows(params), returning=True)
+            for i in idx:
+                new[i] = cur.rowcount == 1
+                cur.nextset()
+    return new
+
+
+def _psycopg(conn: sa.Connection) -> Any:
+    """The psycopg connection under ``conn``, or None on another driver."""
+    return conn.connection.dbapi_connection if conn.dialect.driver == "psycopg" else None
+
+
+@contextlib.contextmanager
+def _dbapi_errors(conn: sa.Connection, statement: str = "(pipeline)"):
+    """The driver's errors as SQLAlchemy's, as ``conn.execute`` raises them: the
+    writer tells a database in trouble from a failing op by those."""
+    dbapi_error = conn.dialect.loaded_dbapi.Error
+    try:
+        yield
+    except dbapi_error as err:
+        raise sa.exc.DBAPIError.instance(statement, None, err, dbapi_error,
+                                         dialect=conn.dialect) from err
 
 
 def execute_row(conn: sa.Connection, statement: sa.Executable,
@@ -198,9 +294,9 @@ class _DriverPlan:
 
 
 def _op_name(op: Op) -> str:
-    if type(op) is Rows:
+    if type(op) is Rows or type(op) is Guarded:
         table = getattr(op.statement, "table", None)
-        return f"Rows({getattr(table, 'name', type(op.statement).__name__)})"
+        return f"{type(op).__name__}({getattr(table, 'name', type(op.statement).__name__)})"
     return getattr(op, "__qualname__", None) or type(op).__qualname__
 
 

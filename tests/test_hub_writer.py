@@ -14,12 +14,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
+import psycopg
 import pytest
 import sqlalchemy as sa
 
 from hub import schema
 from hub.store import Store
-from hub.writer import Rows, Writer, WriterClosed, execute_row
+from hub.writer import Guarded, Rows, Writer, WriterClosed, execute_row
 from tests.harness.procs import wait_until
 
 SID = "yh-chumen-01"
@@ -385,3 +386,114 @@ def test_execute_row_leaves_an_expanding_parameter_to_sqlalchemy(store: Store,
     assert counts == [2, 1] and stored(store) == [2]
     with store.engine.connect() as conn:
         assert conn.execute(sa.select(ev.c.received_ms)).scalar_one() == 99
+
+
+# -- Guarded: a row, and what it causes only when it is new ------------------------------
+
+
+def _log(store: Store, seq: int, sid: str | None = SID) -> Callable[[sa.Connection], None]:
+    """A ``then`` op: a status_log row at ``seq`` (a table no ``Rows`` here writes)."""
+    def log_it(conn: sa.Connection) -> None:
+        execute_row(conn, schema.status_log.insert(),
+                    {"sid": sid, "at_ms": seq, "online": True, "reason": "heard",
+                     "epoch": EPOCH, "birth": 1})
+    return log_it
+
+
+def logged(store: Store) -> list[int]:
+    with store.engine.connect() as conn:
+        return sorted(conn.execute(sa.select(schema.status_log.c.at_ms)).scalars())
+
+
+def test_a_guarded_rows_then_runs_only_when_the_row_is_new(store: Store, writers) -> None:
+    insert = store.insert_ignore(schema.events)
+    writer = writers(store)
+    counted: list[int] = []
+    with store.engine.begin() as conn:
+        execute_row(conn, insert, event_row(4))  # stored before: a replay after a crash
+    for seq in (1, 2, 3, 4, 5, 3):  # 3 twice in one batch, 4 already stored
+        writer.submit(Guarded(insert, event_row(seq), [_log(store, seq), _log(store, -seq)]))
+        writer.submit(Rows(insert, event_row(100 + seq)))
+    # An op of another kind sees what the Guarded before it caused.
+    writer.submit(lambda conn: counted.append(
+        conn.execute(sa.select(sa.func.count()).select_from(schema.status_log)).scalar_one()))
+    writer.start()
+    assert writer.flush(10)
+    writer.submit(Guarded(insert, event_row(2), [_log(store, 2)]))  # again, a later batch
+    writer.submit(Guarded(insert, event_row(6), [_log(store, 6)]))
+    assert writer.flush(10)
+    assert stored(store) == [1, 2, 3, 4, 5, 6, 101, 102, 103, 104, 105]
+    assert logged(store) == [-5, -3, -2, -1, 1, 2, 3, 5, 6]
+    assert counted == [8] and writer.failed == 0
+
+
+def test_a_failing_then_costs_only_its_own_op(store: Store, writers, caplog) -> None:
+    insert = store.insert_ignore(schema.events)
+    writer = writers(store)
+    for seq in (1, 2, 3):
+        # seq 2's then breaks a NOT NULL: on PostgreSQL it shows only when the
+        # pipeline is read, after the other ops' statements were sent.
+        then = [_log(store, seq, sid=None if seq == 2 else SID), _log(store, -seq)]
+        writer.submit(Guarded(insert, event_row(seq), then))
+    with caplog.at_level(logging.ERROR, logger="hub.writer"):
+        writer.start()
+        assert writer.flush(10)
+    assert stored(store) == [1, 3] and logged(store) == [-3, -1, 1, 3]
+    assert writer.failed == 1 and list(writer.failures) == ["Guarded(events): IntegrityError"]
+
+
+@pytest.mark.postgres
+def test_a_killed_postgresql_connection_under_guarded_ops_is_retried(pg_server, pg_url: str,
+                                                                     writers) -> None:
+    store = Store(pg_url)
+    insert = store.insert_ignore(schema.events)
+    writer = writers(store, backoff=(0.02, 0.2))
+    pids: list[int] = []
+    killed: list[int] = []
+
+    def note_pid(conn: sa.Connection) -> None:
+        pids.append(conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one())
+
+    def kill(conn: sa.Connection) -> None:
+        if not killed:  # the server ends this transaction's connection, mid-pipeline
+            killed.append(pg_server.terminate(pg_url, pid=pids[-1]))
+
+    try:
+        writer.submit(note_pid)
+        for seq in range(1, 21):
+            then = [_log(store, seq)] + ([kill] if seq == 10 else [])
+            writer.submit(Guarded(insert, event_row(seq), then))
+        writer.start()
+        assert writer.flush(10)
+        assert killed == [1] and writer.retries >= 1 and writer.failed == 0
+        assert stored(store) == list(range(1, 21)) and logged(store) == list(range(1, 21))
+    finally:
+        writer.close()
+        store.close()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("locked", ["events", "status_log"])
+def test_a_lock_timeout_in_guarded_ops_is_retried(pg_url: str, writers, locked: str) -> None:
+    """A server error that says "try again" is read from psycopg's pipeline, not
+    raised by SQLAlchemy: it must still reach the writer as SQLAlchemy's
+    OperationalError, or the ops would be dropped as bad."""
+    store = Store(pg_url)
+    insert = store.insert_ignore(schema.events)
+    writer = writers(store, backoff=(0.05, 0.2))
+    holder = psycopg.connect(pg_url)
+    try:
+        holder.execute(f"LOCK TABLE {locked} IN ACCESS EXCLUSIVE MODE")  # until rollback
+        writer.submit(lambda conn: conn.exec_driver_sql("SET LOCAL lock_timeout = '50ms'"))
+        for seq in range(1, 11):
+            writer.submit(Guarded(insert, event_row(seq), [_log(store, seq)]))
+        writer.start()
+        wait_until(lambda: writer.retries >= 1, 10, "the writer to meet the lock")
+        holder.rollback()
+        assert writer.flush(10)
+        assert writer.failed == 0
+        assert stored(store) == list(range(1, 11)) and logged(store) == list(range(1, 11))
+    finally:
+        holder.close()
+        writer.close()
+        store.close()
