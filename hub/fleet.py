@@ -43,7 +43,7 @@ import sqlalchemy as sa
 from hub.config import HubConfig
 from hub.loans import Loans
 from hub.schema import events, station_state, stations, status_log
-from hub.writer import Guarded, Rows
+from hub.writer import Commuting, Guarded, Rows
 from protocol import messages as m
 from yizhan.clock import Clock
 
@@ -719,7 +719,9 @@ class Fleet:
         if into is not None:
             into.append(mark)
         else:
-            self._submit(mark)
+            # Writes nothing itself (the ledger submits its point): the Rows
+            # around it stay one executemany.
+            self._submit(Commuting(mark))
 
     def _log_status(self, st: _Station, at_ms: int, reason: str) -> None:
         v = st.view

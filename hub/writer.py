@@ -105,12 +105,10 @@ class Guarded:
 
     >>> writer.submit(Guarded(store.insert_ignore(events), row, [open_loan]))
 
-    The ``Guarded`` ops of a batch between two ops of other kinds run after the
-    ``Rows`` among them: first their inserts (on PostgreSQL one pipelined
-    ``executemany`` a statement, not a round trip each), then the ``then`` ops
-    of the new rows in order (on PostgreSQL pipelined: nothing waits for their
-    results). So a ``then`` op must commute with ``Rows`` ops — write no table a
-    ``Rows`` statement writes — and must not read what its statements return.
+    The ``then`` ops are run as :class:`Commuting` ops are, so they must keep
+    the same rules. The inserts of a stretch's ``Guarded`` ops go first, as one
+    ``executemany`` a statement (on PostgreSQL pipelined, each row's rowcount
+    read from it: not a round trip a row).
     """
 
     __slots__ = ("params", "statement", "then")
@@ -122,47 +120,78 @@ class Guarded:
         self.then = then
 
     def __call__(self, conn: sa.Connection) -> None:
-        _run_guarded(conn, [self])
+        _run_after(conn, [self])
+
+
+class Commuting:
+    """``op`` declared to commute with ``Rows`` ops: it writes no table a ``Rows``
+    statement writes and reads nothing one writes.
+
+    A batch runs as stretches between its ops of other kinds: first the stretch's
+    ``Rows`` (one executemany a statement), then its ``Commuting`` ops and the
+    ``then`` ops of its new ``Guarded`` rows, in the order submitted — on
+    PostgreSQL inside one psycopg pipeline, so nothing waits for their results:
+    they must not read what their statements return. An op of any other kind
+    runs where it was submitted and sees everything before it.
+
+    >>> writer.submit(Commuting(lambda conn: ledger.mark(sid, "station", "up", at_ms)))
+    """
+
+    __slots__ = ("op",)
+
+    def __init__(self, op: Op) -> None:
+        self.op = op
+
+    def __call__(self, conn: sa.Connection) -> Any:
+        return self.op(conn)
+
+
+_AFTER = (Guarded, Commuting)
 
 
 def run_ops(conn: sa.Connection, ops: list[Op]) -> None:
-    """Run ``ops`` on ``conn`` in order, each run of ``Rows`` as one executemany
-    per statement, the ``Guarded`` among them after (see ``Guarded``)."""
+    """Run ``ops`` on ``conn`` in stretches (see ``Commuting``)."""
     run: dict[sa.Executable, list[Rows]] = {}
-    guarded: list[Guarded] = []
+    after: list[Guarded | Commuting] = []
     for op in ops:
         kind = type(op)
         if kind is Rows:
             run.setdefault(op.statement, []).append(op)
             continue
-        if kind is Guarded:
-            guarded.append(op)
+        if kind in _AFTER:
+            after.append(op)
             continue
         if run:
             _execute_rows(conn, run)
             run = {}
-        if guarded:
-            _run_guarded(conn, guarded)
-            guarded = []
+        if after:
+            _run_after(conn, after)
+            after = []
         op(conn)
     if run:
         _execute_rows(conn, run)
-    if guarded:
-        _run_guarded(conn, guarded)
+    if after:
+        _run_after(conn, after)
 
 
-def _run_guarded(conn: sa.Connection, guarded: list[Guarded]) -> None:
-    new = _insert_guarded(conn, guarded)
-    then = [op for g, is_new in zip(guarded, new, strict=True) if is_new for op in g.then]
-    if not then:
+def _run_after(conn: sa.Connection, after: list[Guarded | Commuting]) -> None:
+    guarded = [op for op in after if type(op) is Guarded]
+    new = iter(_insert_guarded(conn, guarded) if guarded else ())
+    ops: list[Op] = []
+    for op in after:
+        if type(op) is Commuting:
+            ops.append(op.op)
+        elif next(new):
+            ops.extend(op.then)
+    if not ops:
         return
     raw = _psycopg(conn)
     if raw is None:
-        for op in then:
+        for op in ops:
             op(conn)
         return
     with _dbapi_errors(conn), raw.pipeline():
-        for op in then:
+        for op in ops:
             op(conn)
 
 
@@ -294,6 +323,8 @@ class _DriverPlan:
 
 
 def _op_name(op: Op) -> str:
+    if type(op) is Commuting:
+        return f"Commuting({_op_name(op.op)})"
     if type(op) is Rows or type(op) is Guarded:
         table = getattr(op.statement, "table", None)
         return f"{type(op).__name__}({getattr(table, 'name', type(op.statement).__name__)})"
