@@ -4,7 +4,8 @@ fleet, and how long it takes to absorb a reconnect storm.
 Everything runs against a private Mosquitto whose configuration raises
 ``max_queued_messages`` to 1 000 000 (and ``max_inflight_messages`` to 1 000),
 so the broker never drops what a consumer has not taken yet. The hub runs in
-this process (``Hub`` built from a configuration dict, SQLite in a temp dir),
+this process (``Hub`` built from a configuration dict, SQLite in a temp dir;
+``--fleet-store pg`` puts phases 2 and 3 on a fresh PostgreSQL database),
 so its counters can be read directly; stations are simulated by publisher
 processes (this same file, ``--worker``) that send real contract payloads built
 with ``protocol.messages``.
@@ -995,6 +996,8 @@ def main() -> int:
     p.add_argument("--pg", default=os.environ.get("YIZHAN_TEST_PG", PG_DEFAULT),
                    help="PostgreSQL server to create the run's database on")
     p.add_argument("--skip", default="", help="comma list of: ratio,pg,fleet")
+    p.add_argument("--fleet-store", choices=("sqlite", "pg"), default="sqlite",
+                   help="the store of the fleet and storm phases (SQLite)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
@@ -1021,13 +1024,21 @@ def main() -> int:
     started = time.monotonic()
     rss0 = rss_mb()[0]
     res: dict = {}
+    stack = contextlib.ExitStack()  # the fleet's PostgreSQL database, dropped at the end
     try:
         if "fleet" not in skip:
             # Fleet and storms first, on one hub, so that VmHWM is that hub's.
             broker, port = start_mosquitto(work / "broker-fleet")
             import hub.service  # noqa: F401  (imports done before the baseline RSS)
             rss0 = rss_mb()[0]
-            h = HubUnderTest(port, f"sqlite:///{work / 'fleet.db'}")
+            fleet_db = contextlib.nullcontext((f"sqlite:///{work / 'fleet.db'}", None))
+            if args.fleet_store == "pg":
+                fleet_db = pg_database(args.pg)
+            url, why = stack.enter_context(fleet_db)
+            if url is None:
+                raise RuntimeError(f"no PostgreSQL for the fleet: {why}")
+            res["fleet_store"] = "PostgreSQL" if args.fleet_store == "pg" else "SQLite"
+            h = HubUnderTest(port, url)
             h.broker_dir = work / "broker-fleet"
             h.start()
             seqs = work / "seqs.json"
@@ -1064,6 +1075,7 @@ def main() -> int:
     finally:
         for proc in list(PROCS):
             stop(proc, 5)
+        stack.close()
         shutil.rmtree(work, ignore_errors=True)
     report(res, rss0, quick, time.monotonic() - started)
     return 0
@@ -1116,7 +1128,8 @@ def report(res: dict, rss0: float, quick: bool, elapsed: float) -> None:
               f"{spread(r['base'])}) | ≥ 0.6 | {verdict(ratio >= 0.6)} |")
     f = res.get("fleet")
     if f:
-        print(f"| fleet of {fmt_int(f['stations'])} stations, {f['seconds']:.0f} s, "
+        print(f"| fleet of {fmt_int(f['stations'])} stations ({res['fleet_store']}), "
+              f"{f['seconds']:.0f} s, "
               f"{fmt_int(f['planned'])} msg/s planned, {fmt_int(f['achieved'])} achieved: "
               f"ingest lag p50 / p99 / max | {ms(f['p50'])} / **{ms(f['p99'])}** / "
               f"{ms(f['max'])} ms ({100 * f['over_1s']:.1f} % ≥ 1 s) | p99 < 1 s | "
@@ -1128,7 +1141,8 @@ def report(res: dict, rss0: float, quick: bool, elapsed: float) -> None:
         s = res.get(key)
         if not s:
             continue
-        print(f"| {name}: {fmt_int(s['messages'])} births + States at once, absorbed in | "
+        print(f"| {name}, {res['fleet_store']}: {fmt_int(s['messages'])} births + States at "
+              f"once, absorbed in | "
               f"**{s['absorbed_s']:.1f} s** ({fmt_int(s['messages'] / s['absorbed_s'])} msg/s;"
               f" published in {s['publish_s']:.1f} s; peak RSS {s['peak_rss']:.0f} MB) | "
               f"≤ 60 s | {verdict(s['absorbed_s'] <= 60, s)} |")
