@@ -14,7 +14,10 @@ at the latest ``max_delay`` seconds after the oldest was submitted. An op that i
 one statement with one row (:class:`Rows`) is not run alone: consecutive ``Rows``
 ops of a batch are run as one ``executemany`` per statement (a statement's rows
 in their order; ``Rows`` of *different* statements must therefore commute, as
-writes to different tables do), which on the hub's hot path is most of them. A failing op
+writes to different tables do), which on the hub's hot path is most of them.
+Two more kinds keep those runs long (see :class:`Commuting`): ``Guarded``, a
+row and the ops it causes only when it is new (an event and its loan), and
+``Commuting``, an op declared to commute with ``Rows``. A failing op
 costs only itself: its batch is rolled back and replayed one op per transaction,
 and the one that fails again is dropped (logged, counted). A failure of the
 database itself (connection lost, server restarting, "database is locked") is

@@ -20,7 +20,7 @@ import sqlalchemy as sa
 
 from hub import schema
 from hub.store import Store
-from hub.writer import Guarded, Rows, Writer, WriterClosed, execute_row
+from hub.writer import Commuting, Guarded, Rows, Writer, WriterClosed, execute_row
 from tests.harness.procs import wait_until
 
 SID = "yh-chumen-01"
@@ -497,3 +497,32 @@ def test_a_lock_timeout_in_guarded_ops_is_retried(pg_url: str, writers, locked: 
         holder.close()
         writer.close()
         store.close()
+
+
+def test_commuting_ops_keep_rows_together_and_run_in_order_with_thens(store: Store,
+                                                                       writers) -> None:
+    insert = store.insert_ignore(schema.events)
+    writer = writers(store)
+    order: list[str] = []
+
+    def note(what: str) -> Callable[[sa.Connection], None]:
+        return lambda conn: order.append(what)
+
+    for seq in range(1, 4):
+        writer.submit(Rows(insert, event_row(seq)))
+        writer.submit(Commuting(note(f"c{seq}")))
+        writer.submit(Guarded(insert, event_row(10 + seq), [note(f"g{seq}")]))
+    writer.submit(lambda conn: order.append("x:{}".format(conn.execute(  # another kind
+        sa.select(sa.func.count()).select_from(schema.events)).scalar_one())))
+    writer.submit(Commuting(note("c4")))
+    seen, stop = _count_executes(store)
+    try:
+        writer.start()
+        assert writer.flush(10)
+    finally:
+        stop()
+    assert order == ["c1", "g1", "c2", "g2", "c3", "g3", "x:6", "c4"]
+    assert stored(store) == [1, 2, 3, 11, 12, 13]
+    # The three event Rows around the Commuting ops: one executemany.
+    assert [many for words, many in seen if words.startswith("INSERT INTO events")
+            and many] == [True]
