@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import hashlib
 import logging
 import sqlite3
 import threading
@@ -271,8 +272,83 @@ def _execute_rows(conn: sa.Connection, run: dict[sa.Executable, list[Rows]]) -> 
         plan = _plan(conn, statement, params[0])
         if plan is None:
             conn.execute(statement, params)
-        else:
-            conn.exec_driver_sql(plan.sql, plan.rows(params))
+            continue
+        if len(params) >= COPY_FROM:
+            copy = _copy_plan(conn, statement, plan, params[0])
+            if copy is not None:
+                copy.run(conn, plan, params)
+                continue
+        conn.exec_driver_sql(plan.sql, plan.rows(params))
+
+
+#: On PostgreSQL, a statement's rows of one stretch go, from this many on, by
+#: COPY into a temporary table and one INSERT … SELECT from it: psycopg spends
+#: ~1.5 µs of the hub's CPU on a row that way and ~12 µs on a row of an
+#: executemany, and the hub is CPU-bound. Below it, the two more round trips
+#: are not worth it.
+COPY_FROM = 16
+
+
+def _copy_plan(conn: sa.Connection, statement: sa.Executable, plan: _DriverPlan,
+               sample: dict[str, Any]) -> _CopyPlan | None:
+    if conn.dialect.driver != "psycopg":
+        return None
+    plans = conn.info.setdefault("yizhan_copy_plans", {})
+    shape = (statement, tuple(sample))
+    copy = plans.get(shape, _UNPLANNED)
+    if copy is _UNPLANNED:
+        copy = plans[shape] = _CopyPlan.of(statement, conn.dialect, tuple(sample))
+    return copy
+
+
+class _CopyPlan:
+    """A bare insert's rows as COPY into a temporary table, then one INSERT …
+    SELECT from it in their order, the statement's own ON CONFLICT clause kept.
+    The table lives as long as the connection and is emptied at every commit; it
+    is created when missing (a rollback also takes back its creation)."""
+
+    __slots__ = ("copy", "create", "insert", "keys")
+
+    def __init__(self, create: str, copy: str, insert: str, keys: tuple[str, ...]) -> None:
+        self.create, self.copy, self.insert, self.keys = create, copy, insert, keys
+
+    @classmethod
+    def of(cls, statement: sa.Executable, dialect: sa.Dialect,
+           keys: tuple[str, ...]) -> _CopyPlan | None:
+        table = getattr(statement, "table", None)
+        if (not isinstance(statement, sa.Insert) or not isinstance(table, sa.Table)
+                or statement._values is not None or statement._multi_values
+                or statement.select is not None or any(k not in table.c for k in keys)):
+            return None  # only what a bare insert of whole rows writes
+        names = [table.c[k].name for k in keys]
+        # One table per shape of row (a statement may be given different columns).
+        digest = hashlib.blake2s(",".join(names).encode(), digest_size=4).hexdigest()
+        tmp_name = f"yz_copy_{table.name}_{digest}"
+        tmp = sa.table(tmp_name, *(sa.column(n) for n in names), sa.column("yz_n"))
+        insert = statement.from_select(names, sa.select(*(tmp.c[n] for n in names))
+                                       .order_by(tmp.c.yz_n))
+        compiled = insert.compile(dialect=dialect)
+        if compiled.binds:
+            return None  # an ON CONFLICT clause with parameters of its own
+        prep = dialect.identifier_preparer
+        cols = ", ".join(prep.quote(n) for n in names)
+        create = (f"CREATE TEMPORARY TABLE IF NOT EXISTS {tmp_name} ON COMMIT DELETE ROWS AS "
+                  f"SELECT {cols}, 0::bigint AS yz_n FROM {prep.format_table(table)} "
+                  "WITH NO DATA")
+        return cls(create, f"COPY {tmp_name} ({cols}, yz_n) FROM STDIN", str(compiled), keys)
+
+    def run(self, conn: sa.Connection, plan: _DriverPlan, params: list[dict[str, Any]]) -> None:
+        conn.exec_driver_sql(self.create)
+        procs = plan.processors
+        keys = self.keys
+        with _dbapi_errors(conn, self.copy), \
+                conn.connection.dbapi_connection.cursor() as cur, cur.copy(self.copy) as copy:
+            for n, p in enumerate(params):
+                row = [p[k] for k in keys] if not procs else [
+                    p[k] if procs.get(k) is None else procs[k](p[k]) for k in keys]
+                row.append(n)
+                copy.write_row(row)
+        conn.exec_driver_sql(self.insert)
 
 
 _UNPLANNED = object()

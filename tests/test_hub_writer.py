@@ -8,6 +8,7 @@ retried until it works, and nothing is lost.
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 import threading
@@ -312,10 +313,13 @@ def test_rows_of_one_statement_are_written_as_one_executemany(store: Store, writ
                                             schema.stations.c.name)).all())
     assert names == {"yh-town-0": "yh-town-0 at 198", "yh-town-1": "yh-town-1 at 199",
                      "yh-town-2": "yh-town-2 at 200"}
-    writes = [s for s in seen if s[0].startswith("INSERT")]
-    # 400 ops in one batch: one executemany of 200 events, one of 3 station rows.
+    writes = [s for s in seen if s[0].startswith(("INSERT", "COPY"))]
+    # 400 ops in one batch: one statement for 200 events, one for 3 station rows.
     assert (writer.ops, writer.batches) == (400, 1)
-    assert len(writes) == 2 and all(many for _, many in writes)
+    if store.engine.dialect.name == "postgresql":  # the events by COPY (see below)
+        assert writes == [("INSERT INTO events", False), ("INSERT INTO stations", True)]
+    else:
+        assert len(writes) == 2 and all(many for _, many in writes)
 
 
 def test_an_op_between_rows_sees_the_rows_before_it(store: Store, writers) -> None:
@@ -526,3 +530,77 @@ def test_commuting_ops_keep_rows_together_and_run_in_order_with_thens(store: Sto
     # The three event Rows around the Commuting ops: one executemany.
     assert [many for words, many in seen if words.startswith("INSERT INTO events")
             and many] == [True]
+
+
+# -- PostgreSQL: many rows of a statement by COPY ---------------------------------------
+
+
+@pytest.mark.postgres
+def test_many_rows_go_by_copy_as_executemany_would_write_them(pg_url: str, writers) -> None:
+    store = Store(pg_url)
+    insert = store.insert_ignore(schema.events)
+    upsert = store.upsert(schema.stations, ["sid"], ["name", "online"])
+    log_row = schema.status_log.insert()
+    writer = writers(store)
+    texts = ["tab\there", "new\nline", "back\\slash", "中文", "\\N", "", "quote'\""]
+    with store.engine.begin() as conn:
+        execute_row(conn, insert, {**event_row(5), "data": '"stored before"'})
+    seen, stop = _count_executes(store)
+    try:
+        for seq in range(1, 41):
+            data = json.dumps({"text": texts[seq % len(texts)], "n": 2**62 + seq})
+            writer.submit(Rows(insert, {**event_row(seq), "synced": seq % 2 == 0,
+                                        "data": data}))
+            sid = f"yh-town-{seq % 4}"  # snapshots: the last of each station's wins
+            writer.submit(Rows(upsert, {"sid": sid, "name": f"{sid} at {seq}",
+                                        "online": seq % 3 == 0}, key=sid))
+            writer.submit(Rows(log_row, {"sid": SID, "at_ms": seq, "online": True,
+                                         "reason": None, "epoch": EPOCH, "birth": seq}))
+        writer.start()
+        assert writer.flush(10)
+    finally:
+        stop()
+        with store.engine.connect() as conn:
+            ev = conn.execute(sa.select(schema.events.c.seq, schema.events.c.synced,
+                                        schema.events.c.data)
+                              .order_by(schema.events.c.seq)).all()
+            st = dict(conn.execute(sa.select(schema.stations.c.sid,
+                                             schema.stations.c.name)).all())
+            logs = conn.execute(sa.select(schema.status_log.c.at_ms)
+                                .order_by(schema.status_log.c.id)).scalars().all()
+        store.close()
+    assert [r.seq for r in ev] == list(range(1, 41))
+    assert ev[4].data == '"stored before"'  # ON CONFLICT DO NOTHING kept
+    for r in ev[5:]:
+        assert r.synced is (r.seq % 2 == 0)
+        assert json.loads(r.data) == {"text": texts[r.seq % len(texts)], "n": 2**62 + r.seq}
+    assert st == {f"yh-town-{seq % 4}": f"yh-town-{seq % 4} at {seq}" for seq in range(37, 41)}
+    assert logs == list(range(1, 41))  # in the order submitted (ids from one sequence)
+    # Events and the log by COPY (its INSERT … SELECT one execute); 4 stations: executemany.
+    assert [s for s in seen if s[0].startswith("INSERT")] == [
+        ("INSERT INTO events", False), ("INSERT INTO stations", True),
+        ("INSERT INTO status_log", False)]
+    assert writer.failed == 0
+
+
+@pytest.mark.postgres
+def test_a_bad_row_among_copied_ones_costs_only_itself(pg_url: str, writers, caplog) -> None:
+    store = Store(pg_url)
+    insert = store.insert_ignore(schema.events)
+    writer = writers(store).start()
+    try:
+        with caplog.at_level(logging.ERROR, logger="hub.writer"):
+            for seq in range(1, 31):
+                row = {**event_row(seq), "sid": None} if seq == 7 else event_row(seq)
+                writer.submit(Rows(insert, row))
+            assert writer.flush(10)
+            # The failed batch's rollback took back the temporary table too: the
+            # next batch makes it again.
+            for seq in range(31, 61):
+                writer.submit(Rows(insert, event_row(seq)))
+            assert writer.flush(10)
+        assert stored(store) == [s for s in range(1, 61) if s != 7]
+        assert writer.failed == 1 and list(writer.failures) == ["Rows(events): IntegrityError"]
+    finally:
+        writer.close()
+        store.close()
