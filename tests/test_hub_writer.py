@@ -73,7 +73,7 @@ def writers() -> Iterator[Callable[..., Writer]]:
 
 
 def test_many_ops_become_few_transactions(store: Store, writers) -> None:
-    writer = writers(store)
+    writer = writers(store, max_batch=250)
     for seq in range(1, 1001):
         writer.submit(insert_event(store, seq))
     assert writer.queue_depth == 1000 and not writer.healthy()  # queued, not started
@@ -604,3 +604,19 @@ def test_a_bad_row_among_copied_ones_costs_only_itself(pg_url: str, writers, cap
     finally:
         writer.close()
         store.close()
+
+
+def test_a_bad_op_is_found_by_halves_not_one_op_at_a_time(store: Store, writers,
+                                                          caplog) -> None:
+    writer = writers(store, max_batch=1024)
+    for seq in range(1, 1025):
+        if seq == 700:
+            writer.submit(lambda conn: conn.execute(sa.text("SELECT * FROM no_such_table")))
+        else:
+            writer.submit(insert_event(store, seq))
+    with caplog.at_level(logging.ERROR, logger="hub.writer"):
+        writer.start()
+        assert writer.flush(30)
+    assert stored(store) == [s for s in range(1, 1025) if s != 700]
+    # Committed: the halves without the bad op, one per level of 1024 = 2**10.
+    assert writer.failed == 1 and writer.batches == 10 and writer.ops == 1023
