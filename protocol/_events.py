@@ -14,17 +14,14 @@ from protocol._fields import (
     OPT,
     RIDER_FORM,
     VERSION,
-    Count,
-    Epoch,
-    Sid,
-    Version,
+    Envelope,
     env_dict,
     envelope,
     read_int,
     read_num,
     read_obj,
     read_str,
-    sid_ok,
+    read_wire,
 )
 from protocol._state import DISPENSER_FAULTS, LEVEL_STATES, SLOT_FAULTS
 from protocol.errors import InvalidMessage
@@ -145,11 +142,8 @@ class Event:
     def from_json(cls, text: str, topic_sid: str | None = None) -> Event | None:
         """The Event msgspec reads from ``text`` (its data checked as above), or
         None when it refuses: then :meth:`from_dict` judges, and says why."""
-        try:
-            w = _EVENT_WIRE.decode(text)
-        except (msgspec.MsgspecError, RecursionError):
-            return None
-        if not sid_ok(w.sid, topic_sid):
+        w = read_wire(_EVENT_WIRE, text, topic_sid)
+        if w is None:
             return None
         data = {} if w.data is None else w.data
         try:
@@ -160,12 +154,7 @@ class Event:
         return cls(w.sid, w.epoch, w.ts, w.synced, w.seq, w.type, data)
 
 
-class _EventWire(msgspec.Struct):
-    v: Version
-    sid: Sid
-    epoch: Epoch
-    ts: Count
-    synced: bool
+class _EventWire(Envelope):
     seq: Annotated[int, msgspec.Meta(ge=1)]
     type: Annotated[str, msgspec.Meta(pattern=_EVENT_TYPE_RE.pattern)]
     data: dict[str, Any] | None = None

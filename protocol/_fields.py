@@ -13,6 +13,7 @@ import re
 from collections.abc import Collection
 from typing import Annotated, Any, Literal
 
+import msgspec
 from msgspec import Meta
 
 from protocol.errors import InvalidMessage
@@ -193,6 +194,25 @@ def envelope(d: dict, topic_sid: str | None) -> tuple[str, str, int, bool]:
 def sid_ok(sid: str, topic_sid: str | None) -> bool:
     """The rules of :func:`check_sid` that no type says: reserved, the topic's own."""
     return sid not in RESERVED_SIDS and (topic_sid is None or sid == topic_sid)
+
+
+class Envelope(msgspec.Struct):
+    """What every station -> hub payload but a Status carries, as msgspec reads it."""
+
+    v: Version
+    sid: Sid
+    epoch: Epoch
+    ts: Count
+    synced: bool
+
+
+def read_wire(decoder: msgspec.json.Decoder, text: str, topic_sid: str | None) -> Any:
+    """msgspec's reading of ``text``, or None when it refuses it or the sid's rules do."""
+    try:
+        wire = decoder.decode(text)
+    except (msgspec.MsgspecError, RecursionError):
+        return None
+    return wire if sid_ok(wire.sid, topic_sid) else None
 
 
 def env_dict(m: Any) -> dict[str, Any]:

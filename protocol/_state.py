@@ -12,14 +12,12 @@ from protocol._fields import (
     OPT,
     VERSION,
     Count,
-    Epoch,
+    Envelope,
     Fraction,
     NonEmpty,
     Num,
     Percent,
-    Sid,
     SlotNo,
-    Version,
     env_dict,
     envelope,
     read_bool,
@@ -28,7 +26,7 @@ from protocol._fields import (
     read_num,
     read_obj,
     read_str,
-    sid_ok,
+    read_wire,
     type_name,
 )
 from protocol.errors import InvalidMessage
@@ -290,24 +288,16 @@ class State:
     def from_json(cls, text: str, topic_sid: str | None = None) -> State | None:
         """The State msgspec reads from ``text``, or None when it refuses: then
         :meth:`from_dict` judges, and says why (a tenth of its time)."""
-        try:
-            w = _STATE_WIRE.decode(text)
-        except (msgspec.MsgspecError, RecursionError):
-            return None
-        if not sid_ok(w.sid, topic_sid):
+        w = read_wire(_STATE_WIRE, text, topic_sid)
+        if w is None:
             return None
         return cls(w.sid, w.epoch, w.ts, w.synced, w.rev, w.last_seq, w.lockers, w.dispenser,
                    w.doors, w.health, w.counters)
 
 
-class _StateWire(msgspec.Struct):
+class _StateWire(Envelope):
     """A State as msgspec reads it: required ``v``, the sections as above."""
 
-    v: Version
-    sid: Sid
-    epoch: Epoch
-    ts: Count
-    synced: bool
     rev: Count
     last_seq: Count
     lockers: Lockers | None = None

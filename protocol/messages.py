@@ -28,6 +28,7 @@ from protocol._fields import (
     REQ,
     VERSION,
     Count,
+    Envelope,
     Epoch,
     NonEmpty,
     Sid,
@@ -42,7 +43,7 @@ from protocol._fields import (
     read_list,
     read_obj,
     read_str,
-    sid_ok,
+    read_wire,
     type_name,
 )
 from protocol._state import (
@@ -252,12 +253,12 @@ class Status:
     def from_json(cls, text: str, topic_sid: str | None = None) -> Status | None:
         """The Status msgspec reads from ``text``, or None when it refuses or a rule
         of :meth:`from_dict` does: then that judges, and says why."""
-        try:
-            w = _STATUS_WIRE.decode(text)
-            _check_agent_hw(w.agent, w.hw)
-        except (msgspec.MsgspecError, RecursionError, InvalidMessage):
+        w = read_wire(_STATUS_WIRE, text, topic_sid)
+        if w is None:
             return None
-        if not sid_ok(w.sid, topic_sid):
+        try:
+            _check_agent_hw(w.agent, w.hw)
+        except InvalidMessage:
             return None
         if w.state == "online":
             if (w.ts is None or w.synced is None or w.rev is None or w.last_seq is None
@@ -405,21 +406,13 @@ class CommandResult:
     @classmethod
     def from_json(cls, text: str, topic_sid: str | None = None) -> CommandResult | None:
         """The result msgspec reads from ``text``, or None: then :meth:`from_dict` judges."""
-        try:
-            w = _RESULT_WIRE.decode(text)
-        except (msgspec.MsgspecError, RecursionError):
-            return None
-        if not sid_ok(w.sid, topic_sid) or w.ok != (w.error is None):
+        w = read_wire(_RESULT_WIRE, text, topic_sid)
+        if w is None or w.ok != (w.error is None):
             return None
         return cls(w.sid, w.epoch, w.ts, w.synced, w.rev, w.id, w.ok, w.error, w.data)
 
 
-class _ResultWire(msgspec.Struct):
-    v: Version
-    sid: Sid
-    epoch: Epoch
-    ts: Count
-    synced: bool
+class _ResultWire(Envelope):
     rev: Count
     id: NonEmpty
     ok: bool
