@@ -24,9 +24,10 @@ threads then hold for up to a switch interval (``bench/hub_ingest.py``).
   callbacks see no difference; anything else (QoS 2, MQTT 5, a packet cut by
   the end of the buffer, manual acks) is paho's own reading.
 
-It overrides four of paho's private methods (``_create_socket``,
-``_packet_queue``, ``_packet_read``, and ``_handle_publish`` in effect) and
-calls others (``_loop_rc_handle``, ``_handle_on_message``, ``_send_puback``);
+It overrides three of paho's private methods (``_create_socket``,
+``_packet_queue``, ``_packet_read``), does ``_handle_publish``'s work for the
+common case, and calls others (``_loop_rc_handle``, ``_handle_on_message``,
+``_send_puback``);
 ``pyproject.toml`` pins paho-mqtt to the release series this was written
 against, every hub test's messages go through it, and
 ``tests/test_hub_bulk_client.py`` holds it to what bare paho reads and answers.
@@ -195,9 +196,14 @@ class BulkClient(mqtt.Client):
         message.payload = body[start:]
         now = message.timestamp = time.monotonic()
         if self.on_log is not None or self._logger is not None:
+            topic = body[2:topic_end]
+            try:
+                shown = topic.decode("utf-8")
+            except UnicodeDecodeError:  # as paho shows it; the callback's access raises
+                shown = f"TOPIC WITH INVALID UTF-8: {topic!r}"
             self._easy_log(mqtt.MQTT_LOG_DEBUG, "Received PUBLISH (d%d, q%d, r%d, m%d), "
-                           "'%r', ...  (%d bytes)", message.dup, qos, message.retain, mid,
-                           message.topic, len(message.payload))
+                           "'%s', ...  (%d bytes)", message.dup, qos, message.retain, mid,
+                           shown, len(message.payload))
         with self._msgtime_mutex:
             self._last_bytes_received = now
         self._handle_on_message(message)

@@ -17,7 +17,8 @@ in their order; ``Rows`` of *different* statements must therefore commute, as
 writes to different tables do), which on the hub's hot path is most of them.
 Two more kinds keep those runs long (see :class:`Commuting`): ``Guarded``, a
 row and the ops it causes only when it is new (an event and its loan), and
-``Commuting``, an op declared to commute with ``Rows``. A failing op
+``Commuting``, an op declared to commute with ``Rows``; on PostgreSQL a run
+of ``COPY_FROM`` rows or more goes by COPY (see ``_CopyPlan``). A failing op
 costs only itself: its batch is rolled back and replayed by halves down to the
 op that fails alone, which is dropped (logged, counted). A failure of the
 database itself (connection lost, server restarting, "database is locked") is

@@ -157,6 +157,9 @@ def _read_as(client: mqtt.Client, sock: socket.socket, peer: socket.socket,
     seen: list[tuple] = []
     client.on_message = lambda c, u, msg: seen.append(
         (msg._topic, msg.payload, msg.qos, msg.retain, msg.dup, msg.mid))
+    # paho's debug log on: the line for a topic of invalid UTF-8 must not raise.
+    client.on_log = lambda c, u, level, line: seen.append(("log", line)) if line.startswith(
+        "Received PUBLISH") else None
     client._sock = BufferedSocket(sock) if isinstance(client, BulkClient) else sock
     client._thread = threading.current_thread()  # PUBACKs wait for loop_write, as in the hub
     sock.setblocking(False)
@@ -188,7 +191,9 @@ def test_publishes_read_and_acknowledged_as_paho_does(cuts) -> None:
             a.close()
             b.close()
     (paho_seen, paho_wrote), (bulk_seen, bulk_wrote) = results
-    assert len(bulk_seen) == len(_STREAM) and bulk_seen == paho_seen
+    assert len(bulk_seen) == 2 * len(_STREAM) and bulk_seen == paho_seen
+    assert ("log", "Received PUBLISH (d0, q1, r0, m5), 'TOPIC WITH INVALID UTF-8: "
+                   "b't/\\xff'', ...  (15 bytes)") in bulk_seen
     # QoS 1 PUBACKs, each once and in the order of their PUBLISHes (MQTT 3.1.1 §4.6).
     assert bulk_wrote == paho_wrote == b"".join(
         b"\x40\x02" + mid.to_bytes(2, "big") for mid in (1, 2, 65535, 4, 5, 6))
