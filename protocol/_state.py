@@ -287,7 +287,7 @@ class State:
     @classmethod
     def from_json(cls, text: str, topic_sid: str | None = None) -> State | None:
         """The State msgspec reads from ``text``, or None when it refuses: then
-        :meth:`from_dict` judges, and says why (a tenth of its time)."""
+        :meth:`from_dict` judges, and says why. (msgspec takes a quarter of the time.)"""
         w = read_wire(_STATE_WIRE, text, topic_sid)
         if w is None:
             return None

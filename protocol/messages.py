@@ -5,9 +5,11 @@
     >>> decode("event", encode(ev), topic_sid="yh-chumen-01") == ev
     True
 
-Decoding ignores unknown fields, names the offending field on any error
+Decoding ignores unknown fields and names the offending field on any error
 (:class:`~protocol.errors.InvalidMessage`, ``.field`` like ``"lockers.slots[1].charge"``
-with 0-based array indexes) and never runs a schema engine, so it stays fast.
+with 0-based array indexes). What stations send is read by msgspec first (in C,
+against the types of the dataclasses below); what it refuses, the hand readers
+(``from_dict``) accept or explain, so both say the same (see :func:`decode`).
 Encoding validates too, so a program cannot publish what its peers would reject.
 """
 
@@ -97,7 +99,8 @@ __all__ = [
 
 MAX_PAYLOAD = 65536
 
-STATUS_STATES = frozenset({"online", "offline"})
+StatusState = Literal["online", "offline"]
+STATUS_STATES = frozenset(get_args(StatusState))
 OFFLINE_REASONS = frozenset({"lost", "shutdown"})
 HUB_STATES = frozenset({"online", "offline"})
 CommandError = Literal["expired", "bad_args", "unknown_cmd", "jammed", "board_offline", "busy"]
@@ -291,7 +294,7 @@ class _StatusWire(msgspec.Struct):
     v: Version
     sid: Sid
     epoch: Epoch
-    state: Literal["online", "offline"]
+    state: StatusState
     birth: Count
     ts: Count | None = None
     synced: bool | None = None
