@@ -489,9 +489,7 @@ class Fleet:
         if not event.is_known:
             return []  # stored, not acted on (contract §6)
         out: list[Callable[[sa.Connection], None]] = []
-        loan = self.loans.on_event(event.sid, event.epoch, event, at_ms)
-        if loan is not None:
-            out.append(loan)
+        out.extend(self.loans.on_event(event.sid, event.epoch, event, at_ms))
         kind, sid = event.type, event.sid
         if kind in ("maintenance_started", "maintenance_ended"):
             on = kind == "maintenance_started"

@@ -10,8 +10,8 @@ The fleet decides on the MQTT thread, with the event it has just found new
 stores the event (``Writer`` op), only when that insert inserted:
 
 >>> loans = Loans(store, loan_hours=24)
->>> effect = loans.on_event(sid, epoch, event, at_ms)   # None for other event types
->>> effect(conn)                                        # inside the event's op
+>>> rows = loans.on_event(sid, epoch, event, at_ms)     # [] for other event types
+>>> writer.submit(Guarded(insert_event, event_row, rows))  # written if the event is new
 >>> loans.overdue(clock.ms())                           # open loans past due
 
 The open loans are also kept in memory, loaded at start, for ``open_count`` and
@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import sqlalchemy as sa
 
 from hub.schema import loans as table
-from hub.writer import execute_row
+from hub.writer import Rows
 from protocol import messages as m
 
 log = logging.getLogger(__name__)
@@ -37,7 +36,11 @@ log = logging.getLogger(__name__)
 #: station was offline) is recorded as already returned rather than overdue.
 UNMATCHED_KEPT = 10_000
 
-Effect = Callable[[sa.Connection], None]
+#: The writes a borrow or return causes, in the transaction that stores its event.
+Effect = list[Rows]
+#: The ``order`` of a loan's rows (``Rows.order``): one bank's in the order they
+#: come, different banks' in any order.
+ORDER = "loan"
 #: The longest bank id the ``loans`` table holds.
 BANK_ID_MAX = table.c.bank.type.length
 
@@ -118,23 +121,23 @@ class Loans:
 
     # -- what events do ---------------------------------------------------------------------
 
-    def on_event(self, sid: str, epoch: str, event: m.Event, at_ms: int) -> Effect | None:
-        """Apply a new borrow or return to the open loans; the write to run in the
-        event's transaction, or None when the event is not about loans."""
+    def on_event(self, sid: str, epoch: str, event: m.Event, at_ms: int) -> Effect:
+        """Apply a new borrow or return to the open loans; the writes to run in the
+        event's transaction (none when the event is not about loans)."""
         if event.type not in ("bank_borrowed", "bank_returned"):
-            return None
+            return []
         bank = event.data["bank"]
         if len(bank) > BANK_ID_MAX:
             # YZ-LB1 bank ids are 8 characters; a longer one is a station's bug and
             # must not cost the event itself (it is stored, in the same transaction).
             log.warning("%s from %s: bank id %r is longer than %d characters; no loan kept",
                         event.type, sid, bank[:40], BANK_ID_MAX)
-            return None
+            return []
         if event.type == "bank_borrowed":
             return self._borrowed(sid, epoch, event, at_ms)
         if event.type == "bank_returned":
             return self._returned(sid, event, at_ms)
-        return None
+        return []
 
     def _borrowed(self, sid: str, epoch: str, event: m.Event, at_ms: int) -> Effect:
         data = event.data
@@ -168,12 +171,9 @@ class Loans:
                   "returned_sid": returned[0] if returned else None}
         earlier = {"b_bank": loan.bank, "b_at": at_ms, "b_key": loan.key}
 
-        def borrow(conn: sa.Connection) -> None:
-            # An open loan of an earlier borrow of this bank ended before this one.
-            execute_row(conn, self._end_earlier, earlier)
-            execute_row(conn, self._insert, values)
-
-        return borrow
+        # An open loan of an earlier borrow of this bank ended before this one.
+        return [Rows(self._end_earlier, earlier, order=(ORDER, loan.bank)),
+                Rows(self._insert, values, order=(ORDER, loan.bank))]
 
     def _returned(self, sid: str, event: m.Event, at_ms: int) -> Effect:
         bank = event.data["bank"]
@@ -188,10 +188,6 @@ class Loans:
                 log.info("bank %s returned at %s matches no open loan; kept as an event",
                          bank, sid)
 
-        params = {"b_bank": bank, "b_at": at_ms, "b_sid": sid}
-
-        def give_back(conn: sa.Connection) -> None:
-            # Decided again from the table: the op may run twice after a rollback.
-            execute_row(conn, self._give_back, params)
-
-        return give_back
+        # Decided again from the table: the op may run twice after a rollback.
+        return [Rows(self._give_back, {"b_bank": bank, "b_at": at_ms, "b_sid": sid},
+                     order=(ORDER, bank))]

@@ -87,16 +87,23 @@ class Rows:
     ``key`` marks a snapshot (the station's row as it is now): of the rows with
     the same key in one executemany only the last is written.
 
+    ``order`` is for the ``then`` ops of ``Guarded`` ones (a loan's rows, by
+    bank): ``Rows`` with the same order run in the order they come, ``Rows``
+    with different orders commute. A stretch's ``then`` rows then run in rounds
+    — a row in the round after the last one with its order — each round one
+    executemany a statement, not a statement each.
+
     >>> writer.submit(Rows(store.insert_ignore(events), row))
     """
 
-    __slots__ = ("key", "params", "statement")
+    __slots__ = ("key", "order", "params", "statement")
 
     def __init__(self, statement: sa.Executable, params: dict[str, Any],
-                 key: Any = None) -> None:
+                 key: Any = None, order: Any = None) -> None:
         self.statement = statement
         self.params = params
         self.key = key
+        self.order = order
 
     def __call__(self, conn: sa.Connection) -> Any:
         return execute_row(conn, self.statement, self.params)
@@ -180,24 +187,43 @@ def run_ops(conn: sa.Connection, ops: list[Op]) -> None:
 
 
 def _run_after(conn: sa.Connection, after: list[Guarded | Commuting]) -> None:
+    """The stretch's Guarded inserts, then its Commuting ops and the ``then`` ops
+    of the new rows: the functions in order, then the ``Rows`` in rounds (all of
+    them commute with the functions, as Commuting ops do with Rows)."""
     guarded = [op for op in after if type(op) is Guarded]
     new = iter(_insert_guarded(conn, guarded) if guarded else ())
-    ops: list[Op] = []
+    calls: list[Op] = []
+    rounds: list[dict[sa.Executable, list[Rows]]] = []
+    last: dict[Any, int] = {}  # order -> the round its last row went to
+    floor = 0  # rows without an order are in order with every row
     for op in after:
         if type(op) is Commuting:
-            ops.append(op.op)
+            calls.append(op.op)
         elif next(new):
-            ops.extend(op.then)
-    if not ops:
-        return
-    raw = _psycopg(conn)
-    if raw is None:
-        for op in ops:
-            op(conn)
-        return
-    with _dbapi_errors(conn), raw.pipeline():
-        for op in ops:
-            op(conn)
+            for then in op.then:
+                if type(then) is not Rows:
+                    calls.append(then)
+                    continue
+                at = max(floor, last.get(then.order, -1) + 1) if then.order is not None \
+                    else len(rounds)
+                if then.order is None:
+                    floor = at + 1
+                else:
+                    last[then.order] = at
+                if at == len(rounds):
+                    rounds.append({})
+                rounds[at].setdefault(then.statement, []).append(then)
+    if calls:
+        raw = _psycopg(conn)
+        if raw is None:
+            for call in calls:
+                call(conn)
+        else:
+            with _dbapi_errors(conn), raw.pipeline():
+                for call in calls:
+                    call(conn)
+    for run in rounds:
+        _execute_rows(conn, run)
 
 
 def _insert_guarded(conn: sa.Connection, guarded: list[Guarded]) -> list[bool]:

@@ -620,3 +620,41 @@ def test_a_bad_op_is_found_by_halves_not_one_op_at_a_time(store: Store, writers,
     assert stored(store) == [s for s in range(1, 1025) if s != 700]
     # Committed: the halves without the bad op, one per level of 1024 = 2**10.
     assert writer.failed == 1 and writer.batches == 10 and writer.ops == 1023
+
+
+def test_then_rows_keep_the_order_of_their_key_and_run_in_rounds(store: Store,
+                                                                 writers) -> None:
+    insert = store.insert_ignore(schema.events)
+    log = schema.status_log
+    add = log.insert()
+    mark = log.update().where(log.c.sid == sa.bindparam("s")).values(reason="marked")
+
+    def added(sid: str, at_ms: int, order: object) -> Rows:
+        return Rows(add, {"sid": sid, "at_ms": at_ms, "online": True, "reason": None,
+                          "epoch": EPOCH, "birth": 1}, order=order)
+
+    def marked(sid: str, order: object) -> Rows:
+        return Rows(mark, {"s": sid}, order=order)
+
+    writer = writers(store)
+    # Station a: a row, then marked. Station b: marked (nothing yet), then a row.
+    # Grouped by statement alone, b's row would be marked too.
+    writer.submit(Guarded(insert, event_row(1), [added("a", 1, "a"), marked("a", "a")]))
+    writer.submit(Guarded(insert, event_row(2), [marked("b", "b"), added("b", 2, "b")]))
+    # Without an order, a row is in order with every row before and after it.
+    writer.submit(Guarded(insert, event_row(3), [added("c", 3, None)]))
+    writer.submit(Guarded(insert, event_row(4), [marked("c", "c")]))
+    writer.submit(Guarded(insert, event_row(5), [marked("d", "d"), added("d", 5, "d")]))
+    seen, stop = _count_executes(store)
+    try:
+        writer.start()
+        assert writer.flush(10)
+    finally:
+        stop()
+    with store.engine.connect() as conn:
+        reasons = dict(conn.execute(sa.select(log.c.sid, log.c.reason)).all())
+    assert reasons == {"a": "marked", "b": None, "c": "marked", "d": None}
+    # Rounds: {a's row, b's mark}, {a's mark, b's row}, {c's row}, {c's and d's
+    # marks}, {d's row}: the two marks of a round are one executemany.
+    updates = [many for words, many in seen if words.startswith("UPDATE status_log")]
+    assert updates == [False, False, True] and writer.failed == 0
