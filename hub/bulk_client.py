@@ -174,14 +174,12 @@ class BulkClient(mqtt.Client):
                 and self._protocol != mqtt.MQTTv5 and not self._manual_ack):
             packet = sock.take_publish()
             if packet is not None:
-                return self._publish_read(sock, *packet)
+                return self._publish_read(*packet)
         return super()._packet_read()
 
-    def _publish_read(self, sock: BufferedSocket, command: int, body: bytes) -> mqtt.MQTTErrorCode:
+    def _publish_read(self, command: int, body: bytes) -> mqtt.MQTTErrorCode:
         """paho's ``_handle_publish`` for a PUBLISH of QoS 0 or 1 under MQTT 3.1.1,
-        without its generic packet reading; the PUBACK goes straight into the
-        send buffer (when paho has none of its own queued, so PUBACKs keep the
-        order of their PUBLISHes, as MQTT 3.1.1 §4.6 requires)."""
+        without its generic packet reading."""
         qos = (command >> 1) & 3
         n = len(body)
         topic_end = 2 + ((body[0] << 8) | body[1]) if n >= 2 else n + 1
@@ -194,7 +192,7 @@ class BulkClient(mqtt.Client):
         message.qos = qos
         message.retain = bool(command & 0x01)
         message.payload = body[start:]
-        now = message.timestamp = time.monotonic()
+        message.timestamp = now = time.monotonic()
         if self.on_log is not None or self._logger is not None:
             topic = body[2:topic_end]
             try:
@@ -207,13 +205,21 @@ class BulkClient(mqtt.Client):
         with self._msgtime_mutex:
             self._last_bytes_received = now
         self._handle_on_message(message)
-        if qos == 0:
-            return mqtt.MQTT_ERR_SUCCESS
-        if self._out_packet:
-            return self._send_puback(mid)
-        sock.send(bytes((0x40, 2, mid >> 8, mid & 0xFF)))  # PUBACK
+        return self._send_puback(mid) if qos else mqtt.MQTT_ERR_SUCCESS
+
+    def _send_puback(self, mid: int) -> mqtt.MQTTErrorCode:
+        """A PUBACK from the network thread goes straight into the send buffer,
+        unless paho has packets of its own queued: then behind them, so PUBACKs
+        keep the order of their PUBLISHes (MQTT 3.1.1 §4.6)."""
+        sock = self._sock
+        if (not isinstance(sock, BufferedSocket) or self._out_packet
+                or self._thread is not threading.current_thread()):
+            return super()._send_puback(mid)
+        if self.on_log is not None or self._logger is not None:
+            self._easy_log(mqtt.MQTT_LOG_DEBUG, "Sending PUBACK (Mid: %d)", mid)
+        sock.send(bytes((0x40, 2, mid >> 8, mid & 0xFF)))
         with self._msgtime_mutex:
-            self._last_msg_out = now
+            self._last_msg_out = time.monotonic()
         return mqtt.MQTT_ERR_SUCCESS
 
     def _packet_queue(self, *args, **kwargs) -> mqtt.MQTTErrorCode:

@@ -259,6 +259,15 @@ def _backlog_arrives_once_in_order_and_is_acknowledged(broker, port: int,
     c.loop_start()
     try:
         wait_until(lambda: len(set(got)) >= n, timeout=30, what=f"{n} messages")
+        # The broker reads this connection in order: once it acknowledges this
+        # publish, it has read every PUBACK before it. Without it, a reconnect
+        # right after the disconnect can overtake PUBACKs the broker has not read
+        # yet; Mosquitto then takes the session over and re-sends those messages
+        # (as QoS 1 allows; the hub's Ingest.stop waits for its offline status
+        # the same way).
+        sync = c.publish(f"{topic}/sync", b"", qos=1)
+        sync.wait_for_publish(10)
+        assert sync.is_published()
     finally:
         c.disconnect()
         c.loop_stop()
