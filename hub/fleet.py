@@ -170,6 +170,9 @@ class _Station:
     # at or above it. Marks are merged, so there are a handful at a time.
     marks: deque[list[int]] = field(default_factory=deque)
     state_last_seq: int = 0  # what the applied State already reflects
+    # The newest State while nobody has read it: its dict (view.state) is made
+    # when a reader asks (_read), not for every State the ingest applies.
+    unread: m.State | None = None
     next_replay_ms: int = 0
     replay_from: int = 0
     replays_of_gap: int = 0
@@ -279,7 +282,17 @@ class Fleet:
     def stations(self) -> list[StationView]:
         """A copy of every station's view, by sid."""
         with self._lock:
-            return [replace(self._stations[sid].view) for sid in sorted(self._stations)]
+            copies = [(st, replace(st.view), st.unread)
+                      for _, st in sorted(self._stations.items())]
+        # The States nobody read yet become dicts outside the lock: the ingest
+        # waits for no scrape.
+        for st, view, unread in copies:
+            if unread is not None:
+                view.state = unread.to_dict()
+                with self._lock:
+                    if st.unread is unread:
+                        st.view.state, st.unread = view.state, None
+        return [view for _, view, _ in copies]
 
     def sids(self) -> list[str]:
         """Every station's id, sorted (no copy of the views: 50 000 of those
@@ -290,7 +303,11 @@ class Fleet:
     def get(self, sid: str) -> StationView | None:
         with self._lock:
             st = self._stations.get(sid)
-            return replace(st.view) if st is not None else None
+            if st is None:
+                return None
+            if st.unread is not None:
+                st.view.state, st.unread = st.unread.to_dict(), None
+            return replace(st.view)
 
     # -- listeners (the alert engine, the forecaster) ---------------------------------------
 
@@ -419,8 +436,8 @@ class Fleet:
                 return STALE
         if v.epoch != state.epoch:
             self._new_epoch(st, state.epoch)
-        doc = state.to_dict()
-        v.state, v.state_rev, v.state_ts = doc, state.rev, state.ts
+        v.state, v.state_rev, v.state_ts = None, state.rev, state.ts
+        st.unread = state
         st.state_last_seq = max(st.state_last_seq, state.last_seq)
         self._learn_seq(st, state.last_seq, now_ms)
         self._parts_from_state(st, state, now_ms)
@@ -428,7 +445,8 @@ class Fleet:
                   "received_ms": now_ms,
                   # What the station sent, as it sent it: a dump would cost the
                   # ingest a tenth of its time (the load normalises it again).
-                  "state": raw if raw is not None else json.dumps(doc, ensure_ascii=False)}
+                  "state": raw if raw is not None else json.dumps(state.to_dict(),
+                                                                  ensure_ascii=False)}
         self._submit(Rows(self._save_state, values, key=v.sid))  # the newest State wins
         self._save(st)
         return APPLIED
@@ -652,6 +670,7 @@ class Fleet:
                 st.others.popitem(last=False)
         v.epoch, v.birth = epoch, None
         v.state, v.state_rev, v.state_ts, v.last_seq = None, None, None, None
+        st.unread = None
         st.seqs = st.others.pop(epoch, None) or Seqs()
         v.events_through = st.seqs.through
         st.known_high, st.state_last_seq = st.seqs.through, 0

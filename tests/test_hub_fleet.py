@@ -212,6 +212,27 @@ def test_states_apply_only_when_newer(hub, clock):
     assert row["rev"] == 12 and json.loads(row["state"])["rev"] == 12
 
 
+def test_a_states_dict_is_made_when_read_and_is_the_newest(hub, clock):
+    """The fleet keeps the newest State as it was decoded and makes its dict only
+    for a reader (the ingest would otherwise make one for every State)."""
+    def turned(rev: int) -> Callable[[dict], None]:
+        return lambda d: d["dispenser"].update(level=rev / 100)
+
+    def dict_of(rev: int) -> dict:
+        return state(clock, rev, change=turned(rev)).to_dict()
+
+    for rev in (10, 11, 12):
+        hub.fleet.apply_state(state(clock, rev, change=turned(rev)), clock.ms())
+    assert hub.fleet.get(SID).state == dict_of(12)
+    hub.fleet.apply_state(state(clock, 13, change=turned(13)), clock.ms())
+    (view,) = hub.fleet.stations()
+    assert view.state == dict_of(13) and hub.fleet.get(SID).state == dict_of(13)
+    # A copy a reader holds does not change with the next State.
+    hub.fleet.apply_state(state(clock, 14, change=turned(14)), clock.ms())
+    assert view.state == dict_of(13) and hub.fleet.get(SID).state == dict_of(14)
+    assert [v.state for v in hub.fleet.stations()] == [dict_of(14)]
+
+
 def test_a_new_epoch_is_newer_whatever_its_rev_and_resets_the_station(hub, clock):
     hub.fleet.apply_status(birth(clock, 5000, last_seq=3), clock.ms())
     for seq in (1, 2, 3):
