@@ -233,7 +233,10 @@ def test_a_rider_returns_the_bank_and_sees_the_loan_time(station, page, shot):
     slot, bank = borrow_through_the_api(station, PHONE)
     go_home(page, station)
     tap(page, "#return")
-    page.wait_for_load_state()
+    # The return page itself, not the load state: that can still be the home
+    # page's while the link's navigation starts, and a screenshot taken then
+    # fails ("Unable to capture screenshot", seen with Chromium 156.0.8078.108).
+    page.wait_for_selector("#empty-slots", timeout=WAIT_MS)
     shot(page, "return")
     station.board.insert(slot, bank, charge=35)  # back in the cabinet, drained
     page.wait_for_selector("#thanks", state="visible", timeout=WAIT_MS)
