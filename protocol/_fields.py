@@ -196,12 +196,18 @@ def sid_ok(sid: str, topic_sid: str | None) -> bool:
     return sid not in RESERVED_SIDS and (topic_sid is None or sid == topic_sid)
 
 
-class Envelope(msgspec.Struct):
-    """What every station -> hub payload but a Status carries, as msgspec reads it."""
+class Header(msgspec.Struct):
+    """What every station -> hub payload carries, as msgspec reads it."""
 
     v: Version
     sid: Sid
     epoch: Epoch
+
+
+class Envelope(Header):
+    """The header and the clock of every station -> hub payload but a Status
+    (a last will has no clock)."""
+
     ts: Count
     synced: bool
 

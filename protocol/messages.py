@@ -31,10 +31,8 @@ from protocol._fields import (
     VERSION,
     Count,
     Envelope,
-    Epoch,
+    Header,
     NonEmpty,
-    Sid,
-    Version,
     check_sid,
     check_v,
     env_dict,
@@ -290,10 +288,7 @@ def _check_agent_hw(agent: dict | None, hw: dict | None) -> None:
                 raise InvalidMessage(f"hw.doors[{i}]", "must be a non-empty string")
 
 
-class _StatusWire(msgspec.Struct):
-    v: Version
-    sid: Sid
-    epoch: Epoch
+class _StatusWire(Header):
     state: StatusState
     birth: Count
     ts: Count | None = None
