@@ -8,6 +8,7 @@ retried until it works, and nothing is lost.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sqlite3
@@ -281,32 +282,33 @@ def test_a_killed_postgresql_connection_is_retried_without_loss(pg_server, pg_ur
 # -- Rows: one statement, one row; batched as executemany -------------------------------
 
 
-def _count_executes(store: Store) -> tuple[list[tuple[str, bool]], Callable[[], None]]:
-    """(statement's first words, executemany) of every execute on ``store``."""
+@contextlib.contextmanager
+def executes(store: Store) -> Iterator[list[tuple[str, bool]]]:
+    """(statement's first words, executemany) of every execute on ``store`` meanwhile."""
     seen: list[tuple[str, bool]] = []
 
     def before(conn, cursor, statement, parameters, context, executemany) -> None:
         seen.append((" ".join(statement.split()[:3]), executemany))
 
     sa.event.listen(store.engine, "before_cursor_execute", before)
-    return seen, lambda: sa.event.remove(store.engine, "before_cursor_execute", before)
+    try:
+        yield seen
+    finally:
+        sa.event.remove(store.engine, "before_cursor_execute", before)
 
 
 def test_rows_of_one_statement_are_written_as_one_executemany(store: Store, writers) -> None:
     insert = store.insert_ignore(schema.events)
     upsert = store.upsert(schema.stations, ["sid"], ["name"])
     writer = writers(store)
-    seen, stop = _count_executes(store)
-    try:
-        for seq in range(1, 201):  # 400 ops: one batch
-            writer.submit(Rows(insert, event_row(seq)))
-            # A snapshot per message: only the last of each station's is written.
-            sid = f"yh-town-{seq % 3}"
-            writer.submit(Rows(upsert, {"sid": sid, "name": f"{sid} at {seq}"}, key=sid))
+    for seq in range(1, 201):  # 400 ops: one batch
+        writer.submit(Rows(insert, event_row(seq)))
+        # A snapshot per message: only the last of each station's is written.
+        sid = f"yh-town-{seq % 3}"
+        writer.submit(Rows(upsert, {"sid": sid, "name": f"{sid} at {seq}"}, key=sid))
+    with executes(store) as seen:
         writer.start()
         assert writer.flush(10)
-    finally:
-        stop()
     assert stored(store) == list(range(1, 201))
     with store.engine.connect() as conn:
         names = dict(conn.execute(sa.select(schema.stations.c.sid,
@@ -519,12 +521,9 @@ def test_commuting_ops_keep_rows_together_and_run_in_order_with_thens(store: Sto
     writer.submit(lambda conn: order.append("x:{}".format(conn.execute(  # another kind
         sa.select(sa.func.count()).select_from(schema.events)).scalar_one())))
     writer.submit(Commuting(note("c4")))
-    seen, stop = _count_executes(store)
-    try:
+    with executes(store) as seen:
         writer.start()
         assert writer.flush(10)
-    finally:
-        stop()
     assert order == ["c1", "g1", "c2", "g2", "c3", "g3", "x:6", "c4"]
     assert stored(store) == [1, 2, 3, 11, 12, 13]
     # The three event Rows around the Commuting ops: one executemany.
@@ -545,21 +544,19 @@ def test_many_rows_go_by_copy_as_executemany_would_write_them(pg_url: str, write
     texts = ["tab\there", "new\nline", "back\\slash", "中文", "\\N", "", "quote'\""]
     with store.engine.begin() as conn:
         execute_row(conn, insert, {**event_row(5), "data": '"stored before"'})
-    seen, stop = _count_executes(store)
+    for seq in range(1, 41):
+        data = json.dumps({"text": texts[seq % len(texts)], "n": 2**62 + seq})
+        writer.submit(Rows(insert, {**event_row(seq), "synced": seq % 2 == 0,
+                                    "data": data}))
+        sid = f"yh-town-{seq % 4}"  # snapshots: the last of each station's wins
+        writer.submit(Rows(upsert, {"sid": sid, "name": f"{sid} at {seq}",
+                                    "online": seq % 3 == 0}, key=sid))
+        writer.submit(Rows(log_row, {"sid": SID, "at_ms": seq, "online": True,
+                                     "reason": None, "epoch": EPOCH, "birth": seq}))
     try:
-        for seq in range(1, 41):
-            data = json.dumps({"text": texts[seq % len(texts)], "n": 2**62 + seq})
-            writer.submit(Rows(insert, {**event_row(seq), "synced": seq % 2 == 0,
-                                        "data": data}))
-            sid = f"yh-town-{seq % 4}"  # snapshots: the last of each station's wins
-            writer.submit(Rows(upsert, {"sid": sid, "name": f"{sid} at {seq}",
-                                        "online": seq % 3 == 0}, key=sid))
-            writer.submit(Rows(log_row, {"sid": SID, "at_ms": seq, "online": True,
-                                         "reason": None, "epoch": EPOCH, "birth": seq}))
-        writer.start()
-        assert writer.flush(10)
-    finally:
-        stop()
+        with executes(store) as seen:
+            writer.start()
+            assert writer.flush(10)
         with store.engine.connect() as conn:
             ev = conn.execute(sa.select(schema.events.c.seq, schema.events.c.synced,
                                         schema.events.c.data)
@@ -568,6 +565,8 @@ def test_many_rows_go_by_copy_as_executemany_would_write_them(pg_url: str, write
                                              schema.stations.c.name)).all())
             logs = conn.execute(sa.select(schema.status_log.c.at_ms)
                                 .order_by(schema.status_log.c.id)).scalars().all()
+    finally:
+        writer.close()
         store.close()
     assert [r.seq for r in ev] == list(range(1, 41))
     assert ev[4].data == '"stored before"'  # ON CONFLICT DO NOTHING kept
@@ -645,12 +644,9 @@ def test_then_rows_keep_the_order_of_their_key_and_run_in_rounds(store: Store,
     writer.submit(Guarded(insert, event_row(3), [added("c", 3, None)]))
     writer.submit(Guarded(insert, event_row(4), [marked("c", "c")]))
     writer.submit(Guarded(insert, event_row(5), [marked("d", "d"), added("d", 5, "d")]))
-    seen, stop = _count_executes(store)
-    try:
+    with executes(store) as seen:
         writer.start()
         assert writer.flush(10)
-    finally:
-        stop()
     with store.engine.connect() as conn:
         reasons = dict(conn.execute(sa.select(log.c.sid, log.c.reason)).all())
     assert reasons == {"a": "marked", "b": None, "c": "marked", "d": None}
