@@ -366,14 +366,12 @@ class _CopyPlan:
 
     def run(self, conn: sa.Connection, plan: _DriverPlan, params: list[dict[str, Any]]) -> None:
         conn.exec_driver_sql(self.create)
-        procs = plan.processors
-        keys = self.keys
+        fields = [(k, plan.processors.get(k)) for k in self.keys]  # bind types, as rows()
         with _dbapi_errors(conn, self.copy), \
                 conn.connection.dbapi_connection.cursor() as cur, cur.copy(self.copy) as copy:
             for n, p in enumerate(params):
-                row = [p[k] for k in keys] if not procs else [
-                    p[k] if procs.get(k) is None else procs[k](p[k]) for k in keys]
-                row.append(n)
+                row = [p[k] if f is None else f(p[k]) for k, f in fields]
+                row.append(n)  # yz_n: the order of the rows
                 copy.write_row(row)
         conn.exec_driver_sql(self.insert)
 
