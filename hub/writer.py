@@ -330,9 +330,11 @@ def _copy_plan(conn: sa.Connection, statement: sa.Executable, plan: _DriverPlan,
 
 class _CopyPlan:
     """A bare insert's rows as COPY into a temporary table, then one INSERT …
-    SELECT from it in their order, the statement's own ON CONFLICT clause kept.
-    The table lives as long as the connection and is emptied at every commit; it
-    is created when missing (a rollback also takes back its creation)."""
+    SELECT from it in their order, the statement's own ON CONFLICT clause kept;
+    the SELECT is a DELETE … RETURNING, which leaves the table empty for the
+    next stretch of the same transaction. The table lives as long as the
+    connection; it is created when missing (a rollback also takes back its
+    creation, and ON COMMIT DELETE ROWS what a failed statement left)."""
 
     __slots__ = ("copy", "create", "insert", "keys")
 
@@ -352,8 +354,11 @@ class _CopyPlan:
         digest = hashlib.blake2s(",".join(names).encode(), digest_size=4).hexdigest()
         tmp_name = f"yz_copy_{table.name}_{digest}"
         tmp = sa.table(tmp_name, *(sa.column(n) for n in names), sa.column("yz_n"))
-        insert = statement.from_select(names, sa.select(*(tmp.c[n] for n in names))
-                                       .order_by(tmp.c.yz_n))
+        # Taken out of the table as they are inserted: another stretch of the same
+        # transaction copies into it again, and must find it empty.
+        moved = sa.delete(tmp).returning(*tmp.c).cte("yz_moved")
+        insert = statement.from_select(names, sa.select(*(moved.c[n] for n in names))
+                                       .order_by(moved.c.yz_n))
         compiled = insert.compile(dialect=dialect)
         if compiled.binds:
             return None  # an ON CONFLICT clause with parameters of its own
