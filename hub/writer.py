@@ -46,6 +46,7 @@ from types import TracebackType
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql.dml import OnConflictDoNothing
 
 from hub.store import Store, StoreError
 
@@ -242,6 +243,12 @@ def _insert_guarded(conn: sa.Connection, guarded: list[Guarded]) -> list[bool]:
             for i in idx:
                 new[i] = conn.execute(statement, guarded[i].params).rowcount == 1
             continue
+        if len(params) >= COPY_FROM:
+            copy = _copy_plan(conn, statement, plan, params[0], guarded=True)
+            if copy is not None:
+                for i, was_new in zip(idx, copy.run_guarded(conn, plan, params), strict=True):
+                    new[i] = was_new
+                continue
         with _dbapi_errors(conn, plan.sql), raw.cursor() as cur:
             # One result a row, each with its own rowcount (psycopg >= 3.1).
             cur.executemany(plan.sql, plan.rows(params), returning=True)
@@ -317,14 +324,15 @@ COPY_FROM = 16
 
 
 def _copy_plan(conn: sa.Connection, statement: sa.Executable, plan: _DriverPlan,
-               sample: dict[str, Any]) -> _CopyPlan | None:
+               sample: dict[str, Any], *, guarded: bool = False) -> _CopyPlan | None:
     if conn.dialect.driver != "psycopg":
         return None
     plans = conn.info.setdefault("yizhan_copy_plans", {})
-    shape = (statement, tuple(sample))
+    shape = (statement, tuple(sample), guarded)
     copy = plans.get(shape, _UNPLANNED)
     if copy is _UNPLANNED:
-        copy = plans[shape] = _CopyPlan.of(statement, conn.dialect, tuple(sample))
+        copy = plans[shape] = _CopyPlan.of(statement, conn.dialect, tuple(sample),
+                                           plan if guarded else None)
     return copy
 
 
@@ -336,19 +344,31 @@ class _CopyPlan:
     connection; it is created when missing (a rollback also takes back its
     creation, and ON COMMIT DELETE ROWS what a failed statement left)."""
 
-    __slots__ = ("copy", "create", "insert", "keys")
+    __slots__ = ("copy", "create", "insert", "keys", "primary")
 
-    def __init__(self, create: str, copy: str, insert: str, keys: tuple[str, ...]) -> None:
+    def __init__(self, create: str, copy: str, insert: str, keys: tuple[str, ...],
+                 primary: tuple[str, ...] = ()) -> None:
         self.create, self.copy, self.insert, self.keys = create, copy, insert, keys
+        self.primary = primary
 
     @classmethod
-    def of(cls, statement: sa.Executable, dialect: sa.Dialect,
-           keys: tuple[str, ...]) -> _CopyPlan | None:
+    def of(cls, statement: sa.Executable, dialect: sa.Dialect, keys: tuple[str, ...],
+           guarded: _DriverPlan | None = None) -> _CopyPlan | None:
+        """The plan of a ``Rows`` statement; with ``guarded``, the plan of a
+        ``Guarded`` one, whose INSERT returns the primary key of each new row."""
         table = getattr(statement, "table", None)
         if (not isinstance(statement, sa.Insert) or not isinstance(table, sa.Table)
                 or statement._values is not None or statement._multi_values
                 or statement.select is not None or any(k not in table.c for k in keys)):
             return None  # only what a bare insert of whole rows writes
+        primary: tuple[str, ...] = ()
+        if guarded is not None:
+            # Which rows were new is told by their primary keys, compared as the
+            # rows hold them: every key column given, none converted on the way.
+            primary = tuple(c.key for c in table.primary_key.columns)
+            if (not primary or any(k not in keys or k in guarded.processors for k in primary)
+                    or not isinstance(statement._post_values_clause, OnConflictDoNothing)):
+                return None
         names = [table.c[k].name for k in keys]
         # One table per shape of row (a statement may be given different columns).
         digest = hashlib.blake2s(",".join(names).encode(), digest_size=4).hexdigest()
@@ -359,6 +379,8 @@ class _CopyPlan:
         moved = sa.delete(tmp).returning(*tmp.c).cte("yz_moved")
         insert = statement.from_select(names, sa.select(*(moved.c[n] for n in names))
                                        .order_by(moved.c.yz_n))
+        if primary:
+            insert = insert.returning(*(table.c[k] for k in primary))
         compiled = insert.compile(dialect=dialect)
         if compiled.binds:
             return None  # an ON CONFLICT clause with parameters of its own
@@ -367,9 +389,11 @@ class _CopyPlan:
         create = (f"CREATE TEMPORARY TABLE IF NOT EXISTS {tmp_name} ON COMMIT DELETE ROWS AS "
                   f"SELECT {cols}, 0::bigint AS yz_n FROM {prep.format_table(table)} "
                   "WITH NO DATA")
-        return cls(create, f"COPY {tmp_name} ({cols}, yz_n) FROM STDIN", str(compiled), keys)
+        return cls(create, f"COPY {tmp_name} ({cols}, yz_n) FROM STDIN", str(compiled), keys,
+                   primary)
 
-    def run(self, conn: sa.Connection, plan: _DriverPlan, params: list[dict[str, Any]]) -> None:
+    def run(self, conn: sa.Connection, plan: _DriverPlan,
+            params: list[dict[str, Any]]) -> sa.CursorResult:
         conn.exec_driver_sql(self.create)
         fields = [(k, plan.processors.get(k)) for k in self.keys]  # bind types, as rows()
         with _dbapi_errors(conn, self.copy), \
@@ -378,7 +402,20 @@ class _CopyPlan:
                 row = [p[k] if f is None else f(p[k]) for k, f in fields]
                 row.append(n)  # yz_n: the order of the rows
                 copy.write_row(row)
-        conn.exec_driver_sql(self.insert)
+        return conn.exec_driver_sql(self.insert)
+
+    def run_guarded(self, conn: sa.Connection, plan: _DriverPlan,
+                    params: list[dict[str, Any]]) -> list[bool]:
+        """As ``run``, for ``Guarded`` rows: whether each was new. Of two rows
+        with one key only the first can be (the second conflicts with it), as
+        an executemany of them would say."""
+        inserted = set(map(tuple, self.run(conn, plan, params)))
+        primary, new = self.primary, []
+        for p in params:
+            key = tuple([p[k] for k in primary])
+            new.append(key in inserted)
+            inserted.discard(key)
+        return new
 
 
 _UNPLANNED = object()

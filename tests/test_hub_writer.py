@@ -436,6 +436,30 @@ def test_a_guarded_rows_then_runs_only_when_the_row_is_new(store: Store, writers
     assert counted == [8] and writer.failed == 0
 
 
+def test_many_guarded_rows_are_told_new_as_one_at_a_time(store: Store, writers,
+                                                          caplog) -> None:
+    # Enough of them for PostgreSQL to COPY them and learn which were new from
+    # the keys its INSERT returns: duplicates in the batch and in the table, and
+    # a bad row, must come out as they do one row at a time.
+    insert = store.insert_ignore(schema.events)
+    writer = writers(store)
+    with store.engine.begin() as conn:
+        for seq in (4, 30):  # stored before: a replay after a crash
+            execute_row(conn, insert, event_row(seq))
+    seqs = [*range(1, 41), 3, 17, 40, 17]
+    for seq in seqs:
+        row = {**event_row(seq), "sid": None} if seq == 25 else event_row(seq)
+        writer.submit(Guarded(insert, row, [_log(store, seq)]))
+    with executes(store) as seen, caplog.at_level(logging.ERROR, logger="hub.writer"):
+        writer.start()
+        assert writer.flush(10)
+    assert stored(store) == [s for s in range(1, 41) if s != 25]
+    assert logged(store) == [s for s in range(1, 41) if s not in (4, 25, 30)]
+    assert writer.failed == 1 and list(writer.failures) == ["Guarded(events): IntegrityError"]
+    if store.engine.dialect.name == "postgresql":  # copied: its INSERT … SELECT is seen
+        assert {("CREATE TEMPORARY TABLE", False), ("INSERT INTO events", False)} <= set(seen)
+
+
 def test_a_failing_then_costs_only_its_own_op(store: Store, writers, caplog) -> None:
     insert = store.insert_ignore(schema.events)
     writer = writers(store)
