@@ -24,10 +24,14 @@ threads then hold for up to a switch interval (``bench/hub_ingest.py``).
   callbacks see no difference; anything else (QoS 2, MQTT 5, a packet cut by
   the end of the buffer, manual acks) is paho's own reading.
 
+The message is a ``Received``, an ``MQTTMessage`` whose ``info`` is made only
+when asked for, and until a per-topic callback is added it goes straight to
+``on_message`` (paho matches its topic against the callbacks under a lock).
+
 It overrides three of paho's private methods (``_create_socket``,
-``_packet_queue``, ``_packet_read``), does ``_handle_publish``'s work for the
-common case, and calls others (``_loop_rc_handle``, ``_handle_on_message``,
-``_send_puback``);
+``_packet_queue``, ``_packet_read``), does ``_handle_publish``'s and
+``_handle_on_message``'s work for the common case, and calls others
+(``_loop_rc_handle``, ``_handle_on_message``, ``_send_puback``);
 ``pyproject.toml`` pins paho-mqtt to the release series this was written
 against, every hub test's messages go through it, and
 ``tests/test_hub_bulk_client.py`` holds it to what bare paho reads and answers.
@@ -133,8 +137,51 @@ class BufferedSocket:
         return getattr(self._sock, name)  # fileno, setblocking, settimeout, …
 
 
+class Received(mqtt.MQTTMessage):
+    """paho's ``MQTTMessage`` whose ``info`` is made when first asked for: paho
+    makes one per message received (with a ``threading.Condition``), which
+    only a publish needs, and the hub's callback never asks."""
+
+    __slots__ = ()
+
+    def __init__(self, mid: int, topic: bytes) -> None:  # paho's, less the info
+        self.timestamp = 0.0
+        self.state = mqtt.mqtt_ms_invalid
+        self.dup = False
+        self.mid = mid
+        self._topic = topic
+        self.payload = b""
+        self.qos = 0
+        self.retain = False
+        self.properties = None
+
+    @property
+    def info(self) -> mqtt.MQTTMessageInfo:
+        try:
+            return _INFO_SLOT.__get__(self)
+        except AttributeError:
+            info = mqtt.MQTTMessageInfo(self.mid)
+            _INFO_SLOT.__set__(self, info)
+            return info
+
+    @info.setter
+    def info(self, value: mqtt.MQTTMessageInfo) -> None:
+        _INFO_SLOT.__set__(self, value)
+
+
+_INFO_SLOT = mqtt.MQTTMessage.__dict__["info"]  # the slot under the property
+
+
 class BulkClient(mqtt.Client):
     """``paho.mqtt.client.Client`` with ``BufferedSocket`` under it."""
+
+    #: Whether a per-topic callback was ever added: until then every message
+    #: goes to ``on_message``, without paho's topic matching and its lock.
+    _filtered = False
+
+    def message_callback_add(self, sub: str, callback) -> None:
+        self._filtered = True
+        super().message_callback_add(sub, callback)
 
     def _create_socket(self):
         sock = super()._create_socket()
@@ -187,7 +234,7 @@ class BulkClient(mqtt.Client):
         if topic_end == 2 or start > n:
             return mqtt.MQTT_ERR_PROTOCOL  # no topic, or cut short: as paho says of it
         mid = (body[topic_end] << 8) | body[topic_end + 1] if qos else 0
-        message = mqtt.MQTTMessage(mid, body[2:topic_end])
+        message = Received(mid, body[2:topic_end])
         message.dup = bool(command & 0x08)
         message.qos = qos
         message.retain = bool(command & 0x01)
@@ -204,8 +251,24 @@ class BulkClient(mqtt.Client):
                            shown, len(message.payload))
         with self._msgtime_mutex:
             self._last_bytes_received = now
-        self._handle_on_message(message)
+        if self._filtered:
+            self._handle_on_message(message)
+        else:
+            self._on_message_only(message)
         return self._send_puback(mid) if qos else mqtt.MQTT_ERR_SUCCESS
+
+    def _on_message_only(self, message: mqtt.MQTTMessage) -> None:
+        """paho's ``_handle_on_message`` when no per-topic callback exists."""
+        on_message = self._on_message
+        if on_message is None:
+            return
+        with self._in_callback_mutex:
+            try:
+                on_message(self, self._userdata, message)
+            except Exception as err:
+                self._easy_log(mqtt.MQTT_LOG_ERR, "Caught exception in on_message: %s", err)
+                if not self.suppress_exceptions:
+                    raise
 
     def _send_puback(self, mid: int) -> mqtt.MQTTErrorCode:
         """A PUBACK from the network thread goes straight into the send buffer,

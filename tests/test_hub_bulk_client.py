@@ -151,12 +151,19 @@ _STREAM = [
 
 
 def _read_as(client: mqtt.Client, sock: socket.socket, peer: socket.socket,
-             stream: bytes, cuts: list[int]) -> tuple[list[tuple], bytes]:
-    """Feed ``stream`` to ``client`` in pieces cut at ``cuts``: what on_message saw,
-    and what the client wrote back."""
+             stream: bytes, cuts: list[int], filtered: bool = False) -> tuple[list[tuple], bytes]:
+    """Feed ``stream`` to ``client`` in pieces cut at ``cuts``: what on_message
+    (and, when ``filtered``, a callback for events) saw, and what the client
+    wrote back."""
     seen: list[tuple] = []
-    client.on_message = lambda c, u, msg: seen.append(
-        (msg._topic, msg.payload, msg.qos, msg.retain, msg.dup, msg.mid))
+
+    def saw(who: str):
+        return lambda c, u, msg: seen.append(
+            (who, msg._topic, msg.payload, msg.qos, msg.retain, msg.dup, msg.mid, msg.info.mid))
+
+    client.on_message = saw("on_message")
+    if filtered:
+        client.message_callback_add("yizhan/v1/+/event", saw("events"))
     # paho's debug log on: the line for a topic of invalid UTF-8 must not raise.
     client.on_log = lambda c, u, level, line: seen.append(("log", line)) if line.startswith(
         "Received PUBLISH") else None
@@ -177,21 +184,24 @@ def _read_as(client: mqtt.Client, sock: socket.socket, peer: socket.socket,
     return seen, written
 
 
+@pytest.mark.parametrize("filtered", [False, True], ids=["on_message", "per-topic"])
 @pytest.mark.parametrize("cuts", [[], [3], [60], [1, 2, 700, 21_000], list(range(1, 400, 7))],
                          ids=["whole", "in-the-length", "in-a-body", "here-and-there", "dribbled"])
-def test_publishes_read_and_acknowledged_as_paho_does(cuts) -> None:
+def test_publishes_read_and_acknowledged_as_paho_does(cuts, filtered) -> None:
     stream = b"".join(_STREAM)
     results = []
     for cls in (mqtt.Client, BulkClient):
         a, b = socket.socketpair()
         try:
             client = cls(CallbackAPIVersion.VERSION2, client_id="c", protocol=mqtt.MQTTv311)
-            results.append(_read_as(client, b, a, stream, cuts))
+            results.append(_read_as(client, b, a, stream, cuts, filtered))
         finally:
             a.close()
             b.close()
     (paho_seen, paho_wrote), (bulk_seen, bulk_wrote) = results
     assert len(bulk_seen) == 2 * len(_STREAM) and bulk_seen == paho_seen
+    callbacks = [entry[0] for entry in bulk_seen if entry[0] != "log"]
+    assert callbacks.count("events") == (3 if filtered else 0)
     assert ("log", "Received PUBLISH (d0, q1, r0, m5), 'TOPIC WITH INVALID UTF-8: "
                    "b't/\\xff'', ...  (15 bytes)") in bulk_seen
     # QoS 1 PUBACKs, each once and in the order of their PUBLISHes (MQTT 3.1.1 §4.6).
