@@ -46,7 +46,10 @@ from types import TracebackType
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql.dml import OnConflictDoNothing
+from sqlalchemy.sql import visitors
+from sqlalchemy.sql.elements import BindParameter
 
 from hub.store import Store, StoreError
 
@@ -90,9 +93,11 @@ class Rows:
 
     ``order`` is for the ``then`` ops of ``Guarded`` ones (a loan's rows, by
     bank): ``Rows`` with the same order run in the order they come, ``Rows``
-    with different orders commute. A stretch's ``then`` rows then run in rounds
-    — a row in the round after the last one with its order — each round one
-    executemany a statement, not a statement each.
+    with different orders commute *and touch different rows of the table*. A
+    stretch's ``then`` rows then run in rounds — a row in the round after the
+    last one with its order — each round one executemany a statement, not a
+    statement each; on PostgreSQL an UPDATE's rows of a round, from
+    ``COPY_FROM`` on, one ``UPDATE … FROM unnest(…)`` (see ``_UpdatePlan``).
 
     >>> writer.submit(Rows(store.insert_ignore(events), row))
     """
@@ -224,7 +229,7 @@ def _run_after(conn: sa.Connection, after: list[Guarded | Commuting]) -> None:
                 for call in calls:
                     call(conn)
     for run in rounds:
-        _execute_rows(conn, run)
+        _execute_rows(conn, run, apart=True)
 
 
 def _insert_guarded(conn: sa.Connection, guarded: list[Guarded]) -> list[bool]:
@@ -296,13 +301,21 @@ def _plan(conn: sa.Connection, statement: sa.Executable,
     return plan
 
 
-def _execute_rows(conn: sa.Connection, run: dict[sa.Executable, list[Rows]]) -> None:
+def _execute_rows(conn: sa.Connection, run: dict[sa.Executable, list[Rows]],
+                  apart: bool = False) -> None:
+    """Each statement's rows; ``apart``: a round's, whose rows of different
+    orders touch different rows of the table (see ``Rows``)."""
     for statement, rows in run.items():
         if rows[0].key is not None and len(rows) > 1:
             last = {r.key: r.params for r in rows}  # a later snapshot replaces an earlier
             params = list(last.values())
         else:
             params = [r.params for r in rows]
+        if apart and len(params) >= COPY_FROM and isinstance(statement, sa.Update):
+            update = _update_plan(conn, statement, params[0])
+            if update is not None:
+                conn.exec_driver_sql(update.sql, update.arrays(params))
+                continue
         plan = _plan(conn, statement, params[0])
         if plan is None:
             conn.execute(statement, params)
@@ -416,6 +429,57 @@ class _CopyPlan:
             new.append(key in inserted)
             inserted.discard(key)
         return new
+
+
+def _update_plan(conn: sa.Connection, statement: sa.Update,
+                 sample: dict[str, Any]) -> _UpdatePlan | None:
+    if conn.dialect.driver != "psycopg":
+        return None
+    plans = conn.info.setdefault("yizhan_update_plans", {})
+    shape = (statement, tuple(sample))
+    update = plans.get(shape, _UNPLANNED)
+    if update is _UNPLANNED:
+        update = plans[shape] = _UpdatePlan.of(statement, conn.dialect, sample)
+    return update
+
+
+class _UpdatePlan:
+    """A round's rows of an UPDATE as one statement: each bound parameter
+    becomes a column of ``unnest`` over arrays of the rows' values, joined as
+    ``UPDATE … FROM``. Only for rows that touch different rows of the table
+    (PostgreSQL updates a row joined twice once), as a round's rows of
+    different orders do."""
+
+    __slots__ = ("names", "sql")
+
+    def __init__(self, sql: str, names: tuple[str, ...]) -> None:
+        self.sql, self.names = sql, names
+
+    @classmethod
+    def of(cls, statement: sa.Update, dialect: sa.Dialect,
+           sample: dict[str, Any]) -> _UpdatePlan | None:
+        compiled = statement.compile(dialect=dialect)
+        binds = compiled.binds
+        if (compiled.escaped_bind_names or compiled.post_compile_params
+                or compiled.literal_execute_params or set(binds) != set(sample)
+                or any(b.type._isnull or b.type.bind_processor(dialect) is not None
+                       for b in binds.values())):
+            return None  # parameters not plainly the rows' own values
+        names = tuple(binds)
+        rows = (sa.func.unnest(*(sa.bindparam(n, type_=ARRAY(binds[n].type)) for n in names))
+                .table_valued(*(sa.column(n, binds[n].type) for n in names))
+                .render_derived(name="yz_rows"))
+
+        def column_for(element: Any) -> Any:
+            if isinstance(element, BindParameter) and element.key in binds:
+                return rows.c[element.key]
+            return None
+
+        joined = visitors.replacement_traverse(statement, {}, column_for)
+        return cls(str(joined.compile(dialect=dialect)), names)
+
+    def arrays(self, params: list[dict[str, Any]]) -> dict[str, list]:
+        return {n: [p[n] for p in params] for n in self.names}
 
 
 _UNPLANNED = object()
