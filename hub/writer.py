@@ -328,6 +328,13 @@ def _execute_rows(conn: sa.Connection, run: dict[sa.Executable, list[Rows]],
         conn.exec_driver_sql(plan.sql, plan.rows(params))
 
 
+#: The writer keeps its connection from one batch to the next that comes within
+#: this many seconds: a checkout costs PostgreSQL three round trips (the pool's
+#: ping) and a return one (its rollback), each giving up the GIL while the
+#: ingest holds it. After a pause the pool's ping finds out whether the server
+#: dropped the connection meanwhile.
+KEEP_CONNECTION_S = 1.0
+
 #: On PostgreSQL, a statement's rows of one stretch go, from this many on, by
 #: COPY into a temporary table and one INSERT … SELECT from it: psycopg spends
 #: ~1.5 µs of the hub's CPU on a row that way and ~12 µs on a row of an
@@ -354,8 +361,10 @@ class _CopyPlan:
     SELECT from it in their order, the statement's own ON CONFLICT clause kept;
     the SELECT is a DELETE … RETURNING, which leaves the table empty for the
     next stretch of the same transaction. The table lives as long as the
-    connection; it is created when missing (a rollback also takes back its
-    creation, and ON COMMIT DELETE ROWS what a failed statement left)."""
+    connection; it is created when missing (``IF NOT EXISTS``, a round trip),
+    unless the writer saw it made in a transaction that committed (see
+    ``_TABLES_MADE``): a rollback also takes back its creation, and ON COMMIT
+    DELETE ROWS what a failed statement left."""
 
     __slots__ = ("copy", "create", "insert", "keys", "primary")
 
@@ -407,7 +416,11 @@ class _CopyPlan:
 
     def run(self, conn: sa.Connection, plan: _DriverPlan,
             params: list[dict[str, Any]]) -> sa.CursorResult:
-        conn.exec_driver_sql(self.create)
+        made_now = conn.info.get(_TABLES_MADE_NOW)
+        if made_now is None or self.create not in conn.info.get(_TABLES_MADE, ()):
+            conn.exec_driver_sql(self.create)
+            if made_now is not None:
+                made_now.add(self.create)
         fields = [(k, plan.processors.get(k)) for k in self.keys]  # bind types, as rows()
         with _dbapi_errors(conn, self.copy), \
                 conn.connection.dbapi_connection.cursor() as cur, cur.copy(self.copy) as copy:
@@ -483,6 +496,12 @@ class _UpdatePlan:
 
 
 _UNPLANNED = object()
+#: In a connection's ``info``, kept by the writer: the temporary tables made in
+#: transactions it saw commit (there for the connection's life), and in the one
+#: it runs now (a rollback takes their creation back). Elsewhere every COPY
+#: makes its table if missing, a round trip more.
+_TABLES_MADE = "yizhan_copy_tables"
+_TABLES_MADE_NOW = "yizhan_copy_tables_now"
 
 
 class _DriverPlan:
@@ -583,6 +602,8 @@ class Writer:
         self._abort = threading.Event()  # close() gave up: stop retrying
         self._thread: threading.Thread | None = None
         self._stalled_since: float | None = None  # a batch is not yet through since then
+        self._conn: sa.Connection | None = None  # kept from one batch to the next
+        self._kept_since = 0.0
 
     # -- any thread -----------------------------------------------------------------------
 
@@ -678,6 +699,12 @@ class Writer:
     # -- the writer thread ----------------------------------------------------------------
 
     def _run(self) -> None:
+        try:
+            self._write_batches()
+        finally:
+            self._let_go()
+
+    def _write_batches(self) -> None:
         while True:
             batch = self._next_batch()
             if batch is None:
@@ -746,11 +773,16 @@ class Writer:
         while True:
             started = time.monotonic()
             try:
-                with self.store.engine.begin() as conn:
+                conn = self._connection(started)
+                conn.info[_TABLES_MADE_NOW] = set()
+                with conn.begin():
                     run_ops(conn, ops)
                     commit_started = time.monotonic()
                 # The commit happened on leaving the block.
+                conn.info.setdefault(_TABLES_MADE, set()).update(conn.info[_TABLES_MADE_NOW])
+                self._kept_since = time.monotonic()
             except Exception as err:
+                self._let_go()  # in whatever state the failure left it
                 if not is_transient(err):
                     raise _OpFailed from err
                 attempt += 1
@@ -765,6 +797,23 @@ class Writer:
                 log.warning("writer: database back after %d retries (%.1f s)", attempt,
                             done - (self._stalled_since or started))
             return
+
+    def _connection(self, now: float) -> sa.Connection:
+        """The connection of the last batch, if it committed less than
+        ``KEEP_CONNECTION_S`` ago; else one from the pool (which pings it)."""
+        conn = self._conn
+        if conn is not None and (conn.invalidated or now - self._kept_since > KEEP_CONNECTION_S):
+            self._let_go()
+            conn = None
+        if conn is None:
+            conn = self._conn = self.store.engine.connect()
+        return conn
+
+    def _let_go(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):  # a dead one is discarded by the pool
+                conn.close()
 
     def _retry_wait(self, err: BaseException, attempt: int, started: float) -> None:
         if attempt == 1:

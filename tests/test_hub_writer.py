@@ -21,6 +21,7 @@ import pytest
 import sqlalchemy as sa
 
 from hub import schema
+from hub import writer as writer_module
 from hub.store import Store
 from hub.writer import Commuting, Guarded, Rows, Writer, WriterClosed, execute_row
 from tests.harness.procs import wait_until
@@ -298,6 +299,22 @@ def executes(store: Store) -> Iterator[list[tuple[str, bool]]]:
         yield seen
     finally:
         sa.event.remove(store.engine, "before_cursor_execute", before)
+
+
+def test_batches_that_follow_closely_keep_one_connection(store: Store, writers,
+                                                         monkeypatch) -> None:
+    checkouts: list[int] = []
+    sa.event.listen(store.engine, "checkout", lambda *args: checkouts.append(1))
+    writer = writers(store).start()
+    for seq in range(1, 6):  # five batches, each committed before the next
+        writer.submit(insert_event(store, seq))
+        assert writer.flush(10)
+    assert writer.batches == 5 and len(checkouts) == 1
+    # After a pause it goes back to the pool, whose ping tests it at checkout.
+    monkeypatch.setattr(writer_module, "KEEP_CONNECTION_S", 0.0)
+    writer.submit(insert_event(store, 6))
+    assert writer.flush(10)
+    assert len(checkouts) == 2 and stored(store) == [1, 2, 3, 4, 5, 6]
 
 
 def test_rows_of_one_statement_are_written_as_one_executemany(store: Store, writers) -> None:
@@ -689,6 +706,38 @@ def test_copied_rows_of_two_stretches_in_one_batch_are_written_once(pg_url: str,
 
 
 @pytest.mark.postgres
+def test_a_copy_table_is_made_once_a_connection(pg_url: str,
+                                                                   writers) -> None:
+    store = Store(pg_url)
+    insert = store.insert_ignore(schema.events)
+    writer = writers(store).start()
+
+    def batch(first: int, bad: int | None = None) -> None:
+        for seq in range(first, first + 20):
+            row = {**event_row(seq), "sid": None} if seq == bad else event_row(seq)
+            writer.submit(Rows(insert, row))
+        assert writer.flush(10)
+
+    def creates(seen: list[tuple[str, bool]]) -> int:
+        return sum(words == "CREATE TEMPORARY TABLE" for words, _ in seen)
+
+    try:
+        with executes(store) as seen:
+            batch(1)
+            batch(21)
+            batch(41)
+        assert creates(seen) == 1  # made in the first, committed: there for the others
+        with executes(store) as seen:
+            batch(61, bad=70)  # fails, is replayed by halves (too small to copy)
+            batch(81)
+        assert creates(seen) == 0  # a rollback does not take back a committed creation
+        assert stored(store) == [s for s in range(1, 101) if s != 70]
+    finally:
+        writer.close()
+        store.close()
+
+
+@pytest.mark.postgres
 def test_a_bad_row_among_copied_ones_costs_only_itself(pg_url: str, writers, caplog) -> None:
     store = Store(pg_url)
     insert = store.insert_ignore(schema.events)
@@ -701,9 +750,13 @@ def test_a_bad_row_among_copied_ones_costs_only_itself(pg_url: str, writers, cap
             assert writer.flush(10)
             # The failed batch's rollback took back the temporary table too: the
             # next batch makes it again.
-            for seq in range(31, 61):
-                writer.submit(Rows(insert, event_row(seq)))
-            assert writer.flush(10)
+            batches = writer.batches
+            with executes(store) as seen:
+                for seq in range(31, 61):
+                    writer.submit(Rows(insert, event_row(seq)))
+                assert writer.flush(10)
+            assert ("CREATE TEMPORARY TABLE", False) in seen
+            assert writer.batches == batches + 1  # whole, not replayed by halves
         assert stored(store) == [s for s in range(1, 61) if s != 7]
         assert writer.failed == 1 and list(writer.failures) == ["Rows(events): IntegrityError"]
     finally:
