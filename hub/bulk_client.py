@@ -192,10 +192,40 @@ class BulkClient(mqtt.Client):
     def loop_read(self, max_packets: int = 1) -> mqtt.MQTTErrorCode:
         rc = super().loop_read(max_packets)
         budget = READ_BUDGET
-        while rc == mqtt.MQTT_ERR_SUCCESS and budget and self._buffered():
+        while rc == mqtt.MQTT_ERR_SUCCESS and budget > 0 and self._buffered():
+            taken, rc = self._publishes_read(budget)
+            if taken:
+                budget -= taken
+                continue
             rc = super().loop_read(max_packets)
             budget -= 1
         return rc
+
+    def _publishes_read(self, budget: int) -> tuple[int, mqtt.MQTTErrorCode]:
+        """The whole PUBLISHes of QoS 0 or 1 at the head of the buffer, up to
+        ``budget``, one after the other without paho's loop_read and packet
+        dispatch around each: how many, and the result as loop_read gives it."""
+        sock = self._sock
+        if not self._may_take(sock):
+            return 0, mqtt.MQTT_ERR_SUCCESS
+        on_thread = self._thread is threading.current_thread()
+        taken, rc = 0, mqtt.MQTT_ERR_SUCCESS
+        while taken < budget:
+            packet = sock.take_publish()
+            if packet is None:
+                break
+            taken += 1
+            rc = self._publish_read(*packet, on_thread=on_thread)
+            if rc != mqtt.MQTT_ERR_SUCCESS:
+                return taken, self._loop_rc_handle(rc)  # as paho's loop_read
+            if self._sock is not sock:
+                break  # a callback disconnected
+        return taken, rc
+
+    def _may_take(self, sock) -> bool:
+        """Whether the next packet may be read here rather than by paho."""
+        return (isinstance(sock, BufferedSocket) and self._in_packet["command"] == 0
+                and self._protocol != mqtt.MQTTv5 and not self._manual_ack)
 
     def loop_write(self) -> mqtt.MQTTErrorCode:
         rc = super().loop_write()
@@ -217,16 +247,17 @@ class BulkClient(mqtt.Client):
 
     def _packet_read(self) -> mqtt.MQTTErrorCode:
         sock = self._sock
-        if (isinstance(sock, BufferedSocket) and self._in_packet["command"] == 0
-                and self._protocol != mqtt.MQTTv5 and not self._manual_ack):
+        if self._may_take(sock):
             packet = sock.take_publish()
             if packet is not None:
                 return self._publish_read(*packet)
         return super()._packet_read()
 
-    def _publish_read(self, command: int, body: bytes) -> mqtt.MQTTErrorCode:
+    def _publish_read(self, command: int, body: bytes,
+                      on_thread: bool | None = None) -> mqtt.MQTTErrorCode:
         """paho's ``_handle_publish`` for a PUBLISH of QoS 0 or 1 under MQTT 3.1.1,
-        without its generic packet reading."""
+        without its generic packet reading. ``on_thread``: whether this is the
+        network thread, when the caller knows."""
         qos = (command >> 1) & 3
         n = len(body)
         topic_end = 2 + ((body[0] << 8) | body[1]) if n >= 2 else n + 1
@@ -255,7 +286,11 @@ class BulkClient(mqtt.Client):
             self._handle_on_message(message)
         else:
             self._on_message_only(message)
-        return self._send_puback(mid) if qos else mqtt.MQTT_ERR_SUCCESS
+        if not qos:
+            return mqtt.MQTT_ERR_SUCCESS
+        if on_thread is None:
+            return self._send_puback(mid)
+        return self._puback(mid, on_thread)
 
     def _on_message_only(self, message: mqtt.MQTTMessage) -> None:
         """paho's ``_handle_on_message`` when no per-topic callback exists."""
@@ -271,12 +306,14 @@ class BulkClient(mqtt.Client):
                     raise
 
     def _send_puback(self, mid: int) -> mqtt.MQTTErrorCode:
+        return self._puback(mid, self._thread is threading.current_thread())
+
+    def _puback(self, mid: int, on_thread: bool) -> mqtt.MQTTErrorCode:
         """A PUBACK from the network thread goes straight into the send buffer,
         unless paho has packets of its own queued: then behind them, so PUBACKs
         keep the order of their PUBLISHes (MQTT 3.1.1 §4.6)."""
         sock = self._sock
-        if (not isinstance(sock, BufferedSocket) or self._out_packet
-                or self._thread is not threading.current_thread()):
+        if not on_thread or self._out_packet or not isinstance(sock, BufferedSocket):
             return super()._send_puback(mid)
         if self.on_log is not None or self._logger is not None:
             self._easy_log(mqtt.MQTT_LOG_DEBUG, "Sending PUBACK (Mid: %d)", mid)

@@ -218,6 +218,35 @@ def test_a_publish_without_a_topic_is_a_protocol_error_as_in_paho(pair) -> None:
     client._sock = None
 
 
+def test_a_protocol_error_among_buffered_publishes_ends_the_read_as_in_paho() -> None:
+    # Read in a row from the buffer, a bad packet must still stop the reading,
+    # close the connection and tell on_disconnect, as paho's loop_read does.
+    stream = (_publish(b"yizhan/v1/yh-01/event", b"1", 1, mid=1)
+              + _publish(b"", b"no topic", 1, mid=2)
+              + _publish(b"yizhan/v1/yh-01/event", b"3", 1, mid=3))
+    outcomes = []
+    for cls in (mqtt.Client, BulkClient):
+        a, b = socket.socketpair()
+        try:
+            client = cls(CallbackAPIVersion.VERSION2, client_id="c", protocol=mqtt.MQTTv311)
+            seen: list = []
+            client.on_message = lambda c, u, msg, seen=seen: seen.append(msg.payload)
+            client.on_disconnect = lambda c, u, flags, rc, props, seen=seen: seen.append(
+                ("disconnected", str(rc)))
+            client._sock = BufferedSocket(b) if cls is BulkClient else b
+            client._thread = threading.current_thread()
+            client._state = mqtt._ConnectionState.MQTT_CS_CONNECTED
+            b.setblocking(False)
+            a.sendall(stream)
+            rcs = [client.loop_read() for _ in range(3) if client._sock is not None]
+            outcomes.append((seen, rcs[-1], client._sock is None))
+        finally:
+            a.close()
+            b.close()
+    assert outcomes[0][0] == [b"1", ("disconnected", "Protocol error")]
+    assert outcomes[1] == outcomes[0]
+
+
 def _client(client_id: str) -> BulkClient:
     return BulkClient(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False,
                       protocol=mqtt.MQTTv311)
