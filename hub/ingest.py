@@ -149,7 +149,7 @@ class Ingest:
             if kind is Kind.STATE:
                 # Decoded once: parsed, then stored as the text the station sent.
                 with contextlib.suppress(UnicodeDecodeError):  # decode() says why not
-                    payload = payload.decode("utf-8-sig")
+                    payload = m.utf8_text(payload)
             message = m.decode(kind, payload, topic_sid=sid)
         except (InvalidMessage, TopicError) as err:
             self._invalid(msg.topic, kind, sid, err)

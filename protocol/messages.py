@@ -93,6 +93,7 @@ __all__ = [
     "encode",
     "from_dict",
     "parse",
+    "utf8_text",
 ]
 
 MAX_PAYLOAD = 65536
@@ -495,9 +496,17 @@ def _text(payload: bytes | bytearray | memoryview | str) -> str:
     try:
         # Contract §2: UTF-8 (json.loads would also take UTF-16 and -32); a
         # byte-order mark is tolerated, as json.loads does.
-        return payload.decode("utf-8-sig")
+        return utf8_text(payload)
     except UnicodeDecodeError as err:
         raise InvalidMessage("", f"not valid UTF-8 JSON: {err}") from err
+
+
+def utf8_text(payload: bytes) -> str:
+    """``payload.decode("utf-8-sig")``, without that codec's Python-level wrapper
+    (a State's every payload goes through it on the hub); an error's position
+    counts the byte-order mark."""
+    text = payload.decode("utf-8")
+    return text[1:] if text.startswith("\ufeff") else text
 
 
 def _parse(text: str) -> dict:

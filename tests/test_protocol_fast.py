@@ -178,3 +178,17 @@ def test_floats_too_large_are_refused_by_both_readers():
     assert math.isinf(json.loads(text)["dispenser"]["temp_c"])
     assert verdict(decode, Kind.STATE, text, None) == (
         "invalid", "dispenser.temp_c: must be a finite number")
+
+
+@pytest.mark.parametrize("raw", [b"", b"{}", b"\xef\xbb\xbf{}", b"\xef\xbb\xbf\xef\xbb\xbf{}",
+                                 b"\xef\xbb", "中文".encode(), b"{\xff}", b"\xef\xbb\xbf{\xff}"])
+def test_utf8_text_is_the_utf_8_sig_codec(raw: bytes) -> None:
+    try:
+        expected: str | type = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        expected = UnicodeDecodeError
+    try:
+        got: str | type = m.utf8_text(raw)
+    except UnicodeDecodeError:
+        got = UnicodeDecodeError
+    assert got == expected
