@@ -18,7 +18,8 @@ writes to different tables do), which on the hub's hot path is most of them.
 Two more kinds keep those runs long (see :class:`Commuting`): ``Guarded``, a
 row and the ops it causes only when it is new (an event and its loan), and
 ``Commuting``, an op declared to commute with ``Rows``; on PostgreSQL a run
-of ``COPY_FROM`` rows or more goes by COPY (see ``_CopyPlan``). A failing op
+of ``ARRAYS_FROM`` rows or more is one statement over arrays of their values
+(see ``_ArrayPlan``). A failing op
 costs only itself: its batch is rolled back and replayed by halves down to the
 op that fails alone, which is dropped (logged, counted). A failure of the
 database itself (connection lost, server restarting, "database is locked") is
@@ -36,7 +37,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import hashlib
 import logging
 import sqlite3
 import threading
@@ -97,7 +97,7 @@ class Rows:
     stretch's ``then`` rows then run in rounds — a row in the round after the
     last one with its order — each round one executemany a statement, not a
     statement each; on PostgreSQL an UPDATE's rows of a round, from
-    ``COPY_FROM`` on, one ``UPDATE … FROM unnest(…)`` (see ``_UpdatePlan``).
+    ``ARRAYS_FROM`` on, one ``UPDATE … FROM unnest(…)`` (see ``_ArrayPlan``).
 
     >>> writer.submit(Rows(store.insert_ignore(events), row))
     """
@@ -248,10 +248,10 @@ def _insert_guarded(conn: sa.Connection, guarded: list[Guarded]) -> list[bool]:
             for i in idx:
                 new[i] = conn.execute(statement, guarded[i].params).rowcount == 1
             continue
-        if len(params) >= COPY_FROM:
-            copy = _copy_plan(conn, statement, plan, params[0], guarded=True)
-            if copy is not None:
-                for i, was_new in zip(idx, copy.run_guarded(conn, plan, params), strict=True):
+        if len(params) >= ARRAYS_FROM:
+            arrays = _array_plan(conn, statement, params[0], guarded=True)
+            if arrays is not None:
+                for i, was_new in zip(idx, arrays.run_guarded(conn, params), strict=True):
                     new[i] = was_new
                 continue
         with _dbapi_errors(conn, plan.sql), raw.cursor() as cur:
@@ -311,20 +311,15 @@ def _execute_rows(conn: sa.Connection, run: dict[sa.Executable, list[Rows]],
             params = list(last.values())
         else:
             params = [r.params for r in rows]
-        if apart and len(params) >= COPY_FROM and isinstance(statement, sa.Update):
-            update = _update_plan(conn, statement, params[0])
-            if update is not None:
-                conn.exec_driver_sql(update.sql, update.arrays(params))
+        if len(params) >= ARRAYS_FROM and (apart or not isinstance(statement, sa.Update)):
+            arrays = _array_plan(conn, statement, params[0])
+            if arrays is not None:
+                arrays.run(conn, params)
                 continue
         plan = _plan(conn, statement, params[0])
         if plan is None:
             conn.execute(statement, params)
             continue
-        if len(params) >= COPY_FROM:
-            copy = _copy_plan(conn, statement, plan, params[0])
-            if copy is not None:
-                copy.run(conn, plan, params)
-                continue
         conn.exec_driver_sql(plan.sql, plan.rows(params))
 
 
@@ -335,107 +330,133 @@ def _execute_rows(conn: sa.Connection, run: dict[sa.Executable, list[Rows]],
 #: dropped the connection meanwhile.
 KEEP_CONNECTION_S = 1.0
 
-#: On PostgreSQL, a statement's rows of one stretch go, from this many on, by
-#: COPY into a temporary table and one INSERT … SELECT from it: psycopg spends
-#: ~1.5 µs of the hub's CPU on a row that way and ~12 µs on a row of an
-#: executemany, and the hub is CPU-bound. Below it, the two more round trips
-#: are not worth it.
-COPY_FROM = 16
+#: On PostgreSQL, a statement's rows of one stretch go, from this many on, as
+#: one statement over arrays of their values, passed in binary (``_ArrayPlan``):
+#: psycopg spends ~2 µs of the hub's CPU on a row that way and ~12 µs on a row
+#: of an executemany, which also sends each row and waits for the socket, each
+#: time giving up the GIL that the ingest then holds for up to a switch
+#: interval. (COPY through a temporary table costs a row about as little, but
+#: three round trips more a statement, and cannot be pipelined.)
+ARRAYS_FROM = 16
+
+#: Column types whose values psycopg sends in binary arrays as PostgreSQL
+#: takes them: others go row by row.
+_ARRAY_TYPES = (sa.String, sa.Integer, sa.Boolean)
 
 
-def _copy_plan(conn: sa.Connection, statement: sa.Executable, plan: _DriverPlan,
-               sample: dict[str, Any], *, guarded: bool = False) -> _CopyPlan | None:
+def _array_plan(conn: sa.Connection, statement: sa.Executable, sample: dict[str, Any], *,
+                guarded: bool = False) -> _ArrayPlan | None:
     if conn.dialect.driver != "psycopg":
         return None
-    plans = conn.info.setdefault("yizhan_copy_plans", {})
+    plans = conn.info.setdefault("yizhan_array_plans", {})
     shape = (statement, tuple(sample), guarded)
-    copy = plans.get(shape, _UNPLANNED)
-    if copy is _UNPLANNED:
-        copy = plans[shape] = _CopyPlan.of(statement, conn.dialect, tuple(sample),
-                                           plan if guarded else None)
-    return copy
+    plan = plans.get(shape, _UNPLANNED)
+    if plan is _UNPLANNED:
+        plan = plans[shape] = _ArrayPlan.of(statement, conn.dialect, sample, guarded)
+    return plan
 
 
-class _CopyPlan:
-    """A bare insert's rows as COPY into a temporary table, then one INSERT …
-    SELECT from it in their order, the statement's own ON CONFLICT clause kept;
-    the SELECT is a DELETE … RETURNING, which leaves the table empty for the
-    next stretch of the same transaction. The table lives as long as the
-    connection; it is created when missing (``IF NOT EXISTS``, a round trip),
-    unless the writer saw it made in a transaction that committed (see
-    ``_TABLES_MADE``): a rollback also takes back its creation, and ON COMMIT
-    DELETE ROWS what a failed statement left."""
+class _ArrayPlan:
+    """Rows of a statement as one statement whose every bound parameter is
+    a column of ``unnest`` over an array of the rows' values.
 
-    __slots__ = ("copy", "create", "insert", "keys", "primary")
+    A bare insert of whole rows becomes ``INSERT … SELECT … FROM unnest(…) WITH
+    ORDINALITY … ORDER BY`` the rows' order, its own ON CONFLICT clause kept
+    (``guarded``: returning the primary key of each new row). An UPDATE becomes
+    ``UPDATE … FROM unnest(…)``: only for rows that touch different rows of the
+    table (PostgreSQL updates a row joined twice once), as a round's rows of
+    different orders do."""
 
-    def __init__(self, create: str, copy: str, insert: str, keys: tuple[str, ...],
-                 primary: tuple[str, ...] = ()) -> None:
-        self.create, self.copy, self.insert, self.keys = create, copy, insert, keys
-        self.primary = primary
+    __slots__ = ("fields", "primary", "sql")
+
+    def __init__(self, sql: str, fields: tuple[tuple[str, Any], ...],
+                 primary: tuple[str, ...]) -> None:
+        self.sql, self.fields, self.primary = sql, fields, primary
 
     @classmethod
-    def of(cls, statement: sa.Executable, dialect: sa.Dialect, keys: tuple[str, ...],
-           guarded: _DriverPlan | None = None) -> _CopyPlan | None:
-        """The plan of a ``Rows`` statement; with ``guarded``, the plan of a
-        ``Guarded`` one, whose INSERT returns the primary key of each new row."""
+    def of(cls, statement: sa.Executable, dialect: sa.Dialect, sample: dict[str, Any],
+           guarded: bool = False) -> _ArrayPlan | None:
+        if isinstance(statement, sa.Insert):
+            return cls._insert(statement, dialect, tuple(sample), guarded)
+        if isinstance(statement, sa.Update) and not guarded:
+            return cls._update(statement, dialect, sample)
+        return None
+
+    @classmethod
+    def _insert(cls, statement: sa.Insert, dialect: sa.Dialect, keys: tuple[str, ...],
+                guarded: bool) -> _ArrayPlan | None:
         table = getattr(statement, "table", None)
-        if (not isinstance(statement, sa.Insert) or not isinstance(table, sa.Table)
-                or statement._values is not None or statement._multi_values
-                or statement.select is not None or any(k not in table.c for k in keys)):
+        if (not isinstance(table, sa.Table) or statement._values is not None
+                or statement._multi_values or statement.select is not None
+                or any(k not in table.c for k in keys)):
             return None  # only what a bare insert of whole rows writes
+        types = {k: table.c[k].type for k in keys}
         primary: tuple[str, ...] = ()
-        if guarded is not None:
+        if guarded:
             # Which rows were new is told by their primary keys, compared as the
             # rows hold them: every key column given, none converted on the way.
             primary = tuple(c.key for c in table.primary_key.columns)
-            if (not primary or any(k not in keys or k in guarded.processors for k in primary)
+            if (not primary or any(k not in keys or types[k].bind_processor(dialect)
+                                   for k in primary)
                     or not isinstance(statement._post_values_clause, OnConflictDoNothing)):
                 return None
+        rows = _unnest(types, ordinality=True)
         names = [table.c[k].name for k in keys]
-        # One table per shape of row (a statement may be given different columns).
-        digest = hashlib.blake2s(",".join(names).encode(), digest_size=4).hexdigest()
-        tmp_name = f"yz_copy_{table.name}_{digest}"
-        tmp = sa.table(tmp_name, *(sa.column(n) for n in names), sa.column("yz_n"))
-        # Taken out of the table as they are inserted: another stretch of the same
-        # transaction copies into it again, and must find it empty.
-        moved = sa.delete(tmp).returning(*tmp.c).cte("yz_moved")
-        insert = statement.from_select(names, sa.select(*(moved.c[n] for n in names))
-                                       .order_by(moved.c.yz_n))
+        insert = statement.from_select(names, sa.select(*(rows.c[k] for k in keys))
+                                       .order_by(rows.c.yz_n))
         if primary:
             insert = insert.returning(*(table.c[k] for k in primary))
-        compiled = insert.compile(dialect=dialect)
-        if compiled.binds:
-            return None  # an ON CONFLICT clause with parameters of its own
-        prep = dialect.identifier_preparer
-        cols = ", ".join(prep.quote(n) for n in names)
-        create = (f"CREATE TEMPORARY TABLE IF NOT EXISTS {tmp_name} ON COMMIT DELETE ROWS AS "
-                  f"SELECT {cols}, 0::bigint AS yz_n FROM {prep.format_table(table)} "
-                  "WITH NO DATA")
-        return cls(create, f"COPY {tmp_name} ({cols}, yz_n) FROM STDIN", str(compiled), keys,
-                   primary)
+        return cls._made(insert, dialect, types, primary)
 
-    def run(self, conn: sa.Connection, plan: _DriverPlan,
-            params: list[dict[str, Any]]) -> sa.CursorResult:
-        made_now = conn.info.get(_TABLES_MADE_NOW)
-        if made_now is None or self.create not in conn.info.get(_TABLES_MADE, ()):
-            conn.exec_driver_sql(self.create)
-            if made_now is not None:
-                made_now.add(self.create)
-        fields = [(k, plan.processors.get(k)) for k in self.keys]  # bind types, as rows()
-        with _dbapi_errors(conn, self.copy), \
-                conn.connection.dbapi_connection.cursor() as cur, cur.copy(self.copy) as copy:
-            for n, p in enumerate(params):
-                row = [p[k] if f is None else f(p[k]) for k, f in fields]
-                row.append(n)  # yz_n: the order of the rows
-                copy.write_row(row)
-        return conn.exec_driver_sql(self.insert)
+    @classmethod
+    def _update(cls, statement: sa.Update, dialect: sa.Dialect,
+                sample: dict[str, Any]) -> _ArrayPlan | None:
+        compiled = statement.compile(dialect=dialect)
+        binds = compiled.binds
+        if (compiled.escaped_bind_names or compiled.post_compile_params
+                or compiled.literal_execute_params or set(binds) != set(sample)):
+            return None  # parameters not plainly the rows' own values
+        types = {n: b.type for n, b in binds.items()}
+        rows = _unnest(types)
 
-    def run_guarded(self, conn: sa.Connection, plan: _DriverPlan,
-                    params: list[dict[str, Any]]) -> list[bool]:
+        def column_for(element: Any) -> Any:
+            if isinstance(element, BindParameter) and element.key in binds:
+                return rows.c[element.key]
+            return None
+
+        joined = visitors.replacement_traverse(statement, {}, column_for)
+        return cls._made(joined, dialect, types, ())
+
+    @classmethod
+    def _made(cls, statement: sa.Executable, dialect: sa.Dialect,
+              types: dict[str, sa.types.TypeEngine], primary: tuple[str, ...]
+              ) -> _ArrayPlan | None:
+        if any(not isinstance(t, _ARRAY_TYPES) for t in types.values()):
+            return None
+        compiled = statement.compile(dialect=dialect)
+        if set(compiled.binds) != set(types):
+            return None  # an ON CONFLICT or WHERE clause with parameters of its own
+        sql = str(compiled)
+        for name in types:  # binary: psycopg quotes a text array's items in Python
+            placeholder = f"%({name})s"
+            if sql.count(placeholder) != 1:
+                return None
+            sql = sql.replace(placeholder, f"%({name})b")
+        fields = tuple((n, t.bind_processor(dialect)) for n, t in types.items())
+        return cls(sql, fields, primary)
+
+    def arrays(self, params: list[dict[str, Any]]) -> dict[str, list]:
+        return {n: [p[n] for p in params] if f is None else [f(p[n]) for p in params]
+                for n, f in self.fields}
+
+    def run(self, conn: sa.Connection, params: list[dict[str, Any]]) -> sa.CursorResult:
+        return conn.exec_driver_sql(self.sql, self.arrays(params))
+
+    def run_guarded(self, conn: sa.Connection, params: list[dict[str, Any]]) -> list[bool]:
         """As ``run``, for ``Guarded`` rows: whether each was new. Of two rows
         with one key only the first can be (the second conflicts with it), as
         an executemany of them would say."""
-        inserted = set(map(tuple, self.run(conn, plan, params)))
+        inserted = set(map(tuple, self.run(conn, params)))
         primary, new = self.primary, []
         for p in params:
             key = tuple([p[k] for k in primary])
@@ -444,64 +465,17 @@ class _CopyPlan:
         return new
 
 
-def _update_plan(conn: sa.Connection, statement: sa.Update,
-                 sample: dict[str, Any]) -> _UpdatePlan | None:
-    if conn.dialect.driver != "psycopg":
-        return None
-    plans = conn.info.setdefault("yizhan_update_plans", {})
-    shape = (statement, tuple(sample))
-    update = plans.get(shape, _UNPLANNED)
-    if update is _UNPLANNED:
-        update = plans[shape] = _UpdatePlan.of(statement, conn.dialect, sample)
-    return update
-
-
-class _UpdatePlan:
-    """A round's rows of an UPDATE as one statement: each bound parameter
-    becomes a column of ``unnest`` over arrays of the rows' values, joined as
-    ``UPDATE … FROM``. Only for rows that touch different rows of the table
-    (PostgreSQL updates a row joined twice once), as a round's rows of
-    different orders do."""
-
-    __slots__ = ("names", "sql")
-
-    def __init__(self, sql: str, names: tuple[str, ...]) -> None:
-        self.sql, self.names = sql, names
-
-    @classmethod
-    def of(cls, statement: sa.Update, dialect: sa.Dialect,
-           sample: dict[str, Any]) -> _UpdatePlan | None:
-        compiled = statement.compile(dialect=dialect)
-        binds = compiled.binds
-        if (compiled.escaped_bind_names or compiled.post_compile_params
-                or compiled.literal_execute_params or set(binds) != set(sample)
-                or any(b.type._isnull or b.type.bind_processor(dialect) is not None
-                       for b in binds.values())):
-            return None  # parameters not plainly the rows' own values
-        names = tuple(binds)
-        rows = (sa.func.unnest(*(sa.bindparam(n, type_=ARRAY(binds[n].type)) for n in names))
-                .table_valued(*(sa.column(n, binds[n].type) for n in names))
-                .render_derived(name="yz_rows"))
-
-        def column_for(element: Any) -> Any:
-            if isinstance(element, BindParameter) and element.key in binds:
-                return rows.c[element.key]
-            return None
-
-        joined = visitors.replacement_traverse(statement, {}, column_for)
-        return cls(str(joined.compile(dialect=dialect)), names)
-
-    def arrays(self, params: list[dict[str, Any]]) -> dict[str, list]:
-        return {n: [p[n] for p in params] for n in self.names}
+def _unnest(types: dict[str, sa.types.TypeEngine], ordinality: bool = False) -> Any:
+    """``unnest(%(a)s::T[], …) AS yz_rows(a, …[, yz_n])``: a column a parameter."""
+    arrays = [sa.bindparam(n, type_=ARRAY(t)) for n, t in types.items()]
+    columns = [sa.column(n, t) for n, t in types.items()]
+    fn = sa.func.unnest(*arrays)
+    valued = (fn.table_valued(*columns, with_ordinality="yz_n") if ordinality
+              else fn.table_valued(*columns))
+    return valued.render_derived(name="yz_rows")
 
 
 _UNPLANNED = object()
-#: In a connection's ``info``, kept by the writer: the temporary tables made in
-#: transactions it saw commit (there for the connection's life), and in the one
-#: it runs now (a rollback takes their creation back). Elsewhere every COPY
-#: makes its table if missing, a round trip more.
-_TABLES_MADE = "yizhan_copy_tables"
-_TABLES_MADE_NOW = "yizhan_copy_tables_now"
 
 
 class _DriverPlan:
@@ -774,12 +748,10 @@ class Writer:
             started = time.monotonic()
             try:
                 conn = self._connection(started)
-                conn.info[_TABLES_MADE_NOW] = set()
                 with conn.begin():
                     run_ops(conn, ops)
                     commit_started = time.monotonic()
                 # The commit happened on leaving the block.
-                conn.info.setdefault(_TABLES_MADE, set()).update(conn.info[_TABLES_MADE_NOW])
                 self._kept_since = time.monotonic()
             except Exception as err:
                 self._let_go()  # in whatever state the failure left it
