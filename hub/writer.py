@@ -126,7 +126,8 @@ class Guarded:
     The ``then`` ops are run as :class:`Commuting` ops are, so they must keep
     the same rules. The inserts of a stretch's ``Guarded`` ops go first, as one
     ``executemany`` a statement (on PostgreSQL pipelined, each row's rowcount
-    read from it: not a round trip a row).
+    read from it; from ``ARRAYS_FROM`` rows on, one insert over arrays that
+    returns the new rows' keys).
     """
 
     __slots__ = ("params", "statement", "then")
@@ -148,9 +149,10 @@ class Commuting:
     A batch runs as stretches between its ops of other kinds: first the stretch's
     ``Rows`` (one executemany a statement), then its ``Commuting`` ops and the
     ``then`` ops of its new ``Guarded`` rows, in the order submitted — on
-    PostgreSQL inside one psycopg pipeline, so nothing waits for their results:
-    they must not read what their statements return. An op of any other kind
-    runs where it was submitted and sees everything before it.
+    PostgreSQL the whole stretch in one psycopg pipeline, where nothing but the
+    Guarded inserts waits for its result: Commuting and ``then`` ops must not
+    read what their statements return. An op of any other kind runs where it
+    was submitted, outside any pipeline, and sees everything before it.
 
     >>> writer.submit(Commuting(lambda conn: ledger.mark(sid, "station", "up", at_ms)))
     """
@@ -179,17 +181,32 @@ def run_ops(conn: sa.Connection, ops: list[Op]) -> None:
         if kind in _AFTER:
             after.append(op)
             continue
+        if run or after:
+            _stretch(conn, run, after)
+            run, after = {}, []
+        op(conn)
+    if run or after:
+        _stretch(conn, run, after)
+
+
+def _stretch(conn: sa.Connection, run: dict[sa.Executable, list[Rows]],
+             after: list[Guarded | Commuting]) -> None:
+    """A stretch's Rows, then its Guarded and Commuting ops. On PostgreSQL in one
+    psycopg pipeline: nothing waits for a statement's result but the Guarded
+    inserts (which read which rows were new), so the stretch costs the hub one
+    or two round trips, each a release of the GIL, not one a statement."""
+    raw = _psycopg(conn)
+    with contextlib.nullcontext() if raw is None else _pipeline(conn, raw):
         if run:
             _execute_rows(conn, run)
-            run = {}
         if after:
             _run_after(conn, after)
-            after = []
-        op(conn)
-    if run:
-        _execute_rows(conn, run)
-    if after:
-        _run_after(conn, after)
+
+
+@contextlib.contextmanager
+def _pipeline(conn: sa.Connection, raw: Any):
+    with _dbapi_errors(conn), raw.pipeline():
+        yield
 
 
 def _run_after(conn: sa.Connection, after: list[Guarded | Commuting]) -> None:
@@ -219,15 +236,8 @@ def _run_after(conn: sa.Connection, after: list[Guarded | Commuting]) -> None:
                 if at == len(rounds):
                     rounds.append({})
                 rounds[at].setdefault(then.statement, []).append(then)
-    if calls:
-        raw = _psycopg(conn)
-        if raw is None:
-            for call in calls:
-                call(conn)
-        else:
-            with _dbapi_errors(conn), raw.pipeline():
-                for call in calls:
-                    call(conn)
+    for call in calls:  # on PostgreSQL in the stretch's pipeline: they must not read
+        call(conn)
     for run in rounds:
         _execute_rows(conn, run, apart=True)
 
@@ -456,7 +466,10 @@ class _ArrayPlan:
         """As ``run``, for ``Guarded`` rows: whether each was new. Of two rows
         with one key only the first can be (the second conflicts with it), as
         an executemany of them would say."""
-        inserted = set(map(tuple, self.run(conn, params)))
+        # psycopg's own cursor: in a pipeline its fetch waits for the result.
+        with _dbapi_errors(conn, self.sql), conn.connection.dbapi_connection.cursor() as cur:
+            cur.execute(self.sql, self.arrays(params))
+            inserted = set(map(tuple, cur.fetchall()))
         primary, new = self.primary, []
         for p in params:
             key = tuple([p[k] for k in primary])
