@@ -268,7 +268,9 @@ def test_a_killed_postgresql_connection_is_retried_without_loss(pg_server, pg_ur
         assert stored(store) == [*range(1, 101), 1000]
 
         # Every connection dropped while idle between batches (a restart, a
-        # failover): the pool replaces them, nothing is lost either.
+        # failover), the writer's kept one too: the batch on it fails and is
+        # retried on one from the pool, which replaces the dead ones. Nothing
+        # is lost either.
         pg_server.terminate(pg_url)
         for seq in range(101, 151):
             writer.submit(insert_event(store, seq))
