@@ -358,8 +358,8 @@ class Fleet:
 
     def apply_status(self, status: m.Status, now_ms: int, live: bool = True) -> str:
         """Apply a birth or a death. ``live`` is False for a retained copy handed
-        out on subscribe: it says what the station last published, not that it
-        is talking now."""
+        out on subscribe, or a message the broker delivers again (DUP): it says
+        what the station published before, not that it is talking now."""
         with self._lock:
             was_online = self._online(status.sid)
             st = self._station(status.sid)

@@ -154,7 +154,11 @@ class Ingest:
         except (InvalidMessage, TopicError) as err:
             self._invalid(msg.topic, kind, sid, err)
             return
-        live = not msg.retain
+        # A retained copy handed out on subscribe, or a message the broker sends
+        # again because our PUBACK never reached it (DUP: a broken connection, or
+        # a broker restarted from its saved sessions), says what the station
+        # published before, not that it is talking now.
+        live = not (msg.retain or msg.dup)
         try:
             result = self.apply(kind, message, live,
                                 raw=payload if kind is Kind.STATE else None)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import socket
 import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -27,6 +28,7 @@ from protocol import messages as m
 from protocol.topics import HUB_STATUS_TOPIC, Kind, topic
 from tests.harness.mqtt import Subscriber, close, connect
 from tests.harness.procs import wait_until
+from yizhan.clock import SYSTEM_CLOCK, Clock, ManualClock
 
 SID = examples.SID
 EPOCH = examples.EPOCH
@@ -35,7 +37,8 @@ KINDS = {"status": Kind.STATUS, "state": Kind.STATE, "event": Kind.EVENT,
 EXAMPLE = {"status": "status", "state": "state", "event": "event", "result": "command_result"}
 
 
-def start_hub(broker: Any, database_url: str, **config: Any) -> Hub:
+def start_hub(broker: Any, database_url: str, clock: Clock = SYSTEM_CLOCK,
+              **config: Any) -> Hub:
     data = {"mqtt": {"host": broker.host, "port": broker.port, "keepalive": 5},
             "database": database_url}
     for key, value in config.items():
@@ -43,7 +46,7 @@ def start_hub(broker: Any, database_url: str, **config: Any) -> Hub:
             data.setdefault(key, {}).update(value)
         else:
             data[key] = value
-    hub = Hub(parse_hub_config(data), registry=CollectorRegistry())
+    hub = Hub(parse_hub_config(data), clock=clock, registry=CollectorRegistry())
     hub.start()
     if not hub.ingest.connected.wait(10):
         hub.close()
@@ -55,9 +58,11 @@ def start_hub(broker: Any, database_url: str, **config: Any) -> Hub:
 def make_hub(broker_factory, tmp_path) -> Iterator[Callable[..., Hub]]:
     made: list[Hub] = []
 
-    def make(broker=None, database_url=None, **config: Any) -> Hub:
+    def make(broker=None, database_url=None, clock: Clock = SYSTEM_CLOCK,
+             **config: Any) -> Hub:
         broker = broker or broker_factory()
-        hub = start_hub(broker, database_url or f"sqlite:///{tmp_path / 'hub.db'}", **config)
+        hub = start_hub(broker, database_url or f"sqlite:///{tmp_path / 'hub.db'}", clock,
+                        **config)
         hub.broker = broker
         made.append(hub)
         return hub
@@ -216,6 +221,37 @@ def test_ingest_lag_is_observed_for_live_synced_messages(station):
 
 
 # -- the hub's own status and session (contract §2, §9) ------------------------------------------
+
+
+def test_a_message_the_broker_sends_again_is_no_sign_of_life(make_hub):
+    # The broker re-sends (DUP) a QoS 1 message whose PUBACK it never got when the
+    # hub's session resumes: after a broken connection, or from a broker's saved
+    # sessions after a crash. That it arrives later says nothing of the station now.
+    clock = ManualClock(1_800_000_000.0)
+    hub = make_hub(clock=clock)
+    station = Station(hub.broker)
+    try:
+        station.send("status", example("status"))
+        station.send("state", example("state"))
+        wait_count(hub, "state", "applied", 1)
+        # The next State is taken in but not acknowledged: the network thread is
+        # held in the callback while the connection breaks under it.
+        client = hub.ingest._client
+        held = hub.fleet._lock
+        held.acquire()
+        try:
+            station.send("state", example("state", rev=example("state")["rev"] + 1))
+            wait_until(client._in_callback_mutex.locked, 5, "the State in the callback")
+            client._sock._sock.shutdown(socket.SHUT_RDWR)
+        finally:
+            held.release()
+        wait_count(hub, "state", "applied", 2)
+        first = hub.fleet.get(SID).last_seen_ms  # its first delivery: heard then
+        clock.advance(120)
+        wait_count(hub, "state", "duplicate", 1, timeout=10)  # sent again on reconnect
+        assert hub.fleet.get(SID).last_seen_ms == first < clock.ms()
+    finally:
+        station.close()
 
 
 def test_the_hub_publishes_its_status_retained_and_says_goodbye(make_hub, broker_factory):
