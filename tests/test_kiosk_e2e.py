@@ -360,6 +360,11 @@ LAYOUT_JS = """() => {
 }"""
 
 
+SETTLED_JS = """() => document.fonts.status === 'loaded'
+  && document.getAnimations().every(a => a.playState !== 'running'
+                                         || a.effect?.getTiming().iterations === Infinity)"""
+
+
 def test_home_and_borrow_fit_the_screen_with_big_buttons(station, open_page):
     """At 1024×600 (and the 800×480 screen) nothing scrolls and every button is
     at least 56×56 CSS px, in both languages."""
@@ -374,6 +379,10 @@ def test_home_and_borrow_fit_the_screen_with_big_buttons(station, open_page):
                     tap(page, "#borrow")
                     page.wait_for_selector('[data-key="0"]', timeout=WAIT_MS)
                     type_digits(page, PHONE)  # the number shown, as a rider sees it
+                    wait_digits(page, "#phone", PHONE)
+                # Measured once the screen has settled: its fonts loaded and no
+                # transition half way (a tap's feedback, a screen sliding in).
+                page.wait_for_function(SETTLED_JS, timeout=WAIT_MS)
                 got = page.evaluate(LAYOUT_JS)
                 where = f"{screen} ({lang}) at {size[0]}x{size[1]}"
                 if got["scrollH"] > got["innerH"]:
