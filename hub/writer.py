@@ -302,13 +302,26 @@ def execute_row(conn: sa.Connection, statement: sa.Executable,
 
 def _plan(conn: sa.Connection, statement: sa.Executable,
           sample: dict[str, Any]) -> _DriverPlan | None:
-    # Kept with the DBAPI connection: compiled for its dialect, gone with it.
-    plans = conn.info.setdefault("yizhan_driver_plans", {})
-    shape = (statement, tuple(sample))  # a bare insert's columns are its rows' keys
+    return _cached(conn, "yizhan_driver_plans", (statement, tuple(sample)),
+                   lambda: _DriverPlan.of(statement, conn.dialect, sample))
+
+
+def _cached(conn: sa.Connection, kind: str, shape: tuple, make: Callable[[], Any]) -> Any:
+    """A statement's plan of ``kind`` for rows of ``shape`` (a bare insert's
+    columns are its rows' keys), made once: kept with the DBAPI connection,
+    compiled for its dialect and gone with it. None when it cannot be planned."""
+    plans = conn.info.setdefault(kind, {})
     plan = plans.get(shape, _UNPLANNED)
     if plan is _UNPLANNED:
-        plan = plans[shape] = _DriverPlan.of(statement, conn.dialect, sample)
+        plan = plans[shape] = make()
     return plan
+
+
+def _rewritten(compiled: Any, sample: dict[str, Any]) -> bool:
+    """Whether SQLAlchemy would rewrite the statement's parameters at execute
+    (escaped names, expanding or literal ones), or a bind is not a row key."""
+    return bool(compiled.escaped_bind_names or compiled.post_compile_params
+                or compiled.literal_execute_params or set(compiled.binds) != set(sample))
 
 
 def _execute_rows(conn: sa.Connection, run: dict[sa.Executable, list[Rows]],
@@ -358,12 +371,8 @@ def _array_plan(conn: sa.Connection, statement: sa.Executable, sample: dict[str,
                 guarded: bool = False) -> _ArrayPlan | None:
     if conn.dialect.driver != "psycopg":
         return None
-    plans = conn.info.setdefault("yizhan_array_plans", {})
-    shape = (statement, tuple(sample), guarded)
-    plan = plans.get(shape, _UNPLANNED)
-    if plan is _UNPLANNED:
-        plan = plans[shape] = _ArrayPlan.of(statement, conn.dialect, sample, guarded)
-    return plan
+    return _cached(conn, "yizhan_array_plans", (statement, tuple(sample), guarded),
+                   lambda: _ArrayPlan.of(statement, conn.dialect, sample, guarded))
 
 
 class _ArrayPlan:
@@ -423,8 +432,7 @@ class _ArrayPlan:
                 sample: dict[str, Any]) -> _ArrayPlan | None:
         compiled = statement.compile(dialect=dialect)
         binds = compiled.binds
-        if (compiled.escaped_bind_names or compiled.post_compile_params
-                or compiled.literal_execute_params or set(binds) != set(sample)):
+        if _rewritten(compiled, sample):
             return None  # parameters not plainly the rows' own values
         types = {n: b.type for n, b in binds.items()}
         rows = _unnest(types)
@@ -467,7 +475,7 @@ class _ArrayPlan:
         with one key only the first can be (the second conflicts with it), as
         an executemany of them would say."""
         # psycopg's own cursor: in a pipeline its fetch waits for the result.
-        with _dbapi_errors(conn, self.sql), conn.connection.dbapi_connection.cursor() as cur:
+        with _dbapi_errors(conn, self.sql), _psycopg(conn).cursor() as cur:
             cur.execute(self.sql, self.arrays(params))
             inserted = set(map(tuple, cur.fetchall()))
         primary, new = self.primary, []
@@ -513,8 +521,7 @@ class _DriverPlan:
            sample: dict[str, Any]) -> _DriverPlan | None:
         compiled = statement.compile(dialect=dialect, column_keys=list(sample),
                                      for_executemany=True)
-        if (compiled.escaped_bind_names or compiled.post_compile_params
-                or compiled.literal_execute_params or set(compiled.binds) != set(sample)):
+        if _rewritten(compiled, sample):
             return None  # names or parameters SQLAlchemy rewrites at execute
         processors = {}
         for name, bind in compiled.binds.items():
