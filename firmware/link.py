@@ -9,35 +9,48 @@ Sparkplug's bdSeq, ignores a will whose birth is not the current one.
 
 Reconnects back off exponentially with jitter (``reconnect_min`` doubling up to
 ``reconnect_max``, each wait drawn from its upper half), so a fleet does not
-reconnect in lock-step after a broker restart. When the hub's status turns
-online the link republishes the *same* birth (the will still names it) and asks
-for a fresh State, after a random 0–10 s delay that :meth:`poll` serves. Why the
-same birth: docs/delivery.md.
+reconnect in lock-step after a broker restart. The wait is paced by
+:class:`yizhan.mqtt_client.PacedClient` *before* paho resets its keep-alive
+clocks, on the injected clock: an outage of any length ends in a session at
+these settings (docs/reliability.md). When the hub's status turns online the
+link republishes the *same* birth (the will still names it) and asks for a
+fresh State, after a random 0–10 s delay that :meth:`poll` serves. Why the same
+birth: docs/delivery.md.
+
+Health is judged by outcome (:meth:`healthy`): a link that has established no
+session for longer than the backoff ceiling plus a connect timeout, while the
+broker's port accepts TCP, first gets a fresh client object (:meth:`poll`);
+if that does not help either, it reports itself unhealthy and the watchdog lets
+systemd restart the agent. The link also keeps the hub's clock
+(:class:`HubClock`) from the hub's time beacons, so a command can be judged
+stale even while the station's own clock is not synchronised.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+import socket
 import ssl
 import threading
 from collections.abc import Callable
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 
+from firmware.hubclock import HubClock
 from protocol import messages as m
 from protocol.errors import InvalidMessage, TopicError
 from protocol.topics import (
-    HUB_STATUS_TOPIC,
     RETAINED,
     Kind,
     parse_topic,
     station_subscriptions,
     topic,
 )
+from yizhan.backoff import Backoff
 from yizhan.clock import SYSTEM_CLOCK, Clock
 from yizhan.config import MqttConfig
+from yizhan.mqtt_client import CallbackAPIVersion, PacedClient
 
 log = logging.getLogger(__name__)
 
@@ -47,14 +60,10 @@ PublishListener = Callable[[int, bool], None]
 
 #: Contract §9: stations spread their republish over this many seconds.
 HUB_ONLINE_DELAY = 10.0
-
-
-class LinkStopping(ConnectionAbortedError):
-    """Raised inside paho's connect path to abandon an attempt once stop() began.
-
-    An OSError, so paho's loop treats it as a failed attempt and then sees it
-    must exit, instead of connecting (and publishing a birth) during shutdown.
-    """
+#: paho's own TCP (and TLS) connect timeout, seconds.
+CONNECT_TIMEOUT = 5.0
+#: Seconds a TCP probe of the broker's port may take (health check only).
+PROBE_TIMEOUT = 3.0
 
 
 class StationLink:
@@ -69,7 +78,9 @@ class StationLink:
     command payload that does not decode goes to ``on_bad_command(payload, error)``.
 
     ``rand`` (0 <= x < 1) draws the reconnect jitter and the hub-online delay,
-    ``clock`` times that delay and the health check; tests pass both.
+    ``clock`` times the backoff, that delay and the health check; tests pass
+    both. ``probe(host, port)`` says whether the broker's port accepts TCP
+    (default: a real connect); a test may pass its own.
     """
 
     def __init__(self, sid: str, mqtt_config: MqttConfig, epoch: str,
@@ -77,9 +88,9 @@ class StationLink:
                  on_birth: Callable[[], None], on_inbound: Handler, *,
                  clock: Clock = SYSTEM_CLOCK, rand: Callable[[], float] = random.random,
                  reconnect_min: float = 0.5, reconnect_max: float = 60.0,
-                 hub_online_delay: float = HUB_ONLINE_DELAY) -> None:
-        if not 0 < reconnect_min <= reconnect_max:
-            raise ValueError("need 0 < reconnect_min <= reconnect_max")
+                 hub_online_delay: float = HUB_ONLINE_DELAY,
+                 probe: Callable[[str, int], bool] | None = None) -> None:
+        self.backoff = Backoff(reconnect_min, reconnect_max, rand)
         self.sid = sid
         self.config = mqtt_config
         self.epoch = epoch
@@ -94,54 +105,68 @@ class StationLink:
         self.reconnect_min = reconnect_min
         self.reconnect_max = reconnect_max
         self.hub_online_delay = hub_online_delay
+        self._probe = probe or _port_accepts_tcp
+        #: The hub's clock as the hub's own messages prove it (firmware/hubclock.py).
+        self.hub_clock = HubClock(clock)
 
         self.birth: int | None = None
         self.connected = threading.Event()
         #: Counts successful connections; a message published under an older
         #: session and still unacknowledged is one paho re-sends itself.
         self.session = 0
+        #: Counts client objects: a new one (after a stuck link) re-sends nothing
+        #: the old one held, so whoever tracks messages in flight must forget them.
+        self.generation = 0
+        self.restarts = 0
         self.invalid_inbound = 0
         self.republished = 0
         self._listeners: list[PublishListener] = []
+        self._reset_listeners: list[Callable[[], None]] = []
         self._birth_payload: bytes | None = None
         self._hub_online_ts: int | None = None
         self._republish_at: float | None = None
         self._lock = threading.Lock()
         self._stopping = threading.Event()
-        self._attempts = 0  # failed attempts since the last stable connection
-        self._connected_at: float | None = None
-        self._last_attempt: float | None = None
         self._started_at: float | None = None
-        self._net_thread: threading.Thread | None = None
+        #: Last moment the link was known good: started, restarted, connected or lost.
+        self._good_at: float | None = None
+        self._restarted_at: float | None = None
+        self._probing = False
+        self._port_open: bool | None = None
+        self._client = self._make_client()
 
-        self._client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=f"yizhan-{sid}",
-            clean_session=True,
-            protocol=mqtt.MQTTv311,
-        )
-        c = self._client
-        if mqtt_config.username:
-            c.username_pw_set(mqtt_config.username, mqtt_config.password)
-        if mqtt_config.tls is not None:
-            t = mqtt_config.tls
+    def _make_client(self) -> PacedClient:
+        c = PacedClient(CallbackAPIVersion.VERSION2, client_id=f"yizhan-{self.sid}",
+                        clean_session=True, protocol=mqtt.MQTTv311)
+        config = self.config
+        if config.username:
+            c.username_pw_set(config.username, config.password)
+        if config.tls is not None:
+            t = config.tls
             c.tls_set(ca_certs=t.ca_file, certfile=t.cert_file, keyfile=t.key_file,
                       cert_reqs=ssl.CERT_REQUIRED)
             c.tls_insecure_set(t.insecure)
-        # paho's own backoff doubles without jitter; ours runs in _pre_connect.
-        c.reconnect_delay_set(min_delay=0, max_delay=0)
+        c.connect_timeout = CONNECT_TIMEOUT
+        # A session must last a backoff ceiling before the count starts again:
+        # one accepted and dropped at once (a duplicate client id, an ACL kick)
+        # must not turn into a tight reconnect loop.
+        c.pace(self.backoff, self._clock, stable_after=self.reconnect_max)
         c.on_pre_connect = self._pre_connect
         c.on_connect = self._connected
         c.on_connect_fail = self._connect_failed
         c.on_disconnect = self._disconnected
         c.on_message = self._message
         c.on_publish = self._published
+        return c
 
     # -- lifecycle -------------------------------------------------------------
 
     def start(self) -> None:
         """Connect in the background; the network thread reconnects with backoff."""
-        self._started_at = self._clock.monotonic()
+        self._started_at = self._good_at = self._clock.monotonic()
+        self._launch()
+
+    def _launch(self) -> None:
         self._client.connect_async(self.config.host, self.config.port, self.config.keepalive)
         self._client.loop_start()
 
@@ -154,8 +179,8 @@ class StationLink:
                 info.wait_for_publish(timeout)
             except (RuntimeError, ValueError):
                 log.warning("clean offline could not be published before shutdown")
-        self._stopping.set()  # ends a backoff wait at once
-        self._client.disconnect()
+        self._stopping.set()
+        self._client.disconnect()  # also ends a backoff wait at once
         self._client.loop_stop()
         self.connected.clear()
 
@@ -175,6 +200,11 @@ class StationLink:
         """Call ``fn(mid, ok)`` for every PUBACK (on the network thread; keep it short)."""
         self._listeners.append(fn)
 
+    def add_reset_listener(self, fn: Callable[[], None]) -> None:
+        """Call ``fn()`` when the client object is replaced: what the old one held
+        in flight will never be acknowledged nor re-sent."""
+        self._reset_listeners.append(fn)
+
     def rebirth(self) -> bool:
         """Republish this connection's birth as it was, and ask for a fresh State.
 
@@ -191,13 +221,15 @@ class StationLink:
         return True
 
     def poll(self) -> None:
-        """Serve a republish that has come due; the station loop calls this each tick."""
+        """What the station loop calls each tick: a republish that has come due,
+        and the remedy for a stuck link (a fresh client object)."""
         with self._lock:
             due = self._republish_at is not None and self._clock.monotonic() >= self._republish_at
             if due:
                 self._republish_at = None
         if due:
             self.rebirth()
+        self._heal()
 
     @property
     def republish_due(self) -> float | None:
@@ -205,27 +237,83 @@ class StationLink:
         with self._lock:
             return self._republish_at
 
-    def healthy(self) -> bool:
-        """For the watchdog: the network thread lives and either the link is up or
-        connection attempts keep coming (a broker outage is not a reason to restart)."""
-        now = self._clock.monotonic()
-        thread = self._net_thread
-        if self._started_at is None:
+    # -- health: outcomes, not attempts ------------------------------------------------
+
+    @property
+    def stuck_after(self) -> float:
+        """Seconds without a session after which a reachable broker means we are stuck:
+        the longest backoff wait, a TCP/TLS connect, a keepalive for the CONNACK
+        (paho's wait for it), and slack."""
+        return self.reconnect_max + CONNECT_TIMEOUT + self.config.keepalive + 10.0
+
+    def _stuck(self, now: float) -> bool:
+        """No session for ``stuck_after`` seconds while the broker's port accepts TCP."""
+        if self._started_at is None or self.connected.is_set() or self._stopping.is_set():
             return False
-        if thread is None:
-            # Not yet in its first attempt: give it a moment.
-            return now - self._started_at < self._attempt_gap()
-        if not thread.is_alive():
+        if now - (self._good_at or self._started_at) < self.stuck_after:
+            return False
+        return self._broker_reachable()
+
+    def _broker_reachable(self) -> bool:
+        """The last probe's answer, starting a new probe in the background (a
+        connect to a black-holed address must not hold up the station loop)."""
+        with self._lock:
+            if not self._probing:
+                self._probing = True
+                threading.Thread(target=self._run_probe, name="mqtt-probe", daemon=True).start()
+            return bool(self._port_open)
+
+    def _run_probe(self) -> None:
+        try:
+            ok = self._probe(self.config.host, self.config.port)
+        except Exception:
+            log.exception("probing the broker's port failed")
+            ok = False
+        with self._lock:
+            self._port_open = ok
+            self._probing = False
+
+    def _heal(self) -> None:
+        now = self._clock.monotonic()
+        if self._restarted_at is not None or not self._stuck(now):
+            return
+        log.error("no MQTT session for %.0f s though %s:%s accepts connections; "
+                  "starting a fresh client", now - (self._good_at or now),
+                  self.config.host, self.config.port)
+        self.restart_client()
+
+    def restart_client(self) -> None:
+        """Throw the client object away and connect with a new one."""
+        old = self._client
+        old.disconnect()
+        old.loop_stop()
+        self.connected.clear()
+        self._client = self._make_client()
+        self.generation += 1
+        self.restarts += 1
+        self._restarted_at = self._good_at = self._clock.monotonic()
+        for fn in list(self._reset_listeners):
+            fn()
+        if not self._stopping.is_set():
+            self._launch()
+
+    def healthy(self) -> bool:
+        """For the watchdog: True unless the link is stuck even after a fresh client.
+
+        Up is healthy; a broker that is down (its port refuses or does not
+        answer) is an outage, not a reason to restart. A reachable broker with
+        no session for ``stuck_after`` seconds gets a fresh client first
+        (:meth:`poll`); still none after another ``stuck_after``: unhealthy,
+        and systemd restarts the process.
+        """
+        if self._started_at is None:
             return False
         if self.connected.is_set():
             return True
-        last = self._last_attempt if self._last_attempt is not None else self._started_at
-        return now - last < self._attempt_gap()
-
-    def _attempt_gap(self) -> float:
-        # The longest backoff wait, plus a TCP/TLS connect timeout and keepalive
-        # detection of a dead link, plus slack.
-        return self.reconnect_max + 5.0 + 1.5 * self.config.keepalive + 10.0
+        now = self._clock.monotonic()
+        if not self._stuck(now):
+            return True
+        return self._restarted_at is None or now - self._restarted_at < self.stuck_after
 
     def _topic(self, kind: Kind) -> str:
         return topic(self.sid, kind)
@@ -235,20 +323,11 @@ class StationLink:
     def backoff_delay(self, retry: int) -> float:
         """Seconds to wait before retry number ``retry`` (1 = the first): drawn from
         the upper half of ``reconnect_min · 2^(retry-1)``, capped at ``reconnect_max``."""
-        ceiling = min(self.reconnect_max, self.reconnect_min * 2 ** min(retry - 1, 32))
-        return ceiling * (0.5 + 0.5 * self._rand())
+        return self.backoff.delay(retry)
 
     def _pre_connect(self, client: mqtt.Client, userdata: object) -> None:
-        self._net_thread = threading.current_thread()
-        if self._attempts:
-            delay = self.backoff_delay(self._attempts)
-            log.debug("reconnect attempt %d in %.2f s", self._attempts, delay)
-            if self._stopping.wait(delay):
-                raise LinkStopping("the link is stopping")
-        if self._stopping.is_set():
-            raise LinkStopping("the link is stopping")
-        self._attempts += 1
-        self._last_attempt = self._clock.monotonic()
+        # No waiting here: paho has already reset its keep-alive clocks (the
+        # backoff was waited out before, in PacedClient._reconnect_wait).
         self.birth = self._next_rev()
         will = m.Status.will(self.sid, self.epoch, self.birth)
         client.will_set(self._topic(Kind.STATUS), m.encode(will), qos=1, retain=True)
@@ -257,9 +336,9 @@ class StationLink:
         if self._stopping.is_set():
             return
         # Once, then quietly: a broker down for an hour would flood the log.
-        level = logging.WARNING if self._attempts <= 1 else logging.DEBUG
-        log.log(level, "cannot reach the broker at %s:%s (attempt %d); retrying",
-                self.config.host, self.config.port, self._attempts)
+        level = logging.WARNING if client.retry <= 1 else logging.DEBUG
+        log.log(level, "cannot reach the broker at %s:%s; retrying", self.config.host,
+                self.config.port)
 
     def _connected(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
@@ -276,7 +355,8 @@ class StationLink:
             self._republish_at = None
         client.publish(self._topic(Kind.STATUS), payload, qos=1, retain=True)
         client.subscribe(station_subscriptions(self.sid))
-        self._connected_at = self._clock.monotonic()
+        self._good_at = self._clock.monotonic()
+        self._restarted_at = None
         self.session += 1
         self.connected.set()
         log.info("connected to %s:%s, birth %s", self.config.host, self.config.port, self.birth)
@@ -285,16 +365,12 @@ class StationLink:
     def _disconnected(self, client, userdata, flags, reason_code, properties) -> None:
         if self.connected.is_set():
             log.warning("connection to the broker lost: %s", reason_code)
+            self._good_at = self._clock.monotonic()
         self.connected.clear()
-        # Reset the backoff only after a connection that lasted: one that is
-        # accepted and dropped at once (a duplicate client id, an ACL kick)
-        # must not turn into a tight reconnect loop.
-        if (self._connected_at is not None
-                and self._clock.monotonic() - self._connected_at >= self.reconnect_max):
-            self._attempts = 1
-        self._connected_at = None
 
     def _published(self, client, userdata, mid, reason_code, properties) -> None:
+        if client is not self._client:
+            return  # a replaced client's late word: its mids mean nothing now
         ok = reason_code is None or not reason_code.is_failure
         if not ok:
             log.error("broker refused message %s: %s", mid, reason_code)
@@ -309,8 +385,8 @@ class StationLink:
     def _message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
         try:
             where = parse_topic(msg.topic)
-            if where.kind is Kind.HUB_STATUS or msg.topic == HUB_STATUS_TOPIC:
-                message = m.decode(Kind.HUB_STATUS, msg.payload)
+            if where.kind in (Kind.HUB_STATUS, Kind.HUB_TIME):
+                message = m.decode(where.kind, msg.payload)
             elif where.sid != self.sid:
                 raise TopicError(f"not this station's topic: {msg.topic}")
             else:
@@ -321,6 +397,10 @@ class StationLink:
             if (isinstance(err, InvalidMessage) and self.on_bad_command is not None
                     and msg.topic == self._topic(Kind.CMD)):
                 self._dispatch(self.on_bad_command, bytes(msg.payload), err)
+            return
+        if isinstance(message, m.HubTime):
+            # A retained beacon may be old: it still bounds the hub's clock from below.
+            self.hub_clock.heard(message.ts)
             return
         if isinstance(message, m.HubStatus):
             self._hub_status(message)
@@ -356,3 +436,12 @@ class StationLink:
                 delay = self._rand() * self.hub_online_delay
                 self._republish_at = self._clock.monotonic() + delay
                 log.info("hub is online; republishing the birth in %.1f s", delay)
+
+
+def _port_accepts_tcp(host: str, port: int) -> bool:
+    """Whether a TCP connection to the broker's port completes (then closed at once)."""
+    try:
+        with socket.create_connection((host, port), timeout=PROBE_TIMEOUT):
+            return True
+    except OSError:
+        return False

@@ -85,6 +85,7 @@ class Outbox:
         self.published = 0
         self.acknowledged = 0
         link.add_publish_listener(self._on_puback)
+        link.add_reset_listener(self._client_replaced)
 
     # -- what the station loop calls ---------------------------------------------
 
@@ -205,6 +206,15 @@ class Outbox:
             wake = len(self._inflight) <= self.window // 2
         if wake and self.on_wake is not None:
             self.on_wake()
+
+    def _client_replaced(self) -> None:
+        """The link threw its client away: what it held will be neither
+        acknowledged nor re-sent, so send those events again from the oldest."""
+        with self._lock:
+            for flight in self._inflight.values():
+                if not flight.replay:
+                    self._cursor = min(self._cursor, flight.seq - 1)
+            self._inflight.clear()
 
     def _sweep(self) -> None:
         # paho may process the PUBACK between publish() returning and the mid

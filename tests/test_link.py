@@ -15,7 +15,7 @@ from tests.conftest import SECURE_USERS
 from tests.harness.delivery import SID
 from tests.harness.mosquitto import free_port
 from tests.harness.mqtt import Subscriber, publish
-from tests.harness.procs import wait_until
+from tests.harness.procs import advance_until, wait_until
 
 STATUS = topic(SID, Kind.STATUS)
 
@@ -109,26 +109,49 @@ def test_the_same_hub_online_after_our_own_reconnect_is_not_a_new_one(
     broker.stop()
     wait_until(lambda: not st.link.connected.is_set(), 5, "link down")
     broker.start()  # the retained hub status (ts 7) comes back with persistence
-    wait_until(lambda: st.births == 3, 5, "reconnected and born again")
+    # The backoff waits on the test's clock: move it.
+    advance_until(clock, lambda: st.births == 3, "reconnected and born again", step=0.25,
+                  limit=st.link.reconnect_max)
     time.sleep(0.2)  # the retained hub status has arrived by now
     st.link.poll()
     assert st.link.republish_due is None and st.link.republished == 1
 
 
-def test_health_follows_the_thread_and_the_attempts(broker_factory, tmp_path, stations, clock):
+def test_health_is_judged_by_sessions_not_attempts(broker_factory, tmp_path, stations, clock):
+    """At the shipped settings: a broker that is down is an outage (healthy, keep
+    trying); a port that accepts TCP but yields no session is a stuck link: a
+    fresh client object first, then unhealthy so that systemd restarts us."""
     broker = broker_factory()
-    st = stations(broker, tmp_path, clock=clock, reconnect_min=30.0, reconnect_max=30.0,
-                  rand=lambda: 0.99)
-    assert not st.link.healthy()  # not started
+    st = stations(broker, tmp_path, clock=clock, reconnect_min=0.5, reconnect_max=60.0,
+                  keepalive=30)
+    link = st.link
+    assert not link.healthy()  # not started
     st.start()
-    assert st.link.healthy()
+    assert link.healthy()
     broker.stop()
-    wait_until(lambda: not st.link.connected.is_set(), 5, "link down")
-    assert st.link.healthy()  # down, but the next attempt is on its way
-    clock.advance(st.link.reconnect_max + 60)  # ... yet it never came
-    assert not st.link.healthy()
+    wait_until(lambda: not link.connected.is_set(), 5, "link down")
+    # Ten minutes of a refusing port: an outage, never a reason to restart.
+    for _ in range(120):
+        clock.advance(5.0)
+        link.poll()
+        time.sleep(0.005)
+    assert link.healthy() and link.restarts == 0
+
+    # Something answers TCP on the broker's port but no MQTT session comes of it.
+    with socket.create_server((broker.host, broker.port)) as silent:
+        silent.listen(8)
+        advance_until(clock, lambda: (link.poll(), link.restarts)[1],
+                      "a fresh client for the stuck link", step=5.0, limit=link.stuck_after)
+        assert link.healthy() and link.generation == 1  # the remedy gets its chance
+        clock.advance(link.stuck_after + 1)
+        link.poll()
+        assert not link.healthy()  # still nothing: the process must go
+    # The real broker returns on the port: the fresh client finds it.
+    broker.start()
+    advance_until(clock, link.connected.is_set, "reconnected", step=1.0, limit=120)
+    assert link.healthy()
     started = time.monotonic()
-    st.link.stop()  # interrupts the 30 s backoff wait at once
+    link.stop()  # interrupts a backoff wait at once
     assert time.monotonic() - started < 2
 
 

@@ -114,3 +114,25 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.05, on_
         time.sleep(interval)
     extra = on_fail() if on_fail else ""
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}\n{extra}")
+
+
+def advance_until(clock, predicate, what: str, *, step: float = 1.0, limit: float = 3600.0,
+                  timeout: float = 20.0, settle: float = 0.005):
+    """Move a ManualClock on by ``step`` seconds at a time until ``predicate()``
+    holds; returns the clock seconds it took. Fails after ``limit`` clock seconds
+    or ``timeout`` real ones. ``settle`` real seconds after each step let the
+    threads that wait on the clock (a backoff, a connect) run.
+
+    How a test lives through a ten-minute outage at the settings that ship:
+    the code waits on the clock, the test moves it."""
+    started_mono = clock.monotonic()
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return clock.monotonic() - started_mono
+        if clock.monotonic() - started_mono >= limit or time.monotonic() > deadline:
+            raise AssertionError(
+                f"{what}: not after {clock.monotonic() - started_mono:.1f} clock seconds "
+                f"({limit} allowed)")
+        clock.advance(step)
+        time.sleep(settle)
