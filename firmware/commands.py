@@ -10,8 +10,9 @@ and the network thread must keep reading meanwhile.
     ...
     handler.close()
 
-Every command gets one CommandResult: refused when its ``expires`` has passed
-by the station clock (only judged while that clock is synced), ``unknown_cmd``
+Every command gets one CommandResult: refused (``expired``) when its ``expires``
+has passed by the station clock while that clock is synced, or by the hub's
+clock as its time beacons prove it (:meth:`CommandHandler.is_stale`), ``unknown_cmd``
 or ``bad_args`` when it cannot run, else the outcome — ``ok`` only once the
 effect is confirmed (the board reported the lock released). A payload that is
 not a valid Command but still carries an ``id`` is answered ``bad_args``. A
@@ -42,6 +43,8 @@ log = logging.getLogger(__name__)
 
 #: Results remembered for de-duplication (a hub retries within minutes).
 REMEMBER = 1000
+#: Commands that open something: never run unless provably fresh.
+MOVES_HARDWARE = frozenset({"unlock"})
 #: Commands waiting for the worker; beyond that the station answers ``busy``.
 QUEUE_SIZE = 100
 #: At most this many missing ranges are listed in a replay's result.
@@ -188,8 +191,25 @@ class CommandHandler:
         log.info("command %s: %s", cid, "ok" if ok else error)
         return result
 
+    def is_stale(self, c: m.Command) -> bool:
+        """Whether ``c`` came too late to be carried out (docs/protocol.md,
+        "Commands and the station's clock").
+
+        By the station's clock while it is synced (contract §7); by the hub's
+        clock as its beacons prove it (``link.hub_clock``) in any case; and a
+        command that moves hardware, arriving while the station's clock is not
+        synced and no hub time has been heard yet, cannot be proven fresh: refused.
+        """
+        synced = self.synced()
+        if synced and c.is_expired(self.clock.ms()):
+            return True
+        hub_now = self.link.hub_clock.now_ms()
+        if hub_now is not None:
+            return c.is_expired(hub_now)
+        return not synced and c.cmd in MOVES_HARDWARE
+
     def _execute(self, c: m.Command) -> Outcome:
-        if self.synced() and c.is_expired(self.clock.ms()):
+        if self.is_stale(c):
             return False, "expired", None
         problem = c.check_args()
         if problem is not None:

@@ -49,6 +49,7 @@ SCHEMA_NAMES = (
     "command_result",
     "directory",
     "hub_status",
+    "hub_time",
 )
 
 

@@ -135,6 +135,7 @@ _EXAMPLES: dict[str, dict[str, Any]] = {
     },
     "hub_status": {"v": 1, "state": "online", "ts": 1764196700000},
     "hub_status_offline": {"v": 1, "state": "offline"},
+    "hub_time": {"v": 1, "ts": 1764196830000},
 }
 
 # Which message kind (and so which topic and schema) each example belongs to.
@@ -149,6 +150,7 @@ KINDS: dict[str, Kind] = {
     "directory": Kind.DIRECTORY,
     "hub_status": Kind.HUB_STATUS,
     "hub_status_offline": Kind.HUB_STATUS,
+    "hub_time": Kind.HUB_TIME,
 }
 
 # Schema file name (see :func:`protocol.load_schema`) of each kind.
@@ -160,6 +162,7 @@ SCHEMA_OF: dict[Kind, str] = {
     Kind.CMD_RESULT: "command_result",
     Kind.DIRECTORY: "directory",
     Kind.HUB_STATUS: "hub_status",
+    Kind.HUB_TIME: "hub_time",
 }
 
 

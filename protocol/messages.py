@@ -81,6 +81,7 @@ __all__ = [
     "Event",
     "Health",
     "HubStatus",
+    "HubTime",
     "Lockers",
     "Message",
     "Policy",
@@ -449,9 +450,34 @@ class HubStatus:
         return cls(state, ts)
 
 
+# -- the hub's time beacon (docs/protocol.md) ----------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class HubTime:
+    """The hub's clock, on ``yizhan/v1/hub/time`` every 30 s (retained, QoS 0).
+
+    A station whose own clock is not synchronised judges a command's
+    ``expires`` by it (firmware/hubclock.py).
+    """
+
+    KIND: ClassVar[Kind] = Kind.HUB_TIME
+
+    ts: int
+    v: int = VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"v": self.v, "ts": self.ts}
+
+    @classmethod
+    def from_dict(cls, d: dict, topic_sid: str | None = None) -> HubTime:
+        check_v(d)
+        return cls(read_int(d, "ts", "", lo=0))
+
+
 # -- decode / encode ---------------------------------------------------------------
 
-Message = Status | State | Event | Command | CommandResult | Directory | HubStatus
+Message = Status | State | Event | Command | CommandResult | Directory | HubStatus | HubTime
 
 _TYPES: dict[Kind, type] = {
     Kind.STATUS: Status,
@@ -461,6 +487,7 @@ _TYPES: dict[Kind, type] = {
     Kind.CMD_RESULT: CommandResult,
     Kind.DIRECTORY: Directory,
     Kind.HUB_STATUS: HubStatus,
+    Kind.HUB_TIME: HubTime,
 }
 _BY_VALUE: dict[str, type] = {k.value: t for k, t in _TYPES.items()}
 #: The readers by msgspec of what stations send (``decode``).

@@ -16,6 +16,7 @@ from protocol.ids import check_sid
 
 __all__ = [
     "HUB_STATUS_TOPIC",
+    "HUB_TIME_TOPIC",
     "HUB_TO_STATION",
     "PREFIX",
     "QOS",
@@ -31,6 +32,9 @@ __all__ = [
 
 PREFIX = "yizhan/v1"
 HUB_STATUS_TOPIC = f"{PREFIX}/hub/status"
+#: The hub's time beacon (docs/protocol.md): how a station with an unsynced
+#: clock still knows a command is stale.
+HUB_TIME_TOPIC = f"{PREFIX}/hub/time"
 QOS = 1
 
 
@@ -44,7 +48,12 @@ class Kind(StrEnum):
     CMD_RESULT = "cmd/result"
     DIRECTORY = "directory"
     HUB_STATUS = "hub/status"
+    HUB_TIME = "hub/time"
 
+
+#: The hub's own topics, which carry no station id.
+HUB_KINDS = {Kind.HUB_STATUS: HUB_STATUS_TOPIC, Kind.HUB_TIME: HUB_TIME_TOPIC}
+_HUB_TOPICS = {t: k for k, t in HUB_KINDS.items()}
 
 STATION_TO_HUB = (Kind.STATUS, Kind.STATE, Kind.EVENT, Kind.CMD_RESULT)
 HUB_TO_STATION = (Kind.CMD, Kind.DIRECTORY)
@@ -57,22 +66,23 @@ RETAINED: dict[Kind, bool] = {
     Kind.CMD_RESULT: False,
     Kind.DIRECTORY: True,
     Kind.HUB_STATUS: True,
+    Kind.HUB_TIME: True,
 }
 
 _PREFIX_SLASH = PREFIX + "/"
-_STATION_KINDS = {k.value: k for k in Kind if k is not Kind.HUB_STATUS}
+_STATION_KINDS = {k.value: k for k in Kind if k not in HUB_KINDS}
 
 
 @dataclass(frozen=True, slots=True)
 class Topic:
-    """A parsed topic: ``sid`` is None only for the hub's own status topic."""
+    """A parsed topic: ``sid`` is None only for the hub's own topics."""
 
     sid: str | None
     kind: Kind
 
     def __str__(self) -> str:
-        if self.kind is Kind.HUB_STATUS:
-            return HUB_STATUS_TOPIC
+        if self.kind in HUB_KINDS:
+            return HUB_KINDS[self.kind]
         return f"{_PREFIX_SLASH}{self.sid}/{self.kind.value}"
 
 
@@ -86,11 +96,11 @@ def _kind(kind: Kind | str) -> Kind:
 def topic(sid: str, kind: Kind | str) -> str:
     """The topic of ``kind`` for station ``sid`` (raises InvalidIdentifier on a bad sid).
 
-    The hub's status topic has no sid: use :data:`HUB_STATUS_TOPIC`.
+    The hub's own topics have no sid: use :data:`HUB_STATUS_TOPIC`, :data:`HUB_TIME_TOPIC`.
     """
     k = _kind(kind)
-    if k is Kind.HUB_STATUS:
-        raise TopicError("hub/status is not a station topic; use HUB_STATUS_TOPIC")
+    if k in HUB_KINDS:
+        raise TopicError(f"{k.value} is not a station topic; use {HUB_KINDS[k]}")
     return f"{_PREFIX_SLASH}{check_sid(sid)}/{k.value}"
 
 
@@ -98,8 +108,9 @@ def parse_topic(topic: str) -> Topic:
     """Split a received topic into sid and kind; TopicError for anything off-grammar."""
     if not isinstance(topic, str):
         raise TopicError(f"topic must be a string, got {type(topic).__name__}")
-    if topic == HUB_STATUS_TOPIC:
-        return Topic(None, Kind.HUB_STATUS)
+    hub_kind = _HUB_TOPICS.get(topic)
+    if hub_kind is not None:
+        return Topic(None, hub_kind)
     if not topic.startswith(_PREFIX_SLASH):
         raise TopicError(f"topic {topic!r} is not under {_PREFIX_SLASH}")
     sid, sep, tail = topic[len(_PREFIX_SLASH) :].partition("/")
@@ -130,9 +141,11 @@ def hub_subscriptions(shared_group: str | None = None) -> list[tuple[str, int]]:
 
 
 def station_subscriptions(sid: str) -> list[tuple[str, int]]:
-    """What a station subscribes to: its own cmd and directory, and the hub's status."""
+    """What a station subscribes to: its own cmd and directory, the hub's status
+    and the hub's time beacon (QoS 0: a lost beacon is replaced by the next)."""
     return [
         (topic(sid, Kind.CMD), QOS),
         (topic(sid, Kind.DIRECTORY), QOS),
         (HUB_STATUS_TOPIC, QOS),
+        (HUB_TIME_TOPIC, 0),
     ]

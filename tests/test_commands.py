@@ -20,7 +20,7 @@ from firmware.locker import Locker
 from firmware.parts import RecordingReporter
 from protocol import messages as m
 from protocol.frames import Cmd
-from protocol.topics import Kind, topic
+from protocol.topics import HUB_TIME_TOPIC, Kind, topic
 from tests.harness.delivery import DeliveryStation
 from tests.harness.mqtt import Subscriber, publish
 from tests.harness.procs import wait_until
@@ -139,12 +139,55 @@ def test_an_expired_unlock_is_refused_and_never_reaches_the_board(rig, locker, b
     cid = r.send("unlock", {"slot": 3}, expires_in=-1)
     res = r.result(cid)
     assert (res.ok, res.error) == (False, "expired")
-    # With an unsynced clock the station cannot judge expiry: it runs it.
-    r.synced = False
-    cid2 = r.send("unlock", {"slot": 4}, expires_in=-1)
-    assert r.result(cid2).ok
+    assert unlocks(board) == []
+    settle(r, {cid: 1})
+
+
+def test_with_an_unsynced_clock_the_hub_time_beacon_judges_an_unlock(rig, locker, board, clock):
+    """A Pi boots with yesterday's time: its own clock cannot tell a late unlock.
+    Until the hub's time has been heard it refuses to open anything; after that
+    the hub's clock, carried forward on the monotonic clock, does the judging."""
+    r = rig(locker=locker, synced=False)
+    # No hub time heard yet: an unlock cannot be proven fresh, even a fresh one.
+    cid = r.send("unlock", {"slot": 3})
+    assert (r.result(cid).ok, r.result(cid).error) == (False, "expired")
+    # Harmless commands still run.
+    assert r.result(r.send("rebirth")).ok
+
+    hub_now = clock.ms() + 86_400_000  # the hub's clock is a day ahead of this Pi's
+    publish(r.broker, HUB_TIME_TOPIC, {"v": 1, "ts": hub_now}, retain=False)
+    wait_until(lambda: r.station.link.hub_clock.now_ms() is not None, 5, "the beacon")
+    clock.advance(20)  # the beacon is carried forward on the monotonic clock
+
+    def unlock_at_hub_time(ts: int, expires_in: int, slot: int) -> m.CommandResult:
+        cid = f"c-{next(_sids)}"
+        r.send_raw({"v": 1, "id": cid, "cmd": "unlock", "args": {"slot": slot}, "ts": ts,
+                    "expires": ts + expires_in, "by": "staff:li"})
+        return r.result(cid)
+
+    # Sent 10 s ago with 30 s to live, by the hub's clock: carried out.
+    fresh = unlock_at_hub_time(hub_now + 10_000, 30_000, 4)
+    assert (fresh.ok, fresh.error) == (True, None)
+    # Sent 50 s ago with 30 s to live (it sat in a half-open link): refused,
+    # though by the Pi's own clock (a day behind) it would look fresh.
+    late = unlock_at_hub_time(hub_now - 30_000, 30_000, 5)
+    assert (late.ok, late.error) == (False, "expired")
     assert unlocks(board) == [4]
-    settle(r, {cid: 1, cid2: 1})
+
+
+def test_a_late_beacon_lowers_no_bound(rig, clock):
+    """Every beacon bounds the hub's clock from below; a late one lowers no
+    bound, so the largest is kept; a number that is no clock reading is ignored."""
+    r = rig(synced=False)
+    hub = r.station.link.hub_clock
+    publish(r.broker, HUB_TIME_TOPIC, {"v": 1, "ts": 2_000_000_000_000}, retain=False)
+    wait_until(lambda: hub.now_ms() is not None, 5, "the beacon")
+    before = hub.now_ms()
+    publish(r.broker, HUB_TIME_TOPIC, {"v": 1, "ts": 1_000_000_000_000}, retain=False)
+    publish(r.broker, HUB_TIME_TOPIC, {"v": 1, "ts": 10**30}, retain=False)  # not a clock
+    wait_until(lambda: hub.heard_count >= 2, 5, "the old beacon")
+    time.sleep(0.1)
+    assert hub.now_ms() == before
 
 
 def test_unknown_commands_and_bad_args(rig, locker, board):

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from protocol import topics as t
 from protocol.errors import InvalidIdentifier, TopicError
 
-STATION_KINDS = [k for k in t.Kind if k is not t.Kind.HUB_STATUS]
+STATION_KINDS = [k for k in t.Kind if k not in t.HUB_KINDS]
 sids = st.from_regex(r"\A[a-z0-9][a-z0-9-]{0,31}\Z").filter(lambda s: s != "hub")
 
 
@@ -36,6 +36,14 @@ def test_hub_status_topic():
     assert str(t.Topic(None, t.Kind.HUB_STATUS)) == t.HUB_STATUS_TOPIC
     with pytest.raises(TopicError):
         t.topic("yh-01", t.Kind.HUB_STATUS)
+
+
+def test_hub_time_topic():
+    assert t.HUB_TIME_TOPIC == "yizhan/v1/hub/time"
+    assert t.parse_topic(t.HUB_TIME_TOPIC) == t.Topic(None, t.Kind.HUB_TIME)
+    assert str(t.Topic(None, t.Kind.HUB_TIME)) == t.HUB_TIME_TOPIC
+    with pytest.raises(TopicError):
+        t.topic("yh-01", t.Kind.HUB_TIME)
 
 
 def test_topic_rejects_bad_sid_and_kind():
@@ -100,6 +108,7 @@ def test_station_subscriptions():
         ("yizhan/v1/yh-01/cmd", 1),
         ("yizhan/v1/yh-01/directory", 1),
         ("yizhan/v1/hub/status", 1),
+        ("yizhan/v1/hub/time", 0),
     ]
 
 
@@ -111,5 +120,6 @@ def test_qos_and_retain_per_kind():
         t.Kind.STATE,
         t.Kind.DIRECTORY,
         t.Kind.HUB_STATUS,
+        t.Kind.HUB_TIME,
     }
     assert t.STATION_TO_HUB == (t.Kind.STATUS, t.Kind.STATE, t.Kind.EVENT, t.Kind.CMD_RESULT)
