@@ -1,10 +1,11 @@
 """Signed, expiring acknowledge links: ``{public_url}/ack/{token}``.
 
 A maintenance worker taps the link in a WeCom, DingTalk, Feishu or e-mail
-message and the alert is acknowledged, without logging in: the token is the
-authority. It names the alert, the notifier that carried it (recorded as
-``acked_by = "link:<notifier>"``) and when it stops working, and is signed with
-the hub's ack-link key (HMAC-SHA256):
+message, sees what it is about and taps the button there, without logging in:
+the token is the authority (opening the link changes nothing, only the page's
+form acknowledges; see ``hub/web.py``). It names the alert, the notifier that
+carried it (recorded as ``acked_by = "link:<notifier>"``) and when it stops
+working, and is signed with the hub's ack-link key (HMAC-SHA256):
 
     token = base64url(alert_id "\\n" notifier "\\n" expires_s) "." base64url(hmac)
 
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 
 KEY_FILE = "ack-link.key"
 _CONTEXT = b"yizhan ack link v1\n"  # the key signs nothing else with this prefix
+_CONFIRM = b"yizhan ack confirm v1\n"  # nor this: a confirmation is never a token's signature
 MAX_TOKEN = 512
 
 
@@ -131,6 +133,18 @@ class AckLinks:
         if (self.clock.now() if now is None else now) >= claim.expires:
             raise LinkExpired(claim)
         return claim
+
+    def confirmation(self, token: str) -> str:
+        """The value the ack page's form sends back with its POST: derived from the
+        token with the key, so only who has read the page (not a page elsewhere that
+        merely knows the link) can send it. No state is kept."""
+        mac = hmac.new(self._key, _CONFIRM + token.encode(), hashlib.sha256).digest()
+        return _b64(mac[:16])
+
+    def confirms(self, token: str, value: str) -> bool:
+        """Whether ``value`` is :meth:`confirmation` of ``token`` (constant time)."""
+        return hmac.compare_digest(self.confirmation(token).encode(),
+                                   value.encode("utf-8", "replace"))
 
     def _sign(self, payload: bytes) -> bytes:
         return hmac.new(self._key, _CONTEXT + payload, hashlib.sha256).digest()

@@ -32,6 +32,12 @@ def _json(schema: dict[str, Any], description: str, example: Any = None) -> dict
     return {"description": description, "content": {"application/json": media}}
 
 
+def _html_responses(answers: list[tuple[str, str]]) -> dict[str, Any]:
+    """Responses that are small HTML pages (the ack link's), by status."""
+    return {status: {"description": text, "content": {"text/html": {"schema": {"type": "string"}}}}
+            for status, text in answers}
+
+
 def _err(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/responses/{name}"}
 
@@ -306,26 +312,49 @@ PATHS: dict[str, Any] = {
         "responses": {"200": _json(_ref("DeliveryList"), "Its deliveries, oldest first."),
                       **AUTH_ERRORS, "404": _err("NotFound")},
     }},
-    "/ack/{token}": {"get": {
-        "operationId": "ackLink",
-        "summary": "Acknowledge the alert of a signed, expiring link from a notification.",
-        "description": "No bearer token: the token (hub/acklink.py) is the authority. "
-                       "Answers a small HTML page for a phone. HEAD checks the token "
-                       "without acknowledging (link previews).",
-        "security": [],
-        "parameters": [_param("token", "path", {"type": "string"}, "the link's token")],
-        "responses": {
-            status: {"description": text,
-                     "content": {"text/html": {"schema": {"type": "string"}}}}
-            for status, text in [
-                ("200", "Acknowledged (now, or already before)."),
+    "/ack/{token}": {
+        "get": {
+            "operationId": "showAckLink",
+            "summary": "What a signed, expiring link from a notification would acknowledge.",
+            "description": "No bearer token: the token (hub/acklink.py) is the authority. "
+                           "Answers a small HTML page for a phone: the station, the alert, "
+                           "since when, its state and, while it fires, a button whose form "
+                           "POSTs here. Changes nothing, so a mail scanner or a link "
+                           "preview that opens the link acknowledges nothing.",
+            "security": [],
+            "parameters": [_param("token", "path", {"type": "string"}, "the link's token")],
+            "responses": _html_responses([
+                ("200", "The alert and, while it fires, the button."),
                 ("403", "The link is expired, or was not signed by this hub."),
+                ("404", "No such alert."),
+                ("503", "The database did not answer, or ack links are not configured."),
+            ]),
+        },
+        "post": {
+            "operationId": "ackLink",
+            "summary": "Acknowledge the alert of the link (the page's button).",
+            "description": "Acknowledges as link:<notifier>; again changes nothing. The form "
+                           "must repeat the page's hidden confirm value, and a browser's "
+                           "Sec-Fetch-Site other than same-origin (or none) is refused.",
+            "security": [],
+            "parameters": [_param("token", "path", {"type": "string"}, "the link's token")],
+            "requestBody": {"required": True, "content": {
+                "application/x-www-form-urlencoded": {"schema": {
+                    "type": "object", "required": ["confirm"],
+                    "properties": {"confirm": {
+                        "type": "string",
+                        "description": "The value of the page's hidden field."}}}}}},
+            "responses": _html_responses([
+                ("200", "Acknowledged (now, or already before)."),
+                ("400", "The form lacks the page's confirm value: nothing acknowledged."),
+                ("403", "The link is expired or not signed by this hub, or the form was "
+                        "posted from another site."),
                 ("404", "No such alert."),
                 ("409", "The alert has resolved: nothing to acknowledge."),
                 ("503", "The database did not answer, or ack links are not configured."),
-            ]
+            ]),
         },
-    }},
+    },
     "/api/v1/stations/{sid}/commands": {"post": {
         "operationId": "sendCommand",
         "summary": "Send a command (contract §7); it expires unanswered after 30 s.",

@@ -6,8 +6,9 @@ real ``yizhan hub`` program on an SQLite file; and a webhook receiver on loopbac
 (``tests.test_alert_routing.Receiver``) that checks ``X-Yizhan-Signature`` and
 records each attempt's ``X-Yizhan-Delivery``.
 
-* the tank runs dry → a signed ``firing`` water_empty → the ack link, followed
-  with a GET, acknowledges it in the API → refilled → ``resolved``;
+* the tank runs dry → a signed ``firing`` water_empty → the ack link opened with
+  a GET shows it and changes nothing, its page's form POSTed back acknowledges it
+  in the API → refilled → ``resolved``;
 * the receiver answers 503 for a while and the hub is killed with SIGKILL in
   between → after the restart every notification is delivered, none twice, each
   under the delivery id of its first attempt;
@@ -19,8 +20,10 @@ records each attempt's ``X-Yizhan-Delivery``.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -177,10 +180,19 @@ def test_a_dry_tank_pages_signed_the_ack_link_acknowledges_a_refill_resolves(
     assert body["station"]["sid"] == SID and body["station"]["name"] == NAME
     assert body["ack_url"].startswith(f"{base}/ack/")
 
-    # The maintenance worker taps the link on the phone: a plain GET.
+    # The maintenance worker taps the link on the phone: the GET only shows the alert
+    # (a mail scanner opening it acknowledges nothing), the page's button POSTs back.
     with urllib.request.urlopen(body["ack_url"], timeout=5) as resp:
         assert resp.status == 200
-        assert "已确认" in resp.read().decode()
+        shown = resp.read().decode()
+    assert "确认这条告警？" in shown and NAME in shown
+    status, listed = http_json(f"{base}/api/v1/alerts?state=firing&sid={SID}", TOKEN)
+    assert alert["id"] in [a["id"] for a in listed["alerts"]]
+    confirm = re.search(r'name="confirm" value="([^"]+)"', shown).group(1)
+    form = urllib.parse.urlencode({"confirm": confirm}).encode()
+    with urllib.request.urlopen(body["ack_url"], data=form, timeout=5) as resp:
+        assert resp.status == 200
+        assert "✅ 已确认" in resp.read().decode()
     status, listed = http_json(f"{base}/api/v1/alerts?state=acked&sid={SID}", TOKEN)
     assert status == 200
     (acked,) = [a for a in listed["alerts"] if a["id"] == alert["id"]]

@@ -1,5 +1,8 @@
-"""Signed, expiring acknowledge links, the page they open, and the deliveries API.
+"""Signed, expiring acknowledge links, the page they open, its button, and the
+deliveries API.
 
+Opening a link (GET, HEAD) only shows the alert; the page's form POSTs back and
+only that acknowledges, so mail scanners and link previews acknowledge nothing.
 The hub's web app is the real one (``create_app``) over the real store, fleet
 and alert rows (``tests/test_hub_api.py``'s stand-in hub), with the hub's
 ``acklinks`` and ``outbox`` beside them as ``hub.service`` holds them.
@@ -10,7 +13,9 @@ from __future__ import annotations
 import base64
 import os
 import random
+import re
 import stat
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +27,8 @@ from hub.acklink import KEY_FILE, AckLinks, LinkExpired, LinkInvalid, load_or_cr
 from hub.config import parse_hub_config
 from hub.notify import Outbox, build_notifiers
 from hub.schema import alerts as table
+from tests.harness.browser import Chromium, require_chromium
+from tests.harness.procs import free_port
 from tests.test_hub_api import TOKEN, Api, StandInHub
 from tests.test_notify_receivers import SECRET, receiver_factory
 from yizhan.clock import ManualClock
@@ -155,79 +162,218 @@ def page(resp: Any) -> str:
     assert resp.content_type == "text/html; charset=utf-8"
     assert resp.headers["Cache-Control"] == "no-store"
     assert resp.headers["Referrer-Policy"] == "no-referrer"
+    assert resp.headers["X-Robots-Tag"] == "noindex"
+    csp = resp.headers["Content-Security-Policy"]
+    assert "default-src 'none'" in csp and "form-action 'self'" in csp and "script" not in csp
     return resp.get_data(as_text=True)
 
 
+def confirmation(text: str) -> str:
+    """The hidden field the page's form sends back."""
+    found = re.search(r'<input type="hidden" name="confirm" value="([^"]+)">', text)
+    assert found, "the page has no form with the confirm field"
+    return found.group(1)
+
+
+def state_of(hub: Hub, alert_id: str) -> str:
+    """The alert's state as the API lists it (and the store agrees)."""
+    api = Api(hub.app)
+    states = {a["id"]: a["state"] for a in api.get("/api/v1/alerts").get_json()["alerts"]}
+    assert states[alert_id] == hub.alerts.get(alert_id)["state"]
+    return states[alert_id]
+
+
+def tap(client: Any, token: str, confirm: str | None, **headers: str) -> Any:
+    """The page's button: a form POST to the link."""
+    data = {} if confirm is None else {"confirm": confirm}
+    return client.post(f"/ack/{token}", data=data, headers=headers)
+
+
 @SQLITE_ONLY
-def test_a_valid_link_acknowledges_the_alert_without_logging_in(hub: Hub) -> None:
+def test_opening_a_link_shows_the_alert_and_its_button_and_changes_nothing(hub: Hub) -> None:
     alert = hub.alerts.raise_alert("water_empty", SID, "critical", "水位空", value={"level": 0.0})
     hub.clock.advance(120)
+    token = token_of(hub, alert["id"])
     client = hub.app.test_client()
-    resp = client.get(f"/ack/{token_of(hub, alert['id'])}")
+    resp = client.get(f"/ack/{token}")
     assert resp.status_code == 200
     text = page(resp)
-    assert "✅ 已确认" in text and "楚门镇先锋驿站（yh-chumen-01）：热水已空（水位 0%）" in text
-    assert 'name="viewport"' in text and 'lang="zh-CN"' in text
+    assert "<h1>确认这条告警？</h1>" in text and 'lang="zh-CN"' in text
+    assert "楚门镇先锋驿站（yh-chumen-01）" in text and "热水已空（水位 0%）" in text
+    assert "11-27 06:40（已 2 分钟）" in text  # started at T0, China Standard Time
+    assert "未处理，还没有人确认" in text and "紧急" in text
+    assert f'<form method="post" action="{token}">' in text and "我来处理（确认）" in text
+    assert confirmation(text) == hub.acklinks.confirmation(token)
+    assert "<script" not in text and 'name="viewport"' in text
+    head = client.head(f"/ack/{token}")  # what link checkers send
+    assert head.status_code == 200 and head.get_data() == b""
+    assert state_of(hub, alert["id"]) == "firing"
+    with hub.store.engine.connect() as conn:
+        row = conn.execute(sa.select(table.c.acked_ms, table.c.acked_by)
+                           .where(table.c.id == alert["id"])).one()
+    assert tuple(row) == (None, None)
+
+
+@SQLITE_ONLY
+def test_the_button_acknowledges_once(hub: Hub) -> None:
+    alert = hub.alerts.raise_alert("water_empty", SID, "critical", "水位空", value={"level": 0.0})
+    hub.clock.advance(120)
+    token = token_of(hub, alert["id"])
+    client = hub.app.test_client()
+    confirm = confirmation(page(client.get(f"/ack/{token}")))
+    resp = tap(client, token, confirm, **{"Sec-Fetch-Site": "same-origin"})
+    assert resp.status_code == 200
+    text = page(resp)
+    assert "<h1>✅ 已确认</h1>" in text and "楚门镇先锋驿站（yh-chumen-01）" in text
+    assert "已确认（11-27 06:42）" in text and "谢谢" in text and "<form" not in text
+    assert state_of(hub, alert["id"]) == "acked"
     after = hub.alerts.get(alert["id"])
-    assert after["state"] == "acked" and after["acked_at"] == hub.clock.ms()
-    assert hub.alerts.list(state="acked")[0]["id"] == alert["id"]
+    assert after["acked_at"] == hub.clock.ms()
     with hub.store.engine.connect() as conn:
         by = conn.execute(sa.select(table.c.acked_by).where(table.c.id == alert["id"])).scalar()
     assert by == "link:ops-webhook"
 
     hub.clock.advance(60)
-    again = client.get(f"/ack/{token_of(hub, alert['id'])}")
-    assert again.status_code == 200 and "之前已有人确认" in page(again)
+    again = tap(client, token, confirm)  # a double tap, or an old browser (no Sec-Fetch-*)
+    assert again.status_code == 200 and "已确认（之前已有人确认）" in page(again)
     assert hub.alerts.get(alert["id"])["acked_at"] == after["acked_at"]  # unchanged
+    shown = page(client.get(f"/ack/{token}"))
+    assert "<h1>✅ 已有人确认</h1>" in shown and "已确认（11-27 06:42）" in shown
+    assert "<form" not in shown
 
 
 @SQLITE_ONLY
-def test_a_link_preview_s_head_request_acknowledges_nothing(hub: Hub) -> None:
+def test_a_post_that_did_not_come_from_the_page_changes_nothing(hub: Hub) -> None:
     alert = hub.alerts.raise_alert("water_empty", SID, "critical", "水位空")
-    resp = hub.app.test_client().head(f"/ack/{token_of(hub, alert['id'])}")
-    assert resp.status_code == 200
-    assert hub.alerts.get(alert["id"])["state"] == "firing"
+    token = token_of(hub, alert["id"])
+    other = token_of(hub, alert["id"], "intl-webhook")
+    client = hub.app.test_client()
+    confirm = confirmation(page(client.get(f"/ack/{token}")))
+    for bad in (None, "", "x" * 22, hub.acklinks.confirmation(other), confirm + "A", "确认"):
+        resp = tap(client, token, bad)
+        assert resp.status_code == 400, bad
+        assert "请在确认页面上点按钮" in page(resp) and "没有确认任何告警" in page(resp)
+    as_json = client.post(f"/ack/{token}", json={"confirm": confirm})
+    assert as_json.status_code == 400
+    for site in ("cross-site", "same-site"):  # a page elsewhere that knows the link
+        resp = tap(client, token, confirm, **{"Sec-Fetch-Site": site})
+        assert resp.status_code == 403 and "请求来自其他网站" in page(resp)
+    assert state_of(hub, alert["id"]) == "firing"
 
 
 @SQLITE_ONLY
 def test_expired_and_forged_links_get_a_403_page_and_change_nothing(hub: Hub) -> None:
     alert = hub.alerts.raise_alert("water_empty", SID, "critical", "水位空")
     token = token_of(hub, alert["id"])
+    confirm = hub.acklinks.confirmation(token)
     client = hub.app.test_client()
-    forged = client.get(f"/ack/{token[:-3]}abc")
-    assert forged.status_code == 403 and "链接无效" in page(forged)
+    forged = f"{token[:-3]}abc"
     other_key = AckLinks(b"z" * 32, PUBLIC, clock=hub.clock).token(alert["id"], "ops-webhook")
-    assert client.get(f"/ack/{other_key}").status_code == 403
+    for bad in (forged, other_key):
+        shown = client.get(f"/ack/{bad}")
+        assert shown.status_code == 403 and "链接无效" in page(shown) and "<form" not in page(
+            shown)
+        assert client.head(f"/ack/{bad}").status_code == 403
+        posted = tap(client, bad, hub.acklinks.confirmation(bad))
+        assert posted.status_code == 403 and "链接无效" in page(posted)
     hub.clock.advance(24 * 3600)
     expired = client.get(f"/ack/{token}")
     assert expired.status_code == 403 and "链接已过期" in page(expired)
-    assert hub.alerts.get(alert["id"])["state"] == "firing"
+    posted = tap(client, token, confirm)
+    assert posted.status_code == 403 and "链接已过期" in page(posted)
+    assert state_of(hub, alert["id"]) == "firing"
 
 
 @SQLITE_ONLY
 def test_a_resolved_or_unknown_alert_says_so(hub: Hub) -> None:
     alert = hub.alerts.raise_alert("water_empty", SID, "critical", "水位空")
+    hub.clock.advance(600)
     hub.alerts.resolve(alert["id"], by="auto")
+    token = token_of(hub, alert["id"])
     client = hub.app.test_client()
-    resolved = client.get(f"/ack/{token_of(hub, alert['id'])}")
+    shown = client.get(f"/ack/{token}")
+    assert shown.status_code == 200
+    text = page(shown)
+    assert "<h1>✅ 告警已恢复</h1>" in text and "已恢复（11-27 06:50）" in text
+    assert "楚门镇先锋驿站" in text and "<form" not in text
+    resolved = tap(client, token, hub.acklinks.confirmation(token))
     assert resolved.status_code == 409 and "无需确认" in page(resolved)
-    missing = client.get(f"/ack/{token_of(hub, 'a-ffffffffffffffff')}")
+    assert state_of(hub, alert["id"]) == "resolved"
+    gone = token_of(hub, "a-ffffffffffffffff")
+    missing = client.get(f"/ack/{gone}")
     assert missing.status_code == 404 and "找不到" in page(missing)
+    posted = tap(client, gone, hub.acklinks.confirmation(gone))
+    assert posted.status_code == 404 and "找不到" in page(posted)
 
 
 @SQLITE_ONLY
 def test_the_page_speaks_the_notifier_s_language(hub: Hub) -> None:
     alert = hub.alerts.raise_alert("chargers_low", SID, "warning", "1 left", value=1)
-    resp = hub.app.test_client().get(f"/ack/{token_of(hub, alert['id'], 'intl-webhook')}")
-    text = page(resp)
-    assert "Acknowledged" in text and "Only 1 power bank left to lend" in text
+    token = token_of(hub, alert["id"], "intl-webhook")
+    client = hub.app.test_client()
+    text = page(client.get(f"/ack/{token}"))
+    assert 'lang="en"' in text and "Acknowledge this alert?" in text
+    assert "Only 1 power bank left to lend" in text and "楚门镇先锋驿站 (yh-chumen-01)" in text
+    assert "I&#x27;m on it (acknowledge)" in text and "Open, nobody has acknowledged" in text
+    done = page(tap(client, token, confirmation(text)))
+    assert "Acknowledged" in done and "someone is on it" in done
+    with hub.store.engine.connect() as conn:
+        by = conn.execute(sa.select(table.c.acked_by).where(table.c.id == alert["id"])).scalar()
+    assert by == "link:intl-webhook"
 
 
 @SQLITE_ONLY
 def test_without_ack_links_configured_the_page_says_so(hub: Hub) -> None:
     hub.acklinks = None
-    resp = hub.app.test_client().get("/ack/anything")
+    client = hub.app.test_client()
+    resp = client.get("/ack/anything")
     assert resp.status_code == 503 and "未启用" in page(resp)
+    assert tap(client, "anything", "x").status_code == 503
+
+
+@SQLITE_ONLY
+def test_a_phone_opens_the_link_and_taps_the_button(hub: Hub, tmp_path: Path) -> None:
+    """Real Chromium at a phone's width: the page reads, the stylesheet passes the
+    Content-Security-Policy, the button is big, and tapping it acknowledges."""
+    require_chromium()
+    from waitress.server import create_server
+
+    alert = hub.alerts.raise_alert("water_empty", SID, "critical", "水位空", value={"level": 0.0})
+    hub.clock.advance(120)
+    server = create_server(hub.app, host="127.0.0.1", port=free_port(), threads=2)
+    threading.Thread(target=server.run, name="hub-web", daemon=True).start()
+    url = f"http://127.0.0.1:{server.effective_port}/ack/{token_of(hub, alert['id'])}"
+    try:
+        with Chromium() as chromium:
+            for width, height in ((800, 600), (360, 740)):
+                phone = chromium.page(width, height)
+                refused: list[str] = []
+                phone.on("console", lambda msg, refused=refused: refused.append(msg.text)
+                         if "Content Security Policy" in msg.text else None)
+                phone.goto(url)
+                assert phone.text_content("h1") == "确认这条告警？"
+                assert "楚门镇先锋驿站（yh-chumen-01）" in phone.text_content("dl")
+                button = phone.locator("button").bounding_box()
+                assert button["height"] >= 48  # a thumb's target
+                assert button["width"] >= width * 0.85 or button["width"] >= 500
+                fits = phone.evaluate("document.documentElement.scrollWidth")
+                assert fits <= width, f"the page scrolls sideways at {width} px"
+                assert phone.evaluate(  # the stylesheet was allowed: the button is green
+                    "getComputedStyle(document.querySelector('button')).backgroundColor"
+                ) == "rgb(26, 127, 55)"
+                phone.screenshot(path=str(tmp_path / f"ack-{width}.png"), full_page=True)
+                assert refused == []
+                assert state_of(hub, alert["id"]) == "firing"
+            phone.tap("button")
+            phone.wait_for_selector("text=已确认")
+            assert phone.text_content("h1") == "✅ 已确认"
+            phone.screenshot(path=str(tmp_path / "acked-360.png"), full_page=True)
+    finally:
+        server.close()
+    assert state_of(hub, alert["id"]) == "acked"
+    with hub.store.engine.connect() as conn:
+        by = conn.execute(sa.select(table.c.acked_by).where(table.c.id == alert["id"])).scalar()
+    assert by == "link:ops-webhook"
 
 
 # -- deliveries --------------------------------------------------------------------------
