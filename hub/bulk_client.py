@@ -45,6 +45,8 @@ import time
 
 import paho.mqtt.client as mqtt
 
+from yizhan.mqtt_client import PacedClient
+
 #: Bytes asked of the socket at once: a few hundred station messages.
 CHUNK = 256 * 1024
 #: Packets handled from one read before paho gets to write (PUBACKs) again.
@@ -172,7 +174,7 @@ class Received(mqtt.MQTTMessage):
 _INFO_SLOT = mqtt.MQTTMessage.__dict__["info"]  # the slot under the property
 
 
-class BulkClient(mqtt.Client):
+class BulkClient(PacedClient):
     """``paho.mqtt.client.Client`` with ``BufferedSocket`` under it."""
 
     #: Whether a per-topic callback was ever added: until then every message

@@ -6,6 +6,16 @@ broker queues what stations publish while the hub restarts (up to Mosquitto's
 subscribes to ``hub_subscriptions()`` and publishes its retained ``online``
 status, with the ``offline`` form as its last will (contract §9).
 
+Reconnects are paced by :class:`yizhan.mqtt_client.PacedClient` (1 s doubling
+to 30 s, jittered, on the hub's clock). When the broker has lost our session
+(``session_present`` false on a reconnect: a broker restarted without
+persistence) it has lost its retained messages too: the hub republishes what
+it owns (its status; the stations republish theirs on their own reconnect).
+Every ``TIME_EVERY`` seconds the hub publishes its clock on
+``yizhan/v1/hub/time`` (retained), which stations with an unsynchronised
+clock judge commands by (docs/protocol.md); its PUBACK is also the proof that
+the session works (:meth:`Ingest.problem`).
+
 On paho's network thread each message is parsed and validated (``protocol``),
 applied to the in-memory ``Fleet`` and handed to the writer — nothing waits on
 the database. An invalid payload is counted in
@@ -34,7 +44,15 @@ from hub.fleet import APPLIED, DUPLICATE, INVALID, STALE, Fleet
 from hub.tallies import LagHistogram, MessageTallies
 from protocol import messages as m
 from protocol.errors import InvalidMessage, TopicError
-from protocol.topics import HUB_STATUS_TOPIC, PREFIX, Kind, hub_subscriptions, parse_topic
+from protocol.topics import (
+    HUB_STATUS_TOPIC,
+    HUB_TIME_TOPIC,
+    PREFIX,
+    Kind,
+    hub_subscriptions,
+    parse_topic,
+)
+from yizhan.backoff import Backoff
 from yizhan.clock import Clock
 
 log = logging.getLogger(__name__)
@@ -49,6 +67,10 @@ LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5
                10.0, 30.0, 60.0)
 #: How many (station, reason) pairs are remembered as already logged.
 LOGGED_KEPT = 10_000
+#: The hub's reconnect backoff: 1 s doubling to 30 s, each wait jittered.
+RECONNECT = Backoff(1.0, 30.0)
+#: Seconds between two of the hub's time beacons (``yizhan/v1/hub/time``).
+TIME_EVERY = 30.0
 
 
 class NotConnected(ConnectionError):
@@ -80,11 +102,18 @@ class Ingest:
                       keyfile=mc.tls.key_file, cert_reqs=ssl.CERT_REQUIRED)
             c.tls_insecure_set(mc.tls.insecure)
         c.will_set(HUB_STATUS_TOPIC, m.encode(m.HubStatus(state="offline")), qos=1, retain=True)
-        c.reconnect_delay_set(min_delay=1, max_delay=30)
+        c.pace(RECONNECT, clock)
         c.on_connect = self._connected
         c.on_disconnect = self._disconnected
         c.on_message = self._message
         self._client = c
+        #: Sessions that began without the broker's memory of us (and so of
+        #: our retained messages): each time, the hub republished what it owns.
+        self.fresh_sessions = 0
+        self._down_since: float | None = clock.monotonic()
+        # The oldest beacon not known to be acknowledged: (monotonic sent, info).
+        self._beacon: tuple[float, mqtt.MQTTMessageInfo] | None = None
+        self.beacons = 0
 
     def start(self) -> None:
         mc = self.config.mqtt
@@ -104,6 +133,45 @@ class Ingest:
         self._client.loop_stop()
         self.connected.clear()
         self.fleet.broker_down()
+
+    def publish_time(self) -> bool:
+        """Publish the hub's clock on ``yizhan/v1/hub/time`` (retained), QoS 1 so
+        that its PUBACK proves the session still works; False while not connected."""
+        if not self.connected.is_set():
+            return False
+        payload = m.encode(m.HubTime(ts=self.clock.ms()))
+        info = self._client.publish(HUB_TIME_TOPIC, payload, qos=1, retain=True)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            return False
+        beacon = self._beacon
+        if beacon is None or beacon[1].is_published():  # else the older one still counts
+            self._beacon = (self.clock.monotonic(), info)
+        self.beacons += 1
+        return True
+
+    def problem(self) -> str | None:
+        """Why the hub's MQTT side does not work now, or None: judged by outcomes —
+        a session established and the broker acknowledging what we publish."""
+        now = self.clock.monotonic()
+        mc = self.config.mqtt
+        if not self._client.loop_alive():
+            return "the MQTT network thread is not running"
+        if not self.connected.is_set():
+            since = self._down_since if self._down_since is not None else now
+            return (f"not connected to the MQTT broker at {mc.host}:{mc.port} "
+                    f"for {now - since:.0f} s ({self._client.retry} attempts)")
+        beacon = self._beacon
+        if beacon is not None and not beacon[1].is_published() and (
+                now - beacon[0] > self.stall_after):
+            return (f"the MQTT session is stalled: the broker has acknowledged nothing "
+                    f"for {now - beacon[0]:.0f} s")
+        return None
+
+    @property
+    def stall_after(self) -> float:
+        """Seconds a beacon may go unacknowledged: a keepalive and a half (by then
+        a dead link is dropped), and a beacon interval of slack."""
+        return 1.5 * self.config.mqtt.keepalive + TIME_EVERY
 
     def publish(self, topic: str, payload: bytes, retain: bool = False) -> mqtt.MQTTMessageInfo:
         """QoS 1. Raises NotConnected while the broker is away: a command must not
@@ -125,16 +193,25 @@ class Ingest:
         # Even with the session kept: a subscribe is what re-sends the retained
         # Status and State, and it costs nothing when they are known (duplicates).
         client.subscribe(self._subscriptions)
+        # What the hub owns on the broker, republished on every connect: a
+        # session the broker forgot (restarted without persistence) took the
+        # retained copies with it. The status is also contract §9's "online".
         online = m.HubStatus(state="online", ts=self.clock.ms())
         client.publish(HUB_STATUS_TOPIC, m.encode(online), qos=1, retain=True)
+        if not flags.session_present:
+            self.fresh_sessions += 1
+        self._down_since = None
+        self._beacon = None  # a new session: what the last one owed is moot
         self.fleet.broker_up(self.clock.ms())
         self.connected.set()
+        self.publish_time()
         log.info("hub connected to %s:%s (session %s)", self.config.mqtt.host,
                  self.config.mqtt.port, "kept" if flags.session_present else "new")
 
     def _disconnected(self, client, userdata, flags, reason_code, properties) -> None:
         if self.connected.is_set():
             log.warning("hub lost the broker: %s", reason_code)
+            self._down_since = self.clock.monotonic()
         self.connected.clear()
         self.fleet.broker_down()
 

@@ -139,6 +139,11 @@ class PacedClient(mqtt.Client):
             return mqtt.MQTT_ERR_CONN_LOST
         return rc
 
+    def loop_alive(self) -> bool:
+        """Whether the network thread of ``loop_start()`` is running."""
+        thread = self._thread
+        return thread is not None and thread.is_alive()
+
     # -- lifecycle: a stop ends a backoff wait at once ----------------------------------
 
     def connect_async(self, *args: object, **kwargs: object) -> None:
