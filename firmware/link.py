@@ -62,8 +62,10 @@ PublishListener = Callable[[int, bool], None]
 HUB_ONLINE_DELAY = 10.0
 #: paho's own TCP (and TLS) connect timeout, seconds.
 CONNECT_TIMEOUT = 5.0
-#: Seconds a TCP probe of the broker's port may take (health check only).
+#: Seconds a TCP probe of the broker's port may take (health check only) ...
 PROBE_TIMEOUT = 3.0
+#: ... and between two probes, while the link is down.
+PROBE_EVERY = 30.0
 
 
 class StationLink:
@@ -132,7 +134,9 @@ class StationLink:
         self._good_at: float | None = None
         self._restarted_at: float | None = None
         self._probing = False
-        self._port_open: bool | None = None
+        self._probed_at: float | None = None
+        #: Since when every probe found the broker's port accepting (None: it did not).
+        self._open_since: float | None = None
         self._client = self._make_client()
 
     def _make_client(self) -> PacedClient:
@@ -247,31 +251,41 @@ class StationLink:
         return self.reconnect_max + CONNECT_TIMEOUT + self.config.keepalive + 10.0
 
     def _stuck(self, now: float) -> bool:
-        """No session for ``stuck_after`` seconds while the broker's port accepts TCP."""
+        """No session for ``stuck_after`` seconds, all of them with the broker's
+        port accepting TCP: then the fault is ours, not the network's."""
         if self._started_at is None or self.connected.is_set() or self._stopping.is_set():
+            self._open_since = None
             return False
-        if now - (self._good_at or self._started_at) < self.stuck_after:
+        self._probe_if_due(now)
+        open_since = self._open_since
+        if open_since is None:
             return False
-        return self._broker_reachable()
+        return now - max(self._good_at or self._started_at, open_since) >= self.stuck_after
 
-    def _broker_reachable(self) -> bool:
-        """The last probe's answer, starting a new probe in the background (a
-        connect to a black-holed address must not hold up the station loop)."""
+    def _probe_if_due(self, now: float) -> None:
+        """Probe the broker's port every ``PROBE_EVERY`` seconds while down, in the
+        background: a connect to a black-holed address must not hold up the loop."""
         with self._lock:
-            if not self._probing:
-                self._probing = True
-                threading.Thread(target=self._run_probe, name="mqtt-probe", daemon=True).start()
-            return bool(self._port_open)
+            if self._probing or (self._probed_at is not None
+                                 and now - self._probed_at < PROBE_EVERY):
+                return
+            self._probing = True
+            self._probed_at = now
+        threading.Thread(target=self._run_probe, args=(now,), name="mqtt-probe",
+                         daemon=True).start()
 
-    def _run_probe(self) -> None:
+    def _run_probe(self, started: float) -> None:
         try:
             ok = self._probe(self.config.host, self.config.port)
         except Exception:
             log.exception("probing the broker's port failed")
             ok = False
         with self._lock:
-            self._port_open = ok
             self._probing = False
+            if not ok:
+                self._open_since = None
+            elif self._open_since is None:
+                self._open_since = started
 
     def _heal(self) -> None:
         now = self._clock.monotonic()
@@ -301,8 +315,9 @@ class StationLink:
         """For the watchdog: True unless the link is stuck even after a fresh client.
 
         Up is healthy; a broker that is down (its port refuses or does not
-        answer) is an outage, not a reason to restart. A reachable broker with
-        no session for ``stuck_after`` seconds gets a fresh client first
+        answer) is an outage, not a reason to restart. A broker whose port has
+        accepted TCP for ``stuck_after`` seconds with no session coming of it
+        (probed every ``PROBE_EVERY`` seconds while down) gets a fresh client first
         (:meth:`poll`); still none after another ``stuck_after``: unhealthy,
         and systemd restarts the process.
         """

@@ -36,3 +36,20 @@ def make_tls(directory: Path, name: str = "test") -> TlsFiles:
     for f in ("server.key", "server.crt", "ca.crt"):
         (d / f).chmod(0o644)  # mosquitto may run as another user
     return TlsFiles(d / "ca.crt", d / "server.crt", d / "server.key")
+
+
+def renew_server_certificate(files: TlsFiles) -> TlsFiles:
+    """A new server key and certificate in place of the old ones, signed by the
+    same CA (as a certificate rotation does): clients that trust the CA must
+    accept it without a change on their side."""
+    d = files.cert_file.parent
+    for f in ("server.key", "server.crt", "server.csr"):
+        (d / f).unlink(missing_ok=True)
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
+             "-keyout", "server.key", "-out", "server.csr", cwd=d)
+    _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+             "-CAcreateserial", "-days", "2", "-extfile", "san.ext", "-out", "server.crt",
+             cwd=d)
+    for f in ("server.key", "server.crt"):
+        (d / f).chmod(0o644)
+    return files
