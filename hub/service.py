@@ -133,10 +133,12 @@ class Hub:
         out = []
         if not self.ingest.connected.is_set():
             out.append("not connected to the MQTT broker")
-        if self.writer is None or not self.writer.healthy():
-            out.append("the database writer is stuck or stopped")
+        writing = "the database writer is not running" if self.writer is None \
+            else self.writer.problem()
+        if writing:
+            out.append(writing)
         if not self.store.ping():
-            out.append("database unreachable")
+            out.append(f"database unreachable: {self.store.ping_error}")
         elif self._started:
             stuck = self.stuck_notifiers(self.clock.ms())
             if stuck:

@@ -26,7 +26,7 @@ from alembic.config import Config
 from alembic.migration import MigrationContext
 from sqlalchemy import event
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.pool import StaticPool
+from sqlalchemy.pool import NullPool, StaticPool
 
 from hub.schema import metadata, station_state, stations
 from protocol import messages as m
@@ -79,12 +79,31 @@ def make_engine(url: str) -> sa.Engine:
         engine = sa.create_engine(parsed, connect_args=connect_args, **pool)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    # A server that does not answer must not hang /healthz or the writer for
-    # the kernel's TCP timeout (minutes); `?connect_timeout=` overrides it.
-    connect_args = {} if "connect_timeout" in parsed.query else {"connect_timeout": 5}
     # pre_ping: a connection the server dropped (restart, failover, idle kill) is
     # replaced at checkout instead of failing the next batch.
-    return sa.create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
+    return sa.create_engine(parsed, pool_pre_ping=True, connect_args=_pg_timeouts(parsed))
+
+
+#: libpq settings of every PostgreSQL connection (a ``?name=`` in the URL wins).
+#: A server that does not answer must not hang /healthz or the writer for the
+#: kernel's TCP timeouts (minutes to hours): a connection attempt gives up after
+#: ``connect_timeout`` seconds; an established connection whose peer is gone
+#: (a host powered off, a link that drops everything) is ended by the kernel —
+#: sent data unacknowledged for ``tcp_user_timeout`` ms, or an idle one whose
+#: keepalive probes go unanswered for ``keepalives_idle`` plus
+#: ``keepalives_count`` × ``keepalives_interval`` seconds — and the writer
+#: retries on a new one.
+PG_CONNECT_ARGS = {"connect_timeout": 5, "keepalives": 1, "keepalives_idle": 10,
+                   "keepalives_interval": 5, "keepalives_count": 3,
+                   "tcp_user_timeout": 30_000}
+
+#: /healthz's ping: a fresh connection, given up after this many seconds.
+PING_TIMEOUT = 3
+
+
+def _pg_timeouts(url: sa.URL, **overrides: Any) -> dict[str, Any]:
+    given = set(url.query)
+    return {k: v for k, v in {**PG_CONNECT_ARGS, **overrides}.items() if k not in given}
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -181,6 +200,10 @@ class Store:
     def __init__(self, url: str, *, migrate: bool = True) -> None:
         self.url = url
         self.engine = make_engine(url)
+        #: Why the last ``ping()`` failed (None when it answered).
+        self.ping_error: str | None = None
+        self._pinger: sa.Engine | None = None
+        self._ping_lock = threading.Lock()
         #: ``"sqlite"`` or ``"postgresql"``.
         self.dialect: str = self.engine.dialect.name
         if self.dialect not in ("sqlite", "postgresql"):
@@ -262,17 +285,41 @@ class Store:
         return out
 
     def ping(self) -> bool:
-        """Whether the database answers now (for /healthz)."""
+        """Whether the database answers now (for /healthz); ``ping_error`` says
+        why not.
+
+        On PostgreSQL on a connection of its own, not one from the pool: a pooled
+        connection into a path that went silent would wait for TCP to give up,
+        and a fresh one gives up after ``PING_TIMEOUT`` seconds, as does the
+        statement (``statement_timeout``).
+        """
         try:
-            with self.engine.connect() as conn:
+            with self._ping_engine().connect() as conn:
                 conn.execute(sa.text("SELECT 1"))
-            return True
-        except sa.exc.SQLAlchemyError:
+        except sa.exc.SQLAlchemyError as err:
+            orig = getattr(err, "orig", None) or err
+            lines = str(orig).strip().splitlines()
+            self.ping_error = lines[0] if lines else type(orig).__name__
             return False
+        self.ping_error = None
+        return True
+
+    def _ping_engine(self) -> sa.Engine:
+        if self.dialect != "postgresql":
+            return self.engine  # a file in the process: nothing to wait for
+        with self._ping_lock:
+            if self._pinger is None:
+                url = self.engine.url
+                args = _pg_timeouts(url, connect_timeout=PING_TIMEOUT,
+                                    options=f"-c statement_timeout={PING_TIMEOUT * 1000}")
+                self._pinger = sa.create_engine(url, poolclass=NullPool, connect_args=args)
+            return self._pinger
 
     def close(self) -> None:
         """Close every pooled connection; idempotent."""
         self.engine.dispose()
+        if self._pinger is not None:
+            self._pinger.dispose()
 
 
 def _state_doc(text: str) -> dict[str, Any]:

@@ -29,8 +29,18 @@ retried with backoff and drops nothing; meanwhile the queue fills and
 An op may therefore run more than once (after a rollback): it must keep its
 effects inside the transaction, and decide from what it reads there, not from
 Python state it changed on an earlier run. When the connection dies during the
-COMMIT itself nobody can tell whether it happened; the batch is run again, so
-inserts that must not double (events, loans) use ``store.insert_ignore``.
+COMMIT itself (the server restarted, the network cut) the client cannot tell
+whether it happened. On PostgreSQL the writer knows its transaction's id
+(``txid_current()``, read before the COMMIT) and asks the server, on a new
+connection once there is one, what became of it (``txid_status``): committed
+means done, anything else is run again; so nothing is lost and nothing doubled.
+On SQLite, in the process, a failed commit did not happen. Inserts that must
+not double (events, loans) still use ``store.insert_ignore``, for replays by
+the stations.
+
+Health is judged by outcomes: ``problem()`` names why the writer is not doing
+its job (ops waiting and nothing committed for ``unhealthy_after`` seconds, or
+the thread gone), for /healthz.
 """
 
 from __future__ import annotations
@@ -559,8 +569,10 @@ class Writer:
 
     Counters (read them from any thread): ``batches`` (transactions committed),
     ``ops`` (ops committed), ``failed`` (ops dropped), ``retries`` (attempts
-    repeated after a transient database error), ``queue_depth``, ``last_commit_ms``
-    (how long the last commit took). ``healthy()`` is for /healthz.
+    repeated after a transient database error), ``in_doubt`` (commits whose
+    answer was lost, the server asked about them), ``queue_depth``,
+    ``last_commit_ms`` (how long the last commit took). ``problem()`` and
+    ``healthy()`` are for /healthz.
     """
 
     def __init__(self, store: Store, *, max_batch: int = 2000, max_delay: float = 0.05,
@@ -579,6 +591,7 @@ class Writer:
         self.ops = 0
         self.failed = 0
         self.retries = 0
+        self.in_doubt = 0
         self.last_commit_ms: float | None = None
         #: Dropped ops by kind (``"op_name: ExceptionType"``).
         self.failures: collections.Counter[str] = collections.Counter()
@@ -596,6 +609,9 @@ class Writer:
         self._abort = threading.Event()  # close() gave up: stop retrying
         self._thread: threading.Thread | None = None
         self._stalled_since: float | None = None  # a batch is not yet through since then
+        self._batch_since: float | None = None  # submitted when, the oldest op of that batch
+        self._committed_at: float | None = None  # monotonic, the last commit
+        self._last_error: str | None = None  # the database's last complaint, for problem()
         self._conn: sa.Connection | None = None  # kept from one batch to the next
         self._kept_since = 0.0
 
@@ -675,13 +691,36 @@ class Writer:
         """Ops submitted and not yet taken into a batch."""
         return len(self._pending)
 
+    def problem(self) -> str | None:
+        """Why the writer is not doing its job now, or None: for /healthz.
+
+        An outcome, not an effort: the thread is not running, or ops have been
+        waiting while nothing was committed for more than ``unhealthy_after``
+        seconds (a database that is down, refuses, or fails every batch). A deep
+        queue that is being committed is busy, not stuck.
+        """
+        thread = self._thread
+        if thread is None or not thread.is_alive():
+            return "the database writer is not running"
+        with self._lock:
+            waiting = self._batch_since
+            if waiting is None and self._pending:
+                waiting = self._pending[0][1]
+            queued = len(self._pending)
+        if waiting is None:
+            return None  # nothing waits: idle, whenever it last committed
+        committed = self._committed_at
+        since = waiting if committed is None else max(waiting, committed)
+        stalled = time.monotonic() - since
+        if stalled <= self.unhealthy_after:
+            return None
+        why = f"; last error: {self._last_error}" if self._last_error else ""
+        return (f"the database writer has committed nothing for {stalled:.0f} s "
+                f"while ops wait ({queued} queued){why}")
+
     def healthy(self) -> bool:
-        """True while the writer runs and no batch has been stuck (failing, or
-        waiting on the database) for more than ``unhealthy_after`` seconds."""
-        if self._thread is None or not self._thread.is_alive():
-            return False
-        since = self._stalled_since
-        return since is None or time.monotonic() - since <= self.unhealthy_after
+        """``problem() is None``."""
+        return self.problem() is None
 
     def __enter__(self) -> Writer:
         return self.start()
@@ -739,11 +778,12 @@ class Writer:
 
     def _write(self, batch: list[tuple[int, float, Op]]) -> None:
         self._stalled_since = time.monotonic()
+        self._batch_since = batch[0][1]
         ops = [op for _, _, op in batch]
         try:
             self._halves(ops)
         finally:
-            self._stalled_since = None
+            self._stalled_since = self._batch_since = None
 
     def _halves(self, ops: list[Op]) -> None:
         """Commit ``ops``, or, when one fails, each half by itself, and so on down
@@ -766,10 +806,12 @@ class Writer:
         attempt = 0
         while True:
             started = time.monotonic()
+            sent: _Sent | None = None  # the COMMIT went out: what to ask about it
             try:
                 conn = self._connection(started)
                 with conn.begin():
                     run_ops(conn, ops)
+                    sent = _Sent.of(conn)
                     commit_started = time.monotonic()
                 # The commit happened on leaving the block.
                 self._kept_since = time.monotonic()
@@ -777,18 +819,56 @@ class Writer:
                 self._let_go()  # in whatever state the failure left it
                 if not is_transient(err):
                     raise _OpFailed from err
-                attempt += 1
-                self.retries += 1
-                self._retry_wait(err, attempt, started)
-                continue
+                self._last_error = _summary(err)
+                if sent is None or not self._committed_after_all(sent, err):
+                    attempt += 1
+                    self.retries += 1
+                    self._retry_wait(err, attempt, started)
+                    continue
             done = time.monotonic()
             self.last_commit_ms = (done - commit_started) * 1000
             self.batches += 1
             self.ops += len(ops)
+            self._committed_at = done
+            self._last_error = None
             if attempt:
                 log.warning("writer: database back after %d retries (%.1f s)", attempt,
                             done - (self._stalled_since or started))
             return
+
+    def _committed_after_all(self, sent: _Sent, err: BaseException) -> bool:
+        """Whether the transaction whose COMMIT failed with ``err`` was committed
+        anyway: its answer lost with the connection. Asks the server on a new
+        connection, waiting (with backoff) until there is one that can say."""
+        self.in_doubt += 1
+        log.warning("writer: the connection failed during a COMMIT (%s); asking the "
+                    "database whether transaction %d was committed", _summary(err), sent.xid)
+        attempt = 0
+        while True:
+            try:
+                with self.store.engine.connect() as conn:
+                    committed = sent.committed(conn)
+            except Exception as ask_err:
+                if not is_transient(ask_err):
+                    # Cannot be told (say, an xid the restarted server never
+                    # heard of: it did not commit). Run it again.
+                    log.warning("writer: the fate of transaction %d is unknown (%s); "
+                                "running its batch again", sent.xid, _summary(ask_err))
+                    return False
+                self._last_error = _summary(ask_err)
+                committed = None
+            if committed is not None:
+                log.warning("writer: transaction %d was %s", sent.xid,
+                            "committed" if committed else "not committed; running it again")
+                return committed
+            attempt += 1
+            self._pause(attempt)
+
+    def _pause(self, attempt: int) -> None:
+        """The backoff before attempt ``attempt + 1``; raises _Aborted on close()."""
+        first, cap = self.backoff
+        if self._abort.wait(min(cap, first * 2 ** (attempt - 1))):
+            raise _Aborted
 
     def _connection(self, now: float) -> sa.Connection:
         """The connection of the last batch, if it committed less than
@@ -812,9 +892,7 @@ class Writer:
             log.warning("writer: database error, retrying until it works: %s", err)
         else:
             log.debug("writer: retry %d failed: %s", attempt, err)
-        first, cap = self.backoff
-        if self._abort.wait(min(cap, first * 2 ** (attempt - 1))):
-            raise _Aborted
+        self._pause(attempt)
 
     def _drop(self, op: Op, err: BaseException | None) -> None:
         kind = f"{_op_name(op)}: {type(err).__name__}"
@@ -824,6 +902,49 @@ class Writer:
             log.error("writer: dropped an op that fails on its own (%s)", kind, exc_info=err)
         else:
             log.debug("writer: dropped another %s (%d so far)", kind, self.failures[kind])
+
+
+class _Sent:
+    """A PostgreSQL transaction about to be committed: its id and its session's
+    process, to ask about it when the COMMIT's answer is lost."""
+
+    __slots__ = ("pid", "xid")
+
+    def __init__(self, xid: int, pid: int) -> None:
+        self.xid, self.pid = xid, pid
+
+    @classmethod
+    def of(cls, conn: sa.Connection) -> _Sent | None:
+        """The open transaction of ``conn`` (one round trip); None on SQLite,
+        whose failed commit, in the process, did not happen."""
+        raw = _psycopg(conn)
+        if raw is None:
+            return None
+        xid = conn.exec_driver_sql("SELECT txid_current()").scalar_one()
+        return cls(xid, raw.info.backend_pid)
+
+    def committed(self, conn: sa.Connection) -> bool | None:
+        """True or False once the server knows; None while the transaction is
+        still in progress: its session lives on without us (the COMMIT never
+        reached it, or it is finishing it), so it is ended, and asked again."""
+        status = conn.execute(sa.text("SELECT txid_status(:xid)"), {"xid": self.xid}).scalar()
+        if status == "committed":
+            return True
+        if status != "in progress":
+            return False  # aborted, or (NULL) too old to be known: not this one's case
+        # Ending a session that is committing waits for the commit: then it is one or the other.
+        conn.execute(sa.text(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE pid = :pid AND backend_xid::text = :xid32"),
+            {"pid": self.pid, "xid32": str(self.xid & 0xFFFF_FFFF)})
+        return None
+
+
+def _summary(err: BaseException) -> str:
+    """An error's first line (a driver's message spans several, with the SQL)."""
+    orig = getattr(err, "orig", None) or err
+    text = str(orig).strip().splitlines()
+    return f"{type(orig).__name__}: {text[0] if text else ''}".strip().rstrip(":")
 
 
 class _OpFailed(Exception):

@@ -153,3 +153,34 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'hub.db'}"
     return request.getfixturevalue("pg_url")
+
+
+# -- a private PostgreSQL server (tests that restart the database) ---------------------
+
+from tests.harness.pgcluster import PgCluster, PgClusterUnavailable  # noqa: E402
+
+
+@pytest.fixture
+def pg_cluster() -> Iterator[PgCluster]:
+    """A started PostgreSQL server of this test's own (``.url``, ``.stop(mode)``,
+    ``.start()``, ``.restart(mode, down_for)``), removed after it.
+
+    Unavailable (no PostgreSQL binaries, cannot start): skipped with the reason,
+    except under CI (env ``CI`` set), where the test fails instead.
+    """
+    try:
+        cluster = PgCluster()
+    except PgClusterUnavailable as err:
+        if os.environ.get("CI"):
+            pytest.fail(f"a private PostgreSQL is required under CI: {err}", pytrace=False)
+        pytest.skip(f"private PostgreSQL unavailable: {err}")
+    try:
+        try:
+            cluster.start()
+        except PgClusterUnavailable as err:
+            if os.environ.get("CI"):
+                pytest.fail(f"a private PostgreSQL is required under CI: {err}", pytrace=False)
+            pytest.skip(f"private PostgreSQL unavailable: {err}")
+        yield cluster
+    finally:
+        cluster.remove()
