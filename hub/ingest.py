@@ -160,12 +160,20 @@ class Ingest:
             since = self._down_since if self._down_since is not None else now
             return (f"not connected to the MQTT broker at {mc.host}:{mc.port} "
                     f"for {now - since:.0f} s ({self._client.retry} attempts)")
-        beacon = self._beacon
-        if beacon is not None and not beacon[1].is_published() and (
-                now - beacon[0] > self.stall_after):
+        waiting = self.unacknowledged_since
+        if waiting is not None and now - waiting > self.stall_after:
             return (f"the MQTT session is stalled: the broker has acknowledged nothing "
-                    f"for {now - beacon[0]:.0f} s")
+                    f"for {now - waiting:.0f} s")
         return None
+
+    @property
+    def unacknowledged_since(self) -> float | None:
+        """When (``clock.monotonic()``) the oldest time beacon not yet acknowledged
+        by the broker was sent; None when every one was."""
+        beacon = self._beacon
+        if beacon is None or beacon[1].is_published():
+            return None
+        return beacon[0]
 
     @property
     def stall_after(self) -> float:

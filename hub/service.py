@@ -33,7 +33,7 @@ from hub.config import HubConfig
 from hub.engine import AlertEngine
 from hub.fleet import Fleet
 from hub.forecast import Forecaster
-from hub.ingest import Ingest
+from hub.ingest import TIME_EVERY, Ingest
 from hub.ledger import Ledger
 from hub.loans import Loans
 from hub.metrics import FleetCollector
@@ -131,8 +131,9 @@ class Hub:
     def problems(self) -> list[str]:
         """What keeps the hub from doing its job now (empty when healthy), for /healthz."""
         out = []
-        if not self.ingest.connected.is_set():
-            out.append("not connected to the MQTT broker")
+        mqtt_problem = self.ingest.problem()
+        if mqtt_problem:
+            out.append(mqtt_problem)
         writing = "the database writer is not running" if self.writer is None \
             else self.writer.problem()
         if writing:
@@ -190,6 +191,9 @@ class Hub:
     def alive(self) -> None:
         self.ledger.hub_alive(self.clock.ms())
 
+    def beacon(self) -> None:
+        self.ingest.publish_time()
+
     def refresh(self) -> None:
         self.ledger.refresh(self.clock.ms(), share=REFRESH_SHARE)
 
@@ -229,6 +233,7 @@ class Hub:
         self.scheduler = BackgroundScheduler(daemon=True)
         jobs = ((self.sweep, SWEEP_EVERY), (self.heal_gaps, GAPS_EVERY),
                 (self.expire_commands, EXPIRE_EVERY), (self.alive, ALIVE_EVERY),
+                (self.beacon, TIME_EVERY),
                 (self.refresh, REFRESH_EVERY), (self.evaluate_alerts, ENGINE_EVERY),
                 (self.route_alerts, ROUTER_EVERY), (self.prune_deliveries, PRUNE_EVERY))
         if tune_gc:
