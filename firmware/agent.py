@@ -67,7 +67,8 @@ class Agent:
         self.config = config
         self.clock = clock
         self.hardware = hardware
-        self.journal = Journal(config.data_dir)
+        # A card that fails or recovers changes the State (health.disk_free_mb).
+        self.journal = Journal(config.data_dir, on_fault=lambda _fault: self.state_changed())
         self.reporter = _Reporter(self)
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -167,7 +168,8 @@ class Agent:
             dispenser=self.dispenser.section() if self.dispenser else None,
             doors=self.doors.section() if self.doors else None,
             health=self.hardware.health.read(outbox=self.outbox.size(),
-                                             kiosk=self.kiosk_status()),
+                                             kiosk=self.kiosk_status(),
+                                             storage=self.journal.fault),
             counters=m.Counters(**self.journal.counters()),
         )
 

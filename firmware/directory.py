@@ -16,6 +16,11 @@ install) can make them with :func:`hash_pin`::
     pbkdf2_sha256$<iterations>$<salt>$<base64 of the 32-byte PBKDF2-HMAC-SHA256>
 
 where the salt is the text between the ``$`` signs, used as its UTF-8 bytes.
+
+Both files are replaced atomically (temporary file, fsync, rename), so a power
+cut leaves the old or the new one. A card that refuses the write (full,
+read-only) does not stop the station: the new rules apply from memory, and
+the file is written again with the next directory or wrong PIN.
 """
 
 from __future__ import annotations
@@ -30,11 +35,11 @@ import logging
 import os
 import secrets
 import string
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from firmware.storage import remove_stale_temporaries, storage_fault, write_atomically
 from protocol.errors import InvalidMessage
 from protocol.messages import Directory, Policy, RiderEntry, StaffEntry
 from yizhan.clock import SYSTEM_CLOCK, Clock
@@ -136,25 +141,18 @@ class PinCheck:
 # -- the store --------------------------------------------------------------------
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so that a power cut leaves the old or the new file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+def _save(path: Path, data: bytes, what: str) -> bool:
+    """Write ``path`` atomically; False (logged) when the card refuses it."""
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    # The rename itself lives in the directory: sync it too.
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+        write_atomically(path, data)
+    except OSError as err:
+        fault = storage_fault(err)
+        if fault is None:
+            raise
+        log.error("the %s could not be saved to %s (%s: %s); it applies from memory and is "
+                  "saved again with the next change", what, path, fault, err)
+        return False
+    return True
 
 
 class DirectoryStore:
@@ -174,7 +172,8 @@ class DirectoryStore:
         self.clock = clock
         self.lockout_after = lockout_after
         self.lockout_seconds = lockout_seconds
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(OSError):  # a read-only card: read what is there
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._directory: Directory | None = None
         self._riders: dict[str, RiderEntry] = {}
@@ -182,11 +181,16 @@ class DirectoryStore:
         self._denied: frozenset[str] = frozenset()
         # key ("rider:<id>" / "staff:<id>") -> {"wrong": n, "until": wall seconds}
         self._lockouts: dict[str, dict] = {}
+        self._unsaved = False  # the directory held is newer than the file
         self._load()
 
     # -- the directory ------------------------------------------------------------
 
     def _load(self) -> None:
+        for path in (self.path, self.lockout_path):
+            # A power cut mid-write leaves the temporary beside the file.
+            if remove_stale_temporaries(path):
+                log.warning("removed a half-written copy of %s", path)
         if self.path.exists():
             try:
                 d = Directory.from_dict(json.loads(self.path.read_text(encoding="utf-8")))
@@ -222,21 +226,31 @@ class DirectoryStore:
 
         A dict is validated first (InvalidMessage names the bad field, and
         nothing changes). The file is written before the new rules apply, so
-        what the station enforces is always what it would reload.
+        what the station enforces is what it would reload — unless the card
+        refuses the write: then the rules apply from memory (logged), and the
+        file is written when the hub sends the directory again.
         """
         d = Directory.from_dict(directory) if isinstance(directory, dict) else directory
         if not isinstance(d, Directory):
             raise InvalidMessage("", f"not a Directory: {type(directory).__name__}")
         with self._lock:
-            if self._directory is not None and d.rev <= self._directory.rev:
-                log.info("directory rev %d ignored: holding rev %d", d.rev, self._directory.rev)
+            held = self._directory
+            if held is not None and d.rev <= held.rev:
+                if self._unsaved and d.rev == held.rev:  # the hub resent it: save it now
+                    self._unsaved = not _save(self.path, self._encode(held), "directory")
+                log.info("directory rev %d ignored: holding rev %d", d.rev, held.rev)
                 return False
-            data = json.dumps(d.to_dict(), ensure_ascii=False, indent=1).encode("utf-8")
-            _write_atomically(self.path, data)
+            # Written before the new rules apply; when the card refuses, the new
+            # rules apply anyway (a rider just denied must be refused now).
+            self._unsaved = not _save(self.path, self._encode(d), "directory")
             self._install(d)
         log.info("directory rev %d applied (%s lending, %d riders, %d staff, %d denied)",
                  d.rev, d.policy.lending, len(d.riders), len(d.staff), len(d.denied))
         return True
+
+    @staticmethod
+    def _encode(d: Directory) -> bytes:
+        return json.dumps(d.to_dict(), ensure_ascii=False, indent=1).encode("utf-8")
 
     @property
     def directory(self) -> Directory | None:
@@ -336,4 +350,4 @@ class DirectoryStore:
 
     def _save_lockouts(self) -> None:
         data = json.dumps(self._lockouts, separators=(",", ":")).encode("utf-8")
-        _write_atomically(self.lockout_path, data)
+        _save(self.lockout_path, data, "PIN lockouts")

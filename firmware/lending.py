@@ -18,6 +18,12 @@ Maintenance staff log in with their PIN; while their session is open the locker
 panel is no tamper, they may release slots (``session.release_empty()`` to
 restock), and banks they put in are restocks, not returns.
 
+No lock opens for a loan the station could not record: before the board is
+asked, a ``borrow_intents`` row must reach the card, and while the journal
+cannot write (a full or read-only SD card) every borrow fails ``paused`` at
+once (docs/agent-internals.md, "Storage faults"). Returns are facts and are
+never refused: the journal holds them until the card takes them.
+
 Everything works from the station's own tables and the last directory, so a
 station lends while the hub is unreachable. Slot changes arrive on the locker's
 thread (:meth:`Lending._on_slot`); timeouts move on :meth:`poll`, which the
@@ -31,6 +37,7 @@ import contextlib
 import logging
 import re
 import secrets
+import sqlite3
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -39,7 +46,7 @@ from typing import Any
 
 from firmware.directory import DirectoryStore, PinCheck
 from firmware.hardware.board import BoardOffline, BoardRefused
-from firmware.journal import Journal
+from firmware.journal import SEQ, Journal, StorageFault
 from firmware.parts import Reporter
 from protocol.frames import ErrorCode, SlotRecord, UnlockResult
 from protocol.ids import check_rider_id
@@ -82,10 +89,12 @@ FAIL_REASONS = frozenset({
     "bad_slot",        # the board does not know the chosen slot
     "busy",            # the board was busy with that slot; try again
     "not_taken",       # the slot opened and the bank was not taken
+    "paused",          # the journal cannot record a loan now (SD card full or
+                       # read-only): no slot opens until it can
 })
 
-# Stands for "the seq of the event written in this transaction" in a row.
-_SEQ = object()
+#: Why lending is paused (``Lending.paused``), besides maintenance.
+PAUSED_STORAGE = "storage"
 
 # Attempt states.
 RELEASING, OPEN, TAKEN, FAILED = "releasing", "open", "taken", "failed"
@@ -108,6 +117,16 @@ _SCHEMA = (
         closed_by TEXT
     )""",
     "CREATE INDEX IF NOT EXISTS loans_open ON loans (bank) WHERE returned_ts IS NULL",
+    # A slot about to open for a borrow, written before the board is asked:
+    # the write proves the card can record the loan, and a row left at start
+    # says a slot opened while the agent stopped.
+    """CREATE TABLE IF NOT EXISTS borrow_intents (
+        id TEXT PRIMARY KEY,
+        rider TEXT NOT NULL,
+        slot INTEGER NOT NULL,
+        bank TEXT,
+        ts INTEGER NOT NULL
+    )""",
     """CREATE TABLE IF NOT EXISTS maintenance_sessions (
         id TEXT PRIMARY KEY,
         staff TEXT NOT NULL,
@@ -261,6 +280,7 @@ class _Attempt:
     ready_at: int | None = None
     tries_left: int | None = None
     locked_until: int | None = None
+    intent: bool = False  # a borrow_intents row is on the card for it
 
     def snapshot(self) -> BorrowAttempt:
         return BorrowAttempt(
@@ -416,25 +436,37 @@ class Lending:
     # -- tables ----------------------------------------------------------------------------
 
     def _init_tables(self) -> None:
-        with self.journal.transaction() as tx:
-            for statement in _SCHEMA:
-                tx.execute(statement)
-            rows = tx.execute(
-                "SELECT rider, bank, slot, charge, borrowed_ts, due_ts FROM loans"
-                " WHERE returned_ts IS NULL ORDER BY id"
-            ).fetchall()
-        for row in rows:
+        self.journal.ensure_schema(_SCHEMA)
+        for row in self._read("SELECT rider, bank, slot, charge, borrowed_ts, due_ts FROM loans"
+                              " WHERE returned_ts IS NULL ORDER BY id"):
             loan = Loan(*row)
             self._open[loan.bank] = loan
+        intents = self._read("SELECT id, rider, slot, bank, ts FROM borrow_intents ORDER BY ts")
+        for iid, rider, slot, bank, ts in intents:
+            # The agent stopped between opening a slot and hearing how it went.
+            log.warning("slot %d was being opened for %s (bank %s, ts %d) when the agent "
+                        "stopped; if that bank is gone, it left without a loan record",
+                        slot, rider, bank, ts)
+            self.journal.record(self.clock.ms(), bool(self.synced()), rows=[
+                ("DELETE FROM borrow_intents WHERE id = ?", (iid,))])
+
+    def _read(self, sql: str) -> list[tuple]:
+        """Rows of one of our tables; none when the table could not be made (a
+        station that started on a full card, before it had lent anything)."""
+        with self.journal.read() as db:
+            try:
+                return db.execute(sql).fetchall()
+            except sqlite3.OperationalError as err:
+                if "no such table" not in str(err):
+                    raise
+                log.warning("lending's tables are not in the journal yet (%s)", err)
+                return []
 
     def _end_stale_sessions(self) -> None:
         # A session open when the agent stopped: the panel doors forgot it
         # (doors.maintenance starts False), so the hub must learn it ended.
-        with self.journal.transaction() as tx:
-            rows = tx.execute(
-                "SELECT id, staff, started_ts, banks_in, banks_out, banks_confirmed"
-                " FROM maintenance_sessions WHERE ended_ts IS NULL"
-            ).fetchall()
+        rows = self._read("SELECT id, staff, started_ts, banks_in, banks_out, banks_confirmed"
+                          " FROM maintenance_sessions WHERE ended_ts IS NULL")
         for sid, staff, started, banks_in, banks_out, confirmed in rows:
             record = _Session(sid, staff, started, self.clock.monotonic(), banks_in, banks_out,
                               bool(confirmed))
@@ -445,15 +477,12 @@ class Lending:
     def _write(self, events: list[tuple[str, dict]], *rows: tuple[str, tuple]) -> int | None:
         """Events and rows in one transaction; returns the last event's seq.
 
-        A row's arguments may contain :data:`_SEQ`, replaced by that seq.
+        A row's arguments may contain :data:`firmware.journal.SEQ`, replaced by
+        that seq. What happened has happened (a bank came back, a slot jammed):
+        when the card refuses the write, the journal holds it in memory and
+        writes it later, and None is returned.
         """
-        ts, synced = self.clock.ms(), bool(self.synced())
-        seq = None
-        with self.journal.transaction() as tx:
-            for type_, data in events:
-                seq = self.journal.add_event(tx, ts, synced, type_, data)
-            for sql, args in rows:
-                tx.execute(sql, tuple(seq if v is _SEQ else v for v in args))
+        seq = self.journal.record(self.clock.ms(), bool(self.synced()), events, rows)
         if events:
             self.reporter.changed()
         return seq
@@ -477,6 +506,8 @@ class Lending:
                 return running.snapshot()
             if self._session is not None:
                 return self._refuse(rider, "maintenance")
+        if self.paused is not None:
+            return self._refuse(rider, "paused")
         if self.directory.is_denied(rider):
             return self._refuse(rider, "denied")
         policy = self.directory.policy
@@ -512,9 +543,43 @@ class Lending:
                                bank=best.bank_id, charge=best.charge)
             self._attempts[attempt.id] = attempt
             self._prune()
+        if not self._intend(attempt):
+            return attempt.snapshot()
         log.info("lending slot %d (%s, %s%%) to %s", best.slot, best.bank_id, best.charge, rider)
         self._releaser.submit(self._release_for, attempt.id)
         return attempt.snapshot()
+
+    @property
+    def paused(self) -> str | None:
+        """Why borrowing is paused, besides maintenance: ``storage`` while the
+        journal cannot write (a loan could not be recorded), else None."""
+        return None if self.journal.writable else PAUSED_STORAGE
+
+    def _intend(self, a: _Attempt) -> bool:
+        """Write the borrow's intent before any lock opens; False (the attempt
+        failed ``paused``, nothing sent to the board) when the card refuses it."""
+        try:
+            self.journal.commit(a.created, bool(self.synced()), rows=[(
+                "INSERT INTO borrow_intents (id, rider, slot, bank, ts) VALUES (?, ?, ?, ?, ?)",
+                (a.id, a.rider, a.slot, a.bank, a.created))])
+        except StorageFault as err:
+            log.error("borrow by %s refused before slot %s opened: the journal cannot "
+                      "record it (%s)", a.rider, a.slot, err)
+            with self._lock:
+                a.state, a.reason = FAILED, "paused"
+                a.updated, a.finished_at = self.clock.ms(), self.clock.monotonic()
+            self.reporter.changed()
+            return False
+        with self._lock:
+            a.intent = True
+        return True
+
+    def _forget_intent(self, a: _Attempt) -> list[tuple[str, tuple]]:
+        """The row that drops ``a``'s intent, for the write that settles it."""
+        if not a.intent:
+            return []
+        a.intent = False
+        return [("DELETE FROM borrow_intents WHERE id = ?", (a.id,))]
 
     def attempt(self, attempt_id: str) -> BorrowAttempt | None:
         """The attempt as it stands now, or None when unknown (or long finished)."""
@@ -585,9 +650,12 @@ class Lending:
         if a.slot is not None and reason in ("jammed", "not_taken"):
             self._held[a.slot] = self.clock.monotonic() + self.slot_hold
         log.warning("borrow of slot %s by %s failed: %s", a.slot, a.rider, reason)
+        rows = self._forget_intent(a)
         if reason != "busy" and a.slot is not None:
             # busy is no failure of the lock: the board asks us to come back.
-            self._write([("unlock_failed", {"slot": a.slot, "reason": reason})])
+            self._write([("unlock_failed", {"slot": a.slot, "reason": reason})], *rows)
+        elif rows:
+            self._write([], *rows)
 
     def _taken(self, a: _Attempt, before: SlotRecord) -> None:
         """The board reports ``a``'s bank gone: the loan begins. Lock held."""
@@ -607,7 +675,8 @@ class Lending:
             ("UPDATE loans SET returned_ts = ?, closed_by = 'superseded'"
              " WHERE bank = ? AND returned_ts IS NULL", (ts, bank)),
             ("INSERT INTO loans (rider, bank, slot, charge, borrowed_ts, due_ts, borrow_seq)"
-             " VALUES (?, ?, ?, ?, ?, ?, ?)", (a.rider, bank, a.slot, charge, ts, due, _SEQ)),
+             " VALUES (?, ?, ?, ?, ?, ?, ?)", (a.rider, bank, a.slot, charge, ts, due, SEQ)),
+            *self._forget_intent(a),
         )
         log.info("%s took %s from slot %d", a.rider, bank, a.slot)
 
@@ -703,7 +772,7 @@ class Lending:
             rows.append((
                 "UPDATE loans SET returned_ts = ?, return_slot = ?, return_charge = ?,"
                 " return_seq = ?, closed_by = 'returned' WHERE bank = ? AND returned_ts IS NULL",
-                (ts, slot, after.charge, _SEQ, bank)))
+                (ts, slot, after.charge, SEQ, bank)))
         self._write([("bank_returned", data)], *rows)
         self._returns.append(Return(slot, bank, after.charge, data["rider"], ts,
                                     loan.borrowed_ts if loan else None, duration))

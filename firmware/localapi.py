@@ -186,6 +186,10 @@ def create_local_api(lending: Lending, state_provider: StateProvider,
             "slots": counts,
             "water": water,
             "maintenance": maintenance is not None,
+            # "storage": the journal cannot record a loan (SD card full or
+            # read-only); borrowing is refused until it can, returns go on.
+            "paused": lending.paused,
+            "storage": lending.journal.fault,
         })
 
     # -- borrowing ------------------------------------------------------------------

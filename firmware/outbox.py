@@ -16,6 +16,11 @@ broker got before the crash arrive twice, and the hub drops them by ``seq``.
     outbox = Outbox(journal, link, clock, on_wake=loop_wake.set)
     outbox.pump()                      # each tick of the station loop
     outbox.replay(120, 180)            # a `replay` command: 61 stored events re-sent
+
+A card that refuses writes (full, read-only) stops nothing here: the
+acknowledgements wait in memory and pruning waits, and every ``retry_every``
+seconds the pump asks the journal to write what it holds (``Journal.retry``),
+so delivery and lending resume by themselves once the card takes writes again.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from dataclasses import dataclass
 
 import paho.mqtt.client as mqtt
 
-from firmware.journal import Journal, Pruned, StoredEvent
+from firmware.journal import Journal, Pruned, StorageFault, StoredEvent
 from firmware.link import StationLink
 from protocol.errors import InvalidMessage
 from protocol.topics import Kind
@@ -38,6 +43,12 @@ log = logging.getLogger(__name__)
 
 #: Seconds between prunes of the journal (its bounds, not delivery, need this).
 PRUNE_EVERY = 600.0
+#: Seconds between tries to write what the journal holds while the card refuses
+#: writes (one failed try costs a millisecond; a success resumes lending).
+RETRY_EVERY = 5.0
+#: Transactions of held writes one pump writes at most (the loop also keeps
+#: the heater safe: a backlog goes a few hundred writes per tick).
+RETRY_BATCHES = 2
 
 # What paho answers publish() with when it has kept the message: sent now, or
 # held for the next connection.
@@ -64,7 +75,7 @@ class Outbox:
     def __init__(self, journal: Journal, link: StationLink, clock: Clock, window: int = 20, *,
                  on_wake: Callable[[], None] | None = None,
                  synced: Callable[[], bool] | None = None,
-                 prune_every: float = PRUNE_EVERY) -> None:
+                 prune_every: float = PRUNE_EVERY, retry_every: float = RETRY_EVERY) -> None:
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window!r}")
         self.journal = journal
@@ -74,6 +85,8 @@ class Outbox:
         self.on_wake = on_wake
         self.synced = synced
         self.prune_every = prune_every
+        self.retry_every = retry_every
+        self._next_retry = clock.monotonic()
         self._lock = threading.Lock()
         # One pump at a time: two reading the same cursor would publish twice.
         self._pump_lock = threading.Lock()
@@ -99,9 +112,14 @@ class Outbox:
 
     def _pump(self) -> int:
         self._sweep()
+        self._heal()
         self._flush()
         if self.clock.monotonic() >= self._next_prune:
-            more = self.prune().more
+            try:
+                more = self.prune().more
+            except StorageFault as err:
+                log.warning("journal not pruned: %s", err)
+                more = False
             # A big backlog of deletions goes a chunk per tick, not all at once.
             self._next_prune = self.clock.monotonic() + (0 if more else self.prune_every)
         if not self.link.connected.is_set():
@@ -232,13 +250,32 @@ class Outbox:
             # Refused by the broker (an MQTT 5 reason code): send it again from there.
             self._cursor = min(self._cursor, flight.seq - 1)
 
+    def _heal(self) -> None:
+        """While the card refuses writes, ask the journal to retry now and then."""
+        if self.journal.writable:
+            return
+        now = self.clock.monotonic()
+        if now < self._next_retry:
+            return
+        held = self.journal.held
+        self.journal.retry(batches=RETRY_BATCHES)
+        if 0 < self.journal.held < held:
+            self._next_retry = now  # a backlog going down: more on the next tick
+        else:
+            self._next_retry = now + self.retry_every
+
     def _flush(self) -> None:
         with self._lock:
             acked, self._acked = self._acked, []
         if acked:
             try:
                 self.journal.mark_sent(acked)
-            except BaseException:
+            except BaseException as err:
                 with self._lock:
                     self._acked[:0] = acked  # marked next time; never forgotten
+                if isinstance(err, StorageFault):
+                    # Delivered all the same: the cursor is past them, so they
+                    # are not sent again by this process (a restart would, and
+                    # the hub drops the duplicates by seq).
+                    return
                 raise

@@ -2,13 +2,18 @@
 
 On a Pi these come from sysfs and the firmware's ``get_throttled`` bits; the
 simulated Pi reports a healthy board with the real free disk of the data dir.
+
+``disk_free_mb`` is the space the station can still write in its data
+directory: the file system's free space, and 0 while the journal's writes
+fail (a full card, a read-only file system), so the hub's ``disk_low`` alert
+fires whatever the cause (docs/agent-internals.md, "Storage faults").
 """
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
+from firmware.storage import free_mb
 from protocol.messages import Health
 from yizhan.clock import Clock
 
@@ -40,14 +45,17 @@ class PiHealth:
         except (OSError, ValueError):
             return None
 
-    def read(self, outbox: int = 0, kiosk: str | None = None) -> Health:
+    def read(self, outbox: int = 0, kiosk: str | None = None,
+             storage: str | None = None) -> Health:
+        """The health section; ``storage`` is the journal's fault (``full``,
+        ``read_only``, ``failing``) or None."""
         bits = self.throttle_bits()
         return Health(
             cpu_temp_c=self.cpu_temp_c(),
             # bit 0: under-voltage now; bit 2: throttled now
             undervoltage=None if bits is None else bool(bits & 0x1),
             throttled=None if bits is None else bool(bits & 0x4),
-            disk_free_mb=disk_free_mb(self.data_dir),
+            disk_free_mb=0 if storage is not None else disk_free_mb(self.data_dir),
             uptime_s=int(self.clock.monotonic() - self._started),
             outbox=outbox,
             kiosk=kiosk,
@@ -65,7 +73,5 @@ class SimHealth(PiHealth):
 
 
 def disk_free_mb(path: Path) -> int | None:
-    try:
-        return shutil.disk_usage(path).free // (1024 * 1024)
-    except OSError:
-        return None
+    """MB free in ``path``'s file system; None when it cannot be read."""
+    return free_mb(path)
