@@ -87,6 +87,8 @@ def _station_notice() -> dict[str, Any]:
     notice = None
     if st.get("maintenance"):
         notice = "maintenance"
+    elif st.get("paused"):
+        notice = "paused"
     elif not (st.get("online") or {}).get("locker", True):
         notice = "board_offline"
     elif not chargers.get("ready"):

@@ -34,6 +34,8 @@ def home_view(station: dict[str, Any]) -> dict[str, Any]:
         "empty_slots": (station.get("slots") or {}).get("empty", 0),
         "locker_online": (station.get("online") or {}).get("locker", True),
         "maintenance": bool(station.get("maintenance")),
+        # The agent cannot record a loan (its SD card is full or read-only).
+        "paused": station.get("paused"),
         "water": None if water is None else {
             "state": "fault" if water.get("fault") else water.get("level_state") or "unknown",
             "temp": None if temp is None else round(temp),

@@ -771,7 +771,8 @@ def test_the_agent_unreachable_is_out_of_service_not_a_crash(tmp_path, caplog):
 
 
 REASONS = ("denied", "not_registered", "pin_required", "bad_pin", "locked_out", "limit",
-           "maintenance", "board_offline", "no_ready", "jammed", "bad_slot", "busy", "not_taken")
+           "maintenance", "board_offline", "no_ready", "jammed", "bad_slot", "busy", "not_taken",
+           "paused")
 
 
 @pytest.mark.parametrize("lang", ["zh", "en"])
