@@ -162,6 +162,9 @@ class DirectoryStore:
     lending, ``min_charge`` 80, one bank a rider, 24 h). Lockouts live beside
     the directory in ``<path>.lockouts`` (wall-clock ends, so a restart keeps
     them; a clock jumping backwards at boot cannot stretch one past 15 min).
+    While the agent runs a lockout is timed on the monotonic clock: NTP stepping
+    a Pi's clock forward by a day (it booted on yesterday's time) must not end
+    one early, nor a step back make one last a day.
     """
 
     def __init__(self, path: str | os.PathLike[str], clock: Clock = SYSTEM_CLOCK,
@@ -181,6 +184,8 @@ class DirectoryStore:
         self._denied: frozenset[str] = frozenset()
         # key ("rider:<id>" / "staff:<id>") -> {"wrong": n, "until": wall seconds}
         self._lockouts: dict[str, dict] = {}
+        # key -> monotonic end of its lockout, what decides while we run
+        self._ends: dict[str, float] = {}
         self._unsaved = False  # the directory held is newer than the file
         self._load()
 
@@ -302,13 +307,26 @@ class DirectoryStore:
         return None if until is None else int(until * 1000)
 
     def _until(self, key: str, now: float) -> float | None:
+        """The wall-clock end of ``key``'s lockout as seen ``now``, or None when
+        it has none (or it is over). Called with the lock held."""
         entry = self._lockouts.get(key)
-        if entry is None or entry["until"] <= now:
+        if entry is None or not entry["until"]:
             return None
-        # A lockout reaching further than its length means the wall clock went
-        # back (a Pi's boot before NTP): re-anchor it instead of locking for days.
-        if entry["until"] - now > self.lockout_seconds:
-            entry["until"] = now + self.lockout_seconds
+        mono = self.clock.monotonic()
+        end = self._ends.get(key)
+        if end is None:
+            # From the file (set before a restart): its wall-clock end is all there
+            # is. One reaching further than a lockout's length means the wall clock
+            # went back (a Pi's boot before NTP): at most a full lockout from now.
+            left = min(entry["until"] - now, self.lockout_seconds)
+            if left <= 0:
+                return None
+            end = self._ends[key] = mono + left
+        left = end - mono
+        if left <= 0:
+            return None
+        # The wall-clock end as the kiosk shows it, and as a restart will read it.
+        entry["until"] = now + left
         return entry["until"]
 
     def _check(self, key: str, pin: str | None, encoded: str, known: bool = True) -> PinCheck:
@@ -324,13 +342,16 @@ class DirectoryStore:
             if good:
                 if entry is not None:
                     del self._lockouts[key]
+                    self._ends.pop(key, None)
                     self._save_lockouts()
                 return PinCheck(True)
-            if entry is None or (entry["until"] and entry["until"] <= now):
-                entry = {"wrong": 0, "until": 0.0}
+            if entry is None or (entry["until"] and self._until(key, now) is None):
+                entry = {"wrong": 0, "until": 0.0}  # none yet, or its lockout is over
+                self._ends.pop(key, None)
             entry["wrong"] += 1
             if entry["wrong"] >= self.lockout_after:
                 entry = {"wrong": 0, "until": now + self.lockout_seconds}
+                self._ends[key] = self.clock.monotonic() + self.lockout_seconds
             self._lockouts[key] = entry
             self._prune(now)
             self._save_lockouts()
@@ -342,8 +363,10 @@ class DirectoryStore:
         if len(self._lockouts) <= MAX_LOCKOUT_ENTRIES:
             return
         # Drop expired lockouts first, then the oldest counts of wrong tries.
-        for key in [k for k, v in self._lockouts.items() if v["until"] and v["until"] <= now]:
+        for key in [k for k, v in self._lockouts.items()
+                    if v["until"] and self._until(k, now) is None]:
             del self._lockouts[key]
+            self._ends.pop(key, None)
         excess = len(self._lockouts) - MAX_LOCKOUT_ENTRIES
         for key in [k for k, v in self._lockouts.items() if not v["until"]][:max(0, excess)]:
             del self._lockouts[key]

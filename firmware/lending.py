@@ -419,6 +419,7 @@ class Lending:
         self._held: dict[int, float] = {}  # slot -> monotonic end of its hold
         self._open: dict[str, Loan] = {}  # bank -> its open loan
         self._returns: collections.deque[Return] = collections.deque(maxlen=keep_returns)
+        self._lent_at: dict[str, float] = {}  # bank -> monotonic start of a loan of this run
         self._sessions: dict[str, _Session] = {}
         self._session: _Session | None = None
         self._closed = False
@@ -666,6 +667,7 @@ class Lending:
         due = ts + self.directory.policy.loan_hours * 3_600_000
         data = {"slot": a.slot, "bank": bank, "charge": charge, "rider": a.rider}
         self._open[bank] = Loan(a.rider, bank, a.slot, charge, ts, due)
+        self._lent_at[bank] = self.clock.monotonic()
         a.state, a.bank, a.charge, a.updated = TAKEN, bank, charge, ts
         a.finished_at = self.clock.monotonic()
         self._write(
@@ -748,6 +750,7 @@ class Lending:
             log.warning("a bank was pushed into slot %d but its id cannot be read", slot)
             return
         loan = self._open.pop(bank, None)
+        lent_at = self._lent_at.pop(bank, None)
         if loan is None and in_maintenance:
             # Staff restocking: no return; counted for the session's refill.
             s = self._session
@@ -764,7 +767,10 @@ class Lending:
                                 "rider": loan.rider if loan else None}
         duration = None
         if loan is not None:
-            duration = max(0, (ts - loan.borrowed_ts) // 1000)
+            # Monotonic when the loan began in this run: NTP stepping the Pi's
+            # clock meanwhile (it booted on yesterday's time) must not add a day.
+            duration = (int(self.clock.monotonic() - lent_at) if lent_at is not None
+                        else max(0, (ts - loan.borrowed_ts) // 1000))
             data["borrowed_ts"] = loan.borrowed_ts
             data["duration_s"] = duration
         rows = []
@@ -852,10 +858,10 @@ class Lending:
         for key in [k for k, a in self._attempts.items()
                     if a.finished_at is not None and now - a.finished_at > self.keep_attempts]:
             del self._attempts[key]
-        # Ended sessions stay readable for an hour (the kiosk shows "logged out").
-        old = self.clock.ms() - 3_600_000
+        # Ended sessions stay readable for an hour (the kiosk shows "logged out"),
+        # an hour of the monotonic clock (_end's last_activity), whatever NTP does.
         for key in [k for k, r in self._sessions.items()
-                    if r.ended_ts is not None and r.ended_ts < old]:
+                    if r.ended_ts is not None and now - r.last_activity > 3600.0]:
             del self._sessions[key]
 
     # -- maintenance -----------------------------------------------------------------------
@@ -935,6 +941,7 @@ class Lending:
             if s.ended_ts is not None:
                 return
             s.ended_ts, s.end_reason = self.clock.ms(), reason
+            s.last_activity = self.clock.monotonic()  # its end, for _prune
             if self._session is s:
                 self._session = None
             events: list[tuple[str, dict]] = []

@@ -65,7 +65,7 @@ def _pending() -> dict[str, Any] | None:
     if not isinstance(p, dict) or not isinstance(p.get("rider"), str):
         return None
     k = kiosk()
-    if k.clock.now() - float(p.get("t", 0)) > 2 * k.config.idle:
+    if not k.within(p.get("t"), 2 * k.config.idle):
         session.pop(_PENDING, None)
         return None
     return p
@@ -73,7 +73,7 @@ def _pending() -> dict[str, Any] | None:
 
 def _keep(rider: str, mask: str, attempt: str | None = None) -> None:
     session[_PENDING] = {"rider": rider, "mask": mask, "attempt": attempt,
-                         "t": kiosk().clock.now()}
+                         "t": kiosk().stamp()}
 
 
 def forget() -> None:

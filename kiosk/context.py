@@ -4,6 +4,7 @@ clock and the borrow rate limiter (one per app, never a module global)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from flask import current_app, flash, redirect, url_for
 
@@ -26,6 +27,22 @@ class Kiosk:
 
     def install(self, app) -> None:
         app.extensions[_KEY] = self
+
+    def stamp(self) -> float:
+        """Now, as a session cookie keeps it for :meth:`within`: the monotonic
+        clock, so that NTP stepping the Pi's clock (it boots on yesterday's time)
+        neither ends a screen's session at once nor keeps it a day."""
+        return self.clock.monotonic()
+
+    def within(self, stamp: Any, seconds: float) -> bool:
+        """Whether ``stamp`` (from :meth:`stamp`) is at most ``seconds`` old. A
+        stamp from the future was made before a reboot (monotonic time starts
+        again at boot), and a missing or foreign one is no stamp: stale."""
+        try:
+            age = self.clock.monotonic() - float(stamp)
+        except (TypeError, ValueError):
+            return False
+        return 0.0 <= age <= seconds
 
 
 def kiosk() -> Kiosk:

@@ -42,8 +42,7 @@ _LOGIN, _STAFF = "staff_login", "staff"
 
 
 def _fresh(entry: Any, idle: float) -> bool:
-    return (isinstance(entry, dict) and
-            kiosk().clock.now() - float(entry.get("t", 0)) <= idle)
+    return isinstance(entry, dict) and kiosk().within(entry.get("t"), idle)
 
 
 def _current() -> dict[str, Any] | None:
@@ -60,7 +59,7 @@ def _current() -> dict[str, Any] | None:
 
 
 def _touch(s: dict[str, Any]) -> None:
-    s["t"] = kiosk().clock.now()
+    s["t"] = kiosk().stamp()
     session[_STAFF] = s
 
 
@@ -106,7 +105,7 @@ def submit_id():
     if not STAFF_RE.match(staff_id):
         return render_template("staff_id.html", error=True,
                                idle=kiosk().config.staff_idle), 400
-    session[_LOGIN] = {"id": staff_id, "t": kiosk().clock.now()}
+    session[_LOGIN] = {"id": staff_id, "t": kiosk().stamp()}
     return redirect(url_for(".pin"))
 
 
@@ -142,7 +141,7 @@ def submit_pin():
             return render_template("staff_id.html", error=True, idle=k.config.staff_idle), 400
         raise
     session.pop(_LOGIN, None)
-    session[_STAFF] = {"id": staff_id, "session": started["id"], "t": k.clock.now()}
+    session[_STAFF] = {"id": staff_id, "session": started["id"], "t": k.stamp()}
     return redirect(url_for(".panel"))
 
 

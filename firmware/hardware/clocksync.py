@@ -68,7 +68,14 @@ class KernelClockSync:
 
 
 class AssumedSynced:
-    """The simulation runs on the host's clock, which is taken as synchronised."""
+    """The simulation runs on the host's clock, which is taken as synchronised.
+
+    ``is_synced`` is the kernel's flag of a simulated Pi: set it False to play one
+    that booted on yesterday's time (fake-hwclock) before NTP stepped it.
+    """
+
+    def __init__(self) -> None:
+        self.is_synced = True
 
     def synced(self) -> bool:
-        return True
+        return self.is_synced
