@@ -70,7 +70,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from hub.alerts import ACKED, FIRING, RESOLVED, AlertStore, StoreUnavailable, new_id
-from hub.fleet import StationView
+from hub.fleet import StationView, event_time
 from hub.metrics import bank_states
 from hub.rules import Rules, RuleSpec
 from hub.schema import events
@@ -460,7 +460,7 @@ class AlertEngine:
         """One new event of the station: patches what the State shows until a
         newer State does, starts or ends a maintenance session, fires an event rule."""
         kind, data = event.type, event.data
-        dated = event.ts if event.synced else at_ms
+        dated = event_time(event, at_ms)  # as the fleet dates it: never a station's future
         if kind in _PATCHES:
             site.overlay.append(event)
         if kind in ("maintenance_started", "maintenance_ended"):

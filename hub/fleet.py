@@ -20,7 +20,8 @@ The ordering rules of contract §3 and §4 live here and nowhere else:
 on the MQTT thread, without waiting for the database — and every durable change
 goes to the ``Writer`` in decision order. At start it is loaded from the store.
 All times are the hub's own clock in integer milliseconds, except an event's
-``at_ms``, which is the station's ``ts`` when its clock was synced.
+``at_ms``, which is the station's ``ts`` when its clock was synced and not ahead
+of the hub's (:func:`event_time`).
 
 >>> fleet = Fleet(config, store, writer, ledger, clock)
 >>> fleet.apply_state(state, clock.ms())
@@ -63,9 +64,34 @@ MAX_REPLAYS_OF_ONE_GAP = 10
 OTHER_EPOCHS_KEPT = 4
 #: Replay commands remembered for their results.
 REPLAYS_KEPT = 10_000
+#: A "synced" station clock this far ahead of the hub's receipt is wrong all the
+#: same (an NTP server astray, a Pi whose flag lies): nothing can arrive before it
+#: was sent, so such an event is dated by its receipt, like an unsynced one. Five
+#: minutes leave room for the hub's own clock being a little behind.
+MAX_AHEAD_MS = 5 * 60_000
 #: An event's data as compact UTF-8 JSON, ten times faster than json.dumps (what
 #: decode gave is JSON's own types, which it writes as json does).
 _data_json = msgspec.json.Encoder().encode
+
+
+def event_time(event: m.Event, received_ms: int) -> int:
+    """When ``event`` happened, on the hub's clock as well as the hub can tell.
+
+    The station's ``ts`` when its clock was synced (a replayed event keeps the
+    time it happened); the hub's receive time when it was not — a Pi boots with
+    yesterday's time until NTP steps it (contract §3) — or when the ``ts`` lies
+    ahead of its own receipt, which no true clock can do (``MAX_AHEAD_MS``).
+    Loans, maintenance, the ledger and the alert engine all date events so.
+
+    >>> e = m.Event("yh-chumen-01", "9f2c01ab", 1_000, True, 1, "visit", {"count": 1})
+    >>> event_time(e, 5_000), event_time(replace(e, synced=False), 5_000)
+    (1000, 5000)
+    >>> event_time(replace(e, ts=10**12), 5_000)
+    5000
+    """
+    if event.synced and event.ts <= received_ms + MAX_AHEAD_MS:
+        return event.ts
+    return received_ms
 
 
 class Seqs:
@@ -177,6 +203,7 @@ class _Station:
     replay_from: int = 0
     replays_of_gap: int = 0
     parts: dict[str, str] = field(default_factory=dict)  # component -> marked state
+    clock_ahead_told: bool = False  # its synced clock was found ahead (logged once)
 
 
 _STATION_COLUMNS = ("name", "grp", "epoch", "birth", "online", "since_ms", "last_seen_ms",
@@ -489,7 +516,9 @@ class Fleet:
             v.events_through = seqs.through
             self._learn_seq(st, event.seq, now_ms)
         # A station without a synced clock cannot date it; the hub's receipt does.
-        at_ms = event.ts if event.synced else now_ms
+        at_ms = event_time(event, now_ms)
+        if at_ms != event.ts and event.synced:
+            self._clock_ahead(st, event, now_ms)
         effects = self._effects(st, event, at_ms, now_ms, current)
         row = {"sid": event.sid, "epoch": event.epoch, "seq": event.seq, "type": event.type,
                "ts": event.ts, "synced": event.synced, "received_ms": now_ms, "at_ms": at_ms,
@@ -695,6 +724,15 @@ class Fleet:
         else:
             st.marks.append([seq, now_ms])
             self._marked.add(v.sid)
+
+    def _clock_ahead(self, st: _Station, event: m.Event, now_ms: int) -> None:
+        """Say once per station and hub run that its synced clock is ahead."""
+        if st.clock_ahead_told:
+            return
+        st.clock_ahead_told = True
+        log.warning("station %s says its clock is synced but dates event %d %.0f s ahead "
+                    "of the hub's; its events are dated by their receipt",
+                    st.view.sid, event.seq, (event.ts - now_ms) / 1000)
 
     def _heard(self, st: _Station, now_ms: int, live: bool) -> None:
         v = st.view

@@ -66,6 +66,13 @@ def borrow_key(sid: str, epoch: str, seq: int) -> str:
     return f"{sid}/{epoch}/{seq}"
 
 
+def _earlier_here(loan: Loan, sid: str, epoch: str, seq: int) -> bool:
+    """Whether ``loan`` was borrowed at (sid, epoch) before event ``seq`` of it."""
+    parts = loan.key.split("/")
+    return (len(parts) == 3 and parts[0] == sid and parts[1] == epoch
+            and parts[2].isdigit() and int(parts[2]) < seq)
+
+
 class Loans:
     """The open loans of the fleet, with the writes that keep the ``loans`` table."""
 
@@ -136,7 +143,7 @@ class Loans:
         if event.type == "bank_borrowed":
             return self._borrowed(sid, epoch, event, at_ms)
         if event.type == "bank_returned":
-            return self._returned(sid, event, at_ms)
+            return self._returned(sid, epoch, event, at_ms)
         return []
 
     def _borrowed(self, sid: str, epoch: str, event: m.Event, at_ms: int) -> Effect:
@@ -175,10 +182,16 @@ class Loans:
         return [Rows(self._end_earlier, earlier, order=(ORDER, loan.bank)),
                 Rows(self._insert, values, order=(ORDER, loan.bank))]
 
-    def _returned(self, sid: str, event: m.Event, at_ms: int) -> Effect:
+    def _returned(self, sid: str, epoch: str, event: m.Event, at_ms: int) -> Effect:
         bank = event.data["bank"]
         with self._lock:
             loan = self._open.get(bank)
+            if loan is not None and _earlier_here(loan, sid, epoch, event.seq):
+                # Borrowed here before, by the station's own count: whatever the
+                # dates say. A borrow made before the Pi's clock was synced is dated
+                # by its receipt, which can be later than a synced return's own ts
+                # (both held back by an outage); the return is never before it.
+                at_ms = max(at_ms, loan.borrowed_ms)
             if loan is not None and loan.borrowed_ms <= at_ms:
                 del self._open[bank]
             else:
