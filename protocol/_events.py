@@ -10,6 +10,7 @@ from typing import Annotated, Any, ClassVar
 import msgspec
 
 from protocol._fields import (
+    MAX_INT,
     NULLABLE,
     OPT,
     RIDER_FORM,
@@ -155,7 +156,7 @@ class Event:
 
 
 class _EventWire(Envelope):
-    seq: Annotated[int, msgspec.Meta(ge=1)]
+    seq: Annotated[int, msgspec.Meta(ge=1, le=MAX_INT)]
     type: Annotated[str, msgspec.Meta(pattern=_EVENT_TYPE_RE.pattern)]
     data: dict[str, Any] | None = None
 

@@ -26,8 +26,12 @@ VERSION = 1
 # each message): what these readers check, those types check in C. A JSON number
 # too large for a float is "out of range" to msgspec, so ``float`` is finite here.
 Version = Literal[1]
-Count = Annotated[int, Meta(ge=0)]
-SlotNo = Annotated[int, Meta(ge=1)]
+#: The largest integer any field may hold: every number the hub stores must fit
+#: its 64-bit columns (an event whose ``ts`` did not was counted as held, then
+#: dropped by the writer, and never replayed: lost).
+MAX_INT = 2**63 - 1
+Count = Annotated[int, Meta(ge=0, le=MAX_INT)]
+SlotNo = Annotated[int, Meta(ge=1, le=MAX_INT)]
 Percent = Annotated[int, Meta(ge=0, le=100)]
 Num = int | float
 Fraction = Annotated[int, Meta(ge=0, le=1)] | Annotated[float, Meta(ge=0.0, le=1.0)]
@@ -78,6 +82,8 @@ def read_int(
         return _absent(d, key, p, mode, "an int")
     if not isinstance(v, int) or isinstance(v, bool):
         raise InvalidMessage(p + key, f"must be an int, got {type_name(v)}")
+    if not -MAX_INT - 1 <= v <= MAX_INT:
+        raise InvalidMessage(p + key, "must fit in 64 bits")
     if lo is not None and v < lo:
         raise InvalidMessage(p + key, f"must be >= {lo}, got {v}")
     if hi is not None and v > hi:
