@@ -31,11 +31,11 @@ from firmware.link import StationLink
 from firmware.localapi import create_local_api
 from firmware.locker import Locker
 from firmware.outbox import Outbox
-from firmware.watchdog import Notifier, Watchdog
 from protocol import messages as m
 from protocol.topics import Kind
 from yizhan import __version__
 from yizhan.clock import Clock
+from yizhan.watchdog import Notifier, Watchdog
 
 log = logging.getLogger(__name__)
 

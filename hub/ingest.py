@@ -166,6 +166,16 @@ class Ingest:
                     f"for {now - waiting:.0f} s")
         return None
 
+    def stuck(self) -> bool:
+        """A fault a restart of the process would mend: the network thread is gone,
+        or the session is up and nothing goes through. A broker that is away is
+        an outage, not this."""
+        if not self._client.loop_alive():
+            return True
+        waiting = self.unacknowledged_since
+        return (self.connected.is_set() and waiting is not None
+                and self.clock.monotonic() - waiting > self.stall_after)
+
     @property
     def unacknowledged_since(self) -> float | None:
         """When (``clock.monotonic()``) the oldest time beacon not yet acknowledged

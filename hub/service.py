@@ -44,6 +44,7 @@ from hub.store import Store
 from hub.web import create_app
 from hub.writer import Writer
 from yizhan.clock import SYSTEM_CLOCK, Clock
+from yizhan.watchdog import Notifier, Watchdog
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,7 @@ REFRESH_SHARE = 6
 ENGINE_EVERY = 1  # for durations, outages, predictions, holds that ended
 ROUTER_EVERY = 5  # escalations, reminders, notices not yet sent, route tests
 PRUNE_EVERY = 3600
+WATCHDOG_EVERY = 5  # the systemd watchdog's heartbeat (systemd/yizhan-hub.service)
 #: Garbage collection (``start(tune_gc=True)``, what ``run()`` does): every
 #: GC_YOUNG_EVERY seconds the young generations are collected and whatever
 #: survived is frozen (a pause of milliseconds); every GC_FULL_EVERY everything
@@ -76,9 +78,15 @@ class Hub:
     """Everything one hub process runs; tests build several side by side."""
 
     def __init__(self, config: HubConfig, clock: Clock = SYSTEM_CLOCK,
-                 registry: CollectorRegistry | None = None) -> None:
+                 registry: CollectorRegistry | None = None,
+                 notifier: Notifier | None = None) -> None:
         self.config = config
         self.clock = clock
+        # systemd's watchdog (Type=notify): pinged only while nothing is wrong that
+        # a restart would mend. Outside systemd every call is a no-op.
+        self.notifier = notifier if notifier is not None else Notifier(None)
+        self.watchdog = Watchdog(self.notifier, clock, checks={
+            "mqtt": lambda: not self.ingest.stuck(), "writer": self._writer_mendable})
         self.registry = registry if registry is not None else CollectorRegistry()
         self.store = Store(config.database)
         self.writer: Writer | None = None
@@ -147,6 +155,19 @@ class Hub:
                 # due delivery nobody even tried means the hub's sender is stuck.
                 out.append(f"notification sender stuck: {', '.join(stuck)}")
         return out
+
+    def _writer_mendable(self) -> bool:
+        """False when the writer is dead, or stuck while the database answers a
+        fresh connection: its own connection is wedged, which a restart mends. A
+        database that is down is an outage: restarting would not bring it back."""
+        if self.writer is None:
+            return False
+        problem = self.writer.problem()
+        if problem is None:
+            return True
+        if "not running" in problem:
+            return False
+        return not self.store.ping()
 
     def stuck_notifiers(self, now_ms: int) -> list[str]:
         """Notifiers whose next delivery has been due for ``STUCK_AFTER_MS``
@@ -235,7 +256,8 @@ class Hub:
                 (self.expire_commands, EXPIRE_EVERY), (self.alive, ALIVE_EVERY),
                 (self.beacon, TIME_EVERY),
                 (self.refresh, REFRESH_EVERY), (self.evaluate_alerts, ENGINE_EVERY),
-                (self.route_alerts, ROUTER_EVERY), (self.prune_deliveries, PRUNE_EVERY))
+                (self.route_alerts, ROUTER_EVERY), (self.prune_deliveries, PRUNE_EVERY),
+                (self.watchdog.tick, WATCHDOG_EVERY))
         if tune_gc:
             jobs += ((self.collect_young_garbage, GC_YOUNG_EVERY),
                      (self.collect_all_garbage, GC_FULL_EVERY))
@@ -294,9 +316,11 @@ class Hub:
 
     def run(self) -> None:
         self.start(tune_gc=True)
+        self.notifier.ready()
         try:
             self.serve()
         finally:
+            self.notifier.stopping()
             self.close()
 
     def stop(self) -> None:

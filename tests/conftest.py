@@ -184,3 +184,32 @@ def pg_cluster() -> Iterator[PgCluster]:
         yield cluster
     finally:
         cluster.remove()
+
+
+# -- systemd's notify socket ---------------------------------------------------------------
+
+import socket  # noqa: E402 - this section was appended on its own
+
+
+@pytest.fixture
+def systemd(tmp_path):
+    """A datagram socket bound where NOTIFY_SOCKET points; ``read()`` drains it."""
+    path = tmp_path / "notify"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.setblocking(False)
+
+    class Systemd:
+        address = str(path)
+
+        @staticmethod
+        def read() -> list[str]:
+            got = []
+            while True:
+                try:
+                    got.append(sock.recv(4096).decode())
+                except BlockingIOError:
+                    return got
+
+    yield Systemd
+    sock.close()

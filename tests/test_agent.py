@@ -19,7 +19,6 @@ from firmware.agent import Agent
 from firmware.config import parse_station_config
 from firmware.directory import hash_pin
 from firmware.hardware.station import build_hardware
-from firmware.watchdog import Notifier
 from protocol import messages as m
 from protocol.frames import Cmd
 from protocol.ids import rider_id
@@ -27,6 +26,7 @@ from protocol.topics import Kind, topic
 from tests.harness.mqtt import Subscriber, publish
 from tests.harness.procs import Procs, free_port, http_json, wait_until, write_yaml
 from yizhan.clock import SYSTEM_CLOCK
+from yizhan.watchdog import Notifier
 
 SID = "yh-chumen-01"
 FLEET_KEY = b"test-fleet-key-0123456789abcdef"

@@ -36,13 +36,13 @@ from prometheus_client import CollectorRegistry
 from firmware.agent import Agent
 from firmware.config import parse_station_config
 from firmware.hardware.station import build_hardware
-from firmware.watchdog import Notifier
 from hub.config import parse_hub_config
 from hub.schema import notifications
 from hub.service import Hub
 from tests.harness.procs import Procs, free_port, http_json, wait_until, write_yaml
 from tests.test_alert_routing import SECRET, Receiver
 from yizhan.clock import SYSTEM_CLOCK, ManualClock
+from yizhan.watchdog import Notifier
 
 SID = "yh-chumen-01"
 NAME = "楚门镇先锋驿站"

@@ -32,7 +32,6 @@ from firmware.agent import Agent
 from firmware.config import parse_station_config
 from firmware.directory import hash_pin
 from firmware.hardware.station import build_hardware
-from firmware.watchdog import Notifier
 from hub.schema import events
 from kiosk import create_app
 from kiosk.config import KioskConfig
@@ -46,6 +45,7 @@ from tests.test_hub_ingest import start_hub
 from tests.test_kiosk import Screen
 from tests.test_kiosk_staff import log_in
 from yizhan.clock import ManualClock
+from yizhan.watchdog import Notifier
 
 DAY = 86_400.0
 YEARS_10 = 10 * 365 * DAY

@@ -22,17 +22,19 @@ from protocol.topics import Kind, topic
 from tests.harness.delivery import SID, DeliveryStation
 from tests.harness.faultproxy import FaultProxy
 from tests.harness.mqtt import connect
-from tests.harness.procs import wait_until
+from tests.harness.procs import advance_until, wait_until
 from yizhan.clock import ManualClock
+from yizhan.watchdog import Notifier
 
 KEEPALIVE = 30  # what ships
 
 
-def make_hub(port: int, tmp_path, clock=None) -> Hub:
+def make_hub(port: int, tmp_path, clock=None, **kwargs) -> Hub:
     config = parse_hub_config({"mqtt": {"host": "127.0.0.1", "port": port},
                                "database": f"sqlite:///{tmp_path / 'hub.db'}"})
     assert config.mqtt.keepalive == KEEPALIVE
-    kwargs = {"clock": clock} if clock is not None else {}
+    if clock is not None:
+        kwargs["clock"] = clock
     hub = Hub(config, registry=CollectorRegistry(), **kwargs)
     hub.start()
     assert hub.ingest.connected.wait(10), "the hub did not connect"
@@ -133,4 +135,45 @@ def test_the_stations_get_a_time_beacon_they_can_judge_commands_by(broker_factor
         wait_until(lambda: station.link.hub_clock.heard_count >= 2, 5, "the next beacon")
     finally:
         station.close()
+        hub.close()
+
+
+def test_the_hub_withholds_its_watchdog_ping_only_for_what_a_restart_mends(
+        broker_factory, tmp_path, systemd):
+    """systemd restarts the hub when its MQTT session is stuck, never because the
+    broker is away (restarting would not bring it back)."""
+    broker = broker_factory()
+    clock = ManualClock()
+    hub = make_hub(broker.port, tmp_path, clock,
+                   notifier=Notifier(systemd.address, watchdog_usec=60_000_000))
+    station = connect(broker)
+    try:
+        wait_until(lambda: hub.ingest.unacknowledged_since is None, 5, "the beacon acknowledged")
+        hub.watchdog.beat()
+        assert hub.watchdog.healthy() == []
+        wait_until(lambda: "WATCHDOG=1" in systemd.read(), 10, "a ping from the scheduler")
+
+        broker.stop()  # an outage: not ours to mend
+        wait_until(lambda: not hub.ingest.connected.is_set(), 10, "the hub notices")
+        hub.watchdog.beat()
+        assert hub.watchdog.healthy() == [] and hub.problems()  # unhealthy, yet no restart
+        broker.start()
+        station.reconnect()
+        advance_until(clock, hub.ingest.connected.is_set, "the hub back", step=0.5, limit=40)
+        wait_until(lambda: hub.ingest.unacknowledged_since is None, 5, "the beacon acknowledged")
+
+        held = hub.fleet._lock
+        held.acquire()  # the network thread will hang in a callback: nothing goes through
+        try:
+            status = {**examples.example("status"), "sid": SID}
+            station.publish(topic(SID, Kind.STATUS), json.dumps(status), qos=1)
+            wait_until(hub.ingest._client._in_callback_mutex.locked, 5, "the thread held")
+            assert hub.ingest.publish_time()
+            clock.advance(hub.ingest.stall_after + 1)
+            hub.watchdog.beat()
+            assert hub.watchdog.healthy() == ["mqtt"]
+        finally:
+            held.release()
+    finally:
+        station.disconnect()
         hub.close()

@@ -27,7 +27,6 @@ from prometheus_client import CollectorRegistry
 from firmware.agent import Agent
 from firmware.config import parse_station_config
 from firmware.hardware.station import build_hardware
-from firmware.watchdog import Notifier
 from hub.config import parse_hub_config
 from hub.schema import events, loans
 from hub.service import Hub
@@ -37,6 +36,7 @@ from tests.harness.mosquitto import Broker
 from tests.harness.mqtt import Subscriber
 from tests.harness.procs import Procs, free_port, http_json, wait_until, write_yaml
 from yizhan.clock import SYSTEM_CLOCK
+from yizhan.watchdog import Notifier
 
 SID = "yh-chumen-01"
 OTHER = "yh-kanmen-01"

@@ -25,7 +25,6 @@ from prometheus_client import CollectorRegistry
 from firmware.agent import Agent
 from firmware.config import parse_station_config
 from firmware.hardware.station import build_hardware
-from firmware.watchdog import Notifier
 from hub.config import parse_hub_config
 from hub.schema import events as events_table
 from hub.service import Hub
@@ -34,6 +33,7 @@ from tests.harness.mqtt import Subscriber
 from tests.harness.procs import advance_until, wait_until
 from tests.harness.tls import make_tls, renew_server_certificate
 from yizhan.clock import ManualClock
+from yizhan.watchdog import Notifier
 
 SID = "yh-chumen-01"
 FLEET_KEY = b"test-fleet-key-0123456789abcdef"

@@ -6,33 +6,7 @@ import os
 import socket
 import uuid
 
-import pytest
-
-from firmware.watchdog import Notifier, Watchdog
-
-
-@pytest.fixture
-def systemd(tmp_path):
-    """A datagram socket bound where NOTIFY_SOCKET points; ``read()`` drains it."""
-    path = tmp_path / "notify"
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(str(path))
-    sock.setblocking(False)
-
-    class Systemd:
-        address = str(path)
-
-        @staticmethod
-        def read() -> list[str]:
-            got = []
-            while True:
-                try:
-                    got.append(sock.recv(4096).decode())
-                except BlockingIOError:
-                    return got
-
-    yield Systemd
-    sock.close()
+from yizhan.watchdog import Notifier, Watchdog
 
 
 def test_ready_status_stopping_and_ping(systemd):

@@ -45,9 +45,10 @@ def _on_terminate(stop: Callable[[], None]) -> None:
 def cmd_hub(args: argparse.Namespace) -> int:
     from hub.config import load_hub_config
     from hub.service import Hub
+    from yizhan.watchdog import Notifier
 
     config = load_hub_config(args.config)
-    hub = Hub(config)
+    hub = Hub(config, notifier=Notifier.from_env())
 
     def stop() -> None:
         # waitress's loop ends on SystemExit raised in the main thread.

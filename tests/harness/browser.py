@@ -212,8 +212,8 @@ class KioskStation:
         from firmware.agent import Agent
         from firmware.config import load_station_config
         from firmware.hardware.station import build_hardware
-        from firmware.watchdog import Notifier
         from yizhan.clock import SYSTEM_CLOCK
+        from yizhan.watchdog import Notifier
 
         self.tmp_path = tmp_path
         self.broker = broker
