@@ -10,13 +10,14 @@ STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint bench system-deps postgres-ready venv clean help
+.PHONY: demo test lint bench soak system-deps postgres-ready venv clean help
 
 help:
 	@echo "make demo    run broker, hub and simulated stations (Ctrl-C stops)"
 	@echo "make test    install what the tests need and run them"
 	@echo "make lint    ruff"
 	@echo "make bench   benchmarks (see docs/benchmarks.md)"
+	@echo "make soak    20 broker outages at production settings, < 30 min (docs/reliability.md)"
 
 # System packages: the Python venv module, Mosquitto, PostgreSQL, Prometheus and
 # Chromium with CJK fonts (the tests talk to real ones and look at real pages). Installed only when missing; as root directly,
@@ -75,8 +76,13 @@ lint: venv
 
 bench: venv
 	@if [ -d bench ] && ls bench/*.py >/dev/null 2>&1; then \
-	  for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done; \
+	  for b in bench/*.py; do [ "$$b" = bench/soak.py ] && continue; \
+	    echo "== $$b"; $(PY) $$b || exit 1; done; \
 	else echo "no benchmarks yet"; fi
+
+# Not part of bench or test: it takes up to 30 minutes (docs/reliability.md).
+soak: venv
+	$(PY) bench/soak.py
 
 clean:
 	rm -rf $(VENV) run .pytest_cache .ruff_cache *.egg-info
