@@ -18,6 +18,7 @@ shares a :class:`~yizhan.clock.ManualClock` with the agent moves both at once.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -89,13 +90,23 @@ class _Slot:
         )
 
 
-def default_banks(n_slots: int) -> dict[int, tuple[str, int]]:
+def default_banks(n_slots: int, station: str | None = None) -> dict[int, tuple[str, int]]:
     """A full cabinet with varied charges, the same every time.
+
+    With ``station`` the bank ids are that station's own (``PB`` + 4 hex of the
+    station id's CRC + 2 hex of the slot), so simulated stations sharing a hub do
+    not lend the same bank: the hub would close one station's loan when another
+    lends a bank of that id.
 
     >>> default_banks(3)
     {1: ('PB0012A1', 57), 2: ('PB0012A2', 74), 3: ('PB0012A3', 91)}
+    >>> default_banks(2, station="yh-chumen-01")
+    {1: ('PBFC0701', 57), 2: ('PBFC0702', 74)}
     """
-    return {n: (f"PB{0x12A0 + n:06X}", 40 + (17 * n) % 61) for n in range(1, n_slots + 1)}
+    if station is None:
+        return {n: (f"PB{0x12A0 + n:06X}", 40 + (17 * n) % 61) for n in range(1, n_slots + 1)}
+    tag = zlib.crc32(station.encode()) & 0xFFFF
+    return {n: (f"PB{tag:04X}{n & 0xFF:02X}", 40 + (17 * n) % 61) for n in range(1, n_slots + 1)}
 
 
 class Cabinet(Timeline):

@@ -18,6 +18,7 @@ from firmware.hardware.doors import DoorSpec
 from firmware.hardware.occupancy import OccupancySpec
 from firmware.sim.board import BoardSimulator
 from firmware.sim.doors import DoorSim, PirSim, Traffic
+from firmware.sim.model import default_banks
 from firmware.sim.riders import DEMO_FLEET_KEY, SimRiders
 from firmware.sim.water import WaterSim, sim_spec
 from yizhan.clock import Clock
@@ -49,6 +50,7 @@ class StationSim:
         # gpiozero's pull-ups cannot move them (see firmware/sim/water.py).
         self.board = BoardSimulator(n_slots=lockers.slots, address=lockers.address,
                                     clock=clock, link_path=sim_dir / "ttyYZ-board",
+                                    banks=default_banks(lockers.slots, station=config.sid),
                                     realtime=True).start()
         try:
             self.water = WaterSim(self.dispenser_spec, self.pin_factory, clock,
