@@ -41,12 +41,12 @@ from hub.service import Hub  # noqa: E402
 
 
 class Message:
-    """What paho hands the callback: a topic, a payload, the retain flag."""
+    """What paho hands the callback: a topic, a payload, the retain and DUP flags."""
 
-    __slots__ = ("payload", "retain", "topic")
+    __slots__ = ("dup", "payload", "retain", "topic")
 
     def __init__(self, topic: str, payload: bytes) -> None:
-        self.topic, self.payload, self.retain = topic, payload, False
+        self.topic, self.payload, self.retain, self.dup = topic, payload, False, False
 
 
 def payloads(n_stations: int, rounds: int, seed: int) -> list[Message]:
