@@ -1,5 +1,5 @@
 """Hub decode: how far decoding alone goes, in one process and in two, and what
-the hub's MQTT client (hub/bulk_client.py) changes.
+the hub's MQTT client (hub/mqtt/bulk_client.py) changes.
 
 The ceiling for the ingest ratio (bench/hub_ingest.py), and for splitting the
 hub into decoder processes: subscribers that do what the hub's MQTT callback
@@ -43,7 +43,7 @@ STATION_KINDS = (Kind.STATUS, Kind.STATE, Kind.EVENT, Kind.CMD_RESULT)
 
 def subscriber(port: int, client_id: str, expected: int, decode: bool, bulk: bool) -> None:
     """A child process: register, say ready, drain on "go", print the seconds."""
-    from hub.bulk_client import BulkClient
+    from hub.mqtt.bulk_client import BulkClient
 
     def decode_one(msg) -> None:
         where = parse_topic(msg.topic)

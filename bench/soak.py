@@ -74,7 +74,7 @@ import paho.mqtt.client as mqtt  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
 from firmware.link import StationLink  # noqa: E402
-from hub.ingest import RECONNECT as HUB_BACKOFF  # noqa: E402
+from hub.mqtt.ingest import RECONNECT as HUB_BACKOFF  # noqa: E402
 from protocol import messages as m  # noqa: E402
 from protocol.errors import InvalidMessage  # noqa: E402
 from protocol.topics import Kind, topic  # noqa: E402

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from hub.routing import RoutingConfig, parse_routing
-from hub.rules import DEFAULT_RESPONSE_TIME, Rules
+from hub.alerting.routing import RoutingConfig, parse_routing
+from hub.alerting.rules import DEFAULT_RESPONSE_TIME, Rules
 from protocol.errors import InvalidIdentifier
 from protocol.ids import check_sid
 from yizhan.config import ConfigError, MqttConfig, Section, load_yaml
@@ -22,7 +22,7 @@ class StationMeta:
     group: str | None = None
 
 
-#: Notifier types (docs/notifications.md); each is a module of ``hub.notify``.
+#: Notifier types (docs/notifications.md); each is a module of ``hub.alerting.notify``.
 NOTIFIER_TYPES = ("webhook", "wecom", "dingtalk", "feishu", "email")
 #: Message languages: Chinese by default.
 LANGUAGES = ("zh", "en")

@@ -26,23 +26,23 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import CollectorRegistry
 from waitress.server import create_server
 
-from hub.acklink import AckLinks
-from hub.alerts import AlertStore
-from hub.commands import CommandError, Commands
+from hub.alerting.acklink import AckLinks
+from hub.alerting.alerts import AlertStore
+from hub.alerting.engine import AlertEngine
+from hub.alerting.forecast import Forecaster
+from hub.alerting.notify import NEVER, Outbox, build_notifiers
+from hub.alerting.routing import Router
 from hub.config import HubConfig
-from hub.engine import AlertEngine
-from hub.fleet import Fleet
-from hub.forecast import Forecaster
-from hub.ingest import TIME_EVERY, Ingest
-from hub.ledger import Ledger
-from hub.loans import Loans
-from hub.metrics import FleetCollector
-from hub.notify import NEVER, Outbox, build_notifiers
-from hub.routing import Router
-from hub.schema import notifications
-from hub.store import Store
-from hub.web import create_app
-from hub.writer import Writer
+from hub.fleet.commands import CommandError, Commands
+from hub.fleet.ledger import Ledger
+from hub.fleet.loans import Loans
+from hub.fleet.view import Fleet
+from hub.http.metrics import FleetCollector
+from hub.http.web import create_app
+from hub.mqtt.ingest import TIME_EVERY, Ingest
+from hub.storage.schema import notifications
+from hub.storage.store import Store
+from hub.storage.writer import Writer
 from yizhan.clock import SYSTEM_CLOCK, Clock
 from yizhan.watchdog import Notifier, Watchdog
 

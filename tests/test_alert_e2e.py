@@ -37,8 +37,8 @@ from firmware.agent import Agent
 from firmware.config import parse_station_config
 from firmware.hardware.station import build_hardware
 from hub.config import parse_hub_config
-from hub.schema import notifications
 from hub.service import Hub
+from hub.storage.schema import notifications
 from tests.harness.procs import Procs, free_port, http_json, wait_until, write_yaml
 from tests.test_alert_routing import SECRET, Receiver
 from yizhan.clock import SYSTEM_CLOCK, ManualClock

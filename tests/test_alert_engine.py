@@ -1,4 +1,4 @@
-"""The alert engine (hub/engine.py) on a clock the test moves.
+"""The alert engine (hub/alerting/engine.py) on a clock the test moves.
 
 Real parts behind it — Store and Writer on a SQLite file and on PostgreSQL
 (``database_url``), the ledger, the fleet, the loans, the alert rows — fed with
@@ -17,13 +17,13 @@ from typing import Any
 
 import pytest
 
-from hub.alerts import SILENCE, WINDOW, AlertStore, BadMute, StoreUnavailable
+from hub.alerting.alerts import SILENCE, WINDOW, AlertStore, BadMute, StoreUnavailable
+from hub.alerting.engine import INHIBITED, MAINTENANCE, SILENCED, AlertEngine
 from hub.config import parse_hub_config
-from hub.engine import INHIBITED, MAINTENANCE, SILENCED, AlertEngine
-from hub.fleet import Fleet, StationView
-from hub.ledger import Ledger
-from hub.store import Store
-from hub.writer import Writer
+from hub.fleet.ledger import Ledger
+from hub.fleet.view import Fleet, StationView
+from hub.storage.store import Store
+from hub.storage.writer import Writer
 from protocol import examples
 from protocol import messages as m
 from protocol.topics import Kind
@@ -872,7 +872,7 @@ def test_tick_evaluates_what_time_can_change_and_sweeps_the_rest(rig: Rig) -> No
 def test_the_sweep_after_a_storm_is_spread_over_ticks(rig: Rig) -> None:
     """Stations all evaluated at once (a reconnect storm) are not all swept at
     the same tick a minute later: at most SWEEP_AT_LEAST (or a SWEEP_SHARE-th)."""
-    from hub.engine import SWEEP_AT_LEAST
+    from hub.alerting.engine import SWEEP_AT_LEAST
 
     for i in range(120):
         rig.station(f"yh-storm-{i:03d}").online()
@@ -891,7 +891,7 @@ def test_the_engine_thread_rests_after_a_pass_but_not_for_urgent_events(rig: Rig
     """A long rest (the cap, 2 s): a State noted during it waits; a tamper does not.
 
     Bounded real waits: the engine's own thread is what is tested."""
-    from hub import engine as engine_module
+    from hub.alerting import engine as engine_module
 
     told = threading.Event()
     rig.engine.on_transition = lambda kind, alert, station: told.set()

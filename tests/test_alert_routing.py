@@ -1,4 +1,4 @@
-"""Routing (hub/routing.py) on a ManualClock: who is told of an alert, and when.
+"""Routing (hub/alerting/routing.py) on a ManualClock: who is told of an alert, and when.
 
 Real parts on both sides of the router: the alert rows in a real SQLite store,
 the real outbox rendering real webhook bodies into its ``notifications`` table
@@ -20,14 +20,14 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from hub.acklink import AckLinks
-from hub.alerts import AlertStore
+from hub.alerting.acklink import AckLinks
+from hub.alerting.alerts import AlertStore
+from hub.alerting.notify import Outbox, build_notifiers
+from hub.alerting.routing import HUB_SID, NOTIFY_FAILING, NOTIFY_TEST, Router
 from hub.config import parse_hub_config
-from hub.notify import Outbox, build_notifiers
-from hub.routing import HUB_SID, NOTIFY_FAILING, NOTIFY_TEST, Router
-from hub.schema import notifications
-from hub.store import Store
-from hub.writer import Writer
+from hub.storage.schema import notifications
+from hub.storage.store import Store
+from hub.storage.writer import Writer
 from yizhan.clock import ManualClock
 from yizhan.config import ConfigError
 

@@ -32,7 +32,7 @@ from firmware.agent import Agent
 from firmware.config import parse_station_config
 from firmware.directory import hash_pin
 from firmware.hardware.station import build_hardware
-from hub.schema import events
+from hub.storage.schema import events
 from kiosk import create_app
 from kiosk.config import KioskConfig
 from protocol import examples

@@ -1,4 +1,4 @@
-"""The forecaster (hub/forecast.py): synthetic stations whose true hourly rates are
+"""The forecaster (hub/alerting/forecast.py): synthetic stations whose true hourly rates are
 known, driven minute by minute on a ManualClock, and what it predicts from them."""
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import example as found
 from hypothesis import strategies as st
 
-from hub.forecast import DEFAULT_EMPTY_MARK, Forecaster, Refill, hours_to_zero
-from hub.schema import events
-from hub.store import Store
+from hub.alerting.forecast import DEFAULT_EMPTY_MARK, Forecaster, Refill, hours_to_zero
+from hub.storage.schema import events
+from hub.storage.store import Store
 from protocol import messages as m
 from protocol.examples import example
 from yizhan.clock import ManualClock

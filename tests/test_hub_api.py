@@ -23,17 +23,17 @@ from openapi_spec_validator import validate as validate_openapi
 from prometheus_client import CollectorRegistry
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
-from hub import openapi
-from hub.alerts import AlertStore
-from hub.commands import Commands
+from hub.alerting.alerts import AlertStore
 from hub.config import HubConfig, parse_hub_config
-from hub.fleet import Fleet
-from hub.ledger import Ledger
-from hub.metrics import FleetCollector, bank_states
-from hub.schema import alerts as alerts_table
-from hub.store import Store
-from hub.web import create_app
-from hub.writer import Writer
+from hub.fleet.commands import Commands
+from hub.fleet.ledger import Ledger
+from hub.fleet.view import Fleet
+from hub.http import openapi
+from hub.http.metrics import FleetCollector, bank_states
+from hub.http.web import create_app
+from hub.storage.schema import alerts as alerts_table
+from hub.storage.store import Store
+from hub.storage.writer import Writer
 from protocol import examples
 from protocol import messages as m
 from protocol.topics import Kind, topic

@@ -1,4 +1,4 @@
-"""The hub's paho client (hub/bulk_client.py) on real sockets and a real Mosquitto.
+"""The hub's paho client (hub/mqtt/bulk_client.py) on real sockets and a real Mosquitto.
 
 It reads the broker's stream in chunks and sends what one write pass queued in
 one call. What must still hold: every message of a backlog arrives, in order,
@@ -19,8 +19,8 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from hub import bulk_client
-from hub.bulk_client import BufferedSocket, BulkClient
+from hub.mqtt import bulk_client
+from hub.mqtt.bulk_client import BufferedSocket, BulkClient
 from tests.harness.procs import wait_until
 
 

@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from hub.commands import GRACE_MS, BadCommand, CommandNotSent, Commands
-from hub.schema import commands as commands_table
-from hub.store import Store
-from hub.writer import Writer
+from hub.fleet.commands import GRACE_MS, BadCommand, CommandNotSent, Commands
+from hub.storage.schema import commands as commands_table
+from hub.storage.store import Store
+from hub.storage.writer import Writer
 from protocol import examples
 from protocol import messages as m
 from protocol.topics import Kind, topic

@@ -28,8 +28,8 @@ from firmware.agent import Agent
 from firmware.config import parse_station_config
 from firmware.hardware.station import build_hardware
 from hub.config import parse_hub_config
-from hub.schema import events, loans
 from hub.service import Hub
+from hub.storage.schema import events, loans
 from protocol.ids import rider_id
 from protocol.topics import Kind, topic
 from tests.harness.mosquitto import Broker

@@ -15,14 +15,14 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from hub.commands import Commands
 from hub.config import HubConfig, parse_hub_config
-from hub.fleet import APPLIED, DUPLICATE, STALE, Fleet
-from hub.ledger import Ledger
-from hub.loans import Loans
-from hub.schema import events, ledger, loans, station_state, stations, status_log
-from hub.store import Store
-from hub.writer import Writer
+from hub.fleet.commands import Commands
+from hub.fleet.ledger import Ledger
+from hub.fleet.loans import Loans
+from hub.fleet.view import APPLIED, DUPLICATE, STALE, Fleet
+from hub.storage.schema import events, ledger, loans, station_state, stations, status_log
+from hub.storage.store import Store
+from hub.storage.writer import Writer
 from protocol import examples
 from protocol import messages as m
 from protocol.topics import Kind

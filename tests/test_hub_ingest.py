@@ -21,8 +21,8 @@ import sqlalchemy as sa
 from prometheus_client import CollectorRegistry
 
 from hub.config import parse_hub_config
-from hub.schema import events, station_state
 from hub.service import Hub
+from hub.storage.schema import events, station_state
 from protocol import examples
 from protocol import messages as m
 from protocol.topics import HUB_STATUS_TOPIC, Kind, topic
@@ -148,7 +148,7 @@ BAD_PAYLOADS: dict[str, Callable[[str], bytes | dict]] = {
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_every_invalid_payload_is_counted_under_its_kind(station, kind, caplog):
     hub, s = station
-    caplog.set_level(logging.WARNING, logger="hub.ingest")
+    caplog.set_level(logging.WARNING, logger="hub.mqtt.ingest")
     for make_payload in BAD_PAYLOADS.values():
         s.send(kind, make_payload(kind))
     # A station id the topic grammar refuses is still this kind's invalid message.
@@ -171,10 +171,10 @@ def test_every_invalid_payload_is_counted_under_its_kind(station, kind, caplog):
 
 def test_the_invalid_reason_is_logged_with_the_station(station, caplog):
     hub, s = station
-    caplog.set_level(logging.WARNING, logger="hub.ingest")
+    caplog.set_level(logging.WARNING, logger="hub.mqtt.ingest")
     s.send("state", example("state", rev="5013"))
     wait_count(hub, "state", "invalid", 1)
-    (record,) = [r for r in caplog.records if r.name == "hub.ingest"]
+    (record,) = [r for r in caplog.records if r.name == "hub.mqtt.ingest"]
     assert SID in record.getMessage() and "rev: must be an int" in record.getMessage()
 
 
@@ -286,7 +286,7 @@ def test_messages_sent_while_the_hub_is_away_are_kept_for_its_session(make_hub,
 
 
 def test_commands_are_refused_while_the_broker_is_away(make_hub, broker_factory):
-    from hub.commands import CommandNotSent
+    from hub.fleet.commands import CommandNotSent
 
     broker = broker_factory()
     hub = make_hub(broker)

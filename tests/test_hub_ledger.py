@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hub.ledger import (
+from hub.fleet.ledger import (
     COMPONENTS,
     DOWN,
     MAINTENANCE,
@@ -28,10 +28,10 @@ from hub.ledger import (
     tally,
     window_availability,
 )
-from hub.schema import hub_runs
-from hub.schema import ledger as ledger_table
-from hub.store import Store
-from hub.writer import Writer
+from hub.storage.schema import hub_runs
+from hub.storage.schema import ledger as ledger_table
+from hub.storage.store import Store
+from hub.storage.writer import Writer
 from yizhan.clock import ManualClock
 
 S = 1000  # ms per second: the hand-written cases read in seconds

@@ -24,7 +24,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from waitress.server import create_server
 
-from hub.metrics import FleetCollector
+from hub.http.metrics import FleetCollector
 from tests.harness.procs import free_port
 from tests.test_hub_api import SID, SQLITE_ONLY, Api, StandInHub, bring_online, hub_factory
 

@@ -31,11 +31,11 @@ import pytest
 import sqlalchemy as sa
 from prometheus_client import CollectorRegistry
 
-from hub import schema
 from hub.config import parse_hub_config
 from hub.service import Hub
-from hub.store import PING_TIMEOUT, Store
-from hub.writer import Guarded, Rows, Writer
+from hub.storage import schema
+from hub.storage.store import PING_TIMEOUT, Store
+from hub.storage.writer import Guarded, Rows, Writer
 from protocol.ids import rider_id
 from tests.harness.delivery import DeliveryStation
 from tests.harness.pgcluster import PgCluster

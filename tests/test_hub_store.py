@@ -1,6 +1,6 @@
 """The hub store on a real SQLite file and a real PostgreSQL database (issue 5).
 
-Migrations bring an empty database to hub/schema.py exactly; re-opening is a
+Migrations bring an empty database to hub/storage/schema.py exactly; re-opening is a
 no-op; hubs starting together migrate once; insert_ignore and upsert behave the
 same on both dialects.
 """
@@ -16,8 +16,8 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from hub import schema
-from hub.store import Store, head_revision
+from hub.storage import schema
+from hub.storage.store import Store, head_revision
 from tests.harness.procs import wait_until
 
 
@@ -91,7 +91,7 @@ def test_migrate_false_leaves_the_database_alone(database_url: str) -> None:
 # Each hub process imports, says it is ready, waits for "go", then opens the store.
 HUB_START = """
 import pathlib, sys, time
-from hub.store import Store
+from hub.storage.store import Store
 flag = pathlib.Path(sys.argv[2])
 flag.with_suffix(f".ready{sys.argv[3]}").touch()
 deadline = time.monotonic() + 20

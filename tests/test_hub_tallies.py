@@ -1,5 +1,5 @@
 """The ingest's plain-number metrics expose what prometheus_client's own Counter
-and Histogram would, sample for sample (hub/tallies.py)."""
+and Histogram would, sample for sample (hub/mqtt/tallies.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.exposition import generate_latest
 
-from hub.ingest import LAG_BUCKETS
-from hub.tallies import LagHistogram, MessageTallies
+from hub.mqtt.ingest import LAG_BUCKETS
+from hub.mqtt.tallies import LagHistogram, MessageTallies
 
 _values = st.lists(st.one_of(st.sampled_from(LAG_BUCKETS),  # exactly on a bound
                              st.floats(0, 120, allow_nan=False)), max_size=60)

@@ -20,10 +20,10 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 
-from hub import schema
-from hub import writer as writer_module
-from hub.store import Store
-from hub.writer import Commuting, Guarded, Rows, Writer, WriterClosed, execute_row
+from hub.storage import schema
+from hub.storage import writer as writer_module
+from hub.storage.store import Store
+from hub.storage.writer import Commuting, Guarded, Rows, Writer, WriterClosed, execute_row
 from tests.harness.procs import wait_until
 
 SID = "yh-chumen-01"
@@ -175,7 +175,7 @@ def test_a_bad_op_costs_only_itself(store: Store, writers, caplog) -> None:
         writer.submit(insert_event(store, seq))
     writer.submit(broken)
     writer.submit(broken)
-    with caplog.at_level(logging.DEBUG, logger="hub.writer"):
+    with caplog.at_level(logging.DEBUG, logger="hub.storage.writer"):
         writer.start()
         assert writer.flush(10)
     assert stored(store) == list(range(1, 11))
@@ -360,7 +360,7 @@ def test_a_bad_row_costs_only_itself(store: Store, writers, caplog) -> None:
     insert = store.insert_ignore(schema.events)
     writer = writers(store).start()
     bad = {**event_row(2), "sid": None}  # NOT NULL
-    with caplog.at_level(logging.ERROR, logger="hub.writer"):
+    with caplog.at_level(logging.ERROR, logger="hub.storage.writer"):
         for row in (event_row(1), bad, event_row(3)):
             writer.submit(Rows(insert, row))
         assert writer.flush(10)
@@ -470,7 +470,7 @@ def test_many_guarded_rows_are_told_new_as_one_at_a_time(store: Store, writers,
     run_guarded = writer_module._ArrayPlan.run_guarded
     monkeypatch.setattr(writer_module._ArrayPlan, "run_guarded", lambda plan, conn, params: (
         arrayed.append(len(params)), run_guarded(plan, conn, params))[1])
-    with caplog.at_level(logging.ERROR, logger="hub.writer"):
+    with caplog.at_level(logging.ERROR, logger="hub.storage.writer"):
         writer.start()
         assert writer.flush(10)
     assert stored(store) == [s for s in range(1, 41) if s != 25]
@@ -485,7 +485,7 @@ def test_a_rounds_many_updates_end_as_row_by_row(store: Store, writers) -> None:
     # Loans' rows in one batch: 20 banks borrowed and returned, 4 of them borrowed
     # and returned again. On PostgreSQL a round's 16 or more UPDATE rows are one
     # UPDATE … FROM unnest(…); the table must end as one row at a time leaves it.
-    from hub.loans import Loans
+    from hub.fleet.loans import Loans
     from protocol import messages as m
 
     loans = Loans(store, loan_hours=1)
@@ -533,7 +533,7 @@ def test_a_failing_then_costs_only_its_own_op(store: Store, writers, caplog) -> 
         # pipeline is read, after the other ops' statements were sent.
         then = [_log(store, seq, sid=None if seq == 2 else SID), _log(store, -seq)]
         writer.submit(Guarded(insert, event_row(seq), then))
-    with caplog.at_level(logging.ERROR, logger="hub.writer"):
+    with caplog.at_level(logging.ERROR, logger="hub.storage.writer"):
         writer.start()
         assert writer.flush(10)
     assert stored(store) == [1, 3] and logged(store) == [-3, -1, 1, 3]
@@ -724,7 +724,7 @@ def test_a_bad_row_among_arrayed_ones_costs_only_itself(pg_url: str, writers, ca
     insert = store.insert_ignore(schema.events)
     writer = writers(store).start()
     try:
-        with caplog.at_level(logging.ERROR, logger="hub.writer"):
+        with caplog.at_level(logging.ERROR, logger="hub.storage.writer"):
             for seq in range(1, 31):
                 row = {**event_row(seq), "sid": None} if seq == 7 else event_row(seq)
                 writer.submit(Rows(insert, row))
@@ -750,7 +750,7 @@ def test_a_bad_op_is_found_by_halves_not_one_op_at_a_time(store: Store, writers,
             writer.submit(lambda conn: conn.execute(sa.text("SELECT * FROM no_such_table")))
         else:
             writer.submit(insert_event(store, seq))
-    with caplog.at_level(logging.ERROR, logger="hub.writer"):
+    with caplog.at_level(logging.ERROR, logger="hub.storage.writer"):
         writer.start()
         assert writer.flush(30)
     assert stored(store) == [s for s in range(1, 1025) if s != 700]

@@ -26,8 +26,8 @@ from firmware.agent import Agent
 from firmware.config import parse_station_config
 from firmware.hardware.station import build_hardware
 from hub.config import parse_hub_config
-from hub.schema import events as events_table
 from hub.service import Hub
+from hub.storage.schema import events as events_table
 from protocol.topics import HUB_STATUS_TOPIC, HUB_TIME_TOPIC, Kind, topic
 from tests.harness.mqtt import Subscriber
 from tests.harness.procs import advance_until, wait_until
@@ -38,7 +38,7 @@ from yizhan.watchdog import Notifier
 SID = "yh-chumen-01"
 FLEET_KEY = b"test-fleet-key-0123456789abcdef"
 QUIET_SIM = {"borrows_per_hour": 0, "riders_per_hour": 0, "draws_per_hour": 0, "seed": 7}
-#: The shipped settings (firmware/link.py, hub/ingest.py, yizhan/config.py).
+#: The shipped settings (firmware/link.py, hub/mqtt/ingest.py, yizhan/config.py).
 STATION_CEILING, HUB_CEILING, KEEPALIVE = 60.0, 30.0, 30
 
 

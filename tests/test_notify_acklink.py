@@ -23,10 +23,10 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from hub.acklink import KEY_FILE, AckLinks, LinkExpired, LinkInvalid, load_or_create_key
+from hub.alerting.acklink import KEY_FILE, AckLinks, LinkExpired, LinkInvalid, load_or_create_key
+from hub.alerting.notify import Outbox, build_notifiers
 from hub.config import parse_hub_config
-from hub.notify import Outbox, build_notifiers
-from hub.schema import alerts as table
+from hub.storage.schema import alerts as table
 from tests.harness.browser import Chromium, require_chromium
 from tests.harness.procs import free_port
 from tests.test_hub_api import TOKEN, Api, StandInHub

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
+from hub.alerting.notify import NOTIFIER_CLASSES, build_notifiers
 from hub.config import load_hub_config, parse_hub_config
-from hub.notify import NOTIFIER_CLASSES, build_notifiers
 from yizhan.config import ConfigError
 
 DB = "sqlite:////tmp/yz-notify-config.db"

@@ -28,19 +28,19 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from hub.acklink import AckLinks
-from hub.config import NotifierSpec
-from hub.notify import (
+from hub.alerting.acklink import AckLinks
+from hub.alerting.notify import (
     NEVER,
     Outbox,
     OutboxUnavailable,
     UnknownNotifier,
     build_notifiers,
 )
-from hub.notify.base import Notifier
-from hub.schema import notifications
-from hub.store import Store
-from hub.writer import Writer
+from hub.alerting.notify.base import Notifier
+from hub.config import NotifierSpec
+from hub.storage.schema import notifications
+from hub.storage.store import Store
+from hub.storage.writer import Writer
 from tests.test_notify_receivers import SECRET, Receiver, receiver_factory
 from yizhan.clock import Clock, ManualClock
 
@@ -318,9 +318,9 @@ def test_a_delivery_being_sent_when_the_process_died_is_sent_again(db: Db, outbo
 CHILD = textwrap.dedent("""
     import sys, time
     from hub.config import NotifierSpec
-    from hub.notify import Outbox, build_notifiers
-    from hub.store import Store
-    from hub.writer import Writer
+    from hub.alerting.notify import Outbox, build_notifiers
+    from hub.storage.store import Store
+    from hub.storage.writer import Writer
     from yizhan.clock import Clock
 
     url, hook, secret = sys.argv[1:4]

@@ -31,11 +31,11 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
 
-from hub.acklink import AckLinks
+from hub.alerting.acklink import AckLinks
+from hub.alerting.notify import Outbox, build_notifiers
 from hub.config import NotifierSpec
-from hub.notify import Outbox, build_notifiers
-from hub.store import Store
-from hub.writer import Writer
+from hub.storage.store import Store
+from hub.storage.writer import Writer
 from tests.test_notify_receivers import Receiver, receiver_factory
 from yizhan.clock import ManualClock
 

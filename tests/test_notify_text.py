@@ -6,8 +6,7 @@ from typing import Any
 
 import pytest
 
-from hub.fleet import StationView
-from hub.notify.text import (
+from hub.alerting.notify.text import (
     WECOM_MARKDOWN_MAX,
     banks_to_bring,
     clock_text,
@@ -15,6 +14,7 @@ from hub.notify.text import (
     duration_text,
     station_info,
 )
+from hub.fleet.view import StationView
 
 SID = "yh-chumen-01"
 NOW = 1_764_196_800_000  # 2025-11-27 06:40 China Standard Time

@@ -1,0 +1,1 @@
+"""Alerting: rules, engine, alert store, routing, forecast, ack links, notifiers."""

@@ -1,0 +1,213 @@
+"""What every notifier is: render once, send (again) the stored body.
+
+A notifier turns (kind, alert, station, ack_url) into the exact body to store
+(``render``, once, at enqueue) and later sends that stored body (``send``, on
+every attempt). Whatever must be fresh on each attempt — DingTalk's and
+Feishu's signed timestamps, which the platforms refuse after an hour — is added
+by ``send``, never stored. ``send`` returns on success and raises
+:class:`DeliveryFailed` otherwise, ``permanent`` when trying again cannot help
+(a wrong robot key, a refused signature): the outbox then gives up and says so.
+
+Logs and errors name the notifier and the receiver's host only: robot URLs
+carry their key or token, and never appear whole.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import urllib.error
+import urllib.request
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from datetime import tzinfo
+from typing import Any, ClassVar
+from urllib.parse import urlsplit
+
+from hub.alerting.notify.text import CST, Message, compose
+from hub.config import NotifierSpec
+
+_ACK_TOKEN = re.compile(r"/ack/[A-Za-z0-9_.=-]+")
+#: The answer of a receiver that we read at most (their answers are tiny).
+MAX_ANSWER = 64 * 1024
+USER_AGENT = "yizhan-hub/1 (+notifications)"
+
+
+class NotifyError(Exception):
+    """Root of the errors of :mod:`hub.alerting.notify`."""
+
+
+class UnknownNotifier(NotifyError, KeyError):
+    def __str__(self) -> str:
+        return f"no notifier named {self.args[0]!r} is configured"
+
+
+class OutboxUnavailable(NotifyError, RuntimeError):
+    """The delivery could not be stored (the database did not commit in time)."""
+
+
+class DeliveryFailed(NotifyError):
+    """One attempt failed; ``permanent`` when another attempt cannot succeed."""
+
+    def __init__(self, reason: str, *, permanent: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.permanent = permanent
+
+
+class Notifier(ABC):
+    """One configured receiver (``notifiers:`` entry)."""
+
+    type: ClassVar[str]
+
+    def __init__(self, spec: NotifierSpec, tz: tzinfo = CST) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.language = spec.language
+        self.timeout = spec.timeout
+        self.tz = tz
+
+    def compose(self, kind: str, alert: Mapping[str, Any], station: Mapping[str, Any],
+                ack_url: str | None, now_ms: int) -> Message:
+        """The message in this notifier's language and time zone."""
+        return compose(kind, alert, station, ack_url, language=self.language, now_ms=now_ms,
+                       tz=self.tz)
+
+    @abstractmethod
+    def render(self, kind: str, alert: Mapping[str, Any], station: Mapping[str, Any],
+               ack_url: str | None, *, delivery_id: str, now_ms: int) -> str:
+        """The body to store for this delivery (text; sent as its UTF-8 bytes)."""
+
+    @abstractmethod
+    def send(self, body: str, delivery_id: str, now: float) -> None:
+        """Deliver ``body`` (as stored) once; raise :class:`DeliveryFailed` if not.
+        ``now`` is the hub clock in seconds, for the platforms' signed timestamps."""
+
+    def close(self) -> None:  # noqa: B027 - most notifiers hold nothing open
+        """Release what the notifier holds; idempotent."""
+
+    @property
+    def where(self) -> str:
+        """Where it sends, safe to log: ``https://qyapi.weixin.qq.com``."""
+        url = self.spec.url
+        if url:
+            parts = urlsplit(url)
+            return f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port
+                                                           else "")
+        return f"smtp://{self.spec.host}:{self.spec.port}"
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name} → {self.where}>"
+
+
+def dumps(obj: Any) -> str:
+    """Compact JSON, UTF-8 left as is: the stored body."""
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A redirected POST would be resent as a GET without its body, and its 200
+    taken for a delivery: a redirect is an answer that failed."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
+
+
+class HttpNotifier(Notifier):
+    """POST a JSON body; subclasses say what the request is and what success is."""
+
+    def request(self, body: str, delivery_id: str, now: float) -> tuple[str, dict, bytes]:
+        """(url, headers, data) of one attempt; by default the stored body as is."""
+        return self.spec.url, self.headers(), body.encode()
+
+    def headers(self) -> dict[str, str]:
+        return {"Content-Type": "application/json; charset=utf-8", "User-Agent": USER_AGENT}
+
+    @abstractmethod
+    def check(self, status: int, answer: bytes) -> None:
+        """Raise :class:`DeliveryFailed` unless the answer means delivered."""
+
+    def send(self, body: str, delivery_id: str, now: float) -> None:
+        url, headers, data = self.request(body, delivery_id, now)
+        req = urllib.request.Request(url, data=data, headers=headers, method="POST")
+        try:
+            with _OPENER.open(req, timeout=self.timeout) as resp:
+                status, answer = resp.status, resp.read(MAX_ANSWER)
+        except urllib.error.HTTPError as err:  # an answer, only not a 2xx one
+            status = err.code
+            try:
+                answer = err.read(MAX_ANSWER)
+            except (OSError, http.client.HTTPException):
+                answer = b""
+            finally:
+                err.close()
+        except urllib.error.URLError as err:
+            raise DeliveryFailed(f"{self.where}: {_reason(err.reason)}") from None
+        except TimeoutError:
+            raise DeliveryFailed(f"{self.where}: no answer in {self.timeout:g} s") from None
+        except (OSError, http.client.HTTPException) as err:
+            raise DeliveryFailed(f"{self.where}: {_reason(err)}") from None
+        self.check(status, answer)
+
+
+def _reason(err: Any) -> str:
+    if isinstance(err, TimeoutError):
+        return "timed out"
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror
+    return str(err) or type(err).__name__
+
+
+def snippet(answer: bytes, n: int = 200) -> str:
+    """The start of an answer, for an error message (an ack link a receiver
+    echoed back is cut: errors are logged and shown by the API)."""
+    text = answer[:n].decode("utf-8", errors="replace").strip()
+    return _ACK_TOKEN.sub("/ack/…", " ".join(text.split()))
+
+
+class ChatRobotNotifier(HttpNotifier):
+    """WeCom, DingTalk, Feishu: HTTP 200 with a JSON code, 0 meaning sent.
+
+    ``PERMANENT`` codes are configuration or content errors that no retry mends
+    (the outbox gives up and names the fix); ``TEMPORARY`` ones (rate limits,
+    busy) are retried, as is any code not listed — a message is never dropped
+    on a guess.
+    """
+
+    PLATFORM: ClassVar[str]
+    CODE_FIELDS: ClassVar[tuple[str, ...]] = ("errcode",)
+    PERMANENT: ClassVar[dict[int, str]] = {}
+    TEMPORARY: ClassVar[dict[int, str]] = {}
+
+    def check(self, status: int, answer: bytes) -> None:
+        if status != 200:
+            # The platforms answer 200 even to errors; anything else is a proxy,
+            # an outage, or a wrong path.
+            permanent = status in (400, 401, 403, 404, 405, 410)
+            raise DeliveryFailed(f"{self.PLATFORM} answered HTTP {status}"
+                                 + (" (is the robot address right?)" if permanent else ""),
+                                 permanent=permanent)
+        try:
+            data = json.loads(answer)
+        except ValueError:
+            raise DeliveryFailed(f"{self.PLATFORM} answered 200 without JSON: "
+                                 f"{snippet(answer)!r}") from None
+        if not isinstance(data, dict):
+            raise DeliveryFailed(f"{self.PLATFORM} answered unexpected JSON: "
+                                 f"{snippet(answer)!r}")
+        code = next((data[f] for f in self.CODE_FIELDS if f in data), None)
+        if code == 0:
+            return
+        message = data.get("errmsg") or data.get("msg") or data.get("StatusMessage") or ""
+        if not isinstance(code, int):
+            raise DeliveryFailed(f"{self.PLATFORM} answered without a code: "
+                                 f"{snippet(answer)!r}")
+        if code in self.PERMANENT:
+            raise DeliveryFailed(f"{self.PLATFORM} error {code} {message}: "
+                                 f"{self.PERMANENT[code]}; not retried", permanent=True)
+        hint = self.TEMPORARY.get(code, "retrying")
+        raise DeliveryFailed(f"{self.PLATFORM} error {code} {message}: {hint}")

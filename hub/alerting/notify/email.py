@@ -1,0 +1,91 @@
+"""E-mail over SMTP: plain text plus a small HTML part, subject in Chinese.
+
+The whole message (headers included) is built once and stored; every retry
+sends the same bytes, with ``Message-ID: <delivery id@yizhan>`` and
+``X-Yizhan-Delivery``, so a mail client shows a repeat as the same message.
+The connection uses STARTTLS by default (``starttls: false`` only towards a
+relay on a trusted network) and verifies the server's certificate, against
+``ca_file`` when the relay has a private CA.
+
+A refused login, sender or recipient (SMTP 5xx) is permanent: the outbox gives
+up and says why. 4xx answers and connection trouble are retried.
+"""
+
+from __future__ import annotations
+
+import logging
+import smtplib
+import ssl
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from email.policy import SMTP
+from email.utils import format_datetime
+from typing import Any
+
+from hub.alerting.notify.base import DeliveryFailed, Notifier
+
+log = logging.getLogger(__name__)
+
+
+class EmailNotifier(Notifier):
+    type = "email"
+
+    def render(self, kind: str, alert: Mapping[str, Any], station: Mapping[str, Any],
+               ack_url: str | None, *, delivery_id: str, now_ms: int) -> str:
+        msg = self.compose(kind, alert, station, ack_url, now_ms)
+        mail = EmailMessage(policy=SMTP)
+        mail["Subject"] = msg.title
+        mail["From"] = self.spec.sender
+        mail["To"] = ", ".join(self.spec.to)
+        mail["Date"] = format_datetime(datetime.fromtimestamp(now_ms / 1000, UTC))
+        mail["Message-ID"] = f"<{delivery_id}@yizhan>"
+        mail["X-Yizhan-Delivery"] = delivery_id
+        mail["Auto-Submitted"] = "auto-generated"  # RFC 3834: no vacation replies
+        mail.set_content(msg.plain())
+        mail.add_alternative(msg.html(), subtype="html")
+        mail.set_boundary(f"=_yizhan_{delivery_id}")  # deterministic, like the rest
+        return mail.as_string()
+
+    def send(self, body: str, delivery_id: str, now: float) -> None:
+        spec = self.spec
+        try:
+            with smtplib.SMTP(spec.host, spec.port, timeout=self.timeout) as smtp:
+                smtp.ehlo()
+                if spec.starttls:
+                    smtp.starttls(context=ssl.create_default_context(cafile=spec.ca_file))
+                    smtp.ehlo()
+                if spec.username:
+                    smtp.login(spec.username, spec.password or "")
+                refused = smtp.sendmail(spec.sender, list(spec.to), body.encode())
+        except smtplib.SMTPNotSupportedError as err:
+            raise DeliveryFailed(f"{self.where}: {err} (STARTTLS or AUTH not offered); "
+                                 "not retried", permanent=True) from None
+        except smtplib.SMTPAuthenticationError as err:
+            raise DeliveryFailed(f"{self.where}: login refused ({err.smtp_code}); check "
+                                 "username and password; not retried", permanent=True) from None
+        except smtplib.SMTPRecipientsRefused as err:
+            codes = [code for code, _msg in err.recipients.values()]
+            permanent = all(code >= 500 for code in codes)
+            raise DeliveryFailed(f"{self.where}: every recipient refused ({codes})"
+                                 + ("; not retried" if permanent else ""),
+                                 permanent=permanent) from None
+        except smtplib.SMTPResponseException as err:  # sender refused, data refused, ...
+            permanent = err.smtp_code >= 500
+            text = err.smtp_error.decode(errors="replace") if isinstance(
+                err.smtp_error, bytes) else str(err.smtp_error)
+            raise DeliveryFailed(f"{self.where}: {err.smtp_code} {text}"
+                                 + ("; not retried" if permanent else ""),
+                                 permanent=permanent) from None
+        except ssl.SSLCertVerificationError as err:
+            raise DeliveryFailed(f"{self.where}: certificate not trusted ({err.verify_message});"
+                                 " set ca_file for a private CA") from None
+        except TimeoutError:
+            raise DeliveryFailed(f"{self.where}: no answer in {self.timeout:g} s") from None
+        except (smtplib.SMTPException, OSError) as err:
+            reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+            raise DeliveryFailed(f"{self.where}: {reason or type(err).__name__}") from None
+        if refused:
+            # Delivered to the others: a retry would send them a second copy.
+            log.warning("notifier %s: delivery %s refused for %s", self.name, delivery_id,
+                        ", ".join(sorted(refused)))

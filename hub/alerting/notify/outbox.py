@@ -1,0 +1,462 @@
+"""The notification outbox: durable deliveries, retried until delivered.
+
+>>> outbox = Outbox(store, writer, clock, build_notifiers(config.notifier_specs),
+...                 acklinks=AckLinks.from_config(config, clock)).start()
+>>> outbox.enqueue("chumen-wecom", "firing", alert, station_info(view))
+'d-019ac2f1e4c80001a3f9c2d1e0'
+>>> outbox.close()
+
+``enqueue`` renders the message once (the exact bytes to send), stores it as a
+row of ``notifications`` — committed before it returns — and wakes the sender
+of that notifier. Each notifier has its own sender thread, which sends its rows
+one at a time, oldest first (a "resolved" never overtakes its "firing"), so a
+receiver that fails or hangs holds back only its own queue.
+
+An attempt is *claimed* before the request goes out: in one conditional
+update the row's ``attempts`` goes up and its ``next_attempt_ms`` moves past the
+request's timeouts plus the backoff. If the process dies mid-request the row is
+simply due again then — same body, same delivery id — and two hub workers
+sharing a PostgreSQL database never send the same row at once. After the
+attempt the row is marked delivered, rescheduled with exponential backoff and
+jitter (5 s, 10 s, … up to 10 min), or — for an error the platform calls
+permanent, like a wrong robot key — given up, with the reason in
+``last_error``. A receiver may therefore see one delivery more than once (a
+crash between its 2xx and our commit), always with the same delivery id: it
+keeps the ids it took and drops repeats.
+
+A delivery given up has ``next_attempt_ms = NEVER``: the column is NOT NULL,
+and "never" is what it means.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+import secrets
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+from hub.alerting.acklink import AckLinks
+from hub.alerting.notify.base import DeliveryFailed, Notifier, OutboxUnavailable, UnknownNotifier
+from hub.alerting.notify.text import ASKS_FOR_ACK, KINDS, NO_ACK_RULES
+from hub.storage.schema import notifications as table
+from hub.storage.writer import WriterClosed
+from yizhan.clock import Clock
+
+log = logging.getLogger(__name__)
+
+#: ``next_attempt_ms`` of a delivery given up.
+NEVER = 2**62
+DEFAULT_BACKOFF = (5.0, 600.0)
+DEFAULT_FAILING_AFTER = 600.0
+PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
+STATES = (PENDING, DELIVERED, FAILED)
+_MAX_PER_PUMP = 1000  # attempts of one notifier in one pass, so close() is heard
+
+_ids = itertools.count()
+
+
+def new_delivery_id(now_ms: int) -> str:
+    """``d-`` + time, a counter and randomness: unique, and in creation order
+    within one process (28 characters; the column takes 40)."""
+    return f"d-{now_ms & 0xFFFF_FFFF_FFFF:012x}{next(_ids) & 0xFFFF:04x}{secrets.token_hex(5)}"
+
+
+def to_delivery(row: Any) -> dict[str, Any]:
+    """A row as the API shows it (never the body: it holds the ack link)."""
+    if row.delivered_ms is not None:
+        state = DELIVERED
+    elif row.next_attempt_ms >= NEVER:
+        state = FAILED
+    else:
+        state = PENDING
+    return {
+        "id": row.id, "alert_id": row.alert_id, "notifier": row.notifier, "kind": row.kind,
+        "state": state, "attempts": row.attempts, "created": row.created_ms,
+        "next_attempt": row.next_attempt_ms if state == PENDING else None,
+        "delivered": row.delivered_ms, "last_error": row.last_error,
+    }
+
+
+def deliveries(store: Any, alert_id: str) -> list[dict[str, Any]]:
+    """Every delivery of one alert, oldest first (for ``/alerts/{id}/deliveries``)."""
+    q = (sa.select(table).where(table.c.alert_id == alert_id)
+         .order_by(table.c.created_ms, table.c.id))
+    with store.engine.connect() as conn:
+        return [to_delivery(r) for r in conn.execute(q)]
+
+
+@dataclass
+class _Health:
+    """How one notifier is doing, as this process saw it."""
+
+    failing_since_ms: int | None = None
+    gave_up: bool = False  # the last finished delivery was given up (a permanent error)
+    last_error: str | None = None
+    delivered_ms: int | None = None
+
+
+class Outbox:
+    """Deliveries of one hub process; see the module."""
+
+    def __init__(self, store: Any, writer: Any, clock: Clock,
+                 notifiers: Mapping[str, Notifier], *,
+                 acklinks: AckLinks | None = None,
+                 backoff: tuple[float, float] = DEFAULT_BACKOFF, jitter: float = 0.2,
+                 failing_after: float = DEFAULT_FAILING_AFTER, flush_timeout: float = 5.0,
+                 poll: float = 2.0, rng: random.Random | None = None) -> None:
+        if backoff[0] <= 0 or backoff[1] < backoff[0] or not 0 <= jitter < 1:
+            raise ValueError("backoff must be (first > 0, max ≥ first) and 0 ≤ jitter < 1")
+        self.store = store
+        self.writer = writer
+        self.clock = clock
+        self.notifiers = dict(notifiers)
+        self.acklinks = acklinks
+        self.backoff = backoff
+        self.jitter = jitter
+        self.failing_after = failing_after
+        self.flush_timeout = flush_timeout
+        self.poll = poll
+        self.rng = rng or random.Random()
+        self._lock = threading.Lock()
+        self._health = {name: _Health() for name in self.notifiers}
+        self._wake = {name: threading.Event() for name in self.notifiers}
+        self._closing = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._closed = False
+        self._load_health()
+
+    # -- enqueue (any thread) ------------------------------------------------------------
+
+    def enqueue(self, notifier_name: str, kind: str, alert: Mapping[str, Any],
+                station: Mapping[str, Any], *, delivery_id: str | None = None) -> str:
+        """Store one delivery of ``alert`` (the contract's Alert object) to a
+        notifier and wake its sender; the delivery id.
+
+        The message is rendered now, with an ack link for firing, escalated and
+        reminder notices. ``delivery_id`` makes the call idempotent: the same id
+        again stores nothing new. Raises :class:`UnknownNotifier`, ``ValueError``
+        (kind) or :class:`OutboxUnavailable` (not committed in time). Do not call
+        it from inside a writer op.
+        """
+        notifier = self.notifiers.get(notifier_name)
+        if notifier is None:
+            raise UnknownNotifier(notifier_name)
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {', '.join(KINDS)}, not {kind!r}")
+        now_ms = self.clock.ms()
+        did = delivery_id or new_delivery_id(now_ms)
+        ack_url = None
+        if (self.acklinks is not None and kind in ASKS_FOR_ACK and alert.get("id")
+                and alert.get("rule") not in NO_ACK_RULES):
+            ack_url = self.acklinks.url(str(alert["id"]), notifier_name, now_ms / 1000)
+        body = notifier.render(kind, alert, station, ack_url, delivery_id=did, now_ms=now_ms)
+        row = {"id": did, "alert_id": alert.get("id"), "notifier": notifier_name, "kind": kind,
+               "body": body, "created_ms": now_ms, "attempts": 0, "next_attempt_ms": now_ms,
+               "delivered_ms": None, "last_error": None}
+        insert = self.store.insert_ignore(table).values(**row)
+
+        def store_row(conn: sa.Connection) -> bool:
+            conn.execute(insert)  # a row already there (same delivery_id) is kept
+            return True
+
+        self._write(store_row)
+        log.debug("queued %s %s of alert %s for %s", did, kind, alert.get("id"), notifier_name)
+        self._wake[notifier_name].set()
+        return did
+
+    # -- reading -------------------------------------------------------------------------
+
+    def deliveries(self, alert_id: str) -> list[dict[str, Any]]:
+        return deliveries(self.store, alert_id)
+
+    def pending(self, notifier: str | None = None) -> list[dict[str, Any]]:
+        """Deliveries not yet delivered nor given up, oldest first."""
+        q = sa.select(table).where(table.c.delivered_ms.is_(None),
+                                   table.c.next_attempt_ms < NEVER)
+        if notifier is not None:
+            q = q.where(table.c.notifier == notifier)
+        q = q.order_by(table.c.created_ms, table.c.id)
+        with self.store.engine.connect() as conn:
+            return [to_delivery(r) for r in conn.execute(q)]
+
+    def failing(self, now_ms: int | None = None) -> list[str]:
+        """Notifiers failing for more than ``failing_after`` seconds, or whose last
+        delivery was given up (a permanent error: a wrong key will not mend
+        itself); for the hub's own "cannot notify" alert."""
+        now_ms = self.clock.ms() if now_ms is None else now_ms
+        limit = int(self.failing_after * 1000)
+        with self._lock:
+            return sorted(name for name, h in self._health.items()
+                          if h.gave_up or (h.failing_since_ms is not None
+                                           and now_ms - h.failing_since_ms >= limit))
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        """Per notifier: ``failing_since`` (ms or None), ``gave_up``, ``last_error``,
+        ``last_delivered`` and ``pending`` (count)."""
+        q = (sa.select(table.c.notifier, sa.func.count())
+             .where(table.c.delivered_ms.is_(None), table.c.next_attempt_ms < NEVER)
+             .group_by(table.c.notifier))
+        with self.store.engine.connect() as conn:
+            counts = dict(conn.execute(q).all())
+        with self._lock:
+            return {name: {"failing_since": h.failing_since_ms, "gave_up": h.gave_up,
+                           "last_error": h.last_error, "last_delivered": h.delivered_ms,
+                           "pending": counts.get(name, 0)}
+                    for name, h in sorted(self._health.items())}
+
+    # -- sending -------------------------------------------------------------------------
+
+    def send_due(self, now_ms: int | None = None) -> int:
+        """Send what is due now, every notifier in turn, on the calling thread (for
+        tests and tools; do not mix with ``start()``). The number of attempts."""
+        attempts = 0
+        for name in self.notifiers:
+            made, _next = self._pump(name, now_ms)
+            attempts += made
+        return attempts
+
+    def _pump(self, name: str, now_ms: int | None = None) -> tuple[int, int | None]:
+        """Send ``name``'s due rows in order until one fails or none is due.
+        (attempts made, when the next row is due or None)."""
+        notifier = self.notifiers[name]
+        made = 0
+        while made < _MAX_PER_PUMP and not self._closing.is_set():
+            row = self._head(name)
+            if row is None:
+                return made, None
+            now = self.clock.ms() if now_ms is None else now_ms
+            if row.next_attempt_ms > now:
+                return made, row.next_attempt_ms
+            made += 1
+            if not self._attempt(notifier, row, now):
+                # Failed, or another worker has it: come back when it is due.
+                row = self._head(name)
+                return made, row.next_attempt_ms if row is not None else None
+        return made, self.clock.ms()
+
+    def _head(self, name: str) -> Any:
+        q = (sa.select(table)
+             .where(table.c.notifier == name, table.c.delivered_ms.is_(None),
+                    table.c.next_attempt_ms < NEVER)
+             .order_by(table.c.created_ms, table.c.id).limit(1))
+        with self.store.engine.connect() as conn:
+            return conn.execute(q).first()
+
+    def delay(self, attempt: int) -> float:
+        """Seconds before retrying after failed attempt number ``attempt`` (1, 2, …):
+        doubling from the first backoff up to the last, less up to ``jitter`` of it
+        at random, so receivers coming back are not hit by every hub at once."""
+        first, cap = self.backoff
+        base = min(cap, first * 2 ** min(attempt - 1, 60))
+        return base * (1 - self.jitter * self.rng.random())
+
+    def _attempt(self, notifier: Notifier, row: Any, now_ms: int) -> bool:
+        """One attempt at ``row``; True when it is finished (delivered or given up)."""
+        attempt = row.attempts + 1
+        # Long enough for the attempt to finish (the timeout is per network step,
+        # and SMTP takes several), then the backoff: when a crash retries it.
+        lease_ms = now_ms + int((2 * notifier.timeout + self.delay(attempt)) * 1000)
+        if not self._claim(row, lease_ms):
+            return False
+        try:
+            notifier.send(row.body, row.id, self.clock.now())
+        except DeliveryFailed as err:
+            return self._failed(notifier.name, row, attempt, err.reason, err.permanent)
+        except Exception as err:  # a notifier's bug must not stop its queue
+            log.exception("notifier %s crashed sending %s", notifier.name, row.id)
+            return self._failed(notifier.name, row, attempt, f"internal error: {err!r}", False)
+        done_ms = self.clock.ms()
+
+        def mark(conn: sa.Connection) -> None:
+            conn.execute(table.update()
+                         .where(table.c.id == row.id, table.c.delivered_ms.is_(None))
+                         .values(delivered_ms=done_ms, last_error=None))
+
+        self._write_quietly(mark, row.id)
+        with self._lock:
+            self._health[notifier.name] = _Health(delivered_ms=done_ms)
+        log.info("delivered %s (%s of alert %s) to %s%s", row.id, row.kind, row.alert_id,
+                 notifier.name, f" after {attempt} attempts" if attempt > 1 else "")
+        return True
+
+    def _failed(self, name: str, row: Any, attempt: int, reason: str, permanent: bool) -> bool:
+        now_ms = self.clock.ms()
+        if permanent:
+            next_ms, error = NEVER, f"gave up: {reason}"
+            log.error("gave up delivery %s (%s of alert %s) to %s after %d attempts: %s",
+                      row.id, row.kind, row.alert_id, name, attempt, reason)
+        else:
+            wait = self.delay(attempt)
+            next_ms, error = now_ms + int(wait * 1000), reason
+            log.warning("delivery %s to %s failed (attempt %d), retrying in %.0f s: %s",
+                        row.id, name, attempt, wait, reason)
+
+        def reschedule(conn: sa.Connection) -> None:
+            conn.execute(table.update()
+                         .where(table.c.id == row.id, table.c.delivered_ms.is_(None))
+                         .values(next_attempt_ms=next_ms, last_error=error[:2000]))
+
+        self._write_quietly(reschedule, row.id)
+        with self._lock:
+            h = self._health[name]
+            if h.failing_since_ms is None:
+                h.failing_since_ms = now_ms
+            h.gave_up = permanent
+            h.last_error = error
+        return permanent
+
+    def _claim(self, row: Any, lease_ms: int) -> bool:
+        """Take ``row`` for one attempt, unless someone else did since we read it."""
+        def claim(conn: sa.Connection) -> bool:
+            result = conn.execute(
+                table.update()
+                .where(table.c.id == row.id, table.c.attempts == row.attempts,
+                       table.c.next_attempt_ms == row.next_attempt_ms,
+                       table.c.delivered_ms.is_(None))
+                .values(attempts=row.attempts + 1, next_attempt_ms=lease_ms)
+                .execution_options(preserve_rowcount=True))
+            return result.rowcount == 1
+
+        return bool(self._write(claim))
+
+    # -- writes through the hub's writer -------------------------------------------------
+
+    def _write(self, op: Callable[[sa.Connection], Any]) -> Any:
+        """Run ``op`` in the writer's transaction, wait for the commit, return its answer.
+        An op may run more than once (the writer replays a failed batch): the last
+        answer is the committed one."""
+        box: list[Any] = []
+        try:
+            self.writer.submit(lambda conn: box.append(op(conn)))
+        except WriterClosed as err:
+            raise OutboxUnavailable("the hub's writer is closed") from err
+        if not self.writer.flush(self.flush_timeout) or not box:
+            raise OutboxUnavailable("the notification outbox could not write; try again")
+        return box[-1]
+
+    def _write_quietly(self, op: Callable[[sa.Connection], Any], delivery_id: str) -> None:
+        """After an attempt: a slow commit is not a reason to stop. Still queued,
+        the writer commits it when the database answers; meanwhile the claim keeps
+        the row from being sent again."""
+        try:
+            self._write(op)
+        except OutboxUnavailable:
+            log.warning("delivery %s: its outcome is not committed yet", delivery_id)
+
+    # -- life ----------------------------------------------------------------------------
+
+    def _load_health(self) -> None:
+        """What the rows say about each notifier, so a restart does not forget that
+        one was failing (approximately: since its oldest waiting, tried row)."""
+        with self.store.engine.connect() as conn:
+            for name, health in self._health.items():
+                head = conn.execute(
+                    sa.select(table.c.created_ms, table.c.last_error)
+                    .where(table.c.notifier == name, table.c.delivered_ms.is_(None),
+                           table.c.next_attempt_ms < NEVER, table.c.attempts > 0)
+                    .order_by(table.c.created_ms).limit(1)).first()
+                if head is not None:
+                    health.failing_since_ms, health.last_error = head.created_ms, head.last_error
+                last = conn.execute(
+                    sa.select(table.c.delivered_ms, table.c.last_error)
+                    .where(table.c.notifier == name,
+                           sa.or_(table.c.delivered_ms.is_not(None),
+                                  table.c.next_attempt_ms >= NEVER))
+                    .order_by(table.c.created_ms.desc()).limit(1)).first()
+                if last is not None and last.delivered_ms is None:
+                    health.gave_up = True
+                    health.last_error = health.last_error or last.last_error
+                elif last is not None:
+                    health.delivered_ms = last.delivered_ms
+
+    def start(self) -> Outbox:
+        """Start one sender thread per notifier (once); returns the outbox."""
+        if self._closed:
+            raise RuntimeError("the outbox is closed")
+        if self._threads:
+            return self
+        orphans = self._orphans()
+        if orphans:
+            log.warning("deliveries wait for notifiers no longer configured: %s",
+                        ", ".join(f"{n} ({c})" for n, c in orphans.items()))
+        for name in self.notifiers:
+            t = threading.Thread(target=self._run, args=(name,), daemon=True,
+                                 name=f"notify-{name}")
+            self._threads.append(t)
+            t.start()
+        return self
+
+    def _orphans(self) -> dict[str, int]:
+        q = (sa.select(table.c.notifier, sa.func.count())
+             .where(table.c.delivered_ms.is_(None), table.c.next_attempt_ms < NEVER,
+                    table.c.notifier.not_in(list(self.notifiers) or [""]))
+             .group_by(table.c.notifier))
+        with self.store.engine.connect() as conn:
+            return dict(conn.execute(q).all())
+
+    def _run(self, name: str) -> None:
+        wake = self._wake[name]
+        troubled = False
+        while not self._closing.is_set():
+            wake.clear()  # before looking: an enqueue from now on is not missed
+            try:
+                _made, next_ms = self._pump(name)
+                if troubled:
+                    log.info("notifier %s: the database answers again", name)
+                troubled = False
+            except (OutboxUnavailable, sa.exc.SQLAlchemyError) as err:
+                # The database away: say so once, keep trying every poll.
+                if not troubled:
+                    log.warning("notifier %s: cannot read or write deliveries, retrying: %s",
+                                name, err)
+                troubled, next_ms = True, None
+            except Exception:
+                log.exception("notifier %s: sending failed; trying again", name)
+                next_ms = None
+            wait = self.poll
+            if next_ms is not None:
+                wait = min(wait, max(0.0, (next_ms - self.clock.ms()) / 1000))
+            wake.wait(wait)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the senders (an attempt in flight finishes or times out; its row is
+        retried by the next start if not marked). Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._closing.set()
+        for event in self._wake.values():
+            event.set()
+        for t in self._threads:
+            t.join(timeout)
+            if t.is_alive():
+                log.warning("notifier thread %s still busy at close", t.name)
+        for notifier in self.notifiers.values():
+            notifier.close()
+
+    def __enter__(self) -> Outbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- housekeeping ----------------------------------------------------------------------
+
+    def prune(self, before_ms: int) -> int:
+        """Delete finished deliveries (delivered or given up) created before
+        ``before_ms``; the number deleted. Pending ones are never pruned."""
+        def op(conn: sa.Connection) -> int:
+            return conn.execute(
+                table.delete()
+                .where(table.c.created_ms < before_ms,
+                       sa.or_(table.c.delivered_ms.is_not(None),
+                              table.c.next_attempt_ms >= NEVER))
+                .execution_options(preserve_rowcount=True)).rowcount
+
+        return int(self._write(op))

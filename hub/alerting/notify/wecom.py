@@ -1,0 +1,40 @@
+"""WeCom (企业微信) group robot: markdown to the robot's webhook address.
+
+``POST https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=…`` with
+``{"msgtype": "markdown", "markdown": {"content": "…"}}`` (content at most 4096
+UTF-8 bytes). The key in the address is the credential; there is no signature.
+The robot answers HTTP 200 with ``{"errcode": 0, "errmsg": "ok"}`` when sent.
+A robot takes at most 20 messages a minute; more are refused with 45009 and
+retried with backoff.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from hub.alerting.notify.base import ChatRobotNotifier, dumps
+from hub.alerting.notify.text import WECOM_MARKDOWN_MAX
+
+
+class WeComNotifier(ChatRobotNotifier):
+    type = "wecom"
+    PLATFORM = "WeCom"
+    CODE_FIELDS = ("errcode",)
+    PERMANENT: ClassVar[dict[int, str]] = {
+        93000: "the robot's key is wrong or the robot was removed: copy its webhook "
+               "address again",
+        40008: "message type refused",
+        44004: "message content is empty",
+        40058: "message refused as invalid",
+    }
+    TEMPORARY: ClassVar[dict[int, str]] = {
+        45009: "rate limited (20 messages a minute per robot); retrying",
+        -1: "WeCom busy; retrying",
+    }
+
+    def render(self, kind: str, alert: Mapping[str, Any], station: Mapping[str, Any],
+               ack_url: str | None, *, delivery_id: str, now_ms: int) -> str:
+        msg = self.compose(kind, alert, station, ack_url, now_ms)
+        content = msg.markdown("wecom", max_bytes=WECOM_MARKDOWN_MAX)
+        return dumps({"msgtype": "markdown", "markdown": {"content": content}})

@@ -1,0 +1,708 @@
+"""Who hears of an alert, and when: routes, tiers, escalation, reminders, tests.
+
+>>> router = Router(config, outbox, clock, alerts, stations=fleet.get, muted=engine.muted)
+>>> router.on_transition("firing", alert, station)   # the engine's callback
+>>> router.tick()                                    # the scheduler, every few seconds
+
+A route (``routes:`` in the hub configuration, docs/routing.md) matches alerts by
+the station's ``group``, its ``sid``, the ``rule`` and the ``severity``; the first
+route that matches takes the alert. Its ``notify:`` list is tier 0; each entry of
+``escalate:`` is a further tier, told when the tier before it has not acknowledged
+the alert within that entry's ``after``.
+
+The router is a reconciler. The alert row is the truth (its ``state``), and three
+columns say what the router has told about it: ``notified`` (the last state it
+announced: firing, acked or resolved; NULL while nobody was told), ``escalation``
+(the highest tier told; tiers 0..escalation were told) and ``tier_ms`` (when that
+tier was told), with ``last_notified_ms`` (the last message of any kind, for
+reminders). ``on_transition`` and ``tick`` both bring one alert's notices up to
+date with its state, so an ack made through the API, a notice lost to a crash
+between the engine's write and the router's, or an alert muted when it fired and
+unmuted later, are all told on the next tick.
+
+Each step is enqueued in the durable outbox under delivery ids derived from the
+alert and the step (``firing``, ``escalated2``, ``reminder@<time>``, ...) and the
+notifier, then recorded by a conditional update of those columns. Enqueueing the
+same id again stores nothing, so a crash between the two, or two hub workers
+taking the same step, sends nothing twice and forgets nothing; the outbox then
+delivers each id until the receiver takes it.
+
+Two messages are the hub's own (not contract §13 rules, an extension documented
+in docs/routing.md), both with ``sid: "hub"`` (reserved: no station can have it):
+
+* ``notify_failing`` — a notifier the outbox reports as failing raises an alert
+  (critical, subject: the notifier) that goes to every *other* route, escalates
+  and reminds like any alert, and resolves when the notifier delivers again;
+* ``notify_test`` — a scheduled test per route (``test_every``, at ``test_at``):
+  a ``firing`` and then a ``resolved`` message of a synthetic ``info`` alert to
+  every notifier of every tier of the route, the station named as a test.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import re
+import threading
+import zoneinfo
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+
+from hub.alerting.alerts import ACKED, FIRING, OPEN, RESOLVED, RULES, SEVERITIES, new_id, to_alert
+from hub.storage.schema import alerts as table
+from yizhan.clock import Clock
+from yizhan.config import ConfigError, Section, parse_duration
+
+log = logging.getLogger(__name__)
+
+#: The hub's own alerts and messages (docs/routing.md), beside contract §13's rules.
+NOTIFY_FAILING = "notify_failing"
+NOTIFY_TEST = "notify_test"
+HUB_RULES = (NOTIFY_FAILING, NOTIFY_TEST)
+HUB_SID = "hub"  # reserved: no station may be called so (protocol.ids.RESERVED_SIDS)
+
+MATCH_KEYS = ("group", "sid", "rule", "severity")
+DEFAULT_ESCALATE_AFTER = 15 * 60.0
+#: How often an unacknowledged alert is repeated to its current tier, by severity.
+DEFAULT_REMIND_EVERY: dict[str, float | None] = {
+    "critical": 3600.0, "warning": 4 * 3600.0, "info": None}
+DEFAULT_TEST_EVERY = 86400.0
+DEFAULT_TEST_AT = "09:00"
+#: ``test_at`` is in ``timezone:``, else China Standard Time, as the messages' times.
+CST = dt.timezone(dt.timedelta(hours=8), "CST")
+_NAME_RE = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
+_OFF = ("off", "none", "never", "no")
+
+
+# -- configuration ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Tier:
+    """Who is told at one level of a route; ``after`` (seconds) is how long the tier
+    before it has to acknowledge first (None for tier 0, and for a tier that takes
+    its group's ``escalate_after``)."""
+
+    notify: tuple[str, ...]
+    after: float | None = None
+
+
+@dataclass(frozen=True)
+class Route:
+    name: str
+    match: Mapping[str, tuple[str, ...]]  # key -> accepted values; absent key: any
+    tiers: tuple[Tier, ...]
+    remind_every: Mapping[str, float | None] = field(default_factory=dict)  # by severity
+    test_every: float | None = DEFAULT_TEST_EVERY
+    test_at: tuple[int, int] = (9, 0)
+
+    def matches(self, *, group: str | None, sid: str, rule: str, severity: str) -> bool:
+        facts = {"group": group, "sid": sid, "rule": rule, "severity": severity}
+        return all(facts[key] in accepted for key, accepted in self.match.items())
+
+    @property
+    def notifiers(self) -> tuple[str, ...]:
+        """Every notifier of every tier, each once, in order."""
+        return tuple(dict.fromkeys(n for t in self.tiers for n in t.notify))
+
+
+@dataclass(frozen=True)
+class GroupRouting:
+    """The routing keys of ``groups.<group>`` (the engine reads its own keys there)."""
+
+    escalate_after: float | None = None
+    remind_every: Mapping[str, float | None] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RoutingConfig:
+    routes: tuple[Route, ...] = ()
+    groups: Mapping[str, GroupRouting] = field(default_factory=dict)
+    timezone: str | None = None  # for test_at and messages; None: China Standard Time
+
+
+def parse_routing(root: Section, notifier_names: Iterable[str]) -> RoutingConfig:
+    """``routes:``, the routing keys of ``groups:`` and ``timezone:``, checked."""
+    known = set(notifier_names)
+    tz = root.str("timezone")
+    if tz is not None:
+        try:
+            zoneinfo.ZoneInfo(tz)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ConfigError("timezone", f"unknown time zone {tz!r} "
+                              "(an IANA name such as Asia/Shanghai)") from None
+    routes = []
+    names: set[str] = set()
+    for i, entry in enumerate(root.list("routes")):
+        key = f"routes[{i}]"
+        if not isinstance(entry, Mapping):
+            raise ConfigError(key, "must be a mapping like {match: {}, notify: [ops-webhook]}")
+        route = _parse_route(Section(entry, key), i, known)
+        if route.name in names:
+            raise ConfigError(f"{key}.name", f"route {route.name!r} is named twice")
+        names.add(route.name)
+        routes.append(route)
+    groups: dict[str, GroupRouting] = {}
+    grp_sec = root.section("groups")
+    if grp_sec is not None:
+        for name in grp_sec.data:
+            sec = grp_sec.section(str(name))
+            if sec is None:
+                continue
+            groups[str(name)] = GroupRouting(
+                escalate_after=_positive_duration(sec, "escalate_after"),
+                remind_every=_remind_every(sec))
+    return RoutingConfig(routes=tuple(routes), groups=groups, timezone=tz)
+
+
+def _parse_route(sec: Section, i: int, known: set[str]) -> Route:
+    name = sec.str("name", f"route-{i + 1}", pattern=_NAME_RE)
+    match: dict[str, tuple[str, ...]] = {}
+    match_sec = sec.section("match")
+    if match_sec is None and "match" not in sec.data:
+        match_sec = Section({}, sec.key("match"))
+    for key, value in (match_sec.data if match_sec else {}).items():
+        path = match_sec.key(str(key))
+        if key not in MATCH_KEYS:
+            raise ConfigError(path, f"a route matches by {', '.join(MATCH_KEYS)}, not {key!r}")
+        values = (value,) if isinstance(value, str) else value
+        if not isinstance(values, list | tuple) or not values or not all(
+                isinstance(v, str) and v for v in values):
+            raise ConfigError(path, "must be a name or a non-empty list of names")
+        allowed = {"rule": (*RULES, NOTIFY_FAILING), "severity": SEVERITIES}.get(key)
+        for v in values:
+            if allowed and v not in allowed:
+                raise ConfigError(path, f"{v!r} is not one of {', '.join(allowed)}")
+        match[key] = tuple(values)
+
+    tiers = [Tier(_notify_list(sec, "notify", known, required=True))]
+    for j, step in enumerate(sec.list("escalate")):
+        key = sec.key(f"escalate[{j}]")
+        if not isinstance(step, Mapping):
+            raise ConfigError(key, "must be a mapping like {after: 15m, notify: [...]}")
+        step_sec = Section(step, key)
+        tiers.append(Tier(_notify_list(step_sec, "notify", known, required=True),
+                          after=_positive_duration(step_sec, "after")))
+
+    test_every: float | None = DEFAULT_TEST_EVERY
+    if "test_every" in sec.data:
+        test_every = _optional_duration(sec, "test_every")
+        if test_every is not None and test_every < 60:
+            raise ConfigError(sec.key("test_every"), "must be at least 1m (or off)")
+    test_at = sec.raw("test_at", DEFAULT_TEST_AT)
+    if isinstance(test_at, int) and not isinstance(test_at, bool):
+        # YAML 1.1 reads an unquoted 9:30 as a sexagesimal number: 570 minutes.
+        test_at = f"{test_at // 60}:{test_at % 60:02d}"
+    m = re.fullmatch(r"([01]?\d|2[0-3]):([0-5]\d)", str(test_at))
+    if not m:
+        raise ConfigError(sec.key("test_at"),
+                          f"must be a time of day like \"09:00\", not {test_at!r}")
+    return Route(name=name, match=match, tiers=tuple(tiers), remind_every=_remind_every(sec),
+                 test_every=test_every, test_at=(int(m[1]), int(m[2])))
+
+
+def _notify_list(sec: Section, name: str, known: set[str], required: bool) -> tuple[str, ...]:
+    value = sec.data.get(name)
+    if value is None:
+        if required:
+            raise ConfigError(sec.key(name), "is required: the notifiers to tell")
+        return ()
+    values = [value] if isinstance(value, str) else value
+    if not isinstance(values, list) or not values:
+        raise ConfigError(sec.key(name), "must be a non-empty list of notifier names")
+    for v in values:
+        if v not in known:
+            listed = ", ".join(sorted(known)) or "none"
+            raise ConfigError(sec.key(name),
+                              f"no notifier named {v!r} in notifiers: (listed: {listed})")
+    return tuple(dict.fromkeys(values))
+
+
+def _is_off(value: Any) -> bool:
+    # YAML 1.1 reads an unquoted off/no as false.
+    return value is False or value == 0 or (isinstance(value, str) and value.lower() in _OFF)
+
+
+def _optional_duration(sec: Section, name: str) -> float | None:
+    value = sec.data.get(name)
+    if value is None or _is_off(value):
+        return None
+    return parse_duration(value, sec.key(name))
+
+
+def _positive_duration(sec: Section, name: str) -> float | None:
+    value = sec.duration(name)
+    if value is not None and value <= 0:
+        raise ConfigError(sec.key(name), "must be longer than 0s")
+    return value
+
+
+def _remind_every(sec: Section) -> dict[str, float | None]:
+    """``remind_every: 2h`` (every severity), ``off``, or ``{critical: 30m, info: off}``."""
+    name = "remind_every"
+    if name not in sec.data:
+        return {}
+    value = sec.data[name]
+    if isinstance(value, Mapping):
+        out = {}
+        sub = Section(value, sec.key(name))
+        for sev in value:
+            if sev not in SEVERITIES:
+                raise ConfigError(sub.key(str(sev)),
+                                  f"a severity is one of {', '.join(SEVERITIES)}")
+            out[sev] = _checked_interval(sub, sev)
+        return out
+    every = _checked_interval(sec, name)
+    return dict.fromkeys(SEVERITIES, every)
+
+
+def _checked_interval(sec: Section, name: str) -> float | None:
+    every = _optional_duration(sec, name)
+    if every is not None and every < 60:
+        raise ConfigError(sec.key(name), "must be at least 1m (or off)")
+    return every
+
+
+# -- the router ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Step:
+    """One thing to tell: ``kind`` to ``notifiers``, then the row's new columns.
+    ``key`` names the step among the alert's steps (for its delivery ids)."""
+
+    kind: str | None  # None: nothing to send, only the columns change
+    notifiers: tuple[str, ...]
+    values: Mapping[str, Any]
+    key: str = ""
+
+
+#: The order of an alert's news. The outbox sends a notifier's rows by
+#: (created_ms, id): within one millisecond the id keeps "resolved" behind "firing".
+_PHASE = {"firing": 0, "escalated": 1, "reminder": 2, "acked": 3, "resolved": 4}
+
+
+def delivery_id(alert_id: str, step: str, notifier: str, kind: str) -> str:
+    """The delivery id of one step of one alert to one notifier: the same on
+    every try, so the outbox stores it once."""
+    digest = hashlib.blake2s(f"{alert_id}/{step}/{notifier}".encode(), digest_size=12)
+    return f"r{_PHASE[kind]}-{digest.hexdigest()}"
+
+
+class Router:
+    """Routes alerts to tiers of notifiers through ``outbox``; see the module doc.
+
+    ``stations(sid)`` gives what the hub knows of a station (a StationView, or
+    None), for its name and group; ``muted(alert) -> bool`` says whether the
+    engine holds an alert back (maintenance, silence, inhibition): a muted alert
+    is not notified, escalated nor reminded, but its resolution is still told to
+    whoever was told it fired.
+    """
+
+    def __init__(self, config: Any, outbox: Any, clock: Clock, alerts: Any, *,
+                 stations: Callable[[str], Any] | None = None,
+                 muted: Callable[[dict[str, Any]], bool] | None = None) -> None:
+        self.config = config
+        self.routing: RoutingConfig = getattr(config, "routing", None) or RoutingConfig()
+        self.outbox = outbox
+        self.clock = clock
+        self.alerts = alerts
+        self.stations = stations
+        self.muted = muted
+        self._lock = threading.RLock()
+        self._tz: dt.tzinfo = (zoneinfo.ZoneInfo(self.routing.timezone)
+                               if self.routing.timezone else CST)
+        self._tested: dict[str, int] = {}  # route -> the last test slot known sent
+        self._unrouted: set[str] = set()  # alerts already logged as told to nobody
+        self.sent = 0  # messages enqueued, for tests and logs
+
+    # -- what goes where ---------------------------------------------------------------
+
+    def station_info(self, sid: str, station: Any = None) -> tuple[dict[str, Any], str | None]:
+        """(the ``station`` of a message, the station's group), from what the hub
+        knows of it (``stations(sid)``), then the configuration."""
+        if station is None and self.stations is not None and sid != HUB_SID:
+            station = self.stations(sid)
+        if station is not None and not isinstance(station, Mapping) and hasattr(station, "sid"):
+            # Imported here: hub.notify imports hub.config, which imports this module.
+            from hub.alerting.notify.text import station_info as notify_station_info
+
+            info = notify_station_info(station, getattr(self.config, "min_charge", 80))
+        else:
+            info = {"sid": sid, "name": _field(station, "name"), "group": _field(station, "group")}
+        meta = self.config.station_meta(sid) if hasattr(self.config, "station_meta") else None
+        if meta is not None:
+            info["name"] = info.get("name") or meta.name
+            info["group"] = meta.group or info.get("group")
+        info["name"] = info.get("name") or sid
+        return info, info.get("group")
+
+    def route_for(self, alert: Mapping[str, Any], group: str | None) -> Route | None:
+        """The first route matching the alert; for ``notify_failing``, the routes
+        the failing notifier is not on, tier by tier."""
+        if alert["rule"] == NOTIFY_FAILING and alert["sid"] == HUB_SID:
+            return self._failing_route(alert.get("subject") or "")
+        for route in self.routing.routes:
+            if route.matches(group=group, sid=alert["sid"], rule=alert["rule"],
+                             severity=alert["severity"]):
+                return route
+        return None
+
+    def _failing_route(self, notifier: str) -> Route | None:
+        others = [r for r in self.routing.routes if notifier not in r.notifiers]
+        if not others:
+            return None
+        depth = max(len(r.tiers) for r in others)
+        tiers: list[Tier] = []
+        told: set[str] = set()
+        for k in range(depth):
+            # Each notifier once, at the first tier that has it.
+            names = tuple(dict.fromkeys(n for r in others if k < len(r.tiers)
+                                        for n in r.tiers[k].notify if n not in told))
+            if not names:
+                continue
+            told.update(names)
+            afters = [r.tiers[k].after for r in others
+                      if k < len(r.tiers) and r.tiers[k].after is not None]
+            tiers.append(Tier(names, min(afters) if afters else None))
+        return Route(name=f"{NOTIFY_FAILING}:{notifier}", match={}, tiers=tuple(tiers))
+
+    def escalate_after(self, route: Route, tier: int, group: str | None) -> float:
+        """How long tier ``tier - 1`` has to acknowledge before ``tier`` is told."""
+        after = route.tiers[tier].after
+        if after is not None:
+            return after
+        grp = self.routing.groups.get(group or "")
+        if grp is not None and grp.escalate_after is not None:
+            return grp.escalate_after
+        return DEFAULT_ESCALATE_AFTER
+
+    def remind_every(self, route: Route, severity: str, group: str | None) -> float | None:
+        """Route, then group, then the default for the severity (None: never)."""
+        if severity in route.remind_every:
+            return route.remind_every[severity]
+        grp = self.routing.groups.get(group or "")
+        if grp is not None and severity in grp.remind_every:
+            return grp.remind_every[severity]
+        return DEFAULT_REMIND_EVERY.get(severity)
+
+    # -- the decision ------------------------------------------------------------------
+
+    def next_step(self, row: Any, route: Route | None, group: str | None, now_ms: int,
+                  muted: bool) -> Step | None:
+        """What to tell next about the alert in ``row`` (None: nothing now)."""
+        state, notified = row.state, row.notified
+        told = row.last_notified_ms is not None
+        if route is None:
+            # Nobody to tell (no route matches, or the one it was told on is gone):
+            # only note that this news is dealt with, so it is not looked at again.
+            if state != FIRING and notified != state:
+                return Step(None, (), {"notified": state})
+            return None
+        top = min(row.escalation, len(route.tiers) - 1)
+        told_names = tuple(dict.fromkeys(n for t in route.tiers[:top + 1] for n in t.notify))
+        if not told:
+            if state == FIRING:
+                if muted:
+                    return None
+                return Step("firing", route.tiers[0].notify, {
+                    "notified": FIRING, "route": route.name[:64], "escalation": 0,
+                    "tier_ms": now_ms, "last_notified_ms": now_ms}, "firing")
+            if notified != state:  # acked or resolved before anyone was told
+                return Step(None, (), {"notified": state})
+            return None
+        if state == RESOLVED and notified in (FIRING, ACKED):
+            return Step("resolved", told_names, {"notified": RESOLVED,
+                                                 "last_notified_ms": now_ms}, "resolved")
+        if state == ACKED and notified == FIRING:
+            return Step("acked", told_names, {"notified": ACKED, "last_notified_ms": now_ms},
+                        "acked")
+        if state != FIRING or notified != FIRING or muted:
+            return None
+        nxt = top + 1
+        since = row.tier_ms if row.tier_ms is not None else row.last_notified_ms
+        if nxt < len(route.tiers) and now_ms - since >= self.escalate_after(
+                route, nxt, group) * 1000:
+            return Step("escalated", route.tiers[nxt].notify, {
+                "escalation": nxt, "tier_ms": now_ms, "last_notified_ms": now_ms},
+                f"escalated{nxt}")
+        every = self.remind_every(route, row.severity, group)
+        if every is not None and now_ms - row.last_notified_ms >= every * 1000:
+            return Step("reminder", route.tiers[top].notify, {"last_notified_ms": now_ms},
+                        f"reminder@{row.last_notified_ms}")
+        return None
+
+    # -- the engine's callback and the scheduler ---------------------------------------
+
+    def on_transition(self, kind: str, alert: Mapping[str, Any], station: Any = None) -> None:
+        """The engine's ``on_transition``: bring this alert's notices up to date.
+
+        ``kind`` is informative only: the alert's row says what happened, so a
+        late or repeated call sends nothing twice.
+        """
+        try:
+            self.reconcile(alert["id"], station=station)
+        except Exception:
+            # The next tick tries again; the engine's thread must not die of it.
+            log.exception("routing %s of alert %s failed", kind, alert.get("id"))
+
+    def reconcile(self, alert_id: str, now_ms: int | None = None, station: Any = None) -> int:
+        """Send what is due for one alert; the number of messages enqueued."""
+        now = self.clock.ms() if now_ms is None else now_ms
+        with self._lock:
+            row = self._read(alert_id)
+            return self._advance(row, now, station) if row is not None else 0
+
+    def tick(self, now_ms: int | None = None) -> int:
+        """The scheduler's job: the hub's own alerts, every alert with something
+        due (escalation, reminder, a notice not yet sent), the route tests."""
+        now = self.clock.ms() if now_ms is None else now_ms
+        sent = 0
+        with self._lock:
+            self._watch_outbox(now)
+            for row in self._pending():
+                try:
+                    sent += self._advance(row, now)
+                except Exception:
+                    log.exception("routing alert %s failed; trying again next tick", row.id)
+            try:
+                sent += self._send_tests(now)
+            except Exception:
+                log.exception("route tests failed; trying again next tick")
+        return sent
+
+    def _advance(self, row: Any, now: int, station: Any = None) -> int:
+        """Apply the steps due for ``row``, each enqueued under its own delivery ids,
+        then recorded. Late (an ack and a resolve between two ticks), only the
+        latest news is told: the resolution, which shows the ack."""
+        sent = 0
+        info, group = self.station_info(row.sid, station)
+        route = self._route_of(row, group)
+        for _ in range(3):  # at most: firing, then acked or resolved
+            alert = to_alert(row)
+            step = self.next_step(row, route, group, now, self._is_muted(alert))
+            if step is None:
+                break
+            if step.kind is not None:
+                sent += self._send(step, alert, info)
+            # Not recorded: someone else moved the row meanwhile. Look again; what
+            # this call enqueued has ids of its own step, so nothing doubles.
+            self._claim(row, step.values)
+            row = self._read(row.id)
+            if row is None:
+                break
+        if route is None and row is not None and row.state == FIRING \
+                and row.id not in self._unrouted:
+            self._unrouted.add(row.id)  # said once per alert, not every tick
+            if row.sid == HUB_SID:
+                log.error("alert %s (%s %s): every route uses that notifier; nobody else "
+                          "to tell", row.id, row.rule, row.subject)
+            elif self.routing.routes:
+                log.warning("no route matches alert %s (%s at %s, group %s): nobody is told",
+                            row.id, row.rule, row.sid, group)
+        return sent
+
+    def _route_of(self, row: Any, group: str | None) -> Route | None:
+        # Once told, an alert stays on the route it was told on (its tiers are
+        # what ``escalation`` counts), while that route still exists.
+        if row.route and not (row.rule == NOTIFY_FAILING and row.sid == HUB_SID):
+            for route in self.routing.routes:
+                if route.name == row.route:
+                    return route
+        return self.route_for({"rule": row.rule, "sid": row.sid, "severity": row.severity,
+                               "subject": row.subject}, group)
+
+    def _is_muted(self, alert: dict[str, Any]) -> bool:
+        if self.muted is None or alert["sid"] == HUB_SID:
+            return False
+        try:
+            return bool(self.muted(alert))
+        except Exception:
+            log.exception("asking whether alert %s is muted failed; not muting", alert["id"])
+            return False
+
+    def _send(self, step: Step, alert: dict[str, Any], station: dict[str, Any]) -> int:
+        assert step.kind is not None
+        for notifier in step.notifiers:
+            delivery = self.outbox.enqueue(notifier, step.kind, alert, station,
+                                           delivery_id=delivery_id(alert["id"], step.key,
+                                                                   notifier, step.kind))
+            log.info("alert %s %s (%s at %s) -> %s, delivery %s", alert["id"], step.kind,
+                     alert["rule"], alert["sid"], notifier, delivery)
+        self.sent += len(step.notifiers)
+        return len(step.notifiers)
+
+    # -- the hub's own alert: a notifier that cannot deliver ------------------------------
+
+    def _watch_outbox(self, now: int) -> None:
+        failing_fn = getattr(self.outbox, "failing", None)
+        if failing_fn is None:
+            return
+        failing = failing_fn()
+        reasons = dict(failing) if isinstance(failing, Mapping) else dict.fromkeys(failing, None)
+        open_rows = {r.subject: r for r in self._open_hub_alerts(NOTIFY_FAILING)}
+        for notifier, reason in reasons.items():
+            if notifier not in open_rows:
+                why = f": {reason}" if reason else ""
+                self.raise_hub_alert(
+                    NOTIFY_FAILING, notifier, "critical",
+                    f"通知渠道 {notifier} 无法送达，告警可能没有送到值班人员{why}",
+                    value={"notifier": notifier, "reason": reason}, at_ms=now)
+                log.error("notifier %s is failing%s; telling the other routes", notifier, why)
+        for notifier, row in open_rows.items():
+            if notifier not in reasons:
+                self._resolve_hub_alert(row.id, now)
+                log.info("notifier %s delivers again", notifier)
+
+    def raise_hub_alert(self, rule: str, subject: str, severity: str, summary: str,
+                        value: Any = None, at_ms: int | None = None) -> str:
+        """Open the hub's own alert (sid ``hub``), or find the one open: one at most
+        per (rule, subject) as for stations. AlertStore.raise_alert takes contract
+        rules only, so the row is written here, the same way."""
+        if rule not in HUB_RULES:
+            raise ValueError(f"not a hub rule: {rule!r}")
+        values = {
+            "id": new_id(), "rule": rule, "sid": HUB_SID, "subject": subject[:64],
+            "severity": severity, "state": FIRING, "summary": summary,
+            "value": json.dumps(value, ensure_ascii=False) if value is not None else None,
+            "started_ms": self.clock.ms() if at_ms is None else at_ms, "escalation": 0,
+        }
+
+        def op(conn: sa.Connection) -> str:
+            row = conn.execute(sa.select(table.c.id).where(
+                table.c.rule == rule, table.c.sid == HUB_SID,
+                table.c.subject == values["subject"], table.c.state.in_(OPEN))).first()
+            if row is not None:
+                return row.id
+            conn.execute(table.insert().values(**values))
+            return values["id"]
+
+        return self._write(op)
+
+    def _resolve_hub_alert(self, alert_id: str, now: int) -> None:
+        def op(conn: sa.Connection) -> None:
+            conn.execute(table.update().where(table.c.id == alert_id,
+                                              table.c.state.in_(OPEN))
+                         .values(state=RESOLVED, resolved_ms=now, resolved_by="auto"))
+
+        self._write(op)
+
+    def _open_hub_alerts(self, rule: str) -> list[Any]:
+        q = sa.select(table).where(table.c.sid == HUB_SID, table.c.rule == rule,
+                                   table.c.state.in_(OPEN))
+        with self.alerts.store.engine.connect() as conn:
+            return list(conn.execute(q))
+
+    # -- scheduled tests -------------------------------------------------------------------
+
+    def test_slot(self, route: Route, now_ms: int) -> int | None:
+        """The start (ms) of the test period ``now_ms`` is in: periods of
+        ``test_every`` anchored at ``test_at`` (in ``timezone``) on Monday 5 January
+        1970, so ``24h`` is daily at ``test_at`` and ``7d`` weekly on Mondays.
+        Periods are fixed lengths: where clocks change for summer, a daily test
+        keeps winter time."""
+        if route.test_every is None:
+            return None
+        anchor = dt.datetime(1970, 1, 5, *route.test_at, tzinfo=self._tz).timestamp() * 1000
+        every = route.test_every * 1000
+        return int(anchor + ((now_ms - anchor) // every) * every)
+
+    def test_id(self, route: Route, slot_ms: int) -> str:
+        digest = hashlib.blake2s(route.name.encode(), digest_size=4).hexdigest()
+        return f"t-{digest}-{slot_ms}"
+
+    def _send_tests(self, now: int) -> int:
+        sent = 0
+        for route in self.routing.routes:
+            slot = self.test_slot(route, now)
+            if slot is None or self._tested.get(route.name) == slot:
+                continue
+            alert_id = self.test_id(route, slot)
+            if self._delivered_before(alert_id):
+                self._tested[route.name] = slot
+                continue
+            sent += self.send_test(route, alert_id, slot, now)
+            self._tested[route.name] = slot
+        return sent
+
+    def _delivered_before(self, alert_id: str) -> bool:
+        deliveries = getattr(self.outbox, "deliveries", None)
+        return bool(deliveries(alert_id)) if deliveries is not None else False
+
+    def send_test(self, route: Route, alert_id: str | None = None, slot_ms: int | None = None,
+                  now_ms: int | None = None) -> int:
+        """A test of ``route``: a synthetic info alert, ``firing`` then
+        ``resolved``, to every notifier of every tier."""
+        now = self.clock.ms() if now_ms is None else now_ms
+        slot = now if slot_ms is None else slot_ms
+        alert = {
+            "id": alert_id or self.test_id(route, slot), "rule": NOTIFY_TEST, "sid": HUB_SID,
+            "severity": "info", "state": FIRING,
+            "summary": f"通知测试：路由 {route.name} 畅通，无需处理",
+            "value": {"route": route.name, "test": True},
+            "started_at": now, "acked_at": None, "resolved_at": None,
+        }
+        done = {**alert, "state": RESOLVED, "resolved_at": now}
+        station = {"sid": HUB_SID, "name": f"通知测试（路由 {route.name}）"}
+        n = 0
+        for notifier in route.notifiers:
+            for kind, body in (("firing", alert), ("resolved", done)):
+                self.outbox.enqueue(notifier, kind, body, station,
+                                    delivery_id=delivery_id(alert["id"], kind, notifier,
+                                                            kind))
+                n += 1
+        log.info("route %s tested: %d messages to %s", route.name, n, ", ".join(route.notifiers))
+        self.sent += n
+        return n
+
+    # -- rows ------------------------------------------------------------------------------
+
+    def _read(self, alert_id: str) -> Any:
+        with self.alerts.store.engine.connect() as conn:
+            return conn.execute(sa.select(table).where(table.c.id == alert_id)).first()
+
+    def _pending(self) -> list[Any]:
+        """Alerts that may have something due: open ones, and resolved ones whose
+        resolution has not been told to those told they fired."""
+        q = sa.select(table).where(sa.or_(
+            table.c.state.in_(OPEN),
+            sa.and_(table.c.state == RESOLVED, table.c.notified.in_((FIRING, ACKED))),
+        )).order_by(table.c.started_ms)
+        with self.alerts.store.engine.connect() as conn:
+            return list(conn.execute(q))
+
+    def _claim(self, row: Any, values: Mapping[str, Any]) -> bool:
+        """Write ``values`` only if the row's routing columns are still as read."""
+        def same(col: sa.Column, value: Any) -> Any:
+            return col.is_(None) if value is None else col == value
+
+        def op(conn: sa.Connection) -> bool:
+            res = conn.execute(table.update().where(
+                table.c.id == row.id, table.c.state == row.state,
+                same(table.c.notified, row.notified), table.c.escalation == row.escalation,
+                same(table.c.last_notified_ms, row.last_notified_ms),
+            ).values(**values))
+            return res.rowcount == 1
+
+        return bool(self._write(op))
+
+    def _write(self, op: Callable[[sa.Connection], Any]) -> Any:
+        box: list[Any] = []
+        writer = self.alerts.writer
+        writer.submit(lambda conn: box.append(op(conn)))
+        if not writer.flush(getattr(self.alerts, "flush_timeout", 5.0)) or not box:
+            raise RuntimeError("the routing change was not committed")
+        return box[-1]
+
+
+def _field(obj: Any, name: str) -> Any:
+    if obj is None:
+        return None
+    if isinstance(obj, Mapping):
+        return obj.get(name)
+    return getattr(obj, name, None)

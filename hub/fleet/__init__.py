@@ -1,0 +1,1 @@
+"""The fleet: stations' live view, uptime ledger, loans, commands, banks."""

@@ -1,0 +1,811 @@
+"""The fleet as the hub sees it: each station's birth, liveness, last State and events.
+
+The ordering rules of contract §3 and §4 live here and nowhere else:
+
+* an ``online`` Status makes its ``birth`` the current one (an older birth of the
+  same epoch is stale);
+* an ``offline`` Status counts only for the current (epoch, birth), or when no
+  birth is known yet — a stale last will never marks a reconnected station down;
+* a State is applied only when its (epoch, rev) is newer; a new epoch (the
+  station's storage was wiped) resets the station's State, counters and events;
+* each event is stored once per (sid, epoch, seq), and what it causes (a loan,
+  a maintenance window) happens once, in the transaction that stored it;
+* an outage starts at the hub receive time of the last message seen, and a
+  station that stops talking without a will (the broker restarted and kept a
+  stale retained "online") is down after ``missed_heartbeats`` heartbeats;
+* a hole in a station's ``seq`` that stays open ``replay_after`` becomes a
+  ``replay`` command (``gaps_due``), at most one per station per ``replay_every``.
+
+``Fleet`` is the authority while the hub runs — decisions are made in memory,
+on the MQTT thread, without waiting for the database — and every durable change
+goes to the ``Writer`` in decision order. At start it is loaded from the store.
+All times are the hub's own clock in integer milliseconds, except an event's
+``at_ms``, which is the station's ``ts`` when its clock was synced and not ahead
+of the hub's (:func:`event_time`).
+
+>>> fleet = Fleet(config, store, writer, ledger, clock)
+>>> fleet.apply_state(state, clock.ms())
+'applied'
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import msgspec
+import sqlalchemy as sa
+
+from hub.config import HubConfig
+from hub.fleet.loans import Loans
+from hub.storage.schema import events, station_state, stations, status_log
+from hub.storage.writer import Commuting, Guarded, Rows
+from protocol import messages as m
+from yizhan.clock import Clock
+
+log = logging.getLogger(__name__)
+
+APPLIED, DUPLICATE, STALE, INVALID = "applied", "duplicate", "stale", "invalid"
+UP, DOWN, UNKNOWN = "up", "down", "unknown"
+
+#: Why a station is offline: its will (``lost``), a clean ``shutdown``, or the
+#: hub stopped hearing it (``silent``) — only the last is undone by a message.
+SILENT = "silent"
+#: A gap the station keeps answering without filling is given up after this
+#: many replays (the station logs why; the hub stops asking).
+MAX_REPLAYS_OF_ONE_GAP = 10
+#: Epochs other than the current one whose seqs are remembered, per station
+#: (events of a wiped station's old epoch can still be in flight).
+OTHER_EPOCHS_KEPT = 4
+#: Replay commands remembered for their results.
+REPLAYS_KEPT = 10_000
+#: A "synced" station clock this far ahead of the hub's receipt is wrong all the
+#: same (an NTP server astray, a Pi whose flag lies): nothing can arrive before it
+#: was sent, so such an event is dated by its receipt, like an unsynced one. Five
+#: minutes leave room for the hub's own clock being a little behind.
+MAX_AHEAD_MS = 5 * 60_000
+#: An event's data as compact UTF-8 JSON, ten times faster than json.dumps (what
+#: decode gave is JSON's own types, which it writes as json does).
+_data_json = msgspec.json.Encoder().encode
+
+
+def event_time(event: m.Event, received_ms: int) -> int:
+    """When ``event`` happened, on the hub's clock as well as the hub can tell.
+
+    The station's ``ts`` when its clock was synced (a replayed event keeps the
+    time it happened); the hub's receive time when it was not — a Pi boots with
+    yesterday's time until NTP steps it (contract §3) — or when the ``ts`` lies
+    ahead of its own receipt, which no true clock can do (``MAX_AHEAD_MS``).
+    Loans, maintenance, the ledger and the alert engine all date events so.
+
+    >>> e = m.Event("yh-chumen-01", "9f2c01ab", 1_000, True, 1, "visit", {"count": 1})
+    >>> event_time(e, 5_000), event_time(replace(e, synced=False), 5_000)
+    (1000, 5000)
+    >>> event_time(replace(e, ts=10**12), 5_000)
+    5000
+    """
+    if event.synced and event.ts <= received_ms + MAX_AHEAD_MS:
+        return event.ts
+    return received_ms
+
+
+class Seqs:
+    """Which events of one (sid, epoch) the hub holds: all of ``1..through``, plus
+    the out-of-order ones in ``ahead``. ``lost`` are seqs the station said it no
+    longer has: counted as held for gap detection, still welcome if they come.
+
+    >>> s = Seqs()
+    >>> [s.add(n) for n in (1, 3, 3, 2)], s.through, s.ahead
+    ([True, True, False, True], 3, set())
+    """
+
+    __slots__ = ("ahead", "lost", "through")
+
+    def __init__(self, through: int = 0) -> None:
+        self.through = through
+        self.ahead: set[int] = set()
+        self.lost: set[int] = set()
+
+    def add(self, seq: int) -> bool:
+        """Take ``seq`` in; False when it is already held (a duplicate)."""
+        if seq in self.lost:
+            self.lost.discard(seq)
+            return True
+        if seq <= self.through or seq in self.ahead:
+            return False
+        if seq == self.through + 1:
+            self.through = seq
+            self._advance()
+        else:
+            self.ahead.add(seq)
+        return True
+
+    def _advance(self) -> None:
+        while True:
+            following = self.through + 1
+            if following in self.ahead:
+                self.ahead.discard(following)
+            elif following not in self.lost:
+                return
+            self.through = following
+
+    def give_up(self, lo: int, hi: int) -> None:
+        for seq in range(max(lo, self.through + 1), hi + 1):
+            if seq not in self.ahead:
+                self.lost.add(seq)
+        self._advance()
+
+    def first_missing(self, upto: int, limit: int) -> tuple[int, int] | None:
+        """The lowest missing range at or below ``upto``, at most ``limit`` long;
+        it may enclose held seqs (they come again and are dropped as duplicates)."""
+        lo = self.through + 1
+        if lo > upto:
+            return None
+        hi = min(upto, lo + limit - 1)
+        while hi > lo and (hi in self.ahead or hi in self.lost):
+            hi -= 1
+        return lo, hi
+
+
+@dataclass
+class StationView:
+    """What the hub knows of one station; the web and /metrics read copies of it."""
+
+    sid: str
+    name: str
+    group: str | None = None
+    epoch: str | None = None
+    birth: int | None = None
+    online: bool = False
+    since_ms: int | None = None  # when it came online or went down (outage start)
+    last_seen_ms: int | None = None  # hub clock, the last message from the station
+    offline_reason: str | None = None  # lost, shutdown, silent
+    state_rev: int | None = None
+    state: dict[str, Any] | None = field(default=None, repr=False)
+    state_ts: int | None = None
+    last_seq: int | None = None  # the highest seq the station said it created
+    events_through: int = 0  # every event 1..this of the epoch is held
+
+    def chargers_ready(self, min_charge: int = 80) -> int | None:
+        lockers = (self.state or {}).get("lockers")
+        if not lockers:
+            return None
+        return sum(1 for s in lockers.get("slots", ())
+                   if s.get("bank") and not s.get("fault")
+                   and (s.get("charge") or 0) >= min_charge)
+
+    def water(self) -> str | None:
+        dispenser = (self.state or {}).get("dispenser")
+        return dispenser.get("level_state") if dispenser else None
+
+
+@dataclass
+class _Station:
+    """A view plus the bookkeeping behind it."""
+
+    view: StationView
+    seqs: Seqs = field(default_factory=Seqs)  # of the current epoch
+    others: OrderedDict[str, Seqs] = field(default_factory=OrderedDict)  # other epochs
+    known_high: int = 0  # the highest seq known to exist in the current epoch
+    # (highest seq, hub ms when first known): a seq is missing since the first mark
+    # at or above it. Marks are merged, so there are a handful at a time.
+    marks: deque[list[int]] = field(default_factory=deque)
+    state_last_seq: int = 0  # what the applied State already reflects
+    # The newest State while nobody has read it: its dict (view.state) is made
+    # when a reader asks (_read), not for every State the ingest applies.
+    unread: m.State | None = None
+    next_replay_ms: int = 0
+    replay_from: int = 0
+    replays_of_gap: int = 0
+    parts: dict[str, str] = field(default_factory=dict)  # component -> marked state
+    clock_ahead_told: bool = False  # its synced clock was found ahead (logged once)
+
+
+_STATION_COLUMNS = ("name", "grp", "epoch", "birth", "online", "since_ms", "last_seen_ms",
+                    "offline_reason", "events_through", "last_seq")
+
+
+@dataclass(frozen=True, slots=True)
+class _Replay:
+    sid: str
+    epoch: str
+    lo: int
+    hi: int
+
+
+class Fleet:
+    """Live view of every station; durable changes go through ``writer`` in order.
+
+    ``loans`` defaults to ``Loans(store, config.loan_hours)``; ``commands``
+    (hub.commands.Commands) takes the results of commands (``apply_result``).
+    """
+
+    def __init__(self, config: HubConfig, store, writer, ledger, clock: Clock, *,
+                 loans: Loans | None = None, commands=None) -> None:
+        self.config = config
+        self.store = store
+        self.writer = writer
+        self.ledger = ledger
+        self.clock = clock
+        self.loans = loans if loans is not None else Loans(store, config.loan_hours)
+        self.commands = commands
+        self._lock = threading.Lock()
+        # Writer ops, queued under _lock in decision order; see _drain.
+        self._pending: deque[Callable[[sa.Connection], Any]] = deque()
+        self._drain_lock = threading.Lock()
+        self._stations: dict[str, _Station] = {}
+        # The stations that may have marks (events known missing): gaps_due
+        # looks at these every 2 s, not at all 50 000 under the fleet's lock.
+        self._marked: set[str] = set()
+        self._replays: OrderedDict[str, _Replay] = OrderedDict()
+        self._listening_since: int | None = None
+        self._listeners: list[Callable[[str, str, Any, int], None]] = []
+        # Built once: the hot path only passes parameters (SQLAlchemy caches the SQL).
+        self._insert_event = store.insert_ignore(events)
+        self._insert_status = status_log.insert()
+        self._save_station = store.upsert(stations, ["sid"], _STATION_COLUMNS)
+        excluded = store.excluded(station_state)
+        # Newer only, checked in the database too: hub workers sharing it may race.
+        self._save_state = store.upsert(
+            station_state, ["sid"], ["epoch", "rev", "ts", "received_ms", "state"],
+            where=sa.or_(station_state.c.epoch != excluded.epoch,
+                         station_state.c.rev < excluded.rev))
+        self._load()
+
+    # -- start ---------------------------------------------------------------------------
+
+    def _load(self) -> None:
+        now = self.clock.ms()
+        for row in self.store.load_stations():
+            view = StationView(
+                sid=row["sid"], name=row["name"] or row["sid"], group=row["grp"],
+                epoch=row["epoch"], birth=row["birth"], online=bool(row["online"]),
+                since_ms=row["since_ms"], last_seen_ms=row["last_seen_ms"],
+                offline_reason=row["offline_reason"], last_seq=row["last_seq"],
+                events_through=row["events_through"] or 0)
+            st = _Station(view=view, seqs=Seqs(view.events_through))
+            if row["state"] is not None and row["state_epoch"] == view.epoch:
+                view.state, view.state_rev, view.state_ts = (
+                    row["state"], row["state_rev"], row["state_ts"])
+                st.state_last_seq = row["state"].get("last_seq") or 0
+            self._stations[view.sid] = st
+        # Events stored past each station's events_through (written lazily, with
+        # its row): one query for the fleet, not one per station.
+        q = (sa.select(events.c.sid, events.c.seq)
+             .select_from(events.join(stations, sa.and_(events.c.sid == stations.c.sid,
+                                                        events.c.epoch == stations.c.epoch)))
+             .where(events.c.seq > stations.c.events_through)
+             .order_by(events.c.sid, events.c.seq))
+        with self.store.engine.connect() as conn:
+            for sid, seq in conn.execute(q):
+                self._stations[sid].seqs.add(seq)
+        for st in self._stations.values():
+            v, s = st.view, st.seqs
+            v.events_through = s.through
+            st.known_high = max(v.last_seq or 0, s.through, max(s.ahead, default=0))
+            if st.known_high > s.through:
+                st.marks.append([st.known_high, now])
+                self._marked.add(v.sid)
+        for meta in self.config.stations:
+            st = self._station(meta.sid)
+            st.view.name, st.view.group = meta.name, meta.group
+
+    def _station(self, sid: str) -> _Station:
+        st = self._stations.get(sid)
+        if st is None:
+            meta = self.config.station_meta(sid)
+            st = _Station(view=StationView(sid=sid, name=meta.name if meta else sid,
+                                           group=meta.group if meta else None))
+            self._stations[sid] = st
+        return st
+
+    # -- reading -------------------------------------------------------------------------
+
+    def stations(self) -> list[StationView]:
+        """A copy of every station's view, by sid."""
+        with self._lock:
+            copies = [(st, replace(st.view), st.unread)
+                      for _, st in sorted(self._stations.items())]
+        # The States nobody read yet become dicts outside the lock: the ingest
+        # waits for no scrape.
+        for st, view, unread in copies:
+            if unread is not None:
+                view.state = unread.to_dict()
+                with self._lock:
+                    if st.unread is unread:
+                        st.view.state, st.unread = view.state, None
+        return [view for _, view, _ in copies]
+
+    def sids(self) -> list[str]:
+        """Every station's id, sorted (no copy of the views: 50 000 of those
+        would hold the lock for a fifth of a second)."""
+        with self._lock:
+            return sorted(self._stations)
+
+    def get(self, sid: str) -> StationView | None:
+        with self._lock:
+            st = self._stations.get(sid)
+            if st is None:
+                return None
+            if st.unread is not None:
+                st.view.state, st.unread = st.unread.to_dict(), None
+            return replace(st.view)
+
+    # -- listeners (the alert engine, the forecaster) ---------------------------------------
+
+    def add_listener(self, fn: Callable[[str, str, Any, int], None]) -> None:
+        """``fn(sid, kind, payload, now_ms)`` after each Status, State or Event is
+        applied (kind ``status``, ``state``, ``event``; payload the message), and
+        with kind ``status`` and payload None when only the station's liveness
+        changed (silent, or heard again). Called on the ingest thread, outside
+        the fleet's lock: it must only take note, never wait."""
+        self._listeners.append(fn)
+
+    def remove_listener(self, fn: Callable[[str, str, Any, int], None]) -> None:
+        if fn in self._listeners:
+            self._listeners.remove(fn)
+
+    def _tell(self, sid: str, kind: str, payload: Any, now_ms: int) -> None:
+        for fn in self._listeners:
+            try:
+                fn(sid, kind, payload, now_ms)
+            except Exception:  # a listener's bug must not stop the ingest
+                log.exception("fleet listener %r failed on %s of %s", fn, kind, sid)
+
+    def _told(self, sid: str, kind: str, msg: Any, applied: bool, was_online: bool,
+              now_ms: int) -> None:
+        if applied:
+            self._tell(sid, kind, msg, now_ms)
+        elif self._listeners and self._online(sid) != was_online:
+            self._tell(sid, "status", None, now_ms)
+
+    def _online(self, sid: str) -> bool:
+        st = self._stations.get(sid)
+        return st is not None and st.view.online
+
+    # -- the broker connection -------------------------------------------------------------
+
+    def broker_up(self, now_ms: int) -> None:
+        """The hub (re)connected: silence is counted from now at the earliest, so a
+        broker or hub outage does not read as every station falling silent."""
+        with self._lock:
+            self._listening_since = now_ms
+
+    def broker_down(self) -> None:
+        """The hub cannot hear anyone: no station is judged silent meanwhile."""
+        with self._lock:
+            self._listening_since = None
+
+    # -- Status (contract §4) ----------------------------------------------------------------
+
+    def apply_status(self, status: m.Status, now_ms: int, live: bool = True) -> str:
+        """Apply a birth or a death. ``live`` is False for a retained copy handed
+        out on subscribe, or a message the broker delivers again (DUP): it says
+        what the station published before, not that it is talking now."""
+        with self._lock:
+            was_online = self._online(status.sid)
+            st = self._station(status.sid)
+            if status.is_online:
+                result = self._birth(st, status, now_ms, live)
+            else:
+                result = self._death(st, status, now_ms, live)
+        self._drain()
+        self._told(status.sid, "status", status, result == APPLIED, was_online, now_ms)
+        return result
+
+    def _birth(self, st: _Station, status: m.Status, now_ms: int, live: bool) -> str:
+        v = st.view
+        if v.epoch == status.epoch and v.birth is not None:
+            if status.birth < v.birth:
+                return STALE  # an older connection's, delayed: no sign of life now
+            if status.birth == v.birth:
+                # The same birth again: a retained copy, or a rebirth after the hub
+                # came back (§9). Only the latter shows the station alive.
+                self._heard(st, now_ms, live)
+                return DUPLICATE
+        if v.epoch != status.epoch:
+            self._new_epoch(st, status.epoch)
+        v.birth = status.birth
+        self._learn_seq(st, status.last_seq, now_ms)
+        if live or not v.online or v.last_seen_ms is None:
+            # A retained birth of a station thought offline still brings it online
+            # now; should it be stale, the silence sweep ends that from here.
+            v.last_seen_ms = now_ms
+        if not v.online:
+            v.online, v.since_ms, v.offline_reason = True, now_ms, None
+            self._mark(st, "station", UP, now_ms)
+        self._log_status(st, now_ms, "birth")
+        self._save(st)
+        return APPLIED
+
+    def _death(self, st: _Station, status: m.Status, now_ms: int, live: bool) -> str:
+        v = st.view
+        if v.birth is not None and (status.epoch, status.birth) != (v.epoch, v.birth):
+            return STALE
+        if v.birth is None:
+            if v.epoch != status.epoch:
+                self._new_epoch(st, status.epoch)
+            v.birth = status.birth
+        if not v.online and v.offline_reason in ("lost", "shutdown"):
+            return DUPLICATE
+        if status.reason == "shutdown" and live:
+            v.last_seen_ms = now_ms  # the station said goodbye itself, just now
+        self._learn_seq(st, status.last_seq, now_ms)
+        self._go_down(st, status.reason or "lost", now_ms)
+        return APPLIED
+
+    # -- State (contract §5) -------------------------------------------------------------
+
+    def apply_state(self, state: m.State, now_ms: int, live: bool = True,
+                    raw: str | None = None) -> str:
+        """Apply a State; ``raw``, the payload as received, is what is stored (a
+        JSON dump of the decoded State otherwise)."""
+        with self._lock:
+            was_online = self._online(state.sid)
+            result = self._apply_state(self._station(state.sid), state, now_ms, live, raw)
+        self._drain()
+        self._told(state.sid, "state", state, result == APPLIED, was_online, now_ms)
+        return result
+
+    def _apply_state(self, st: _Station, state: m.State, now_ms: int, live: bool,
+                     raw: str | None) -> str:
+        v = st.view
+        self._heard(st, now_ms, live)
+        if v.epoch == state.epoch and v.state_rev is not None:
+            if state.rev == v.state_rev:
+                return DUPLICATE
+            if state.rev < v.state_rev:
+                return STALE
+        if v.epoch != state.epoch:
+            self._new_epoch(st, state.epoch)
+        v.state, v.state_rev, v.state_ts = None, state.rev, state.ts
+        st.unread = state
+        st.state_last_seq = max(st.state_last_seq, state.last_seq)
+        self._learn_seq(st, state.last_seq, now_ms)
+        self._parts_from_state(st, state, now_ms)
+        values = {"sid": v.sid, "epoch": state.epoch, "rev": state.rev, "ts": state.ts,
+                  "received_ms": now_ms,
+                  # What the station sent, as it sent it: a dump would cost the
+                  # ingest a tenth of its time (the load normalises it again).
+                  "state": raw if raw is not None else json.dumps(state.to_dict(),
+                                                                  ensure_ascii=False)}
+        self._submit(Rows(self._save_state, values, key=v.sid))  # the newest State wins
+        self._save(st)
+        return APPLIED
+
+    def _parts_from_state(self, st: _Station, state: m.State, now_ms: int) -> None:
+        lockers, dispenser, health = state.lockers, state.dispenser, state.health
+        if lockers is not None:
+            self._mark(st, "lockers", UP if lockers.online else DOWN, now_ms)
+        elif st.parts.get("lockers", UNKNOWN) != UNKNOWN:
+            self._mark(st, "lockers", UNKNOWN, now_ms)
+        if dispenser is not None:
+            working = dispenser.online and dispenser.fault is None
+            self._mark(st, "dispenser", UP if working else DOWN, now_ms)
+        elif st.parts.get("dispenser", UNKNOWN) != UNKNOWN:
+            self._mark(st, "dispenser", UNKNOWN, now_ms)
+        kiosk = health.kiosk if health is not None else None
+        self._mark(st, "kiosk", {"ok": UP, "stale": DOWN}.get(kiosk, UNKNOWN), now_ms)
+
+    # -- Events (contract §6) -------------------------------------------------------------
+
+    def apply_event(self, event: m.Event, now_ms: int, live: bool = True) -> str:
+        with self._lock:
+            was_online = self._online(event.sid)
+            result = self._apply_event(self._station(event.sid), event, now_ms, live)
+        self._drain()
+        self._told(event.sid, "event", event, result == APPLIED, was_online, now_ms)
+        return result
+
+    def _apply_event(self, st: _Station, event: m.Event, now_ms: int, live: bool) -> str:
+        v = st.view
+        self._heard(st, now_ms, live)
+        if v.epoch is None:
+            self._new_epoch(st, event.epoch)
+            self._save(st)  # the epoch, so that a restart knows what it holds
+        current = v.epoch == event.epoch
+        seqs = st.seqs if current else self._other_epoch(st, event.epoch)
+        if not seqs.add(event.seq):
+            return DUPLICATE
+        if current:
+            v.events_through = seqs.through
+            self._learn_seq(st, event.seq, now_ms)
+        # A station without a synced clock cannot date it; the hub's receipt does.
+        at_ms = event_time(event, now_ms)
+        if at_ms != event.ts and event.synced:
+            self._clock_ahead(st, event, now_ms)
+        effects = self._effects(st, event, at_ms, now_ms, current)
+        row = {"sid": event.sid, "epoch": event.epoch, "seq": event.seq, "type": event.type,
+               "ts": event.ts, "synced": event.synced, "received_ms": now_ms, "at_ms": at_ms,
+               "data": _data_json(event.data).decode()}
+        if not effects:
+            self._submit(Rows(self._insert_event, row))  # batched with its neighbours
+        else:
+            # Stored before (a replay after a crash), it causes nothing twice.
+            self._submit(Guarded(self._insert_event, row, effects))
+        return APPLIED
+
+    def _effects(self, st: _Station, event: m.Event, at_ms: int, now_ms: int,
+                 current: bool) -> list[Callable[[sa.Connection], None]]:
+        """What a new event causes, as writes for the transaction that stores it."""
+        if not event.is_known:
+            return []  # stored, not acted on (contract §6)
+        out: list[Callable[[sa.Connection], None]] = []
+        out.extend(self.loans.on_event(event.sid, event.epoch, event, at_ms))
+        kind, sid = event.type, event.sid
+        if kind in ("maintenance_started", "maintenance_ended"):
+            on = kind == "maintenance_started"
+            out.append(lambda conn: self.ledger.maintenance(sid, on, at_ms))
+        # A part's state from an event only when it is newer than what the last
+        # State showed; a replayed old event must not undo a newer State.
+        fresh = current and event.seq > st.state_last_seq
+        if fresh and kind in ("locker_offline", "locker_online"):
+            self._mark(st, "lockers", UP if kind == "locker_online" else DOWN, now_ms, out)
+        if fresh and kind == "dispenser_fault":
+            self._mark(st, "dispenser", DOWN, now_ms, out)
+        if fresh and kind == "dispenser_fault_cleared" and st.parts.get("dispenser") == DOWN:
+            self._mark(st, "dispenser", UP, now_ms, out)
+        return out
+
+    def _other_epoch(self, st: _Station, epoch: str) -> Seqs:
+        seqs = st.others.get(epoch)
+        if seqs is None:
+            # Not loaded from the database: after a restart a duplicate of an old
+            # epoch is caught by the insert (ON CONFLICT DO NOTHING), not here.
+            seqs = st.others[epoch] = Seqs()
+            while len(st.others) > OTHER_EPOCHS_KEPT:
+                st.others.popitem(last=False)
+        else:
+            st.others.move_to_end(epoch)
+        return seqs
+
+    # -- CommandResult (contract §7) -----------------------------------------------------
+
+    def apply_result(self, result: m.CommandResult, now_ms: int, live: bool = True) -> str:
+        """Hand a station's answer to the commands; a replay's answer naming events
+        the station no longer has ends the hub's asking for them."""
+        with self._lock:
+            was_online = self._online(result.sid)
+            self._heard(self._station(result.sid), now_ms, live)
+        self._drain()
+        self._told(result.sid, "result", None, False, was_online, now_ms)
+        if self.commands is None:
+            return STALE
+        outcome = self.commands.result(result, now_ms)
+        if outcome == APPLIED:
+            self._replay_answered(result)
+        return outcome
+
+    def replay_sent(self, sid: str, command_id: str, from_seq: int, to_seq: int) -> None:
+        """Remember a replay command, to read the station's answer to it."""
+        with self._lock:
+            st = self._stations.get(sid)
+            if st is None or st.view.epoch is None:
+                return
+            self._replays[command_id] = _Replay(sid, st.view.epoch, from_seq, to_seq)
+            while len(self._replays) > REPLAYS_KEPT:
+                self._replays.popitem(last=False)
+
+    def _replay_answered(self, result: m.CommandResult) -> None:
+        with self._lock:
+            asked = self._replays.pop(result.id, None)
+            if asked is None or not result.ok:
+                return
+            st = self._stations.get(asked.sid)
+            if st is None or st.view.epoch != asked.epoch:
+                return
+            for span in (result.data or {}).get("missing") or ():
+                try:
+                    lo, hi = (int(span[0]), int(span[1]))
+                except (TypeError, ValueError, IndexError):
+                    log.warning("replay answer from %s: unreadable missing range %r",
+                                asked.sid, span)
+                    continue
+                lo, hi = max(lo, asked.lo), min(hi, asked.hi)
+                if lo <= hi:
+                    log.warning("station %s no longer has events %d..%d; not asking again",
+                                asked.sid, lo, hi)
+                    st.seqs.give_up(lo, hi)
+            st.view.events_through = st.seqs.through
+
+    # -- silence and gaps (scheduler) -------------------------------------------------------
+
+    def sweep_silent(self, now_ms: int) -> list[str]:
+        """Mark down every online station not heard for ``missed_heartbeats``
+        heartbeats (counted from the hub's connection at the earliest); the
+        outage starts when it was last heard. Returns their sids."""
+        limit = int(self.config.heartbeat * self.config.missed_heartbeats * 1000)
+        gone = []
+        with self._lock:
+            if self._listening_since is None:
+                return gone
+            for st in self._stations.values():
+                v = st.view
+                if not v.online:
+                    continue
+                heard = max(v.last_seen_ms or 0, self._listening_since)
+                if now_ms - heard > limit:
+                    self._go_down(st, SILENT, now_ms)
+                    gone.append(v.sid)
+        self._drain()
+        for sid in gone:
+            self._tell(sid, "status", None, now_ms)
+        return gone
+
+    def gaps_due(self, now_ms: int) -> list[tuple[str, int, int]]:
+        """(sid, from_seq, to_seq) for each online station with events missing for
+        ``replay_after`` and no replay asked of it in the last ``replay_every``."""
+        grace = int(self.config.replay_after * 1000)
+        every = int(self.config.replay_every * 1000)
+        due = []
+        with self._lock:
+            if self._listening_since is None:
+                return due
+            for sid in sorted(self._marked):
+                st = self._stations.get(sid)
+                if st is None:
+                    self._marked.discard(sid)
+                    continue
+                span = self._gap_due(st, now_ms, grace)
+                if not st.marks:
+                    self._marked.discard(sid)  # nothing missing (any more)
+                if span is None or not st.view.online or now_ms < st.next_replay_ms:
+                    continue
+                lo, hi = span
+                if lo == st.replay_from:
+                    st.replays_of_gap += 1
+                else:
+                    st.replay_from, st.replays_of_gap = lo, 1
+                if st.replays_of_gap > MAX_REPLAYS_OF_ONE_GAP:
+                    log.warning("station %s: events %d..%d still missing after %d replays; "
+                                "giving them up", st.view.sid, lo, hi, MAX_REPLAYS_OF_ONE_GAP)
+                    st.seqs.give_up(lo, hi)
+                    st.view.events_through = st.seqs.through
+                    continue
+                st.next_replay_ms = now_ms + every
+                due.append((st.view.sid, lo, hi))
+        return due
+
+    def _gap_due(self, st: _Station, now_ms: int, grace: int) -> tuple[int, int] | None:
+        through = st.seqs.through
+        marks = st.marks
+        while marks and marks[0][0] <= through:
+            marks.popleft()
+        if not marks:
+            return None
+        upto = None
+        while marks and marks[0][1] + grace <= now_ms:
+            upto = marks.popleft()
+        if upto is None:
+            return None
+        marks.appendleft(upto)  # the due ones merged into one
+        return st.seqs.first_missing(upto[0], self.config.replay_max)
+
+    # -- the bookkeeping behind the rules ------------------------------------------------------
+
+    def _new_epoch(self, st: _Station, epoch: str) -> None:
+        """The station's storage was wiped (or it is new): start its record afresh."""
+        v = st.view
+        if v.epoch is not None:
+            log.warning("station %s: new epoch %s (was %s): its storage was wiped",
+                        v.sid, epoch, v.epoch)
+            st.others[v.epoch] = st.seqs
+            while len(st.others) > OTHER_EPOCHS_KEPT:
+                st.others.popitem(last=False)
+        v.epoch, v.birth = epoch, None
+        v.state, v.state_rev, v.state_ts, v.last_seq = None, None, None, None
+        st.unread = None
+        st.seqs = st.others.pop(epoch, None) or Seqs()
+        v.events_through = st.seqs.through
+        st.known_high, st.state_last_seq = st.seqs.through, 0
+        st.marks.clear()
+        st.next_replay_ms = st.replay_from = st.replays_of_gap = 0
+
+    def _learn_seq(self, st: _Station, seq: int | None, now_ms: int) -> None:
+        """The station has created events up to ``seq``: any not held are missing
+        from now on."""
+        if seq is None:
+            return
+        v = st.view
+        v.last_seq = max(v.last_seq or 0, seq)
+        if seq <= st.known_high:
+            return
+        st.known_high = seq
+        if seq <= st.seqs.through:
+            return
+        # One mark a second at most: a seq is then dated up to 1 s early.
+        if st.marks and now_ms - st.marks[-1][1] < 1000:
+            st.marks[-1][0] = seq
+        else:
+            st.marks.append([seq, now_ms])
+            self._marked.add(v.sid)
+
+    def _clock_ahead(self, st: _Station, event: m.Event, now_ms: int) -> None:
+        """Say once per station and hub run that its synced clock is ahead."""
+        if st.clock_ahead_told:
+            return
+        st.clock_ahead_told = True
+        log.warning("station %s says its clock is synced but dates event %d %.0f s ahead "
+                    "of the hub's; its events are dated by their receipt",
+                    st.view.sid, event.seq, (event.ts - now_ms) / 1000)
+
+    def _heard(self, st: _Station, now_ms: int, live: bool) -> None:
+        v = st.view
+        if not live:
+            if v.last_seen_ms is None:
+                v.last_seen_ms = now_ms  # a baseline for the silence sweep
+            return
+        v.last_seen_ms = now_ms
+        if not v.online and v.offline_reason == SILENT:
+            # It was only presumed down for its silence; it is talking again.
+            v.online, v.since_ms, v.offline_reason = True, now_ms, None
+            self._mark(st, "station", UP, now_ms)
+            self._log_status(st, now_ms, "heard")
+            self._save(st)
+
+    def _go_down(self, st: _Station, reason: str, now_ms: int) -> None:
+        v = st.view
+        was_online = v.online
+        v.online, v.offline_reason = False, reason
+        if was_online or v.since_ms is None:
+            # The outage began when the station was last heard, not now.
+            v.since_ms = v.last_seen_ms if v.last_seen_ms is not None else now_ms
+            self._mark(st, "station", DOWN, v.since_ms)
+        self._log_status(st, v.since_ms, reason)
+        self._save(st)
+
+    def _mark(self, st: _Station, component: str, state: str, at_ms: int,
+              into: list | None = None) -> None:
+        """A ledger change point, as a writer op (``into`` an event's ops): the ledger
+        then sees every change in the order the fleet decided it."""
+        if component != "station" and st.parts.get(component, UNKNOWN) == state:
+            return
+        st.parts[component] = state
+        sid = st.view.sid
+
+        def mark(conn: sa.Connection) -> None:
+            self.ledger.mark(sid, component, state, at_ms)
+
+        if into is not None:
+            into.append(mark)
+        else:
+            # Writes nothing itself (the ledger submits its point): the Rows
+            # around it stay one executemany.
+            self._submit(Commuting(mark))
+
+    def _log_status(self, st: _Station, at_ms: int, reason: str) -> None:
+        v = st.view
+        values = {"sid": v.sid, "at_ms": at_ms, "online": v.online, "reason": reason,
+                  "epoch": v.epoch, "birth": v.birth}
+        self._submit(Rows(self._insert_status, values))
+
+    def _save(self, st: _Station) -> None:
+        """The station's row as it is now (a full snapshot: the last write wins)."""
+        v = st.view
+        values = {"sid": v.sid, "name": v.name, "grp": v.group, "epoch": v.epoch,
+                  "birth": v.birth, "online": v.online, "since_ms": v.since_ms,
+                  "last_seen_ms": v.last_seen_ms, "offline_reason": v.offline_reason,
+                  "events_through": st.seqs.through, "last_seq": v.last_seq}
+        self._submit(Rows(self._save_station, values, key=v.sid))
+
+    # -- handing decisions to the writer, in order --------------------------------------------
+
+    def _submit(self, op: Callable[[sa.Connection], Any]) -> None:
+        self._pending.append(op)
+
+    def _drain(self) -> None:
+        """Hand the queued ops to the writer outside the fleet lock (``submit``
+        blocks while the writer is full; readers of the fleet must not), one
+        drainer at a time, in the order they were decided."""
+        with self._drain_lock:
+            while True:
+                with self._lock:
+                    if not self._pending:
+                        return
+                    op = self._pending.popleft()
+                self.writer.submit(op)

@@ -1,0 +1,1 @@
+"""The hub's web side: JSON API and pages, OpenAPI, /metrics."""

@@ -1,0 +1,1 @@
+"""The hub's MQTT side: the ingest, its bulk-reading client, its tallies."""

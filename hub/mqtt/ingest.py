@@ -1,0 +1,312 @@
+"""The hub's MQTT side: a persistent session that takes in every station's words.
+
+The hub connects with a fixed client id and ``clean_session=False``, so the
+broker queues what stations publish while the hub restarts (up to Mosquitto's
+``max_queued_messages``; what overflows comes back by replay). On connect it
+subscribes to ``hub_subscriptions()`` and publishes its retained ``online``
+status, with the ``offline`` form as its last will (contract §9).
+
+Reconnects are paced by :class:`yizhan.mqtt_client.PacedClient` (1 s doubling
+to 30 s, jittered, on the hub's clock). When the broker has lost our session
+(``session_present`` false on a reconnect: a broker restarted without
+persistence) it has lost its retained messages too: the hub republishes what
+it owns (its status; the stations republish theirs on their own reconnect).
+Every ``TIME_EVERY`` seconds the hub publishes its clock on
+``yizhan/v1/hub/time`` (retained), which stations with an unsynchronised
+clock judge commands by (docs/protocol.md); its PUBACK is also the proof that
+the session works (:meth:`Ingest.problem`).
+
+On paho's network thread each message is parsed and validated (``protocol``),
+applied to the in-memory ``Fleet`` and handed to the writer — nothing waits on
+the database. An invalid payload is counted in
+``yizhan_hub_messages_total{kind,result="invalid"}``, logged once per station
+and reason, and dropped: it never stops the hub (design principle 7).
+
+>>> ingest = Ingest(config, fleet, clock, registry)
+>>> ingest.start()      # connects in the background; ``connected`` is set once up
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import ssl
+import threading
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from prometheus_client import CollectorRegistry
+
+from hub.config import HubConfig
+from hub.fleet.view import APPLIED, DUPLICATE, INVALID, STALE, Fleet
+from hub.mqtt.bulk_client import BulkClient
+from hub.mqtt.tallies import LagHistogram, MessageTallies
+from protocol import messages as m
+from protocol.errors import InvalidMessage, TopicError
+from protocol.topics import (
+    HUB_STATUS_TOPIC,
+    HUB_TIME_TOPIC,
+    PREFIX,
+    Kind,
+    hub_subscriptions,
+    parse_topic,
+)
+from yizhan.backoff import Backoff
+from yizhan.clock import Clock
+
+log = logging.getLogger(__name__)
+
+#: The ``kind`` label of each station → hub topic (contract §12).
+METRIC_KIND = {Kind.STATUS: "status", Kind.STATE: "state", Kind.EVENT: "event",
+               Kind.CMD_RESULT: "result"}
+_KIND_OF_TAIL = {k.value: name for k, name in METRIC_KIND.items()}
+RESULTS = (APPLIED, DUPLICATE, STALE, INVALID)
+#: From a millisecond on loopback to a minute behind (a queued session, a replay).
+LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+               10.0, 30.0, 60.0)
+#: How many (station, reason) pairs are remembered as already logged.
+LOGGED_KEPT = 10_000
+#: The hub's reconnect backoff: 1 s doubling to 30 s, each wait jittered.
+RECONNECT = Backoff(1.0, 30.0)
+#: Seconds between two of the hub's time beacons (``yizhan/v1/hub/time``).
+TIME_EVERY = 30.0
+
+
+class NotConnected(ConnectionError):
+    """A publish while the hub has no connection to the broker."""
+
+
+class Ingest:
+    """The hub's one MQTT client: takes station messages in, publishes commands."""
+
+    def __init__(self, config: HubConfig, fleet: Fleet, clock: Clock,
+                 registry: CollectorRegistry) -> None:
+        self.config = config
+        self.fleet = fleet
+        self.clock = clock
+        # Plain numbers, not prometheus_client's locked Counter and Histogram:
+        # they change on every message (hub/mqtt/tallies.py).
+        self.messages = MessageTallies(METRIC_KIND.values(), RESULTS, registry)
+        self.lag = LagHistogram(LAG_BUCKETS, registry)
+        self.connected = threading.Event()
+        self._logged: set[tuple[str, str]] = set()
+        self._subscriptions = hub_subscriptions(config.shared_group)
+        c = BulkClient(CallbackAPIVersion.VERSION2, client_id=config.client_id,
+                       clean_session=False, protocol=mqtt.MQTTv311)
+        mc = config.mqtt
+        if mc.username:
+            c.username_pw_set(mc.username, mc.password)
+        if mc.tls is not None:
+            c.tls_set(ca_certs=mc.tls.ca_file, certfile=mc.tls.cert_file,
+                      keyfile=mc.tls.key_file, cert_reqs=ssl.CERT_REQUIRED)
+            c.tls_insecure_set(mc.tls.insecure)
+        c.will_set(HUB_STATUS_TOPIC, m.encode(m.HubStatus(state="offline")), qos=1, retain=True)
+        c.pace(RECONNECT, clock)
+        c.on_connect = self._connected
+        c.on_disconnect = self._disconnected
+        c.on_message = self._message
+        self._client = c
+        #: Sessions that began without the broker's memory of us (and so of
+        #: our retained messages): each time, the hub republished what it owns.
+        self.fresh_sessions = 0
+        self._down_since: float | None = clock.monotonic()
+        # The oldest beacon not known to be acknowledged: (monotonic sent, info).
+        self._beacon: tuple[float, mqtt.MQTTMessageInfo] | None = None
+        self.beacons = 0
+
+    def start(self) -> None:
+        mc = self.config.mqtt
+        self._client.connect_async(mc.host, mc.port, mc.keepalive)
+        self._client.loop_start()
+
+    def stop(self) -> None:
+        """Say goodbye (the retained ``offline``), disconnect, stop the network thread."""
+        if self.connected.is_set():
+            info = self._client.publish(HUB_STATUS_TOPIC, m.encode(m.HubStatus(state="offline")),
+                                        qos=1, retain=True)
+            try:
+                info.wait_for_publish(2.0)
+            except (RuntimeError, ValueError) as err:
+                log.warning("could not publish the hub's offline status: %s", err)
+        self._client.disconnect()
+        self._client.loop_stop()
+        self.connected.clear()
+        self.fleet.broker_down()
+
+    def publish_time(self) -> bool:
+        """Publish the hub's clock on ``yizhan/v1/hub/time`` (retained), QoS 1 so
+        that its PUBACK proves the session still works; False while not connected."""
+        if not self.connected.is_set():
+            return False
+        payload = m.encode(m.HubTime(ts=self.clock.ms()))
+        info = self._client.publish(HUB_TIME_TOPIC, payload, qos=1, retain=True)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            return False
+        beacon = self._beacon
+        if beacon is None or beacon[1].is_published():  # else the older one still counts
+            self._beacon = (self.clock.monotonic(), info)
+        self.beacons += 1
+        return True
+
+    def problem(self) -> str | None:
+        """Why the hub's MQTT side does not work now, or None: judged by outcomes —
+        a session established and the broker acknowledging what we publish."""
+        now = self.clock.monotonic()
+        mc = self.config.mqtt
+        if not self._client.loop_alive():
+            return "the MQTT network thread is not running"
+        if not self.connected.is_set():
+            since = self._down_since if self._down_since is not None else now
+            return (f"not connected to the MQTT broker at {mc.host}:{mc.port} "
+                    f"for {now - since:.0f} s ({self._client.retry} attempts)")
+        waiting = self.unacknowledged_since
+        if waiting is not None and now - waiting > self.stall_after:
+            return (f"the MQTT session is stalled: the broker has acknowledged nothing "
+                    f"for {now - waiting:.0f} s")
+        return None
+
+    def stuck(self) -> bool:
+        """A fault a restart of the process would mend: the network thread is gone,
+        or the session is up and nothing goes through. A broker that is away is
+        an outage, not this."""
+        if not self._client.loop_alive():
+            return True
+        waiting = self.unacknowledged_since
+        return (self.connected.is_set() and waiting is not None
+                and self.clock.monotonic() - waiting > self.stall_after)
+
+    @property
+    def unacknowledged_since(self) -> float | None:
+        """When (``clock.monotonic()``) the oldest time beacon not yet acknowledged
+        by the broker was sent; None when every one was."""
+        beacon = self._beacon
+        if beacon is None or beacon[1].is_published():
+            return None
+        return beacon[0]
+
+    @property
+    def stall_after(self) -> float:
+        """Seconds a beacon may go unacknowledged: a keepalive and a half (by then
+        a dead link is dropped), and a beacon interval of slack."""
+        return 1.5 * self.config.mqtt.keepalive + TIME_EVERY
+
+    def publish(self, topic: str, payload: bytes, retain: bool = False) -> mqtt.MQTTMessageInfo:
+        """QoS 1. Raises NotConnected while the broker is away: a command must not
+        wait in paho's queue and reach a station long after it was meant."""
+        if not self.connected.is_set():
+            raise NotConnected("the hub is not connected to the MQTT broker")
+        info = self._client.publish(topic, payload, qos=1, retain=retain)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            raise NotConnected(f"publish on {topic} failed: {mqtt.error_string(info.rc)}")
+        return info
+
+    # -- paho callbacks (network thread) ------------------------------------------------
+
+    def _connected(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            log.error("broker %s:%s refused the hub: %s", self.config.mqtt.host,
+                      self.config.mqtt.port, reason_code)
+            return
+        # Even with the session kept: a subscribe is what re-sends the retained
+        # Status and State, and it costs nothing when they are known (duplicates).
+        client.subscribe(self._subscriptions)
+        # What the hub owns on the broker, republished on every connect: a
+        # session the broker forgot (restarted without persistence) took the
+        # retained copies with it. The status is also contract §9's "online".
+        online = m.HubStatus(state="online", ts=self.clock.ms())
+        client.publish(HUB_STATUS_TOPIC, m.encode(online), qos=1, retain=True)
+        if not flags.session_present:
+            self.fresh_sessions += 1
+        self._down_since = None
+        self._beacon = None  # a new session: what the last one owed is moot
+        self.fleet.broker_up(self.clock.ms())
+        self.connected.set()
+        self.publish_time()
+        log.info("hub connected to %s:%s (session %s)", self.config.mqtt.host,
+                 self.config.mqtt.port, "kept" if flags.session_present else "new")
+
+    def _disconnected(self, client, userdata, flags, reason_code, properties) -> None:
+        if self.connected.is_set():
+            log.warning("hub lost the broker: %s", reason_code)
+            self._down_since = self.clock.monotonic()
+        self.connected.clear()
+        self.fleet.broker_down()
+
+    def _message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
+        kind = sid = None
+        try:
+            where = parse_topic(msg.topic)
+            kind, sid = where.kind, where.sid
+            if kind is Kind.HUB_STATUS or kind not in METRIC_KIND:
+                return  # our own status, or a hub → station topic: not ours to take in
+            payload = msg.payload
+            if kind is Kind.STATE:
+                # Decoded once: parsed, then stored as the text the station sent.
+                with contextlib.suppress(UnicodeDecodeError):  # decode() says why not
+                    payload = m.utf8_text(payload)
+            message = m.decode(kind, payload, topic_sid=sid)
+        except (InvalidMessage, TopicError) as err:
+            self._invalid(msg.topic, kind, sid, err)
+            return
+        # A retained copy handed out on subscribe, or a message the broker sends
+        # again because our PUBACK never reached it (DUP: a broken connection, or
+        # a broker restarted from its saved sessions), says what the station
+        # published before, not that it is talking now.
+        live = not (msg.retain or msg.dup)
+        try:
+            result = self.apply(kind, message, live,
+                                raw=payload if kind is Kind.STATE else None)
+        except Exception:
+            # A bug must not take the network thread down with it; it is logged
+            # with its traceback and the message is not counted as applied.
+            log.exception("applying a message on %s failed", msg.topic)
+            return
+        self.messages.inc(METRIC_KIND[kind], result)
+
+    def apply(self, kind: Kind, message: object, live: bool = True,
+              raw: str | None = None) -> str:
+        """Apply a decoded ``message`` to the fleet; ``raw``, the text a State was
+        decoded from (a BOM dropped), is what it is stored as."""
+        now = self._observe(message, live)
+        if kind is Kind.STATUS:
+            return self.fleet.apply_status(message, now, live)
+        if kind is Kind.STATE:
+            return self.fleet.apply_state(message, now, live, raw=raw)
+        if kind is Kind.EVENT:
+            return self.fleet.apply_event(message, now, live)
+        return self.fleet.apply_result(message, now, live)
+
+    def _observe(self, message: object, live: bool) -> int:
+        """The hub's time of applying ``message``, its lag observed (§12)."""
+        now = self.clock.ms()
+        ts = getattr(message, "ts", None)
+        if live and ts is not None and getattr(message, "synced", False):
+            self.lag.observe(max(0.0, (now - ts) / 1000))
+        return now
+
+    def _invalid(self, topic: str, kind: Kind | None, sid: str | None,
+                 err: Exception) -> None:
+        label = METRIC_KIND.get(kind) if kind is not None else _kind_of(topic)
+        if label is not None:
+            self.messages.inc(label, INVALID)
+        field_ = getattr(err, "field", "")
+        reason = getattr(err, "reason", str(err))
+        # Once per station and reason: the numbers in a reason ("payload of 70000
+        # bytes") would make every message new.
+        key = (sid or topic, f"{label}:{field_}:{re.sub(r'[0-9]+', 'N', reason)[:120]}")
+        if key in self._logged:
+            return
+        if len(self._logged) >= LOGGED_KEPT:
+            self._logged.clear()  # bound the memory of what was already said
+        self._logged.add(key)
+        log.warning("invalid %s from %s dropped (logged once): %s", label or "message",
+                    sid or topic, err)
+
+
+def _kind_of(topic: str) -> str | None:
+    """The metric kind of a topic whose station id failed the grammar."""
+    if not isinstance(topic, str) or not topic.startswith(PREFIX + "/"):
+        return None
+    parts = topic[len(PREFIX) + 1:].split("/", 1)
+    return _KIND_OF_TAIL.get(parts[1]) if len(parts) == 2 else None

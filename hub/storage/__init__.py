@@ -1,0 +1,1 @@
+"""The hub's store: schema, engine and migrations, the writer."""

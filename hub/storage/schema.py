@@ -1,0 +1,202 @@
+"""The hub's tables (SQLAlchemy Core), one definition for SQLite and PostgreSQL.
+
+Migrations in ``hub/storage/migrations`` (Alembic) create and change these tables; the
+definitions here are what the code reads and writes. Times are integer
+milliseconds: ``*_ms`` on the hub's own clock, ``ts`` the station's clock.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+# SQLite only autoincrements an INTEGER PRIMARY KEY; PostgreSQL wants BIGINT.
+BigId = sa.BigInteger().with_variant(sa.Integer, "sqlite")
+
+stations = sa.Table(
+    "stations", metadata,
+    sa.Column("sid", sa.String(32), primary_key=True),
+    sa.Column("name", sa.Text, nullable=True),
+    sa.Column("grp", sa.String(64), nullable=True),
+    sa.Column("epoch", sa.String(32), nullable=True),
+    sa.Column("birth", sa.BigInteger, nullable=True),
+    sa.Column("online", sa.Boolean, nullable=False, default=False),
+    sa.Column("since_ms", sa.BigInteger, nullable=True),
+    sa.Column("last_seen_ms", sa.BigInteger, nullable=True),
+    sa.Column("offline_reason", sa.String(16), nullable=True),
+    # The highest seq such that every event 1..events_through of the current
+    # epoch is stored: what gap detection and de-duplication start from.
+    sa.Column("events_through", sa.BigInteger, nullable=False, default=0),
+    sa.Column("last_seq", sa.BigInteger, nullable=True),  # as the station last said
+)
+
+# The last applied State of each station (contract §5), by (epoch, rev).
+station_state = sa.Table(
+    "station_state", metadata,
+    sa.Column("sid", sa.String(32), primary_key=True),
+    sa.Column("epoch", sa.String(32), nullable=False),
+    sa.Column("rev", sa.BigInteger, nullable=False),
+    sa.Column("ts", sa.BigInteger, nullable=False),
+    sa.Column("received_ms", sa.BigInteger, nullable=False),
+    sa.Column("state", sa.Text, nullable=False),  # the State as JSON
+)
+
+# Every event once per (sid, epoch, seq) (contract §3).
+events = sa.Table(
+    "events", metadata,
+    sa.Column("sid", sa.String(32), primary_key=True),
+    sa.Column("epoch", sa.String(32), primary_key=True),
+    sa.Column("seq", sa.BigInteger, primary_key=True),
+    sa.Column("type", sa.String(64), nullable=False),
+    sa.Column("ts", sa.BigInteger, nullable=False),
+    sa.Column("synced", sa.Boolean, nullable=False),
+    sa.Column("received_ms", sa.BigInteger, nullable=False),
+    # The time the event is dated by: ts when synced, else received_ms.
+    sa.Column("at_ms", sa.BigInteger, nullable=False),
+    sa.Column("data", sa.Text, nullable=False),  # JSON
+    sa.Index("events_sid_at", "sid", "at_ms"),
+    sa.Index("events_type_at", "type", "at_ms"),
+)
+
+# Birth and death of each station as the hub saw them (hub clock).
+status_log = sa.Table(
+    "status_log", metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("sid", sa.String(32), nullable=False, index=True),
+    sa.Column("at_ms", sa.BigInteger, nullable=False),
+    sa.Column("online", sa.Boolean, nullable=False),
+    sa.Column("reason", sa.String(16), nullable=True),
+    sa.Column("epoch", sa.String(32), nullable=True),
+    sa.Column("birth", sa.BigInteger, nullable=True),
+)
+
+# The uptime ledger: change points of each (station, component) on the hub's
+# clock. component: station, lockers, dispenser, kiosk; state: up, down,
+# unknown; maintenance is its own component ("maintenance": on/off).
+ledger = sa.Table(
+    "ledger", metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("sid", sa.String(32), nullable=False),
+    sa.Column("component", sa.String(16), nullable=False),
+    sa.Column("at_ms", sa.BigInteger, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Index("ledger_sid_component_at", "sid", "component", "at_ms"),
+)
+
+# When the hub itself ran: outside these intervals every station is unknown.
+hub_runs = sa.Table(
+    "hub_runs", metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("started_ms", sa.BigInteger, nullable=False),
+    sa.Column("alive_ms", sa.BigInteger, nullable=False),  # last proof of life
+    sa.Column("stopped_ms", sa.BigInteger, nullable=True),  # a clean stop
+)
+
+loans = sa.Table(
+    "loans", metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("sid", sa.String(32), nullable=False),
+    sa.Column("bank", sa.String(16), nullable=False),
+    sa.Column("rider", sa.String(32), nullable=True),
+    sa.Column("slot", sa.Integer, nullable=True),
+    sa.Column("charge", sa.Integer, nullable=True),
+    sa.Column("borrowed_ms", sa.BigInteger, nullable=False),
+    sa.Column("due_ms", sa.BigInteger, nullable=False),
+    sa.Column("returned_ms", sa.BigInteger, nullable=True),
+    sa.Column("returned_sid", sa.String(32), nullable=True),
+    sa.Column("borrow_event", sa.String(80), nullable=False),  # sid/epoch/seq
+    # Named, because SQLite migrations can only change a constraint with a name.
+    sa.UniqueConstraint("borrow_event", name="uq_loans_borrow_event"),
+    sa.Index("loans_open_bank", "bank", "returned_ms"),
+    sa.Index("loans_due", "returned_ms", "due_ms"),
+)
+
+commands = sa.Table(
+    "commands", metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("sid", sa.String(32), nullable=False, index=True),
+    sa.Column("cmd", sa.String(32), nullable=False),
+    sa.Column("args", sa.Text, nullable=False),  # JSON
+    sa.Column("by", sa.String(64), nullable=True),
+    sa.Column("created_ms", sa.BigInteger, nullable=False),
+    sa.Column("expires_ms", sa.BigInteger, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),  # sent, ok, failed, expired
+    sa.Column("error", sa.String(32), nullable=True),
+    sa.Column("result", sa.Text, nullable=True),  # the CommandResult data as JSON
+    sa.Column("answered_ms", sa.BigInteger, nullable=True),
+)
+
+alerts = sa.Table(
+    "alerts", metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("rule", sa.String(40), nullable=False),
+    sa.Column("sid", sa.String(32), nullable=False),
+    sa.Column("subject", sa.String(64), nullable=False, default=""),  # door, slot, bank or ""
+    sa.Column("severity", sa.String(16), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),  # firing, acked, resolved
+    sa.Column("summary", sa.Text, nullable=False),
+    sa.Column("value", sa.Text, nullable=True),  # JSON
+    sa.Column("started_ms", sa.BigInteger, nullable=False),
+    sa.Column("acked_ms", sa.BigInteger, nullable=True),
+    sa.Column("acked_by", sa.String(64), nullable=True),
+    sa.Column("resolved_ms", sa.BigInteger, nullable=True),
+    sa.Column("resolved_by", sa.String(64), nullable=True),
+    sa.Column("escalation", sa.Integer, nullable=False, default=0),
+    sa.Column("last_notified_ms", sa.BigInteger, nullable=True),
+    # What the router has told (hub/alerting/routing.py): the last state announced
+    # (firing, acked, resolved; NULL while nobody was told), the route it was
+    # told on, and when its current tier (``escalation``) was told.
+    sa.Column("notified", sa.String(16), nullable=True),
+    sa.Column("route", sa.String(64), nullable=True),
+    sa.Column("tier_ms", sa.BigInteger, nullable=True),
+    sa.Index("alerts_open", "rule", "sid", "subject", "state"),
+    sa.Index("alerts_sid_state", "sid", "state"),
+)
+
+# The notifier outbox (issue 6): one row per delivery, retried until delivered.
+notifications = sa.Table(
+    "notifications", metadata,
+    sa.Column("id", sa.String(40), primary_key=True),  # the delivery id
+    sa.Column("alert_id", sa.String(40), nullable=True, index=True),
+    sa.Column("notifier", sa.String(64), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),  # firing, resolved, acked, ...
+    sa.Column("body", sa.Text, nullable=False),  # the exact bytes to send
+    sa.Column("created_ms", sa.BigInteger, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("next_attempt_ms", sa.BigInteger, nullable=False),
+    sa.Column("delivered_ms", sa.BigInteger, nullable=True),
+    sa.Column("last_error", sa.Text, nullable=True),
+    sa.Index("notifications_due", "delivered_ms", "next_attempt_ms"),
+)
+
+# Silences (alert engine, docs/alerts.md): an open alert matching every given
+# field (sid, group, rule; NULL matches any) is not notified in [starts, ends).
+silences = sa.Table(
+    "silences", metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("sid", sa.String(32), nullable=True),
+    sa.Column("grp", sa.String(64), nullable=True),
+    sa.Column("rule", sa.String(40), nullable=True),
+    sa.Column("starts_ms", sa.BigInteger, nullable=False),
+    sa.Column("ends_ms", sa.BigInteger, nullable=False),  # set to now when ended early
+    sa.Column("comment", sa.Text, nullable=True),
+    sa.Column("created_by", sa.String(64), nullable=True),
+    sa.Column("created_ms", sa.BigInteger, nullable=False),
+    sa.Index("silences_ends", "ends_ms"),
+)
+
+# Planned maintenance of a station or a group: its refill alerts are held back
+# in [starts, ends), as while staff are on site.
+maintenance_windows = sa.Table(
+    "maintenance_windows", metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("sid", sa.String(32), nullable=True),
+    sa.Column("grp", sa.String(64), nullable=True),
+    sa.Column("starts_ms", sa.BigInteger, nullable=False),
+    sa.Column("ends_ms", sa.BigInteger, nullable=False),
+    sa.Column("comment", sa.Text, nullable=True),
+    sa.Column("created_by", sa.String(64), nullable=True),
+    sa.Column("created_ms", sa.BigInteger, nullable=False),
+    sa.Index("maintenance_windows_ends", "ends_ms"),
+)
