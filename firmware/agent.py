@@ -81,7 +81,6 @@ class Agent:
         self._server = None
         self._server_thread: threading.Thread | None = None
         self.restart_requested = False
-        self._parts: list[Any] = []
         try:
             self._build_parts()
         except BaseException:
@@ -107,17 +106,14 @@ class Agent:
         self.doors = self.dispenser = self.occupancy = self.locker = None
         if hw.doors:
             self.doors = Doors(hw.doors, self.reporter, clock, pin_factory=hw.pin_factory)
-            self._parts.append(self.doors)
         if hw.dispenser is not None:
             saved = self.journal.get_meta("dispensed_ml")
             self.dispenser = Dispenser(hw.dispenser, self.reporter, clock,
                                        pin_factory=hw.pin_factory,
                                        dispensed_ml=int(saved) if saved else 0)
-            self._parts.append(self.dispenser)
         if hw.occupancy is not None:
             self.occupancy = Occupancy(hw.occupancy, self.reporter, clock,
                                        pin_factory=hw.pin_factory)
-            self._parts.append(self.occupancy)
         self.directory = DirectoryStore(c.data_dir / "directory.json", clock)
         self.lending = None
         if hw.board is not None:

@@ -97,10 +97,6 @@ class StationConfig:
     fleet_key: bytes | None = None
     source: str | None = None
 
-    @property
-    def has_dispenser(self) -> bool:
-        return self.dispenser is not None
-
 
 def load_station_config(path: str | Path) -> StationConfig:
     """Read and check a station file; a ConfigError names the file and the key."""

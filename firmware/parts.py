@@ -4,6 +4,11 @@ The agent (``firmware/agent.py``) owns one station loop. Each part — doors,
 dispenser, occupancy, locker, lending — is built with a ``Reporter`` and the
 agent's clock, reports through it, and is polled by the loop. Parts never
 publish MQTT themselves and never touch each other's hardware.
+
+A part's ``poll()`` is one look at the hardware, about every 0.25 s, and must
+not block for long (target under 50 ms): a part that talks to slow hardware
+(the locker board) does so on its own thread. Its ``close()`` leaves outputs in
+their safe state and releases the hardware, and is idempotent.
 """
 
 from __future__ import annotations
@@ -22,18 +27,6 @@ class Reporter(Protocol):
 
     def changed(self) -> None:
         """The part's State section changed: a State goes out within 2 s."""
-
-
-class Part(Protocol):
-    def poll(self) -> None:
-        """One look at the hardware; called by the station loop about every 0.25 s.
-
-        Must not block for long (target under 50 ms): a part that talks to slow
-        hardware (the locker board) does so on its own thread.
-        """
-
-    def close(self) -> None:
-        """Leave outputs in their safe state and release the hardware; idempotent."""
 
 
 class RecordingReporter:
