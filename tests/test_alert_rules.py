@@ -1,5 +1,5 @@
 """The alert rules of contract §13: defaults, overrides per fleet and per group,
-and configuration mistakes that name their key (hub/alerting/rules.py, hub/config.py)."""
+and configuration mistakes that name their key (hub/config/rules.py, hub/config/__init__.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from hub.alerting.alerts import RULES
-from hub.alerting.rules import BANK, DEFAULT_RULES, DOOR, SLOT, Rules
 from hub.config import parse_hub_config
+from hub.config.rules import BANK, DEFAULT_RULES, DOOR, SLOT, Rules
 from yizhan.config import ConfigError
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from hub.alerting.rules import DEFAULT_RULES
+from hub.config.rules import DEFAULT_RULES
 from kiosk import create_app
 from kiosk.config import KioskConfig
 from protocol.frames import Cmd

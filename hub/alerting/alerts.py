@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 
+from hub.config.rules import RULES, SEVERITIES
 from hub.storage.schema import alerts as table
 from hub.storage.schema import maintenance_windows, silences
 from protocol.errors import InvalidIdentifier
@@ -36,14 +37,6 @@ log = logging.getLogger(__name__)
 FIRING, ACKED, RESOLVED = "firing", "acked", "resolved"
 STATES = (FIRING, ACKED, RESOLVED)
 OPEN = (FIRING, ACKED)
-SEVERITIES = ("info", "warning", "critical")
-#: Contract §13.
-RULES = (
-    "station_offline", "water_low", "water_empty", "water_predicted_empty", "chargers_low",
-    "chargers_predicted_empty", "door_open_too_long", "tamper", "dispenser_fault",
-    "heater_lockout", "locker_offline", "slot_fault", "unlock_failed", "bank_overdue",
-    "pi_overheat", "undervoltage", "disk_low",
-)
 DEFAULT_LIMIT = 1000
 
 

@@ -70,9 +70,9 @@ from typing import Any
 import sqlalchemy as sa
 
 from hub.alerting.alerts import ACKED, FIRING, RESOLVED, AlertStore, StoreUnavailable, new_id
-from hub.alerting.rules import Rules, RuleSpec
+from hub.config.rules import Rules, RuleSpec
+from hub.fleet.banks import bank_states
 from hub.fleet.view import StationView, event_time
-from hub.http.metrics import bank_states
 from hub.storage.schema import events
 from protocol import messages as m
 from yizhan.clock import Clock
@@ -178,7 +178,7 @@ class _Site:
 
 
 class AlertEngine:
-    """Evaluates the rules of ``hub.alerting.rules`` for every station; see the module doc.
+    """Evaluates the rules of ``hub.config.rules`` for every station; see the module doc.
 
     ``on_transition(kind, alert, station)`` (kind ``firing``, ``resolved``,
     ``acked``; ``station`` a :class:`StationView`) is called on the engine's

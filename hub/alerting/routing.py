@@ -44,228 +44,29 @@ import datetime as dt
 import hashlib
 import json
 import logging
-import re
 import threading
 import zoneinfo
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 
-from hub.alerting.alerts import ACKED, FIRING, OPEN, RESOLVED, RULES, SEVERITIES, new_id, to_alert
+from hub.alerting.alerts import ACKED, FIRING, OPEN, RESOLVED, new_id, to_alert
+from hub.alerting.notify.text import station_info as notify_station_info
+from hub.config.routes import Route, RoutingConfig, Tier
+from hub.config.rules import HUB_RULES, HUB_SID, NOTIFY_FAILING, NOTIFY_TEST
 from hub.storage.schema import alerts as table
 from yizhan.clock import Clock
-from yizhan.config import ConfigError, Section, parse_duration
 
 log = logging.getLogger(__name__)
 
-#: The hub's own alerts and messages (docs/routing.md), beside contract §13's rules.
-NOTIFY_FAILING = "notify_failing"
-NOTIFY_TEST = "notify_test"
-HUB_RULES = (NOTIFY_FAILING, NOTIFY_TEST)
-HUB_SID = "hub"  # reserved: no station may be called so (protocol.ids.RESERVED_SIDS)
-
-MATCH_KEYS = ("group", "sid", "rule", "severity")
 DEFAULT_ESCALATE_AFTER = 15 * 60.0
 #: How often an unacknowledged alert is repeated to its current tier, by severity.
 DEFAULT_REMIND_EVERY: dict[str, float | None] = {
     "critical": 3600.0, "warning": 4 * 3600.0, "info": None}
-DEFAULT_TEST_EVERY = 86400.0
-DEFAULT_TEST_AT = "09:00"
 #: ``test_at`` is in ``timezone:``, else China Standard Time, as the messages' times.
 CST = dt.timezone(dt.timedelta(hours=8), "CST")
-_NAME_RE = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
-_OFF = ("off", "none", "never", "no")
-
-
-# -- configuration ------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Tier:
-    """Who is told at one level of a route; ``after`` (seconds) is how long the tier
-    before it has to acknowledge first (None for tier 0, and for a tier that takes
-    its group's ``escalate_after``)."""
-
-    notify: tuple[str, ...]
-    after: float | None = None
-
-
-@dataclass(frozen=True)
-class Route:
-    name: str
-    match: Mapping[str, tuple[str, ...]]  # key -> accepted values; absent key: any
-    tiers: tuple[Tier, ...]
-    remind_every: Mapping[str, float | None] = field(default_factory=dict)  # by severity
-    test_every: float | None = DEFAULT_TEST_EVERY
-    test_at: tuple[int, int] = (9, 0)
-
-    def matches(self, *, group: str | None, sid: str, rule: str, severity: str) -> bool:
-        facts = {"group": group, "sid": sid, "rule": rule, "severity": severity}
-        return all(facts[key] in accepted for key, accepted in self.match.items())
-
-    @property
-    def notifiers(self) -> tuple[str, ...]:
-        """Every notifier of every tier, each once, in order."""
-        return tuple(dict.fromkeys(n for t in self.tiers for n in t.notify))
-
-
-@dataclass(frozen=True)
-class GroupRouting:
-    """The routing keys of ``groups.<group>`` (the engine reads its own keys there)."""
-
-    escalate_after: float | None = None
-    remind_every: Mapping[str, float | None] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class RoutingConfig:
-    routes: tuple[Route, ...] = ()
-    groups: Mapping[str, GroupRouting] = field(default_factory=dict)
-    timezone: str | None = None  # for test_at and messages; None: China Standard Time
-
-
-def parse_routing(root: Section, notifier_names: Iterable[str]) -> RoutingConfig:
-    """``routes:``, the routing keys of ``groups:`` and ``timezone:``, checked."""
-    known = set(notifier_names)
-    tz = root.str("timezone")
-    if tz is not None:
-        try:
-            zoneinfo.ZoneInfo(tz)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-            raise ConfigError("timezone", f"unknown time zone {tz!r} "
-                              "(an IANA name such as Asia/Shanghai)") from None
-    routes = []
-    names: set[str] = set()
-    for i, entry in enumerate(root.list("routes")):
-        key = f"routes[{i}]"
-        if not isinstance(entry, Mapping):
-            raise ConfigError(key, "must be a mapping like {match: {}, notify: [ops-webhook]}")
-        route = _parse_route(Section(entry, key), i, known)
-        if route.name in names:
-            raise ConfigError(f"{key}.name", f"route {route.name!r} is named twice")
-        names.add(route.name)
-        routes.append(route)
-    groups: dict[str, GroupRouting] = {}
-    grp_sec = root.section("groups")
-    if grp_sec is not None:
-        for name in grp_sec.data:
-            sec = grp_sec.section(str(name))
-            if sec is None:
-                continue
-            groups[str(name)] = GroupRouting(
-                escalate_after=_positive_duration(sec, "escalate_after"),
-                remind_every=_remind_every(sec))
-    return RoutingConfig(routes=tuple(routes), groups=groups, timezone=tz)
-
-
-def _parse_route(sec: Section, i: int, known: set[str]) -> Route:
-    name = sec.str("name", f"route-{i + 1}", pattern=_NAME_RE)
-    match: dict[str, tuple[str, ...]] = {}
-    match_sec = sec.section("match")
-    if match_sec is None and "match" not in sec.data:
-        match_sec = Section({}, sec.key("match"))
-    for key, value in (match_sec.data if match_sec else {}).items():
-        path = match_sec.key(str(key))
-        if key not in MATCH_KEYS:
-            raise ConfigError(path, f"a route matches by {', '.join(MATCH_KEYS)}, not {key!r}")
-        values = (value,) if isinstance(value, str) else value
-        if not isinstance(values, list | tuple) or not values or not all(
-                isinstance(v, str) and v for v in values):
-            raise ConfigError(path, "must be a name or a non-empty list of names")
-        allowed = {"rule": (*RULES, NOTIFY_FAILING), "severity": SEVERITIES}.get(key)
-        for v in values:
-            if allowed and v not in allowed:
-                raise ConfigError(path, f"{v!r} is not one of {', '.join(allowed)}")
-        match[key] = tuple(values)
-
-    tiers = [Tier(_notify_list(sec, "notify", known, required=True))]
-    for j, step in enumerate(sec.list("escalate")):
-        key = sec.key(f"escalate[{j}]")
-        if not isinstance(step, Mapping):
-            raise ConfigError(key, "must be a mapping like {after: 15m, notify: [...]}")
-        step_sec = Section(step, key)
-        tiers.append(Tier(_notify_list(step_sec, "notify", known, required=True),
-                          after=_positive_duration(step_sec, "after")))
-
-    test_every: float | None = DEFAULT_TEST_EVERY
-    if "test_every" in sec.data:
-        test_every = _optional_duration(sec, "test_every")
-        if test_every is not None and test_every < 60:
-            raise ConfigError(sec.key("test_every"), "must be at least 1m (or off)")
-    test_at = sec.raw("test_at", DEFAULT_TEST_AT)
-    if isinstance(test_at, int) and not isinstance(test_at, bool):
-        # YAML 1.1 reads an unquoted 9:30 as a sexagesimal number: 570 minutes.
-        test_at = f"{test_at // 60}:{test_at % 60:02d}"
-    m = re.fullmatch(r"([01]?\d|2[0-3]):([0-5]\d)", str(test_at))
-    if not m:
-        raise ConfigError(sec.key("test_at"),
-                          f"must be a time of day like \"09:00\", not {test_at!r}")
-    return Route(name=name, match=match, tiers=tuple(tiers), remind_every=_remind_every(sec),
-                 test_every=test_every, test_at=(int(m[1]), int(m[2])))
-
-
-def _notify_list(sec: Section, name: str, known: set[str], required: bool) -> tuple[str, ...]:
-    value = sec.data.get(name)
-    if value is None:
-        if required:
-            raise ConfigError(sec.key(name), "is required: the notifiers to tell")
-        return ()
-    values = [value] if isinstance(value, str) else value
-    if not isinstance(values, list) or not values:
-        raise ConfigError(sec.key(name), "must be a non-empty list of notifier names")
-    for v in values:
-        if v not in known:
-            listed = ", ".join(sorted(known)) or "none"
-            raise ConfigError(sec.key(name),
-                              f"no notifier named {v!r} in notifiers: (listed: {listed})")
-    return tuple(dict.fromkeys(values))
-
-
-def _is_off(value: Any) -> bool:
-    # YAML 1.1 reads an unquoted off/no as false.
-    return value is False or value == 0 or (isinstance(value, str) and value.lower() in _OFF)
-
-
-def _optional_duration(sec: Section, name: str) -> float | None:
-    value = sec.data.get(name)
-    if value is None or _is_off(value):
-        return None
-    return parse_duration(value, sec.key(name))
-
-
-def _positive_duration(sec: Section, name: str) -> float | None:
-    value = sec.duration(name)
-    if value is not None and value <= 0:
-        raise ConfigError(sec.key(name), "must be longer than 0s")
-    return value
-
-
-def _remind_every(sec: Section) -> dict[str, float | None]:
-    """``remind_every: 2h`` (every severity), ``off``, or ``{critical: 30m, info: off}``."""
-    name = "remind_every"
-    if name not in sec.data:
-        return {}
-    value = sec.data[name]
-    if isinstance(value, Mapping):
-        out = {}
-        sub = Section(value, sec.key(name))
-        for sev in value:
-            if sev not in SEVERITIES:
-                raise ConfigError(sub.key(str(sev)),
-                                  f"a severity is one of {', '.join(SEVERITIES)}")
-            out[sev] = _checked_interval(sub, sev)
-        return out
-    every = _checked_interval(sec, name)
-    return dict.fromkeys(SEVERITIES, every)
-
-
-def _checked_interval(sec: Section, name: str) -> float | None:
-    every = _optional_duration(sec, name)
-    if every is not None and every < 60:
-        raise ConfigError(sec.key(name), "must be at least 1m (or off)")
-    return every
 
 
 # -- the router ------------------------------------------------------------------------
@@ -329,9 +130,6 @@ class Router:
         if station is None and self.stations is not None and sid != HUB_SID:
             station = self.stations(sid)
         if station is not None and not isinstance(station, Mapping) and hasattr(station, "sid"):
-            # Imported here: hub.notify imports hub.config, which imports this module.
-            from hub.alerting.notify.text import station_info as notify_station_info
-
             info = notify_station_info(station, getattr(self.config, "min_charge", 80))
         else:
             info = {"sid": sid, "name": _field(station, "name"), "group": _field(station, "group")}

@@ -17,6 +17,8 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from hub.fleet.banks import bank_states
+
 log = logging.getLogger(__name__)
 
 WINDOWS = ("24h", "7d", "30d")
@@ -26,30 +28,6 @@ def min_charge(hub: Any) -> int:
     """The lending threshold (config ``policy.min_charge``): a bank at or above it is
     ``ready`` (contract §12)."""
     return int(hub.config.min_charge)
-
-
-def bank_states(state: dict[str, Any] | None, threshold: int) -> dict[str, int] | None:
-    """Present banks by state, each in exactly one: ``faulty`` when its slot reports
-    a fault, else ``ready`` at ``threshold`` or above, else ``charging``; None
-    without a locker. ``ready`` is also the API's ``chargers_ready``.
-
-    >>> bank_states({"lockers": {"slots": [{"bank": "PB1", "charge": 96, "fault": None}]}}, 80)
-    {'ready': 1, 'charging': 0, 'faulty': 0}
-    """
-    lockers = (state or {}).get("lockers")
-    if not lockers:
-        return None
-    out = {"ready": 0, "charging": 0, "faulty": 0}
-    for slot in lockers.get("slots") or ():
-        if not slot.get("bank"):
-            continue
-        if slot.get("fault"):
-            out["faulty"] += 1
-        elif (slot.get("charge") or 0) >= threshold:
-            out["ready"] += 1
-        else:
-            out["charging"] += 1
-    return out
 
 
 class FleetCollector(Collector):

@@ -36,9 +36,10 @@ from hub.alerting.alerts import (
 from hub.alerting.alerts import STATES as ALERT_STATES
 from hub.alerting.notify.outbox import deliveries as alert_deliveries
 from hub.alerting.notify.text import CST, clock_text, duration_text, what_text
+from hub.fleet.banks import bank_states
 from hub.fleet.commands import BadCommand, CommandNotSent
 from hub.http import openapi
-from hub.http.metrics import bank_states, min_charge
+from hub.http.metrics import min_charge
 from protocol.errors import InvalidIdentifier
 from protocol.ids import check_sid
 

@@ -31,11 +31,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from typing import Any
 
+# The hub's own rules (docs/routing.md), about the hub rather than a station.
+from hub.config.rules import NOTIFY_FAILING, NOTIFY_TEST
+from hub.fleet.banks import bank_states
+
 KINDS = ("firing", "resolved", "acked", "escalated", "reminder")
 #: Kinds whose message asks for an acknowledgement (and so carries the link).
 ASKS_FOR_ACK = ("firing", "escalated", "reminder")
-#: The hub's own rules (hub/alerting/routing.py), about the hub rather than a station.
-NOTIFY_FAILING, NOTIFY_TEST = "notify_failing", "notify_test"
 #: Rules whose alerts nobody acknowledges (a route test is not in the alert table).
 NO_ACK_RULES = (NOTIFY_TEST,)
 CST = timezone(timedelta(hours=8), "CST")
@@ -93,20 +95,10 @@ def station_info(view: Any, min_charge: int = 80) -> dict[str, Any]:
     message says how many charged banks to bring."""
     info: dict[str, Any] = {"sid": view.sid, "name": view.name or view.sid,
                             "group": view.group}
-    lockers = (view.state or {}).get("lockers")
-    if lockers:
-        slots = lockers.get("slots") or []
-        info["slots"] = len(slots)
-        info["ready"] = info["charging"] = info["faulty"] = 0
-        for slot in slots:
-            if not slot.get("bank"):
-                continue
-            if slot.get("fault"):
-                info["faulty"] += 1
-            elif (slot.get("charge") or 0) >= min_charge:
-                info["ready"] += 1
-            else:
-                info["charging"] += 1
+    banks = bank_states(view.state, min_charge)
+    if banks is not None:
+        info["slots"] = len(view.state["lockers"].get("slots") or [])
+        info.update(banks)
     return info
 
 

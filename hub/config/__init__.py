@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from hub.alerting.routing import RoutingConfig, parse_routing
-from hub.alerting.rules import DEFAULT_RESPONSE_TIME, Rules
+from hub.config.routes import RoutingConfig, parse_routing
+from hub.config.rules import DEFAULT_RESPONSE_TIME, Rules
 from protocol.errors import InvalidIdentifier
 from protocol.ids import check_sid
 from yizhan.config import ConfigError, MqttConfig, Section, load_yaml

@@ -1,4 +1,4 @@
-"""The alert rules of contract §13: their defaults and the configuration that changes them.
+"""The alert rules of contract §13: their names, defaults and the configuration that changes them.
 
 A rule says when a station needs someone: how bad (``severity``), how long the
 condition must hold before anyone is told (``for``), and, where it measures a
@@ -29,8 +29,22 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from hub.alerting.alerts import RULES, SEVERITIES
 from yizhan.config import ConfigError, parse_duration
+
+SEVERITIES = ("info", "warning", "critical")
+#: Contract §13.
+RULES = (
+    "station_offline", "water_low", "water_empty", "water_predicted_empty", "chargers_low",
+    "chargers_predicted_empty", "door_open_too_long", "tamper", "dispenser_fault",
+    "heater_lockout", "locker_offline", "slot_fault", "unlock_failed", "bank_overdue",
+    "pi_overheat", "undervoltage", "disk_low",
+)
+#: The hub's own alerts and messages (docs/routing.md), beside contract §13's rules:
+#: a notifier that cannot deliver, and a route's scheduled test.
+NOTIFY_FAILING = "notify_failing"
+NOTIFY_TEST = "notify_test"
+HUB_RULES = (NOTIFY_FAILING, NOTIFY_TEST)
+HUB_SID = "hub"  # reserved: no station may be called so (protocol.ids.RESERVED_SIDS)
 
 #: What a rule's alerts are about, beside the station: one alert per subject.
 DOOR, SLOT, BANK = "door", "slot", "bank"

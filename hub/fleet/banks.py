@@ -1,0 +1,31 @@
+"""The power banks of a station's locker, by state (contract §12): one count for
+``/metrics``, the API's ``chargers_ready``, the ``chargers_low`` rule and the
+notifications' "bring n charged banks".
+
+>>> bank_states({"lockers": {"slots": [{"bank": "PB1", "charge": 96, "fault": None}]}}, 80)
+{'ready': 1, 'charging': 0, 'faulty': 0}
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def bank_states(state: dict[str, Any] | None, threshold: int) -> dict[str, int] | None:
+    """Present banks by state, each in exactly one: ``faulty`` when its slot reports
+    a fault, else ``ready`` at ``threshold`` (the lending threshold, config
+    ``policy.min_charge``) or above, else ``charging``; None without a locker."""
+    lockers = (state or {}).get("lockers")
+    if not lockers:
+        return None
+    out = {"ready": 0, "charging": 0, "faulty": 0}
+    for slot in lockers.get("slots") or ():
+        if not slot.get("bank"):
+            continue
+        if slot.get("fault"):
+            out["faulty"] += 1
+        elif (slot.get("charge") or 0) >= threshold:
+            out["ready"] += 1
+        else:
+            out["charging"] += 1
+    return out
