@@ -14,11 +14,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from firmware.hardware.dispenser import DispenserSpec, parse_dispenser
-from firmware.hardware.doors import DoorSpec, known_keys, parse_doors
+from firmware.hardware.doors import DoorSpec, parse_doors
 from firmware.hardware.occupancy import OccupancySpec, parse_occupancy
-from protocol.errors import InvalidIdentifier
-from protocol.ids import check_sid
-from yizhan.config import ConfigError, MqttConfig, Section, load_yaml
+from yizhan.config import (
+    ConfigError,
+    LocalApiConfig,
+    MqttConfig,
+    Section,
+    StationBasics,
+    known_keys,
+    load_yaml,
+)
 
 TOP_LEVEL = ("hardware", "station", "mqtt", "data_dir", "fleet_key_file", "lockers",
              "dispenser", "doors", "occupancy", "kiosk", "local_api", "lending", "timing",
@@ -34,25 +40,6 @@ class LockerConfig:
     address: int = 1
     poll_interval: float = 2.0
     slots: int = 12  # only for the simulator: a real board reports its own count
-
-
-@dataclass(frozen=True)
-class KioskConfig:
-    host: str = "127.0.0.1"
-    port: int = 8700
-
-
-@dataclass(frozen=True)
-class LocalApiConfig:
-    """Where the agent serves the kiosk (loopback, or a Unix socket)."""
-
-    host: str = "127.0.0.1"
-    port: int = 8701
-    unix_socket: str | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -87,7 +74,6 @@ class StationConfig:
     dispenser: DispenserSpec | None = None
     doors: dict[str, DoorSpec] = field(default_factory=dict)
     occupancy: OccupancySpec | None = None
-    kiosk: KioskConfig = field(default_factory=KioskConfig)
     local_api: LocalApiConfig = field(default_factory=LocalApiConfig)
     lending: LendingConfig = field(default_factory=LendingConfig)
     simulation: SimConfig = field(default_factory=SimConfig)
@@ -111,17 +97,8 @@ def parse_station_config(data: dict, base: Path | None = None,
                          source: str | None = None) -> StationConfig:
     root = Section(data)
     known_keys(root, TOP_LEVEL)
-    hardware = root.str("hardware", choices=("sim", "pi"))
-    sim = hardware == "sim"
-    station = root.section("station", required=True)
-    sid = station.str("id", required=True)
-    try:
-        check_sid(sid)
-    except InvalidIdentifier as err:
-        raise ConfigError("station.id", str(err)) from err
-    data_dir = Path(root.str("data_dir", required=True))
-    if base is not None and not data_dir.is_absolute():
-        data_dir = base / data_dir
+    basics = StationBasics.from_root(root, base)
+    sim = basics.sim
 
     lockers = None
     lsec = root.section("lockers")
@@ -142,23 +119,6 @@ def parse_station_config(data: dict, base: Path | None = None,
     occupancy = parse_occupancy(root.section("occupancy"))
     if not sim:
         _check_pins(doors, dispenser, occupancy)
-
-    ksec = root.section("kiosk")
-    kiosk = KioskConfig()
-    if ksec is not None:
-        kiosk = KioskConfig(host=ksec.str("host", "127.0.0.1"),
-                            port=ksec.int("port", 8700, lo=1, hi=65535))
-    asec = root.section("local_api")
-    local_api = LocalApiConfig()
-    if asec is not None:
-        known_keys(asec, ("host", "port", "unix_socket"))
-        local_api = LocalApiConfig(host=asec.str("host", "127.0.0.1"),
-                                   port=asec.int("port", 8701, lo=0, hi=65535),
-                                   unix_socket=asec.str("unix_socket"))
-        if local_api.unix_socket is None and local_api.host not in ("127.0.0.1", "::1",
-                                                                     "localhost"):
-            raise ConfigError("local_api.host", "the kiosk's API must stay on loopback "
-                                                "(127.0.0.1) or a unix_socket")
 
     lending = LendingConfig()
     gsec = root.section("lending")
@@ -189,12 +149,6 @@ def parse_station_config(data: dict, base: Path | None = None,
             seed=ssec.int("seed"),
         )
 
-    fleet_key = None
-    if root.has("fleet_key_file"):
-        fleet_key = (root.secret("fleet_key", base) or "").encode()
-        if len(fleet_key) < 16:
-            raise ConfigError("fleet_key_file", "the fleet key must be at least 16 characters")
-
     timing = root.section("timing")
     heartbeat = timing.duration("heartbeat", 60.0) if timing else 60.0
     coalesce = timing.duration("coalesce", 2.0) if timing else 2.0
@@ -207,23 +161,22 @@ def parse_station_config(data: dict, base: Path | None = None,
         raise ConfigError("timing.tick", "must be from 10ms to 1s")
 
     return StationConfig(
-        sid=sid,
-        name=station.str("name", sid),
-        data_dir=data_dir,
+        sid=basics.sid,
+        name=basics.name,
+        data_dir=basics.data_dir,
         mqtt=MqttConfig.from_section(root.section("mqtt"), base),
         sim=sim,
         lockers=lockers,
         dispenser=dispenser,
         doors=doors,
         occupancy=occupancy,
-        kiosk=kiosk,
-        local_api=local_api,
+        local_api=basics.local_api,
         lending=lending,
         simulation=simulation,
         heartbeat=heartbeat,
         coalesce=coalesce,
         tick=tick,
-        fleet_key=fleet_key,
+        fleet_key=basics.fleet_key,
         source=source,
     )
 

@@ -3,10 +3,10 @@
     config = load_kiosk_config("/etc/yizhan/station.yaml")
     app = create_app(config)
 
-What the agent's parser already checks (station name, ``data_dir``,
-``fleet_key_file``, ``local_api``, ``kiosk.host``/``port``) is taken from
-:func:`firmware.config.load_station_config`; the keys only the kiosk reads are
-checked here, each error naming its key::
+The kiosk reads only what it needs: the part of the file it shares with the
+agent (station id and name, ``data_dir``, ``fleet_key_file``, ``local_api``:
+:class:`yizhan.config.StationBasics`, read and checked by one owner for both)
+and its own ``kiosk`` section, each error naming its key::
 
     kiosk:
       host: 127.0.0.1            # loopback only: the browser runs on the same Pi
@@ -21,14 +21,21 @@ checked here, each error naming its key::
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from firmware.config import StationConfig, parse_station_config
-from firmware.hardware.doors import known_keys
 from kiosk.i18n import LANGUAGES as _LANGUAGES
-from yizhan.config import ConfigError, Section, load_yaml
+from yizhan.config import (
+    DEMO_FLEET_KEY,
+    LOOPBACK,
+    ConfigError,
+    Section,
+    StationBasics,
+    known_keys,
+    load_yaml,
+)
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +43,6 @@ __all__ = ["BorrowRate", "KioskConfig", "kiosk_config", "load_kiosk_config"]
 
 KIOSK_KEYS = ("host", "port", "borrow_rate", "idle", "staff_idle", "done_idle", "language",
               "api_timeout")
-LOOPBACK = ("127.0.0.1", "::1", "localhost")
 LANGUAGES = tuple(_LANGUAGES)
 
 
@@ -80,17 +86,24 @@ def load_kiosk_config(path: str | Path) -> KioskConfig:
     path = Path(path)
     data = load_yaml(path)
     try:
-        station = parse_station_config(data, base=path.parent, source=str(path))
-        return kiosk_config(station, data.get("kiosk"))
+        return kiosk_config(data, base=path.parent, source=str(path))
     except ConfigError as err:
         raise err.in_file(path) from None
 
 
-def kiosk_config(station: StationConfig, kiosk_section: Any = None) -> KioskConfig:
-    """The kiosk's settings from a parsed station file and its raw ``kiosk`` mapping."""
-    sec = Section.of({"kiosk": kiosk_section}, "kiosk") or Section({}, "kiosk")
+def kiosk_config(data: Mapping[str, Any], base: Path | None = None,
+                 source: str | None = None) -> KioskConfig:
+    """The kiosk's settings from a parsed station file; relative paths from ``base``.
+
+    The sections only the agent reads (hardware, ``mqtt``, ``lending``...) are the
+    agent's to check: the kiosk neither reads nor judges them.
+    """
+    root = Section(data)
+    station = StationBasics.from_root(root, base)
+    sec = root.section("kiosk") or Section({}, "kiosk")
     known_keys(sec, KIOSK_KEYS)
-    host = station.kiosk.host
+    host = sec.str("host", "127.0.0.1")
+    port = sec.int("port", 8700, lo=1, hi=65535)
     if host not in LOOPBACK:
         raise ConfigError("kiosk.host", "the kiosk must stay on loopback (127.0.0.1): "
                                         "riders type phone numbers into it")
@@ -115,9 +128,7 @@ def kiosk_config(station: StationConfig, kiosk_section: Any = None) -> KioskConf
             raise ConfigError("fleet_key_file", "is required: the kiosk turns phone numbers "
                                                 "into rider ids with it (contract §1)")
         # A simulated station without a key runs on the demo's, as its simulated
-        # riders do (firmware/sim/station.py): named by `hardware: sim`, not guessed.
-        from firmware.sim.riders import DEMO_FLEET_KEY
-
+        # riders do (the agent's simulator): named by `hardware: sim`, not guessed.
         log.warning("hardware: sim without fleet_key_file: using the demo fleet key")
         fleet_key = DEMO_FLEET_KEY
 
@@ -131,13 +142,13 @@ def kiosk_config(station: StationConfig, kiosk_section: Any = None) -> KioskConf
         api_socket=api.unix_socket,
         api_timeout=api_timeout,
         host=host,
-        port=station.kiosk.port,
+        port=port,
         borrow_rate=rate,
         idle=idle,
         staff_idle=staff_idle,
         done_idle=done_idle,
         language=language,
-        source=station.source,
+        source=source,
     )
 
 

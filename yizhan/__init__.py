@@ -2,8 +2,8 @@
 
 The distribution holds three programs (``firmware`` — the station agent,
 ``kiosk``, ``hub``), the wire contract in code (``protocol``), and this small
-package with what they share that is not part of the contract: the clock and
-the command line.
+package with what they share that is not part of the contract: the clock, the
+configuration readers and the command line.
 """
 
 __version__ = "0.1.0"

@@ -6,8 +6,11 @@ with a message that names the file, the key and what is wrong (contract §14):
     station.yaml: mqtt.port: must be an integer from 1 to 65535, not 'abc'
 
 The helpers here walk a parsed YAML mapping with a dotted key path so that each
-check can say exactly where it failed. The program-specific layouts live in
-``firmware/config.py`` and ``hub/config.py``.
+check can say exactly where it failed. The sections more than one program reads
+are here too: ``mqtt`` (the hub and the station, :class:`MqttConfig`) and the
+part of the station file that both the agent and the kiosk read
+(:class:`StationBasics`). The program-specific layouts live in
+``firmware/config.py``, ``kiosk/config.py`` and ``hub/config.py``.
 """
 
 from __future__ import annotations
@@ -19,6 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from protocol.errors import InvalidIdentifier
+from protocol.ids import check_sid
 
 _DURATION_RE = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?(?:(\d+)ms)?$")
 
@@ -191,6 +197,15 @@ class Section:
         return self.str(name)
 
 
+def known_keys(sec: Section, known: tuple[str, ...]) -> None:
+    """Refuse a key the section does not have, naming it and the keys it has."""
+    # A misspelt key (``bounse: 1s``) would otherwise silently keep the default.
+    for key in sec.data:
+        if key not in known:
+            raise ConfigError(sec.key(str(key)), f"unknown key; expected one of "
+                                                 f"{', '.join(known)}")
+
+
 def _range(lo: Any, hi: Any) -> str:
     if lo is not None and hi is not None:
         return f" from {lo} to {hi}"
@@ -247,3 +262,79 @@ class MqttConfig:
         return {"host": self.host, "port": self.port, "username": self.username,
                 "password": "***" if self.password else None, "tls": self.tls is not None,
                 "keepalive": self.keepalive}
+
+
+# -- the station file's shared part ----------------------------------------------------
+
+#: The addresses that are this machine: the kiosk and the agent's API for it stay here.
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+#: The fleet key of the demo, and of a ``hardware: sim`` station whose file names
+#: none (its kiosk and its simulated riders then agree on rider ids).
+DEMO_FLEET_KEY = b"yizhan-demo-fleet-key"
+
+
+@dataclass(frozen=True)
+class LocalApiConfig:
+    """Where the agent serves the kiosk (``local_api``: loopback, or a Unix socket)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8701
+    unix_socket: str | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @classmethod
+    def from_section(cls, sec: Section | None) -> LocalApiConfig:
+        if sec is None:
+            return cls()
+        known_keys(sec, ("host", "port", "unix_socket"))
+        api = cls(host=sec.str("host", "127.0.0.1"), port=sec.int("port", 8701, lo=0, hi=65535),
+                  unix_socket=sec.str("unix_socket"))
+        if api.unix_socket is None and api.host not in LOOPBACK:
+            raise ConfigError(sec.key("host"), "the kiosk's API must stay on loopback "
+                                               "(127.0.0.1) or a unix_socket")
+        return api
+
+
+@dataclass(frozen=True)
+class StationBasics:
+    """What the agent and the kiosk both read from the one station file (contract §14):
+    which station this is, where it keeps its data, the fleet key that turns phone
+    numbers into rider ids, whether it is simulated, and where the agent serves the
+    kiosk. ``fleet_key`` is None when the file names no ``fleet_key_file``.
+
+        basics = StationBasics.from_root(Section(load_yaml(path)), base=path.parent)
+    """
+
+    sid: str
+    name: str
+    data_dir: Path
+    sim: bool = False
+    fleet_key: bytes | None = None
+    local_api: LocalApiConfig = LocalApiConfig()
+
+    @classmethod
+    def from_root(cls, root: Section, base: Path | None = None) -> StationBasics:
+        """Read from the file's top level; relative paths are taken from ``base``."""
+        sim = root.str("hardware", choices=("sim", "pi")) == "sim"
+        station = root.section("station", required=True)
+        sid = station.str("id", required=True)
+        try:
+            check_sid(sid)
+        except InvalidIdentifier as err:
+            raise ConfigError("station.id", str(err)) from err
+        data_dir = Path(root.str("data_dir", required=True))
+        if base is not None and not data_dir.is_absolute():
+            data_dir = base / data_dir
+        fleet_key = None
+        if root.has("fleet_key_file"):
+            fleet_key = (root.secret("fleet_key", base) or "").encode()
+            if len(fleet_key) < 16:
+                raise ConfigError("fleet_key_file",
+                                  "the fleet key must be at least 16 characters")
+        return cls(sid=sid, name=station.str("name", sid), data_dir=data_dir, sim=sim,
+                   fleet_key=fleet_key,
+                   local_api=LocalApiConfig.from_section(root.section("local_api")))

@@ -31,12 +31,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from firmware.hardware.doors import gpio_pin, known_keys
+from firmware.hardware.doors import gpio_pin
 from firmware.parts import Reporter
 from firmware.safety import HeaterSafety, SafetyLimits
 from protocol.messages import Dispenser as DispenserSection
 from yizhan.clock import Clock
-from yizhan.config import ConfigError, Section
+from yizhan.config import ConfigError, Section, known_keys
 
 log = logging.getLogger(__name__)
 

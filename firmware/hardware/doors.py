@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 from firmware.parts import Reporter
 from yizhan.clock import Clock
-from yizhan.config import ConfigError, Section
+from yizhan.config import ConfigError, Section, known_keys
 
 #: GPIO numbers a part may use on the 40-pin header (BCM numbering).
 GPIO_RANGE = (2, 27)
@@ -90,14 +90,6 @@ def parse_doors(section: Section | None) -> dict[str, DoorSpec]:
 def gpio_pin(sec: Section, name: str, *, required: bool = False) -> int | None:
     """A BCM GPIO number from a section; the error names the key."""
     return sec.int(name, required=required, lo=GPIO_RANGE[0], hi=GPIO_RANGE[1])
-
-
-def known_keys(sec: Section, known: tuple[str, ...]) -> None:
-    # A misspelt key (``bounse: 1s``) would otherwise silently keep the default.
-    for key in sec.data:
-        if key not in known:
-            raise ConfigError(sec.key(str(key)), f"unknown key; expected one of "
-                                                 f"{', '.join(known)}")
 
 
 class Door:

@@ -22,10 +22,10 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from firmware.hardware.doors import gpio_pin, known_keys
+from firmware.hardware.doors import gpio_pin
 from firmware.parts import Reporter
 from yizhan.clock import Clock
-from yizhan.config import ConfigError, Section
+from yizhan.config import ConfigError, Section, known_keys
 
 
 @dataclass(frozen=True)

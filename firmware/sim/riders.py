@@ -27,16 +27,14 @@ from firmware.sim.board import BoardSimulator
 from firmware.sim.model import SlotError
 from protocol.ids import rider_id
 from yizhan.clock import Clock
+from yizhan.config import DEMO_FLEET_KEY
 
 if TYPE_CHECKING:
     from firmware.lending import Lending
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DEMO_FLEET_KEY", "SimRiders"]
-
-#: The fleet key of the demo and of ``hardware: sim`` stations without one.
-DEMO_FLEET_KEY = b"yizhan-demo-fleet-key"
+__all__ = ["SimRiders"]
 
 
 @dataclass(slots=True)

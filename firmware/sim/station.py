@@ -19,9 +19,10 @@ from firmware.hardware.occupancy import OccupancySpec
 from firmware.sim.board import BoardSimulator
 from firmware.sim.doors import DoorSim, PirSim, Traffic
 from firmware.sim.model import default_banks
-from firmware.sim.riders import DEMO_FLEET_KEY, SimRiders
+from firmware.sim.riders import SimRiders
 from firmware.sim.water import WaterSim, sim_spec
 from yizhan.clock import Clock
+from yizhan.config import DEMO_FLEET_KEY
 
 log = logging.getLogger(__name__)
 
