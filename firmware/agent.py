@@ -21,15 +21,15 @@ from waitress.server import create_server
 from firmware.commands import CommandHandler
 from firmware.config import StationConfig, load_station_config
 from firmware.directory import DirectoryStore
-from firmware.hardware.dispenser import Dispenser
-from firmware.hardware.doors import Doors
-from firmware.hardware.occupancy import Occupancy
+from firmware.dispenser import Dispenser
+from firmware.doors import Doors
 from firmware.hardware.station import StationHardware
 from firmware.journal import Journal
 from firmware.lending import Lending
 from firmware.link import StationLink
 from firmware.localapi import create_local_api
 from firmware.locker import Locker
+from firmware.occupancy import Occupancy
 from firmware.outbox import Outbox
 from protocol import messages as m
 from protocol.topics import Kind

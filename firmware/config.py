@@ -13,9 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from firmware.hardware.dispenser import DispenserSpec, parse_dispenser
-from firmware.hardware.doors import DoorSpec, parse_doors
-from firmware.hardware.occupancy import OccupancySpec, parse_occupancy
+from firmware.dispenser import DispenserSpec, parse_dispenser
+from firmware.doors import DoorSpec, parse_doors
+from firmware.occupancy import OccupancySpec, parse_occupancy
 from yizhan.config import (
     ConfigError,
     LocalApiConfig,

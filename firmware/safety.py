@@ -3,7 +3,7 @@
 The heater of a hot-water urn is the one output of a station that can start a
 fire. :class:`HeaterSafety` holds the rules and nothing else — no pins, no
 files — so that every path is tested with a table of readings and a property
-test. The dispenser (``firmware/hardware/dispenser.py``) feeds it the level
+test. The dispenser (``firmware/dispenser.py``) feeds it the level
 and the thermometer at every poll and drives the relay with what it decides.
 
     >>> from yizhan.clock import ManualClock

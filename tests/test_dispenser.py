@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from firmware.hardware.dispenser import (
+from firmware.dispenser import (
     DS18B20,
     AdcLevelSpec,
     BadReading,

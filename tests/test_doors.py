@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from firmware.hardware.doors import Doors, DoorSpec, parse_doors
+from firmware.doors import Doors, DoorSpec, parse_doors
 from firmware.parts import RecordingReporter
 from firmware.sim.doors import DoorSim
 from firmware.sim.water import DrivenPin

@@ -413,7 +413,7 @@ def test_a_bank_taken_without_a_borrow_is_no_loan(station: Station) -> None:
 @pytest.fixture
 def staffed(stations: StationFactory, pin_factory: Any) -> Station:
     """Slots 1-2 empty; a locker panel door on GPIO 27; staff li (PIN 2468)."""
-    from firmware.hardware.doors import Doors, DoorSpec
+    from firmware.doors import Doors, DoorSpec
 
     banks = {n: (f"PB{n:02d}", 90) for n in range(3, 7)}
     reporter = RecordingReporter()

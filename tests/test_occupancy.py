@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from firmware.hardware.occupancy import Occupancy, OccupancySpec, parse_occupancy
+from firmware.occupancy import Occupancy, OccupancySpec, parse_occupancy
 from firmware.parts import RecordingReporter
 from firmware.sim.doors import PirSim
 from yizhan.config import ConfigError, Section

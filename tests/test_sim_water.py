@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from firmware.hardware.dispenser import (
+from firmware.dispenser import (
     AdcLevelSpec,
     DispenserSpec,
     FloatLevelSpec,
@@ -16,8 +16,8 @@ from firmware.hardware.dispenser import (
     open_mcp3008,
     parse_w1_slave,
 )
-from firmware.hardware.doors import Doors, DoorSpec
-from firmware.hardware.occupancy import Occupancy, OccupancySpec
+from firmware.doors import Doors, DoorSpec
+from firmware.occupancy import Occupancy, OccupancySpec
 from firmware.parts import RecordingReporter
 from firmware.sim.doors import DoorSim, PirSim, Traffic
 from firmware.sim.model import SimulatorError

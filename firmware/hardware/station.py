@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from firmware.config import StationConfig
+from firmware.dispenser import DispenserSpec
+from firmware.doors import DoorSpec
 from firmware.hardware.board import LockerBoard
 from firmware.hardware.clocksync import AssumedSynced, KernelClockSync
-from firmware.hardware.dispenser import DispenserSpec
-from firmware.hardware.doors import DoorSpec
 from firmware.hardware.health import PiHealth, SimHealth
-from firmware.hardware.occupancy import OccupancySpec
+from firmware.occupancy import OccupancySpec
 from yizhan.clock import Clock
 
 log = logging.getLogger(__name__)

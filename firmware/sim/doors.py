@@ -7,7 +7,7 @@ arrives and leaves, the PIR sees someone while anyone is inside. Scripted
 faults: a bouncing contact and an edge the kernel never delivered.
 
     >>> from gpiozero.pins.mock import MockFactory
-    >>> from firmware.hardware.doors import DoorSpec
+    >>> from firmware.doors import DoorSpec
     >>> doors = DoorSim({"entrance": DoorSpec(pin=17)}, MockFactory())
     >>> doors.open("entrance"); doors.is_open("entrance")
     True
@@ -23,8 +23,8 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from firmware.hardware.doors import DoorSpec
-from firmware.hardware.occupancy import OccupancySpec
+from firmware.doors import DoorSpec
+from firmware.occupancy import OccupancySpec
 from firmware.sim.timeline import Timeline
 from firmware.sim.water import DrivenPin, driven_pin
 from yizhan.clock import SYSTEM_CLOCK, Clock

@@ -14,8 +14,8 @@ import random
 from gpiozero.pins.mock import MockFactory
 
 from firmware.config import StationConfig
-from firmware.hardware.doors import DoorSpec
-from firmware.hardware.occupancy import OccupancySpec
+from firmware.doors import DoorSpec
+from firmware.occupancy import OccupancySpec
 from firmware.sim.board import BoardSimulator
 from firmware.sim.doors import DoorSim, PirSim, Traffic
 from firmware.sim.model import default_banks

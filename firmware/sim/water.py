@@ -40,7 +40,7 @@ from typing import Any, Literal
 from gpiozero.exc import PinInvalidPull
 from gpiozero.pins.mock import MockPin, MockSPIDevice, MockSPISelectPin
 
-from firmware.hardware.dispenser import (
+from firmware.dispenser import (
     POWER_ON_RESET_C,
     W1_DEVICES,
     AdcLevelSpec,

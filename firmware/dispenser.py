@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from firmware.hardware.doors import gpio_pin
+from firmware.doors import gpio_pin
 from firmware.parts import Reporter
 from firmware.safety import HeaterSafety, SafetyLimits
 from protocol.messages import Dispenser as DispenserSection

@@ -22,7 +22,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from firmware.hardware.doors import gpio_pin
+from firmware.doors import gpio_pin
 from firmware.parts import Reporter
 from yizhan.clock import Clock
 from yizhan.config import ConfigError, Section, known_keys
