@@ -15,6 +15,7 @@ from pathlib import Path
 
 from firmware.dispenser import DispenserSpec, parse_dispenser
 from firmware.doors import DoorSpec, parse_doors
+from firmware.hardware.pins import W1_PIN
 from firmware.occupancy import OccupancySpec, parse_occupancy
 from yizhan.config import (
     ConfigError,
@@ -29,8 +30,6 @@ from yizhan.config import (
 TOP_LEVEL = ("hardware", "station", "mqtt", "data_dir", "fleet_key_file", "lockers",
              "dispenser", "doors", "occupancy", "kiosk", "local_api", "lending", "timing",
              "sim")
-# GPIO4 carries the DS18B20's 1-wire bus (dtoverlay=w1-gpio) whenever there is one.
-W1_PIN = 4
 
 
 @dataclass(frozen=True)

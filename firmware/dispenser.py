@@ -10,6 +10,11 @@ The parts, each read exactly as on a Pi (docs/hardware.md has the wiring):
   :class:`~firmware.safety.HeaterSafety` says so;
 - an optional flow meter on ``flow.pin`` whose pulses add up ``dispensed_ml``.
 
+Their drivers are in ``firmware/hardware/`` (``level.py``, ``thermometer.py``,
+``flow.py``); this module reads the ``dispenser`` section, lets a new level
+settle, drives the relay as :class:`~firmware.safety.HeaterSafety` decides and
+turns what changes into events.
+
     spec = parse_dispenser(Section(config["dispenser"], "dispenser"))
     dispenser = Dispenser(spec, reporter, clock, pin_factory=factory, dispensed_ml=stored)
     dispenser.poll()                  # from the station loop, every 0.25 s
@@ -24,108 +29,33 @@ the settled level state; ``dispenser_fault`` / ``dispenser_fault_cleared``
 
 from __future__ import annotations
 
-import logging
-import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
-from firmware.doors import gpio_pin
+from firmware.hardware.flow import FlowMeter, FlowSpec
+from firmware.hardware.level import (
+    AdcLevel,
+    AdcLevelSpec,
+    FloatLevelSpec,
+    FloatSwitches,
+    LevelSensor,
+)
+from firmware.hardware.pins import SPI0_PINS, gpio_pin
+from firmware.hardware.thermometer import (
+    W1_DEVICES,
+    W1_ID_PATTERN,
+    ThermometerReader,
+    ThermometerSpec,
+)
 from firmware.parts import Reporter
 from firmware.safety import HeaterSafety, SafetyLimits
 from protocol.messages import Dispenser as DispenserSection
 from yizhan.clock import Clock
 from yizhan.config import ConfigError, Section, known_keys
 
-log = logging.getLogger(__name__)
-
-W1_DEVICES = Path("/sys/bus/w1/devices")
-# The SPI0 pins (BCM) an MCP3008 takes: SCLK, MOSI, MISO, CE0, CE1.
-SPI0_PINS = frozenset({7, 8, 9, 10, 11})
-_W1_ID_RE = r"[0-9a-f]{2}-[0-9a-f]{12}"
-POWER_ON_RESET_C = 85.0  # what a DS18B20 reads before its first conversion
-
-
-# -- errors -----------------------------------------------------------------------
-
-
-class DispenserError(Exception):
-    """Root of the dispenser's errors."""
-
-
-class ThermometerError(DispenserError):
-    """A temperature read that gave no temperature."""
-
-
-class ThermometerMissing(ThermometerError):
-    """The sensor's sysfs directory is gone: unplugged, or never found on the bus."""
-
-
-class BadReading(ThermometerError, ValueError):
-    """The sensor answered, but not with a temperature (CRC NO, a garbled file)."""
-
-
 # -- configuration --------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class FloatLevelSpec:
-    """Two float switches: ``low_pin`` trips below the low mark, ``empty_pin``
-    below the mark where the element would run dry. ``active`` is the pin
-    level of a tripped float; ``settle`` how long a new level must hold."""
-
-    low_pin: int
-    empty_pin: int
-    active: Literal["high", "low"] = "high"
-    settle: float = 2.0
-    type: Literal["floats"] = "floats"
-
-
-@dataclass(frozen=True)
-class AdcLevelSpec:
-    """A level sensor on an MCP3008 channel. The reading is scaled so that
-    ``zero`` reads as an empty and ``full`` as a full tank; the level state
-    turns ``low`` at ``low``, ``empty`` at ``empty``, and back only
-    ``clear_margin`` above either (so it does not flap on ripples)."""
-
-    channel: int
-    low: float = 0.25
-    empty: float = 0.08
-    clear_margin: float = 0.05
-    zero: float = 0.0
-    full: float = 1.0
-    device: int = 0  # SPI0 chip select: CE0 (GPIO8) or CE1 (GPIO7)
-    settle: float = 2.0
-    type: Literal["mcp3008"] = "mcp3008"
-
-
-@dataclass(frozen=True)
-class ThermometerSpec:
-    """A DS18B20 on 1-wire: ``base/device/w1_slave`` is read every ``read_every``
-    seconds; ``max_failures`` failed reads in a row make it silent at once.
-    ``background`` reads on a thread of its own, because on a Pi a read waits
-    about 750 ms for the sensor's conversion (tests read in the caller)."""
-
-    device: str
-    base: Path = W1_DEVICES
-    read_every: float = 2.0
-    sensor_timeout: float = 10.0
-    max_failures: int = 3
-    background: bool = True
-    type: Literal["ds18b20"] = "ds18b20"
-
-    @property
-    def path(self) -> Path:
-        return Path(self.base) / self.device / "w1_slave"
-
-
-@dataclass(frozen=True)
-class FlowSpec:
-    """A hall-effect flow meter: ``ml_per_pulse`` millilitres per pulse."""
-
-    pin: int
-    ml_per_pulse: float = 2.25
 
 
 @dataclass(frozen=True)
@@ -172,7 +102,7 @@ def parse_dispenser(section: Section | None) -> DispenserSpec | None:
                                 "max_failures"))
         tsec.str("type", "ds18b20", choices=("ds18b20",))
         thermometer = ThermometerSpec(
-            device=tsec.str("device", required=True, pattern=_W1_ID_RE),
+            device=tsec.str("device", required=True, pattern=W1_ID_PATTERN),
             base=Path(tsec.str("base", str(W1_DEVICES))),
             read_every=_positive(tsec, "read_every", 2.0),
             sensor_timeout=_positive(tsec, "sensor_timeout", 10.0),
@@ -274,273 +204,6 @@ def _check_pins(spec: DispenserSpec) -> None:
         seen[pin] = key
 
 
-# -- the thermometer ---------------------------------------------------------------------
-
-
-def parse_w1_slave(text: str) -> float:
-    """The temperature in a DS18B20's ``w1_slave`` file, in °C.
-
-    >>> parse_w1_slave("72 01 4b 46 7f ff 0e 10 57 : crc=57 YES\\n"
-    ...                "72 01 4b 46 7f ff 0e 10 57 t=23125\\n")
-    23.125
-
-    The kernel checks the scratchpad's CRC and says YES or NO; a NO (the
-    sensor did not answer cleanly) or anything unreadable is :class:`BadReading`.
-    """
-    lines = text.strip().splitlines()
-    if len(lines) < 2:
-        raise BadReading(f"w1_slave has {len(lines)} line(s), expected 2")
-    if not lines[0].rstrip().endswith("YES"):
-        raise BadReading("CRC check failed (crc=... NO)")
-    m = re.search(r"t=(-?\d+)\s*$", lines[1])
-    if not m:
-        raise BadReading("no t= in the second line")
-    return int(m.group(1)) / 1000
-
-
-class DS18B20:
-    """A DS18B20 read through the kernel's w1-therm driver (``dtoverlay=w1-gpio``).
-
-    >>> DS18B20("28-0316a2795a1f").path
-    PosixPath('/sys/bus/w1/devices/28-0316a2795a1f/w1_slave')
-    """
-
-    def __init__(self, device: str, base: Path = W1_DEVICES) -> None:
-        self.device = device
-        self.path = Path(base) / device / "w1_slave"
-
-    def read(self) -> float:
-        """One reading, °C; blocks for the conversion (≈750 ms) on a Pi."""
-        try:
-            text = self.path.read_text(encoding="ascii", errors="replace")
-        except FileNotFoundError:
-            raise ThermometerMissing(f"{self.path} does not exist") from None
-        except OSError as err:  # EIO when the bus is shorted, say
-            raise BadReading(f"{self.path}: {err.strerror}") from err
-        return parse_w1_slave(text)
-
-
-class _ThermometerReader:
-    """Keeps the last good reading; reads inline or on its own thread."""
-
-    def __init__(self, spec: ThermometerSpec, clock: Clock) -> None:
-        self.spec = spec
-        self.sensor = DS18B20(spec.device, spec.base)
-        self.clock = clock
-        self._lock = threading.Lock()
-        self.temp_c: float | None = None
-        self.read_at: float | None = None
-        self.failures = 0
-        self._last_good: float | None = None  # kept when temp_c is dropped as silent
-        self._next = clock.monotonic()
-        self._closed = threading.Event()
-        self._wanted = threading.Event()
-        self._thread: threading.Thread | None = None
-        if spec.background:
-            self._thread = threading.Thread(target=self._run, name=f"ds18b20-{spec.device}",
-                                            daemon=True)
-            self._thread.start()
-
-    def poll(self) -> None:
-        now = self.clock.monotonic()
-        if now < self._next:
-            return
-        self._next = now + self.spec.read_every
-        if self._thread is None:
-            self._read_once()
-        else:
-            self._wanted.set()  # a read still hanging simply keeps it pending
-
-    def latest(self) -> tuple[float | None, float | None]:
-        with self._lock:
-            return self.temp_c, self.read_at
-
-    def _run(self) -> None:
-        while True:
-            self._wanted.wait()
-            self._wanted.clear()
-            if self._closed.is_set():
-                return
-            self._read_once()
-
-    def _read_once(self) -> None:
-        try:
-            value = self.sensor.read()
-            if value == POWER_ON_RESET_C and self._last_good is not None \
-                    and abs(self._last_good - value) > 10:
-                # A sensor that browned out answers its reset value before any
-                # conversion; a jump to exactly 85 °C is that, not the water.
-                raise BadReading("85 °C power-on reset value")
-        except ThermometerError as err:
-            with self._lock:
-                self.failures += 1
-                if self.failures == 1:
-                    log.warning("thermometer %s: %s", self.spec.device, err)
-                if self.failures >= self.spec.max_failures:
-                    self.temp_c = None  # failing again and again: no reading at all
-            return
-        with self._lock:
-            if self.failures:
-                log.info("thermometer %s reads again after %d failure(s)", self.spec.device,
-                         self.failures)
-            self.temp_c, self.read_at, self.failures = value, self.clock.monotonic(), 0
-            self._last_good = value
-
-    def close(self) -> None:
-        self._closed.set()
-        self._wanted.set()
-        # A thread stuck in a hung sysfs read is a daemon and is not waited for.
-
-
-# -- the level sensor ---------------------------------------------------------------------
-
-
-class LevelSensor(Protocol):
-    """What the dispenser asks a level sensor: the level state it reads now
-    (``ok``/``low``/``empty``/``unknown``) and the level as a 0..1 fraction
-    (None where only float switches exist). ``settled`` is the dispenser's
-    current state, for sensors with hysteresis."""
-
-    def read(self, settled: str) -> tuple[str, float | None]: ...
-
-    def close(self) -> None: ...
-
-
-class FloatSwitches:
-    """Two float switches wired to GND with the Pi's pull-ups.
-
-    Tripped means the water is below the float. Neither tripped is ``ok``, the
-    low one ``low``, both ``empty``; the empty float tripped while the low one
-    is not cannot be, and reads ``unknown`` (a stuck or broken float)."""
-
-    def __init__(self, spec: FloatLevelSpec, pin_factory: Any = None) -> None:
-        from gpiozero import DigitalInputDevice
-
-        self.spec = spec
-        self._low = self._empty = None
-        try:
-            self._low = DigitalInputDevice(spec.low_pin, pull_up=True, pin_factory=pin_factory)
-            self._empty = DigitalInputDevice(spec.empty_pin, pull_up=True,
-                                             pin_factory=pin_factory)
-        except Exception:
-            self.close()
-            raise
-
-    def _tripped(self, device: Any) -> bool:
-        # With the pull-up a device is active when its pin is low.
-        high = not device.is_active
-        return high if self.spec.active == "high" else not high
-
-    def read(self, settled: str) -> tuple[str, float | None]:
-        low, empty = self._tripped(self._low), self._tripped(self._empty)
-        if empty:
-            return ("empty" if low else "unknown"), None
-        return ("low" if low else "ok"), None
-
-    def close(self) -> None:
-        for device in (self._low, self._empty):
-            if device is not None:
-                device.close()
-
-
-class AdcLevel:
-    """A level sensor on an MCP3008 channel (gpiozero ``MCP3008`` on SPI0)."""
-
-    def __init__(self, spec: AdcLevelSpec, pin_factory: Any = None) -> None:
-        self.spec = spec
-        self._adc = open_mcp3008(spec.channel, spec.device, pin_factory)
-
-    def level(self) -> float | None:
-        """The level as a 0..1 fraction, or None when the reading is outside any
-        level the sensor can show (a broken wire on a 0.5–4.5 V sensor)."""
-        s = self.spec
-        raw = float(self._adc.value)
-        margin = 0.02
-        if raw < s.zero - margin or raw > s.full + margin:
-            return None
-        return min(1.0, max(0.0, (raw - s.zero) / (s.full - s.zero)))
-
-    def read(self, settled: str) -> tuple[str, float | None]:
-        level = self.level()
-        if level is None:
-            return "unknown", None
-        return classify_level(level, settled, self.spec), round(level, 3)
-
-    def close(self) -> None:
-        self._adc.close()
-
-
-def classify_level(level: float, settled: str, spec: AdcLevelSpec) -> str:
-    """The level state of a fraction, with ``clear_margin`` hysteresis.
-
-    >>> spec = AdcLevelSpec(channel=0)
-    >>> classify_level(0.27, "ok", spec), classify_level(0.27, "low", spec)
-    ('ok', 'low')
-    """
-    s = spec
-    if level <= s.empty or (settled == "empty" and level < s.empty + s.clear_margin):
-        return "empty"
-    if level <= s.low or (settled in ("low", "empty") and level < s.low + s.clear_margin):
-        return "low"
-    return "ok"
-
-
-_GLOBAL_FACTORY_LOCK = threading.Lock()
-
-
-def open_mcp3008(channel: int, device: int = 0, pin_factory: Any = None) -> Any:
-    """A gpiozero ``MCP3008`` on SPI0, built on ``pin_factory``.
-
-    gpiozero 2.0's software SPI bus — what a ``MockFactory`` always builds, and
-    what a Pi falls back to without spidev — constructs itself without the
-    factory it is given and so asks for the global ``Device.pin_factory``
-    (loading a default, or failing, when none is set). While it is built, the
-    global is our factory if nothing else was set; it is put back after.
-    """
-    from gpiozero import MCP3008, Device
-
-    with _GLOBAL_FACTORY_LOCK:
-        borrowed = pin_factory is not None and Device.pin_factory is None
-        if borrowed:
-            Device.pin_factory = pin_factory
-        try:
-            return MCP3008(channel=channel, port=0, device=device, pin_factory=pin_factory)
-        finally:
-            if borrowed:
-                Device.pin_factory = None
-
-
-# -- the flow meter ------------------------------------------------------------------------
-
-
-class FlowMeter:
-    """Counts the meter's pulses (gpiozero callback thread) into millilitres."""
-
-    def __init__(self, spec: FlowSpec, pin_factory: Any = None, initial_ml: int = 0) -> None:
-        from gpiozero import DigitalInputDevice
-
-        self.spec = spec
-        self._lock = threading.Lock()
-        self._initial = int(initial_ml)
-        self.pulses = 0
-        # An open-collector hall sensor pulls the line low once per pulse; no
-        # debounce, the pulses come at up to a few hundred a second.
-        self._input = DigitalInputDevice(spec.pin, pull_up=True, pin_factory=pin_factory)
-        self._input.when_activated = self._pulse
-
-    def _pulse(self) -> None:
-        with self._lock:
-            self.pulses += 1
-
-    @property
-    def dispensed_ml(self) -> int:
-        with self._lock:
-            return self._initial + int(self.pulses * self.spec.ml_per_pulse)
-
-    def close(self) -> None:
-        self._input.close()
-
-
 # -- the dispenser --------------------------------------------------------------------------
 
 # How far a reading must move before the State is asked to go out early (the
@@ -570,7 +233,7 @@ class Dispenser:
         self._closed = False
         self._heater: Any = None
         self._level: LevelSensor | None = None
-        self._thermometer: _ThermometerReader | None = None
+        self._thermometer: ThermometerReader | None = None
         self._flow: FlowMeter | None = None
         try:
             if spec.heater_pin is not None:
@@ -583,7 +246,7 @@ class Dispenser:
             else:
                 self._level = AdcLevel(spec.level, pin_factory)
             if spec.thermometer is not None:
-                self._thermometer = _ThermometerReader(spec.thermometer, clock)
+                self._thermometer = ThermometerReader(spec.thermometer, clock)
             if spec.flow is not None:
                 self._flow = FlowMeter(spec.flow, pin_factory, dispensed_ml)
         except Exception:

@@ -31,12 +31,11 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from firmware.hardware.pins import gpio_pin
 from firmware.parts import Reporter
 from yizhan.clock import Clock
 from yizhan.config import ConfigError, Section, known_keys
 
-#: GPIO numbers a part may use on the 40-pin header (BCM numbering).
-GPIO_RANGE = (2, 27)
 DOOR_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 
 
@@ -85,11 +84,6 @@ def parse_doors(section: Section | None) -> dict[str, DoorSpec]:
             bounce=sec.duration("bounce", 0.05),
         )
     return specs
-
-
-def gpio_pin(sec: Section, name: str, *, required: bool = False) -> int | None:
-    """A BCM GPIO number from a section; the error names the key."""
-    return sec.int(name, required=required, lo=GPIO_RANGE[0], hi=GPIO_RANGE[1])
 
 
 class Door:

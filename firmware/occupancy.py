@@ -22,7 +22,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from firmware.doors import gpio_pin
+from firmware.hardware.pins import gpio_pin
 from firmware.parts import Reporter
 from yizhan.clock import Clock
 from yizhan.config import ConfigError, Section, known_keys

@@ -10,17 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from firmware.dispenser import (
+from firmware.dispenser import Dispenser, DispenserSpec, parse_dispenser
+from firmware.hardware.flow import FlowSpec
+from firmware.hardware.level import AdcLevelSpec, FloatLevelSpec
+from firmware.hardware.thermometer import (
     DS18B20,
-    AdcLevelSpec,
     BadReading,
-    Dispenser,
-    DispenserSpec,
-    FloatLevelSpec,
-    FlowSpec,
     ThermometerMissing,
     ThermometerSpec,
-    parse_dispenser,
     parse_w1_slave,
 )
 from firmware.parts import RecordingReporter

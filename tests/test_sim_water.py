@@ -7,16 +7,11 @@ from dataclasses import replace
 
 import pytest
 
-from firmware.dispenser import (
-    AdcLevelSpec,
-    DispenserSpec,
-    FloatLevelSpec,
-    FlowSpec,
-    ThermometerSpec,
-    open_mcp3008,
-    parse_w1_slave,
-)
+from firmware.dispenser import DispenserSpec
 from firmware.doors import Doors, DoorSpec
+from firmware.hardware.flow import FlowSpec
+from firmware.hardware.level import AdcLevelSpec, FloatLevelSpec, open_mcp3008
+from firmware.hardware.thermometer import ThermometerSpec, parse_w1_slave
 from firmware.occupancy import Occupancy, OccupancySpec
 from firmware.parts import RecordingReporter
 from firmware.sim.doors import DoorSim, PirSim, Traffic

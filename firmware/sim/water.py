@@ -40,15 +40,10 @@ from typing import Any, Literal
 from gpiozero.exc import PinInvalidPull
 from gpiozero.pins.mock import MockPin, MockSPIDevice, MockSPISelectPin
 
-from firmware.dispenser import (
-    POWER_ON_RESET_C,
-    W1_DEVICES,
-    AdcLevelSpec,
-    DispenserSpec,
-    FloatLevelSpec,
-    FlowSpec,
-    ThermometerSpec,
-)
+from firmware.dispenser import DispenserSpec
+from firmware.hardware.flow import FlowSpec
+from firmware.hardware.level import AdcLevelSpec, FloatLevelSpec
+from firmware.hardware.thermometer import POWER_ON_RESET_C, W1_DEVICES, ThermometerSpec
 from firmware.sim.model import SimulatorError
 from firmware.sim.timeline import Timeline
 from yizhan.clock import SYSTEM_CLOCK, Clock
