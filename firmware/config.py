@@ -40,6 +40,23 @@ class LockerConfig:
     poll_interval: float = 2.0
     slots: int = 12  # only for the simulator: a real board reports its own count
 
+    @classmethod
+    def from_section(cls, sec: Section | None, *, sim: bool) -> LockerConfig | None:
+        """The ``lockers`` section; None for a station without a cabinet. A
+        simulated station always has one (on the simulator's pseudo-terminal)."""
+        if sec is None and not sim:
+            return None
+        sec = sec or Section({}, "lockers")
+        known_keys(sec, ("port", "baudrate", "address", "poll_interval", "slots"))
+        return cls(
+            port=sec.str("port", required=not sim) or "sim",
+            baudrate=sec.int("baudrate", 115200, lo=1200, hi=4_000_000),
+            address=sec.int("address", 1, lo=1, hi=15),
+            poll_interval=sec.duration("poll_interval", 2.0),
+            # A STATUS answer holds 15 records at most (255-byte payload).
+            slots=sec.int("slots", 12, lo=1, hi=15),
+        )
+
 
 @dataclass(frozen=True)
 class LendingConfig:
@@ -48,6 +65,20 @@ class LendingConfig:
     charge_rate: float = 1.0  # % per minute, for "next bank ready at"
     slot_hold: float = 300.0
     pulse_ms: int = 500
+
+    @classmethod
+    def from_section(cls, sec: Section | None) -> LendingConfig:
+        if sec is None:
+            return cls()
+        known_keys(sec, ("take_timeout", "maintenance_idle", "charge_rate", "slot_hold",
+                         "pulse_ms"))
+        return cls(
+            take_timeout=sec.duration("take_timeout", 30.0),
+            maintenance_idle=sec.duration("maintenance_idle", 600.0),
+            charge_rate=sec.float("charge_rate", 1.0, lo=0.01, hi=100),
+            slot_hold=sec.duration("slot_hold", 300.0),
+            pulse_ms=sec.int("pulse_ms", 500, lo=50, hi=5000),
+        )
 
 
 @dataclass(frozen=True)
@@ -60,6 +91,23 @@ class SimConfig:
     draws_per_hour: float = 20.0  # cups of hot water
     auto_refill: float | None = 1800.0  # staff top the tank up this long after "low"
     seed: int | None = None
+
+    @classmethod
+    def from_section(cls, sec: Section | None, *, sim: bool) -> SimConfig:
+        if sec is None:
+            return cls()
+        if not sim:
+            raise ConfigError("sim", "only means something with hardware: sim")
+        known_keys(sec, ("riders_per_hour", "borrows_per_hour", "mean_loan",
+                         "draws_per_hour", "auto_refill", "seed"))
+        return cls(
+            riders_per_hour=sec.float("riders_per_hour", 12.0, lo=0),
+            borrows_per_hour=sec.float("borrows_per_hour", 6.0, lo=0),
+            mean_loan=sec.duration("mean_loan", 7200.0),
+            draws_per_hour=sec.float("draws_per_hour", 20.0, lo=0),
+            auto_refill=sec.duration("auto_refill", 1800.0),
+            seed=sec.int("seed"),
+        )
 
 
 @dataclass(frozen=True)
@@ -94,71 +142,20 @@ def load_station_config(path: str | Path) -> StationConfig:
 
 def parse_station_config(data: dict, base: Path | None = None,
                          source: str | None = None) -> StationConfig:
+    """Check a parsed station file; relative paths are taken from ``base``."""
     root = Section(data)
     known_keys(root, TOP_LEVEL)
     basics = StationBasics.from_root(root, base)
     sim = basics.sim
-
-    lockers = None
-    lsec = root.section("lockers")
-    if lsec is not None or sim:
-        lsec = lsec or Section({}, "lockers")
-        known_keys(lsec, ("port", "baudrate", "address", "poll_interval", "slots"))
-        lockers = LockerConfig(
-            port=lsec.str("port", required=not sim) or "sim",
-            baudrate=lsec.int("baudrate", 115200, lo=1200, hi=4_000_000),
-            address=lsec.int("address", 1, lo=1, hi=15),
-            poll_interval=lsec.duration("poll_interval", 2.0),
-            # A STATUS answer holds 15 records at most (255-byte payload).
-            slots=lsec.int("slots", 12, lo=1, hi=15),
-        )
-
+    lockers = LockerConfig.from_section(root.section("lockers"), sim=sim)
     doors = parse_doors(root.section("doors"))
     dispenser = parse_dispenser(root.section("dispenser"))
     occupancy = parse_occupancy(root.section("occupancy"))
     if not sim:
         _check_pins(doors, dispenser, occupancy)
-
-    lending = LendingConfig()
-    gsec = root.section("lending")
-    if gsec is not None:
-        known_keys(gsec, ("take_timeout", "maintenance_idle", "charge_rate", "slot_hold",
-                          "pulse_ms"))
-        lending = LendingConfig(
-            take_timeout=gsec.duration("take_timeout", 30.0),
-            maintenance_idle=gsec.duration("maintenance_idle", 600.0),
-            charge_rate=gsec.float("charge_rate", 1.0, lo=0.01, hi=100),
-            slot_hold=gsec.duration("slot_hold", 300.0),
-            pulse_ms=gsec.int("pulse_ms", 500, lo=50, hi=5000),
-        )
-
-    simulation = SimConfig()
-    ssec = root.section("sim")
-    if ssec is not None:
-        if not sim:
-            raise ConfigError("sim", "only means something with hardware: sim")
-        known_keys(ssec, ("riders_per_hour", "borrows_per_hour", "mean_loan",
-                          "draws_per_hour", "auto_refill", "seed"))
-        simulation = SimConfig(
-            riders_per_hour=ssec.float("riders_per_hour", 12.0, lo=0),
-            borrows_per_hour=ssec.float("borrows_per_hour", 6.0, lo=0),
-            mean_loan=ssec.duration("mean_loan", 7200.0),
-            draws_per_hour=ssec.float("draws_per_hour", 20.0, lo=0),
-            auto_refill=ssec.duration("auto_refill", 1800.0),
-            seed=ssec.int("seed"),
-        )
-
-    timing = root.section("timing")
-    heartbeat = timing.duration("heartbeat", 60.0) if timing else 60.0
-    coalesce = timing.duration("coalesce", 2.0) if timing else 2.0
-    tick = timing.duration("tick", 0.25) if timing else 0.25
-    if heartbeat > 60.0:
-        raise ConfigError("timing.heartbeat", "must be at most 60s (contract §5)")
-    if coalesce > 2.0:
-        raise ConfigError("timing.coalesce", "must be at most 2s (contract §5)")
-    if not 0.01 <= tick <= 1.0:
-        raise ConfigError("timing.tick", "must be from 10ms to 1s")
-
+    lending = LendingConfig.from_section(root.section("lending"))
+    simulation = SimConfig.from_section(root.section("sim"), sim=sim)
+    heartbeat, coalesce, tick = _timing(root.section("timing"))
     return StationConfig(
         sid=basics.sid,
         name=basics.name,
@@ -178,6 +175,20 @@ def parse_station_config(data: dict, base: Path | None = None,
         fleet_key=basics.fleet_key,
         source=source,
     )
+
+
+def _timing(sec: Section | None) -> tuple[float, float, float]:
+    """``timing``: the State's heartbeat and coalescing window, the loop's tick."""
+    heartbeat = sec.duration("heartbeat", 60.0) if sec else 60.0
+    coalesce = sec.duration("coalesce", 2.0) if sec else 2.0
+    tick = sec.duration("tick", 0.25) if sec else 0.25
+    if heartbeat > 60.0:
+        raise ConfigError("timing.heartbeat", "must be at most 60s (contract §5)")
+    if coalesce > 2.0:
+        raise ConfigError("timing.coalesce", "must be at most 2s (contract §5)")
+    if not 0.01 <= tick <= 1.0:
+        raise ConfigError("timing.tick", "must be from 10ms to 1s")
+    return heartbeat, coalesce, tick
 
 
 def _check_pins(doors: dict[str, DoorSpec], dispenser: DispenserSpec | None,

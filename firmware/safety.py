@@ -143,51 +143,18 @@ class HeaterSafety:
         none (never read, or the thermometer failed repeatedly); ``read_at`` the
         clock's monotonic time of that reading.
         """
-        lim = self.limits
         now = self.clock.monotonic()
         # In the first sensor_timeout after start a missing reading is "not yet",
         # not a fault: the heater stays off, but no lockout is raised at each boot.
-        starting = now - self._started < lim.sensor_timeout
+        starting = now - self._started < self.limits.sensor_timeout
         reasons: set[str] = set()
-        waiting = False
-
-        if level_state == "empty":
-            reasons.add("empty")
-        elif level_state not in _WET:
-            if starting:
-                waiting = True
-            else:
-                reasons.add("level_unknown")
-
+        waiting = self._check_level(level_state, starting, reasons)
         if self.thermometer:
-            fresh = (temp_c is not None and read_at is not None
-                     and now - read_at <= lim.sensor_timeout)
-            if not fresh:
-                if starting and read_at is None:
-                    waiting = True
-                else:
-                    reasons.add("sensor_silent")
-            elif not lim.min_valid_c <= temp_c <= lim.max_valid_c:
-                reasons.add("sensor_range")
-            else:
-                if temp_c > lim.max_temp_c:
-                    self._overtemp = True
-                elif temp_c <= lim.max_temp_c - lim.overtemp_clear:
-                    self._overtemp = False
-                if self._overtemp:
-                    reasons.add("overtemp")
+            waiting = self._check_temperature(temp_c, read_at, now, starting, reasons) \
+                or waiting
         else:
             waiting = True  # without a thermometer the heater is never ours to run
-
-        # Continuous on-time, counted up to now: a heater that has been on since
-        # the last update has been on all that while.
-        if self._heating and self._on_since is not None and now - self._on_since >= lim.max_on:
-            self._max_on_until = now + lim.cooldown
-        if self._max_on_until is not None:
-            if now < self._max_on_until:
-                reasons.add("max_on_time")
-            else:
-                self._max_on_until = None
+        self._check_on_time(now, reasons)
 
         # The element was energised when the tank ran dry: it may have boiled dry.
         if "empty" in reasons and self._heating:
@@ -201,20 +168,71 @@ class HeaterSafety:
         else:
             self._lockout_reason = None
 
-        allowed = self.heater and not reasons and not waiting
-        heat = False
-        if allowed:
-            assert temp_c is not None
-            if self._heating:
-                heat = temp_c < lim.target_c
+        # Allowed only with no reason and nothing awaited: temp_c is then fresh.
+        heat = self.heater and not reasons and not waiting and self._thermostat(temp_c)
+        self._switch(heat, now)
+        return self._decide(heat, reasons)
+
+    def _check_level(self, level_state: str, starting: bool, reasons: set[str]) -> bool:
+        """Add the level's reasons; True while a first level reading is awaited."""
+        if level_state == "empty":
+            reasons.add("empty")
+        elif level_state not in _WET:
+            if starting:
+                return True
+            reasons.add("level_unknown")
+        return False
+
+    def _check_temperature(self, temp_c: float | None, read_at: float | None, now: float,
+                           starting: bool, reasons: set[str]) -> bool:
+        """Add the thermometer's reasons (silent, out of range, over-temperature,
+        latched until the water has cooled); True while a first reading is awaited."""
+        lim = self.limits
+        fresh = temp_c is not None and read_at is not None and now - read_at <= lim.sensor_timeout
+        if not fresh:
+            if starting and read_at is None:
+                return True
+            reasons.add("sensor_silent")
+        elif not lim.min_valid_c <= temp_c <= lim.max_valid_c:
+            reasons.add("sensor_range")
+        else:
+            if temp_c > lim.max_temp_c:
+                self._overtemp = True
+            elif temp_c <= lim.max_temp_c - lim.overtemp_clear:
+                self._overtemp = False
+            if self._overtemp:
+                reasons.add("overtemp")
+        return False
+
+    def _check_on_time(self, now: float, reasons: set[str]) -> None:
+        """Add ``max_on_time`` from a run of ``max_on`` until ``cooldown`` has passed."""
+        lim = self.limits
+        # Continuous on-time, counted up to now: a heater that has been on since
+        # the last update has been on all that while.
+        if self._heating and self._on_since is not None and now - self._on_since >= lim.max_on:
+            self._max_on_until = now + lim.cooldown
+        if self._max_on_until is not None:
+            if now < self._max_on_until:
+                reasons.add("max_on_time")
             else:
-                heat = temp_c <= lim.target_c - lim.hysteresis
+                self._max_on_until = None
+
+    def _thermostat(self, temp_c: float) -> bool:
+        """Hold ``target_c``: heating goes on up to it, and starts again only once
+        the water has cooled ``hysteresis`` below it."""
+        if self._heating:
+            return temp_c < self.limits.target_c
+        return temp_c <= self.limits.target_c - self.limits.hysteresis
+
+    def _switch(self, heat: bool, now: float) -> None:
+        """Note the relay's new position; an on-period starts when it goes on."""
         if heat and not self._heating:
             self._on_since = now
         elif not heat:
             self._on_since = None
         self._heating = heat
 
+    def _decide(self, heat: bool, reasons: set[str]) -> Decision:
         faults = {FAULT_OF_REASON[r] for r in reasons if r in FAULT_OF_REASON}
         if self._dry_boil:
             faults.add("dry_boil")
