@@ -8,7 +8,7 @@ the writer, the uptime ledger, the loans, the commands (published through the
 ingest's MQTT client), the fleet, the alert store, the alerting
 (docs/alerting-internals.md: the forecaster listening to the fleet, the
 notification outbox with its notifiers and ack links, the alert engine listening
-to the fleet, the router that the engine tells of each transition), the ingest,
+to the fleet, the router listening to the engine), the ingest,
 the web app and the ``/metrics`` collector; ``start()`` starts the outbox's
 senders, the engine, the ingest and the one scheduler of the process, and
 ``close()`` stops them in the reverse order.
@@ -127,9 +127,11 @@ class Hub:
                              acklinks=self.acklinks)
         self.engine = AlertEngine(config, self.fleet, self.alerts, clock,
                                   forecaster=self.forecaster)
+        # One way: the engine tells its listeners of each transition and knows
+        # nothing of them; the router listens, and asks the engine what it holds back.
         self.router = Router(config, self.outbox, clock, self.alerts,
                              stations=self.fleet.get, muted=self.engine.muted)
-        self.engine.on_transition = self.router.on_transition
+        self.engine.add_listener(self.router.on_transition)
 
     def _publish(self, topic: str, payload: bytes) -> object:
         return self.ingest.publish(topic, payload)

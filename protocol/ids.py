@@ -23,6 +23,7 @@ __all__ = [
     "PHONE_RE",
     "RESERVED_SIDS",
     "RIDER_RE",
+    "SID_PATTERN",
     "SID_RE",
     "check_epoch",
     "check_rider_id",
@@ -33,8 +34,12 @@ __all__ = [
     "rider_id",
 ]
 
+#: A station id, unanchored: the one spelling of the pattern. ``SID_RE`` and the
+#: hub's OpenAPI document are built from it; the JSON Schemas, files that ship as
+#: they are, are held to it by tests/test_protocol_ids.py.
+SID_PATTERN = "[a-z0-9][a-z0-9-]{0,31}"
 # \Z rather than $: "$" also matches before a trailing newline, "abc\n" is no sid.
-SID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}\Z")
+SID_RE = re.compile(rf"^{SID_PATTERN}\Z")
 EPOCH_RE = re.compile(r"^[0-9a-f]{8,32}\Z")
 RIDER_RE = re.compile(r"^r:[0-9a-f]{24}\Z")
 PHONE_RE = re.compile(r"^1[3-9][0-9]{9}\Z")

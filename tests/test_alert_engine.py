@@ -808,7 +808,7 @@ def test_the_engine_thread_tells_of_each_change_it_is_fed(rig: Rig) -> None:
         kinds.append(kind)
         told.set()
 
-    rig.engine.on_transition = on_transition
+    rig.engine.add_listener(on_transition)
     st = rig.station().online()
     rig.engine.start()
     for _ in range(3):
@@ -894,7 +894,7 @@ def test_the_engine_thread_rests_after_a_pass_but_not_for_urgent_events(rig: Rig
     from hub.alerting import engine as engine_module
 
     told = threading.Event()
-    rig.engine.on_transition = lambda kind, alert, station: told.set()
+    rig.engine.add_listener(lambda kind, alert, station: told.set())
     st = rig.station().online()
     other = rig.station(OTHER).online()
     rig.engine.rest = 1e6  # every pass is followed by the longest rest

@@ -137,3 +137,27 @@ def test_any_mobile_number_normalises_and_hashes(number, prefix):
     assert ids.RIDER_RE.match(ids.rider_id(KEY, spaced))
     masked = ids.mask_phone(spaced)
     assert masked[:3] == number[:3] and masked[-4:] == number[-4:] and "****" in masked
+
+
+def test_the_published_schemas_spell_the_sid_as_ids_does():
+    """The JSON Schemas ship as files and cannot import ``SID_PATTERN``: each sid
+    pattern in them is it, anchored (the hub's OpenAPI document imports it)."""
+    import protocol
+
+    found: list[str] = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            sid = node.get("sid")
+            if isinstance(sid, dict) and "pattern" in sid:
+                found.append(sid["pattern"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    for name in protocol.SCHEMA_NAMES:
+        walk(protocol.load_schema(name))
+    assert len(found) >= 6
+    assert set(found) == {f"^{ids.SID_PATTERN}$"}

@@ -4,13 +4,16 @@
 >>> alerts.ack(alert["id"], by="token:abc123")["state"]
 'acked'
 
-The rule engine that decides when to raise and clear (issue 6, ``hub/alerting/engine.py``)
-builds on ``fire`` and ``clear`` and hears of acks and resolves made by people
-through ``add_listener``. Silences and maintenance windows (``Mutes``, on
-``alerts.mutes``) say which alerts are held back. Writes go through the
-``Writer`` (one writer thread serialises them, so an ack racing a resolve cannot
-both win) and are flushed before the call returns, so the API reads what it
-just wrote.
+This module is the only writer of alert rows. The rule engine that decides when
+to raise and clear (issue 6, ``hub/alerting/engine.py``) builds on ``fire`` and
+``clear`` and hears of acks and resolves made by people through
+``add_listener``; the router (``hub/alerting/routing.py``) reads the rows with
+news (``rows_with_news``), records what it told (``record_told``) and raises the
+hub's own ``notify_failing`` through ``fire``. Silences and maintenance windows
+(``Mutes``, on ``alerts.mutes``) say which alerts are held back. Writes go
+through ``Writer.call`` (one writer thread serialises them, so an ack racing a
+resolve cannot both win): committed before the call returns, so the API reads
+what it just wrote.
 """
 
 from __future__ import annotations
@@ -19,14 +22,15 @@ import json
 import logging
 import secrets
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 
-from hub.config.rules import RULES, SEVERITIES
+from hub.config.rules import HUB_RULES, HUB_SID, RULES, SEVERITIES
 from hub.storage.schema import alerts as table
 from hub.storage.schema import maintenance_windows, silences
+from hub.storage.writer import NotCommitted, Writer
 from protocol.errors import InvalidIdentifier
 from protocol.ids import check_sid
 from yizhan.clock import Clock
@@ -218,11 +222,13 @@ class AlertStore:
              ) -> Fired:
         """``raise_alert`` that also says whether the alert is new.
 
-        ``alert_id`` is the id a new alert gets. A caller that retries after
+        ``rule`` is one of contract §13, or of the hub's own (``HUB_RULES``) for
+        ``sid`` ``hub`` (the router's ``notify_failing``). ``alert_id`` is the id a
+        new alert gets. A caller that retries after
         StoreUnavailable passes the same one: its first try may have been
         committed after the wait gave up, and the open alert with that id is
         then still the retry's own, reported as new."""
-        if rule not in RULES:
+        if rule not in RULES and not (sid == HUB_SID and rule in HUB_RULES):
             raise ValueError(f"unknown rule {rule!r}")
         if severity not in SEVERITIES:
             raise ValueError(f"severity must be one of {', '.join(SEVERITIES)}")
@@ -266,10 +272,11 @@ class AlertStore:
             return None
         return self._must_get(alert_id)
 
-    def clear(self, rule: str, sid: str, subject: str = "",
-              by: str | None = "auto") -> dict[str, Any] | None:
-        """Resolve the open alert of (rule, sid, subject), if any; it, resolved."""
-        now = self.clock.ms()
+    def clear(self, rule: str, sid: str, subject: str = "", by: str | None = "auto",
+              at_ms: int | None = None) -> dict[str, Any] | None:
+        """Resolve the open alert of (rule, sid, subject), if any, at ``at_ms``
+        (default now); it, resolved."""
+        now = self.clock.ms() if at_ms is None else at_ms
 
         where = {"o_rule": rule, "o_sid": sid, "o_subject": subject}
 
@@ -283,6 +290,54 @@ class AlertStore:
         alert_id = self._write(op)
         return self._must_get(alert_id) if alert_id is not None else None
 
+    # -- what the router told (hub/alerting/routing.py) ------------------------------------
+
+    def row(self, alert_id: str) -> Any:
+        """The alert's row as stored, or None: beside the Alert object's fields its
+        ``subject`` and what the router told of it (``notified``, ``route``,
+        ``escalation``, ``tier_ms``, ``last_notified_ms``)."""
+        with self.store.engine.connect() as conn:
+            return _row(conn, alert_id)
+
+    def rows_with_news(self) -> list[Any]:
+        """The rows of alerts that may have something to tell, oldest first: the open
+        ones, and the resolved ones whose resolution was not yet told to those told
+        they fired."""
+        q = sa.select(table).where(sa.or_(
+            table.c.state.in_(OPEN),
+            sa.and_(table.c.state == RESOLVED, table.c.notified.in_((FIRING, ACKED))),
+        )).order_by(table.c.started_ms)
+        with self.store.engine.connect() as conn:
+            return list(conn.execute(q))
+
+    def open_rows(self, rule: str, sid: str) -> list[Any]:
+        """The rows of the open alerts of ``rule`` at ``sid``, one per subject."""
+        q = sa.select(table).where(table.c.sid == sid, table.c.rule == rule,
+                                   table.c.state.in_(OPEN))
+        with self.store.engine.connect() as conn:
+            return list(conn.execute(q))
+
+    def record_told(self, row: Any, told: Mapping[str, Any]) -> bool:
+        """Write the router's columns ``told`` into the alert of ``row`` if its state
+        and those columns are still as ``row`` has them; whether they were (not:
+        someone else moved the alert meanwhile, and the router looks again)."""
+        unknown = set(told) - _TOLD
+        if unknown:
+            raise ValueError(f"not a column of what the router told: {', '.join(unknown)}")
+
+        def same(col: sa.Column, value: Any) -> Any:
+            return col.is_(None) if value is None else col == value
+
+        def op(conn: sa.Connection) -> bool:
+            res = conn.execute(table.update().where(
+                table.c.id == row.id, table.c.state == row.state,
+                same(table.c.notified, row.notified), table.c.escalation == row.escalation,
+                same(table.c.last_notified_ms, row.last_notified_ms),
+            ).values(**told))
+            return res.rowcount == 1
+
+        return bool(self._write(op))
+
     # -- plumbing ----------------------------------------------------------------------
 
     def _write(self, op: Callable[[sa.Connection], Any]) -> Any:
@@ -295,20 +350,20 @@ class AlertStore:
         return alert
 
 
-def _commit(writer: Any, timeout: float, op: Callable[[sa.Connection], Any]) -> Any:
-    """Run ``op`` in the writer's transaction, committed now; what it returned."""
-    box: list[Any] = []
-    writer.submit(lambda conn: box.append(op(conn)))
-    if not writer.flush(timeout) or not box:
-        # Not committed in time, or the op failed and the writer dropped it.
-        raise StoreUnavailable("the change was not committed; try again")
-    # A batch that failed is retried op by op: the last answer is the committed one.
-    return box[-1]
+def _commit(writer: Writer, timeout: float, op: Callable[[sa.Connection], Any]) -> Any:
+    """``writer.call(op)``: committed now, what it returned; in this package's words."""
+    try:
+        return writer.call(op, timeout)
+    except NotCommitted as err:
+        raise StoreUnavailable(str(err)) from err
 
 
 def _row(conn: sa.Connection, alert_id: str) -> Any:
     return conn.execute(sa.select(table).where(table.c.id == alert_id)).first()
 
+
+#: The columns that say what the router told of an alert (``record_told``).
+_TOLD = frozenset({"notified", "route", "escalation", "tier_ms", "last_notified_ms"})
 
 # Built once with bound parameters: the engine fires and clears alerts from its
 # thread, and a statement built per call costs SQLAlchemy a new cache key.

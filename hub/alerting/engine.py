@@ -28,8 +28,8 @@ Under load the engine must not cost the ingest its pace (bench/hub_ingest.py):
   ``SWEEP_SHARE``-th of the fleet a tick;
   ``evaluate_all`` is the full pass the engine starts with.
 
->>> engine = AlertEngine(config, fleet, alerts, clock, forecaster=forecaster,
-...                      on_transition=router.on_transition)
+>>> engine = AlertEngine(config, fleet, alerts, clock, forecaster=forecaster)
+>>> engine.add_listener(router.on_transition)   # told of every transition
 >>> engine.start()            # evaluates the whole fleet once, then its thread runs
 >>> engine.tick(clock.ms())   # the scheduler, every few seconds
 >>> engine.muted(alert)       # the router: is this alert held back now?
@@ -39,7 +39,7 @@ For each (rule, station, subject) there is at most one open alert. Its life:
 
 * the condition starts (a threshold rule at its ``level``; it stops only past
   ``clear``: hysteresis) — *pending*; after ``for`` it *fires*
-  (``on_transition("firing", alert, station)``);
+  (its listeners hear ``("firing", alert, station)``);
 * a person may acknowledge it (API, ack link): it stays open, acked;
 * the sensors prove it fixed: it resolves itself (``resolved``), acked or not;
   a person may resolve it by hand, and then it does not fire again until its
@@ -67,13 +67,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import sqlalchemy as sa
-
 from hub.alerting.alerts import ACKED, FIRING, RESOLVED, AlertStore, StoreUnavailable, new_id
 from hub.config.rules import Rules, RuleSpec
 from hub.fleet.banks import bank_states
 from hub.fleet.view import StationView, event_time
-from hub.storage.schema import events
 from protocol import messages as m
 from yizhan.clock import Clock
 
@@ -154,7 +151,7 @@ class _Track:
     alert: dict[str, Any] | None = None  # the open alert, as the store returned it
     handled: bool = False  # resolved by a person while the condition held
     hold: str | None = None  # why it is held back, as last decided
-    told: bool = False  # "firing" was passed to on_transition
+    told: bool = False  # "firing" was passed to the listeners
     starts: deque[int] = field(default_factory=deque)  # when it fired, for flapping
     flapping: bool = False
     quiet_since: int | None = None  # flapping: the condition gone since
@@ -180,10 +177,11 @@ class _Site:
 class AlertEngine:
     """Evaluates the rules of ``hub.config.rules`` for every station; see the module doc.
 
-    ``on_transition(kind, alert, station)`` (kind ``firing``, ``resolved``,
-    ``acked``; ``station`` a :class:`StationView`) is called on the engine's
-    thread, the scheduler's, or an API thread (acks and resolves by hand); it may
-    be set after construction (``engine.on_transition = router.on_transition``).
+    Each transition of an alert goes to the listeners, ``fn(kind, alert, station)``
+    (kind ``firing``, ``resolved``, ``acked``; ``station`` a :class:`StationView`),
+    on the engine's thread, the scheduler's, or an API thread (acks and resolves
+    by hand): ``on_transition`` is one from the start, ``add_listener`` adds
+    more (the router). The engine knows nothing of who listens.
     """
 
     def __init__(self, config: Any, fleet: Any, alerts: AlertStore, clock: Clock, *,
@@ -196,7 +194,7 @@ class AlertEngine:
         self.alerts = alerts
         self.clock = clock
         self.forecaster = forecaster
-        self.on_transition = on_transition
+        self._listeners: list[Transition] = [] if on_transition is None else [on_transition]
         self.min_charge = int(getattr(config, "min_charge", 80))
         self.flap_window_ms = int(getattr(config, "flap_window", 3600.0) * 1000)
         self.flap_max = int(getattr(config, "flap_max", 2))
@@ -226,6 +224,14 @@ class AlertEngine:
 
     # -- life ------------------------------------------------------------------------------
 
+    def add_listener(self, fn: Transition) -> None:
+        """``fn(kind, alert, station)`` after each transition of an alert."""
+        self._listeners.append(fn)
+
+    def remove_listener(self, fn: Transition) -> None:
+        if fn in self._listeners:
+            self._listeners.remove(fn)
+
     def _load(self) -> None:
         """Open alerts and staff on site, as the database has them."""
         for alert, subject in self.alerts.open_alerts():
@@ -237,13 +243,7 @@ class AlertEngine:
 
     def _load_maintenance(self) -> None:
         since = self.clock.ms() - self.maintenance_max_ms
-        q = (sa.select(events.c.sid, events.c.epoch, events.c.seq, events.c.type,
-                       events.c.at_ms)
-             .where(events.c.type.in_(("maintenance_started", "maintenance_ended")),
-                    events.c.at_ms >= since)
-             .order_by(events.c.sid, events.c.epoch, events.c.seq))
-        with self.alerts.store.engine.connect() as conn:
-            rows = list(conn.execute(q))
+        rows = self.fleet.stored_events(("maintenance_started", "maintenance_ended"), since)
         for sid, epoch, seq, kind, at_ms in rows:
             view = self.fleet.get(sid)
             if view is None or view.epoch != epoch:
@@ -808,12 +808,12 @@ class AlertEngine:
         return doc
 
     def _emit(self, kind: str, alert: dict[str, Any], view: StationView) -> None:
-        if self.on_transition is None:
-            return
-        try:
-            self.on_transition(kind, alert, view)
-        except Exception:
-            log.exception("on_transition(%s) of alert %s failed", kind, alert.get("id"))
+        for fn in list(self._listeners):
+            try:
+                fn(kind, alert, view)
+            except Exception:  # a listener's bug must not stop the engine
+                log.exception("transition listener failed on %s of alert %s", kind,
+                              alert.get("id"))
 
     def _forecaster_call(self, name: str, *args: Any) -> None:
         fn = getattr(self.forecaster, name, None)

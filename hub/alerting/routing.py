@@ -1,10 +1,11 @@
 """Who hears of an alert, and when: routes, tiers, escalation, reminders, tests.
 
 >>> router = Router(config, outbox, clock, alerts, stations=fleet.get, muted=engine.muted)
->>> router.on_transition("firing", alert, station)   # the engine's callback
+>>> engine.add_listener(router.on_transition)       # the engine tells, the router listens
 >>> router.tick()                                    # the scheduler, every few seconds
 
-A route (``routes:`` in the hub configuration, docs/routing.md) matches alerts by
+A route (``routes:`` in the hub configuration, docs/routing.md, read by
+``hub/config/routes.py``) matches alerts by
 the station's ``group``, its ``sid``, the ``rule`` and the ``severity``; the first
 route that matches takes the alert. Its ``notify:`` list is tier 0; each entry of
 ``escalate:`` is a further tier, told when the tier before it has not acknowledged
@@ -22,7 +23,8 @@ unmuted later, are all told on the next tick.
 
 Each step is enqueued in the durable outbox under delivery ids derived from the
 alert and the step (``firing``, ``escalated2``, ``reminder@<time>``, ...) and the
-notifier, then recorded by a conditional update of those columns. Enqueueing the
+notifier, then recorded by the alert store, the only writer of alert rows
+(``AlertStore.record_told``: a conditional update of those columns). Enqueueing the
 same id again stores nothing, so a crash between the two, or two hub workers
 taking the same step, sends nothing twice and forgets nothing; the outbox then
 delivers each id until the receiver takes it.
@@ -42,7 +44,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
 import logging
 import threading
 import zoneinfo
@@ -50,13 +51,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import sqlalchemy as sa
-
-from hub.alerting.alerts import ACKED, FIRING, OPEN, RESOLVED, new_id, to_alert
+from hub.alerting.alerts import ACKED, FIRING, RESOLVED, to_alert
 from hub.alerting.notify.text import station_info as notify_station_info
 from hub.config.routes import Route, RoutingConfig, Tier
 from hub.config.rules import HUB_RULES, HUB_SID, NOTIFY_FAILING, NOTIFY_TEST
-from hub.storage.schema import alerts as table
 from yizhan.clock import Clock
 
 log = logging.getLogger(__name__)
@@ -235,10 +233,10 @@ class Router:
                         f"reminder@{row.last_notified_ms}")
         return None
 
-    # -- the engine's callback and the scheduler ---------------------------------------
+    # -- what the engine tells, and the scheduler ------------------------------------------
 
     def on_transition(self, kind: str, alert: Mapping[str, Any], station: Any = None) -> None:
-        """The engine's ``on_transition``: bring this alert's notices up to date.
+        """An engine listener (``engine.add_listener``): bring this alert's notices up to date.
 
         ``kind`` is informative only: the alert's row says what happened, so a
         late or repeated call sends nothing twice.
@@ -253,7 +251,7 @@ class Router:
         """Send what is due for one alert; the number of messages enqueued."""
         now = self.clock.ms() if now_ms is None else now_ms
         with self._lock:
-            row = self._read(alert_id)
+            row = self.alerts.row(alert_id)
             return self._advance(row, now, station) if row is not None else 0
 
     def tick(self, now_ms: int | None = None) -> int:
@@ -263,7 +261,7 @@ class Router:
         sent = 0
         with self._lock:
             self._watch_outbox(now)
-            for row in self._pending():
+            for row in self.alerts.rows_with_news():
                 try:
                     sent += self._advance(row, now)
                 except Exception:
@@ -291,7 +289,7 @@ class Router:
             # Not recorded: someone else moved the row meanwhile. Look again; what
             # this call enqueued has ids of its own step, so nothing doubles.
             self._claim(row, step.values)
-            row = self._read(row.id)
+            row = self.alerts.row(row.id)
             if row is None:
                 break
         if route is None and row is not None and row.state == FIRING \
@@ -304,6 +302,10 @@ class Router:
                 log.warning("no route matches alert %s (%s at %s, group %s): nobody is told",
                             row.id, row.rule, row.sid, group)
         return sent
+
+    def _claim(self, row: Any, told: Mapping[str, Any]) -> bool:
+        """Record a step in the alert's row, unless someone moved it since ``row``."""
+        return self.alerts.record_told(row, told)
 
     def _route_of(self, row: Any, group: str | None) -> Route | None:
         # Once told, an alert stays on the route it was told on (its tiers are
@@ -343,7 +345,7 @@ class Router:
             return
         failing = failing_fn()
         reasons = dict(failing) if isinstance(failing, Mapping) else dict.fromkeys(failing, None)
-        open_rows = {r.subject: r for r in self._open_hub_alerts(NOTIFY_FAILING)}
+        open_rows = {r.subject: r for r in self.alerts.open_rows(NOTIFY_FAILING, HUB_SID)}
         for notifier, reason in reasons.items():
             if notifier not in open_rows:
                 why = f": {reason}" if reason else ""
@@ -354,47 +356,17 @@ class Router:
                 log.error("notifier %s is failing%s; telling the other routes", notifier, why)
         for notifier, row in open_rows.items():
             if notifier not in reasons:
-                self._resolve_hub_alert(row.id, now)
+                self.alerts.clear(NOTIFY_FAILING, HUB_SID, row.subject, by="auto", at_ms=now)
                 log.info("notifier %s delivers again", notifier)
 
     def raise_hub_alert(self, rule: str, subject: str, severity: str, summary: str,
                         value: Any = None, at_ms: int | None = None) -> str:
         """Open the hub's own alert (sid ``hub``), or find the one open: one at most
-        per (rule, subject) as for stations. AlertStore.raise_alert takes contract
-        rules only, so the row is written here, the same way."""
+        per (rule, subject) as for stations. The alert store writes it; its id."""
         if rule not in HUB_RULES:
             raise ValueError(f"not a hub rule: {rule!r}")
-        values = {
-            "id": new_id(), "rule": rule, "sid": HUB_SID, "subject": subject[:64],
-            "severity": severity, "state": FIRING, "summary": summary,
-            "value": json.dumps(value, ensure_ascii=False) if value is not None else None,
-            "started_ms": self.clock.ms() if at_ms is None else at_ms, "escalation": 0,
-        }
-
-        def op(conn: sa.Connection) -> str:
-            row = conn.execute(sa.select(table.c.id).where(
-                table.c.rule == rule, table.c.sid == HUB_SID,
-                table.c.subject == values["subject"], table.c.state.in_(OPEN))).first()
-            if row is not None:
-                return row.id
-            conn.execute(table.insert().values(**values))
-            return values["id"]
-
-        return self._write(op)
-
-    def _resolve_hub_alert(self, alert_id: str, now: int) -> None:
-        def op(conn: sa.Connection) -> None:
-            conn.execute(table.update().where(table.c.id == alert_id,
-                                              table.c.state.in_(OPEN))
-                         .values(state=RESOLVED, resolved_ms=now, resolved_by="auto"))
-
-        self._write(op)
-
-    def _open_hub_alerts(self, rule: str) -> list[Any]:
-        q = sa.select(table).where(table.c.sid == HUB_SID, table.c.rule == rule,
-                                   table.c.state.in_(OPEN))
-        with self.alerts.store.engine.connect() as conn:
-            return list(conn.execute(q))
+        return self.alerts.fire(rule, HUB_SID, severity, summary, value, subject[:64],
+                                at_ms=at_ms).alert["id"]
 
     # -- scheduled tests -------------------------------------------------------------------
 
@@ -457,45 +429,6 @@ class Router:
         log.info("route %s tested: %d messages to %s", route.name, n, ", ".join(route.notifiers))
         self.sent += n
         return n
-
-    # -- rows ------------------------------------------------------------------------------
-
-    def _read(self, alert_id: str) -> Any:
-        with self.alerts.store.engine.connect() as conn:
-            return conn.execute(sa.select(table).where(table.c.id == alert_id)).first()
-
-    def _pending(self) -> list[Any]:
-        """Alerts that may have something due: open ones, and resolved ones whose
-        resolution has not been told to those told they fired."""
-        q = sa.select(table).where(sa.or_(
-            table.c.state.in_(OPEN),
-            sa.and_(table.c.state == RESOLVED, table.c.notified.in_((FIRING, ACKED))),
-        )).order_by(table.c.started_ms)
-        with self.alerts.store.engine.connect() as conn:
-            return list(conn.execute(q))
-
-    def _claim(self, row: Any, values: Mapping[str, Any]) -> bool:
-        """Write ``values`` only if the row's routing columns are still as read."""
-        def same(col: sa.Column, value: Any) -> Any:
-            return col.is_(None) if value is None else col == value
-
-        def op(conn: sa.Connection) -> bool:
-            res = conn.execute(table.update().where(
-                table.c.id == row.id, table.c.state == row.state,
-                same(table.c.notified, row.notified), table.c.escalation == row.escalation,
-                same(table.c.last_notified_ms, row.last_notified_ms),
-            ).values(**values))
-            return res.rowcount == 1
-
-        return bool(self._write(op))
-
-    def _write(self, op: Callable[[sa.Connection], Any]) -> Any:
-        box: list[Any] = []
-        writer = self.alerts.writer
-        writer.submit(lambda conn: box.append(op(conn)))
-        if not writer.flush(getattr(self.alerts, "flush_timeout", 5.0)) or not box:
-            raise RuntimeError("the routing change was not committed")
-        return box[-1]
 
 
 def _field(obj: Any, name: str) -> Any:

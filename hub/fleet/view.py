@@ -34,7 +34,7 @@ import json
 import logging
 import threading
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -335,6 +335,18 @@ class Fleet:
             if st.unread is not None:
                 st.view.state, st.unread = st.unread.to_dict(), None
             return replace(st.view)
+
+    def stored_events(self, types: Iterable[str], since_ms: int
+                      ) -> list[tuple[str, str, int, str, int]]:
+        """``(sid, epoch, seq, type, at_ms)`` of the stored events of ``types``
+        dated ``since_ms`` or later, by station, epoch and seq: what a reader
+        rebuilds at start (the alert engine: staff on site)."""
+        q = (sa.select(events.c.sid, events.c.epoch, events.c.seq, events.c.type,
+                       events.c.at_ms)
+             .where(events.c.type.in_(tuple(types)), events.c.at_ms >= since_ms)
+             .order_by(events.c.sid, events.c.epoch, events.c.seq))
+        with self.store.engine.connect() as conn:
+            return [tuple(row) for row in conn.execute(q)]
 
     # -- listeners (the alert engine, the forecaster) ---------------------------------------
 

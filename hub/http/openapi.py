@@ -14,11 +14,12 @@ from typing import Any
 from hub.alerting.alerts import RULES, SEVERITIES
 from hub.alerting.alerts import STATES as ALERT_STATES
 from hub.fleet.commands import STATES as COMMAND_STATES
+from protocol.ids import SID_PATTERN
 from protocol.messages import COMMAND_ERRORS, COMMANDS
 
 MS = {"type": "integer", "description": "Unix time in milliseconds (hub clock)"}
 MS_OR_NULL = {"type": ["integer", "null"], "description": MS["description"]}
-SID = {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]{0,31}$", "example": "yh-chumen-01"}
+SID = {"type": "string", "pattern": f"^{SID_PATTERN}$", "example": "yh-chumen-01"}
 
 
 def _ref(name: str) -> dict[str, str]:

@@ -7,6 +7,7 @@ eMMC; design.md), so the ingest never writes itself: it hands the writer an
 >>> writer = Writer(store).start()
 >>> writer.submit(lambda conn: conn.execute(store.insert_ignore(events).values(**row)))
 >>> writer.flush()      # True once everything submitted so far is committed
+>>> writer.call(op)     # op committed now, and what it returned (a change read back at once)
 >>> writer.close()
 
 Ops run in submission order, up to ``max_batch`` in one transaction, committed
@@ -53,7 +54,7 @@ import threading
 import time
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import ARRAY
@@ -67,6 +68,7 @@ log = logging.getLogger(__name__)
 
 #: What ``Writer.submit`` takes: writes on the connection, inside the writer's transaction.
 Op = Callable[[sa.Connection], Any]
+T = TypeVar("T")
 
 # Messages of sqlite3.OperationalError that say "try again", not "your SQL is wrong"
 # (sqlite3 raises OperationalError for both, e.g. "no such table").
@@ -76,6 +78,11 @@ _SQLITE_TRANSIENT = ("database is locked", "database table is locked", "database
 
 class WriterClosed(StoreError, RuntimeError):
     """``submit`` after ``close()``, or while ``close()`` gave up on a dead database."""
+
+
+class NotCommitted(StoreError, RuntimeError):
+    """``Writer.call``: the op was not committed in time, or it failed and was dropped;
+    nothing is known to have changed."""
 
 
 def is_transient(err: BaseException) -> bool:
@@ -661,6 +668,26 @@ class Writer:
                 return self._done.wait_for(lambda: self._finished >= target, timeout)
             finally:
                 self._flushers -= 1
+
+    def call(self, op: Callable[[sa.Connection], T], timeout: float = 5.0) -> T:
+        """Run ``op`` in the writer's transaction, wait for the commit, and return
+        what ``op`` returned: for a change whose caller reads it back at once (an
+        alert acknowledged through the API, a delivery claimed before it is sent).
+
+        ``op`` may run more than once (a failed batch is replayed by halves): the
+        last answer is the committed one. Raises :class:`WriterClosed` (not
+        queued) or :class:`NotCommitted` (not committed within ``timeout``
+        seconds, or dropped as failing). Not from inside an op: it would wait
+        for itself.
+
+        >>> writer.call(lambda conn: conn.execute(stmt).rowcount)
+        1
+        """
+        answers: list[T] = []
+        self.submit(lambda conn: answers.append(op(conn)))
+        if not self.flush(timeout) or not answers:
+            raise NotCommitted("the change was not committed; try again")
+        return answers[-1]
 
     def close(self, timeout: float = 10.0) -> None:
         """Commit what is queued, then stop. Idempotent.

@@ -45,7 +45,7 @@ from hub.alerting.acklink import AckLinks
 from hub.alerting.notify.base import DeliveryFailed, Notifier, OutboxUnavailable, UnknownNotifier
 from hub.alerting.notify.text import ASKS_FOR_ACK, KINDS, NO_ACK_RULES
 from hub.storage.schema import notifications as table
-from hub.storage.writer import WriterClosed
+from hub.storage.writer import NotCommitted, WriterClosed
 from yizhan.clock import Clock
 
 log = logging.getLogger(__name__)
@@ -328,17 +328,14 @@ class Outbox:
     # -- writes through the hub's writer -------------------------------------------------
 
     def _write(self, op: Callable[[sa.Connection], Any]) -> Any:
-        """Run ``op`` in the writer's transaction, wait for the commit, return its answer.
-        An op may run more than once (the writer replays a failed batch): the last
-        answer is the committed one."""
-        box: list[Any] = []
+        """``writer.call(op)``: committed now, its answer; failures as OutboxUnavailable."""
         try:
-            self.writer.submit(lambda conn: box.append(op(conn)))
+            return self.writer.call(op, self.flush_timeout)
         except WriterClosed as err:
             raise OutboxUnavailable("the hub's writer is closed") from err
-        if not self.writer.flush(self.flush_timeout) or not box:
-            raise OutboxUnavailable("the notification outbox could not write; try again")
-        return box[-1]
+        except NotCommitted as err:
+            raise OutboxUnavailable("the notification outbox could not write; try again") \
+                from err
 
     def _write_quietly(self, op: Callable[[sa.Connection], Any], delivery_id: str) -> None:
         """After an attempt: a slow commit is not a reason to stop. Still queued,
