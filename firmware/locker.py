@@ -33,6 +33,7 @@ from firmware.hardware.board import BoardOffline, LockerBoard, LockerError
 from firmware.parts import Reporter
 from protocol.frames import ChargeResult, SlotRecord, UnlockResult
 from protocol.messages import Lockers, Slot
+from yizhan.backoff import Backoff
 from yizhan.clock import Clock
 
 log = logging.getLogger(__name__)
@@ -104,6 +105,8 @@ class Locker:
         self.watch_for = watch_for
         self.tick = tick
         self._rng = rng or random.Random()
+        # Each reopen wait lies in the upper quarter of 1 s, 2 s, 4 s … 30 s.
+        self._reopen = Backoff(reconnect_min, reconnect_max, rand=self._rng.random, jitter=0.25)
 
         self._lock = threading.Lock()  # guards what other threads read
         self._io = threading.RLock()  # one round at a time; re-entered by listeners
@@ -382,8 +385,7 @@ class Locker:
         if not self.board.is_open:
             # The port itself is gone (or cannot be opened): back off, jittered,
             # so a dead adapter is not hammered and a flapping one settles.
-            step = min(self.reconnect_max, self.reconnect_min * 2**self._reconnect_tries)
-            delay = step * (1.0 - 0.25 * self._rng.random())
+            delay = self._reopen.delay(self._reconnect_tries + 1)
             if self._reconnect_tries == 0:
                 log.warning("locker board port lost: %s; reopening with backoff", err)
             self._reconnect_tries += 1

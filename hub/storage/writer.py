@@ -63,6 +63,7 @@ from sqlalchemy.sql import visitors
 from sqlalchemy.sql.elements import BindParameter
 
 from hub.storage.store import Store, StoreError
+from yizhan.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -592,7 +593,8 @@ class Writer:
         self.max_delay = max_delay
         self.max_queue = max_queue
         self.unhealthy_after = unhealthy_after
-        self.backoff = backoff
+        # No jitter: one writer a process, and the database is not a crowd's.
+        self.backoff = Backoff(*backoff, jitter=0.0)
 
         self.batches = 0
         self.ops = 0
@@ -893,8 +895,7 @@ class Writer:
 
     def _pause(self, attempt: int) -> None:
         """The backoff before attempt ``attempt + 1``; raises _Aborted on close()."""
-        first, cap = self.backoff
-        if self._abort.wait(min(cap, first * 2 ** (attempt - 1))):
+        if self._abort.wait(self.backoff.delay(attempt)):
             raise _Aborted
 
     def _connection(self, now: float) -> sa.Connection:

@@ -46,6 +46,7 @@ from hub.alerting.notify.base import DeliveryFailed, Notifier, OutboxUnavailable
 from hub.alerting.notify.text import ASKS_FOR_ACK, KINDS, NO_ACK_RULES
 from hub.storage.schema import notifications as table
 from hub.storage.writer import NotCommitted, WriterClosed
+from yizhan.backoff import Backoff
 from yizhan.clock import Clock
 
 log = logging.getLogger(__name__)
@@ -117,12 +118,11 @@ class Outbox:
         self.clock = clock
         self.notifiers = dict(notifiers)
         self.acklinks = acklinks
-        self.backoff = backoff
-        self.jitter = jitter
         self.failing_after = failing_after
         self.flush_timeout = flush_timeout
         self.poll = poll
         self.rng = rng or random.Random()
+        self.backoff = Backoff(*backoff, rand=self.rng.random, jitter=jitter)
         self._lock = threading.Lock()
         self._health = {name: _Health() for name in self.notifiers}
         self._wake = {name: threading.Event() for name in self.notifiers}
@@ -252,9 +252,7 @@ class Outbox:
         """Seconds before retrying after failed attempt number ``attempt`` (1, 2, …):
         doubling from the first backoff up to the last, less up to ``jitter`` of it
         at random, so receivers coming back are not hit by every hub at once."""
-        first, cap = self.backoff
-        base = min(cap, first * 2 ** min(attempt - 1, 60))
-        return base * (1 - self.jitter * self.rng.random())
+        return self.backoff.delay(attempt)
 
     def _attempt(self, notifier: Notifier, row: Any, now_ms: int) -> bool:
         """One attempt at ``row``; True when it is finished (delivered or given up)."""
