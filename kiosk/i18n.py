@@ -3,22 +3,21 @@
 Messages are written in English in the templates and the code (``_("Borrow")``,
 ``gettext("Slot %(slot)s opened", slot=3)``) and translated by the gettext
 catalogue ``kiosk/translations/<lang>/LC_MESSAGES/messages.po``. The ``.po`` files
-are compiled when the app is built (Babel's ``read_po`` + ``write_mo`` into
-memory): there is no ``.mo`` to forget to rebuild. English is the msgid
-language and needs no catalogue. docs/kiosk-design.md shows how to add one.
+are compiled when the app is built (``yizhan.i18n``, shared with the hub): there
+is no ``.mo`` to forget to rebuild. English is the msgid language and needs no
+catalogue. docs/kiosk-design.md shows how to add one.
 """
 
 from __future__ import annotations
 
-import io
 import time
 from pathlib import Path
 from typing import Any
 
-from babel.messages.mofile import write_mo
-from babel.messages.pofile import read_po
-from babel.support import NullTranslations, Translations
+from babel.support import NullTranslations
 from flask import Flask, g
+
+from yizhan.i18n import load_catalogues
 
 __all__ = ["DEFAULT_LANGUAGE", "LANGUAGES", "duration_text", "gettext", "hhmm",
            "init_app", "load_translations", "ngettext"]
@@ -31,19 +30,7 @@ TRANSLATIONS = Path(__file__).resolve().parent / "translations"
 
 def load_translations(directory: Path = TRANSLATIONS) -> dict[str, NullTranslations]:
     """Every language's compiled catalogue; English (the msgids) needs none."""
-    out: dict[str, NullTranslations] = {}
-    for lang in LANGUAGES:
-        po = directory / lang / "LC_MESSAGES" / "messages.po"
-        if not po.is_file():
-            out[lang] = NullTranslations()
-            continue
-        with po.open("rb") as f:
-            catalog = read_po(f, locale=lang, domain="messages")
-        buf = io.BytesIO()
-        write_mo(buf, catalog, use_fuzzy=False)  # a fuzzy guess is never shown
-        buf.seek(0)
-        out[lang] = Translations(buf, domain="messages")
-    return out
+    return load_catalogues(directory, LANGUAGES)
 
 
 def _current() -> NullTranslations:
