@@ -193,7 +193,7 @@ def test_water_low_fires_at_its_level_and_clears_only_past_clear(rig: Rig) -> No
     assert rig.open() == {("water_low", ""): None}
     [alert] = rig.alerts_of("water_low")
     assert (alert["severity"], alert["state"], alert["value"], alert["summary"]) == \
-        ("warning", "firing", 0.25, "水位低 25%")
+        ("warning", "firing", {"level": 0.25, "level_state": "ok"}, "水位低 25%")
     for level in (0.3, 0.34, 0.2, 0.34):  # inside the band: no new alert, no resolve
         st.water(level)
         rig.run()
@@ -253,7 +253,7 @@ def test_chargers_low_counts_ready_banks_with_hysteresis(rig: Rig) -> None:
     assert rig.open() == {}
     ready(2)
     assert rig.open() == {("chargers_low", ""): None}
-    assert rig.alerts_of("chargers_low")[0]["value"] == 2
+    assert rig.alerts_of("chargers_low")[0]["value"] == {"ready": 2}
     ready(3)
     assert ("chargers_low", "") in rig.open()
     ready(4, faults={1: "charger_fault"})  # a faulty bank is not ready: 3
@@ -420,7 +420,7 @@ def test_unlock_failed_jammed_is_critical_and_clears_when_the_slot_works(rig: Ri
     st.event("unlock_failed", slot=3, reason="timeout")
     rig.run()
     [alert] = rig.alerts_of("unlock_failed")
-    assert (alert["severity"], alert["value"]) == ("warning", "timeout")
+    assert (alert["severity"], alert["value"]) == ("warning", {"slot": 3, "reason": "timeout"})
     st.event("unlock_failed", slot=3, reason="jammed")  # worse: the same alert, critical
     st.state(lambda d: d["lockers"].__setitem__("slots", slots(6, faults={3: "lock_jammed"})))
     rig.run()
@@ -503,7 +503,7 @@ def test_a_short_outage_is_not_an_alert_and_a_silent_station_is(rig: Rig) -> Non
     assert rig.fleet.sweep_silent(rig.clock.ms()) == [SID]
     rig.run()  # the fleet told the engine; no tick needed
     assert rig.open() == {("station_offline", ""): None}
-    assert rig.alerts_of("station_offline")[0]["value"] == "silent"
+    assert rig.alerts_of("station_offline")[0]["value"] == {"reason": "silent"}
 
 
 # -- maintenance, windows, silences ---------------------------------------------------------
@@ -748,7 +748,7 @@ def test_predicted_empty_fires_within_the_groups_response_time(make: Callable[..
         assert (("water_predicted_empty", "") in rig.open()) is is_open, left
     alert = rig.alerts_of("water_predicted_empty")[0]
     assert (alert["severity"], alert["value"], alert["summary"]) == \
-        ("warning", 2640, "预计约 44 分钟 后断水")
+        ("warning", {"seconds": 2640}, "预计约 44 分钟 后断水")
     assert fc.calls == [("alert_started", SID, "water")]
     fc.left["chargers"] = 10 * MIN
     st.state(lambda d: d["lockers"].__setitem__("slots", slots(2)))  # low already

@@ -314,7 +314,7 @@ def test_the_page_speaks_the_notifier_s_language(hub: Hub) -> None:
     text = page(client.get(f"/ack/{token}"))
     assert 'lang="en"' in text and "Acknowledge this alert?" in text
     assert "Only 1 power bank left to lend" in text and "楚门镇先锋驿站 (yh-chumen-01)" in text
-    assert "I&#x27;m on it (acknowledge)" in text and "Open, nobody has acknowledged" in text
+    assert "I'm on it (acknowledge)" in text and "Open, nobody has acknowledged" in text
     done = page(tap(client, token, confirmation(text)))
     assert "Acknowledged" in done and "someone is on it" in done
     with hub.store.engine.connect() as conn:

@@ -74,7 +74,7 @@ def test_severity_is_said_in_words(severity: str, word: str) -> None:
      "请带备用充电模块，检查充电线"),
     ("dispenser_fault", {"fault": "heater"}, "饮水机故障（加热器）",
      "检查加热器与水位/温度传感器，确认有水后复位"),
-    ("heater_lockout", {"reason": "dry_boil"}, "加热器已被安全切断",
+    ("heater_lockout", {"fault": "dry_boil"}, "加热器已被安全切断",
      "先加水，再检查加热器与水位传感器"),
     ("station_offline", None, "驿站离线（无法联系）", "检查网络/电源（路由器、主机电源）"),
     ("locker_offline", None, "充电柜控制板无响应", "检查充电柜电源与串口线"),

@@ -67,7 +67,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from hub.alerting import summaries
 from hub.alerting.alerts import ACKED, FIRING, RESOLVED, AlertStore, StoreUnavailable, new_id
+from hub.alerting.values import alert_value
 from hub.config.rules import Rules, RuleSpec
 from hub.fleet.banks import bank_states
 from hub.fleet.view import StationView, event_time
@@ -119,8 +121,6 @@ PREDICTION_WATCH_S = 3600
 SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
 _REFILL_WHAT = {"water_low": "water", "water_empty": "water", "water_predicted_empty": "water",
                 "chargers_low": "chargers", "chargers_predicted_empty": "chargers"}
-DOOR_NAMES = {"entrance": "入口门", "locker_panel": "充电柜面板"}
-OFFLINE_REASONS = {"lost": "连接中断", "shutdown": "已关机", "silent": "长时间无心跳"}
 
 Transition = Callable[[str, dict[str, Any], StationView], None]
 
@@ -129,12 +129,12 @@ Transition = Callable[[str, dict[str, Any], StationView], None]
 class Obs:
     """What one rule sees at a station now, for one subject: ``active`` True (the
     condition holds), False (it is proven gone), None (cannot tell, or inside the
-    hysteresis band: keep what was)."""
+    hysteresis band: keep what was). ``value``: as ``hub.alerting.values`` declares
+    for the rule; the alert's summary is said from it."""
 
     subject: str
     active: bool | None
     value: Any = None
-    summary: str = ""
     since_ms: int | None = None  # when the condition began, if known
     severity: str | None = None  # instead of the rule's
 
@@ -158,7 +158,6 @@ class _Track:
     last_event_ms: int | None = None  # event rules: the latest such event
     fault_seen: bool = False  # unlock_failed: the slot reported a fault since
     value: Any = None
-    summary: str = ""
     severity: str | None = None
     firing_id: str | None = None  # the id a fire that timed out asked for, kept for its retry
 
@@ -472,16 +471,15 @@ class AlertEngine:
             return
         if kind == "tamper":
             self._event_fired(view, "tamper", str(data.get("door")), dated, now_ms,
-                              value=data.get("door"),
-                              summary=f"{_door(data.get('door'))}在非维护时间被打开")
+                              value=alert_value("tamper", door=data.get("door")))
         elif kind == "unlock_failed":
             spec = self.rules.rule_for(view.group, "unlock_failed")
             reason = data.get("reason")
             severity = (spec.jammed_severity or spec.severity) if reason == "jammed" \
                 else spec.severity
             self._event_fired(view, "unlock_failed", str(data.get("slot")), dated, now_ms,
-                              value=reason, severity=severity,
-                              summary=f"{data.get('slot')} 号仓开锁失败（{reason}）")
+                              value=alert_value("unlock_failed", slot=data.get("slot"),
+                                                reason=reason), severity=severity)
         elif kind in ("slot_fault_cleared", "bank_borrowed"):
             # The slot's fault cleared, or its lock just released a bank: it works.
             t = self._find("unlock_failed", view.sid, str(data.get("slot")))
@@ -489,8 +487,7 @@ class AlertEngine:
                 t.active = False
 
     def _event_fired(self, view: StationView, rule: str, subject: str, dated: int,
-                     now_ms: int, *, value: Any, summary: str,
-                     severity: str | None = None) -> None:
+                     now_ms: int, *, value: Any, severity: str | None = None) -> None:
         spec = self.rules.rule_for(view.group, rule)
         age = now_ms - dated
         if not spec.enabled or age > EVENT_MAX_AGE_MS or (
@@ -500,7 +497,7 @@ class AlertEngine:
         t.active, t.handled, t.fault_seen = True, False, False
         t.since_ms = dated if t.alert is None else t.since_ms
         t.last_event_ms = max(t.last_event_ms or dated, dated)
-        t.value, t.summary, t.severity = value, summary, severity
+        t.value, t.severity = value, severity
         self._settle(view, spec, t, now_ms, for_s=0.0)
 
     def _settle_event_rule(self, view: StationView, ctx: _Context, spec: RuleSpec,
@@ -544,7 +541,7 @@ class AlertEngine:
                         t.active, t.since_ms = True, o.since_ms if o.since_ms else now_ms
                     elif o.since_ms is not None and t.alert is None:
                         t.since_ms = o.since_ms
-                    t.value, t.summary, t.severity = o.value, o.summary, o.severity
+                    t.value, t.severity = o.value, o.severity
                 elif o.active is False and t is not None:
                     t.active = False
             for t in mine:
@@ -566,7 +563,7 @@ class AlertEngine:
             elif t.severity is not None and \
                     SEVERITY_RANK[t.severity] > SEVERITY_RANK[t.alert["severity"]]:
                 updated = self.alerts.update(t.alert["id"], severity=t.severity,
-                                             summary=t.summary or None)
+                                             summary=summaries.summary(t.rule, t.value))
                 if updated is not None:
                     t.alert = updated
             return
@@ -594,7 +591,7 @@ class AlertEngine:
 
     def _fire(self, view: StationView, spec: RuleSpec, t: _Track, now_ms: int) -> None:
         severity = t.severity or spec.severity
-        summary = t.summary or spec.name
+        summary = summaries.summary(spec.name, t.value) or spec.name
         if t.firing_id is None:
             t.firing_id = new_id()
         # On StoreUnavailable (the writer behind, as in a reconnect storm) the
@@ -764,10 +761,10 @@ class AlertEngine:
                         late_s = (now_ms - loan.due_ms) / 1000
                         warn = spec.warning_after_s is not None and late_s >= spec.warning_after_s
                         obs.append(Obs(loan.bank, True, since_ms=loan.due_ms,
-                                       value={"bank": loan.bank, "due_at": loan.due_ms},
-                                       severity="warning" if warn else None,
-                                       summary=f"充电宝 {loan.bank} 逾期未还 "
-                                               f"{_hours(late_s)}"))
+                                       value=alert_value("bank_overdue", bank=loan.bank,
+                                                         due_at=loan.due_ms,
+                                                         overdue_s=int(late_s)),
+                                       severity="warning" if warn else None))
                 self._apply(view, spec, obs, now_ms)
                 self._update_holds(view, now_ms)
 
@@ -865,6 +862,14 @@ class _Context:
         return bool(doors.get(door))
 
 
+def _seen(rule: str, active: bool | None, subject: str = "", *, since_ms: int | None = None,
+          **value: Any) -> Obs:
+    """What ``rule`` sees of ``subject``; the alert's value (``hub.alerting.values``) is
+    built only while the condition holds: nothing reads it otherwise."""
+    return Obs(subject, active, alert_value(rule, **value) if active else None,
+               since_ms=since_ms)
+
+
 def _level_obs(spec: RuleSpec, level: float | None, level_state: str | None,
                fire_states: Iterable[str], clear_states: Iterable[str]) -> bool | None:
     """Hysteresis on a level and a level_state: True at the level (or a firing
@@ -894,9 +899,7 @@ def _station_offline(c: _Context, spec: RuleSpec) -> list[Obs] | None:
         return [Obs("", False)]
     if v.since_ms is None and v.last_seen_ms is None:
         return None  # never heard: unknown, not down
-    reason = OFFLINE_REASONS.get(v.offline_reason or "", v.offline_reason or "")
-    return [Obs("", True, v.offline_reason, f"驿站离线（{reason}）" if reason else "驿站离线",
-                since_ms=v.since_ms)]
+    return [_seen("station_offline", True, reason=v.offline_reason, since_ms=v.since_ms)]
 
 
 def _water_low(c: _Context, spec: RuleSpec) -> list[Obs] | None:
@@ -905,8 +908,7 @@ def _water_low(c: _Context, spec: RuleSpec) -> list[Obs] | None:
         return None
     level, ls = _number(d.get("level")), d.get("level_state")
     active = _level_obs(spec, level, ls, ("low", "empty"), ("ok",))
-    text = f"水位低 {round(level * 100)}%" if level is not None else "水位低"
-    return [Obs("", active, level if level is not None else ls, text)]
+    return [_seen("water_low", active, level=level, level_state=ls)]
 
 
 def _water_empty(c: _Context, spec: RuleSpec) -> list[Obs] | None:
@@ -915,12 +917,10 @@ def _water_empty(c: _Context, spec: RuleSpec) -> list[Obs] | None:
         return None
     level, ls = _number(d.get("level")), d.get("level_state")
     active = _level_obs(spec, level, ls, ("empty",), ("ok", "low"))
-    return [Obs("", active, level if level is not None else ls, "水箱已空，请尽快加水")]
+    return [_seen("water_empty", active, level=level, level_state=ls)]
 
 
 def _predicted(what: str, rule: str) -> Callable[[_Context, RuleSpec], list[Obs] | None]:
-    noun = "断水" if what == "water" else "可借充电宝用完"
-
     def evaluate(c: _Context, spec: RuleSpec) -> list[Obs] | None:
         fc = c.engine.forecaster
         section = "dispenser" if what == "water" else "lockers"
@@ -937,7 +937,7 @@ def _predicted(what: str, rule: str) -> Callable[[_Context, RuleSpec], list[Obs]
         if left < clear + PREDICTION_WATCH_S:
             c.site.watch = True
         active = True if left < below else False if left >= clear else None
-        return [Obs("", active, round(left), f"预计约 {_minutes(left)} 后{noun}")]
+        return [_seen(rule, active, seconds=round(left))]
 
     return evaluate
 
@@ -949,7 +949,7 @@ def _chargers_low(c: _Context, spec: RuleSpec) -> list[Obs] | None:
     banks = bank_states({"lockers": lockers}, c.engine.min_charge)
     ready = banks["ready"] if banks is not None else 0
     active = True if spec.fires_at(ready) else False if spec.clears_at(ready) else None
-    return [Obs("", active, ready, f"可借充电宝仅剩 {ready} 个，请补充")]
+    return [_seen("chargers_low", active, ready=ready)]
 
 
 def _door_open_too_long(c: _Context, spec: RuleSpec) -> list[Obs] | None:
@@ -965,8 +965,8 @@ def _door_open_too_long(c: _Context, spec: RuleSpec) -> list[Obs] | None:
         opened = since.setdefault(door, c.now)
         if spec.doors is not None and door not in spec.doors:
             continue
-        minutes = _minutes((c.now - opened) / 1000)
-        out.append(Obs(door, True, door, f"{_door(door)}已开 {minutes}", since_ms=opened))
+        out.append(_seen("door_open_too_long", True, door, door=door,
+                         open_s=(c.now - opened) // 1000, since_ms=opened))
     for door in list(since):
         if door not in doors:
             del since[door]
@@ -978,21 +978,21 @@ def _dispenser_fault(c: _Context, spec: RuleSpec) -> list[Obs] | None:
     if d is None:
         return None
     fault = d.get("fault") or (None if d.get("online") else "offline")
-    return [Obs("", fault is not None, fault, f"饮水机故障：{fault}")]
+    return [_seen("dispenser_fault", fault is not None, fault=fault)]
 
 
 def _heater_lockout(c: _Context, spec: RuleSpec) -> list[Obs] | None:
     d = c.dispenser()
     if d is None or not isinstance(d.get("heater_lockout"), bool):
         return None
-    return [Obs("", d["heater_lockout"], True, "饮水机加热已被安全切断，请检查水箱和温度")]
+    return [_seen("heater_lockout", d["heater_lockout"], fault=d.get("fault"))]
 
 
 def _locker_offline(c: _Context, spec: RuleSpec) -> list[Obs] | None:
     lockers = c.section("lockers")
     if lockers is None or not isinstance(lockers.get("online"), bool):
         return None
-    return [Obs("", not lockers["online"], None, "充电柜控制板无响应")]
+    return [_seen("locker_offline", not lockers["online"])]
 
 
 def _slot_fault(c: _Context, spec: RuleSpec) -> list[Obs] | None:
@@ -1002,18 +1002,19 @@ def _slot_fault(c: _Context, spec: RuleSpec) -> list[Obs] | None:
     out = []
     for s in lockers.get("slots") or ():
         fault, slot = s.get("fault"), str(s.get("slot"))
-        out.append(Obs(slot, fault is not None, fault, f"{slot} 号仓故障：{fault}"))
+        out.append(_seen("slot_fault", fault is not None, slot, slot=s.get("slot"), fault=fault))
     return out
 
 
-def _health_number(key: str, text: Callable[[float], str]
+def _health_number(rule: str, key: str, value_key: str
                    ) -> Callable[[_Context, RuleSpec], list[Obs] | None]:
+    """A threshold rule on the State's ``health.<key>``, its value's ``value_key``."""
     def evaluate(c: _Context, spec: RuleSpec) -> list[Obs] | None:
         value = _number((c.section("health") or {}).get(key))
         if value is None:
             return None
         active = True if spec.fires_at(value) else False if spec.clears_at(value) else None
-        return [Obs("", active, value, text(value))]
+        return [_seen(rule, active, **{value_key: value})]
 
     return evaluate
 
@@ -1022,7 +1023,7 @@ def _undervoltage(c: _Context, spec: RuleSpec) -> list[Obs] | None:
     value = (c.section("health") or {}).get("undervoltage")
     if not isinstance(value, bool):
         return None
-    return [Obs("", value, True, "主机供电电压不足，请检查电源")]
+    return [_seen("undervoltage", value)]
 
 
 EVALUATORS: dict[str, Callable[[_Context, RuleSpec], list[Obs] | None]] = {
@@ -1037,9 +1038,9 @@ EVALUATORS: dict[str, Callable[[_Context, RuleSpec], list[Obs] | None]] = {
     "heater_lockout": _heater_lockout,
     "locker_offline": _locker_offline,
     "slot_fault": _slot_fault,
-    "pi_overheat": _health_number("cpu_temp_c", lambda t: f"主机温度过高 {t:g}°C"),
+    "pi_overheat": _health_number("pi_overheat", "cpu_temp_c", "temp_c"),
     "undervoltage": _undervoltage,
-    "disk_low": _health_number("disk_free_mb", lambda mb: f"主机磁盘仅剩 {mb:g} MB"),
+    "disk_low": _health_number("disk_low", "disk_free_mb", "disk_free_mb"),
 }
 assert set(EVALUATORS) == set(STATE_RULES)
 
@@ -1099,18 +1100,3 @@ _PATCHES: dict[str, Callable[[dict[str, Any], dict[str, Any]], None]] = {
 #: slot that proves it works. Others (visits, returns, refills) are not noted.
 ENGINE_EVENTS = frozenset(_PATCHES) | URGENT_EVENTS | {"slot_fault_cleared", "bank_borrowed"}
 
-
-def _door(door: Any) -> str:
-    return DOOR_NAMES.get(str(door), f"门 {door} ")
-
-
-def _minutes(seconds: float) -> str:
-    minutes = max(0, round(seconds / 60))
-    if minutes < 90:
-        return f"{minutes} 分钟"
-    return f"{minutes / 60:.1f} 小时"
-
-
-def _hours(seconds: float) -> str:
-    hours = seconds / 3600
-    return f"{hours:.0f} 小时" if hours < 48 else f"{hours / 24:.1f} 天"

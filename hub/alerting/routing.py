@@ -53,6 +53,8 @@ from typing import Any
 
 from hub.alerting.alerts import ACKED, FIRING, RESOLVED, to_alert
 from hub.alerting.notify.text import station_info as notify_station_info
+from hub.alerting.summaries import route_test_name, summary
+from hub.alerting.values import alert_value
 from hub.config.routes import Route, RoutingConfig, Tier
 from hub.config.rules import HUB_RULES, HUB_SID, NOTIFY_FAILING, NOTIFY_TEST
 from yizhan.clock import Clock
@@ -349,10 +351,10 @@ class Router:
         for notifier, reason in reasons.items():
             if notifier not in open_rows:
                 why = f": {reason}" if reason else ""
-                self.raise_hub_alert(
-                    NOTIFY_FAILING, notifier, "critical",
-                    f"通知渠道 {notifier} 无法送达，告警可能没有送到值班人员{why}",
-                    value={"notifier": notifier, "reason": reason}, at_ms=now)
+                value = alert_value(NOTIFY_FAILING, notifier=notifier, reason=reason)
+                self.raise_hub_alert(NOTIFY_FAILING, notifier, "critical",
+                                     summary(NOTIFY_FAILING, value) or notifier, value=value,
+                                     at_ms=now)
                 log.error("notifier %s is failing%s; telling the other routes", notifier, why)
         for notifier, row in open_rows.items():
             if notifier not in reasons:
@@ -410,15 +412,14 @@ class Router:
         ``resolved``, to every notifier of every tier."""
         now = self.clock.ms() if now_ms is None else now_ms
         slot = now if slot_ms is None else slot_ms
+        value = alert_value(NOTIFY_TEST, route=route.name, test=True)
         alert = {
             "id": alert_id or self.test_id(route, slot), "rule": NOTIFY_TEST, "sid": HUB_SID,
-            "severity": "info", "state": FIRING,
-            "summary": f"通知测试：路由 {route.name} 畅通，无需处理",
-            "value": {"route": route.name, "test": True},
-            "started_at": now, "acked_at": None, "resolved_at": None,
+            "severity": "info", "state": FIRING, "summary": summary(NOTIFY_TEST, value),
+            "value": value, "started_at": now, "acked_at": None, "resolved_at": None,
         }
         done = {**alert, "state": RESOLVED, "resolved_at": now}
-        station = {"sid": HUB_SID, "name": f"通知测试（路由 {route.name}）"}
+        station = {"sid": HUB_SID, "name": route_test_name(route.name)}
         n = 0
         for notifier in route.notifiers:
             for kind, body in (("firing", alert), ("resolved", done)):

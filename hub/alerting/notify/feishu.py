@@ -60,7 +60,7 @@ class FeishuNotifier(ChatRobotNotifier):
         if msg.ack_url:
             elements.append({"tag": "action", "actions": [{
                 "tag": "button", "type": "primary",
-                "text": {"tag": "plain_text", "content": msg.labels["ack"]},
+                "text": {"tag": "plain_text", "content": msg.ack_label},
                 "url": msg.ack_url}]})
         elements.append({"tag": "note", "elements": [
             {"tag": "plain_text", "content": msg.footer}]})
