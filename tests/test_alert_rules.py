@@ -93,7 +93,7 @@ def test_fleet_rules_then_group_rules_override_the_defaults() -> None:
     assert rules.rule_for("chumen", "unlock_failed").quiet_s == 600
     assert rules.response_time("chumen") == 2700 and rules.response_time(None) == 3600
     assert rules.prediction_band("chumen", "water_predicted_empty") == (2700, 4050)
-    assert config.groups["chumen"]["escalate_after"] == "20m"  # the router's, left alone
+    assert config.routing.groups["chumen"].escalate_after == 1200  # the router's, left alone
 
 
 def test_hub_level_settings_and_their_defaults() -> None:

@@ -503,13 +503,6 @@ class Mutes:
                 return w
         return None
 
-    def next_change(self, now_ms: int) -> int | None:
-        """When the next silence or window starts or ends (the engine looks again then)."""
-        with self._lock:
-            rows = self._live[SILENCE] + self._live[WINDOW]
-        times = [t for r in rows for t in (r["starts_at"], r["ends_at"]) if t > now_ms]
-        return min(times, default=None)
-
     # -- changing --------------------------------------------------------------------
 
     def add(self, kind: str, body: Any, by: str | None) -> dict[str, Any]:

@@ -316,8 +316,9 @@ def hours_to_zero(rates: Sequence[float], start_lh: float, level: float,
 # -- per station -------------------------------------------------------------------------
 
 
-class _Track:
-    """One quantity of one station: its profile, last reading, refill run and alert."""
+class _Quantity:
+    """How one quantity of one station (its water, its ready banks) is used up: its
+    profile, last reading, refill run and alert."""
 
     __slots__ = ("alert_ms", "alert_open", "at_ms", "last_refill_ms", "prof", "run_base",
                  "run_count", "run_ms", "run_pending", "run_record", "run_top")
@@ -339,7 +340,7 @@ class _Track:
         self.last_refill_ms: int | None = None
 
 
-class _Water(_Track):
+class _Water(_Quantity):
     __slots__ = ("band_low", "band_ok", "level", "low", "low_ms", "mark", "ml", "phase_ml",
                  "state")
 
@@ -358,7 +359,7 @@ class _Water(_Track):
         self.band_low: float | None = None
 
 
-class _Chargers(_Track):
+class _Chargers(_Quantity):
     __slots__ = ("cap", "faults", "ready", "slots")
 
     def __init__(self) -> None:
@@ -373,7 +374,7 @@ class _Chargers(_Track):
 
 
 class _Station:
-    """A station's tracks and its last ``REFILLS_KEPT`` refills, kept as a ring of
+    """A station's quantities and its last ``REFILLS_KEPT`` refills, kept as a ring of
     ``_REFILL_FIELDS`` doubles each (tuples would cost three times the memory)."""
 
     __slots__ = ("chargers", "refills", "refills_n", "water")
@@ -652,14 +653,14 @@ class Forecaster:
             if tr.run_count >= CHARGER_REFILL_BANKS:
                 self._refilled(st, tr, CHARGERS, tr.run_base, tr.run_top, fleet=False)
 
-    def _add_span(self, tr: _Track, lh0: float, lh1: float, amount: float, *,
+    def _add_span(self, tr: _Quantity, lh0: float, lh1: float, amount: float, *,
                   fleet: bool) -> None:
         tr.prof.add_span(lh0, lh1, amount, self._decay)
         if fleet:
             self._fleet_water.add_span(lh0, lh1, amount, self._decay)
 
     @staticmethod
-    def _end_refill(tr: _Track, now: int) -> None:
+    def _end_refill(tr: _Quantity, now: int) -> None:
         """A refill (or a run of banks put in) is over once the refill window
         passed without the level rising further (another bank put in)."""
         if tr.run_ms is not None and now - tr.run_ms > REFILL_WINDOW_MS:
@@ -667,7 +668,7 @@ class Forecaster:
             if isinstance(tr, _Chargers):
                 tr.run_pending = 0.0
 
-    def _refilled(self, st: _Station, tr: _Track, what: str, before: float | None,
+    def _refilled(self, st: _Station, tr: _Quantity, what: str, before: float | None,
                   after: float | None, *, fleet: bool = False) -> None:
         """Record a refill, or raise the level of the one this run already
         recorded; the run's rises counted as negative use are taken back."""
@@ -817,7 +818,7 @@ class Forecaster:
     def __len__(self) -> int:
         return len(self._stations)
 
-    def _track(self, sid: str, what: str, create: bool = False) -> _Track | None:
+    def _track(self, sid: str, what: str, create: bool = False) -> _Quantity | None:
         st = self._stations.get(sid)
         if st is None:
             if not create:

@@ -1,18 +1,29 @@
-"""The hub configuration file (contract §14), read once and checked."""
+"""The hub configuration file (contract §14), read once and checked.
+
+>>> config = load_hub_config("hub.yaml")   # ConfigError naming the key of a mistake
+
+Its parts live beside it: ``rules.py`` (the alert rules and their keys),
+``routes.py`` (who is told: ``routes:`` and the routing keys of ``groups:``) and
+``notifiers.py`` (``notifiers:`` and the ack links). This package imports
+nothing of the hub above ``hub.storage``: the fleet, the ingest and the
+alerting all read it.
+"""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
+from hub.config.notifiers import DEFAULT_ACK_LINK_TTL, LANGUAGES, NotifierSpec, parse_notify
 from hub.config.routes import RoutingConfig, parse_routing
 from hub.config.rules import DEFAULT_RESPONSE_TIME, Rules
 from protocol.errors import InvalidIdentifier
 from protocol.ids import check_sid
 from yizhan.config import ConfigError, MqttConfig, Section, load_yaml
+
+__all__ = ["LANGUAGES", "HubConfig", "NotifierSpec", "StationMeta", "load_hub_config",
+           "parse_hub_config"]
 
 
 @dataclass(frozen=True)
@@ -20,55 +31,6 @@ class StationMeta:
     sid: str
     name: str
     group: str | None = None
-
-
-#: Notifier types (docs/notifications.md); each is a module of ``hub.alerting.notify``.
-NOTIFIER_TYPES = ("webhook", "wecom", "dingtalk", "feishu", "email")
-#: Message languages: Chinese by default.
-LANGUAGES = ("zh", "en")
-NOTIFIER_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
-WECOM_URL = "https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key={}"
-DINGTALK_URL = "https://oapi.dingtalk.com/robot/send?access_token={}"
-DEFAULT_ACK_LINK_TTL = 24 * 3600.0
-
-
-@dataclass(frozen=True)
-class NotifierSpec:
-    """One entry of ``notifiers:``, checked. Secrets (``secret``, ``password`` and
-    ``url``, which carries the robot's key or token) stay out of ``repr``; log
-    ``redacted()``.
-    """
-
-    name: str
-    type: str
-    url: str | None = field(default=None, repr=False)
-    secret: str | None = field(default=None, repr=False)
-    language: str = "zh"
-    timeout: float = 10.0
-    # feishu: "card" (interactive message card with a button) or "text"
-    format: str = "card"
-    # email
-    host: str | None = None
-    port: int | None = None
-    starttls: bool = True
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    sender: str | None = None
-    to: tuple[str, ...] = ()
-    ca_file: str | None = None
-
-    def redacted(self) -> dict[str, Any]:
-        """For logs: where it goes, never a key, token, secret or password."""
-        out: dict[str, Any] = {"name": self.name, "type": self.type, "language": self.language}
-        if self.url:
-            parts = urlsplit(self.url)
-            out["url"] = f"{parts.scheme}://{parts.netloc}{parts.path}" + (
-                "?***" if parts.query else "")
-        if self.type == "email":
-            out.update(host=self.host, port=self.port, starttls=self.starttls,
-                       username=self.username, sender=self.sender, to=list(self.to))
-        out["secret"] = "***" if (self.secret or self.password) else None
-        return out
 
 
 @dataclass(frozen=True)
@@ -80,14 +42,11 @@ class HubConfig:
     api_tokens: tuple[str, ...] = ()
     fleet_key: bytes | None = None
     stations: tuple[StationMeta, ...] = ()
-    notifiers: tuple[dict, ...] = ()
-    routes: tuple[dict, ...] = ()
-    rules: dict[str, Any] = field(default_factory=dict)
-    # alerting (docs/alerts.md): per-group settings as written (``rules`` and
-    # ``response_time`` are checked by hub.rules.Rules; the router reads its own
-    # keys), how long someone takes to reach a station, flap damping, and the
-    # longest a maintenance session on site mutes refill alerts.
-    groups: dict[str, Any] = field(default_factory=dict)
+    # alerting (docs/alerts.md): the rules of the fleet and of each group
+    # (``rules:``, ``groups.<group>.rules`` and ``response_time``, checked), how
+    # long someone takes to reach a station, flap damping, and the longest a
+    # maintenance session on site mutes refill alerts.
+    alert_rules: Rules = field(default_factory=Rules, repr=False)
     response_time: float = DEFAULT_RESPONSE_TIME
     flap_window: float = 3600.0
     flap_max: int = 2
@@ -109,8 +68,8 @@ class HubConfig:
     shared_group: str | None = None
     # routing (docs/routing.md): routes:, the routing keys of groups:, timezone:.
     routing: RoutingConfig = field(default_factory=RoutingConfig)
-    # notifications (docs/notifications.md): ``notifiers`` above keeps the raw
-    # entries; these are the same, checked, with their secrets read.
+    # notifications (docs/notifications.md): ``notifiers:``, checked, with their
+    # secrets read.
     notifier_specs: tuple[NotifierSpec, ...] = ()
     public_url: str | None = None  # how a phone reaches the hub, for ack links
     ack_link_ttl: float = DEFAULT_ACK_LINK_TTL
@@ -138,7 +97,28 @@ def load_hub_config(path: str | Path) -> HubConfig:
 
 
 def parse_hub_config(data: dict, base: Path | None = None, source: str | None = None) -> HubConfig:
+    """Every key of the hub's file checked, relative paths taken from ``base``."""
     root = Section(data)
+    database = _database(root, base)
+    return HubConfig(
+        database=database,
+        api_tokens=_api_tokens(root),
+        fleet_key=_fleet_key(root, base),
+        stations=_stations(root),
+        **_alerting(root),
+        **_mqtt(root, base, database),
+        **_http(root),
+        **_timing(root),
+        **_policy(root),
+        source=source,
+        routing=parse_routing(root, [n.get("name") for n in root.list("notifiers")
+                                     if isinstance(n, dict)]),
+        **parse_notify(root, base, database),
+    )
+
+
+def _database(root: Section, base: Path | None) -> str:
+    """``database:``, a relative SQLite path taken from the file's directory."""
     database = root.str("database", required=True)
     if not database.startswith(("sqlite:", "postgresql:", "postgresql+psycopg:")):
         raise ConfigError("database", f"must be a sqlite:// or postgresql:// URL, not {database!r}")
@@ -146,21 +126,32 @@ def parse_hub_config(data: dict, base: Path | None = None, source: str | None = 
         rel = database[len("sqlite:///"):]
         if rel and not rel.startswith("/"):
             database = f"sqlite:///{(base / rel).resolve()}"
+    return database
 
-    http = root.section("http")
+
+def _api_tokens(root: Section) -> tuple[str, ...]:
+    """``api_tokens:`` and those of ``api_tokens_file:`` (one per line or space)."""
     tokens = root.list("api_tokens")
     for i, tok in enumerate(tokens):
         if not isinstance(tok, str) or len(tok) < 16:
             raise ConfigError(f"api_tokens[{i}]", "must be a string of at least 16 characters")
     if root.has("api_tokens_file"):
         tokens = tokens + [t for t in (root.secret("api_tokens") or "").split() if t]
+    return tuple(tokens)
 
-    fleet_key = None
-    if root.has("fleet_key_file"):
-        fleet_key = (root.secret("fleet_key", base) or "").encode()
-        if len(fleet_key) < 16:
-            raise ConfigError("fleet_key_file", "the fleet key must be at least 16 characters")
 
+def _fleet_key(root: Section, base: Path | None) -> bytes | None:
+    """The key of riders' ids (contract §1), from ``fleet_key_file:``."""
+    if not root.has("fleet_key_file"):
+        return None
+    fleet_key = (root.secret("fleet_key", base) or "").encode()
+    if len(fleet_key) < 16:
+        raise ConfigError("fleet_key_file", "the fleet key must be at least 16 characters")
+    return fleet_key
+
+
+def _stations(root: Section) -> tuple[StationMeta, ...]:
+    """``stations:``: each sid valid and listed once."""
     stations = []
     seen = set()
     for i, entry in enumerate(root.list("stations")):
@@ -176,200 +167,66 @@ def parse_hub_config(data: dict, base: Path | None = None, source: str | None = 
             raise ConfigError(f"stations[{i}].sid", f"{sid} is listed twice")
         seen.add(sid)
         stations.append(StationMeta(sid=sid, name=sec.str("name", sid), group=sec.str("group")))
+    return tuple(stations)
 
+
+def _alerting(root: Section) -> dict[str, Any]:
+    """The rules (``rules:``, ``groups.<group>.rules``, ``response_time:``: built
+    once here, so a mistake stops the hub at start naming the key), flap damping
+    and ``maintenance_max``."""
     rules = root.section("rules")
     groups = root.section("groups")
     response_time = root.duration("response_time", DEFAULT_RESPONSE_TIME)
     if response_time <= 0:
         raise ConfigError("response_time", "must be longer than 0s")
-    # Checked once here, so a mistake stops the hub at start naming the key.
-    Rules(rules.data if rules else None, groups.data if groups else None, response_time)
+    alert_rules = Rules(rules.data if rules else None, groups.data if groups else None,
+                        response_time)
     flap_window = root.duration("flap_window", 3600.0)
     maintenance_max = root.duration("maintenance_max", 4 * 3600.0)
     if maintenance_max <= 0:
         raise ConfigError("maintenance_max", "must be longer than 0s")
-    timing = root.section("timing")
-    policy = root.section("policy")
-    mqtt_sec = root.section("mqtt")
-    shared_group = mqtt_sec.str("shared_group", pattern=r"[^/+#\s]+") if mqtt_sec else None
+    return {"alert_rules": alert_rules, "response_time": response_time,
+            "flap_window": flap_window, "flap_max": root.int("flap_max", 2, lo=1),
+            "maintenance_max": maintenance_max}
+
+
+def _mqtt(root: Section, base: Path | None, database: str) -> dict[str, Any]:
+    """``mqtt:``: the broker, the hub's client id, and ``shared_group`` for several
+    hub workers (which need a shared PostgreSQL database)."""
+    sec = root.section("mqtt")
+    shared_group = sec.str("shared_group", pattern=r"[^/+#\s]+") if sec else None
     if shared_group and database.startswith("sqlite:"):
         raise ConfigError("mqtt.shared_group", "several hub workers need a shared PostgreSQL "
                           "database, not SQLite (see docs/hub.md)")
-    notify = _parse_notify(root, base, database)
-    return HubConfig(
-        mqtt=MqttConfig.from_section(root.section("mqtt"), base),
-        database=database,
-        http_host=http.str("host", "127.0.0.1") if http else "127.0.0.1",
-        http_port=http.int("port", 8080, lo=0, hi=65535) if http else 8080,
-        api_tokens=tuple(tokens),
-        fleet_key=fleet_key,
-        stations=tuple(stations),
-        notifiers=tuple(root.list("notifiers")),
-        routes=tuple(root.list("routes")),
-        rules=dict(rules.data) if rules else {},
-        groups=dict(groups.data) if groups else {},
-        response_time=response_time,
-        flap_window=flap_window,
-        flap_max=root.int("flap_max", 2, lo=1),
-        maintenance_max=maintenance_max,
-        heartbeat=timing.duration("heartbeat", 60.0) if timing else 60.0,
-        missed_heartbeats=timing.int("missed_heartbeats", 3, lo=1) if timing else 3,
-        client_id=(root.section("mqtt").str("client_id", "yizhan-hub")
-                   if root.section("mqtt") else "yizhan-hub"),
-        source=source,
-        min_charge=policy.int("min_charge", 80, lo=0, hi=100) if policy else 80,
-        loan_hours=policy.float("loan_hours", 24.0, lo=0.01) if policy else 24.0,
-        replay_after=timing.duration("replay_after", 10.0) if timing else 10.0,
-        replay_every=timing.duration("replay_every", 30.0) if timing else 30.0,
-        replay_max=timing.int("replay_max", 1000, lo=1, hi=100_000) if timing else 1000,
-        shared_group=shared_group,
-        routing=parse_routing(root, [n.get("name") for n in root.list("notifiers")
-                                     if isinstance(n, dict)]),
-        **notify,
-    )
+    return {"mqtt": MqttConfig.from_section(sec, base),
+            "client_id": sec.str("client_id", "yizhan-hub") if sec else "yizhan-hub",
+            "shared_group": shared_group}
 
 
-# -- notifications (docs/notifications.md) -------------------------------------------
+def _http(root: Section) -> dict[str, Any]:
+    http = root.section("http")
+    if http is None:
+        return {}
+    return {"http_host": http.str("host", "127.0.0.1"),
+            "http_port": http.int("port", 8080, lo=0, hi=65535)}
 
 
-def _parse_notify(root: Section, base: Path | None, database: str) -> dict[str, Any]:
-    """``notifiers``, ``public_url``, ``ack_link_ttl`` and ``ack_secret_file``."""
-    specs = []
-    seen: set[str] = set()
-    for i, entry in enumerate(root.list("notifiers")):
-        if not isinstance(entry, dict):
-            raise ConfigError(f"notifiers[{i}]", "must be a mapping like {name: ..., type: ...}")
-        spec = parse_notifier(Section(entry, f"notifiers[{i}]"), base)
-        if spec.name in seen:
-            raise ConfigError(f"notifiers[{i}].name", f"{spec.name} is listed twice")
-        seen.add(spec.name)
-        specs.append(spec)
-
-    public_url = root.str("public_url")
-    if public_url is not None:
-        parts = urlsplit(public_url)
-        if parts.scheme not in ("http", "https") or not parts.netloc or parts.query:
-            raise ConfigError("public_url", "must be the hub's address as a phone reaches it, "
-                              f"like https://hub.example.cn, not {public_url!r}")
-        public_url = public_url.rstrip("/")
-    ttl = root.duration("ack_link_ttl", DEFAULT_ACK_LINK_TTL)
-    if ttl < 60:
-        raise ConfigError("ack_link_ttl", "must be at least 1m")
-
-    ack_secret = None
-    if root.has("ack_secret_file") or root.has("ack_secret"):
-        text = root.secret("ack_secret", base) or ""
-        key = "ack_secret_file" if root.has("ack_secret_file") else "ack_secret"
-        if len(text) < 16:
-            raise ConfigError(key, "the ack link secret must be at least 16 characters")
-        ack_secret = text.encode()
-    elif specs and database.startswith("postgresql"):
-        # On SQLite the hub keeps a generated key beside its database file; a
-        # PostgreSQL deployment may run several workers, which must share it.
-        raise ConfigError("ack_secret_file", "is required when notifiers are configured on "
-                          "PostgreSQL: every hub worker must sign ack links with the same key")
-    return {"notifier_specs": tuple(specs), "public_url": public_url,
-            "ack_link_ttl": ttl, "ack_secret": ack_secret}
+def _timing(root: Section) -> dict[str, Any]:
+    """``timing:``: the stations' heartbeat and how many may be missed, and gap healing."""
+    timing = root.section("timing")
+    if timing is None:
+        return {}
+    return {"heartbeat": timing.duration("heartbeat", 60.0),
+            "missed_heartbeats": timing.int("missed_heartbeats", 3, lo=1),
+            "replay_after": timing.duration("replay_after", 10.0),
+            "replay_every": timing.duration("replay_every", 30.0),
+            "replay_max": timing.int("replay_max", 1000, lo=1, hi=100_000)}
 
 
-def _http_url(sec: Section, base: Path | None, key: str = "url") -> str | None:
-    url = sec.secret(key, base)
-    if url is None:
-        return None
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        # Not the value itself: it may carry the robot's key.
-        raise ConfigError(sec.key(key), "must be an http:// or https:// URL")
-    return url
-
-
-def _query_has(url: str, name: str) -> bool:
-    return bool(parse_qs(urlsplit(url).query).get(name, [""])[0])
-
-
-def _robot_url(sec: Section, base: Path | None, param: str, template: str,
-               what: str) -> str:
-    """A chat robot's webhook: the whole ``url`` (ending in ``?param=…``), or just
-    ``param`` (or ``param_file``) put into the platform's address ``template``."""
-    url = _http_url(sec, base)
-    token = sec.secret(param, base)
-    if url is None and token is None:
-        raise ConfigError(sec.key("url"), f"is required: {what} "
-                          f"{template.format('…')} (or url_file, or {param}/{param}_file)")
-    if url is None:
-        return template.format(token)
-    if not _query_has(url, param):
-        raise ConfigError(sec.key("url"), f"must end in ?{param}=… (copy the whole "
-                          "webhook address)")
-    return url
-
-
-def parse_notifier(sec: Section, base: Path | None = None) -> NotifierSpec:
-    """One ``notifiers:`` entry; every problem names its key."""
-    name = sec.str("name", required=True)
-    if not re.fullmatch(NOTIFIER_NAME, name):
-        raise ConfigError(sec.key("name"), f"{name!r} must be 1–64 letters, digits, "
-                          "'_', '.' or '-'")
-    kind = sec.str("type", required=True, choices=NOTIFIER_TYPES)
-    common: dict[str, Any] = {
-        "name": name, "type": kind,
-        "language": sec.str("language", "zh", choices=LANGUAGES),
-        "timeout": sec.duration("timeout", 10.0),
-    }
-    if not 0 < common["timeout"] <= 120:
-        raise ConfigError(sec.key("timeout"), "must be more than 0s and at most 2m")
-
-    if kind == "webhook":
-        url = _http_url(sec, base)
-        if url is None:
-            raise ConfigError(sec.key("url"), "is required (or url_file)")
-        secret = sec.secret("secret", base)
-        if not secret or len(secret) < 16:
-            raise ConfigError(sec.key("secret"), "is required (or secret_file), at least 16 "
-                              "characters: the receiver checks X-Yizhan-Signature with it")
-        return NotifierSpec(url=url, secret=secret, **common)
-
-    if kind == "wecom":
-        url = _robot_url(sec, base, "key", WECOM_URL, "the group robot's webhook address")
-        return NotifierSpec(url=url, **common)
-
-    if kind == "dingtalk":
-        url = _robot_url(sec, base, "access_token", DINGTALK_URL,
-                         "the robot's webhook address")
-        secret = sec.secret("secret", base)
-        if secret is not None and not secret.startswith("SEC"):
-            raise ConfigError(sec.key("secret"), "must be the robot's 加签 secret, which "
-                              "starts with SEC")
-        return NotifierSpec(url=url, secret=secret, **common)
-
-    if kind == "feishu":
-        url = _http_url(sec, base) or _http_url(sec, base, "webhook")
-        if url is None:
-            raise ConfigError(sec.key("url"), "is required: the custom bot's webhook address "
-                              "https://open.feishu.cn/open-apis/bot/v2/hook/… (or url_file)")
-        return NotifierSpec(url=url, secret=sec.secret("secret", base),
-                            format=sec.str("format", "card", choices=("card", "text")),
-                            **common)
-
-    # email
-    host = sec.str("host", required=True)
-    starttls = sec.bool("starttls", True)
-    port = sec.int("port", 587 if starttls else 25, lo=1, hi=65535)
-    sender = sec.str("from", required=True)
-    to = sec.list("to")
-    if not to:
-        raise ConfigError(sec.key("to"), "must list at least one address")
-    for i, addr in enumerate([sender, *to]):
-        if not isinstance(addr, str) or "@" not in addr or any(c in addr for c in "\r\n"):
-            key = sec.key("from") if i == 0 else f"{sec.key('to')}[{i - 1}]"
-            raise ConfigError(key, f"must be an e-mail address, not {addr!r}")
-    username = sec.str("username")
-    password = sec.secret("password", base)
-    if password is not None and username is None:
-        raise ConfigError(sec.key("username"), "is required with a password")
-    ca_file = sec.str("ca_file")
-    if ca_file is not None and base is not None and not Path(ca_file).is_absolute():
-        ca_file = str(base / ca_file)
-    return NotifierSpec(host=host, port=port, starttls=starttls, username=username,
-                        password=password, sender=sender, to=tuple(to), ca_file=ca_file,
-                        **common)
+def _policy(root: Section) -> dict[str, Any]:
+    """``policy:``: the lending threshold (``min_charge``) and ``loan_hours``."""
+    policy = root.section("policy")
+    if policy is None:
+        return {}
+    return {"min_charge": policy.int("min_charge", 80, lo=0, hi=100),
+            "loan_hours": policy.float("loan_hours", 24.0, lo=0.01)}

@@ -18,13 +18,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from hub.config.notifiers import NOTIFIER_NAME
 from hub.config.rules import NOTIFY_FAILING, RULES, SEVERITIES
 from yizhan.config import ConfigError, Section, parse_duration
 
 MATCH_KEYS = ("group", "sid", "rule", "severity")
 DEFAULT_TEST_EVERY = 86400.0
 DEFAULT_TEST_AT = "09:00"
-_NAME_RE = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
 _OFF = ("off", "none", "never", "no")
 
 
@@ -107,7 +107,7 @@ def parse_routing(root: Section, notifier_names: Iterable[str]) -> RoutingConfig
 
 
 def _parse_route(sec: Section, i: int, known: set[str]) -> Route:
-    name = sec.str("name", f"route-{i + 1}", pattern=_NAME_RE)
+    name = sec.str("name", f"route-{i + 1}", pattern=NOTIFIER_NAME)  # named as notifiers are
     match: dict[str, tuple[str, ...]] = {}
     match_sec = sec.section("match")
     if match_sec is None and "match" not in sec.data:

@@ -307,9 +307,10 @@ class Rules:
 
     @classmethod
     def from_config(cls, config: Any) -> Rules:
-        """From a :class:`hub.config.HubConfig` (``rules``, ``groups``, ``response_time``)."""
-        return cls(getattr(config, "rules", None), getattr(config, "groups", None),
-                   getattr(config, "response_time", DEFAULT_RESPONSE_TIME))
+        """The rules of a :class:`hub.config.HubConfig`, as built when it was read
+        (``alert_rules``); the defaults for a configuration without them."""
+        rules = getattr(config, "alert_rules", None)
+        return rules if rules is not None else cls()
 
     def rule_for(self, group: str | None, name: str) -> RuleSpec:
         """Rule ``name`` as it applies to the stations of ``group`` (None: no group)."""
