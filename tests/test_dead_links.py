@@ -8,6 +8,7 @@ keepalives, and come back when the path does.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -39,6 +40,24 @@ def make_hub(port: int, tmp_path, clock=None, **kwargs) -> Hub:
     hub.start()
     assert hub.ingest.connected.wait(10), "the hub did not connect"
     return hub
+
+
+@contextlib.contextmanager
+def stalled_session(hub: Hub, station, clock: ManualClock):
+    """The hub's network thread hangs in a callback (a station's Status waits on
+    the fleet's lock): the connection stays up and nothing goes through. A beacon
+    is published and the clock moved past ``stall_after``; released on exit."""
+    held = hub.fleet._lock
+    held.acquire()
+    try:
+        status = {**examples.example("status"), "sid": SID}
+        station.publish(topic(SID, Kind.STATUS), json.dumps(status), qos=1)
+        wait_until(hub.ingest._client._in_callback_mutex.locked, 5, "the thread held")
+        assert hub.ingest.publish_time()
+        clock.advance(hub.ingest.stall_after + 1)
+        yield
+    finally:
+        held.release()
 
 
 def healthz(hub: Hub) -> tuple[int, dict]:
@@ -100,20 +119,11 @@ def test_a_stalled_mqtt_session_makes_the_hub_unhealthy_and_says_why(broker_fact
     try:
         wait_until(lambda: hub.ingest.problem() is None and healthz(hub)[0] == 200, 5,
                    "healthy, the first beacon acknowledged")
-        held = hub.fleet._lock
-        held.acquire()
-        try:
-            status = {**examples.example("status"), "sid": SID}
-            station.publish(topic(SID, Kind.STATUS), json.dumps(status), qos=1)
-            wait_until(hub.ingest._client._in_callback_mutex.locked, 5, "the thread held")
-            assert hub.ingest.publish_time()
-            clock.advance(hub.ingest.stall_after + 1)
+        with stalled_session(hub, station, clock):
             status, body = healthz(hub)
             assert status == 503
             assert any("stalled" in p for p in body["problems"]), body
             assert hub.ingest.connected.is_set()  # the flag alone would have said "fine"
-        finally:
-            held.release()
         wait_until(lambda: healthz(hub)[0] == 200, 5, "healthy again once the thread runs")
     finally:
         station.disconnect()
@@ -162,18 +172,9 @@ def test_the_hub_withholds_its_watchdog_ping_only_for_what_a_restart_mends(
         advance_until(clock, hub.ingest.connected.is_set, "the hub back", step=0.5, limit=40)
         wait_until(lambda: hub.ingest.unacknowledged_since is None, 5, "the beacon acknowledged")
 
-        held = hub.fleet._lock
-        held.acquire()  # the network thread will hang in a callback: nothing goes through
-        try:
-            status = {**examples.example("status"), "sid": SID}
-            station.publish(topic(SID, Kind.STATUS), json.dumps(status), qos=1)
-            wait_until(hub.ingest._client._in_callback_mutex.locked, 5, "the thread held")
-            assert hub.ingest.publish_time()
-            clock.advance(hub.ingest.stall_after + 1)
+        with stalled_session(hub, station, clock):
             hub.watchdog.beat()
             assert hub.watchdog.healthy() == ["mqtt"]
-        finally:
-            held.release()
     finally:
         station.disconnect()
         hub.close()
