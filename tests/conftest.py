@@ -155,6 +155,16 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return request.getfixturevalue("pg_url")
 
 
+@pytest.fixture
+def store(database_url: str) -> Iterator[object]:
+    """The hub's ``Store`` on ``database_url`` (both stores), migrated, closed after."""
+    from hub.storage.store import Store
+
+    s = Store(database_url)
+    yield s
+    s.close()
+
+
 # -- a private PostgreSQL server (tests that restart the database) ---------------------
 
 from tests.harness.pgcluster import PgCluster, PgClusterUnavailable  # noqa: E402

@@ -21,13 +21,6 @@ from hub.storage.store import Store, head_revision
 from tests.harness.procs import wait_until
 
 
-@pytest.fixture
-def store(database_url: str):
-    s = Store(database_url)
-    yield s
-    s.close()
-
-
 def event_row(seq: int, epoch: str = "9f2c01ab", **extra: object) -> dict:
     row = {"sid": "yh-chumen-01", "epoch": epoch, "seq": seq, "type": "visit",
            "ts": 1764196800000 + seq, "synced": True, "received_ms": 1764196800100 + seq,

@@ -51,13 +51,6 @@ def stored(store: Store, sid: str | None = None) -> list[int]:
 
 
 @pytest.fixture
-def store(database_url: str) -> Iterator[Store]:
-    s = Store(database_url)
-    yield s
-    s.close()
-
-
-@pytest.fixture
 def writers() -> Iterator[Callable[..., Writer]]:
     """``writers(store, **options)``: Writers closed after the test, even a failed one."""
     made: list[Writer] = []

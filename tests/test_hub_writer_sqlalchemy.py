@@ -49,13 +49,6 @@ EVENT = {"sid": "yh-chumen-01", "epoch": "9f2c01ab", "seq": 1, "type": "visit", 
 
 
 @pytest.fixture
-def store(database_url: str) -> Iterator[Store]:
-    s = Store(database_url)
-    yield s
-    s.close()
-
-
-@pytest.fixture
 def pg(pg_url: str) -> Iterator[Store]:
     s = Store(pg_url)
     yield s
