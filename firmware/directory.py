@@ -333,31 +333,42 @@ class DirectoryStore:
         now = self.clock.now()
         with self._lock:
             until = self._until(key, now)
-        if until is not None:
-            return PinCheck(False, "locked_out", 0, int(until * 1000))
+            if until is not None:
+                return PinCheck(False, "locked_out", 0, int(until * 1000))
+            # Counted as wrong before the hash, under the lock: guesses sent at
+            # once would otherwise all pass the check above while the first is
+            # still hashing, and more than ``lockout_after`` would be tried.
+            counted_before = key in self._lockouts
+            entry = self._count_wrong(key, now)
         # Hash outside the lock: 200 000 rounds take a while on a Pi.
         good = isinstance(pin, str) and verify_pin(pin, encoded) and known
         with self._lock:
-            entry = self._lockouts.get(key)
             if good:
-                if entry is not None:
-                    del self._lockouts[key]
-                    self._ends.pop(key, None)
+                # The right PIN undoes the count (and a lockout its own try began).
+                self._lockouts.pop(key, None)
+                self._ends.pop(key, None)
+                if counted_before:  # else nothing on disk to undo
                     self._save_lockouts()
                 return PinCheck(True)
-            if entry is None or (entry["until"] and self._until(key, now) is None):
-                entry = {"wrong": 0, "until": 0.0}  # none yet, or its lockout is over
-                self._ends.pop(key, None)
-            entry["wrong"] += 1
-            if entry["wrong"] >= self.lockout_after:
-                entry = {"wrong": 0, "until": now + self.lockout_seconds}
-                self._ends[key] = self.clock.monotonic() + self.lockout_seconds
-            self._lockouts[key] = entry
-            self._prune(now)
             self._save_lockouts()
             if entry["until"]:
                 return PinCheck(False, "locked_out", 0, int(entry["until"] * 1000))
             return PinCheck(False, "bad_pin", self.lockout_after - entry["wrong"])
+
+    def _count_wrong(self, key: str, now: float) -> dict:
+        """Count one more wrong PIN for ``key``, starting its lockout at the limit;
+        the entry as it stands after this try. Called with the lock held."""
+        entry = self._lockouts.get(key)
+        if entry is None or (entry["until"] and self._until(key, now) is None):
+            entry = {"wrong": 0, "until": 0.0}  # none yet, or its lockout is over
+            self._ends.pop(key, None)
+        entry = {"wrong": entry["wrong"] + 1, "until": entry["until"]}
+        if entry["wrong"] >= self.lockout_after:
+            entry = {"wrong": 0, "until": now + self.lockout_seconds}
+            self._ends[key] = self.clock.monotonic() + self.lockout_seconds
+        self._lockouts[key] = entry
+        self._prune(now)
+        return entry
 
     def _prune(self, now: float) -> None:
         if len(self._lockouts) <= MAX_LOCKOUT_ENTRIES:
