@@ -31,6 +31,7 @@ from kiosk.ratelimit import RateLimiter
 from kiosk.security import CsrfRefused, check_csrf, csrf_token, load_secret
 from yizhan import __version__
 from yizhan.clock import SYSTEM_CLOCK, Clock
+from yizhan.hosts import loopback_host
 
 __all__ = ["create_app"]
 
@@ -65,6 +66,15 @@ def create_app(config: KioskConfig, *, clock: Clock | None = None,
     ).install(app)
     translations = i18n.load_translations()
     i18n.init_app(app, translations)
+
+    @app.before_request
+    def only_loopback_names():
+        # DNS rebinding: a page opened on the Pi's browser whose name comes to
+        # resolve to 127.0.0.1 reaches us same-origin, but under its own name.
+        if not loopback_host(request.host, config.port):
+            log.warning("kiosk refused a request for host %r", request.host[:80])
+            return render_template("error.html", status=421), 421
+        return None
 
     @app.before_request
     def language_and_csrf() -> None:

@@ -3,7 +3,8 @@
 The touchscreen kiosk talks only to this API, never to the hub, so a rider can
 borrow while the station is offline. It listens on loopback (the agent serves
 it with waitress on ``127.0.0.1:8701``) or on a Unix socket, and refuses any
-caller that is not on this machine.
+caller that is not on this machine, or that calls it by any other name than
+loopback's (a ``Host`` of ``evil.example`` is DNS rebinding: 421).
 
     app = create_local_api(lending, state_provider, directory)
     waitress.serve(app, host="127.0.0.1", port=8701)            # or unix_socket=...
@@ -34,6 +35,7 @@ from firmware.lending import Lending
 from firmware.localapi import borrow, errors, maintenance, returns, station
 from firmware.localapi.context import LocalApi, StateProvider
 from firmware.localapi.errors import ApiError, error_response
+from yizhan.hosts import loopback_host
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +46,14 @@ _MAX_BODY = 16 * 1024
 
 
 def create_local_api(lending: Lending, state_provider: StateProvider,
-                     directory: DirectoryStore, *, unix_socket: bool = False) -> Flask:
+                     directory: DirectoryStore, *, unix_socket: bool = False,
+                     port: int | None = None) -> Flask:
     """The kiosk's API as a Flask app; serve it on loopback or a Unix socket.
 
     ``unix_socket=True`` accepts every caller: the socket file's permissions
-    are then the gate. Otherwise a caller whose address is not loopback gets 403.
+    are then the gate (and no browser page can reach it). Otherwise a caller
+    whose address is not loopback gets 403, and one whose ``Host`` is not
+    127.0.0.1, localhost or [::1] (with ``port``, when given) gets 421.
     """
     app = Flask("yizhan.localapi")
     app.config["MAX_CONTENT_LENGTH"] = _MAX_BODY
@@ -61,6 +66,11 @@ def create_local_api(lending: Lending, state_provider: StateProvider,
         if not unix_socket and not _is_local(request.remote_addr):
             log.warning("local API refused a call from %s", request.remote_addr)
             return error_response(403, "forbidden", "the local API answers this machine only")
+        if not unix_socket and not loopback_host(request.host, port):
+            # A page rebound to 127.0.0.1 by its DNS: the browser calls us by its name.
+            log.warning("local API refused a call for host %r", request.host[:80])
+            return error_response(421, "bad_host",
+                                  "the local API answers to 127.0.0.1 or localhost only")
         return None
 
     errors.init_app(app)
