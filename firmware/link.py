@@ -140,9 +140,13 @@ class StationLink:
         self._client = self._make_client()
 
     def _make_client(self) -> PacedClient:
-        c = PacedClient(CallbackAPIVersion.VERSION2, client_id=f"yizhan-{self.sid}",
-                        clean_session=True, protocol=mqtt.MQTTv311)
         config = self.config
+        # The deployment's broker makes a client's id its username
+        # (use_username_as_clientid, docs/protocol.md §2): send that id ourselves,
+        # so the broker's logs and a broker without the setting agree with it.
+        client_id = config.username or f"yizhan-{self.sid}"
+        c = PacedClient(CallbackAPIVersion.VERSION2, client_id=client_id,
+                        clean_session=True, protocol=mqtt.MQTTv311)
         if config.username:
             c.username_pw_set(config.username, config.password)
         if config.tls is not None:

@@ -56,9 +56,10 @@ def broker_factory(tmp_path: Path) -> Iterator[Callable[..., Broker]]:
 
 @pytest.fixture
 def secure_broker(broker_factory: Callable[..., Broker]) -> Broker:
-    """A broker with passwords (``SECURE_USERS``, also on ``.users``) and the
-    canonical ACL of contract §2."""
-    return broker_factory(users=SECURE_USERS, acl=True)
+    """A broker with passwords (``SECURE_USERS``, also on ``.users``), the
+    canonical ACL of contract §2 and the deployment's client-id and packet-size
+    settings (tests/harness/mosquitto.py ``DEPLOYED_KEYS``)."""
+    return broker_factory(users=SECURE_USERS, acl=True, deployed=True)
 
 
 @pytest.fixture

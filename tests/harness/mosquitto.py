@@ -27,6 +27,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 #: The ACL the deployment ships; secure brokers use this very file.
 CANONICAL_ACL = REPO / "deploy" / "mosquitto" / "acl"
+#: The broker configuration the deployment ships.
+DEPLOYED_CONF = REPO / "deploy" / "mosquitto" / "yizhan.conf"
+#: What ``deployed=True`` takes from DEPLOYED_CONF, line for line: who may be
+#: which client (issue 14, finding 1) and the largest packet (finding 5). The
+#: rest of that file names system paths and ports, which a test broker moves.
+DEPLOYED_KEYS = ("use_username_as_clientid", "max_packet_size")
 
 HOST = "127.0.0.1"
 
@@ -81,6 +87,16 @@ def _connack(host: str, port: int, timeout: float) -> int:
         return answer[3]
 
 
+def deployed_lines(path: Path = DEPLOYED_CONF) -> list[str]:
+    """The ``DEPLOYED_KEYS`` lines of the deployment's broker configuration, as written."""
+    lines = [line.strip() for line in path.read_text().splitlines()]
+    found = [line for line in lines if line.split(" ", 1)[0] in DEPLOYED_KEYS]
+    missing = set(DEPLOYED_KEYS) - {line.split(" ", 1)[0] for line in found}
+    if missing:
+        raise BrokerError(f"{path} no longer sets {', '.join(sorted(missing))}")
+    return found
+
+
 def run_as_lines() -> list[str]:
     """Config lines that keep the broker running as us.
 
@@ -98,6 +114,9 @@ class Broker:
     ``users`` (username → password) turns on password authentication and
     disables anonymous access; ``acl=True`` applies the canonical ACL from
     ``deploy/mosquitto/acl`` (or pass a path to another ACL file).
+    ``deployed=True`` adds the deployment's client-id and packet-size settings
+    (``DEPLOYED_KEYS`` of ``deploy/mosquitto/yizhan.conf``); ``secure_broker``
+    has them.
     ``persistence=True`` keeps retained messages and persistent sessions in
     ``workdir`` across ``stop()``/``start()``; ``autosave_interval`` also saves
     them periodically so a ``kill()`` loses at most that much.
@@ -114,6 +133,7 @@ class Broker:
         autosave_interval: int | None = None,
         start_timeout: float = 10.0,
         tls: object | None = None,
+        deployed: bool = False,
     ) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -130,6 +150,7 @@ class Broker:
         else:
             self.acl_path = None
         self.persistence = persistence
+        self.deployed = deployed
         self.autosave_interval = autosave_interval
         self.start_timeout = start_timeout
         # A second listener with TLS (tests.harness.tls.TlsFiles); the plain one
@@ -275,6 +296,8 @@ class Broker:
                 "tls_version tlsv1.2",
             ]
         lines += run_as_lines()
+        if self.deployed:
+            lines += deployed_lines()
         if self.persistence:
             lines += [
                 "persistence true",
