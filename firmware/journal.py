@@ -64,6 +64,7 @@ from firmware.storage import (
 )
 from protocol.ids import new_epoch
 from protocol.messages import Event
+from yizhan.config import create_private
 
 log = logging.getLogger(__name__)
 
@@ -244,6 +245,8 @@ class Journal:
 
     def _connect(self) -> sqlite3.Connection:
         """The file, opened for writing and checked; raises what the card says."""
+        # Riders' ids and loans: the owner's alone (0600), and so its -wal and -shm.
+        create_private(self.path)
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         try:
             db.execute("PRAGMA journal_mode=WAL")

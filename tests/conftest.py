@@ -6,6 +6,7 @@ they need side by side and nothing leaks into the next test.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -21,6 +22,11 @@ SECURE_USERS = {
     "yh-other": "pw-other",
     "_hub": "pw-hub",
 }
+
+# The programs run with UMask=0077 (systemd/*.service) and refuse a secret file
+# others can read (yizhan.config.check_secret_file): the files tests write for
+# them are made so too. tests/test_file_modes.py sets 022 where it proves a mode.
+os.umask(0o077)
 
 
 @pytest.fixture(scope="session")

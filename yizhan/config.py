@@ -15,7 +15,11 @@ part of the station file that both the agent and the kiosk read
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
 import re
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -190,6 +194,7 @@ class Section:
             if base is not None and not path.is_absolute():
                 path = base / path
             try:
+                check_secret_file(path, self.key(file_key))
                 return path.read_text(encoding="utf-8").strip()
             except OSError as err:
                 raise ConfigError(self.key(file_key),
@@ -204,6 +209,44 @@ def known_keys(sec: Section, known: tuple[str, ...]) -> None:
         if key not in known:
             raise ConfigError(sec.key(str(key)), f"unknown key; expected one of "
                                                  f"{', '.join(known)}")
+
+
+def check_secret_file(path: str | Path, key: str) -> None:
+    """Refuse a secret file (a key, a password, tokens) that its group or others can read.
+
+    A station's files sit on a Pi at the roadside and the hub's on a shared host:
+    a secret that any local account can read is a secret shared with all of them.
+    Refused rather than warned about, so that it is mended before it runs
+    (docs/security.md, "File modes"); raises OSError when the file cannot be read.
+
+    >>> check_secret_file("/etc/yizhan/fleet.key", "fleet_key_file")
+    """
+    mode = stat.S_IMODE(os.stat(path).st_mode)
+    if mode & 0o077:
+        raise ConfigError(key, f"{path} can be read by other accounts (mode {mode:04o}); "
+                               f"a secret file must be the program's own: chmod 600 {path}")
+
+
+def create_private(path: str | Path) -> Path:
+    """Make ``path`` an empty file only its owner can read (0600) unless it exists;
+    an existing one is tightened to 0600 (said so in the log).
+
+    For the files the programs fill themselves (the hub's and the station's
+    SQLite): created here before SQLite opens them, because SQLite gives the
+    ``-wal`` and ``-shm`` files it makes the mode of the database file.
+    """
+    path = Path(path)
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        return path
+    for each in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        with contextlib.suppress(FileNotFoundError):
+            mode = stat.S_IMODE(os.stat(each).st_mode)
+            if mode & 0o077:
+                os.chmod(each, 0o600)
+                logging.getLogger(__name__).warning(
+                    "%s could be read by other accounts (mode %04o): now 0600", each, mode)
+    return path
 
 
 def _range(lo: Any, hi: Any) -> str:
@@ -242,6 +285,10 @@ class MqttConfig:
         tls = None
         tls_sec = sec.section("tls")
         if tls_sec is not None:
+            key_file = tls_sec.str("key_file")
+            if key_file is not None:
+                with contextlib.suppress(FileNotFoundError):  # paho names a missing one
+                    check_secret_file(key_file, tls_sec.key("key_file"))
             tls = TlsConfig(
                 ca_file=tls_sec.str("ca_file"),
                 cert_file=tls_sec.str("cert_file"),

@@ -33,19 +33,29 @@ DEMO_STATIONS = [
 ]
 
 
-def _write(path: Path, data: dict) -> Path:
-    path.write_text(yaml.safe_dump(data, allow_unicode=True, sort_keys=False), encoding="utf-8")
+def _private(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path``, readable by its owner only (0600) from the first byte:
+    the demo's files hold the API token and the fleet key, and the programs refuse
+    a secret file that others can read."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # a file left by an older demo keeps its mode through O_CREAT
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
     return path
+
+
+def _write(path: Path, data: dict) -> Path:
+    return _private(path, yaml.safe_dump(data, allow_unicode=True, sort_keys=False))
 
 
 def _token(workdir: Path) -> str:
     """One API token per demo directory, kept so bookmarks keep working."""
     path = workdir / "api-token"
     if path.exists():
+        path.chmod(0o600)
         return path.read_text().strip()
     token = secrets.token_urlsafe(24)
-    path.write_text(token + "\n")
-    path.chmod(0o600)
+    _private(path, token + "\n")
     return token
 
 
@@ -53,9 +63,10 @@ def write_configs(workdir: Path, n: int, mqtt_port: int, http_port: int) -> tupl
     workdir.mkdir(parents=True, exist_ok=True)
     token = _token(workdir)
     key = workdir / "fleet.key"
-    if not key.exists():
-        key.write_text(secrets.token_hex(32) + "\n")
-        key.chmod(0o600)
+    if key.exists():
+        key.chmod(0o600)  # made by an older demo, before its files were private
+    else:
+        _private(key, secrets.token_hex(32) + "\n")
     stations = [DEMO_STATIONS[i % len(DEMO_STATIONS)] for i in range(n)]
     if n > len(DEMO_STATIONS):
         stations = [(f"yh-sim-{i + 1:02d}", f"模拟驿站 {i + 1}", "sim") for i in range(n)]
@@ -64,7 +75,9 @@ def write_configs(workdir: Path, n: int, mqtt_port: int, http_port: int) -> tupl
         "mqtt": mqtt,
         "database": f"sqlite:///{(workdir / 'hub.db').resolve()}",
         "http": {"host": "127.0.0.1", "port": http_port},
-        "api_tokens": [token],
+        # The demo's operator may do what an operator does (not admin: no tokens to manage).
+        "api_tokens": [{"name": "demo", "token": token,
+                        "scopes": ["read", "ack", "silence", "command"]}],
         "fleet_key_file": str(key.resolve()),
         "stations": [{"sid": s, "name": name, "group": g} for s, name, g in stations],
     })

@@ -11,6 +11,7 @@ SQLAlchemy Core, not the ORM: the ingest path writes plain rows. The tables are
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sqlite3
@@ -31,6 +32,7 @@ from sqlalchemy.pool import NullPool, StaticPool
 from hub.storage.schema import metadata, station_state, stations
 from protocol import messages as m
 from protocol.errors import InvalidMessage
+from yizhan.config import create_private
 
 __all__ = [
     "MIGRATIONS", "MigrationError", "Store", "StoreError", "alembic_config", "head_revision",
@@ -76,6 +78,12 @@ def make_engine(url: str) -> sa.Engine:
         memory = parsed.database in (None, "", ":memory:")
         # An in-memory database exists per connection: share one (tests only).
         pool = {"poolclass": StaticPool} if memory else {}
+        if not memory and "uri" not in parsed.query:
+            # Riders' ids and live ack links: the hub's alone (0600), and so the
+            # -wal and -shm SQLite makes beside it. A missing directory is left
+            # to SQLite to name.
+            with contextlib.suppress(FileNotFoundError):
+                create_private(parsed.database)
         engine = sa.create_engine(parsed, connect_args=connect_args, **pool)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
