@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -178,3 +179,30 @@ def test_the_hubs_hot_statements_are_still_planned(store: Store) -> None:
         assert arrays.of(insert_event, dialect, EVENT, guarded=True) is not None
         assert arrays.of(insert_event, dialect, EVENT) is not None
         assert arrays.of(loans._give_back, dialect, give_back) is not None
+
+
+def test_the_writer_finds_every_internal_it_reads_in_this_sqlalchemy() -> None:
+    assert writer_module.missing_sqlalchemy_internals() == []
+
+
+@pytest.mark.parametrize(("owner", "attr", "named"), [
+    (sa.Insert, "_post_values_clause", "Insert._post_values_clause"),
+    (sa.exc.DBAPIError, "instance", "DBAPIError.instance"),
+    (sa.sql.compiler.SQLCompiler, "escaped_bind_names", "escaped_bind_names"),
+])
+def test_a_sqlalchemy_without_an_internal_stops_the_writer_at_start(
+        store: Store, monkeypatch: pytest.MonkeyPatch, owner: type, attr: str,
+        named: str) -> None:
+    # The library's surface is what is under test: take one thing away from it.
+    for holder in [k for k in owner.__mro__ if attr in vars(k)]:
+        monkeypatch.delattr(holder, attr)
+    with pytest.raises(writer_module.SQLAlchemyUnsupported) as refused:
+        writer_module.Writer(store)
+    said = str(refused.value)
+    assert named in said and sa.__version__ in said
+    assert "install the tested range: pip install 'SQLAlchemy>=2.1,<2.2'" in said
+
+
+def test_the_tested_range_the_writer_names_is_the_pin() -> None:
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    assert f'"SQLAlchemy{writer_module.TESTED_SQLALCHEMY}"' in pyproject.read_text()

@@ -77,6 +77,53 @@ _SQLITE_TRANSIENT = ("database is locked", "database table is locked", "database
                      "disk i/o error", "unable to open database file")
 
 
+#: The SQLAlchemy releases whose internals the writer is tested on (pyproject.toml
+#: pins the same; tests/test_hub_writer_sqlalchemy.py checks each internal).
+TESTED_SQLALCHEMY = ">=2.1,<2.2"
+
+
+class SQLAlchemyUnsupported(StoreError, RuntimeError):
+    """The installed SQLAlchemy lacks internals the writer plans its statements with."""
+
+
+def missing_sqlalchemy_internals() -> list[str]:
+    """The internals the writer reads (tests/test_hub_writer_sqlalchemy.py) that the
+    installed SQLAlchemy does not have, by name; empty when all are there."""
+    from sqlalchemy.engine.default import DefaultDialect
+    from sqlalchemy.pool.base import _ConnectionFairy
+
+    wanted = [
+        (sa.Insert, "Insert", ("_values", "_multi_values", "select", "_post_values_clause")),
+        (DefaultDialect, "Dialect", ("loaded_dbapi",)),
+        (_ConnectionFairy, "PoolProxiedConnection", ("dbapi_connection",)),
+        (sa.exc.DBAPIError, "DBAPIError", ("instance",)),
+        (visitors, "sqlalchemy.sql.visitors", ("replacement_traverse",)),
+        (sa.sql.functions.FunctionElement, "FunctionElement", ("table_valued",)),
+    ]
+    missing = [f"{name}.{attr}" for owner, name, attrs in wanted for attr in attrs
+               if not hasattr(owner, attr)]
+    # The compiler's are set per compilation: look at one, compiled as _DriverPlan does.
+    try:
+        compiled = sa.insert(sa.table("t", sa.column("x"))).compile(
+            column_keys=["x"], for_executemany=True)
+    except Exception as err:  # a compile API that changed is itself what is missing
+        return [*missing, f"Insert.compile(column_keys=…, for_executemany=True): {err}"]
+    missing += [f"SQLCompiler.{attr}" for attr in
+                ("escaped_bind_names", "post_compile_params", "literal_execute_params",
+                 "binds", "positiontup") if not hasattr(compiled, attr)]
+    return missing
+
+
+def check_sqlalchemy() -> None:
+    """Refuse to start on a SQLAlchemy without what the writer reads, naming it all."""
+    missing = missing_sqlalchemy_internals()
+    if missing:
+        raise SQLAlchemyUnsupported(
+            f"the hub's writer needs SQLAlchemy internals that SQLAlchemy {sa.__version__} "
+            f"does not have: {', '.join(missing)}; install the tested range: "
+            f"pip install 'SQLAlchemy{TESTED_SQLALCHEMY}'")
+
+
 class WriterClosed(StoreError, RuntimeError):
     """``submit`` after ``close()``, or while ``close()`` gave up on a dead database."""
 
@@ -588,6 +635,7 @@ class Writer:
                  backoff: tuple[float, float] = (0.05, 2.0)) -> None:
         if max_batch < 1 or max_queue < 1 or max_delay < 0:
             raise ValueError("max_batch and max_queue must be ≥ 1 and max_delay ≥ 0")
+        check_sqlalchemy()  # at start, not at the first planned statement
         self.store = store
         self.max_batch = max_batch
         self.max_delay = max_delay
