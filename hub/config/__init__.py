@@ -42,6 +42,10 @@ class HubConfig:
     api_tokens: tuple[str, ...] = ()
     fleet_key: bytes | None = None
     stations: tuple[StationMeta, ...] = ()
+    # False: messages from a sid not under ``stations:`` are counted invalid and
+    # dropped before the fleet sees them (issue 14, finding 12). The contract's
+    # default accepts them.
+    accept_unknown_stations: bool = True
     # alerting (docs/alerts.md): the rules of the fleet and of each group
     # (``rules:``, ``groups.<group>.rules`` and ``response_time``, checked), how
     # long someone takes to reach a station, flap damping, and the longest a
@@ -105,6 +109,7 @@ def parse_hub_config(data: dict, base: Path | None = None, source: str | None = 
         api_tokens=_api_tokens(root),
         fleet_key=_fleet_key(root, base),
         stations=_stations(root),
+        accept_unknown_stations=_accept_unknown(root),
         **_alerting(root),
         **_mqtt(root, base, database),
         **_http(root),
@@ -148,6 +153,15 @@ def _fleet_key(root: Section, base: Path | None) -> bytes | None:
     if len(fleet_key) < 16:
         raise ConfigError("fleet_key_file", "the fleet key must be at least 16 characters")
     return fleet_key
+
+
+def _accept_unknown(root: Section) -> bool:
+    """``accept_unknown_stations:``; refusing them needs the list to accept."""
+    accept = root.bool("accept_unknown_stations", True)
+    if not accept and not root.list("stations"):
+        raise ConfigError("accept_unknown_stations", "false refuses every station "
+                          "unless stations: lists the fleet")
+    return accept
 
 
 def _stations(root: Section) -> tuple[StationMeta, ...]:

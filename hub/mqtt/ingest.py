@@ -92,6 +92,10 @@ class Ingest:
         self.connected = threading.Event()
         self._logged: set[tuple[str, str]] = set()
         self._subscriptions = hub_subscriptions(config.shared_group)
+        #: The only sids taken in, or None for any (``accept_unknown_stations``).
+        self._known: frozenset[str] | None = (
+            None if config.accept_unknown_stations
+            else frozenset(s.sid for s in config.stations))
         c = BulkClient(CallbackAPIVersion.VERSION2, client_id=config.client_id,
                        clean_session=False, protocol=mqtt.MQTTv311)
         mc = config.mqtt
@@ -240,6 +244,11 @@ class Ingest:
             kind, sid = where.kind, where.sid
             if kind is Kind.HUB_STATUS or kind not in METRIC_KIND:
                 return  # our own status, or a hub → station topic: not ours to take in
+            if self._known is not None and sid not in self._known:
+                # Before decoding: a flood of made-up sids costs a set lookup,
+                # and never reaches the fleet, the store, /metrics or alerting.
+                self._unknown(kind, sid)
+                return
             payload = msg.payload
             if kind is Kind.STATE:
                 # Decoded once: parsed, then stored as the text the station sent.
@@ -284,6 +293,16 @@ class Ingest:
         if live and ts is not None and getattr(message, "synced", False):
             self.lag.observe(max(0.0, (now - ts) / 1000))
         return now
+
+    def _unknown(self, kind: Kind, sid: str) -> None:
+        """A message from a station ``stations:`` does not list, refused."""
+        self.messages.inc(METRIC_KIND[kind], INVALID)
+        # Logged once for all unknown sids, not once each: 10 000 made-up ids
+        # must not become 10 000 log lines.
+        if ("", "unknown") not in self._logged:
+            self._logged.add(("", "unknown"))
+            log.warning("messages from unknown stations dropped (accept_unknown_stations "
+                        "is false); first from %s, counted as invalid", sid)
 
     def _invalid(self, topic: str, kind: Kind | None, sid: str | None,
                  err: Exception) -> None:
