@@ -43,7 +43,7 @@ from yizhan.clock import ManualClock
 SID = "yh-chumen-01"
 OTHER = "yh-other"  # configured, never heard from
 TOKEN = "api-test-token-0123456789"
-TOKEN_NAME = "token:api-te"
+TOKEN_NAME = "token:api-test"
 OTHER_TOKEN = "second-token-abcdefghijkl"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 T0 = 1_764_196_800.0  # the ManualClock's start, seconds
@@ -59,7 +59,8 @@ def hub_config(database_url: str, **changes: Any) -> HubConfig:
     config = parse_hub_config({
         "mqtt": {"host": "127.0.0.1", "port": 1883},
         "database": database_url,
-        "api_tokens": [TOKEN, OTHER_TOKEN],
+        "api_tokens": [{"name": "api-test", "token": TOKEN, "scopes": ["admin"]},
+                       {"name": "second", "token": OTHER_TOKEN, "scopes": ["read", "ack"]}],
         "stations": [{"sid": SID, "name": "楚门镇先锋驿站", "group": "chumen"},
                      {"sid": OTHER, "name": "Other"}],
     })
@@ -309,8 +310,8 @@ def test_every_api_route_needs_a_known_bearer_token(api: Api) -> None:
             assert resp.headers["WWW-Authenticate"].startswith("Bearer"), (method, path)
 
 
-def test_a_second_token_works_and_is_named_by_its_first_characters(hub: StandInHub,
-                                                                   api: Api) -> None:
+def test_a_second_token_works_and_is_recorded_by_its_name(hub: StandInHub,
+                                                         api: Api) -> None:
     alert = hub.alerts.raise_alert("water_low", SID, "warning", "水位低")
     resp = api.post(f"/api/v1/alerts/{alert['id']}/ack", token=OTHER_TOKEN)
     assert resp.status_code == 200

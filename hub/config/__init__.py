@@ -18,12 +18,13 @@ from typing import Any
 from hub.config.notifiers import DEFAULT_ACK_LINK_TTL, LANGUAGES, NotifierSpec, parse_notify
 from hub.config.routes import RoutingConfig, parse_routing
 from hub.config.rules import DEFAULT_RESPONSE_TIME, Rules
+from hub.config.tokens import SCOPES, ApiToken, legacy_token, parse_api_tokens
 from protocol.errors import InvalidIdentifier
 from protocol.ids import check_sid
 from yizhan.config import ConfigError, MqttConfig, Section, load_yaml
 
-__all__ = ["LANGUAGES", "HubConfig", "NotifierSpec", "StationMeta", "load_hub_config",
-           "parse_hub_config"]
+__all__ = ["LANGUAGES", "SCOPES", "ApiToken", "HubConfig", "NotifierSpec", "StationMeta",
+           "load_hub_config", "parse_hub_config"]
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,8 @@ class HubConfig:
     database: str
     http_host: str = "127.0.0.1"
     http_port: int = 8080
-    api_tokens: tuple[str, ...] = ()
+    # the API's bearer tokens with their names and scopes (hub/config/tokens.py)
+    api_tokens: tuple[ApiToken, ...] = ()
     fleet_key: bytes | None = None
     stations: tuple[StationMeta, ...] = ()
     # False: messages from a sid not under ``stations:`` are counted invalid and
@@ -79,6 +81,12 @@ class HubConfig:
     ack_link_ttl: float = DEFAULT_ACK_LINK_TTL
     ack_secret: bytes | None = field(default=None, repr=False)
 
+    def __post_init__(self) -> None:
+        # A config built in code may list bare strings, like the file's first form.
+        tokens = tuple(t if isinstance(t, ApiToken) else legacy_token(t, f"api_tokens[{i}]")
+                       for i, t in enumerate(self.api_tokens))
+        object.__setattr__(self, "api_tokens", tokens)
+
     def notifier_spec(self, name: str) -> NotifierSpec | None:
         for n in self.notifier_specs:
             if n.name == name:
@@ -106,7 +114,7 @@ def parse_hub_config(data: dict, base: Path | None = None, source: str | None = 
     database = _database(root, base)
     return HubConfig(
         database=database,
-        api_tokens=_api_tokens(root),
+        api_tokens=parse_api_tokens(root, base),
         fleet_key=_fleet_key(root, base),
         stations=_stations(root),
         accept_unknown_stations=_accept_unknown(root),
@@ -132,17 +140,6 @@ def _database(root: Section, base: Path | None) -> str:
         if rel and not rel.startswith("/"):
             database = f"sqlite:///{(base / rel).resolve()}"
     return database
-
-
-def _api_tokens(root: Section) -> tuple[str, ...]:
-    """``api_tokens:`` and those of ``api_tokens_file:`` (one per line or space)."""
-    tokens = root.list("api_tokens")
-    for i, tok in enumerate(tokens):
-        if not isinstance(tok, str) or len(tok) < 16:
-            raise ConfigError(f"api_tokens[{i}]", "must be a string of at least 16 characters")
-    if root.has("api_tokens_file"):
-        tokens = tokens + [t for t in (root.secret("api_tokens") or "").split() if t]
-    return tuple(tokens)
 
 
 def _fleet_key(root: Section, base: Path | None) -> bytes | None:

@@ -214,6 +214,7 @@ RESPONSES = {
     for name, code, text in [
         ("BadRequest", "bad_request", "The request is malformed; the code says how."),
         ("Unauthorized", "unauthorized", "Missing or unknown bearer token."),
+        ("Forbidden", "forbidden", "The token lacks the operation's scope (x-yizhan-scope)."),
         ("NotFound", "not_found", "No such station, alert or command."),
         ("Conflict", "conflict", "The change does not apply to the alert's state."),
         ("Unavailable", "database_unavailable", "The database or the broker does not answer."),
@@ -423,6 +424,16 @@ PATHS: dict[str, Any] = {
     },
 }
 
+#: The scope a token needs for each operation that changes something (contract §11);
+#: every other operation with a bearer token needs ``read``. The app enforces what
+#: the document says (hub/http/web.py reads ``scope`` below).
+WRITE_SCOPES = {
+    "ackAlert": "ack", "resolveAlert": "ack",
+    "sendCommand": "command",
+    "addSilence": "silence", "endSilence": "silence",
+    "addMaintenanceWindow": "silence", "endMaintenanceWindow": "silence",
+}
+
 _ERROR_ON_EVERY_OPERATION = {
     "405": _json(_ERROR, "Method not allowed on this path."),
     "500": _json(_ERROR, "Internal error; the hub log has the details."),
@@ -436,6 +447,11 @@ def _document() -> dict[str, Any]:
         for op in item.values():
             for status, response in _ERROR_ON_EVERY_OPERATION.items():
                 op["responses"].setdefault(status, response)
+            if op.get("security") != []:
+                scope = WRITE_SCOPES.get(op["operationId"], "read")
+                op["x-yizhan-scope"] = scope
+                op["security"] = [{"bearer": [scope]}]
+                op["responses"].setdefault("403", _err("Forbidden"))
     return {
         "openapi": "3.1.0",
         "info": {
@@ -450,11 +466,24 @@ def _document() -> dict[str, Any]:
         "paths": paths,
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
-                                           "description": "a token from api_tokens"}},
+                                           "description": "a token from api_tokens; "
+                                           "an operation's scope is its x-yizhan-scope "
+                                           "(read, ack, silence, command, directory; "
+                                           "admin has every scope)"}},
             "schemas": SCHEMAS,
             "responses": RESPONSES,
         },
     }
+
+
+def scope(path: str, method: str) -> str | None:
+    """The scope a token needs for ``method`` on ``path`` (as the document writes it,
+    ``/api/v1/stations/{sid}``); None when the operation takes no token, ``admin``
+    when the document does not describe it (an undescribed route is for admins only)."""
+    op = _document()["paths"].get(path, {}).get(method.lower())
+    if op is None:
+        return "admin"
+    return op.get("x-yizhan-scope")
 
 
 def document() -> dict[str, Any]:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-from collections.abc import Iterator, Mapping
+import re
+from collections.abc import Mapping
 from typing import Any
 
 import sqlalchemy as sa
@@ -147,34 +148,37 @@ def the_hub() -> Hub:
 # -- authentication ------------------------------------------------------------------
 
 
-def api_tokens(config: Any) -> Iterator[tuple[str, str]]:
-    """``(name, token)`` for each configured token. A bare string is named
-    ``token:`` + its first 6 characters (enough to tell tokens apart in the
-    records, too little to use one); ``{name, token}`` entries keep their name."""
-    for entry in config.api_tokens:
-        if isinstance(entry, str):
-            yield f"token:{entry[:6]}", entry
-        elif isinstance(entry, Mapping):
-            yield str(entry["name"]), str(entry["token"])
-        else:
-            yield str(entry.name), str(entry.token)
+def _document_path(rule: str) -> str:
+    """A Flask rule as the OpenAPI document writes its path: ``<sid>`` → ``{sid}``."""
+    return re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule)
 
 
 @api.before_request
 def require_token():
+    """401 without a known bearer token, 403 when the token lacks the route's scope
+    (the scope the OpenAPI document gives the operation)."""
     header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token:
+    scheme, _, presented = header.partition(" ")
+    presented = presented.strip()
+    if scheme.lower() != "bearer" or not presented:
         return error("unauthorized", "send Authorization: Bearer <token>", 401)
     found = None
-    for name, known in api_tokens(the_hub().config):
+    for token in the_hub().config.api_tokens:
         # Compare against every token, so the time taken does not tell which matched.
-        if hmac.compare_digest(token.encode(), known.encode()):
-            found = name
+        if hmac.compare_digest(presented.encode(), token.secret.encode()):
+            found = token
     if found is None:
         return error("unauthorized", "unknown API token", 401)
-    g.token_name = found
+    rule = request.url_rule.rule if request.url_rule is not None else request.path
+    # HEAD and OPTIONS read what GET reads.
+    method = "GET" if request.method in ("HEAD", "OPTIONS") else request.method
+    needed = openapi.scope(_document_path(rule), method)
+    if needed is not None and not found.allows(needed):
+        log.info("token %s refused %s %s: it lacks the scope %s", found.name,
+                 request.method, request.path, needed)
+        return error("forbidden", f"the token {found.name!r} lacks the scope {needed!r} "
+                     f"this needs", 403)
+    g.token_name = found.actor
     return None
 
 
