@@ -98,7 +98,7 @@ def test_a_fleet_key_others_can_read_stops_the_agent_naming_file_and_fix(
     assert "fleet_key_file" in said
 
 
-@pytest.mark.parametrize("loose", [0o640, 0o604, 0o660])
+@pytest.mark.parametrize("loose", [0o640, 0o604, 0o660], ids=lambda m: f"{m:04o}")
 def test_a_secret_readable_by_group_or_others_is_refused(tmp_path: Path, loose: int) -> None:
     secret = tmp_path / "mqtt.password"
     secret.write_text("s3cret-password\n")
