@@ -508,9 +508,20 @@ def test_a_loan_opens_on_borrow_and_closes_on_return_at_another_station(hub, clo
     (loan,) = hub.rows(loans)
     assert loan["returned_ms"] is None and loan["due_ms"] == clock.ms() + 24 * 3600_000
     clock.advance(3600)
+    back = clock.ms()
     hub.fleet.apply_event(returned(clock, 1, "PB0012AF", sid=OTHER), clock.ms())
+    # Only the other station says so: open until its State shows the bank.
+    assert hub.fleet.loans.open_count(SID) == 1
+    assert hub.rows(loans)[0]["returned_ms"] is None
+    clock.advance(30)
+
+    def in_slot_5(d: dict) -> None:
+        d["lockers"]["slots"][0].update(slot=5, bank="PB0012AF")
+
+    hub.fleet.apply_state(state(clock, 1, sid=OTHER, last_seq=1, change=in_slot_5),
+                          clock.ms())
     (loan,) = hub.rows(loans)
-    assert loan["returned_ms"] == clock.ms() and loan["returned_sid"] == OTHER
+    assert loan["returned_ms"] == back and loan["returned_sid"] == OTHER
     assert loan["sid"] == SID and loan["rider"] == RIDER
     assert hub.fleet.loans.open_count(SID) == 0
 
@@ -525,9 +536,19 @@ def test_a_borrow_heard_after_its_return_is_no_open_loan(hub, clock):
     borrow = borrowed(clock, 1, "PB0012AF")
     clock.advance(3600)
     hub.fleet.apply_event(returned(clock, 1, "PB0012AF", sid=OTHER), clock.ms())
+    back = clock.ms()
     hub.fleet.apply_event(borrow, clock.ms())
+    # A claim of the other station until its State shows the bank.
+    assert hub.fleet.loans.claimed("PB0012AF").sid == OTHER
+    assert hub.rows(loans)[0]["returned_ms"] is None
+
+    def in_a_slot(d: dict) -> None:
+        d["lockers"]["slots"][0].update(bank="PB0012AF")
+
+    hub.fleet.apply_state(state(clock, 1, sid=OTHER, last_seq=1, change=in_a_slot),
+                          clock.ms())
     (loan,) = hub.rows(loans)
-    assert loan["returned_sid"] == OTHER and loan["returned_ms"] == clock.ms()
+    assert loan["returned_sid"] == OTHER and loan["returned_ms"] == back
     assert hub.fleet.loans.overdue(clock.ms() + 48 * 3600_000) == []
 
 

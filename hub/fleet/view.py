@@ -487,6 +487,9 @@ class Fleet:
                   "state": raw if raw is not None else json.dumps(state.to_dict(),
                                                                   ensure_ascii=False)}
         self._submit(Rows(self._save_state, values, key=v.sid))  # the newest State wins
+        # Returns of other stations' loans here are confirmed by the bank in a slot.
+        for rows in self.loans.on_state(v.sid, state):
+            self._submit(rows)
         self._save(st)
         return APPLIED
 
@@ -548,7 +551,7 @@ class Fleet:
         if not event.is_known:
             return []  # stored, not acted on (contract §6)
         out: list[Callable[[sa.Connection], None]] = []
-        out.extend(self.loans.on_event(event.sid, event.epoch, event, at_ms))
+        out.extend(self.loans.on_event(event.sid, event.epoch, event, at_ms, now_ms))
         kind, sid = event.type, event.sid
         if kind in ("maintenance_started", "maintenance_ended"):
             on = kind == "maintenance_started"
