@@ -176,14 +176,15 @@ SCHEMAS: dict[str, Any] = {
     }),
     "SilenceRequest": _obj({
         "sid": SID,
-        "group": {"type": "string", "maxLength": 64},
+        "group": {"type": "string", "minLength": 1, "maxLength": 64},
         "rule": {"type": "string", "enum": list(RULES)},
         "starts_at": {**MS, "description": "default: now"},
         "ends_at": MS,
         "duration": {"type": "string", "example": "2h",
                      "description": "instead of ends_at: 30m, 2h, 1d (at most 30 days)"},
-        "comment": {"type": "string", "maxLength": 500},
-    }, required=[], description="at least one of sid, group, rule; ends_at or duration"),
+        "comment": {"type": ["string", "null"], "maxLength": 500},
+    }, required=[], additionalProperties=False,
+        description="at least one of sid, group, rule; ends_at or duration"),
     "SilenceList": _obj({"silences": {"type": "array", "items": _ref("Silence")}}),
     "MaintenanceWindow": _obj({
         "id": {"type": "string", "pattern": "^mw-[0-9a-f]+$"},
@@ -197,13 +198,14 @@ SCHEMAS: dict[str, Any] = {
     }),
     "MaintenanceWindowRequest": _obj({
         "sid": SID,
-        "group": {"type": "string", "maxLength": 64},
+        "group": {"type": "string", "minLength": 1, "maxLength": 64},
         "starts_at": {**MS, "description": "default: now"},
         "ends_at": MS,
         "duration": {"type": "string", "example": "3h",
                      "description": "instead of ends_at: 30m, 2h, 1d (at most 30 days)"},
-        "comment": {"type": "string", "maxLength": 500},
-    }, required=[], description="sid or group (or both); ends_at or duration"),
+        "comment": {"type": ["string", "null"], "maxLength": 500},
+    }, required=[], additionalProperties=False,
+        description="sid or group (or both); ends_at or duration"),
     "MaintenanceWindowList": _obj({
         "maintenance_windows": {"type": "array", "items": _ref("MaintenanceWindow")}}),
 }
@@ -220,6 +222,14 @@ RESPONSES = {
         ("Unavailable", "database_unavailable", "The database or the broker does not answer."),
         ("TooLarge", "payload_too_large", "The body is over 64 KiB."),
     ]
+}
+RESPONSES["TooManyReplays"] = {
+    **_json(_ERROR, "Too many replay commands to this station: at most 5 a minute "
+            "(docs/hub-api.md#commands). Nothing was sent.",
+            {"error": {"code": "too_many_replays", "message": "at most 5 replay commands "
+                       "to yh-chumen-01 every 60 s; try again in 42 s"}}),
+    "headers": {"Retry-After": {"description": "seconds until one more replay is taken",
+                                "schema": {"type": "integer", "minimum": 1}}},
 }
 
 
@@ -368,7 +378,7 @@ PATHS: dict[str, Any] = {
             "202": _json(_ref("CommandAccepted"), "Sent; poll its state with the id.",
                          {"id": "c-7f3a9e01b2c4d5e6"}),
             "400": _err("BadRequest"), **AUTH_ERRORS, "404": _err("NotFound"),
-            "413": _err("TooLarge"), "503": _err("Unavailable"),
+            "413": _err("TooLarge"), "429": _err("TooManyReplays"), "503": _err("Unavailable"),
         },
     }},
     "/api/v1/stations/{sid}/commands/{command_id}": {"get": {
