@@ -11,6 +11,7 @@ import msgspec
 
 from protocol._fields import (
     MAX_INT,
+    MAX_SLOT,
     NULLABLE,
     OPT,
     RIDER_FORM,
@@ -41,7 +42,7 @@ def _spec(**checks: Any) -> tuple[tuple[str, Any], ...]:
 
 
 def _slot_no(d, k, p):
-    return read_int(d, k, p, lo=1)
+    return read_int(d, k, p, lo=1, hi=MAX_SLOT)
 
 
 def _text(d, k, p):

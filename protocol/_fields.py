@@ -30,8 +30,11 @@ Version = Literal[1]
 #: its 64-bit columns (an event whose ``ts`` did not was counted as held, then
 #: dropped by the writer, and never replayed: lost).
 MAX_INT = 2**63 - 1
+#: The highest slot number: YZ-LB1 carries a slot in one byte (contract §9), so
+#: a State, an event or an ``unlock`` naming slot 256 names no slot at all.
+MAX_SLOT = 255
 Count = Annotated[int, Meta(ge=0, le=MAX_INT)]
-SlotNo = Annotated[int, Meta(ge=1, le=MAX_INT)]
+SlotNo = Annotated[int, Meta(ge=1, le=MAX_SLOT)]
 Percent = Annotated[int, Meta(ge=0, le=100)]
 Num = int | float
 Fraction = Annotated[int, Meta(ge=0, le=1)] | Annotated[float, Meta(ge=0.0, le=1.0)]

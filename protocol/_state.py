@@ -8,6 +8,7 @@ from typing import Any, ClassVar, Literal, get_args
 import msgspec
 
 from protocol._fields import (
+    MAX_SLOT,
     NULLABLE,
     OPT,
     VERSION,
@@ -77,7 +78,7 @@ class Slot:
                 d["temp_c"], d["cycles"])
         except KeyError:
             return None
-        if (type(slot) is int and slot >= 1
+        if (type(slot) is int and 1 <= slot <= MAX_SLOT
                 and (bank is None or (type(bank) is str and bank != ""))
                 and (charge is None or (type(charge) is int and 0 <= charge <= 100))
                 and type(charging) is bool and type(locked) is bool
@@ -91,7 +92,7 @@ class Slot:
     @classmethod
     def from_dict(cls, d: dict, p: str) -> Slot:
         return cls(
-            slot=read_int(d, "slot", p, lo=1),
+            slot=read_int(d, "slot", p, lo=1, hi=MAX_SLOT),
             bank=read_str(d, "bank", p, NULLABLE),
             charge=read_int(d, "charge", p, NULLABLE, lo=0, hi=100),
             charging=read_bool(d, "charging", p),

@@ -25,6 +25,8 @@ from protocol._directory import LENDING_MODES, Directory, Policy, RiderEntry, St
 from protocol._events import EVENT_TYPES, REFILL_WHAT, UNLOCK_FAIL_REASONS, Event
 from protocol._fields import (
     EPOCH_FORM,
+    MAX_INT,
+    MAX_SLOT,
     NULLABLE,
     OPT,
     REQ,
@@ -68,7 +70,10 @@ __all__ = [
     "EVENT_TYPES",
     "LENDING_MODES",
     "LEVEL_STATES",
+    "MAX_INT",
     "MAX_PAYLOAD",
+    "MAX_REPLAY_SPAN",
+    "MAX_SLOT",
     "REFILL_WHAT",
     "SLOT_FAULTS",
     "UNLOCK_FAIL_REASONS",
@@ -112,6 +117,9 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "replay": ("from_seq", "to_seq"),
     "reload": (),
 }
+#: The most events one ``replay`` may ask for (``to_seq - from_seq + 1``): the
+#: hub's own ``replay_max`` tops out here, and a station queues a few at most.
+MAX_REPLAY_SPAN = 100_000
 
 
 # -- §4 Status ---------------------------------------------------------------
@@ -330,11 +338,12 @@ class Command:
         a = self.args
         if self.cmd == "unlock":
             slot = a.get("slot")
-            if not is_int(slot) or slot < 1:
+            if not is_int(slot) or not 1 <= slot <= MAX_SLOT:
                 return "bad_args"
         elif self.cmd == "replay":
             lo, hi = a.get("from_seq"), a.get("to_seq")
-            if not (is_int(lo) and is_int(hi) and 1 <= lo <= hi):
+            if not (is_int(lo) and is_int(hi) and 1 <= lo <= hi <= MAX_INT
+                    and hi - lo < MAX_REPLAY_SPAN):
                 return "bad_args"
         return None
 

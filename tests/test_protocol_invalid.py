@@ -189,6 +189,11 @@ CASES = [
     ("status", {"birth": 10**30}, "birth", True),
     ("command_result", {"rev": 2**64}, "rev", True),
     ("hub_time", {"ts": 10**30}, "ts", True),
+    # A slot is one byte on the board (YZ-LB1): 1..255 wherever it appears.
+    ("state", {"lockers.slots.0.slot": 256}, "lockers.slots[0].slot", True),
+    ("state", {"lockers.slots.0.slot": 2**63 - 1}, "lockers.slots[0].slot", True),
+    ("event", {"data.slot": 256}, "data.slot", True),
+    ("event", {"type": "slot_fault", "data": {"slot": 300, "fault": "comm"}}, "data.slot", True),
 ]
 
 
