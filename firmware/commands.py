@@ -33,6 +33,7 @@ from typing import Any
 from firmware.hardware.board import BoardOffline, LockerError
 from firmware.journal import Journal
 from firmware.link import StationLink
+from firmware.outbox import ReplayQueueFull
 from protocol import messages as m
 from protocol.errors import BoardError
 from protocol.frames import ErrorCode, UnlockResult
@@ -49,6 +50,8 @@ MOVES_HARDWARE = frozenset({"unlock"})
 QUEUE_SIZE = 100
 #: At most this many missing ranges are listed in a replay's result.
 MAX_MISSING = 50
+#: What a result says when a command's handler itself failed (a bug, not a refusal).
+INTERNAL_MESSAGE = "the station failed to carry out the command; its log has the details"
 
 _UNLOCK_ERRORS = {
     UnlockResult.JAMMED: "jammed",
@@ -170,11 +173,13 @@ class CommandHandler:
         self.executed += 1
         try:
             outcome = run()
-        except Exception as err:
+        except Exception:
             # Still one answer: the contract has no "internal" error, so an
-            # unlock that blew up reads as the board not confirming.
+            # unlock that blew up reads as the board not confirming. The detail
+            # (paths, SQL, rider data in a repr) stays in the station's log:
+            # results are stored by the hub and shown to every API reader.
             log.exception("command %s failed", cid)
-            outcome = (False, failed, {"message": f"{type(err).__name__}: {err}"})
+            outcome = (False, failed, {"message": INTERNAL_MESSAGE})
         return self._answer(cid, outcome)
 
     def _answer(self, cid: str, outcome: Outcome, remember: bool = True) -> m.CommandResult:
@@ -244,7 +249,10 @@ class CommandHandler:
     def _replay(self, from_seq: int, to_seq: int) -> Outcome:
         if self.outbox is None:
             return False, "bad_args", {"message": "this agent has no outbox to replay from"}
-        count = self.outbox.replay(from_seq, to_seq)
+        try:
+            count = self.outbox.replay(from_seq, to_seq)
+        except ReplayQueueFull as err:
+            return False, "busy", {"message": str(err)}
         missing = self.journal.missing(from_seq, to_seq)
         data: dict[str, Any] = {"count": count}
         if missing:

@@ -36,6 +36,7 @@ import paho.mqtt.client as mqtt
 from firmware.journal import Journal, Pruned, StorageFault, StoredEvent
 from firmware.link import StationLink
 from protocol.errors import InvalidMessage
+from protocol.messages import MAX_REPLAY_SPAN
 from protocol.topics import Kind
 from yizhan.clock import Clock
 
@@ -49,6 +50,18 @@ RETRY_EVERY = 5.0
 #: Transactions of held writes one pump writes at most (the loop also keeps
 #: the heater safe: a backlog goes a few hundred writes per tick).
 RETRY_BATCHES = 2
+#: Seqs that queued replays may span in all (two of the largest replay the
+#: contract allows, MAX_REPLAY_SPAN): past it a replay is refused ``busy``, so
+#: a flood of commands cannot keep the uplink re-sending history for ever.
+MAX_QUEUED_REPLAY = 2 * MAX_REPLAY_SPAN
+#: Replays queued at once, whatever their spans (the hub asks one per station
+#: every ``replay_every``, 30 s): a flood of one-seq replays stays small too.
+MAX_QUEUED_REPLAYS = 64
+
+
+class ReplayQueueFull(RuntimeError):
+    """A replay past MAX_QUEUED_REPLAYS, or that would take the queued span past
+    MAX_QUEUED_REPLAY seqs; it is not queued."""
 
 # What paho answers publish() with when it has kept the message: sent now, or
 # held for the next connection.
@@ -149,7 +162,18 @@ class Outbox:
         Missing ones (pruned past the retention, or never created) are logged;
         :meth:`Journal.missing` names them. The events go out through the
         window on the next pumps, so a replay of 100 000 does not flood memory.
+        Raises :class:`ReplayQueueFull` when the spans already queued and this one
+        would exceed MAX_QUEUED_REPLAY seqs.
         """
+        with self._lock:
+            spans, queued = len(self._replays), self._queued_span()
+        if spans >= MAX_QUEUED_REPLAYS or queued + to_seq - from_seq + 1 > MAX_QUEUED_REPLAY:
+            log.warning("replay %d..%d refused: %d replays of %d seqs already queued "
+                        "(at most %d of %d seqs)", from_seq, to_seq, spans, queued,
+                        MAX_QUEUED_REPLAYS, MAX_QUEUED_REPLAY)
+            raise ReplayQueueFull(f"{spans} replays of {queued} events are queued already "
+                                  f"(at most {MAX_QUEUED_REPLAYS} of {MAX_QUEUED_REPLAY}): "
+                                  "try again later")
         count = self.journal.stored(from_seq, to_seq)
         missing = self.journal.missing(from_seq, to_seq)
         if missing:
@@ -158,6 +182,16 @@ class Outbox:
             with self._lock:
                 self._replays.append([from_seq, to_seq])
         return count
+
+    @property
+    def replays_queued(self) -> tuple[int, int]:
+        """(replays, seqs they still span) waiting to be re-sent."""
+        with self._lock:
+            return len(self._replays), self._queued_span()
+
+    def _queued_span(self) -> int:
+        """Seqs the queued replays still span (the caller holds ``_lock``)."""
+        return sum(hi - lo + 1 for lo, hi in self._replays)
 
     def prune(self) -> Pruned:
         """Bound the journal (contract §3 retention, then the hard cap)."""

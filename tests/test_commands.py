@@ -14,9 +14,10 @@ from collections import Counter
 
 import pytest
 
-from firmware.commands import CommandHandler
+from firmware.commands import INTERNAL_MESSAGE, CommandHandler
 from firmware.hardware.board import LockerBoard
 from firmware.locker import Locker
+from firmware.outbox import MAX_QUEUED_REPLAY, MAX_QUEUED_REPLAYS
 from firmware.parts import RecordingReporter
 from protocol import messages as m
 from protocol.frames import Cmd
@@ -33,7 +34,8 @@ class Rig:
     """A station (journal, link, outbox, command handler) under its own sid on the
     session broker, and a subscriber on its ``cmd/result``."""
 
-    def __init__(self, broker, tmp_path, clock, *, locker=None, synced=True, on_reload=None):
+    def __init__(self, broker, tmp_path, clock, *, locker=None, synced=True, on_reload=None,
+                 pump=True):
         self.broker, self.clock = broker, clock
         self.sid = f"yh-cmd-{next(_sids)}"
         self.synced = synced
@@ -42,7 +44,7 @@ class Rig:
             self.sid, self.station.journal, self.station.link, clock, lambda: self.synced,
             locker=locker, outbox=self.station.outbox, on_reload=on_reload)
         self.results = Subscriber(broker, topic(self.sid, Kind.CMD_RESULT))
-        self.station.start()
+        self.station.start(pump=pump)
         self.handler.start()
 
     def send(self, cmd: str, args: dict | None = None, *, cid: str | None = None,
@@ -196,15 +198,23 @@ def test_unknown_commands_and_bad_args(rig, locker, board):
     no_slot = r.send("unlock", {})
     zero = r.send("unlock", {"slot": 0})
     backwards = r.send("replay", {"from_seq": 9, "to_seq": 3})
+    # Slots are one byte on the board (YZ-LB1); a replay spans MAX_REPLAY_SPAN at most.
+    slot_256 = r.send("unlock", {"slot": 256})
+    too_long = r.send("replay", {"from_seq": 1, "to_seq": m.MAX_REPLAY_SPAN + 1})
+    past_64_bits = r.send("replay", {"from_seq": 2**63 - 2, "to_seq": 2**63})
     assert r.result(unknown).error == "unknown_cmd"
     assert r.result(no_slot).error == "bad_args"
     assert r.result(zero).error == "bad_args"
     assert r.result(backwards).error == "bad_args"
+    assert r.result(slot_256).error == "bad_args"
+    assert r.result(too_long).error == "bad_args"
+    assert r.result(past_64_bits).error == "bad_args"
     # A slot the board does not have: its answer BAD_SLOT is the hub's bad args.
     too_high = r.send("unlock", {"slot": 15})
     assert r.result(too_high).error == "bad_args"
     assert unlocks(board) == [15]
-    settle(r, {unknown: 1, no_slot: 1, zero: 1, backwards: 1, too_high: 1})
+    settle(r, {unknown: 1, no_slot: 1, zero: 1, backwards: 1, too_high: 1, slot_256: 1,
+               too_long: 1, past_64_bits: 1})
 
 
 def test_an_invalid_payload_with_an_id_is_still_answered(rig):
@@ -273,3 +283,58 @@ def test_reload_good_and_bad(rig):
     assert (res.ok, res.error) == (False, "bad_args")
     assert res.data["message"] == "/etc/yizhan/station.yaml: lockers.port: must be a string"
     settle(r, {good: 1, bad: 1})
+
+
+def test_a_replay_of_the_largest_span_is_taken(rig):
+    r = rig()
+    r.station.record(3)
+    r.station.wait_drained()
+    cid = r.send("replay", {"from_seq": 1, "to_seq": m.MAX_REPLAY_SPAN})
+    res = r.result(cid)
+    assert res.ok and res.data == {"count": 3, "missing": [[4, m.MAX_REPLAY_SPAN]]}
+    settle(r, {cid: 1})
+
+
+def test_replays_past_the_queue_cap_are_answered_busy(rig, caplog):
+    # The pump held: what is queued stays queued, as behind a slow uplink.
+    r = rig(pump=False)
+    r.station.record(12)
+    full = [r.send("replay", {"from_seq": 1, "to_seq": m.MAX_REPLAY_SPAN}) for _ in range(2)]
+    assert all(r.result(cid).ok for cid in full)
+    assert r.station.outbox.replays_queued == (2, MAX_QUEUED_REPLAY)
+    refused = r.send("replay", {"from_seq": 1, "to_seq": 1})
+    res = r.result(refused)
+    assert (res.ok, res.error) == (False, "busy")
+    assert "queued" in res.data["message"]
+    assert r.station.outbox.replays_queued == (2, MAX_QUEUED_REPLAY)  # nothing added
+    assert "replay 1..1 refused" in caplog.text
+    settle(r, {full[0]: 1, full[1]: 1, refused: 1})
+
+
+def test_many_small_replays_stop_at_the_count_cap(rig):
+    r = rig(pump=False)
+    r.station.record(2)
+    cids = [r.send("replay", {"from_seq": 1, "to_seq": 2})
+            for _ in range(MAX_QUEUED_REPLAYS + 5)]
+    errors = Counter(r.result(cid).error for cid in cids)
+    assert errors == Counter({None: MAX_QUEUED_REPLAYS, "busy": 5})
+    assert r.station.outbox.replays_queued == (MAX_QUEUED_REPLAYS, 2 * MAX_QUEUED_REPLAYS)
+    # Once the pump runs the queue drains and replays are taken again.
+    r.station.start_pump()
+    wait_until(lambda: r.station.outbox.replays_queued == (0, 0), 10, "the replays sent")
+    again = r.send("replay", {"from_seq": 1, "to_seq": 2})
+    assert r.result(again).ok
+
+
+def test_a_handler_bug_is_answered_without_its_exception_text(rig, caplog):
+    def reload() -> None:  # not a ConfigError: a bug, whose text must stay on the station
+        raise OSError(13, "Permission denied", "/var/lib/yizhan/secret-fleet.key")
+
+    r = rig(on_reload=reload)
+    cid = r.send("reload")
+    res = r.result(cid)
+    assert (res.ok, res.error) == (False, "bad_args")
+    assert res.data == {"message": INTERNAL_MESSAGE}
+    assert "secret-fleet.key" not in json.dumps(res.to_dict())
+    assert "secret-fleet.key" in caplog.text  # the detail is in the station's log
+    settle(r, {cid: 1})

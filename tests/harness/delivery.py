@@ -69,9 +69,13 @@ class DeliveryStation:
         if not self.link.connected.wait(timeout):
             raise AssertionError(f"the link did not connect within {timeout} s")
         if pump:
-            self._pump = threading.Thread(target=self._run, name="pump", daemon=True)
-            self._pump.start()
+            self.start_pump()
         return self
+
+    def start_pump(self) -> None:
+        """Run the pump on its own thread (``start(pump=False)`` leaves it held)."""
+        self._pump = threading.Thread(target=self._run, name="pump", daemon=True)
+        self._pump.start()
 
     def _run(self) -> None:
         while not self._stop.is_set():
