@@ -235,7 +235,8 @@ def release():
     raw = request.form.get("slot", "")
     if raw == "empty":
         slot: int | str = "empty"
-    elif raw.isascii() and raw.isdigit() and 1 <= int(raw) <= 255:
+    # The length first: int() raises on 4 300 digits, and no slot has more than 3.
+    elif len(raw) <= 3 and raw.isascii() and raw.isdigit() and 1 <= int(raw) <= 255:
         slot = int(raw)
     else:
         flash(gettext("There is no such slot."), "bad")

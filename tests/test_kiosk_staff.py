@@ -114,6 +114,9 @@ def test_confirm_water_and_cups(screen, station):
 @pytest.mark.parametrize(("field", "value", "says"), [
     ("slot", "0", "没有这个仓位"), ("slot", "abc", "没有这个仓位"), ("slot", "", "没有这个仓位"),
     ("slot", "99", "没有这个仓位"), ("what", "coffee", "未知的补给项目"),
+    # int() raises past 4 300 digits: a 500 before; "²" is a digit to str.isdigit().
+    ("slot", "1" * 5000, "没有这个仓位"), ("slot", "²", "没有这个仓位"),
+    ("slot", "٣", "没有这个仓位"),
 ])
 def test_bad_release_and_refill_values(screen, station, field, value, says):
     log_in(screen)

@@ -173,9 +173,21 @@ def test_returns(client: FlaskClient, station: Station) -> None:
     assert later.get_json() == {"returns": []}
 
 
-@pytest.mark.parametrize("since", ["abc", "-5", "1.5"])
+# int() took "٣" (Arabic-Indic 3), " 5" and "1_0"; "²" and 5 000 digits must not crash.
+@pytest.mark.parametrize("since", ["abc", "-5", "1.5", "²", "٣", " 5", "1_0", "1" * 5000,
+                                   "1" * 16])
 def test_bad_since(client: FlaskClient, since: str) -> None:
-    assert_error(client.get(f"/v1/returns?since={since}"), 400, "bad_since")
+    assert_error(client.get("/v1/returns", query_string={"since": since}), 400, "bad_since")
+
+
+def test_deeply_nested_json_is_bad_json_not_a_crash(client: FlaskClient,
+                                                    station: Station) -> None:
+    # ~1 000 levels made json raise RecursionError: a 500 before.
+    for depth in (33, 1000, 3000):
+        r = client.post("/v1/maintenance", data="[" * depth + "]" * depth,
+                        content_type="application/json")
+        assert_error(r, 400, "bad_json")
+    assert station.events() == []
 
 
 # -- maintenance ---------------------------------------------------------------------------

@@ -11,13 +11,20 @@ from flask import request
 from firmware.lending import PIN_RE
 from firmware.localapi.errors import ApiError
 from protocol.ids import RIDER_RE
+from yizhan.untrusted import BadJson, json_value
 
 __all__ = ["body", "pin", "rider"]
 
 
 def body() -> dict[str, Any]:
     """The request's body, which must be a JSON object."""
-    data = request.get_json(silent=True)
+    data = None
+    # Not request.get_json: it lets a RecursionError (deep nesting) through as a 500.
+    if request.is_json:
+        try:
+            data = json_value(request.get_data(cache=True))
+        except BadJson:
+            data = None
     if not isinstance(data, dict):
         raise ApiError(400, "bad_json", "the body must be a JSON object "
                                         "(Content-Type: application/json)")

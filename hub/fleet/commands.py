@@ -17,6 +17,7 @@ import json
 import logging
 import secrets
 import threading
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -43,6 +44,10 @@ GRACE_MS = 5_000
 #: Closed commands stay in memory this long, so a repeated result is known as a
 #: duplicate and a GET right after the answer needs no database read.
 KEEP_CLOSED_MS = 10 * 60_000
+#: Replays asked through the API: this many per station within the window
+#: (docs/hub-api.md#commands). The hub's own gap repair is paced by ``replay_every``.
+REPLAYS_PER_WINDOW = 5
+REPLAY_WINDOW_MS = 60_000
 
 
 class CommandError(Exception):
@@ -61,6 +66,44 @@ class BadCommand(CommandError, ValueError):
 
 class CommandNotSent(CommandError, RuntimeError):
     """The MQTT client would not take the command (no broker); it is recorded failed."""
+
+
+class TooManyReplays(CommandError, RuntimeError):
+    """A ``replay`` asked through the API past the per-station limit; nothing was
+    sent. ``retry_after`` is whole seconds until one more would be taken."""
+
+    def __init__(self, sid: str, retry_after: int) -> None:
+        super().__init__(f"at most {REPLAYS_PER_WINDOW} replay commands to {sid} every "
+                         f"{REPLAY_WINDOW_MS // 1000} s; try again in {retry_after} s")
+        self.retry_after = retry_after
+
+
+class ReplayPace:
+    """At most REPLAYS_PER_WINDOW replays a station within any REPLAY_WINDOW_MS.
+
+    Each replay makes a station re-read and re-send up to 100 000 events over its
+    uplink: a script looping on the API must not keep a station doing only that.
+    """
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._sent: dict[str, deque[int]] = {}  # sid -> times of its recent replays
+
+    def take(self, sid: str) -> None:
+        """Count one replay to ``sid`` now, or raise :class:`TooManyReplays`."""
+        now = self.clock.ms()
+        with self._lock:
+            times = self._sent.setdefault(sid, deque())
+            while times and now - times[0] >= REPLAY_WINDOW_MS:
+                times.popleft()
+            if len(times) >= REPLAYS_PER_WINDOW:
+                wait_ms = times[0] + REPLAY_WINDOW_MS - now
+                raise TooManyReplays(sid, max(1, -(-wait_ms // 1000)))
+            times.append(now)
+            # Forget quiet stations, so the map holds only the recently busy.
+            for quiet in [s for s, t in self._sent.items() if now - t[-1] >= REPLAY_WINDOW_MS]:
+                del self._sent[quiet]
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +160,7 @@ class Commands:
         self._lock = threading.Lock()
         self._open: dict[str, _Record] = {}
         self._closed: dict[str, _Record] = {}  # by id, in closing order
+        self.replay_pace = ReplayPace(clock)
         self._load()
 
     def _load(self) -> None:
@@ -134,8 +178,10 @@ class Commands:
 
     # -- sending -----------------------------------------------------------------------
 
-    def send(self, sid: str, cmd: str, args: dict[str, Any] | None, by: str | None) -> str:
-        """Validate, record and publish one command; its id. Raises :class:`BadCommand`."""
+    def send(self, sid: str, cmd: str, args: dict[str, Any] | None, by: str | None,
+             *, paced: bool = False) -> str:
+        """Validate, record and publish one command; its id. Raises :class:`BadCommand`,
+        and with ``paced`` (a command from the API) :class:`TooManyReplays`."""
         try:
             check_sid(sid)
         except InvalidIdentifier as err:
@@ -159,6 +205,8 @@ class Commands:
             payload = m.encode(command)
         except InvalidMessage as err:  # e.g. args too big for one payload
             raise BadCommand("bad_args", str(err)) from err
+        if paced and cmd == "replay":
+            self.replay_pace.take(sid)  # counted only once the command is good
 
         rec = _Record(id=command.id, sid=sid, cmd=cmd, args=args, by=by,
                       created_ms=now, expires_ms=command.expires)
@@ -258,9 +306,10 @@ class Commands:
 
 def _args_help(cmd: str) -> str:
     if cmd == "unlock":
-        return "unlock needs args {\"slot\": n} with an integer slot >= 1"
+        return f"unlock needs args {{\"slot\": n}} with an integer slot 1..{m.MAX_SLOT}"
     if cmd == "replay":
-        return "replay needs args {\"from_seq\": a, \"to_seq\": b} with integers 1 <= a <= b"
+        return ("replay needs args {\"from_seq\": a, \"to_seq\": b} with integers "
+                f"1 <= a <= b, at most {m.MAX_REPLAY_SPAN} events (b - a + 1)")
     return f"bad args for {cmd}"
 
 

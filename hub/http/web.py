@@ -9,7 +9,6 @@ The API is described by ``/api/v1/openapi.json`` (``hub/http/openapi.py``).
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 import re
 from collections.abc import Mapping
@@ -31,12 +30,13 @@ from hub.alerting.alerts import (
 from hub.alerting.alerts import STATES as ALERT_STATES
 from hub.alerting.notify.outbox import deliveries as alert_deliveries
 from hub.fleet.banks import bank_states
-from hub.fleet.commands import BadCommand, CommandNotSent
+from hub.fleet.commands import BadCommand, CommandNotSent, TooManyReplays
 from hub.http import openapi
 from hub.http.ackpage import ack_by_link, ack_page
 from hub.http.metrics import min_charge
 from protocol.errors import InvalidIdentifier
 from protocol.ids import check_sid
+from yizhan.untrusted import MAX_DIGITS, BadJson, decimal, json_value
 
 #: The Hub (hub/service.py) that builds this app and passes itself in: typed
 #: loosely, since hub.http sits below hub.service (docs/hub-internals.md).
@@ -55,7 +55,8 @@ MAX_BODY = 64 * 1024
 _HTTP_CODES = {
     400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
     405: "method_not_allowed", 409: "conflict", 413: "payload_too_large",
-    415: "unsupported_media_type", 422: "invalid", 503: "unavailable",
+    415: "unsupported_media_type", 422: "invalid", 429: "too_many_requests",
+    503: "unavailable",
 }
 
 
@@ -234,10 +235,11 @@ def _ms_arg(name: str) -> int:
     raw = request.args.get(name)
     if raw is None:
         raise ApiError(400, "bad_range", "from and to go together")
-    if not raw.isdigit() or len(raw) > 15:
-        raise ApiError(400, "bad_range",
-                       f"{name} must be a time in integer milliseconds since the Unix epoch")
-    return int(raw)
+    value = decimal(raw)
+    if value is None:
+        raise ApiError(400, "bad_range", f"{name} must be a time in integer milliseconds "
+                       f"since the Unix epoch: 1 to {MAX_DIGITS} digits 0-9")
+    return value
 
 
 def _uptime_range(now_ms: int) -> tuple[int, int, str | None]:
@@ -286,10 +288,11 @@ def list_alerts():
             check_sid(sid)
         except InvalidIdentifier as err:
             return error("bad_sid", str(err), 400)
-    raw_limit = request.args.get("limit", "1000")
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIMIT:
-        return error("bad_limit", f"limit must be an integer from 1 to {MAX_LIMIT}", 400)
-    alerts = the_hub().alerts.list(state=state, sid=sid, limit=int(raw_limit))
+    limit = decimal(request.args.get("limit", "1000"))
+    if limit is None or not 1 <= limit <= MAX_LIMIT:
+        return error("bad_limit", f"limit must be an integer from 1 to {MAX_LIMIT} "
+                     "(digits 0-9)", 400)
+    alerts = the_hub().alerts.list(state=state, sid=sid, limit=limit)
     return jsonify({"alerts": alerts})
 
 
@@ -329,14 +332,22 @@ def list_deliveries(alert_id: str):
 # -- commands ------------------------------------------------------------------------
 
 
+def _body_json() -> Any:
+    """The request body's JSON value (None when empty), or a 400 ``bad_json``. The
+    decoder's own text stays out of the answer: it describes the parser, not the fix."""
+    raw = request.get_data(cache=True)
+    if not raw:
+        return None
+    try:
+        return json_value(raw)
+    except BadJson as err:
+        raise ApiError(400, "bad_json", str(err)) from err
+
+
 def _json_body() -> dict[str, Any]:
     """The request body as a JSON object, whatever the Content-Type claims (curl's
     ``-d`` sends form encoding by default)."""
-    raw = request.get_data(cache=True)
-    try:
-        body = json.loads(raw) if raw else None
-    except ValueError as err:
-        raise ApiError(400, "bad_json", f"the body is not JSON: {err}") from err
+    body = _body_json()
     if not isinstance(body, dict):
         raise ApiError(400, "bad_body", 'the body must be a JSON object {"cmd": ..., "args": {}}')
     return body
@@ -352,9 +363,14 @@ def send_command(sid: str):
     if not isinstance(cmd, str) or not cmd:
         return error("bad_body", 'the body needs "cmd", a command name', 400)
     try:
-        command_id = the_hub().commands.send(view.sid, cmd, args, by=g.token_name)
+        command_id = the_hub().commands.send(view.sid, cmd, args, by=g.token_name,
+                                             paced=True)
     except BadCommand as exc:
         return error(exc.code, exc.message, 400)
+    except TooManyReplays as exc:
+        resp, status = error("too_many_replays", str(exc), 429)
+        resp.headers["Retry-After"] = str(exc.retry_after)
+        return resp, status
     except CommandNotSent as exc:
         return error("broker_unavailable", str(exc), 503)
     location = url_for("api.get_command", sid=view.sid, command_id=command_id)
@@ -374,11 +390,7 @@ def get_command(sid: str, command_id: str):
 
 def _mute_json() -> Any:
     """The body as JSON (any value: ``Mutes.add`` says what a good one is)."""
-    raw = request.get_data(cache=True)
-    try:
-        return json.loads(raw) if raw else None
-    except ValueError as err:
-        raise ApiError(400, "bad_json", f"the body is not JSON: {err}") from err
+    return _body_json()
 
 
 def _list_mutes(kind: str):
