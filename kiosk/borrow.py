@@ -9,8 +9,9 @@ then the slot that opens and the board's word that the bank was taken.
     GET  /borrow/<attempt>/status.json   what the progress page polls
 
 The phone number exists only inside :func:`submit_phone`: it is checked, turned
-into the rider id with the fleet key and dropped. Between steps the session
-keeps the rider id and the masked number (``138****1234``) for the PIN screen,
+into the rider id with the fleet key and dropped. Between steps the kiosk keeps
+the rider id and the masked number (``138****1234``) for the PIN screen in its
+own memory (``kiosk.riders``), the session cookie only a random ticket to them,
 and forgets both once the bank is taken, the attempt cannot be retried, or the
 screen goes home.
 """
@@ -55,29 +56,27 @@ def phone_problem(raw: str) -> str | None:
     return None
 
 
-# -- the rider between steps (rider id and masked number only) -----------------------
+# -- the rider between steps: a ticket in the cookie, the rider id in the kiosk ------
 
 
 def _pending() -> dict[str, Any] | None:
     """The rider this screen is serving, or None (never begun, or gone stale: the
     browser's idle timer normally sends the screen home long before)."""
-    p = session.get(_PENDING)
-    if not isinstance(p, dict) or not isinstance(p.get("rider"), str):
-        return None
-    k = kiosk()
-    if not k.within(p.get("t"), 2 * k.config.idle):
+    p = kiosk().riders.get(session.get(_PENDING))
+    if p is None:
         session.pop(_PENDING, None)
         return None
-    return p
+    return {"rider": p.rider, "mask": p.mask, "attempt": p.attempt}
 
 
 def _keep(rider: str, mask: str, attempt: str | None = None) -> None:
-    session[_PENDING] = {"rider": rider, "mask": mask, "attempt": attempt,
-                         "t": kiosk().stamp()}
+    ticket = session.get(_PENDING)
+    session[_PENDING] = kiosk().riders.keep(ticket if isinstance(ticket, str) else None,
+                                            rider, mask, attempt)
 
 
 def forget() -> None:
-    session.pop(_PENDING, None)
+    kiosk().riders.forget(session.pop(_PENDING, None))
 
 
 def _station_notice() -> dict[str, Any]:

@@ -3,7 +3,7 @@ clock and the borrow rate limiter (one per app, never a module global)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from flask import current_app, flash, redirect, url_for
@@ -11,6 +11,7 @@ from flask import current_app, flash, redirect, url_for
 from kiosk.agent import AgentClient
 from kiosk.config import KioskConfig
 from kiosk.ratelimit import RateLimiter
+from kiosk.riders import PendingRiders
 from yizhan.clock import Clock
 
 __all__ = ["Kiosk", "go_home", "kiosk"]
@@ -24,8 +25,12 @@ class Kiosk:
     agent: AgentClient
     clock: Clock
     limiter: RateLimiter
+    #: Riders between screens, server-side (never in the cookie); built by install.
+    riders: PendingRiders = field(init=False)
 
     def install(self, app) -> None:
+        # Kept as long as a borrow's session may be: twice the idle time.
+        self.riders = PendingRiders(self.clock, 2 * self.config.idle)
         app.extensions[_KEY] = self
 
     def stamp(self) -> float:
