@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from kiosk.i18n import LANGUAGES as _LANGUAGES
+from protocol.ids import RIDER_ID_SCHEMES
 from yizhan.config import (
     DEMO_FLEET_KEY,
     LOOPBACK,
@@ -42,7 +43,7 @@ log = logging.getLogger(__name__)
 __all__ = ["BorrowRate", "KioskConfig", "kiosk_config", "load_kiosk_config"]
 
 KIOSK_KEYS = ("host", "port", "borrow_rate", "idle", "staff_idle", "done_idle", "language",
-              "api_timeout")
+              "api_timeout", "rider_ids")
 LANGUAGES = tuple(_LANGUAGES)
 
 
@@ -72,6 +73,9 @@ class KioskConfig:
     staff_idle: float = 180.0
     done_idle: float = 20.0
     language: str = "zh"
+    #: How phone numbers become rider ids (protocol.ids.RIDER_ID_SCHEMES): the
+    #: fleet's choice, the same on every kiosk and in whatever registers riders.
+    rider_ids: str = "hmac"
     source: str | None = None
 
     def __post_init__(self) -> None:
@@ -79,6 +83,8 @@ class KioskConfig:
             raise ValueError("fleet_key must be non-empty bytes")
         if self.language not in LANGUAGES:
             raise ValueError(f"language must be one of {', '.join(LANGUAGES)}")
+        if self.rider_ids not in RIDER_ID_SCHEMES:
+            raise ValueError(f"rider_ids must be one of {', '.join(RIDER_ID_SCHEMES)}")
 
 
 def load_kiosk_config(path: str | Path) -> KioskConfig:
@@ -121,6 +127,7 @@ def kiosk_config(data: Mapping[str, Any], base: Path | None = None,
     done_idle = _seconds(sec, "done_idle", 20.0, lo=3.0)
     api_timeout = _seconds(sec, "api_timeout", 5.0, lo=0.5)
     language = sec.str("language", "zh", choices=LANGUAGES)
+    rider_ids = sec.str("rider_ids", "hmac", choices=RIDER_ID_SCHEMES)
 
     fleet_key = station.fleet_key
     if fleet_key is None:
@@ -148,6 +155,7 @@ def kiosk_config(data: Mapping[str, Any], base: Path | None = None,
         staff_idle=staff_idle,
         done_idle=done_idle,
         language=language,
+        rider_ids=rider_ids,
         source=source,
     )
 

@@ -22,6 +22,7 @@ __all__ = [
     "EPOCH_RE",
     "PHONE_RE",
     "RESERVED_SIDS",
+    "RIDER_ID_SCHEMES",
     "RIDER_RE",
     "SID_PATTERN",
     "SID_RE",
@@ -113,15 +114,36 @@ def normalise_phone(raw: str) -> str:
     return s
 
 
-def rider_id(fleet_key: bytes, phone: str) -> str:
-    """The rider id of contract §1: ``r:`` + 24 hex of HMAC-SHA256(fleet key, phone).
+#: How a rider id is derived (docs/protocol.md §1, docs/security.md "Rider ids").
+#: ``hmac``: contract §1, HMAC-SHA256(fleet key, phone). ``scrypt``: this project's
+#: addition, the same HMAC stretched by scrypt, so that whoever holds the fleet key
+#: (a stolen Pi) pays one scrypt per phone number tried. One fleet uses one scheme.
+RIDER_ID_SCHEMES = ("hmac", "scrypt")
+#: scrypt's cost: 16 MiB and ~0.1 s a number on a 2020s x86 core (more on a Pi),
+#: once per borrow on the kiosk; ~20 core-years for the 7·10⁹ mainland numbers.
+SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
+_SCRYPT_SALT = b"yizhan/rider-id/scrypt/v1"
+_SCRYPT_MAXMEM = 64 * 1024 * 1024
+
+
+def rider_id(fleet_key: bytes, phone: str, scheme: str = "hmac") -> str:
+    """The rider id of contract §1: ``r:`` + 24 hex of HMAC-SHA256(fleet key, phone),
+    or with ``scheme="scrypt"`` of scrypt(that HMAC) — the same form, another value.
 
     The phone is normalised first, so every spelling of one number gives one id.
     """
     if not isinstance(fleet_key, (bytes, bytearray)) or not fleet_key:
         raise ValueError("fleet key must be non-empty bytes")
-    digest = hmac.new(bytes(fleet_key), normalise_phone(phone).encode("ascii"), hashlib.sha256)
-    return "r:" + digest.hexdigest()[:24]
+    if scheme not in RIDER_ID_SCHEMES:
+        raise ValueError(f"rider id scheme must be one of {', '.join(RIDER_ID_SCHEMES)}")
+    keyed = hmac.new(bytes(fleet_key), normalise_phone(phone).encode("ascii"), hashlib.sha256)
+    if scheme == "hmac":
+        return "r:" + keyed.hexdigest()[:24]
+    # Keyed first, so the output says nothing without the fleet key; stretched
+    # after, so that with the key every candidate number still costs a scrypt.
+    stretched = hashlib.scrypt(keyed.digest(), salt=_SCRYPT_SALT, n=SCRYPT_N, r=SCRYPT_R,
+                               p=SCRYPT_P, maxmem=_SCRYPT_MAXMEM, dklen=32)
+    return "r:" + stretched.hex()[:24]
 
 
 def mask_phone(phone: str) -> str:

@@ -807,3 +807,29 @@ def test_every_failure_reason_has_its_own_headline(tmp_path, lang):
         assert page["status"]["data-reason"] == reason
         assert page.text_of("detail"), reason
     assert len(seen) == len(REASONS)
+
+
+# -- rider ids stretched by scrypt (issue 14, finding 7) ------------------------------------------
+
+
+def test_a_fleet_on_scrypt_rider_ids_borrows_by_them(station, tmp_path):
+    """``kiosk.rider_ids: scrypt``: the id the agent gets, and checks the directory
+    against, is the scrypt one; the HMAC one of the same number is another rider."""
+    phone = new_phone("187")
+    slow = rider_id(FLEET_KEY, phone, "scrypt")
+    assert slow != rider_id(FLEET_KEY, phone)
+    d = m.Directory(
+        rev=next(_REV), ts=int(time.time() * 1000),
+        policy=m.Policy(lending="registered", min_charge=40, max_per_rider=1),
+        riders=(m.RiderEntry(id=slow, pin=hash_pin("4821", iterations=1000)),),
+        staff=(), denied=())
+    assert station.agent.directory.apply(d)
+    screen = Screen(create_app(kiosk_config(station, tmp_path, rider_ids="scrypt")).test_client())
+    attempt = attempt_of(screen.borrow(phone, pin="4821"))
+    take_bank(station, screen, attempt)
+    borrowed = [e for e in station.agent.journal.events(0, 10**9) if e.type == "bank_borrowed"]
+    assert borrowed[-1].data["rider"] == slow
+    # The same number on a kiosk still on HMAC ids is not registered in this fleet.
+    other = Screen(create_app(kiosk_config(station, tmp_path / "h")).test_client())
+    failed = attempt_of(other.borrow(phone, pin="4821"))
+    assert other.wait_state(failed, "failed", "taken")["reason"] == "not_registered"

@@ -66,6 +66,8 @@ def test_the_kiosk_keys(tmp_path):
     assert config.borrow_rate == BorrowRate(3, 10)
     assert (config.idle, config.staff_idle, config.done_idle) == (90, 300, 10)
     assert config.language == "en" and config.api_url == "http://127.0.0.1:8711"
+    assert config.rider_ids == "hmac"  # contract §1 unless the fleet chose scrypt
+    assert load_kiosk_config(station_file(tmp_path, rider_ids="scrypt")).rider_ids == "scrypt"
 
 
 @pytest.mark.parametrize(("kiosk", "key", "problem"), [
@@ -77,6 +79,7 @@ def test_the_kiosk_keys(tmp_path):
     ({"idle": "5s"}, "kiosk.idle", "at least 10s"),
     ({"idle": "soon"}, "kiosk.idle", "duration"),
     ({"language": "fr"}, "kiosk.language", "one of zh, en"),
+    ({"rider_ids": "md5"}, "kiosk.rider_ids", "one of hmac, scrypt"),
     ({"colour": "blue"}, "kiosk.colour", "unknown key"),
 ])
 def test_a_bad_kiosk_key_is_named(tmp_path, kiosk, key, problem):

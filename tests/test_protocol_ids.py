@@ -111,6 +111,20 @@ def test_rider_id_depends_on_key_and_number():
     assert ids.rider_id(KEY, "13800138001") != a
 
 
+def test_scrypt_rider_ids_keep_the_form_and_stretch_the_keyed_hash():
+    # docs/protocol.md §1, "rider_ids: scrypt": scrypt(HMAC-SHA256(key, phone)), with
+    # N=2^14, r=8, p=1, salt "yizhan/rider-id/scrypt/v1", 32 bytes; the first 24 hex.
+    rid = ids.rider_id(KEY, "+86 138 0013 8000", "scrypt")
+    keyed = hmac.new(KEY, b"13800138000", hashlib.sha256).digest()
+    stretched = hashlib.scrypt(keyed, salt=b"yizhan/rider-id/scrypt/v1", n=2**14, r=8, p=1,
+                               maxmem=64 * 1024 * 1024, dklen=32)
+    assert rid == "r:" + stretched.hex()[:24] and ids.check_rider_id(rid) == rid
+    assert rid != ids.rider_id(KEY, "13800138000")  # another scheme, another rider id
+    assert ids.rider_id(b"other", "13800138000", "scrypt") != rid
+    with pytest.raises(ValueError, match="one of hmac, scrypt"):
+        ids.rider_id(KEY, "13800138000", "md5")
+
+
 def test_rider_id_rejects_bad_phone_and_key():
     with pytest.raises(InvalidPhone):
         ids.rider_id(KEY, "12345")
