@@ -277,8 +277,10 @@ class Agent:
         if self.lending is None:
             return
         api = self.config.local_api
+        # The Host check (DNS rebinding) knows the port too, when one is set.
         app = create_local_api(self.lending, self.local_view, self.directory,
-                               unix_socket=api.unix_socket is not None)
+                               unix_socket=api.unix_socket is not None,
+                               port=api.port or None)
 
         @app.before_request
         def _kiosk_alive():
