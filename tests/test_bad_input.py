@@ -182,8 +182,11 @@ def send(base: str, method: str, path: str, body: bytes | None = None) -> tuple[
         return err.code, json.loads(err.read() or b"{}"), err.headers
 
 
-def test_the_real_hub_answers_bad_input_with_400s(tmp_path: Path, broker: Any,
+def test_the_real_hub_answers_bad_input_with_400s(tmp_path: Path, broker_factory: Any,
                                                   procs: Procs) -> None:
+    # A broker of its own: the real hub's retained time beacon must not reach the
+    # stations of other tests, whose clocks are manual.
+    broker = broker_factory()
     port = free_port()
     cfg = write_yaml(tmp_path / "hub.yaml", {
         "mqtt": {"host": broker.host, "port": broker.port, "keepalive": 5},
