@@ -142,3 +142,11 @@ def test_a_demo_directory_from_before_is_made_private(tmp_path: Path) -> None:
         (workdir / name).chmod(0o644)
     write_configs(workdir, 1, 1883, 8080)
     assert [mode(workdir / n) for n in ("api-token", "fleet.key", "hub.yaml")] == [0o600] * 3
+
+
+def test_a_secret_file_of_raw_bytes_is_a_named_error_not_a_crash(tmp_path: Path) -> None:
+    key = tmp_path / "fleet.key"
+    key.write_bytes(bytes(range(128, 160)))
+    key.chmod(0o600)
+    with pytest.raises(ConfigError, match=rf"fleet_key_file: {key} is not UTF-8 text"):
+        Section({"fleet_key_file": str(key)}).secret("fleet_key")

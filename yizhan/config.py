@@ -199,6 +199,10 @@ class Section:
             except OSError as err:
                 raise ConfigError(self.key(file_key),
                                   f"cannot read {path}: {err.strerror}") from err
+            except UnicodeDecodeError as err:
+                # Raw random bytes (head -c 32 /dev/urandom): the secret is text.
+                raise ConfigError(self.key(file_key), f"{path} is not UTF-8 text; write the "
+                                  "secret as text, e.g. openssl rand -hex 32") from err
         return self.str(name)
 
 
