@@ -8,9 +8,10 @@ retained) says "the hub's clock read at least ``ts`` when I was sent". It reache
 monotonic time ``r``, so the hub's clock now reads at least
 ``ts + (monotonic_now − r)``. A message that waited in a queue or a half-open
 link only makes that bound lower, never higher, so the largest bound is kept:
-a late beacon cannot make a late command look fresh, and one prompt beacon is enough
-to judge every later command (docs/protocol.md, "Commands and the station's
-clock"). A command's own ``ts`` is not used: it would vouch for itself.
+a late beacon cannot make a late command look fresh (unless it is so late
+that only a step back of the hub's own clock explains it: ``STEPPED_BACK_MS``),
+and one prompt beacon is enough to judge every later command (docs/protocol.md,
+"Commands and the station's clock"). A command's own ``ts`` is not used: it would vouch for itself.
 
 >>> from yizhan.clock import ManualClock
 >>> clock = ManualClock()
@@ -25,12 +26,20 @@ True
 
 from __future__ import annotations
 
+import logging
 import threading
 
 from yizhan.clock import Clock
 
+log = logging.getLogger(__name__)
+
 #: A hub timestamp beyond this (year 2286) is not a clock reading: ignored.
 MAX_TS = 10**13
+#: A beacon this far below the bound is no late delivery (a retained copy is at
+#: most a beacon interval old, a half-open link holds one 1.5 keepalives): the
+#: hub's clock was stepped back (NTP on the hub, a restored VM). Follow it, or
+#: every command it sends would look expired until the station restarts.
+STEPPED_BACK_MS = 120_000
 
 
 class HubClock:
@@ -50,6 +59,10 @@ class HubClock:
         with self._lock:
             self.heard_count += 1
             if self._offset_ms is None or offset > self._offset_ms:
+                self._offset_ms = offset
+            elif self._offset_ms - offset > STEPPED_BACK_MS:
+                log.warning("the hub's clock stepped back by %.0f s; following it",
+                            (self._offset_ms - offset) / 1000)
                 self._offset_ms = offset
 
     def now_ms(self) -> int | None:

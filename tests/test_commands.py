@@ -179,17 +179,22 @@ def test_with_an_unsynced_clock_the_hub_time_beacon_judges_an_unlock(rig, locker
 
 def test_a_late_beacon_lowers_no_bound(rig, clock):
     """Every beacon bounds the hub's clock from below; a late one lowers no
-    bound, so the largest is kept; a number that is no clock reading is ignored."""
+    bound, so the largest is kept; a number that is no clock reading is ignored.
+    Only a beacon far below the bound (the hub's own clock stepped back) is followed."""
     r = rig(synced=False)
     hub = r.station.link.hub_clock
     publish(r.broker, HUB_TIME_TOPIC, {"v": 1, "ts": 2_000_000_000_000}, retain=False)
     wait_until(lambda: hub.now_ms() is not None, 5, "the beacon")
     before = hub.now_ms()
-    publish(r.broker, HUB_TIME_TOPIC, {"v": 1, "ts": 1_000_000_000_000}, retain=False)
+    publish(r.broker, HUB_TIME_TOPIC, {"v": 1, "ts": 2_000_000_000_000 - 60_000}, retain=False)
     publish(r.broker, HUB_TIME_TOPIC, {"v": 1, "ts": 10**30}, retain=False)  # not a clock
-    wait_until(lambda: hub.heard_count >= 2, 5, "the old beacon")
+    wait_until(lambda: hub.heard_count >= 2, 5, "the late beacon")
     time.sleep(0.1)
-    assert hub.now_ms() == before
+    assert hub.now_ms() == before  # a minute late: delivered late, not a new clock
+    publish(r.broker, HUB_TIME_TOPIC, {"v": 1, "ts": 2_000_000_000_000 - 3_600_000},
+            retain=False)
+    wait_until(lambda: hub.heard_count >= 3, 5, "the stepped-back beacon")
+    assert hub.now_ms() == before - 3_600_000  # the hub's clock went back an hour: follow it
 
 
 def test_unknown_commands_and_bad_args(rig, locker, board):
