@@ -62,3 +62,22 @@ def test_unreadable_and_malformed_files(tmp_path):
     cfg.write_text("- a list\n- not a mapping\n")
     out = run("agent", "--config", str(cfg))
     assert out.returncode == EXIT_CONFIG and "must be a YAML mapping" in out.stderr
+
+
+def test_a_database_the_hub_cannot_use_is_one_line_not_a_traceback(tmp_path, monkeypatch,
+                                                                  capsys):
+    import hub.service
+    from hub.storage.writer import SQLAlchemyUnsupported
+    from yizhan.cli import main
+
+    def unusable(*args, **kwargs):
+        raise SQLAlchemyUnsupported("SQLAlchemy 9.9 lacks Insert._post_values_clause; "
+                                    "pip install 'SQLAlchemy>=2.1,<2.2'")
+
+    monkeypatch.setattr(hub.service, "Hub", unusable)
+    cfg = tmp_path / "hub.yaml"
+    cfg.write_text(f"database: sqlite:///{tmp_path / 'hub.db'}\n")
+    assert main(["hub", "--config", str(cfg)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("yizhan hub: cannot use the database: SQLAlchemy 9.9 lacks")
+    assert "Traceback" not in err

@@ -45,10 +45,17 @@ def _on_terminate(stop: Callable[[], None]) -> None:
 def cmd_hub(args: argparse.Namespace) -> int:
     from hub.config import load_hub_config
     from hub.service import Hub
+    from hub.storage.store import StoreError
     from yizhan.watchdog import Notifier
 
     config = load_hub_config(args.config)
-    hub = Hub(config, notifier=Notifier.from_env())
+    try:
+        hub = Hub(config, notifier=Notifier.from_env())
+    except StoreError as err:
+        # The database cannot be used (unreachable, a migration failed, a
+        # SQLAlchemy without what the writer needs): say so, no traceback.
+        print(f"yizhan hub: cannot use the database: {err}", file=sys.stderr)
+        return 1
 
     def stop() -> None:
         # waitress's loop ends on SystemExit raised in the main thread.
