@@ -497,13 +497,15 @@ def test_a_rounds_many_updates_end_as_row_by_row(store: Store, writers) -> None:
     banks = [f"PB{n:04d}" for n in range(20)]
     for n, bank in enumerate(banks):
         event("bank_borrowed", bank, 1000 + n, "yh-a")
+    # Returned where they were lent: a return elsewhere closes a loan only once
+    # that station's State shows the bank (docs/alerts.md), not in this batch.
     for n, bank in enumerate(banks):
-        event("bank_returned", bank, 2000 + n, "yh-b")
-        expected[f"yh-a/{EPOCH}/{n + 1}"] = (2000 + n, "yh-b")
+        event("bank_returned", bank, 2000 + n, "yh-a")
+        expected[f"yh-a/{EPOCH}/{n + 1}"] = (2000 + n, "yh-a")
     for n, bank in enumerate(banks[:4]):
         event("bank_borrowed", bank, 3000 + n, "yh-c")
-        event("bank_returned", bank, 3500 + n, "yh-a")
-        expected[f"yh-c/{EPOCH}/{seq - 1}"] = (3500 + n, "yh-a")
+        event("bank_returned", bank, 3500 + n, "yh-c")
+        expected[f"yh-c/{EPOCH}/{seq - 1}"] = (3500 + n, "yh-c")
     with executes(store) as seen:
         writer.start()
         assert writer.flush(10)

@@ -75,6 +75,13 @@ class Sender:
 
 
 @pytest.fixture
+def broker(broker_factory) -> Broker:
+    """A broker of this test's own: the session's holds other tests' retained
+    Statuses and States of the same station ids, which the hub would take in."""
+    return broker_factory()
+
+
+@pytest.fixture
 def hub(tmp_path: Path, broker: Broker, clock: ManualClock) -> Iterator[Hub]:
     config = parse_hub_config({
         "mqtt": {"host": broker.host, "port": broker.port, "keepalive": 5},
