@@ -116,7 +116,7 @@ def hub_config(tmp_path: Path, broker: Any, receiver: Receiver, http_port: int,
         "database": f"sqlite:///{tmp_path / 'hub.db'}",
         "http": {"host": "127.0.0.1", "port": http_port},
         "public_url": f"http://127.0.0.1:{http_port}",
-        "api_tokens": [TOKEN],
+        "api_tokens": [{"name": "tests", "token": TOKEN, "scopes": ["admin"]}],
         "stations": [{"sid": SID, "name": NAME, "group": "chumen"}],
         # A short timeout: a request cut by SIGKILL is due again after it.
         "notifiers": [{"name": n, "type": "webhook", "url": receiver.url(n), "secret": SECRET,

@@ -457,7 +457,7 @@ class Pi:
 def hub_and_pis(broker_factory, tmp_path, clock) -> Iterator[tuple[Any, Pi, Pi]]:
     broker = broker_factory()  # its own: no station's retained messages from before
     hub = start_hub(broker, f"sqlite:///{tmp_path / 'hub.db'}", clock,
-                    api_tokens=[TOKEN])
+                    api_tokens=[{"name": "tests", "token": TOKEN, "scopes": ["admin"]}])
     # A Pi on yesterday's time (fake-hwclock, before NTP), and one ten years ahead
     # whose flag says synced (an NTP server astray).
     behind = Pi(broker, hub, BEHIND, clock, -DAY, synced=False)

@@ -114,7 +114,7 @@ def hub_config(broker: Broker, database: str, http_port: int = 0, **extra: Any) 
         "mqtt": {"host": broker.host, "port": broker.port, "keepalive": 5},
         "database": database,
         "http": {"host": "127.0.0.1", "port": http_port},
-        "api_tokens": [TOKEN],
+        "api_tokens": [{"name": "tests", "token": TOKEN, "scopes": ["admin"]}],
         "stations": [{"sid": SID, "name": "楚门镇先锋驿站"}],
         **extra,
     }

@@ -153,7 +153,7 @@ class RunningHub:
             "mqtt": {"host": broker.host, "port": broker.port},
             "database": database,
             "http": {"host": "127.0.0.1", "port": free_port()},
-            "api_tokens": [TOKEN],
+            "api_tokens": [{"name": "tests", "token": TOKEN, "scopes": ["admin"]}],
             "stations": [{"sid": sid, "name": sid} for sid in SIDS]})
         self.hub = Hub(config, registry=CollectorRegistry())
         self.base = f"http://127.0.0.1:{config.http_port}"
