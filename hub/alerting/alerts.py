@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import secrets
 import threading
 from collections.abc import Callable, Mapping
@@ -387,6 +388,13 @@ SILENCE, WINDOW = "silence", "window"
 MAX_MUTE_MS = 30 * 24 * 3600_000
 MAX_COMMENT = 500
 GROUP_MAX = 64
+#: The largest time a silence or window may name: what a 64-bit column holds.
+MAX_MS = 2**63 - 1
+#: A duration as the API takes it: ASCII digits only (``\d`` would take ``٣``),
+#: at most 9 a unit (more digits than any 30-day duration needs).
+DURATION_PATTERN = ("^(?=.)(?:[0-9]{1,9}d)?(?:[0-9]{1,9}h)?(?:[0-9]{1,9}m)?"
+                    "(?:[0-9]{1,9}s)?(?:[0-9]{1,9}ms)?$")
+_DURATION = re.compile(DURATION_PATTERN)
 
 
 def _mute_id(kind: str) -> str:
@@ -401,6 +409,11 @@ def to_mute(kind: str, row: Any) -> dict[str, Any]:
     out.update({"starts_at": row.starts_ms, "ends_at": row.ends_ms, "comment": row.comment,
                 "created_by": row.created_by, "created_at": row.created_ms})
     return out
+
+
+def _is_ms(value: Any) -> bool:
+    return (isinstance(value, int) and not isinstance(value, bool)
+            and 0 <= value <= MAX_MS)
 
 
 def _not_over(t: sa.Table, now: int) -> tuple[Any, ...]:
@@ -566,20 +579,30 @@ class Mutes:
         starts = body.get("starts_at", now)
         if starts is None:
             starts = now
-        if isinstance(starts, bool) or not isinstance(starts, int) or starts < 0:
-            raise BadMute("bad_time", "starts_at must be a time in integer milliseconds")
+        if not _is_ms(starts):
+            raise BadMute("bad_time", f"starts_at must be a time in integer milliseconds, "
+                          f"0 to {MAX_MS}")
         if ("ends_at" in body) == ("duration" in body):
             raise BadMute("bad_time", "give ends_at (ms) or duration (like \"2h\"), one of them")
         if "duration" in body:
+            duration = body["duration"]
+            # Text only, as documented: a bare number would be seconds here and
+            # milliseconds in ends_at; 1e308 or 5 000 digits must not reach int().
+            if not isinstance(duration, str) or not _DURATION.match(duration):
+                raise BadMute("bad_time", "duration must be text like 30m, 2h or 1d12h "
+                              "(ASCII digits, d h m s ms)")
             try:
-                seconds = parse_duration(body["duration"], "duration")
+                seconds = parse_duration(duration, "duration")
             except ConfigError as err:
                 raise BadMute("bad_time", str(err)) from err
             ends = starts + int(seconds * 1000)
         else:
             ends = body["ends_at"]
-            if isinstance(ends, bool) or not isinstance(ends, int):
-                raise BadMute("bad_time", "ends_at must be a time in integer milliseconds")
+            if not _is_ms(ends):
+                raise BadMute("bad_time", f"ends_at must be a time in integer milliseconds, "
+                              f"0 to {MAX_MS}")
+        if ends > MAX_MS:
+            raise BadMute("bad_time", f"the end must be at most {MAX_MS} ms")
         if ends <= max(starts, now):
             raise BadMute("bad_time", "the end must be after the start and in the future")
         if ends - max(starts, now) > MAX_MUTE_MS:

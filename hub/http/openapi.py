@@ -11,15 +11,28 @@ import copy
 from functools import cache
 from typing import Any
 
-from hub.alerting.alerts import RULES, SEVERITIES
+from hub.alerting.alerts import (
+    DURATION_PATTERN,
+    GROUP_MAX,
+    MAX_COMMENT,
+    MAX_MS,
+    RULES,
+    SEVERITIES,
+)
 from hub.alerting.alerts import STATES as ALERT_STATES
 from hub.fleet.commands import STATES as COMMAND_STATES
 from protocol.ids import SID_PATTERN
-from protocol.messages import COMMAND_ERRORS, COMMANDS
+from protocol.messages import COMMAND_ERRORS, COMMANDS, MAX_INT, MAX_REPLAY_SPAN, MAX_SLOT
+from yizhan.untrusted import MAX_DIGITS
 
 MS = {"type": "integer", "description": "Unix time in milliseconds (hub clock)"}
 MS_OR_NULL = {"type": ["integer", "null"], "description": MS["description"]}
 SID = {"type": "string", "pattern": f"^{SID_PATTERN}$", "example": "yh-chumen-01"}
+#: A number in the query string: 1 to 15 ASCII digits (yizhan/untrusted.py).
+QUERY_MS = {"type": "integer", "minimum": 0, "maximum": 10**MAX_DIGITS - 1}
+#: A time a silence or window may name: what a 64-bit column holds.
+BODY_MS = {**MS, "minimum": 0, "maximum": MAX_MS}
+SEQ = {"type": "integer", "minimum": 1, "maximum": MAX_INT}
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -48,11 +61,38 @@ def _obj(props: dict[str, Any], required: list[str] | None = None, **extra: Any)
             "required": list(props) if required is None else required, **extra}
 
 
+MUTE_RULES = ("The end must be after the start and in the future, and at most 30 days "
+              "after the later of the start and now (otherwise 400 bad_time): JSON Schema "
+              "cannot compare two fields, so this is said here and checked by the hub.")
+
+
+def _mute_request(matches: list[str], extra: dict[str, Any]) -> dict[str, Any]:
+    """A silence's or window's body: at least one of ``matches`` (null is absent), and
+    exactly one of ends_at and duration."""
+    return _obj({
+        "sid": {**SID, "type": ["string", "null"]},
+        "group": {"type": ["string", "null"], "minLength": 1, "maxLength": GROUP_MAX},
+        **extra,
+        "starts_at": {**BODY_MS, "type": ["integer", "null"], "description": "default (or "
+                      "null): now"},
+        "ends_at": BODY_MS,
+        "duration": {"type": "string", "pattern": DURATION_PATTERN, "example": "2h",
+                     "description": "instead of ends_at: 30m, 2h, 1d12h (at most 30 days)"},
+        "comment": {"type": ["string", "null"], "maxLength": MAX_COMMENT},
+    }, required=[], additionalProperties=False,
+        allOf=[{"anyOf": [{"required": [name], "properties": {name: {"type": "string"}}}
+                          for name in matches]},
+               {"oneOf": [{"required": ["ends_at"]}, {"required": ["duration"]}]}],
+        description=f"at least one of {', '.join(matches)} (not null); ends_at or duration. "
+                    + MUTE_RULES)
+
+
 SCHEMAS: dict[str, Any] = {
     "Error": _obj({
         "error": _obj({
             "code": {"type": "string", "description": "machine-readable, e.g. not_found, "
-                     "unauthorized, bad_window, bad_range, unknown_cmd, bad_args, conflict"},
+                     "unauthorized, bad_window, bad_range, unknown_cmd, bad_args, conflict, "
+                     "unknown_param"},
             "message": {"type": "string", "description": "for people"},
         }),
     }),
@@ -119,11 +159,30 @@ SCHEMAS: dict[str, Any] = {
         "resolved_at": MS_OR_NULL,
     }),
     "AlertList": _obj({"alerts": {"type": "array", "items": _ref("Alert")}}),
-    "CommandRequest": _obj({
-        "cmd": {"type": "string", "enum": list(COMMANDS)},
-        "args": {"type": "object", "description": "unlock: {slot}; replay: {from_seq, to_seq}; "
-                 "rebirth, reload: {}"},
-    }, required=["cmd"]),
+    # One schema per command, chosen by cmd (contract §7). Keys of args the command
+    # does not take, and keys of the body besides cmd and args, are ignored.
+    "CommandRequest": {
+        "oneOf": [_ref(f"{name.capitalize()}Command") for name in COMMANDS],
+        "discriminator": {"propertyName": "cmd", "mapping": {
+            name: f"#/components/schemas/{name.capitalize()}Command" for name in COMMANDS}},
+    },
+    "UnlockCommand": _obj({
+        "cmd": {"const": "unlock"},
+        "args": _obj({"slot": {"type": "integer", "minimum": 1, "maximum": MAX_SLOT}}),
+    }, description="open one locker slot"),
+    "ReplayCommand": _obj({
+        "cmd": {"const": "replay"},
+        "args": _obj({"from_seq": SEQ, "to_seq": SEQ}, description=(
+            f"from_seq <= to_seq, at most {MAX_REPLAY_SPAN} events (to_seq - from_seq + 1); "
+            "otherwise 400 bad_args")),
+    }, description="re-send the events from_seq..to_seq; at most 5 a minute a station "
+                   "(then 429)"),
+    **{f"{name.capitalize()}Command": _obj({
+        "cmd": {"const": name},
+        "args": {"type": ["object", "null"], "description": "takes none: {} or null"},
+    }, required=["cmd"], description=text) for name, text in [
+        ("rebirth", "re-send the station's birth and State"),
+        ("reload", "re-read the station's configuration")]},
     "CommandAccepted": _obj({"id": {"type": "string", "pattern": "^c-[0-9a-f]+$"}}),
     "Command": _obj({
         "id": {"type": "string"},
@@ -174,17 +233,8 @@ SCHEMAS: dict[str, Any] = {
         "created_by": {"type": ["string", "null"], "description": "the API token's name"},
         "created_at": MS,
     }),
-    "SilenceRequest": _obj({
-        "sid": SID,
-        "group": {"type": "string", "minLength": 1, "maxLength": 64},
-        "rule": {"type": "string", "enum": list(RULES)},
-        "starts_at": {**MS, "description": "default: now"},
-        "ends_at": MS,
-        "duration": {"type": "string", "example": "2h",
-                     "description": "instead of ends_at: 30m, 2h, 1d (at most 30 days)"},
-        "comment": {"type": ["string", "null"], "maxLength": 500},
-    }, required=[], additionalProperties=False,
-        description="at least one of sid, group, rule; ends_at or duration"),
+    "SilenceRequest": _mute_request(["sid", "group", "rule"], {
+        "rule": {"type": ["string", "null"], "enum": [*RULES, None]}}),
     "SilenceList": _obj({"silences": {"type": "array", "items": _ref("Silence")}}),
     "MaintenanceWindow": _obj({
         "id": {"type": "string", "pattern": "^mw-[0-9a-f]+$"},
@@ -196,16 +246,7 @@ SCHEMAS: dict[str, Any] = {
         "created_by": {"type": ["string", "null"], "description": "the API token's name"},
         "created_at": MS,
     }),
-    "MaintenanceWindowRequest": _obj({
-        "sid": SID,
-        "group": {"type": "string", "minLength": 1, "maxLength": 64},
-        "starts_at": {**MS, "description": "default: now"},
-        "ends_at": MS,
-        "duration": {"type": "string", "example": "3h",
-                     "description": "instead of ends_at: 30m, 2h, 1d (at most 30 days)"},
-        "comment": {"type": ["string", "null"], "maxLength": 500},
-    }, required=[], additionalProperties=False,
-        description="sid or group (or both); ends_at or duration"),
+    "MaintenanceWindowRequest": _mute_request(["sid", "group"], {}),
     "MaintenanceWindowList": _obj({
         "maintenance_windows": {"type": "array", "items": _ref("MaintenanceWindow")}}),
 }
@@ -279,10 +320,11 @@ PATHS: dict[str, Any] = {
         "parameters": [
             P_SID,
             _param("window", "query", {"type": "string", "enum": ["24h", "7d", "30d"]},
-                   "a window ending now (default 24h); not with from/to"),
-            _param("from", "query", {"type": "integer", "minimum": 0},
-                   "start, Unix ms (with to)"),
-            _param("to", "query", {"type": "integer", "minimum": 0}, "end, Unix ms (with from)"),
+                   "a window ending now (default 24h); not with from/to (400 bad_range)"),
+            _param("from", "query", QUERY_MS, "start, Unix ms, [0-9]{1,15}; with to, and "
+                   "before it (otherwise 400 bad_range)"),
+            _param("to", "query", QUERY_MS, "end, Unix ms, [0-9]{1,15}; with from, and "
+                   "after it (otherwise 400 bad_range)"),
             _param("component", "query",
                    {"type": "string", "enum": ["station", "lockers", "dispenser", "kiosk"],
                     "default": "station"}, "which part's uptime"),
@@ -294,8 +336,9 @@ PATHS: dict[str, Any] = {
         "operationId": "listAlerts", "summary": "Alerts, newest first.",
         "parameters": [
             _param("state", "query", {"type": "string", "enum": list(ALERT_STATES)},
-                   "only this state"),
-            _param("sid", "query", SID, "only this station"),
+                   "only this state; empty is 400 bad_state"),
+            _param("sid", "query", {**SID, "minLength": 1},
+                   "only this station; empty is 400 bad_sid, not every station"),
             _param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 10000,
                                       "default": 1000}, "at most this many"),
         ],
@@ -453,8 +496,10 @@ _ERROR_ON_EVERY_OPERATION = {
 @cache
 def _document() -> dict[str, Any]:
     paths = copy.deepcopy(PATHS)
-    for item in paths.values():
+    for path, item in paths.items():
         for op in item.values():
+            if path.startswith("/api/"):  # any query parameter not listed: 400
+                op["responses"].setdefault("400", _err("BadRequest"))
             for status, response in _ERROR_ON_EVERY_OPERATION.items():
                 op["responses"].setdefault(status, response)
             if op.get("security") != []:
@@ -469,7 +514,11 @@ def _document() -> dict[str, Any]:
             "version": "1.0.0",
             "description": "The fleet hub's HTTP interface (Yizhan contract §11). Every "
                            "error is {\"error\": {\"code\", \"message\"}}; times are Unix "
-                           "milliseconds. See docs/hub-api.md.",
+                           "milliseconds; an integer is written as one (5, not 5.0 or "
+                           "5e0). Under /api/v1 a query parameter the operation does not "
+                           "list is refused (400 unknown_param); /healthz, "
+                           "/metrics and /ack/{token} ignore their query. See "
+                           "docs/hub-api.md.",
         },
         "servers": [{"url": "/"}],
         "security": [{"bearer": []}],
@@ -494,6 +543,13 @@ def scope(path: str, method: str) -> str | None:
     if op is None:
         return "admin"
     return op.get("x-yizhan-scope")
+
+
+def query_names(path: str, method: str) -> frozenset[str]:
+    """The query parameters the document lists for ``method`` on ``path``; the app
+    refuses any other (hub/http/web.py). None listed for an undescribed operation."""
+    op = _document()["paths"].get(path, {}).get(method.lower(), {})
+    return frozenset(p["name"] for p in op.get("parameters", []) if p["in"] == "query")
 
 
 def document() -> dict[str, Any]:

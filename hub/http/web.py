@@ -103,6 +103,15 @@ def create_app(hub: Hub) -> Flask:
     def ack_link_post(token: str):
         return ack_by_link(hub, token)
 
+    @app.before_request
+    def openapi_query():
+        # The blueprint's routes check their query after the token (require_token).
+        # /healthz, /metrics and /ack/<token> ignore theirs: chat apps append their
+        # own parameters to the links they open (WeChat's from=singlemessage).
+        if request.blueprint != "api" and request.path.startswith("/api/"):
+            return known_query()
+        return None
+
     # The description is public (it holds no data), so tools can read it without a token.
     @app.get("/api/v1/openapi.json")
     def openapi_json():
@@ -180,6 +189,22 @@ def require_token():
         return error("forbidden", f"the token {found.name!r} lacks the scope {needed!r} "
                      f"this needs", 403)
     g.token_name = found.actor
+    return known_query()
+
+
+def known_query():
+    """400 ``unknown_param`` for a query parameter the operation's OpenAPI entry does
+    not list: a misspelt filter (``?stat=firing``) would otherwise answer everything,
+    and a client could not tell. The document is the list (docs/hub-api.md)."""
+    if request.url_rule is None or not request.args:
+        return None
+    method = "GET" if request.method in ("HEAD", "OPTIONS") else request.method
+    known = openapi.query_names(_document_path(request.url_rule.rule), method)
+    unknown = sorted(set(request.args) - known)
+    if unknown:
+        listed = ", ".join(sorted(known)) or "none"
+        return error("unknown_param", f"unknown query parameter {unknown[0][:40]!r}; "
+                     f"this takes: {listed}", 400)
     return None
 
 
@@ -279,8 +304,10 @@ def station_uptime(sid: str):
 
 @api.get("/alerts")
 def list_alerts():
-    state = request.args.get("state") or None
-    sid = request.args.get("sid") or None
+    # An empty value is refused, not read as absent: "sid=" from a template whose
+    # variable was unset must not list the whole fleet's alerts.
+    state = request.args.get("state")
+    sid = request.args.get("sid")
     if state is not None and state not in ALERT_STATES:
         return error("bad_state", f"state must be one of {', '.join(ALERT_STATES)}", 400)
     if sid is not None:
