@@ -173,3 +173,64 @@ def test_a_return_at_the_lending_station_closes_at_once(
     lender.event("bank_returned", slot=2, bank=BANK, charge=40, rider=None)
     wait_until(lambda: hub.fleet.loans.open_loan(BANK) is None, 10, "the loan closed")
     assert hub.fleet.loans.claimed(BANK) is None
+
+
+def test_a_borrow_elsewhere_no_state_of_that_station_showed_does_not_close_the_loan(
+        hub: Hub, senders: tuple[Sender, Sender], clock: ManualClock) -> None:
+    # A stolen identity of OTHER says it lent LENDER's bank: only its word.
+    lender, other = senders
+    lent(hub, lender)
+    loan = hub.fleet.loans.open_loan(BANK)
+    other.state({1: None})
+    clock.advance(600)
+    other.event("bank_borrowed", slot=1, bank=BANK, charge=40, rider=examples.RIDER)
+    wait_until(lambda: seen(hub, other), 10, "the borrow heard")
+    time.sleep(0.3)  # whatever the hub would do with it, done by now
+    assert hub.fleet.loans.open_loan(BANK) == loan
+    assert hub.fleet.loans.claimed(BANK).sid == OTHER
+    assert hub.writer.flush(5)
+    with hub.store.engine.connect() as conn:
+        (row,) = conn.execute(sa.select(loans)).mappings()
+    assert row["sid"] == LENDER and row["returned_ms"] is None
+    # No State of OTHER shows it within ten minutes: overdue at the lender.
+    clock.advance(CONFIRM_S + 1)
+    hub.evaluate_alerts()
+    wait_until(lambda: overdue_alerts(hub), 10, "bank_overdue at the lending station")
+
+
+def test_a_bank_back_unheard_and_borrowed_again_there_closes_the_loan_where_it_was_seen(
+        hub: Hub, senders: tuple[Sender, Sender], clock: ManualClock) -> None:
+    # The rider brought it to OTHER and that return's event was lost (a wiped
+    # station); OTHER's State shows the bank, then someone borrows it there.
+    lender, other = senders
+    lent(hub, lender)
+    clock.advance(600)
+    seen_ms = clock.ms()
+    other.state({1: BANK})
+    wait_until(lambda: hub.fleet.loans.open_loan(BANK) is None, 10, "the loan closed")
+    clock.advance(60)
+    other.event("bank_borrowed", slot=1, bank=BANK, charge=96, rider=examples.RIDER)
+    wait_until(lambda: (new := hub.fleet.loans.open_loan(BANK)) and new.sid == OTHER, 10,
+               "the new loan open at the other station")
+    assert hub.fleet.loans.claimed(BANK) is None
+    assert hub.writer.flush(5)
+    with hub.store.engine.connect() as conn:
+        first, second = conn.execute(sa.select(loans).order_by(loans.c.id)).mappings()
+    assert first["sid"] == LENDER and first["returned_sid"] == OTHER
+    assert first["returned_ms"] == seen_ms  # the hub's receipt of that State
+    assert second["sid"] == OTHER and second["returned_ms"] is None
+
+
+def test_claiming_again_does_not_put_the_alert_off(
+        hub: Hub, senders: tuple[Sender, Sender], clock: ManualClock) -> None:
+    lender, other = senders
+    lent(hub, lender)
+    other.state({1: None})
+    other.event("bank_returned", slot=1, bank=BANK, charge=40, rider=None)
+    wait_until(lambda: hub.fleet.loans.claimed(BANK), 10, "the claim")
+    clock.advance(CONFIRM_S - 60)
+    other.event("bank_returned", slot=1, bank=BANK, charge=40, rider=None)
+    wait_until(lambda: seen(hub, other), 10, "the second return heard")
+    clock.advance(61)
+    hub.evaluate_alerts()
+    wait_until(lambda: overdue_alerts(hub), 10, "bank_overdue at the first deadline")

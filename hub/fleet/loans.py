@@ -12,6 +12,18 @@ a stolen station identity must not close other stations' loans with made-up
 ``RETURN_CONFIRM_MS`` it counts as overdue (``bank_overdue`` at the lending
 station, docs/alerts.md). A return at the lending station closes at once.
 
+A borrow at another station of a bank still on loan is the same kind of word:
+the bank must have come back there unheard (a lost ``bank_returned``), and the
+corroboration is that station's State showing the bank in a slot. A State of
+any station but the lender that shows a bank on loan closes that loan there
+(the return whose event was lost), so a borrow that still finds the loan open
+was never corroborated: it is a claim of that station, as a return there would
+be, and opens no loan of its own (a bank is on one loan at a time).
+
+Claims are kept in the ``loans`` row (``claim_sid``, ``claim_ms``,
+``confirm_by_ms``), written with the event that makes them, and loaded at
+start with the open loans: a hub restart neither closes nor forgets one.
+
 The fleet decides on the MQTT thread, with the event it has just found new
 (``Loans.on_event``), and the rows are written in the very transaction that
 stores the event (``Writer`` op), only when that insert inserted:
@@ -19,7 +31,7 @@ stores the event (``Writer`` op), only when that insert inserted:
 >>> loans = Loans(store, loan_hours=24)
 >>> rows = loans.on_event(sid, epoch, event, at_ms)     # [] for other event types
 >>> writer.submit(Guarded(insert_event, event_row, rows))  # written if the event is new
->>> writer.submit(*loans.on_state(sid, state, at_ms))    # returns elsewhere confirmed
+>>> writer.submit(*loans.on_state(sid, state, now_ms))   # returns elsewhere confirmed
 >>> loans.overdue(clock.ms())                           # open loans past due
 
 The open loans are also kept in memory, loaded at start, for ``open_count`` and
@@ -120,16 +132,27 @@ class Loans:
             .where(table.c.bank == sa.bindparam("b_bank"), table.c.returned_ms.is_(None),
                    table.c.borrowed_ms <= sa.bindparam("b_at"))
             .values(returned_ms=sa.bindparam("b_at"), returned_sid=sa.bindparam("b_sid")))
+        self._claim = (
+            table.update()
+            .where(table.c.borrow_event == sa.bindparam("b_key"), table.c.returned_ms.is_(None))
+            .values(claim_sid=sa.bindparam("b_sid"), claim_ms=sa.bindparam("b_at"),
+                    confirm_by_ms=sa.bindparam("b_by")))
         self._load()
 
     def _load(self) -> None:
         q = sa.select(table).where(table.c.returned_ms.is_(None)).order_by(table.c.borrowed_ms)
         with self.store.engine.connect() as conn:
             for row in conn.execute(q).mappings():
-                self._open[row["bank"]] = Loan(
-                    key=row["borrow_event"], sid=row["sid"], bank=row["bank"],
+                bank = row["bank"]
+                self._open[bank] = Loan(
+                    key=row["borrow_event"], sid=row["sid"], bank=bank,
                     rider=row["rider"], slot=row["slot"], borrowed_ms=row["borrowed_ms"],
                     due_ms=row["due_ms"])
+                if row["claim_sid"] is not None and row["confirm_by_ms"] is not None:
+                    self._claims[bank] = Claim(row["claim_sid"], row["claim_ms"],
+                                               row["confirm_by_ms"])
+                else:
+                    self._claims.pop(bank, None)  # an older row's claim is not this loan's
 
     # -- reading ------------------------------------------------------------------------
 
@@ -180,57 +203,98 @@ class Loans:
             log.warning("%s from %s: bank id %r is longer than %d characters; no loan kept",
                         event.type, sid, bank[:40], BANK_ID_MAX)
             return []
+        now_ms = at_ms if now_ms is None else max(now_ms, at_ms)
         if event.type == "bank_borrowed":
-            return self._borrowed(sid, epoch, event, at_ms)
+            return self._borrowed(sid, epoch, event, at_ms, now_ms)
         if event.type == "bank_returned":
-            return self._returned(sid, epoch, event, at_ms,
-                                  at_ms if now_ms is None else max(now_ms, at_ms))
+            return self._returned(sid, epoch, event, at_ms, now_ms)
         return []
 
-    def on_state(self, sid: str, state: m.State) -> Effect:
-        """A new State of ``sid``: the loans whose return there it confirms (the
-        bank is in one of its slots) closed; the writes to run for that."""
-        if not self._claims or state.lockers is None:
+    def on_state(self, sid: str, state: m.State, now_ms: int | None = None) -> Effect:
+        """A new State of ``sid``: the loans of other stations whose bank it shows
+        in a slot closed there, at the time the claim of ``sid`` says or else
+        at ``now_ms`` (the hub's receipt; ``state.ts`` when not given); the
+        writes to run for that."""
+        if state.lockers is None or not self._open:
             return []
         shown = {slot.bank for slot in state.lockers.slots if slot.bank is not None}
+        seen_ms = state.ts if now_ms is None else now_ms
         out: Effect = []
         with self._lock:
-            for bank in [b for b, c in self._claims.items() if c.sid == sid and b in shown]:
-                claim = self._claims.pop(bank)
-                self._open.pop(bank, None)
-                log.info("bank %s confirmed back at %s", bank, sid)
-                out.append(Rows(self._give_back, {"b_bank": bank, "b_at": claim.returned_ms,
+            for bank in shown:
+                loan = self._open.get(bank)
+                if loan is None or loan.sid == sid:
+                    # The lender's own State: its return there closes the loan,
+                    # and a State that raced the borrow must not.
+                    continue
+                claim = self._claims.pop(bank, None)
+                del self._open[bank]
+                if claim is not None and claim.sid == sid:
+                    back_ms = claim.returned_ms
+                    log.info("bank %s confirmed back at %s", bank, sid)
+                else:
+                    # Back here with no return heard from here (a lost event).
+                    back_ms = max(loan.borrowed_ms, seen_ms)
+                    log.info("bank %s lent at %s is in a slot at %s; loan closed",
+                             bank, loan.sid, sid)
+                out.append(Rows(self._give_back, {"b_bank": bank, "b_at": back_ms,
                                                   "b_sid": sid}, order=(ORDER, bank)))
         return out
 
-    def _borrowed(self, sid: str, epoch: str, event: m.Event, at_ms: int) -> Effect:
+    def _claimed(self, loan: Loan, sid: str, at_ms: int, now_ms: int) -> Effect:
+        """``sid`` says ``loan``'s bank came back there at ``at_ms``: the claim,
+        and its write. Caller holds the lock. A claim made over another keeps
+        the earlier deadline: claiming again must not put the alert off."""
+        by_ms = now_ms + RETURN_CONFIRM_MS
+        earlier = self._claims.get(loan.bank)
+        if earlier is not None:
+            by_ms = min(by_ms, earlier.confirm_by_ms)
+        self._claims[loan.bank] = Claim(sid, at_ms, by_ms)
+        return [Rows(self._claim, {"b_key": loan.key, "b_sid": sid, "b_at": at_ms,
+                                   "b_by": by_ms}, order=(ORDER, loan.bank))]
+
+    def _borrowed(self, sid: str, epoch: str, event: m.Event, at_ms: int,
+                  now_ms: int) -> Effect:
         data = event.data
         loan = Loan(key=borrow_key(sid, epoch, event.seq), sid=sid, bank=data["bank"],
                     rider=data.get("rider"), slot=data.get("slot"), borrowed_ms=at_ms,
                     due_ms=at_ms + self.loan_ms)
         returned: tuple[str | None, int] | None = None
+        claim: Claim | None = None
         with self._lock:
             earlier = self._unmatched.get(loan.bank)
-            if earlier is not None and earlier[1] >= at_ms and earlier[0] != sid:
+            previous = self._open.get(loan.bank)
+            heard_back = earlier is not None and earlier[1] >= at_ms
+            if (not heard_back and previous is not None and previous.key != loan.key
+                    and previous.sid != sid and previous.borrowed_ms <= at_ms):
+                # Lent by another station and never seen here since (a State of
+                # this station showing it would have closed that loan, on_state):
+                # only this station says the bank came back. Its claim, as a
+                # return here would be; the loan stays open meanwhile.
+                log.warning("bank %s borrowed at %s while its loan from %s is open, and "
+                            "no State of %s showed it; a claim until one does",
+                            loan.bank, sid, previous.sid, sid)
+                return self._claimed(previous, sid, at_ms, now_ms)
+            if heard_back and earlier[0] != sid:
                 # Its return elsewhere was heard first: a claim, until that
                 # station's State shows the bank.
                 self._unmatched.pop(loan.bank)
                 self._open[loan.bank] = loan
-                self._claims[loan.bank] = Claim(earlier[0], earlier[1],
-                                                earlier[1] + RETURN_CONFIRM_MS)
-            elif earlier is not None and earlier[1] >= at_ms:
+                claim = Claim(earlier[0], earlier[1], earlier[1] + RETURN_CONFIRM_MS)
+                self._claims[loan.bank] = claim
+            elif heard_back:
                 # Its return was heard first (the borrowing station was offline).
                 returned = self._unmatched.pop(loan.bank)
             else:
-                previous = self._open.get(loan.bank)
                 if previous is not None and previous.key != loan.key:
                     if previous.borrowed_ms > at_ms:
                         # A late borrow of an earlier round: the bank came back
                         # before it was taken again, where is not known.
                         returned = (None, previous.borrowed_ms)
                     else:
-                        # Taken again, so it came back meanwhile; that return was
-                        # never heard (a wiped station). The old loan ends here.
+                        # Taken again where it was lent, so it came back there
+                        # meanwhile; that return was never heard (a wiped
+                        # station). The old loan ends here.
                         log.warning("bank %s borrowed at %s while its loan from %s was "
                                     "open; closing that loan", loan.bank, sid, previous.sid)
                 if returned is None:
@@ -240,7 +304,10 @@ class Loans:
                   "charge": data.get("charge"), "borrowed_ms": at_ms, "due_ms": loan.due_ms,
                   "borrow_event": loan.key,
                   "returned_ms": returned[1] if returned else None,
-                  "returned_sid": returned[0] if returned else None}
+                  "returned_sid": returned[0] if returned else None,
+                  "claim_sid": claim.sid if claim else None,
+                  "claim_ms": claim.returned_ms if claim else None,
+                  "confirm_by_ms": claim.confirm_by_ms if claim else None}
         earlier = {"b_bank": loan.bank, "b_at": at_ms, "b_key": loan.key}
 
         # An open loan of an earlier borrow of this bank ended before this one.
@@ -255,10 +322,9 @@ class Loans:
             if loan is not None and loan.sid != sid and loan.borrowed_ms <= at_ms:
                 # Back at another station: only that station says so. Closed when
                 # its next State shows the bank (on_state), overdue if none does.
-                self._claims[bank] = Claim(sid, at_ms, now_ms + RETURN_CONFIRM_MS)
                 log.info("bank %s lent at %s returned at %s; open until a State of %s "
                          "shows it", bank, loan.sid, sid, sid)
-                return []
+                return self._claimed(loan, sid, at_ms, now_ms)
             if loan is not None and _earlier_here(loan, sid, epoch, event.seq):
                 # Borrowed here before, by the station's own count: whatever the
                 # dates say. A borrow made before the Pi's clock was synced is dated

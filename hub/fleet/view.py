@@ -488,7 +488,7 @@ class Fleet:
                                                                   ensure_ascii=False)}
         self._submit(Rows(self._save_state, values, key=v.sid))  # the newest State wins
         # Returns of other stations' loans here are confirmed by the bank in a slot.
-        for rows in self.loans.on_state(v.sid, state):
+        for rows in self.loans.on_state(v.sid, state, now_ms):
             self._submit(rows)
         self._save(st)
         return APPLIED
