@@ -106,6 +106,12 @@ loans = sa.Table(
     sa.Column("returned_ms", sa.BigInteger, nullable=True),
     sa.Column("returned_sid", sa.String(32), nullable=True),
     sa.Column("borrow_event", sa.String(80), nullable=False),  # sid/epoch/seq
+    # A return (or a borrow) of this open loan's bank at another station, not
+    # yet shown by that station's State (hub/fleet/loans.py, ``Claim``): kept
+    # here so that a hub restart neither closes nor forgets it.
+    sa.Column("claim_sid", sa.String(32), nullable=True),
+    sa.Column("claim_ms", sa.BigInteger, nullable=True),  # when the claim says
+    sa.Column("confirm_by_ms", sa.BigInteger, nullable=True),  # hub time: overdue after
     # Named, because SQLite migrations can only change a constraint with a name.
     sa.UniqueConstraint("borrow_event", name="uq_loans_borrow_event"),
     sa.Index("loans_open_bank", "bank", "returned_ms"),
