@@ -124,7 +124,7 @@ class Hub:
         self.acklinks = AckLinks.from_config(config, clock)
         self.outbox = Outbox(self.store, self.writer, clock,
                              build_notifiers(config.notifier_specs, config.routing.timezone),
-                             acklinks=self.acklinks)
+                             acklinks=self.acklinks, registry=self.registry)
         self.engine = AlertEngine(config, self.fleet, self.alerts, clock,
                                   forecaster=self.forecaster)
         # One way: the engine tells its listeners of each transition and knows

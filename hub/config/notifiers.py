@@ -25,6 +25,24 @@ DEFAULT_ACK_LINK_TTL = 24 * 3600.0
 
 
 @dataclass(frozen=True)
+class NotifyLimits:
+    """How many notifications one notifier sends before it holds the rest back
+    for a digest (``limits:`` of a notifier; docs/alerts.md, "Rate limits").
+
+    ``per_station`` notifications of one station in ``station_window`` seconds;
+    ``per_minute`` of all stations in any 60 s (WeCom and DingTalk robots take 20
+    a minute); what is over either waits, stored, for one digest message every
+    ``digest_every`` seconds. A critical alert skips the per-station limit and
+    is counted per minute against critical ones only (lesser ones never hold it).
+    """
+
+    per_station: int = 6
+    station_window: float = 600.0
+    per_minute: int = 20
+    digest_every: float = 300.0
+
+
+@dataclass(frozen=True)
 class NotifierSpec:
     """One entry of ``notifiers:``, checked. Secrets (``secret``, ``password`` and
     ``url``, which carries the robot's key or token) stay out of ``repr``; log
@@ -48,6 +66,7 @@ class NotifierSpec:
     sender: str | None = None
     to: tuple[str, ...] = ()
     ca_file: str | None = None
+    limits: NotifyLimits = NotifyLimits()
 
     def redacted(self) -> dict[str, Any]:
         """For logs: where it goes, never a key, token, secret or password."""
@@ -135,6 +154,24 @@ def _robot_url(sec: Section, base: Path | None, param: str, template: str,
     return url
 
 
+def parse_limits(notifier: Section) -> NotifyLimits:
+    """A notifier's ``limits:`` (every key optional, the defaults of NotifyLimits)."""
+    sec = notifier.section("limits")
+    if sec is None:
+        return NotifyLimits()
+    d = NotifyLimits()
+    limits = NotifyLimits(
+        per_station=sec.int("per_station", d.per_station, lo=1, hi=10_000),
+        station_window=sec.duration("station_window", d.station_window),
+        per_minute=sec.int("per_minute", d.per_minute, lo=1, hi=10_000),
+        digest_every=sec.duration("digest_every", d.digest_every))
+    if not 60 <= limits.station_window <= 86_400:
+        raise ConfigError(sec.key("station_window"), "must be at least 1m and at most 24h")
+    if not 60 <= limits.digest_every <= 86_400:
+        raise ConfigError(sec.key("digest_every"), "must be at least 1m and at most 24h")
+    return limits
+
+
 def parse_notifier(sec: Section, base: Path | None = None) -> NotifierSpec:
     """One ``notifiers:`` entry; every problem names its key."""
     name = sec.str("name", required=True)
@@ -149,6 +186,7 @@ def parse_notifier(sec: Section, base: Path | None = None) -> NotifierSpec:
     }
     if not 0 < common["timeout"] <= 120:
         raise ConfigError(sec.key("timeout"), "must be more than 0s and at most 2m")
+    common["limits"] = parse_limits(sec)
 
     if kind == "webhook":
         url = _http_url(sec, base)

@@ -206,15 +206,21 @@ SCHEMAS: dict[str, Any] = {
         "alert_id": {"type": ["string", "null"]},
         "notifier": {"type": "string"},
         "kind": {"type": "string",
-                 "enum": ["firing", "resolved", "acked", "escalated", "reminder"]},
-        "state": {"type": "string", "enum": ["pending", "delivered", "failed"],
+                 "enum": ["firing", "resolved", "acked", "escalated", "reminder", "digest"]},
+        "state": {"type": "string",
+                  "enum": ["pending", "delivered", "failed", "held", "digested"],
                   "description": "failed: given up after an error the platform calls "
-                  "permanent (a wrong robot key, say); last_error says which"},
+                  "permanent (a wrong robot key, say); last_error says which. held: over "
+                  "the notifier's rate limits, waiting for its next digest; digested: "
+                  "carried by the digest delivery `digest` (docs/alerts.md, Rate limits)"},
         "attempts": {"type": "integer", "minimum": 0},
         "created": MS,
         "next_attempt": {**MS_OR_NULL, "description": "when it is tried again (pending only)"},
         "delivered": MS_OR_NULL,
         "last_error": {"type": ["string", "null"]},
+        "held": {**MS_OR_NULL, "description": "when it was held back over a rate limit"},
+        "digest": {"type": ["string", "null"],
+                   "description": "the id of the digest delivery that carried it"},
     }),
     "DeliveryList": _obj({
         "alert_id": {"type": "string"},

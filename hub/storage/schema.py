@@ -173,7 +173,17 @@ notifications = sa.Table(
     sa.Column("next_attempt_ms", sa.BigInteger, nullable=False),
     sa.Column("delivered_ms", sa.BigInteger, nullable=True),
     sa.Column("last_error", sa.Text, nullable=True),
+    # Rate limits (docs/alerts.md, "Rate limits"): the station it is about (its
+    # notifications are counted per station), the alert's severity (critical ones
+    # are counted apart), when it was held back over a limit (NULL: sent as
+    # usual), what a digest says of it (JSON), and the digest that carried it.
+    sa.Column("sid", sa.String(32), nullable=True),
+    sa.Column("severity", sa.String(16), nullable=True),
+    sa.Column("held_ms", sa.BigInteger, nullable=True),
+    sa.Column("about", sa.Text, nullable=True),
+    sa.Column("digest_id", sa.String(40), nullable=True),
     sa.Index("notifications_due", "delivered_ms", "next_attempt_ms"),
+    sa.Index("notifications_recent", "notifier", "created_ms"),
 )
 
 # Silences (alert engine, docs/alerts.md): an open alert matching every given

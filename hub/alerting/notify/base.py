@@ -79,6 +79,16 @@ class Notifier(ABC):
                ack_url: str | None, *, delivery_id: str, now_ms: int) -> str:
         """The body to store for this delivery (text; sent as its UTF-8 bytes)."""
 
+    def shape(self, msg: Message, *, delivery_id: str, now_ms: int) -> str:
+        """The stored body of a composed message (each platform shapes its own)."""
+        raise NotImplementedError
+
+    def render_digest(self, msg: Message, entries: Mapping[str, Any], *, delivery_id: str,
+                      now_ms: int) -> str:
+        """The body of a digest of held notifications (hub/alerting/notify/limits.py):
+        ``msg`` for people, ``entries`` (the webhook's digest object) for machines."""
+        return self.shape(msg, delivery_id=delivery_id, now_ms=now_ms)
+
     @abstractmethod
     def send(self, body: str, delivery_id: str, now: float) -> None:
         """Deliver ``body`` (as stored) once; raise :class:`DeliveryFailed` if not.

@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 from urllib.parse import quote_plus
 
 from hub.alerting.notify.base import ChatRobotNotifier, dumps
-from hub.alerting.notify.text import DINGTALK_MARKDOWN_MAX
+from hub.alerting.notify.text import DINGTALK_MARKDOWN_MAX, Message
 
 
 def dingtalk_sign(secret: str, timestamp_ms: int) -> str:
@@ -60,7 +60,10 @@ class DingTalkNotifier(ChatRobotNotifier):
 
     def render(self, kind: str, alert: Mapping[str, Any], station: Mapping[str, Any],
                ack_url: str | None, *, delivery_id: str, now_ms: int) -> str:
-        msg = self.compose(kind, alert, station, ack_url, now_ms)
+        return self.shape(self.compose(kind, alert, station, ack_url, now_ms),
+                          delivery_id=delivery_id, now_ms=now_ms)
+
+    def shape(self, msg: Message, *, delivery_id: str, now_ms: int) -> str:
         return dumps({"msgtype": "markdown", "markdown": {
             "title": msg.title,  # what the notification and the chat list show
             "text": msg.markdown("dingtalk", max_bytes=DINGTALK_MARKDOWN_MAX),

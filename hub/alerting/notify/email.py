@@ -24,6 +24,7 @@ from email.utils import format_datetime
 from typing import Any
 
 from hub.alerting.notify.base import DeliveryFailed, Notifier
+from hub.alerting.notify.text import Message
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,10 @@ class EmailNotifier(Notifier):
 
     def render(self, kind: str, alert: Mapping[str, Any], station: Mapping[str, Any],
                ack_url: str | None, *, delivery_id: str, now_ms: int) -> str:
-        msg = self.compose(kind, alert, station, ack_url, now_ms)
+        return self.shape(self.compose(kind, alert, station, ack_url, now_ms),
+                          delivery_id=delivery_id, now_ms=now_ms)
+
+    def shape(self, msg: Message, *, delivery_id: str, now_ms: int) -> str:
         mail = EmailMessage(policy=SMTP)
         mail["Subject"] = msg.title
         mail["From"] = self.spec.sender

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from hub.alerting.notify.base import ChatRobotNotifier, dumps
-from hub.alerting.notify.text import FEISHU_BODY_MAX
+from hub.alerting.notify.text import FEISHU_BODY_MAX, Message
 
 _TEMPLATE = {"critical": "red", "warning": "orange", "info": "blue"}
 
@@ -51,10 +51,13 @@ class FeishuNotifier(ChatRobotNotifier):
 
     def render(self, kind: str, alert: Mapping[str, Any], station: Mapping[str, Any],
                ack_url: str | None, *, delivery_id: str, now_ms: int) -> str:
-        msg = self.compose(kind, alert, station, ack_url, now_ms)
+        return self.shape(self.compose(kind, alert, station, ack_url, now_ms),
+                          delivery_id=delivery_id, now_ms=now_ms)
+
+    def shape(self, msg: Message, *, delivery_id: str, now_ms: int) -> str:
         if self.spec.format == "text":
             return dumps({"msg_type": "text", "content": {"text": msg.plain()}})
-        ok = kind in ("resolved", "acked")
+        ok = msg.kind in ("resolved", "acked")
         elements: list[dict[str, Any]] = [{"tag": "div", "text": {
             "tag": "lark_md", "content": msg.markdown("lark", max_bytes=FEISHU_BODY_MAX)}}]
         if msg.ack_url:

@@ -26,6 +26,11 @@ keeps the ids it took and drops repeats.
 
 A delivery given up has ``next_attempt_ms = NEVER``: the column is NOT NULL,
 and "never" is what it means.
+
+Each notifier's rate limits (``hub.alerting.notify.limits``) are applied as the
+row is stored: one over a limit is stored *held* (``held_ms``), never sent
+alone; the sender makes one ``digest`` delivery of what is held every
+``digest_every`` and marks the held rows with its id (``digest_id``).
 """
 
 from __future__ import annotations
@@ -40,8 +45,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
+from prometheus_client import Counter
 
 from hub.alerting.acklink import AckLinks
+from hub.alerting.notify import limits as lim
 from hub.alerting.notify.base import DeliveryFailed, Notifier, OutboxUnavailable, UnknownNotifier
 from hub.alerting.notify.text import ASKS_FOR_ACK, KINDS, NO_ACK_RULES
 from hub.storage.schema import notifications as table
@@ -56,7 +63,8 @@ NEVER = 2**62
 DEFAULT_BACKOFF = (5.0, 600.0)
 DEFAULT_FAILING_AFTER = 600.0
 PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
-STATES = (PENDING, DELIVERED, FAILED)
+HELD, DIGESTED = "held", "digested"  # over a rate limit; then carried by a digest
+STATES = (PENDING, DELIVERED, FAILED, HELD, DIGESTED)
 _MAX_PER_PUMP = 1000  # attempts of one notifier in one pass, so close() is heard
 
 _ids = itertools.count()
@@ -70,7 +78,11 @@ def new_delivery_id(now_ms: int) -> str:
 
 def to_delivery(row: Any) -> dict[str, Any]:
     """A row as the API shows it (never the body: it holds the ack link)."""
-    if row.delivered_ms is not None:
+    if row.digest_id is not None:
+        state = DIGESTED
+    elif row.held_ms is not None:
+        state = HELD
+    elif row.delivered_ms is not None:
         state = DELIVERED
     elif row.next_attempt_ms >= NEVER:
         state = FAILED
@@ -81,6 +93,7 @@ def to_delivery(row: Any) -> dict[str, Any]:
         "state": state, "attempts": row.attempts, "created": row.created_ms,
         "next_attempt": row.next_attempt_ms if state == PENDING else None,
         "delivered": row.delivered_ms, "last_error": row.last_error,
+        "held": row.held_ms, "digest": row.digest_id,
     }
 
 
@@ -110,7 +123,8 @@ class Outbox:
                  acklinks: AckLinks | None = None,
                  backoff: tuple[float, float] = DEFAULT_BACKOFF, jitter: float = 0.2,
                  failing_after: float = DEFAULT_FAILING_AFTER, flush_timeout: float = 5.0,
-                 poll: float = 2.0, rng: random.Random | None = None) -> None:
+                 poll: float = 2.0, rng: random.Random | None = None,
+                 registry: Any = None) -> None:
         if backoff[0] <= 0 or backoff[1] < backoff[0] or not 0 <= jitter < 1:
             raise ValueError("backoff must be (first > 0, max ≥ first) and 0 ≤ jitter < 1")
         self.store = store
@@ -129,6 +143,12 @@ class Outbox:
         self._closing = threading.Event()
         self._threads: list[threading.Thread] = []
         self._closed = False
+        self._held = Counter(
+            "yizhan_notifications_held", "Notifications held back over a notifier's rate "
+            "limits, to be summed up in its next digest.", ["notifier"],
+            registry=registry)
+        for name in self.notifiers:
+            self._held.labels(name)  # every notifier from the start, at 0
         self._load_health()
 
     # -- enqueue (any thread) ------------------------------------------------------------
@@ -156,16 +176,29 @@ class Outbox:
                 and alert.get("rule") not in NO_ACK_RULES):
             ack_url = self.acklinks.url(str(alert["id"]), notifier_name, now_ms / 1000)
         body = notifier.render(kind, alert, station, ack_url, delivery_id=did, now_ms=now_ms)
+        sid = str(station.get("sid") or alert.get("sid") or "")[:32] or None
         row = {"id": did, "alert_id": alert.get("id"), "notifier": notifier_name, "kind": kind,
                "body": body, "created_ms": now_ms, "attempts": 0, "next_attempt_ms": now_ms,
-               "delivered_ms": None, "last_error": None}
-        insert = self.store.insert_ignore(table).values(**row)
+               "delivered_ms": None, "last_error": None, "sid": sid,
+               "severity": str(alert.get("severity") or "")[:16] or None}
+        held_about = lim.about(kind, alert, station, notifier.language)
+        limits = notifier.spec.limits
 
-        def store_row(conn: sa.Connection) -> bool:
-            conn.execute(insert)  # a row already there (same delivery_id) is kept
-            return True
+        def store_row(conn: sa.Connection) -> str | None:
+            # Counted and stored in one operation: the writer runs one at a time.
+            if conn.execute(sa.select(table.c.id).where(table.c.id == did)).first():
+                return None  # already stored (same delivery_id): kept as it is
+            why = lim.held_reason(conn, limits, notifier_name, kind, alert, sid, now_ms)
+            held = {"held_ms": now_ms, "about": held_about} if why else {}
+            conn.execute(self.store.insert_ignore(table).values(**row, **held))
+            return why
 
-        self._write(store_row)
+        why = self._write(store_row)
+        if why:
+            self._held.labels(notifier_name).inc()
+            log.info("held %s %s of alert %s for %s (limit: %s) for the next digest",
+                     did, kind, alert.get("id"), notifier_name, why)
+            return did
         log.debug("queued %s %s of alert %s for %s", did, kind, alert.get("id"), notifier_name)
         self._wake[notifier_name].set()
         return did
@@ -176,8 +209,8 @@ class Outbox:
         return deliveries(self.store, alert_id)
 
     def pending(self, notifier: str | None = None) -> list[dict[str, Any]]:
-        """Deliveries not yet delivered nor given up, oldest first."""
-        q = sa.select(table).where(table.c.delivered_ms.is_(None),
+        """Deliveries not yet delivered nor given up (nor held), oldest first."""
+        q = sa.select(table).where(table.c.delivered_ms.is_(None), table.c.held_ms.is_(None),
                                    table.c.next_attempt_ms < NEVER)
         if notifier is not None:
             q = q.where(table.c.notifier == notifier)
@@ -196,18 +229,32 @@ class Outbox:
                           if h.gave_up or (h.failing_since_ms is not None
                                            and now_ms - h.failing_since_ms >= limit))
 
+    def held(self, notifier: str | None = None) -> list[dict[str, Any]]:
+        """Deliveries held back over a rate limit, not yet in a digest, oldest first."""
+        q = sa.select(table).where(table.c.held_ms.is_not(None), table.c.digest_id.is_(None))
+        if notifier is not None:
+            q = q.where(table.c.notifier == notifier)
+        q = q.order_by(table.c.created_ms, table.c.id)
+        with self.store.engine.connect() as conn:
+            return [to_delivery(r) for r in conn.execute(q)]
+
     def status(self) -> dict[str, dict[str, Any]]:
         """Per notifier: ``failing_since`` (ms or None), ``gave_up``, ``last_error``,
-        ``last_delivered`` and ``pending`` (count)."""
+        ``last_delivered``, ``pending`` and ``held`` (counts)."""
         q = (sa.select(table.c.notifier, sa.func.count())
-             .where(table.c.delivered_ms.is_(None), table.c.next_attempt_ms < NEVER)
+             .where(table.c.delivered_ms.is_(None), table.c.held_ms.is_(None),
+                    table.c.next_attempt_ms < NEVER)
              .group_by(table.c.notifier))
+        qh = (sa.select(table.c.notifier, sa.func.count())
+              .where(table.c.held_ms.is_not(None), table.c.digest_id.is_(None))
+              .group_by(table.c.notifier))
         with self.store.engine.connect() as conn:
             counts = dict(conn.execute(q).all())
+            held = dict(conn.execute(qh).all())
         with self._lock:
             return {name: {"failing_since": h.failing_since_ms, "gave_up": h.gave_up,
                            "last_error": h.last_error, "last_delivered": h.delivered_ms,
-                           "pending": counts.get(name, 0)}
+                           "pending": counts.get(name, 0), "held": held.get(name, 0)}
                     for name, h in sorted(self._health.items())}
 
     # -- sending -------------------------------------------------------------------------
@@ -225,25 +272,68 @@ class Outbox:
         """Send ``name``'s due rows in order until one fails or none is due.
         (attempts made, when the next row is due or None)."""
         notifier = self.notifiers[name]
+        digest_ms = self._digest(notifier, self.clock.ms() if now_ms is None else now_ms)
         made = 0
         while made < _MAX_PER_PUMP and not self._closing.is_set():
             row = self._head(name)
             if row is None:
-                return made, None
+                return made, digest_ms
             now = self.clock.ms() if now_ms is None else now_ms
             if row.next_attempt_ms > now:
-                return made, row.next_attempt_ms
+                return made, _sooner(row.next_attempt_ms, digest_ms)
             made += 1
             if not self._attempt(notifier, row, now):
                 # Failed, or another worker has it: come back when it is due.
                 row = self._head(name)
-                return made, row.next_attempt_ms if row is not None else None
+                return made, _sooner(row.next_attempt_ms if row is not None else None,
+                                     digest_ms)
         return made, self.clock.ms()
+
+    def _digest(self, notifier: Notifier, now_ms: int) -> int | None:
+        """Make the digest of ``notifier``'s held rows if it is due (the oldest held
+        ``digest_every`` ago); when the next one is due, or None."""
+        name = notifier.name
+        every_ms = int(notifier.spec.limits.digest_every * 1000)
+        q = (sa.select(table)
+             .where(table.c.notifier == name, table.c.held_ms.is_not(None),
+                    table.c.digest_id.is_(None))
+             .order_by(table.c.held_ms, table.c.id).limit(lim.MAX_PER_DIGEST))
+        with self.store.engine.connect() as conn:
+            rows = conn.execute(q).all()
+            held = conn.execute(
+                sa.select(sa.func.count()).select_from(table)
+                .where(table.c.notifier == name, table.c.held_ms.is_not(None),
+                       table.c.digest_id.is_(None))).scalar()
+        if not rows:
+            return None
+        if rows[0].held_ms + every_ms > now_ms:
+            return rows[0].held_ms + every_ms
+        did = new_delivery_id(now_ms)
+        entries = lim.digest_entries(rows)
+        msg = lim.digest_message(entries, len(rows), notifier.spec.limits, notifier.language,
+                                 did)
+        body = notifier.render_digest(msg, lim.webhook_digest(entries, len(rows)),
+                                      delivery_id=did, now_ms=now_ms)
+        ids = [r.id for r in rows]
+        digest = {"id": did, "alert_id": None, "notifier": name, "kind": lim.DIGEST,
+                  "body": body, "created_ms": now_ms, "attempts": 0, "next_attempt_ms": now_ms,
+                  "delivered_ms": None, "last_error": None}
+
+        def store_digest(conn: sa.Connection) -> None:
+            conn.execute(table.insert().values(**digest))
+            conn.execute(table.update()
+                         .where(table.c.id.in_(ids), table.c.digest_id.is_(None))
+                         .values(digest_id=did))
+
+        self._write(store_digest)
+        log.info("digest %s of %d held notifications for %s", did, len(rows), name)
+        # More than one digest holds: the rest go in the next one, at once.
+        return now_ms if held > len(rows) else None
 
     def _head(self, name: str) -> Any:
         q = (sa.select(table)
              .where(table.c.notifier == name, table.c.delivered_ms.is_(None),
-                    table.c.next_attempt_ms < NEVER)
+                    table.c.held_ms.is_(None), table.c.next_attempt_ms < NEVER)
              .order_by(table.c.created_ms, table.c.id).limit(1))
         with self.store.engine.connect() as conn:
             return conn.execute(q).first()
@@ -390,6 +480,7 @@ class Outbox:
     def _orphans(self) -> dict[str, int]:
         q = (sa.select(table.c.notifier, sa.func.count())
              .where(table.c.delivered_ms.is_(None), table.c.next_attempt_ms < NEVER,
+                    table.c.held_ms.is_(None),
                     table.c.notifier.not_in(list(self.notifiers) or [""]))
              .group_by(table.c.notifier))
         with self.store.engine.connect() as conn:
@@ -444,14 +535,20 @@ class Outbox:
     # -- housekeeping ----------------------------------------------------------------------
 
     def prune(self, before_ms: int) -> int:
-        """Delete finished deliveries (delivered or given up) created before
-        ``before_ms``; the number deleted. Pending ones are never pruned."""
+        """Delete finished deliveries (delivered, given up or carried by a digest)
+        created before ``before_ms``; the number deleted. Pending and held ones are
+        never pruned."""
         def op(conn: sa.Connection) -> int:
             return conn.execute(
                 table.delete()
                 .where(table.c.created_ms < before_ms,
                        sa.or_(table.c.delivered_ms.is_not(None),
-                              table.c.next_attempt_ms >= NEVER))
+                              table.c.next_attempt_ms >= NEVER,
+                              table.c.digest_id.is_not(None)))
                 .execution_options(preserve_rowcount=True)).rowcount
 
         return int(self._write(op))
+
+
+def _sooner(a: int | None, b: int | None) -> int | None:
+    return b if a is None else a if b is None else min(a, b)

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from hub.alerting.notify.base import DeliveryFailed, HttpNotifier, dumps, snippet
+from hub.alerting.notify.text import Message
 
 #: The Alert object's keys (contract §11), in the contract's order.
 ALERT_KEYS = ("id", "rule", "sid", "severity", "state", "summary", "value", "started_at",
@@ -53,6 +54,10 @@ class WebhookNotifier(HttpNotifier):
     def render(self, kind: str, alert: Mapping[str, Any], station: Mapping[str, Any],
                ack_url: str | None, *, delivery_id: str, now_ms: int) -> str:
         return contract_body(kind, alert, station, ack_url)
+
+    def render_digest(self, msg: Message, entries: Mapping[str, Any], *, delivery_id: str,
+                      now_ms: int) -> str:
+        return dumps(entries)  # limits.webhook_digest: the held alerts, for machines
 
     def request(self, body: str, delivery_id: str, now: float) -> tuple[str, dict, bytes]:
         data = body.encode()

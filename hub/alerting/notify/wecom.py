@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from hub.alerting.notify.base import ChatRobotNotifier, dumps
-from hub.alerting.notify.text import WECOM_MARKDOWN_MAX
+from hub.alerting.notify.text import WECOM_MARKDOWN_MAX, Message
 
 
 class WeComNotifier(ChatRobotNotifier):
@@ -35,6 +35,9 @@ class WeComNotifier(ChatRobotNotifier):
 
     def render(self, kind: str, alert: Mapping[str, Any], station: Mapping[str, Any],
                ack_url: str | None, *, delivery_id: str, now_ms: int) -> str:
-        msg = self.compose(kind, alert, station, ack_url, now_ms)
+        return self.shape(self.compose(kind, alert, station, ack_url, now_ms),
+                          delivery_id=delivery_id, now_ms=now_ms)
+
+    def shape(self, msg: Message, *, delivery_id: str, now_ms: int) -> str:
         content = msg.markdown("wecom", max_bytes=WECOM_MARKDOWN_MAX)
         return dumps({"msgtype": "markdown", "markdown": {"content": content}})
