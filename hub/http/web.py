@@ -33,6 +33,7 @@ from hub.fleet.banks import bank_states
 from hub.fleet.commands import BadCommand, CommandNotSent, TooManyReplays
 from hub.http import openapi
 from hub.http.ackpage import ack_by_link, ack_page
+from hub.http.health import problems_of
 from hub.http.metrics import min_charge
 from protocol.errors import InvalidIdentifier
 from protocol.ids import check_sid
@@ -79,11 +80,7 @@ def create_app(hub: Hub) -> Flask:
 
     @app.get("/healthz")
     def healthz():
-        try:
-            problems = list(hub.problems())
-        except Exception as err:  # the check itself failing is a problem too
-            log.exception("health check failed")
-            problems = [f"health check failed: {err}"]
+        problems = problems_of(hub)  # yizhan_hub_healthy judges the same way
         if problems:
             return jsonify({"ok": False, "problems": problems}), 503
         return jsonify({"ok": True})
