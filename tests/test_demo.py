@@ -13,6 +13,8 @@ import time
 import pytest
 
 from tests.harness.procs import free_port, http_json, wait_until
+from yizhan import prometheus
+from yizhan.demo import start_prometheus
 
 
 def _gone(pid: int) -> bool:
@@ -37,6 +39,34 @@ def _page(url: str) -> str:
 def _children_of(pid: int) -> list[int]:
     out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
     return [int(x) for x in out.stdout.split()]
+
+
+def _check_prometheus(log_text: str, hub_port: int) -> None:
+    """With Prometheus installed the demo runs one with the shipped rules, scraping
+    its hub, and prints its URL; without, it says so in one line."""
+    if prometheus.find_binary() is None:
+        assert "prometheus: not installed" in log_text
+        return
+    [url] = [line.split()[1] for line in log_text.splitlines()
+             if line.split()[:1] == ["prometheus"]]
+    groups = {g["name"] for g in prometheus.api(url, "rules")["groups"]}
+    assert {"yizhan-fleet", "yizhan-slo", "yizhan-hub"} <= groups
+
+    def hub_scraped() -> list:
+        return [t for t in prometheus.api(url, "targets")["activeTargets"]
+                if t["scrapeUrl"] == f"http://127.0.0.1:{hub_port}/metrics"
+                and t["health"] == "up"]
+
+    # The shipped 15 s interval: the first scrape comes within one.
+    wait_until(hub_scraped, 20, "the demo's hub scraped by its Prometheus", interval=0.5)
+
+
+def test_demo_without_prometheus_says_so_and_goes_on(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(prometheus, "find_binary", lambda: None)
+    assert start_prometheus(tmp_path, free_port(), tmp_path) == (None, None)
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and "prometheus: not installed" in out
+    assert not (tmp_path / "prometheus").exists()
 
 
 @pytest.mark.parametrize("broker", ["mosquitto", "embedded"])
@@ -72,6 +102,7 @@ def test_demo_brings_three_stations_online_and_stops_cleanly(tmp_path, broker):
         for url in kiosks:  # every station's touchscreen answers, in Chinese
             wait_until(lambda url=url: _page(url), 15, f"the kiosk at {url}")
             assert "借充电宝" in _page(url)
+        _check_prometheus((tmp_path / "demo.log").read_text(), port)
 
         demo.send_signal(signal.SIGINT)
         assert demo.wait(20) == 0

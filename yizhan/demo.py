@@ -5,6 +5,11 @@ broker, the hub and the simulated stations as separate processes — exactly as
 they run in a fleet — waits until every station shows online in the hub's API,
 prints the URLs, and on Ctrl-C stops the stations, the hub and the broker in
 that order.
+
+When Prometheus is installed (Debian's package, or ``prometheus`` on PATH) it
+also runs one with the shipped deploy/prometheus rules scraping the demo hub,
+its data under ``--dir``/prometheus, so the recording rules and SLO alerts can be
+seen without Grafana; without it the demo says so in one line and goes on.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from pathlib import Path
 
 import yaml
 
+from yizhan import prometheus
 from yizhan.broker import free_port, port_is_free, start_broker
 
 DEMO_STATIONS = [
@@ -147,10 +153,12 @@ def run_demo(args) -> int:
     signal.signal(signal.SIGTERM, on_signal)
 
     broker = None
+    prom: subprocess.Popen | None = None
     try:
         broker, broker_name = start_broker(args.broker, mqtt_port, workdir)
         print(f"broker: {broker_name} on 127.0.0.1:{mqtt_port}", flush=True)
         spawn("hub", ["hub", "--config", str(hub_cfg)])
+        prom, prom_url = start_prometheus(workdir, http_port, logs)
         kiosks = []
         for sid, cfg in station_cfgs:
             spawn(sid, ["agent", "--config", str(cfg)])
@@ -179,7 +187,12 @@ def run_demo(args) -> int:
             print(f"only {online} of {len(station_cfgs)} stations came online; "
                   f"see the logs in {logs}", file=sys.stderr)
             return 1
-        print(_banner(base, token, workdir, kiosks), flush=True)
+        if prom is not None and not prometheus.ready(prom_url, 20,
+                                                     alive=lambda: prom.poll() is None):
+            # The demo is about the stations: a Prometheus that fails is reported, not fatal.
+            print(f"prometheus did not start; see {logs / 'prometheus.log'}", flush=True)
+            prom_url = None
+        print(_banner(base, token, workdir, kiosks, prom_url), flush=True)
         while not stopping:
             _check_children(children)
             time.sleep(0.5)
@@ -188,7 +201,41 @@ def run_demo(args) -> int:
         print(f"\nyizhan demo: {err}", file=sys.stderr)
         return 1
     finally:
+        _stop_prometheus(prom)
         _stop_all(children, broker)
+
+
+def start_prometheus(workdir: Path, http_port: int, logs: Path
+                     ) -> tuple[subprocess.Popen | None, str | None]:
+    """A real Prometheus on the shipped configuration and rules, scraping the demo
+    hub at the shipped interval; (None, None) with one line said when there is none."""
+    binary = prometheus.find_binary()
+    if binary is None:
+        print("prometheus: not installed (apt install prometheus); "
+              "the demo runs without it", flush=True)
+        return None, None
+    if not (prometheus.DEPLOY / "prometheus.yml").is_file():
+        print(f"prometheus: no {prometheus.DEPLOY} next to this program; "
+              "the demo runs without it", flush=True)
+        return None, None
+    port = _port_near(9090)
+    config = prometheus.write_config(prometheus.local_config(f"127.0.0.1:{http_port}"),
+                                     workdir / "prometheus.yml")
+    proc = prometheus.start(config, workdir / "prometheus", port, logs / "prometheus.log",
+                            binary)
+    print(f"prometheus: on 127.0.0.1:{port} (data in {workdir / 'prometheus'})", flush=True)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def _stop_prometheus(prom: subprocess.Popen | None) -> None:
+    if prom is None or prom.poll() is not None:
+        return
+    prom.terminate()
+    try:
+        prom.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        prom.kill()
+        prom.wait()
 
 
 def _check_children(children) -> None:
@@ -220,7 +267,10 @@ def _stop_all(children, broker) -> None:
     print("stopped.", flush=True)
 
 
-def _banner(base: str, token: str, workdir: Path, kiosks: list[tuple[str, str]]) -> str:
+def _banner(base: str, token: str, workdir: Path, kiosks: list[tuple[str, str]],
+            prom_url: str | None = None) -> str:
+    prom = [f"  prometheus  {prom_url}   (alerts {prom_url}/alerts, rules {prom_url}/rules)"
+            ] if prom_url else []
     return "\n".join([
         "",
         "Yizhan demo is running.",
@@ -231,6 +281,7 @@ def _banner(base: str, token: str, workdir: Path, kiosks: list[tuple[str, str]])
         f"  metrics     {base}/metrics",
         *[f"  kiosk       {url}   ({sid}; open at 800x480 — a touchscreen)"
           for sid, url in kiosks],
+        *prom,
         f"  logs        {workdir / 'logs'}",
         "Press Ctrl-C to stop everything.",
     ])
