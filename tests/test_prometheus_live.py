@@ -50,6 +50,21 @@ def test_the_slo_error_ratio_shows_the_outage_in_its_group_only(live_prometheus)
     assert worst[0]["metric"]["group"] == live.outage_group
 
 
+def test_the_outage_pages_for_its_group_only(live_prometheus):
+    live = live_prometheus
+
+    def burning() -> list[dict]:
+        return [a for a in live.alerts()
+                if a["labels"]["alertname"] == "YizhanAvailabilityBudgetBurnFast"]
+
+    # Seconds of history: one of two stations down a few of them is far over 14.4x
+    # in both the 1h and the 5m window, so the page (no `for`) fires at once.
+    alerts = wait_until(burning, 10, "the page for the outage's group", interval=0.25,
+                        on_fail=live.log_tail)
+    assert [(a["labels"]["group"], a["state"], a["labels"]["severity"]) for a in alerts] == [
+        (live.outage_group, "firing", "critical")]
+
+
 def test_stations_and_ready_banks_per_group(live_prometheus):
     live = live_prometheus
     counts = _values(live.wait_for("group:yizhan_stations:count"))
