@@ -9,7 +9,8 @@ ingest's MQTT client), the fleet, the alert store, the alerting
 (docs/alerting-internals.md: the forecaster listening to the fleet, the
 notification outbox with its notifiers and ack links, the alert engine listening
 to the fleet, the router listening to the engine), the ingest,
-the web app and the ``/metrics`` collector; ``start()`` starts the outbox's
+the web app and the ``/metrics`` collectors (hub/http/metrics.py,
+hub/http/uptime_metrics.py); ``start()`` starts the outbox's
 senders, the engine, the ingest and the one scheduler of the process, and
 ``close()`` stops them in the reverse order.
 """
@@ -28,6 +29,7 @@ from waitress.server import create_server
 
 from hub.alerting.acklink import AckLinks
 from hub.alerting.alerts import AlertStore
+from hub.alerting.durations import AlertDurations
 from hub.alerting.engine import AlertEngine
 from hub.alerting.forecast import Forecaster
 from hub.alerting.notify import NEVER, Outbox, build_notifiers
@@ -38,6 +40,7 @@ from hub.fleet.ledger import Ledger
 from hub.fleet.loans import Loans
 from hub.fleet.view import Fleet
 from hub.http.metrics import FleetCollector
+from hub.http.uptime_metrics import UptimeCollector
 from hub.http.web import create_app
 from hub.mqtt.ingest import TIME_EVERY, Ingest
 from hub.storage.schema import notifications
@@ -103,6 +106,7 @@ class Hub:
             self.ingest = Ingest(config, self.fleet, clock, self.registry)
             self.app = create_app(self)
             self.registry.register(FleetCollector(self))
+            self.registry.register(UptimeCollector(self))
         except BaseException:
             self._close_store()  # a half-built hub leaves no thread nor connection
             raise
@@ -121,6 +125,8 @@ class Hub:
         config, clock = self.config, self.clock
         self.forecaster = Forecaster(clock, store=self.store, min_charge=config.min_charge)
         self.forecaster.attach(self.fleet)
+        self.alert_durations = AlertDurations(self.registry)
+        self.alerts.on_resolved.append(self.alert_durations.observe)
         self.acklinks = AckLinks.from_config(config, clock)
         self.outbox = Outbox(self.store, self.writer, clock,
                              build_notifiers(config.notifier_specs, config.routing.timezone),

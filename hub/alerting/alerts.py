@@ -102,6 +102,9 @@ class AlertStore:
         self.flush_timeout = flush_timeout
         self.mutes = Mutes(store, writer, clock, flush_timeout)
         self._listeners: list[Callable[[str, dict[str, Any]], None]] = []
+        #: ``fn(alert)`` after any alert was resolved, by a person or by the
+        #: engine (``yizhan_alert_duration_seconds``, hub/alerting/durations.py).
+        self.on_resolved: list[Callable[[dict[str, Any]], None]] = []
 
     def add_listener(self, fn: Callable[[str, dict[str, Any]], None]) -> None:
         """``fn(kind, alert)`` after a person acknowledged (``acked``) or resolved
@@ -208,6 +211,7 @@ class AlertStore:
             raise AlertNotFound(alert_id)
         alert = self._must_get(alert_id)
         if outcome == "changed":
+            self._resolved(alert)
             self._tell(RESOLVED, alert)
         return alert
 
@@ -289,7 +293,18 @@ class AlertStore:
             return row.id
 
         alert_id = self._write(op)
-        return self._must_get(alert_id) if alert_id is not None else None
+        if alert_id is None:
+            return None
+        alert = self._must_get(alert_id)
+        self._resolved(alert)
+        return alert
+
+    def _resolved(self, alert: dict[str, Any]) -> None:
+        for fn in list(self.on_resolved):
+            try:
+                fn(alert)
+            except Exception:  # a metric's bug must not fail a resolution
+                log.exception("resolution hook failed on %s", alert["id"])
 
     # -- what the router told (hub/alerting/routing.py) ------------------------------------
 

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
+from hub.fleet.seconds import Account, accrue
 from hub.storage.schema import hub_runs, ledger
 from hub.storage.writer import Rows
 from yizhan.clock import Clock
@@ -441,6 +442,10 @@ class Ledger:
         self._cache: dict[str, tuple[float | None, ...]] = {}
         self._dirty: set[str] = set()  # marked since the cache was computed
         self._turn = 0  # the next slice refresh(share=…) computes
+        #: Every station's seconds up/down/unknown/maintenance since its first
+        #: change point (hub/fleet/seconds.py); moved on by ``seconds`` and,
+        #: before its points are pruned, by ``refresh``.
+        self._accounts: dict[str, Account] = {}
         self._load(clock.ms())
 
     # -- the fleet's side -------------------------------------------------------------
@@ -657,6 +662,7 @@ class Ledger:
             # That is safe because stations are never removed, a station's lists
             # only grow at the end (in mark, under the lock) and only refresh (one
             # at a time) cuts their front.
+            self._settle(sids, coverage, oldest)
             cache = self._compute([(sid, self._recent[sid]) for sid in sids],
                                   coverage, now_ms, spans, oldest)
             with self._lock:
@@ -664,6 +670,62 @@ class Ledger:
                     cache.pop(sid, None)
                 self._cache.update(cache)
         return len(cache)
+
+    def seconds(self, seen: Iterable[tuple[str, int | None]], now_ms: int
+                ) -> list[tuple[str, tuple[float, float, float, float], int] | None]:
+        """Each station's (sid, seconds up/down/unknown/maintenance, outages begun),
+        counted from its first change point up to what is settled now.
+
+        ``seen``: (sid, when the hub last heard from it). A station the ledger has
+        up is counted only up to then: if it has gone silent, the fleet marks it
+        down from that instant, and time counted as up must never be taken back.
+        Otherwise up to ``now_ms``; and never past the hub's last proof of life
+        (``hub_alive``), which is where the database ends this run after a
+        crash, so that the next process, counting from the stored history,
+        starts at or above every value this one showed. None in place of a
+        station without a change point.
+        """
+        now_ms = int(now_ms)
+        out: list[tuple[str, tuple[float, float, float, float], int] | None] = []
+        with self._refreshing:  # keeps refresh from cutting the lists we walk
+            with self._lock:
+                coverage = RunCoverage(self._all_runs(), now_ms)
+                cap = now_ms if self._run is None else min(now_ms, self._run.alive_ms)
+            for sid, last_seen_ms in seen:
+                recent = self._recent.get(sid)
+                account = None if recent is None else (
+                    self._accounts.get(sid) or self._open_account(sid, recent))
+                if account is None:
+                    out.append(None)
+                    continue
+                last = self._last.get((sid, STATION))
+                until = cap
+                if last is not None and last[1] == UP and last_seen_ms is not None:
+                    until = min(until, int(last_seen_ms))
+                accrue(account, recent.points, recent.switches, coverage, until)
+                out.append((sid, account.seconds(), account.outages))
+        return out
+
+    def _open_account(self, sid: str, recent: _Recent) -> Account | None:
+        firsts = [lst[0][0] for lst in (recent.points, recent.switches) if lst]
+        if not firsts:
+            return None
+        account = self._accounts[sid] = Account(min(firsts))
+        return account
+
+    def _settle(self, sids: list[str], coverage: RunCoverage, oldest: int) -> None:
+        """Count what ``_prune`` is about to forget into the accounts first.
+
+        Not a station that is up: ``seconds`` holds it at when it was last heard,
+        and its last point, which the prune keeps, is all its account needs."""
+        for sid in sids:
+            recent = self._recent[sid]
+            account = self._accounts.get(sid) or self._open_account(sid, recent)
+            last = self._last.get((sid, STATION))
+            if last is not None and last[1] == UP:
+                continue
+            if account is not None and account.at_ms < oldest:
+                accrue(account, recent.points, recent.switches, coverage, oldest)
 
     @staticmethod
     def _compute(todo: list[tuple[str, _Recent]], coverage: RunCoverage,
@@ -730,7 +792,37 @@ class Ledger:
                                             hub_runs.c.stopped_ms)):
                 end = r.stopped_ms if r.stopped_ms is not None else r.alive_ms
                 self._runs.append((r.started_ms, end))
+            self._load_accounts(conn, oldest)
         self._dirty.update(self._recent)
+
+    def _load_accounts(self, conn: sa.Connection, oldest: int) -> None:
+        """The accounts of seconds as the stored history has them up to ``oldest``;
+        what follows is in ``_recent`` and counted as ``seconds`` is asked. One
+        pass over the older points, station by station, at start only."""
+        coverage = RunCoverage(self._runs, oldest)
+        mine = (STATION, MAINTENANCE_COMPONENT)
+        rows = conn.execute(
+            sa.select(ledger.c.sid, ledger.c.component, ledger.c.at_ms, ledger.c.state)
+            .where(ledger.c.component.in_(mine), ledger.c.at_ms < oldest)
+            .order_by(ledger.c.sid, ledger.c.at_ms, ledger.c.id))
+        for sid, group in itertools.groupby(rows, key=lambda r: r.sid):
+            old = _Recent()
+            for r in group:
+                if r.component == STATION:
+                    old.points.append((r.at_ms, r.state))
+                else:
+                    old.switches.append((r.at_ms, r.state == _ON))
+            account = self._open_account(sid, old)
+            if account is None:
+                continue
+            # A station last seen up is counted only up to that point here: the
+            # fleet will mark it down from when it was last heard, which the
+            # ledger does not know (``seconds`` counts on once it is known).
+            until = oldest
+            if old.points and old.points[-1][1] == UP and self._last.get(
+                    (sid, STATION), old.points[-1]) == old.points[-1]:
+                until = old.points[-1][0]
+            accrue(account, old.points, old.switches, coverage, until)
 
 
 # -- writer ops: each re-runnable (the writer may replay a batch after a rollback) ---

@@ -4,7 +4,9 @@ The hub connects with a fixed client id and ``clean_session=False``, so the
 broker queues what stations publish while the hub restarts (up to Mosquitto's
 ``max_queued_messages``; what overflows comes back by replay). On connect it
 subscribes to ``hub_subscriptions()`` and publishes its retained ``online``
-status, with the ``offline`` form as its last will (contract §9).
+status, with the ``offline`` form as its last will (contract §9). It also
+subscribes to three of the broker's ``$SYS`` counters, shown as
+``yizhan_broker_*`` metrics (hub/mqtt/broker_stats.py).
 
 Reconnects are paced by :class:`yizhan.mqtt_client.PacedClient` (1 s doubling
 to 30 s, jittered, on the hub's clock). When the broker has lost our session
@@ -40,6 +42,8 @@ from prometheus_client import CollectorRegistry
 
 from hub.config import HubConfig
 from hub.fleet.view import APPLIED, DUPLICATE, INVALID, STALE, Fleet
+from hub.mqtt.broker_stats import SUBSCRIPTIONS as BROKER_SUBSCRIPTIONS
+from hub.mqtt.broker_stats import BrokerStats
 from hub.mqtt.bulk_client import BulkClient
 from hub.mqtt.tallies import LagHistogram, MessageTallies
 from protocol import messages as m
@@ -89,6 +93,7 @@ class Ingest:
         # they change on every message (hub/mqtt/tallies.py).
         self.messages = MessageTallies(METRIC_KIND.values(), RESULTS, registry)
         self.lag = LagHistogram(LAG_BUCKETS, registry)
+        self.broker_stats = BrokerStats(registry)
         self.connected = threading.Event()
         self._logged: set[tuple[str, str]] = set()
         self._subscriptions = hub_subscriptions(config.shared_group)
@@ -214,7 +219,8 @@ class Ingest:
             return
         # Even with the session kept: a subscribe is what re-sends the retained
         # Status and State, and it costs nothing when they are known (duplicates).
-        client.subscribe(self._subscriptions)
+        # And the broker's own counters ($SYS): for ops, not for the fleet.
+        client.subscribe(self._subscriptions + BROKER_SUBSCRIPTIONS)
         # What the hub owns on the broker, republished on every connect: a
         # session the broker forgot (restarted without persistence) took the
         # retained copies with it. The status is also contract §9's "online".
@@ -239,6 +245,9 @@ class Ingest:
 
     def _message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
         kind = sid = None
+        if BrokerStats.is_ours(msg.topic):
+            self.broker_stats.take(msg.topic, msg.payload)
+            return
         try:
             where = parse_topic(msg.topic)
             kind, sid = where.kind, where.sid

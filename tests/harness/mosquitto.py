@@ -30,9 +30,10 @@ CANONICAL_ACL = REPO / "deploy" / "mosquitto" / "acl"
 #: The broker configuration the deployment ships.
 DEPLOYED_CONF = REPO / "deploy" / "mosquitto" / "yizhan.conf"
 #: What ``deployed=True`` takes from DEPLOYED_CONF, line for line: who may be
-#: which client (issue 14, finding 1) and the largest packet (finding 5). The
-#: rest of that file names system paths and ports, which a test broker moves.
-DEPLOYED_KEYS = ("use_username_as_clientid", "max_packet_size")
+#: which client (issue 14, finding 1), the largest packet (finding 5) and how
+#: often $SYS is published (issue 15). The rest of that file names system
+#: paths and ports, which a test broker moves.
+DEPLOYED_KEYS = ("use_username_as_clientid", "max_packet_size", "sys_interval")
 
 HOST = "127.0.0.1"
 

@@ -1,0 +1,117 @@
+"""The hub's series for ops' dashboards and SLOs (issue 15), beside contract §12's.
+
+>>> hub.registry.register(UptimeCollector(hub))
+
+* ``yizhan_station_info{station,name,group}`` = 1: what a query joins on to
+  sum by group (``* on(station) group_left(group) yizhan_station_info``).
+* ``yizhan_station_seconds_total{station,state}``: seconds up, down, unknown and
+  in maintenance since the station's first change point, from the ledger's
+  accounts (hub/fleet/seconds.py), so availability over any window is
+  ``increase(up) / (increase(up) + increase(down))``.
+* ``yizhan_station_outages_total{station}``: outages begun, for MTTR.
+* ``yizhan_station_predicted_empty_seconds{station,supply}``: the forecaster's
+  time until water or chargers run out; absent without a forecast.
+* ``yizhan_hub_healthy``: 1 when ``/healthz`` would say ok, else 0.
+
+All computed at scrape time from what the hub holds; nothing here walks a
+station's history (the ledger's accounts move on by the time since the last
+scrape, and a forecast is kept for ``FORECAST_TTL_MS``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from hub.fleet.seconds import KINDS
+from hub.http.health import problems_of
+
+log = logging.getLogger(__name__)
+
+SUPPLIES = ("water", "chargers")
+#: A station's forecast is asked again after this long (hub clock): it moves
+#: with the hourly rates, not from one scrape to the next, and asking 100 000
+#: of them at every scrape would cost a second.
+FORECAST_TTL_MS = 60_000
+
+
+class UptimeCollector(Collector):
+    """Reads ``hub.fleet``, ``hub.ledger``, ``hub.forecaster`` and ``hub.problems()``."""
+
+    def __init__(self, hub: Any) -> None:
+        self.hub = hub
+        self._forecasts: dict[tuple[str, str], tuple[int, float | None]] = {}
+        self._lock = threading.Lock()  # two scrapes at once share the forecasts
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(self._families().values())
+
+    def collect(self) -> Iterator[Metric]:
+        hub = self.hub
+        f = self._families()
+        now_ms = hub.clock.ms()
+        views = hub.fleet.stations()
+        for view in views:
+            f["info"].add_metric([view.sid, view.name or "", view.group or ""], 1.0)
+        accounts = hub.ledger.seconds(((v.sid, v.last_seen_ms) for v in views), now_ms)
+        for view, account in zip(views, accounts, strict=True):
+            seconds, outages = ((0.0,) * len(KINDS), 0) if account is None else account[1:]
+            for state, value in zip(KINDS, seconds, strict=True):
+                f["seconds"].add_metric([view.sid, state], value)
+            f["outages"].add_metric([view.sid], float(outages))
+        forecaster = getattr(hub, "forecaster", None)
+        if forecaster is not None:
+            with self._lock:
+                self._predictions(f["empty"], forecaster, views, now_ms)
+        f["healthy"].add_metric([], 0.0 if problems_of(hub) else 1.0)
+        yield from f.values()
+
+    def _predictions(self, family: GaugeMetricFamily, forecaster: Any, views: list[Any],
+                     now_ms: int) -> None:
+        for view in views:
+            if not view.online:
+                continue  # a silent station's forecast is stale: no answer, not a guess
+            for supply in SUPPLIES:
+                key = (view.sid, supply)
+                cached = self._forecasts.get(key)
+                if cached is None or not 0 <= now_ms - cached[0] < FORECAST_TTL_MS:
+                    try:
+                        left = forecaster.time_to_empty(view.sid, supply, now_ms=now_ms)
+                    except Exception:
+                        log.exception("forecast of %s for %s failed", supply, view.sid)
+                        left = None
+                    cached = self._forecasts[key] = (now_ms, left)
+                if cached[1] is not None:
+                    # Counted down since it was asked, as the forecast itself would.
+                    left = max(0.0, cached[1] - (now_ms - cached[0]) / 1000)
+                    family.add_metric([view.sid, supply], left)
+
+    @staticmethod
+    def _families() -> dict[str, Metric]:
+        st = ["station"]
+        return {
+            "info": GaugeMetricFamily(
+                "yizhan_station_info", "1 for every station the hub knows; its name and "
+                "group (empty when none) as labels, to join on.",
+                labels=[*st, "name", "group"]),
+            "seconds": CounterMetricFamily(
+                "yizhan_station_seconds", "Seconds the station spent in each state since "
+                "its first change point, on the hub's clock (ledger rules: unknown while "
+                "the hub was not running; maintenance overrides up and down).",
+                labels=[*st, "state"]),
+            "outages": CounterMetricFamily(
+                "yizhan_station_outages", "Outages begun: changes of the station into down.",
+                labels=st),
+            "empty": GaugeMetricFamily(
+                "yizhan_station_predicted_empty_seconds", "The forecaster's seconds until "
+                "the supply (water, chargers) runs out; absent without a forecast.",
+                labels=[*st, "supply"]),
+            "healthy": GaugeMetricFamily(
+                "yizhan_hub_healthy", "1 while /healthz reports ok, else 0 (the same "
+                "judgement: MQTT, database, writer, notification senders)."),
+        }
