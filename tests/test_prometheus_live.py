@@ -3,6 +3,8 @@ real stations, one of which had an outage (tests/harness/prometheus.py)."""
 
 from __future__ import annotations
 
+import pytest
+
 from tests.harness import prometheus
 from tests.harness.procs import wait_until
 from tests.test_prometheus_rules import PLANNED_RECORDS, WINDOWS
@@ -17,6 +19,12 @@ def test_the_outage_is_visible(live_prometheus):
     values = [float(v) for _t, v in series[0]["values"]]
     assert values[0] == 1.0 and 0.0 in values
     assert [float(s["value"][1]) for s in live_prometheus.query(up, at=end)] == [1.0]
+
+
+def test_a_bad_query_is_an_error_not_an_empty_answer(live_prometheus):
+    # So "every panel expression returns data" cannot pass on a typo.
+    with pytest.raises(RuntimeError, match="parse error"):
+        live_prometheus.query("sum(yizhan_station_up")
 
 
 def test_every_recording_rule_yields_series(live_prometheus):

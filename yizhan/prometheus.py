@@ -104,7 +104,13 @@ def api(url: str, path: str, params: dict | None = None, timeout: float = 5.0) -
         with urllib.request.urlopen(f"{url}/api/v1/{path}{query}", timeout=timeout) as resp:
             body = json.loads(resp.read())
     except urllib.error.HTTPError as err:
-        body = json.loads(err.read() or b"{}")
-    if body.get("status") != "success":
-        raise RuntimeError(f"prometheus {path} {params}: {body.get('error', body)}")
+        # 400/422/503 carry Prometheus's JSON error; anything else is said as it came.
+        text = err.read()
+        try:
+            body = json.loads(text)
+        except ValueError:
+            body = {"error": f"HTTP {err.code}: {text[:200]!r}"}
+    if not isinstance(body, dict) or body.get("status") != "success":
+        error = body.get("error", body) if isinstance(body, dict) else body
+        raise RuntimeError(f"prometheus {path} {params}: {error}")
     return body["data"]
