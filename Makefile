@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint bench soak system-deps postgres-ready venv clean help
+.PHONY: demo test lint bench soak grafana-pictures system-deps postgres-ready venv clean help
 
 help:
 	@echo "make demo    run broker, hub and simulated stations (Ctrl-C stops)"
@@ -18,6 +18,7 @@ help:
 	@echo "make lint    ruff"
 	@echo "make bench   benchmarks (see docs/benchmarks.md)"
 	@echo "make soak    20 broker outages at production settings, < 30 min (docs/reliability.md)"
+	@echo "make grafana-pictures  redraw docs/img/grafana/ from a real Prometheus run (docs/grafana.md)"
 
 # System packages: the Python venv module, Mosquitto, PostgreSQL, Prometheus and
 # Chromium with CJK fonts (the tests talk to real ones and look at real pages). Installed only when missing; as root directly,
@@ -83,6 +84,12 @@ bench: venv
 # Not part of bench or test: it takes up to 30 minutes (docs/reliability.md).
 soak: venv
 	$(PY) bench/soak.py
+
+# The pictures in docs/grafana.md: a real hub, stations and Prometheus, about two
+# minutes; matplotlib is the optional docs extra.
+grafana-pictures: venv
+	$(PY) -m pip install -q -e '.[docs]'
+	$(PY) deploy/grafana/render_pictures.py
 
 clean:
 	rm -rf $(VENV) run .pytest_cache .ruff_cache *.egg-info
