@@ -50,7 +50,7 @@ def _check_prometheus(log_text: str, hub_port: int) -> None:
     [url] = [line.split()[1] for line in log_text.splitlines()
              if line.split()[:1] == ["prometheus"]]
     groups = {g["name"] for g in prometheus.api(url, "rules")["groups"]}
-    assert {"yizhan-fleet", "yizhan-slo", "yizhan-hub"} <= groups
+    assert {"yizhan-fleet", "yizhan-slo", "yizhan-hub", "yizhan-slo-alerts"} <= groups
 
     def hub_scraped() -> list:
         return [t for t in prometheus.api(url, "targets")["activeTargets"]
