@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from hub.fleet.ledger import RunCoverage, tally
 from hub.fleet.seconds import Account, accrue
+from hub.http.uptime_metrics import UptimeCollector
 from protocol import examples
 from tests.conftest import SECURE_USERS
 from tests.harness.mqtt import Subscriber, close, connect
@@ -355,6 +356,55 @@ def test_hub_healthy_is_the_healthz_judgement(hub, secure_broker, clock) -> None
     advance_until(clock, lambda: client.get("/healthz").status_code == 200, "/healthz 200",
                   step=1.0, limit=120, settle=0.05)
     assert scrape(hub)[("yizhan_hub_healthy", ())] == 1
+
+
+
+#: Issue 15's names, types and label sets, as the dashboards and rules use them.
+PLAN = {
+    "yizhan_station_info": ("gauge", {("group", "name", "station")}),
+    "yizhan_station_seconds": ("counter", {("state", "station")}),
+    "yizhan_station_outages": ("counter", {("station",)}),
+    "yizhan_station_predicted_empty_seconds": ("gauge", {("station", "supply")}),
+    "yizhan_alert_duration_seconds": ("histogram", {("le", "rule")}),
+    "yizhan_hub_healthy": ("gauge", {()}),
+    "yizhan_broker_clients_connected": ("gauge", {()}),
+    "yizhan_broker_messages_received": ("counter", {()}),
+    "yizhan_broker_messages_dropped": ("counter", {()}),
+}
+
+
+def test_names_types_and_labels_are_the_plans(hub, station, clock) -> None:
+    station.send("status")
+    wait_until(lambda: online(hub), 10, "the station online at the hub")
+    tank = WaterStation(clock, hub.forecaster)
+    tank.run(24)
+    station.send("state", dispenser=dispenser(round(tank.level, 3), "ok"))
+    wait_until(lambda: hub.fleet.get(SID).last_seen_ms == clock.ms(), 10, "the State heard")
+    hub.alerts.resolve(hub.alerts.fire("tamper", SID, "critical", "tamper").alert["id"], None)
+    for topic in ("$SYS/broker/clients/connected", "$SYS/broker/messages/received",
+                  "$SYS/broker/publish/messages/dropped"):
+        hub.ingest.broker_stats.take(topic, b"3")
+    hub.writer.flush()
+    text = hub.app.test_client().get("/metrics").get_data(as_text=True)
+    families = {f.name: f for f in text_string_to_metric_families(text) if f.name in PLAN}
+    assert {n: (f.type, {tuple(sorted(s.labels)) for s in f.samples
+                         if not s.name.endswith(("_sum", "_count")) or f.type != "histogram"})
+            for n, f in families.items()} == PLAN
+    assert {s.labels["state"] for s in families["yizhan_station_seconds"].samples} == set(STATES)
+    buckets = [s.labels["le"] for s in families["yizhan_alert_duration_seconds"].samples
+               if s.name.endswith("_bucket")]
+    assert buckets == ["60.0", "300.0", "900.0", "1800.0", "3600.0", "7200.0", "14400.0",
+                       "43200.0", "86400.0", "259200.0", "+Inf"]
+
+
+def test_describe_reads_nothing_of_a_half_built_hub() -> None:
+    class Empty:  # register() calls describe() while the hub is being built
+        pass
+
+    described = list(UptimeCollector(Empty()).describe())
+    assert {f.name for f in described} == {n for n in PLAN if not n.startswith(
+        ("yizhan_alert_", "yizhan_broker_"))}
+    assert all(not f.samples for f in described)
 
 
 # -- a real hub process: promtool reads its /metrics ---------------------------------------
