@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import zlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -38,6 +39,13 @@ SUPPLIES = ("water", "chargers")
 #: with the hourly rates, not from one scrape to the next, and asking 100 000
 #: of them at every scrape would cost a second.
 FORECAST_TTL_MS = 60_000
+
+
+def _ttl(sid: str) -> int:
+    """Between half and all of FORECAST_TTL_MS, fixed per station: the forecasts
+    all asked at the first scrape fall due over several scrapes afterwards, not
+    all in one (20 µs each, 100 000 at 50 000 stations)."""
+    return FORECAST_TTL_MS - zlib.crc32(sid.encode()) % (FORECAST_TTL_MS // 2)
 
 
 class UptimeCollector(Collector):
@@ -79,7 +87,7 @@ class UptimeCollector(Collector):
             for supply in SUPPLIES:
                 key = (view.sid, supply)
                 cached = self._forecasts.get(key)
-                if cached is None or not 0 <= now_ms - cached[0] < FORECAST_TTL_MS:
+                if cached is None or not 0 <= now_ms - cached[0] < _ttl(view.sid):
                     try:
                         left = forecaster.time_to_empty(view.sid, supply, now_ms=now_ms)
                     except Exception:
