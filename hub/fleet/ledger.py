@@ -446,6 +446,10 @@ class Ledger:
         #: change point (hub/fleet/seconds.py); moved on by ``seconds`` and,
         #: before its points are pruned, by ``refresh``.
         self._accounts: dict[str, Account] = {}
+        #: Every station's changes into down since its first point (outages begun),
+        #: counted as they are marked: a point dated before what ``seconds``
+        #: already counted is still an outage.
+        self._outages: dict[str, int] = {}
         self._load(clock.ms())
 
     # -- the fleet's side -------------------------------------------------------------
@@ -486,6 +490,8 @@ class Ledger:
                 # clock that stepped back cannot rewrite the past.
                 at_ms = max(at_ms, last[0] + 1)
             self._last[key] = (at_ms, state)
+            if component == STATION and state == DOWN:
+                self._outages[sid] = self._outages.get(sid, 0) + 1
             if component == STATION:
                 self._recent.setdefault(sid, _Recent()).points.append((at_ms, state))
                 self._dirty.add(sid)
@@ -682,7 +688,9 @@ class Ledger:
         Otherwise up to ``now_ms``; and never past the hub's last proof of life
         (``hub_alive``), which is where the database ends this run after a
         crash, so that the next process, counting from the stored history,
-        starts at or above every value this one showed. None in place of a
+        starts at or above every value this one showed (for a station up and
+        not heard since, up to the end of the last run: the stored last_seen
+        may be older than the one this process held). None in place of a
         station without a change point.
         """
         now_ms = int(now_ms)
@@ -691,6 +699,9 @@ class Ledger:
             with self._lock:
                 coverage = RunCoverage(self._all_runs(), now_ms)
                 cap = now_ms if self._run is None else min(now_ms, self._run.alive_ms)
+                # Where the last run before this one ended: a station still up and
+                # not heard since is counted up to there, at least (below).
+                before = max((end for _, end in self._runs), default=0)
             for sid, last_seen_ms in seen:
                 recent = self._recent.get(sid)
                 account = None if recent is None else (
@@ -701,9 +712,13 @@ class Ledger:
                 last = self._last.get((sid, STATION))
                 until = cap
                 if last is not None and last[1] == UP and last_seen_ms is not None:
-                    until = min(until, int(last_seen_ms))
+                    # Up to the end of the last run at least: after a crash the
+                    # stored last_seen may be older than what that process had
+                    # counted to, and a counter that goes back is a reset to
+                    # Prometheus (its whole value counted again as new).
+                    until = min(until, max(int(last_seen_ms), before))
                 accrue(account, recent.points, recent.switches, coverage, until)
-                out.append((sid, account.seconds(), account.outages))
+                out.append((sid, account.seconds(), self._outages.get(sid, 0)))
         return out
 
     def _open_account(self, sid: str, recent: _Recent) -> Account | None:
@@ -793,6 +808,10 @@ class Ledger:
                 end = r.stopped_ms if r.stopped_ms is not None else r.alive_ms
                 self._runs.append((r.started_ms, end))
             self._load_accounts(conn, oldest)
+            downs = (sa.select(ledger.c.sid, sa.func.count().label("n"))
+                     .where(ledger.c.component == STATION, ledger.c.state == DOWN)
+                     .group_by(ledger.c.sid))
+            self._outages.update((r.sid, r.n) for r in conn.execute(downs))
         self._dirty.update(self._recent)
 
     def _load_accounts(self, conn: sa.Connection, oldest: int) -> None:

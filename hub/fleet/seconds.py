@@ -12,8 +12,8 @@ station's own state), so over a window the counters agree with
 >>> from hub.fleet.ledger import RunCoverage
 >>> acc = Account(0)
 >>> accrue(acc, [(0, UP), (60_000, DOWN)], [], RunCoverage([(0, None)], 90_000), 90_000)
->>> acc.seconds(), acc.outages
-((60.0, 30.0, 0.0, 0.0), 1)
+>>> acc.seconds()
+(60.0, 30.0, 0.0, 0.0)
 """
 
 from __future__ import annotations
@@ -38,8 +38,6 @@ class Account:
 
     at_ms: int
     ms: list[int] = field(default_factory=lambda: [0, 0, 0, 0])  # in KINDS' order
-    #: Change points into ``down`` counted so far (each one an outage begun).
-    outages: int = 0
 
     def seconds(self) -> tuple[float, float, float, float]:
         up, down, unknown, maintenance = self.ms
@@ -59,18 +57,14 @@ def accrue(account: Account, points: Sequence[tuple[int, str]],
 
     ``points`` (the station's (at_ms, state)) and ``switches`` (maintenance
     (at_ms, on)) are in time order and reach back to the last one at or before
-    ``account.at_ms``; ``coverage`` says when the hub ran. A change point at
-    ``p`` is counted (as an outage, when into down) by the call whose span holds
-    ``p``. Nothing happens when ``until_ms`` is not after ``account.at_ms``:
-    the account never goes back.
+    ``account.at_ms``; ``coverage`` says when the hub ran. Nothing happens when
+    ``until_ms`` is not after ``account.at_ms``: the account never goes back.
     """
     a = account.at_ms
     if until_ms <= a:
         return
     i, state = _state_at(points, a)
     j, on = _state_at(switches, a)
-    if i and points[i - 1][0] == a and state == DOWN:
-        account.outages += 1  # a point exactly at the start of the span is this span's
     ms = account.ms
     n, m = len(points), len(switches)
     while True:
@@ -89,8 +83,6 @@ def accrue(account: Account, points: Sequence[tuple[int, str]],
             break
         a = b
         while i < n and points[i][0] <= a:
-            if points[i][1] == DOWN and state != DOWN:
-                account.outages += 1
             state = points[i][1]
             i += 1
         while j < m and switches[j][0] <= a:
