@@ -10,12 +10,9 @@ five wrong tries that survives a restart.
     store.policy.lending                   # "open" before any directory arrived
     store.check_rider_pin("r:5e8f...", "4821").ok
 
-PIN hashes are Django's ``pbkdf2_sha256`` format, so a hub (or any Django
-install) can make them with :func:`hash_pin`::
-
-    pbkdf2_sha256$<iterations>$<salt>$<base64 of the 32-byte PBKDF2-HMAC-SHA256>
-
-where the salt is the text between the ``$`` signs, used as its UTF-8 bytes.
+PIN hashes are Django's ``pbkdf2_sha256`` format (:mod:`protocol.pins`, shared
+with the hub that makes them); :func:`hash_pin` and :func:`verify_pin` are
+re-exported here.
 
 Both files are replaced atomically (temporary file, fsync, rename), so a power
 cut leaves the old or the new one. A card that refuses the write (full,
@@ -25,16 +22,11 @@ the file is written again with the next directory or wrong PIN.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import functools
-import hashlib
-import hmac
 import json
 import logging
 import os
-import secrets
-import string
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +34,7 @@ from pathlib import Path
 from firmware.storage import remove_stale_temporaries, storage_fault, write_atomically
 from protocol.errors import InvalidMessage
 from protocol.messages import Directory, Policy, RiderEntry, StaffEntry
+from protocol.pins import DEFAULT_ITERATIONS, MAX_ITERATIONS, hash_pin, verify_pin
 from yizhan.clock import SYSTEM_CLOCK, Clock
 
 log = logging.getLogger(__name__)
@@ -56,56 +49,10 @@ __all__ = [
     "verify_pin",
 ]
 
-DEFAULT_ITERATIONS = 200_000
-# A hash asking for more work than this is refused rather than run: a bad
-# directory must not be able to freeze the kiosk for minutes per PIN.
-MAX_ITERATIONS = 2_000_000
 LOCKOUT_AFTER = 5  # wrong PINs in a row
 LOCKOUT_SECONDS = 15 * 60
 # Lockout entries kept at most; a kiosk typing random ids cannot grow the file forever.
 MAX_LOCKOUT_ENTRIES = 10_000
-
-_SALT_ALPHABET = string.ascii_letters + string.digits
-_ALGORITHM = "pbkdf2_sha256"
-
-
-# -- PIN hashes -------------------------------------------------------------------
-
-
-def hash_pin(pin: str, salt: str | None = None, iterations: int = DEFAULT_ITERATIONS) -> str:
-    """The directory form of ``pin``: what the hub puts in ``riders[].pin``.
-
-    >>> h = hash_pin("4821", salt="yizhan", iterations=1000)
-    >>> h.split("$")[:3]
-    ['pbkdf2_sha256', '1000', 'yizhan']
-    >>> verify_pin("4821", h), verify_pin("4822", h)
-    (True, False)
-    """
-    if salt is None:
-        salt = "".join(secrets.choice(_SALT_ALPHABET) for _ in range(22))
-    if not salt or "$" in salt:
-        raise ValueError("salt must be non-empty text without '$'")
-    if not isinstance(iterations, int) or not 1 <= iterations <= MAX_ITERATIONS:
-        raise ValueError(f"iterations must be 1..{MAX_ITERATIONS}")
-    digest = hashlib.pbkdf2_hmac("sha256", pin.encode("utf-8"), salt.encode("utf-8"), iterations)
-    return f"{_ALGORITHM}${iterations}${salt}${base64.b64encode(digest).decode('ascii')}"
-
-
-def verify_pin(pin: str, encoded: str) -> bool:
-    """True when ``pin`` matches ``encoded``; a malformed hash matches nothing.
-
-    The digests are compared in constant time.
-    """
-    try:
-        algorithm, iterations_text, salt, expected_b64 = encoded.split("$")
-        iterations = int(iterations_text)
-        expected = base64.b64decode(expected_b64, validate=True)
-    except (AttributeError, ValueError):
-        return False
-    if algorithm != _ALGORITHM or not salt or not 1 <= iterations <= MAX_ITERATIONS:
-        return False
-    digest = hashlib.pbkdf2_hmac("sha256", pin.encode("utf-8"), salt.encode("utf-8"), iterations)
-    return hmac.compare_digest(digest, expected)
 
 
 @functools.lru_cache(maxsize=4)

@@ -36,6 +36,7 @@ from hub.alerting.notify import NEVER, Outbox, build_notifiers
 from hub.alerting.routing import Router
 from hub.config import HubConfig
 from hub.fleet.commands import CommandError, Commands
+from hub.fleet.directory import Directory
 from hub.fleet.ledger import Ledger
 from hub.fleet.loans import Loans
 from hub.fleet.view import Fleet
@@ -61,6 +62,7 @@ REFRESH_SHARE = 6
 ENGINE_EVERY = 1  # for durations, outages, predictions, holds that ended
 ROUTER_EVERY = 5  # escalations, reminders, notices not yet sent, route tests
 PRUNE_EVERY = 3600
+DIRECTORY_EVERY = 5  # expired denials, new stations, Directories not yet sent
 WATCHDOG_EVERY = 5  # the systemd watchdog's heartbeat (systemd/yizhan-hub.service)
 #: Garbage collection (``start(tune_gc=True)``, what ``run()`` does): every
 #: GC_YOUNG_EVERY seconds the young generations are collected and whatever
@@ -102,6 +104,11 @@ class Hub:
             self.fleet = Fleet(config, self.store, self.writer, self.ledger, clock,
                                loans=self.loans, commands=self.commands)
             self.alerts = AlertStore(self.store, self.writer, clock)
+            self.directory = Directory(
+                self.store, clock, self._publish, self._directory_stations,
+                fleet_key=config.fleet_key, rider_ids=config.rider_ids,
+                min_charge=config.min_charge, loan_hours=config.loan_hours,
+                fresh_sessions=lambda: self.ingest.fresh_sessions)
             self._build_alerting()
             self.ingest = Ingest(config, self.fleet, clock, self.registry)
             self.app = create_app(self)
@@ -139,8 +146,15 @@ class Hub:
                              stations=self.fleet.get, muted=self.engine.muted)
         self.engine.add_listener(self.router.on_transition)
 
-    def _publish(self, topic: str, payload: bytes) -> object:
-        return self.ingest.publish(topic, payload)
+    def _publish(self, topic: str, payload: bytes, retain: bool = False) -> object:
+        return self.ingest.publish(topic, payload, retain=retain)
+
+    def _directory_stations(self) -> list[tuple[str, str | None]]:
+        """(sid, group) of every station the hub knows, configured or heard from."""
+        known = {s.sid: s.group for s in self.config.stations}
+        for view in self.fleet.stations():
+            known[view.sid] = view.group if view.group is not None else known.get(view.sid)
+        return list(known.items())
 
     # -- health --------------------------------------------------------------------------
 
@@ -232,6 +246,10 @@ class Hub:
     def route_alerts(self) -> None:
         self.router.tick(self.clock.ms())
 
+    def publish_directory(self) -> None:
+        """Send the Directories no longer right on the broker (hub/fleet/directory.py)."""
+        self.directory.tick()
+
     def prune_deliveries(self) -> None:
         gone = self.outbox.prune(self.clock.ms() - KEEP_DELIVERIES_MS)
         if gone:
@@ -265,6 +283,7 @@ class Hub:
                 (self.beacon, TIME_EVERY),
                 (self.refresh, REFRESH_EVERY), (self.evaluate_alerts, ENGINE_EVERY),
                 (self.route_alerts, ROUTER_EVERY), (self.prune_deliveries, PRUNE_EVERY),
+                (self.publish_directory, DIRECTORY_EVERY),
                 (self.watchdog.tick, WATCHDOG_EVERY))
         if tune_gc:
             jobs += ((self.collect_young_garbage, GC_YOUNG_EVERY),

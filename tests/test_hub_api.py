@@ -26,6 +26,7 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 from hub.alerting.alerts import AlertStore
 from hub.config import HubConfig, parse_hub_config
 from hub.fleet.commands import Commands
+from hub.fleet.directory import Directory
 from hub.fleet.ledger import Ledger
 from hub.fleet.view import Fleet
 from hub.http import openapi
@@ -84,6 +85,10 @@ class StandInHub:
         self.fleet = Fleet(config, self.store, self.writer, self.ledger, clock,
                            commands=self.commands)
         self.alerts = AlertStore(self.store, self.writer, clock)
+        # The Directory's publishing is tests/test_hub_directory.py's: here it goes nowhere.
+        self.directory = Directory(self.store, clock, lambda *_a, **_k: None,
+                                   lambda: [(v.sid, v.group) for v in self.fleet.stations()],
+                                   fleet_key=config.fleet_key)
         self.registry.register(FleetCollector(self))
         self.app = create_app(self)
         self.broker_connected = True  # what the ingest would say

@@ -38,7 +38,7 @@ TOKENS.append({"name": "dashboard", "token": SECRETS["default"]})  # no scopes: 
 TOKENS.append(SECRETS["legacy"])  # the old bare form: every scope, deprecated
 #: What each placeholder of a documented path is filled with.
 PATH_ARGS = {"sid": SID, "alert_id": "a-00", "command_id": "c-00", "silence_id": "s-00",
-             "window_id": "w-00"}
+             "window_id": "w-00", "staff_id": "li", "rider_id": "r:" + "0" * 24}
 
 
 def operations() -> list[tuple[str, str, str]]:
@@ -131,7 +131,8 @@ def call(hub: StandInHub, method: str, path: str, secret: str | None, **kw: Any)
 @SQLITE_ONLY
 def test_each_scope_opens_exactly_its_routes_and_admin_opens_all(hub: StandInHub) -> None:
     ops = operations()
-    assert {scope for _m, _p, scope in ops} == {"read", "ack", "silence", "command"}
+    assert {scope for _m, _p, scope in ops} == {"read", "ack", "silence", "command",
+                                                "directory"}
     for holder in [*SCOPES, "default", "legacy"]:
         for method, path, scope in ops:
             resp = call(hub, method, path, SECRETS[holder])

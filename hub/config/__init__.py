@@ -20,7 +20,7 @@ from hub.config.routes import RoutingConfig, parse_routing
 from hub.config.rules import DEFAULT_RESPONSE_TIME, Rules
 from hub.config.tokens import SCOPES, ApiToken, legacy_token, parse_api_tokens
 from protocol.errors import InvalidIdentifier
-from protocol.ids import check_sid
+from protocol.ids import RIDER_ID_SCHEMES, check_sid
 from yizhan.config import ConfigError, MqttConfig, Section, load_yaml
 
 __all__ = ["LANGUAGES", "SCOPES", "ApiToken", "HubConfig", "NotifierSpec", "StationMeta",
@@ -43,6 +43,9 @@ class HubConfig:
     # the API's bearer tokens with their names and scopes (hub/config/tokens.py)
     api_tokens: tuple[ApiToken, ...] = ()
     fleet_key: bytes | None = None
+    # how rider ids are made from phone numbers: the stations' kiosk.rider_ids
+    # (protocol/ids.py), so a rider registered at the hub is the one the kiosk sees
+    rider_ids: str = "hmac"
     stations: tuple[StationMeta, ...] = ()
     # False: messages from a sid not under ``stations:`` are counted invalid and
     # dropped before the fleet sees them (issue 14, finding 12). The contract's
@@ -116,6 +119,7 @@ def parse_hub_config(data: dict, base: Path | None = None, source: str | None = 
         database=database,
         api_tokens=parse_api_tokens(root, base),
         fleet_key=_fleet_key(root, base),
+        rider_ids=root.str("rider_ids", "hmac", choices=RIDER_ID_SCHEMES),
         stations=_stations(root),
         accept_unknown_stations=_accept_unknown(root),
         **_alerting(root),

@@ -92,7 +92,7 @@ SCHEMAS: dict[str, Any] = {
         "error": _obj({
             "code": {"type": "string", "description": "machine-readable, e.g. not_found, "
                      "unauthorized, bad_window, bad_range, unknown_cmd, bad_args, conflict, "
-                     "unknown_param"},
+                     "unknown_param, exists, directory_too_large"},
             "message": {"type": "string", "description": "for people"},
         }),
     }),
@@ -265,7 +265,8 @@ RESPONSES = {
         ("Unauthorized", "unauthorized", "Missing or unknown bearer token."),
         ("Forbidden", "forbidden", "The token lacks the operation's scope (x-yizhan-scope)."),
         ("NotFound", "not_found", "No such station, alert or command."),
-        ("Conflict", "conflict", "The change does not apply to the alert's state."),
+        ("Conflict", "conflict", "The change does not apply to the alert's state, the id "
+         "exists, or the Directory would grow too large; the code says which."),
         ("Unavailable", "database_unavailable", "The database or the broker does not answer."),
         ("TooLarge", "payload_too_large", "The body is over 64 KiB."),
     ]
@@ -501,7 +502,12 @@ _ERROR_ON_EVERY_OPERATION = {
 
 @cache
 def _document() -> dict[str, Any]:
-    paths = copy.deepcopy(PATHS)
+    # The Directory's routes (staff, riders, denied, policies) are described beside
+    # their code; imported here, since that module builds on this one's helpers.
+    from hub.http import openapi_directory as directory
+
+    paths = copy.deepcopy({**PATHS, **directory.PATHS})
+    write_scopes = {**WRITE_SCOPES, **directory.WRITE_SCOPES}
     for path, item in paths.items():
         for op in item.values():
             if path.startswith("/api/"):  # any query parameter not listed: 400
@@ -509,7 +515,7 @@ def _document() -> dict[str, Any]:
             for status, response in _ERROR_ON_EVERY_OPERATION.items():
                 op["responses"].setdefault(status, response)
             if op.get("security") != []:
-                scope = WRITE_SCOPES.get(op["operationId"], "read")
+                scope = write_scopes.get(op["operationId"], "read")
                 op["x-yizhan-scope"] = scope
                 op["security"] = [{"bearer": [scope]}]
                 op["responses"].setdefault("403", _err("Forbidden"))
@@ -535,7 +541,7 @@ def _document() -> dict[str, Any]:
                                            "an operation's scope is its x-yizhan-scope "
                                            "(read, ack, silence, command, directory; "
                                            "admin has every scope)"}},
-            "schemas": SCHEMAS,
+            "schemas": {**SCHEMAS, **directory.SCHEMAS},
             "responses": RESPONSES,
         },
     }

@@ -76,6 +76,9 @@ def create_app(hub: Hub) -> Flask:
     app.json.sort_keys = False
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
     app.extensions["yizhan_hub"] = hub
+    # The Directory's routes join the api blueprint (and its token check) on import.
+    from hub.http import directory_api  # noqa: F401
+
     app.register_blueprint(api)
 
     @app.get("/healthz")

@@ -216,3 +216,81 @@ maintenance_windows = sa.Table(
     sa.Column("created_ms", sa.BigInteger, nullable=False),
     sa.Index("maintenance_windows_ends", "ends_ms"),
 )
+
+# -- the Directory (contract §8; hub/fleet/directory.py, docs/security.md) -----------
+# PINs are kept only as their pbkdf2_sha256 hash; riders only by their rider id.
+
+# Staff who may sign in on the kiosks: ``groups`` a JSON list of the groups whose
+# stations get them ([] every station); ``phone`` is for alerts, never published.
+staff = sa.Table(
+    "staff", metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("phone", sa.String(16), nullable=True),
+    sa.Column("pin", sa.Text, nullable=False),
+    sa.Column("groups", sa.Text, nullable=False),
+    sa.Column("created_ms", sa.BigInteger, nullable=False),
+    sa.Column("updated_ms", sa.BigInteger, nullable=False),
+)
+
+# Riders registered at a desk: the rider id of contract §1 and the masked number
+# as the kiosk shows it (138****1234), never the number itself.
+riders = sa.Table(
+    "riders", metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("masked", sa.String(16), nullable=False),
+    sa.Column("pin", sa.Text, nullable=False),
+    sa.Column("registered_ms", sa.BigInteger, nullable=False),
+    sa.Column("registered_by", sa.String(64), nullable=True),
+)
+
+# Riders who may not borrow, until ``expires_ms`` (NULL: until removed).
+denied = sa.Table(
+    "denied", metadata,
+    sa.Column("rider", sa.String(32), primary_key=True),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("expires_ms", sa.BigInteger, nullable=True),
+    sa.Column("created_ms", sa.BigInteger, nullable=False),
+    sa.Column("created_by", sa.String(64), nullable=True),
+    sa.Index("denied_expires", "expires_ms"),
+)
+
+# Lending policy overrides: ``scope`` group or station, ``name`` the group or the
+# sid; a NULL field keeps what the wider scope (then the hub's policy:) says.
+policies = sa.Table(
+    "policies", metadata,
+    sa.Column("scope", sa.String(8), primary_key=True),
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("lending", sa.String(16), nullable=True),
+    sa.Column("min_charge", sa.Integer, nullable=True),
+    sa.Column("max_per_rider", sa.Integer, nullable=True),
+    sa.Column("loan_hours", sa.Integer, nullable=True),
+    sa.Column("updated_ms", sa.BigInteger, nullable=False),
+    sa.Column("updated_by", sa.String(64), nullable=True),
+)
+
+# What each station was last sent: its rev (strictly increasing, kept across
+# restarts), the ts it carried, and a digest of the content (rev and ts left
+# out) so the hub knows whether what is retained is still right.
+directory_revs = sa.Table(
+    "directory_revs", metadata,
+    sa.Column("sid", sa.String(32), primary_key=True),
+    sa.Column("rev", sa.BigInteger, nullable=False),
+    sa.Column("ts", sa.BigInteger, nullable=False),
+    sa.Column("digest", sa.String(64), nullable=False),
+    sa.Column("size", sa.Integer, nullable=False),
+)
+
+# Who changed the Directory, when, what, on which entity. ``detail`` is JSON of
+# the fields changed, never a PIN nor a phone number.
+directory_audit = sa.Table(
+    "directory_audit", metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("at_ms", sa.BigInteger, nullable=False),
+    sa.Column("actor", sa.String(64), nullable=True),
+    sa.Column("action", sa.String(32), nullable=False),
+    sa.Column("entity", sa.String(16), nullable=False),
+    sa.Column("entity_id", sa.String(64), nullable=False),
+    sa.Column("detail", sa.Text, nullable=True),
+    sa.Index("directory_audit_at", "at_ms"),
+)
