@@ -226,9 +226,9 @@ class Directory:
             return result
 
     def _check_sizes(self, contents: dict[str, dict[str, Any]]) -> None:
-        sizes: dict[str, int] = {}
+        sizes: dict[int, int] = {}
         for sid, content in contents.items():
-            key = _digest(content)
+            key = id(content)  # shared by stations alike (_contents)
             if key not in sizes:
                 sizes[key] = len(self._payload(content, _WIDEST, _WIDEST))
             if sizes[key] > MAX_DIRECTORY:
@@ -445,13 +445,20 @@ class Directory:
                       for r in conn.execute(sa.select(staff).order_by(staff.c.id))]
         overrides = {(r.scope, r.name): self._override(r)
                      for r in conn.execute(sa.select(policies))}
+        # Stations of one group and policy share one content object, so a fleet of
+        # thousands is sized and digested once per kind of station, not per station.
+        shared: dict[tuple, dict[str, Any]] = {}
         out = {}
         for sid, group in known.items():
             policy = {**self.fleet_policy, **overrides.get(("group", group), {}),
                       **overrides.get(("station", sid), {})}
-            out[sid] = {"policy": policy, "riders": rider_list,
-                        "staff": [s for groups, s in staff_rows if not groups or group in groups],
-                        "denied": denied_list}
+            key = (group, tuple(policy.items()))
+            if key not in shared:
+                shared[key] = {
+                    "policy": policy, "riders": rider_list,
+                    "staff": [s for groups, s in staff_rows if not groups or group in groups],
+                    "denied": denied_list}
+            out[sid] = shared[key]
         return out
 
     @staticmethod
@@ -472,9 +479,13 @@ class Directory:
         all of them, with what they were sent, when ``force``); the count sent."""
         with self.store.engine.connect() as conn:
             sent = {r.sid: r for r in conn.execute(sa.select(directory_revs))}
-        count = 0
+        digests: dict[int, str] = {}
+        payloads: dict[tuple[int, int, int], bytes] = {}
+        done: list[dict[str, Any]] = []
         for sid, content in contents.items():
-            digest = _digest(content)
+            if id(content) not in digests:  # shared by stations alike (_contents)
+                digests[id(content)] = _digest(content)
+            digest = digests[id(content)]
             last = sent.get(sid)
             if last is not None and last.digest == digest:
                 if not force:
@@ -482,7 +493,10 @@ class Directory:
                 rev, ts = last.rev, last.ts  # the same message again: nothing new to apply
             else:
                 rev, ts = max(now, last.rev + 1 if last else 1), now
-            payload = self._payload(content, rev, ts)
+            key = (id(content), rev, ts)
+            if key not in payloads:  # most stations of a change share rev and ts too
+                payloads[key] = self._payload(content, rev, ts)
+            payload = payloads[key]
             if len(payload) > MAX_DIRECTORY:  # only a restored or hand-edited database
                 log.error("directory of %s is %d bytes, over %d: not sent", sid, len(payload),
                           MAX_DIRECTORY)
@@ -494,14 +508,21 @@ class Directory:
                             "is back", rev, sid, err)
                 self._dirty = True
                 continue
-            values = {"rev": rev, "ts": ts, "digest": digest, "size": len(payload)}
+            done.append({"sid": sid, "rev": rev, "ts": ts, "digest": digest,
+                         "size": len(payload)})
+            log.log(logging.INFO if len(contents) <= 10 else logging.DEBUG,
+                    "directory rev %d published to %s (%d bytes)", rev, sid, len(payload))
+        if done:
+            # One transaction for all: were the hub to die before it, the next
+            # start sends them again, with higher revs (the clock moved on).
             with self.store.engine.begin() as conn:
-                if not conn.execute(directory_revs.update()
-                                    .where(directory_revs.c.sid == sid).values(**values)).rowcount:
-                    conn.execute(directory_revs.insert().values(sid=sid, **values))
-            count += 1
-            log.info("directory rev %d published to %s (%d bytes)", rev, sid, len(payload))
-        return count
+                for i in range(0, len(done), 500):  # within SQLite's bound parameters
+                    conn.execute(directory_revs.delete().where(
+                        directory_revs.c.sid.in_([d["sid"] for d in done[i:i + 500]])))
+                conn.execute(directory_revs.insert(), done)
+            if len(contents) > 10:
+                log.info("directory published to %d stations", len(done))
+        return len(done)
 
     def _expire(self, now: int) -> None:
         """Drop the denials that ran out, audited as the hub's doing."""
