@@ -55,6 +55,9 @@ def local_config(target: str, *, interval: str | None = None, deploy: Path = DEP
         config["global"]["scrape_interval"] = interval
         config["global"]["evaluation_interval"] = interval
         jobs[0]["scrape_interval"] = interval
+        # A timeout longer than the interval is refused; a small demo hub answers
+        # well within any interval.
+        jobs[0].pop("scrape_timeout", None)
     return config
 
 
