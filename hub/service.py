@@ -35,6 +35,7 @@ from hub.alerting.forecast import Forecaster
 from hub.alerting.notify import NEVER, Outbox, build_notifiers
 from hub.alerting.routing import Router
 from hub.config import HubConfig
+from hub.console import register as register_console
 from hub.fleet.commands import CommandError, Commands
 from hub.fleet.directory import Directory
 from hub.fleet.ledger import Ledger
@@ -112,6 +113,8 @@ class Hub:
             self._build_alerting()
             self.ingest = Ingest(config, self.fleet, clock, self.registry)
             self.app = create_app(self)
+            if config.console.enabled:
+                register_console(self.app, self)
             self.registry.register(FleetCollector(self))
             self.registry.register(UptimeCollector(self))
         except BaseException:

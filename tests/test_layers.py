@@ -23,10 +23,12 @@ HUB_RANK = {
     "hub.mqtt": 3,
     "hub.alerting": 3,
     "hub.http": 4,
+    "hub.console": 4,
     "hub.service": 5,
 }
 #: Packages that may depend on each other at one rank: none.
-SAME_RANK_APART = {("hub.mqtt", "hub.alerting"), ("hub.alerting", "hub.mqtt")}
+SAME_RANK_APART = {("hub.mqtt", "hub.alerting"), ("hub.alerting", "hub.mqtt"),
+                   ("hub.http", "hub.console")}
 
 
 def imports(path: Path) -> list[tuple[int, str]]:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hub.config.console import ConsoleConfig, parse_console
 from hub.config.notifiers import DEFAULT_ACK_LINK_TTL, LANGUAGES, NotifierSpec, parse_notify
 from hub.config.routes import RoutingConfig, parse_routing
 from hub.config.rules import DEFAULT_RESPONSE_TIME, Rules
@@ -83,6 +84,8 @@ class HubConfig:
     public_url: str | None = None  # how a phone reaches the hub, for ack links
     ack_link_ttl: float = DEFAULT_ACK_LINK_TTL
     ack_secret: bytes | None = field(default=None, repr=False)
+    # the web console (hub/console, docs/console.md)
+    console: ConsoleConfig = field(default_factory=ConsoleConfig)
 
     def __post_init__(self) -> None:
         # A config built in code may list bare strings, like the file's first form.
@@ -131,6 +134,7 @@ def parse_hub_config(data: dict, base: Path | None = None, source: str | None = 
         routing=parse_routing(root, [n.get("name") for n in root.list("notifiers")
                                      if isinstance(n, dict)]),
         **parse_notify(root, base, database),
+        console=parse_console(root, base),
     )
 
 

@@ -294,3 +294,18 @@ directory_audit = sa.Table(
     sa.Column("detail", sa.Text, nullable=True),
     sa.Index("directory_audit_at", "at_ms"),
 )
+
+# The people who sign in to the hub's console (hub/console/auth.py): the password
+# only as werkzeug's salted hash, the role, the groups a maintenance worker acts
+# on (JSON list). ``session_epoch`` grows at every sign-out, password change or
+# disabling: a session cookie signed with an older one is no longer honoured.
+console_users = sa.Table(
+    "console_users", metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("password", sa.Text, nullable=False),
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("groups", sa.Text, nullable=False),
+    sa.Column("session_epoch", sa.Integer, nullable=False),
+    sa.Column("created_ms", sa.BigInteger, nullable=False),
+    sa.Column("disabled_ms", sa.BigInteger, nullable=True),
+)
