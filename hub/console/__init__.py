@@ -164,12 +164,14 @@ def _words() -> Texts:
     return g.get("console_texts") or texts(DEFAULT_LANGUAGE)
 
 
-def _gettext(message: str, **variables: Any) -> str:
-    return _words().gettext(message, **variables)
+# Jinja's new-style gettext fills %(name)s itself (escaping the values): these
+# only translate.
+def _gettext(message: str) -> str:
+    return _words().translations.gettext(message)
 
 
-def _ngettext(singular: str, plural: str, n: int, **variables: Any) -> str:
-    return _words().ngettext(singular, plural, n, **variables)
+def _ngettext(singular: str, plural: str, n: int) -> str:
+    return _words().translations.ngettext(singular, plural, n)
 
 
 def when(ms: int | None) -> str:

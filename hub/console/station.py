@@ -1,20 +1,204 @@
-"""The station page: its slots, dispenser, doors, recent events and 90-day uptime,
-and the remote unlock of a slot with a reason (audited)."""
+"""The station page: its slots, dispenser, doors, recent events and commands, the
+90-day uptime bar, and the remote unlock of a slot with a reason (audited).
+
+The unlock goes out as the API's does (``hub.commands``, contract §7), by
+``console:<user>``; a maintenance worker may send it only to a station of their
+own groups (``may_act_on``). The reason is written to the audit log before the
+command is sent, so no unlock leaves the hub unaccounted for.
+"""
 
 from __future__ import annotations
 
-from flask import Blueprint, abort, current_app, render_template
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from hub.console.auth import requires
+import sqlalchemy as sa
+from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
+
+from hub.alerting.texts import N_
+from hub.console.audit import actor, record
+from hub.console.auth import may_act_on, requires
+from hub.console.fleet import severities_by_station
+from hub.console.health import CONDITIONS, LABELS, WATER, condition
+from hub.fleet.banks import bank_states
+from hub.fleet.commands import BadCommand, CommandNotSent, TooManyReplays
+from hub.fleet.directory_fields import BadField, text
+from hub.storage.schema import commands, events, ledger
+from yizhan.untrusted import decimal
 
 bp = Blueprint("console_station", __name__, url_prefix="/console")
+
+DAYS = 90
+EVENTS_SHOWN = 30
+COMMANDS_SHOWN = 10
+MAX_REASON = 200
+#: No locker has more slots than this (the board's slot is a u8, contract §9).
+MAX_SLOT = 255
+DAY_MS = 86_400_000
+
+#: Event types (contract §6) in words; an unknown type is shown as it came.
+EVENT_WORDS = {
+    "door_opened": N_("Door opened"), "door_closed": N_("Door closed"),
+    "bank_borrowed": N_("Bank borrowed"), "bank_returned": N_("Bank returned"),
+    "unlock_failed": N_("Unlock failed"), "slot_fault": N_("Slot fault"),
+    "slot_fault_cleared": N_("Slot fault cleared"), "locker_offline": N_("Locker offline"),
+    "locker_online": N_("Locker online"), "water_level": N_("Water level"),
+    "dispenser_fault": N_("Dispenser fault"),
+    "dispenser_fault_cleared": N_("Dispenser fault cleared"),
+    "heater_lockout": N_("Heater lockout"), "heater_lockout_cleared": N_("Heater lockout cleared"),
+    "refilled": N_("Refilled"), "maintenance_started": N_("Maintenance started"),
+    "maintenance_ended": N_("Maintenance ended"), "tamper": N_("Tamper"), "visit": N_("Visits"),
+}
+#: Event data shown beside the type: never a rider's id in full.
+SHOWN_DATA = ("slot", "door", "bank", "charge", "fault", "reason", "what", "staff",
+              "level_state", "count")
+
+
+def _hub() -> Any:
+    return current_app.extensions["yizhan_console"].hub
+
+
+def _tz() -> Any:
+    return current_app.extensions["yizhan_console"].tz
+
+
+def recent_events(hub: Any, sid: str) -> list[dict[str, Any]]:
+    q = (sa.select(events.c.type, events.c.at_ms, events.c.data)
+         .where(events.c.sid == sid).order_by(events.c.at_ms.desc()).limit(EVENTS_SHOWN))
+    with hub.store.engine.connect() as conn:
+        rows = conn.execute(q).all()
+    out = []
+    for r in rows:
+        try:
+            data = json.loads(r.data)
+        except ValueError:
+            data = {}
+        shown = {k: data[k] for k in SHOWN_DATA
+                 if isinstance(data, dict) and data.get(k) is not None}
+        out.append({"type": r.type, "words": EVENT_WORDS.get(r.type), "at": r.at_ms,
+                    "data": ", ".join(f"{k} {str(v)[:40]}" for k, v in shown.items())})
+    return out
+
+
+def recent_commands(hub: Any, sid: str) -> list[dict[str, Any]]:
+    q = (sa.select(commands).where(commands.c.sid == sid)
+         .order_by(commands.c.created_ms.desc()).limit(COMMANDS_SHOWN))
+    with hub.store.engine.connect() as conn:
+        rows = conn.execute(q).all()
+    return [{"id": r.id, "cmd": r.cmd, "args": r.args, "by": r.by, "at": r.created_ms,
+             "state": r.state, "error": r.error} for r in rows]
+
+
+def uptime_days(hub: Any, sid: str, tz: Any) -> list[dict[str, Any]]:
+    """The last DAYS local days, each with the share of it the station was down.
+
+    One ledger read over the whole window (its outages cut at day boundaries),
+    not one per day; days before the station's first mark have no data.
+    """
+    now_ms = hub.clock.ms()
+    today = datetime.fromtimestamp(now_ms / 1000, UTC).astimezone(tz).replace(
+        hour=0, minute=0, second=0, microsecond=0)
+    starts = [int((today - timedelta(days=DAYS - 1 - i)).timestamp() * 1000)
+              for i in range(DAYS)]
+    uptime = hub.ledger.uptime(sid, starts[0], now_ms)
+    with hub.store.engine.connect() as conn:
+        first = conn.execute(sa.select(sa.func.min(ledger.c.at_ms)).where(
+            ledger.c.sid == sid, ledger.c.component == "station")).scalar()
+    days = []
+    for i, start in enumerate(starts):
+        end = starts[i + 1] if i + 1 < DAYS else now_ms
+        day = {"start": start, "label": datetime.fromtimestamp(start / 1000, UTC)
+               .astimezone(tz).strftime("%m-%d")}
+        if first is None or end <= first or end <= start:
+            day.update(share=None, css="s-off")
+            days.append(day)
+            continue
+        seen_from = max(start, first)
+        down = 0
+        for o in uptime.outages:
+            o_end = o.end_ms if o.end_ms is not None else now_ms
+            down += max(0, min(o_end, end) - max(o.start_ms, seen_from))
+        share = down / (end - seen_from) if end > seen_from else 0.0
+        day.update(share=share, css="s-ok" if share == 0 else "s-warn" if share < 0.05
+                   else "s-bad")
+        days.append(day)
+    return days
 
 
 @bp.get("/stations/<sid>")
 @requires("maintenance")
 def station(sid: str):
-    hub = current_app.extensions["yizhan_console"].hub
+    hub = _hub()
     view = hub.fleet.get(sid)
     if view is None:
         abort(404)
-    return render_template("console/station.html", view=view)
+    threshold = int(hub.config.min_charge)
+    banks = bank_states(view.state, threshold)
+    open_alerts = severities_by_station(hub).get(view.sid, {})
+    word = condition(view, banks, open_alerts)
+    state = view.state or {}
+    slots = []
+    for s in (state.get("lockers") or {}).get("slots") or ():
+        if s.get("fault"):
+            css = "s-bad"
+        elif not s.get("bank"):
+            css = "s-off"
+        elif (s.get("charge") or 0) >= threshold:
+            css = "s-ok"
+        else:
+            css = "s-warn"
+        slots.append({**s, "css": css})
+    days = uptime_days(hub, view.sid, _tz())
+    return render_template(
+        "console/station.html", view=view, word=word, label=LABELS[word],
+        css=CONDITIONS[word][0], banks=banks, alerts=sum(open_alerts.values()),
+        slots=slots, lockers=state.get("lockers"), dispenser=state.get("dispenser"),
+        doors=state.get("doors"), health=state.get("health"),
+        events=recent_events(hub, view.sid), commands=recent_commands(hub, view.sid),
+        days=days, water_words=WATER, may_act=may_act_on(view.sid),
+        max_reason=MAX_REASON)
+
+
+def _slot(raw: str | None, view: Any) -> int | None:
+    """The slot asked for: digits 0-9 only, and a slot the station has when its
+    State lists them."""
+    value = decimal(raw or "")
+    if value is None or not 1 <= value <= MAX_SLOT:
+        return None
+    listed = [s.get("slot") for s in ((view.state or {}).get("lockers") or {}).get("slots") or ()]
+    if listed and value not in listed:
+        return None
+    return value
+
+
+@bp.post("/stations/<sid>/unlock")
+@requires("maintenance")
+def unlock(sid: str):
+    hub = _hub()
+    view = hub.fleet.get(sid)
+    if view is None:
+        abort(404)
+    if not may_act_on(view.sid):
+        abort(403)
+    back = redirect(url_for("console_station.station", sid=view.sid), 303)
+    slot = _slot(request.form.get("slot"), view)
+    if slot is None:
+        flash(N_("Choose a slot this station has."), "error")
+        return back
+    try:
+        reason = text(request.form.get("reason", "").strip(), "reason", MAX_REASON)
+    except BadField:
+        flash(N_("Give a reason for the unlock (up to 200 characters)."), "error")
+        return back
+    # Audited before it is sent: an unlock that went out is never missing from the log.
+    record(hub, "unlock", "station", view.sid, {"slot": slot, "reason": reason})
+    try:
+        hub.commands.send(view.sid, "unlock", {"slot": slot}, by=actor(), paced=True)
+    except (BadCommand, TooManyReplays, CommandNotSent) as err:
+        record(hub, "unlock_not_sent", "station", view.sid, {"slot": slot, "error": str(err)})
+        flash(N_("The unlock could not be sent: the hub has no connection to the broker."),
+              "error")
+        return back
+    flash(N_("Unlock sent. Its result appears under Commands."), "ok")
+    return back
