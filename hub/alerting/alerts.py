@@ -83,13 +83,18 @@ def new_id() -> str:
 
 def to_alert(row: Any) -> dict[str, Any]:
     """A row as the Alert object of contract §11 (times in integer ms)."""
-    return {
+    alert = {
         "id": row.id, "rule": row.rule, "sid": row.sid, "severity": row.severity,
         "state": row.state, "summary": row.summary,
         "value": json.loads(row.value) if row.value is not None else None,
         "started_at": row.started_ms, "acked_at": row.acked_ms,
         "resolved_at": row.resolved_ms,
     }
+    # Who is to see to it (a staff id, given from the console); left out while
+    # nobody is, so an Alert reads as it did before there was assigning.
+    if row.assignee is not None:
+        alert["assigned_to"] = row.assignee
+    return alert
 
 
 class AlertStore:
@@ -214,6 +219,29 @@ class AlertStore:
             self._resolved(alert)
             self._tell(RESOLVED, alert)
         return alert
+
+    def assign(self, alert_id: str, staff_id: str | None, by: str | None) -> dict[str, Any]:
+        """Give an open alert to a staff member to see to (``None``: to nobody);
+        a resolved one → :class:`AlertConflict`. Nobody is notified: the console
+        shows it, the assignee is told by whoever assigned."""
+
+        def op(conn: sa.Connection) -> str:
+            row = _row(conn, alert_id)
+            if row is None:
+                return "missing"
+            if row.state == RESOLVED:
+                return "conflict"
+            conn.execute(table.update().where(table.c.id == alert_id)
+                         .values(assignee=staff_id))
+            return "changed"
+
+        outcome = self._write(op)
+        if outcome == "missing":
+            raise AlertNotFound(alert_id)
+        if outcome == "conflict":
+            raise AlertConflict(f"alert {alert_id} is resolved; there is nothing to assign")
+        log.info("alert %s assigned to %s by %s", alert_id, staff_id, by)
+        return self._must_get(alert_id)
 
     def raise_alert(self, rule: str, sid: str, severity: str, summary: str,
                     value: Any = None, subject: str = "",

@@ -157,7 +157,11 @@ SCHEMAS: dict[str, Any] = {
         "started_at": MS,
         "acked_at": MS_OR_NULL,
         "resolved_at": MS_OR_NULL,
-    }),
+        "assigned_to": {"type": ["string", "null"],
+                        "description": "the staff id the alert is given to (from the "
+                                       "console); absent or null: nobody"},
+    }, required=["id", "rule", "sid", "severity", "state", "summary", "value", "started_at",
+                 "acked_at", "resolved_at"]),
     "AlertList": _obj({"alerts": {"type": "array", "items": _ref("Alert")}}),
     # One schema per command, chosen by cmd (contract §7). Keys of args the command
     # does not take, and keys of the body besides cmd and args, are ignored.

@@ -156,6 +156,8 @@ alerts = sa.Table(
     sa.Column("notified", sa.String(16), nullable=True),
     sa.Column("route", sa.String(64), nullable=True),
     sa.Column("tier_ms", sa.BigInteger, nullable=True),
+    # The staff id the alert is given to from the console (hub/console/alerts.py).
+    sa.Column("assignee", sa.String(64), nullable=True),
     sa.Index("alerts_open", "rule", "sid", "subject", "state"),
     sa.Index("alerts_sid_state", "sid", "state"),
 )
