@@ -1,0 +1,176 @@
+"""The people page: staff who sign in at the kiosks (PIN set and reset), riders
+by their masked number, the denied list, and (admin) the API tokens.
+
+Every change goes through the Directory (``hub.directory``), which checks the
+fields, hashes the PIN, audits the change and publishes the stations'
+Directory; the forms here only turn form fields into the bodies it takes. A
+PIN or a phone number is never put back into a page, a flash message or a log
+line: a form that is refused is shown again without them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
+
+from hub.console.audit import actor
+from hub.console.auth import requires
+from hub.console.uptime import BadRange, parse_date, timezone_of
+from hub.fleet.directory import DirectoryError
+from hub.fleet.directory_fields import BadField
+
+bp = Blueprint("console_people", __name__, url_prefix="/console")
+
+#: The riders listed: the newest registered (the Directory lists at most this many).
+RIDERS_SHOWN = 200
+
+
+def _groups(raw: str) -> list[str]:
+    """``"chumen, kanmen"`` → ``["chumen", "kanmen"]``; empty: every station's."""
+    return [g.strip() for g in raw.replace("，", ",").split(",") if g.strip()]
+
+
+def staff_body(form: Mapping[str, str], new: bool) -> dict[str, Any]:
+    """The Directory's body from the staff form. Adding takes every field; editing
+    changes name and groups as shown, and the phone and PIN only when typed (an
+    empty PIN box keeps the PIN; the page never has it to show)."""
+    body: dict[str, Any] = {}
+    if new:
+        body["id"] = form.get("id", "").strip()
+    body["name"] = form.get("name", "").strip()
+    body["groups"] = _groups(form.get("groups", ""))
+    phone = form.get("phone", "").strip()
+    if phone:
+        body["phone"] = phone
+    elif form.get("clear_phone"):
+        body["phone"] = None
+    pin = form.get("pin", "")
+    if pin or new:
+        body["pin"] = pin
+    return body
+
+
+def deny_body(hub: Any, form: Mapping[str, str]) -> dict[str, Any]:
+    """The Directory's deny body: ``phone`` or ``rider`` (one of them), ``reason``,
+    and ``expires`` a date (YYYY-MM-DD: denied to the end of that day in the hub's
+    time zone) or empty (until removed)."""
+    body: dict[str, Any] = {"reason": form.get("reason", "").strip()}
+    phone, rider = form.get("phone", "").strip(), form.get("rider", "").strip()
+    if phone:
+        body["phone"] = phone
+    if rider:
+        body["rider"] = rider
+    day = parse_date(form.get("expires", "").strip() or None, "expires")
+    if day is not None:
+        tz = timezone_of(hub)
+        end = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), tz)
+        body["expires_at"] = int(end.timestamp() * 1000)
+    return body
+
+
+def rider_body(form: Mapping[str, str]) -> dict[str, Any]:
+    return {"phone": form.get("phone", "").strip(), "pin": form.get("pin", "")}
+
+
+def token_list(hub: Any) -> list[dict[str, Any]]:
+    """The API tokens of the hub's configuration: names and scopes, never secrets.
+    They are made in the configuration file (docs/hub.md), not here."""
+    return [{"name": t.name, "scopes": sorted(t.scopes), "legacy": t.legacy}
+            for t in hub.config.api_tokens]
+
+
+# -- views -------------------------------------------------------------------------------
+
+
+def _hub() -> Any:
+    return current_app.extensions["yizhan_console"].hub
+
+
+def _back():
+    return redirect(url_for("console_people.people"), 303)
+
+
+def _directory(change: Any, done: str):
+    """Run a Directory change; flash what it says when refused (its messages name
+    the field, never the value typed), and go back to the list either way."""
+    try:
+        change()
+    except (BadField, DirectoryError, BadRange) as err:
+        flash(getattr(err, "message", None) or str(err), "error")
+        return _back()
+    flash(done, "ok")
+    return _back()
+
+
+@bp.get("/people")
+@requires("ops")
+def people():
+    hub = _hub()
+    d = hub.directory
+    return render_template("console/people.html", staff=d.list_staff(),
+                           riders=d.list_riders(RIDERS_SHOWN), denied=d.list_denied(),
+                           riders_shown=RIDERS_SHOWN, has_fleet_key=d.fleet_key is not None)
+
+
+@bp.post("/people/staff")
+@requires("ops")
+def add_staff():
+    d = _hub().directory
+    return _directory(lambda: d.add_staff(staff_body(request.form, new=True), by=actor()),
+                      "Staff member added; the stations get them now.")
+
+
+@bp.post("/people/staff/<staff_id>")
+@requires("ops")
+def change_staff(staff_id: str):
+    d = _hub().directory
+    return _directory(lambda: d.change_staff(staff_id[:64], staff_body(request.form, new=False),
+                                             by=actor()),
+                      "Staff member changed; the stations get it now.")
+
+
+@bp.post("/people/staff/<staff_id>/remove")
+@requires("ops")
+def remove_staff(staff_id: str):
+    d = _hub().directory
+    return _directory(lambda: d.remove_staff(staff_id[:64], by=actor()),
+                      "Staff member removed.")
+
+
+@bp.post("/people/riders")
+@requires("ops")
+def register_rider():
+    d = _hub().directory
+    return _directory(lambda: d.register_rider(rider_body(request.form), by=actor()),
+                      "Rider registered.")
+
+
+@bp.post("/people/riders/<rider>/remove")
+@requires("ops")
+def remove_rider(rider: str):
+    d = _hub().directory
+    return _directory(lambda: d.remove_rider(rider[:64], by=actor()), "Rider removed.")
+
+
+@bp.post("/people/denied")
+@requires("ops")
+def deny():
+    hub = _hub()
+    return _directory(lambda: hub.directory.deny(deny_body(hub, request.form), by=actor()),
+                      "Rider denied; the stations refuse their borrows now.")
+
+
+@bp.post("/people/denied/<rider>/remove")
+@requires("ops")
+def undeny(rider: str):
+    d = _hub().directory
+    return _directory(lambda: d.undeny(rider[:64], by=actor()), "Rider may borrow again.")
+
+
+@bp.get("/tokens")
+@requires("admin")
+def tokens():
+    return render_template("console/tokens.html", tokens=token_list(_hub()))
