@@ -65,7 +65,8 @@ def _tz() -> Any:
 
 def recent_events(hub: Any, sid: str) -> list[dict[str, Any]]:
     q = (sa.select(events.c.type, events.c.at_ms, events.c.data)
-         .where(events.c.sid == sid).order_by(events.c.at_ms.desc()).limit(EVENTS_SHOWN))
+         .where(events.c.sid == sid)
+         .order_by(events.c.at_ms.desc(), events.c.seq.desc()).limit(EVENTS_SHOWN))
     with hub.store.engine.connect() as conn:
         rows = conn.execute(q).all()
     out = []
