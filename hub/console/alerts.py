@@ -21,6 +21,7 @@ from hub.alerting.alerts import (
     BadMute,
     StoreUnavailable,
 )
+from hub.alerting.texts import N_
 from hub.console.audit import actor, groups_seen, record
 from hub.console.auth import may_act_on, requires
 from hub.fleet.directory import DirectoryNotFound
@@ -117,10 +118,10 @@ def _change(alert_id: str, change: str, done: str):
     try:
         getattr(_hub().alerts, change)(alert["id"], by=actor())
     except AlertConflict:
-        flash("That alert is resolved already.", "error")
+        flash(N_("That alert is resolved already."), "error")
         return _back()
     except (AlertNotFound, StoreUnavailable):
-        flash("The hub could not save that; try again.", "error")
+        flash(N_("The hub could not save that; try again."), "error")
         return _back()
     record(_hub(), f"alert.{change}", "alert", alert["id"], {"sid": alert["sid"]})
     flash(done, "ok")
@@ -130,13 +131,13 @@ def _change(alert_id: str, change: str, done: str):
 @bp.post("/alerts/<alert_id>/ack")
 @requires("maintenance")
 def ack(alert_id: str):
-    return _change(alert_id, "ack", "Alert acknowledged.")
+    return _change(alert_id, "ack", N_("Alert acknowledged."))
 
 
 @bp.post("/alerts/<alert_id>/resolve")
 @requires("maintenance")
 def resolve(alert_id: str):
-    return _change(alert_id, "resolve", "Alert resolved.")
+    return _change(alert_id, "resolve", N_("Alert resolved."))
 
 
 @bp.post("/alerts/<alert_id>/assign")
@@ -149,18 +150,18 @@ def assign(alert_id: str):
         try:
             hub.directory.get_staff(staff_id[:64])
         except DirectoryNotFound:
-            flash("No such staff member.", "error")
+            flash(N_("No such staff member."), "error")
             return _back()
     try:
         hub.alerts.assign(alert["id"], staff_id, by=actor())
     except AlertConflict:
-        flash("That alert is resolved already.", "error")
+        flash(N_("That alert is resolved already."), "error")
         return _back()
     except (AlertNotFound, StoreUnavailable):
-        flash("The hub could not save that; try again.", "error")
+        flash(N_("The hub could not save that; try again."), "error")
         return _back()
     record(hub, "alert.assign", "alert", alert["id"], {"sid": alert["sid"], "to": staff_id})
-    flash("Alert assigned." if staff_id else "Alert given to nobody.", "ok")
+    flash(N_("Alert assigned.") if staff_id else N_("Alert given to nobody."), "ok")
     return _back()
 
 
@@ -175,9 +176,9 @@ def silence():
         flash(err.message, "error")
         return _back()
     except StoreUnavailable:
-        flash("The hub could not save that; try again.", "error")
+        flash(N_("The hub could not save that; try again."), "error")
         return _back()
     record(hub, "silence.add", "silence", made.get("id", ""),
            {"sid": alert["sid"], "rule": alert["rule"], "ends_at": made.get("ends_at")})
-    flash("Silenced.", "ok")
+    flash(N_("Silenced."), "ok")
     return _back()

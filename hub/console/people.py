@@ -16,6 +16,7 @@ from typing import Any
 
 from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
 
+from hub.alerting.texts import N_
 from hub.console.audit import actor
 from hub.console.auth import requires
 from hub.console.uptime import BadRange, parse_date, timezone_of
@@ -120,7 +121,7 @@ def people():
 def add_staff():
     d = _hub().directory
     return _directory(lambda: d.add_staff(staff_body(request.form, new=True), by=actor()),
-                      "Staff member added; the stations get them now.")
+                      N_("Staff member added; the stations get them now."))
 
 
 @bp.post("/people/staff/<staff_id>")
@@ -129,7 +130,7 @@ def change_staff(staff_id: str):
     d = _hub().directory
     return _directory(lambda: d.change_staff(staff_id[:64], staff_body(request.form, new=False),
                                              by=actor()),
-                      "Staff member changed; the stations get it now.")
+                      N_("Staff member changed; the stations get it now."))
 
 
 @bp.post("/people/staff/<staff_id>/remove")
@@ -137,7 +138,7 @@ def change_staff(staff_id: str):
 def remove_staff(staff_id: str):
     d = _hub().directory
     return _directory(lambda: d.remove_staff(staff_id[:64], by=actor()),
-                      "Staff member removed.")
+                      N_("Staff member removed."))
 
 
 @bp.post("/people/riders")
@@ -145,14 +146,14 @@ def remove_staff(staff_id: str):
 def register_rider():
     d = _hub().directory
     return _directory(lambda: d.register_rider(rider_body(request.form), by=actor()),
-                      "Rider registered.")
+                      N_("Rider registered."))
 
 
 @bp.post("/people/riders/<rider>/remove")
 @requires("ops")
 def remove_rider(rider: str):
     d = _hub().directory
-    return _directory(lambda: d.remove_rider(rider[:64], by=actor()), "Rider removed.")
+    return _directory(lambda: d.remove_rider(rider[:64], by=actor()), N_("Rider removed."))
 
 
 @bp.post("/people/denied")
@@ -160,14 +161,14 @@ def remove_rider(rider: str):
 def deny():
     hub = _hub()
     return _directory(lambda: hub.directory.deny(deny_body(hub, request.form), by=actor()),
-                      "Rider denied; the stations refuse their borrows now.")
+                      N_("Rider denied; the stations refuse their borrows now."))
 
 
 @bp.post("/people/denied/<rider>/remove")
 @requires("ops")
 def undeny(rider: str):
     d = _hub().directory
-    return _directory(lambda: d.undeny(rider[:64], by=actor()), "Rider may borrow again.")
+    return _directory(lambda: d.undeny(rider[:64], by=actor()), N_("Rider may borrow again."))
 
 
 @bp.get("/tokens")

@@ -14,6 +14,7 @@ from typing import Any
 
 from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
 
+from hub.alerting.texts import N_
 from hub.console.audit import record
 from hub.console.auth import ROLES, UserError, current_user, requires
 
@@ -52,7 +53,7 @@ def add_user():
         flash(str(err), "error")
         return _back()
     record(console.hub, "user.add", "console_user", name, {"role": role, "groups": groups})
-    flash("User added.", "ok")
+    flash(N_("User added."), "ok")
     return _back()
 
 
@@ -72,7 +73,7 @@ def change_user(name: str):
             disable = form["action"] == "disable"
             me = current_user()
             if disable and me is not None and me.name == name:
-                flash("You cannot disable yourself.", "error")
+                flash(N_("You cannot disable yourself."), "error")
                 return _back()
             console.users.change(name, disabled=disable)
             detail["disabled"] = disable
@@ -87,5 +88,5 @@ def change_user(name: str):
         flash(str(err), "error")
         return _back()
     record(console.hub, "user.change", "console_user", name, detail)
-    flash("User changed.", "ok")
+    flash(N_("User changed."), "ok")
     return _back()
