@@ -10,6 +10,8 @@ the station would get.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from http.cookies import SimpleCookie
 
 import pytest
@@ -360,3 +362,43 @@ def test_unlock_needs_a_slot_the_station_has_and_a_reason(live_hub, slot):
     resp = desk.post("/console/stations/yh-chumen-01/unlock", {"slot": "1", "reason": " "})
     assert resp.status_code == 303
     assert [r for r in _audit(h) if r.action == "unlock"] == []
+
+
+# -- yizhan console-user ----------------------------------------------------------------
+
+
+def _cli(*argv: str, stdin: str = "") -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "yizhan", "console-user", *argv],
+                          input=stdin, capture_output=True, text=True, timeout=60)
+
+
+def test_console_user_command_adds_a_user_who_signs_in(tmp_path):
+    config = tmp_path / "hub.yaml"
+    config.write_text(f"mqtt: {{host: 127.0.0.1, port: 1}}\n"
+                      f"database: sqlite:///{tmp_path / 'hub.db'}\n"
+                      f"stations: [{{sid: yh-chumen-01, name: A, group: chumen}}]\n")
+    secret = "a long enough password 楚门"
+    done = _cli("add", "li.wei", "--role", "maintenance", "--groups", "chumen",
+                "--config", str(config), stdin=secret + "\n")
+    assert done.returncode == 0, done.stderr
+    assert secret not in done.stdout + done.stderr
+    refused = _cli("add", "zhao", "--role", "maintenance", "--config", str(config),
+                   stdin=secret + "\n")
+    assert refused.returncode == 1 and "--groups" in refused.stderr
+    short = _cli("add", "qian", "--role", "ops", "--config", str(config), stdin="short\n")
+    assert short.returncode == 1 and "password" in short.stderr
+    listed = _cli("list", "--config", str(config))
+    assert listed.stdout.splitlines() == ["li.wei\tmaintenance\tchumen\tenabled"]
+
+    from hub.config import load_hub_config
+    from hub.service import Hub
+    h = Hub(load_hub_config(config), ManualClock(1_764_196_800.0))
+    try:
+        b = Browser(h)
+        b.get(SIGNIN)
+        assert b.post(SIGNIN, {"name": "li.wei", "password": secret}).status_code == 303
+        assert b.get("/console/").status_code == 200
+    finally:
+        h.close()
+    assert _cli("disable", "li.wei", "--config", str(config)).returncode == 0
+    assert _cli("list", "--config", str(config)).stdout.split("\t")[-1].strip() == "disabled"

@@ -5,6 +5,7 @@
     yizhan kiosk --config /etc/yizhan/station.yaml
     yizhan sim board --link /tmp/ttyLOCKER
     yizhan demo
+    yizhan console-user add NAME --role ROLE [--groups g1,g2] --config hub.yaml
 
 A bad configuration exits with status 2 and names the file, the key and the
 problem.
@@ -134,6 +135,15 @@ def cmd_sim_board(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_console_user(args: argparse.Namespace) -> int:
+    from hub.console.accounts import console_user
+
+    if args.action not in ("list",) and not args.name:
+        print(f"yizhan console-user {args.action}: give the user's NAME", file=sys.stderr)
+        return EXIT_CONFIG
+    return console_user(args.config, args.action, args.name, args.role, args.groups)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from yizhan.demo import run_demo
 
@@ -188,6 +198,21 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--auto-take", action="store_true",
                    help="a released bank is taken by a simulated rider")
     b.set_defaults(func=cmd_sim_board)
+
+    c = sub.add_parser("console-user", help="people who sign in to the hub's web console",
+                       description="Add, change, disable or list the hub console's users "
+                                   "(docs/console.md). A password is read from standard "
+                                   "input (first line) or asked at the terminal, never "
+                                   "given on the command line.")
+    c.add_argument("action", choices=["add", "password", "change", "disable", "enable", "list"])
+    c.add_argument("name", nargs="?", help="the user's name: a-z 0-9 . _ -")
+    c.add_argument("--config", required=True, metavar="FILE", help="hub configuration (YAML)")
+    c.add_argument("--role", choices=["admin", "ops", "maintenance"],
+                   help="admin: everything; ops: all but users and tokens; "
+                        "maintenance: alerts, stations and refills of their groups")
+    c.add_argument("--groups", metavar="G1,G2",
+                   help="the groups a maintenance user acts on, comma-separated")
+    c.set_defaults(func=cmd_console_user)
 
     d = sub.add_parser("demo", help="broker, hub and simulated stations on this machine",
                        description="Start a private MQTT broker, the hub and simulated "
