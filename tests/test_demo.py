@@ -61,6 +61,34 @@ def _check_prometheus(log_text: str, hub_port: int) -> None:
     wait_until(hub_scraped, 20, "the demo's hub scraped by its Prometheus", interval=0.5)
 
 
+def _check_console(log_text: str, hub_port: int, workdir) -> None:
+    """The banner's console URL and one sign-in per role, each signing in for real
+    (cookie jar, CSRF field) and seeing the pages of its role; the passwords'
+    file is the owner's alone."""
+    import http.cookiejar
+    import re
+    import urllib.parse
+    import urllib.request
+
+    lines = [line.split() for line in log_text.splitlines()]
+    console = [w[1] for w in lines if w[:1] == ["console"]]
+    assert console == [f"http://127.0.0.1:{hub_port}/"]
+    signins = {w[4].strip("()"): (w[1], w[3]) for w in lines if w[:1] == ["sign-in"]}
+    assert set(signins) == {"admin", "ops", "maintenance"}
+    assert (workdir / "console-users").stat().st_mode & 0o077 == 0
+    for role, (name, password) in signins.items():
+        opener = urllib.request.build_opener(
+            urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+        page = opener.open(console[0], timeout=10).read().decode()  # / → the sign-in page
+        csrf = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+        form = urllib.parse.urlencode({"name": name, "password": password, "csrf": csrf})
+        fleet = opener.open(f"{console[0]}console/signin", form.encode(), timeout=10)
+        page = fleet.read().decode()
+        assert fleet.url.endswith("/console/"), (role, fleet.url)
+        assert "楚门镇先锋驿站" in page  # the fleet, with the demo's stations
+        assert ('href="/console/users"' in page) == (role == "admin"), role
+
+
 def test_demo_without_prometheus_says_so_and_goes_on(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(prometheus, "find_binary", lambda: None)
     assert start_prometheus(tmp_path, free_port(), tmp_path) == (None, None)
@@ -103,6 +131,7 @@ def test_demo_brings_three_stations_online_and_stops_cleanly(tmp_path, broker):
             wait_until(lambda url=url: _page(url), 15, f"the kiosk at {url}")
             assert "借充电宝" in _page(url)
         _check_prometheus((tmp_path / "demo.log").read_text(), port)
+        _check_console((tmp_path / "demo.log").read_text(), port, workdir)
 
         demo.send_signal(signal.SIGINT)
         assert demo.wait(20) == 0

@@ -37,6 +37,8 @@ DEMO_STATIONS = [
     ("yh-kanmen-02", "坎门街道渔港驿站", "kanmen"),
     ("yh-qinggang-01", "清港镇文化礼堂驿站", "qinggang"),
 ]
+#: One console user per role (docs/console.md); maint acts on every demo group.
+DEMO_USERS = (("admin", "admin"), ("ops", "ops"), ("maint", "maintenance"))
 
 
 def _private(path: Path, text: str) -> Path:
@@ -86,6 +88,7 @@ def write_configs(workdir: Path, n: int, mqtt_port: int, http_port: int) -> tupl
                         "scopes": ["read", "ack", "silence", "command"]}],
         "fleet_key_file": str(key.resolve()),
         "stations": [{"sid": s, "name": name, "group": g} for s, name, g in stations],
+        "console": {"secret_key_file": str((workdir / "console.key").resolve())},
     })
     configs = []
     for i, (sid, name, _group) in enumerate(stations):
@@ -105,6 +108,42 @@ def write_configs(workdir: Path, n: int, mqtt_port: int, http_port: int) -> tupl
         })
         configs.append((sid, cfg))
     return hub, configs
+
+
+def console_users(workdir: Path, hub_cfg: Path) -> list[tuple[str, str, str]]:
+    """(name, role, password) of the demo's console users, made in the hub's
+    database before the hub starts. The passwords are random, kept 0600 in
+    ``console-users`` so a second run signs in the same way."""
+    from hub.config import load_hub_config
+    from hub.console.auth import UserError, Users
+    from hub.storage.store import Store
+    from yizhan.clock import SYSTEM_CLOCK
+
+    path = workdir / "console-users"
+    kept = {}
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            name, _, password = line.partition(" ")
+            kept[name] = password.split(" ", 1)[-1]
+    config = load_hub_config(hub_cfg)
+    groups = sorted({s.group for s in config.stations if s.group})
+    store = Store(config.database)
+    out = []
+    try:
+        users = Users(store, SYSTEM_CLOCK)
+        for name, role in DEMO_USERS:
+            password = kept.get(name) or secrets.token_urlsafe(12)
+            try:
+                users.add(name, password, role, groups if role == "maintenance" else ())
+            except UserError:  # made by an earlier run: its password is the file's
+                users.set_password(name, password)
+                users.change(name, role=role,
+                             groups=groups if role == "maintenance" else (), disabled=False)
+            out.append((name, role, password))
+    finally:
+        store.close()
+    _private(path, "".join(f"{n} {r} {p}\n" for n, r, p in out))
+    return out
 
 
 def _port_near(port: int, avoid: set[int] | frozenset = frozenset()) -> int:
@@ -134,6 +173,7 @@ def run_demo(args) -> int:
         print(f"port {args.http_port} is taken; the hub uses {http_port}", flush=True)
     hub_cfg, station_cfgs = write_configs(workdir, args.stations, mqtt_port, http_port)
     token = (workdir / "api-token").read_text().strip()
+    signins = console_users(workdir, hub_cfg)
     logs = workdir / "logs"
     logs.mkdir(exist_ok=True)
 
@@ -192,7 +232,7 @@ def run_demo(args) -> int:
             # The demo is about the stations: a Prometheus that fails is reported, not fatal.
             print(f"prometheus did not start; see {logs / 'prometheus.log'}", flush=True)
             prom_url = None
-        print(_banner(base, token, workdir, kiosks, prom_url), flush=True)
+        print(_banner(base, token, workdir, kiosks, prom_url, signins), flush=True)
         while not stopping:
             _check_children(children)
             time.sleep(0.5)
@@ -268,12 +308,14 @@ def _stop_all(children, broker) -> None:
 
 
 def _banner(base: str, token: str, workdir: Path, kiosks: list[tuple[str, str]],
-            prom_url: str | None = None) -> str:
+            prom_url: str | None = None, signins: list[tuple[str, str, str]] = ()) -> str:
     prom = [f"  prometheus  {prom_url}   (alerts {prom_url}/alerts, rules {prom_url}/rules)"
             ] if prom_url else []
     return "\n".join([
         "",
         "Yizhan demo is running.",
+        f"  console     {base}/   (sign in below; also in {workdir / 'console-users'})",
+        *[f"  sign-in     {name} / {password}   ({role})" for name, role, password in signins],
         f"  hub API     {base}/api/v1/stations",
         f"  API token   {token}   (also in {workdir / 'api-token'})",
         f"  try         curl -H 'Authorization: Bearer {token}' {base}/api/v1/stations",
