@@ -46,6 +46,7 @@ from flask import (
 )
 from werkzeug.security import check_password_hash, generate_password_hash
 
+from hub.alerting.texts import N_
 from hub.fleet.directory_fields import GROUP_MAX, BadField, text
 from hub.storage.schema import console_users
 
@@ -56,6 +57,8 @@ __all__ = ["MAX_FAILURES", "PUBLIC", "ROLES", "ROUTE_ROLES", "ConsoleUser", "Use
 
 #: Ranked lowest first: a role may do everything the roles before it may.
 ROLES = ("maintenance", "ops", "admin")
+#: The roles as the nav shows them (marked for the catalogue).
+ROLE_WORDS = (N_("maintenance"), N_("ops"), N_("admin"))
 #: ``ROUTE_ROLES[endpoint]`` is the set of roles that may open it; PUBLIC (empty)
 #: for the pages anyone may open (sign-in, the language switch, the stylesheet).
 ROUTE_ROLES: dict[str, frozenset[str]] = {}
