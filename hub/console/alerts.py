@@ -32,6 +32,8 @@ bp = Blueprint("console_alerts", __name__, url_prefix="/console")
 #: newest, and the count says how many there are.
 PAGE_LIMIT = 500
 SEVERITY_ORDER = {"critical": 0, "warning": 1, "info": 2}
+#: The severities as the page says them (``_(alert.severity)`` in the template).
+SEVERITY_WORDS = (N_("critical"), N_("warning"), N_("info"))
 
 
 def _stations(hub: Any) -> dict[str, Any]:
