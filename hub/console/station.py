@@ -14,7 +14,17 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
+from flask import (
+    Blueprint,
+    abort,
+    current_app,
+    flash,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
 
 from hub.alerting.texts import N_
 from hub.console.audit import actor, record
@@ -82,13 +92,23 @@ def recent_events(hub: Any, sid: str) -> list[dict[str, Any]]:
     return out
 
 
-def recent_commands(hub: Any, sid: str) -> list[dict[str, Any]]:
-    q = (sa.select(commands).where(commands.c.sid == sid)
+def recent_commands(hub: Any, sid: str, sent: list[str]) -> list[dict[str, Any]]:
+    """The station's latest commands: the stored ones, each as the hub knows it now
+    (an answer may not be written yet), and those this session just sent, which
+    the writer may not have committed yet."""
+    q = (sa.select(commands.c.id).where(commands.c.sid == sid)
          .order_by(commands.c.created_ms.desc()).limit(COMMANDS_SHOWN))
     with hub.store.engine.connect() as conn:
-        rows = conn.execute(q).all()
-    return [{"id": r.id, "cmd": r.cmd, "args": r.args, "by": r.by, "at": r.created_ms,
-             "state": r.state, "error": r.error} for r in rows]
+        ids = [r.id for r in conn.execute(q)]
+    found = {}
+    for command_id in (*sent, *ids):
+        command = hub.commands.get(sid, command_id)
+        if command is not None:
+            found[command_id] = command
+    latest = sorted(found.values(), key=lambda c: c["created"], reverse=True)[:COMMANDS_SHOWN]
+    return [{"id": c["id"], "cmd": c["cmd"],
+             "args": json.dumps(c["args"], ensure_ascii=False), "by": c["by"],
+             "at": c["created"], "state": c["state"], "error": c["error"]} for c in latest]
 
 
 def uptime_days(hub: Any, sid: str, tz: Any) -> list[dict[str, Any]]:
@@ -156,9 +176,16 @@ def station(sid: str):
         css=CONDITIONS[word][0], banks=banks, alerts=sum(open_alerts.values()),
         slots=slots, lockers=state.get("lockers"), dispenser=state.get("dispenser"),
         doors=state.get("doors"), health=state.get("health"),
-        events=recent_events(hub, view.sid), commands=recent_commands(hub, view.sid),
+        events=recent_events(hub, view.sid),
+        commands=recent_commands(hub, view.sid, _sent()),
         days=days, water_words=WATER, may_act=may_act_on(view.sid),
         max_reason=MAX_REASON)
+
+
+def _sent() -> list[str]:
+    """The ids of the commands this session sent last (shown before they are stored)."""
+    sent = session.get("sent")
+    return [c for c in sent if isinstance(c, str)] if isinstance(sent, list) else []
 
 
 def _slot(raw: str | None, view: Any) -> int | None:
@@ -195,11 +222,13 @@ def unlock(sid: str):
     # Audited before it is sent: an unlock that went out is never missing from the log.
     record(hub, "unlock", "station", view.sid, {"slot": slot, "reason": reason})
     try:
-        hub.commands.send(view.sid, "unlock", {"slot": slot}, by=actor(), paced=True)
+        command_id = hub.commands.send(view.sid, "unlock", {"slot": slot}, by=actor(),
+                                       paced=True)
     except (BadCommand, TooManyReplays, CommandNotSent) as err:
         record(hub, "unlock_not_sent", "station", view.sid, {"slot": slot, "error": str(err)})
         flash(N_("The unlock could not be sent: the hub has no connection to the broker."),
               "error")
         return back
+    session["sent"] = [command_id, *_sent()][:COMMANDS_SHOWN]
     flash(N_("Unlock sent. Its result appears under Commands."), "ok")
     return back
