@@ -277,3 +277,51 @@ def test_alerts_ack_resolve_assign_silence_audited_and_limited_to_own_groups(hub
     assert json.loads(audit_rows(hub)[-3]["detail"])["to"] == "s-li"
     # ops sees every group's alerts
     assert theirs in Browser(hub, "desk").get("/console/alerts").get_data(as_text=True)
+
+
+# -- the report's one read of the ledger ---------------------------------------------------
+
+
+@pytest.fixture
+def any_hub(tmp_path, database_url) -> Iterator[Hub]:
+    """The console's hub on SQLite and on PostgreSQL."""
+    h = console_hub(tmp_path, ManualClock(T0), database=database_url)
+    yield h
+    h.close()
+
+
+def test_the_batch_read_of_the_ledger_gives_what_uptime_gives_station_by_station(
+        any_hub: Hub) -> None:
+    """``Ledger.uptimes`` (three queries for every station) against ``Ledger.uptime``
+    (five a station) on histories with outages across the window's edges, two
+    changes at one millisecond, maintenance, a hub stop and a station never seen."""
+    hub = any_hub
+    ledger, t = hub.ledger, hub.clock.ms()
+    h = 3_600_000
+    history = {
+        C1: [("up", 0), ("down", 5 * h), ("up", 7 * h), ("down", 30 * h), ("up", 31 * h)],
+        C2: [("up", 0), ("down", 2 * h), ("up", 2 * h), ("down", 40 * h)],
+        K1: [("up", 20 * h)],
+    }
+    for sid, points in history.items():
+        for state, at in points:
+            ledger.mark(sid, "station", state, t + at)
+    ledger.maintenance(C2, True, t + 10 * h)
+    ledger.maintenance(C2, False, t + 12 * h)
+    hub.clock.advance(35 * 3600)
+    ledger.hub_alive(hub.clock.ms())
+    ledger.hub_stopped(hub.clock.ms())
+    hub.clock.advance(2 * 3600)
+    ledger.hub_started(hub.clock.ms())
+    hub.clock.advance(10 * 3600)
+    ledger.hub_alive(hub.clock.ms())
+    hub.writer.flush()
+    sids = [C1, C2, K1, "yh-never-seen"]
+    now = hub.clock.ms()
+    for start, end in ((t - 5 * h, now), (t + 6 * h, t + 31 * h), (t + 2 * h, t + 2 * h),
+                       (t + 33 * h, now), (t + 45 * h, now + 5 * h)):
+        batch = ledger.uptimes(sids, start, end)
+        assert set(batch) == set(sids)
+        for sid in sids:
+            assert batch[sid] == ledger.uptime(sid, start, end), (sid, start - t, end - t)
+    assert ledger.uptimes(sids, t, now)[C1].outages  # the histories are not all empty

@@ -588,14 +588,12 @@ class Ledger:
                 sa.select(hub_runs.c.started_ms, hub_runs.c.alive_ms, hub_runs.c.stopped_ms)
                 .where(hub_runs.c.started_ms < to_ms)
             ).all()
-        runs: list[Run] = [
-            (r.started_ms, r.stopped_ms if r.stopped_ms is not None else r.alive_ms)
-            for r in rows]
-        if running_since is not None:
-            # This process's run lasts until now, not until its last alive mark (nor
-            # only from when the writer commits its row); runs are merged, so its
-            # own row does no harm.
-            runs.append((running_since, None))
+        return self._tally(component, streams, cut_at, from_ms, to_ms,
+                           _runs(rows, running_since), now_ms)
+
+    @staticmethod
+    def _tally(component: str, streams: dict[str, list[Point]], cut_at: list[int],
+               from_ms: int, to_ms: int, runs: list[Run], now_ms: int) -> Uptime:
         return tally(
             streams[component], from_ms, to_ms,
             runs=runs,
@@ -606,6 +604,49 @@ class Ledger:
             since_ms=max(cut_at) if cut_at else None,
             now_ms=now_ms,
         )
+
+    def uptimes(self, sids: Iterable[str], from_ms: int, to_ms: int) -> dict[str, Uptime]:
+        """``uptime(sid, from_ms, to_ms)`` of the station component of many stations
+        at once, the same numbers in three queries instead of five a station: the
+        console's uptime report over 5 000 stations (docs/console.md)."""
+        from_ms, to_ms = int(from_ms), int(to_ms)
+        if to_ms < from_ms:
+            raise LedgerError(f"the window ends before it starts: [{from_ms}, {to_ms})")
+        wanted = set(sids)
+        now_ms = self.clock.ms()
+        with self._lock:
+            running_since = None if self._run is None else self._run.started_ms
+        parts = (STATION, MAINTENANCE_COMPONENT)
+        streams = {sid: {name: [] for name in parts} for sid in wanted}
+        cut_at: dict[str, list[int]] = {sid: [] for sid in wanted}
+        # The last point of each (station, part) before the window: what it was
+        # when the window began (ties on time broken by id, as ``uptime`` does).
+        rank = sa.func.row_number().over(
+            partition_by=(ledger.c.sid, ledger.c.component),
+            order_by=(ledger.c.at_ms.desc(), ledger.c.id.desc())).label("rank")
+        last = (sa.select(ledger.c.sid, ledger.c.component, ledger.c.at_ms, ledger.c.state, rank)
+                .where(ledger.c.component.in_(parts), ledger.c.at_ms < from_ms)
+                .subquery())
+        with self.store.engine.connect() as conn:
+            for r in conn.execute(sa.select(last.c.sid, last.c.component, last.c.at_ms,
+                                            last.c.state).where(last.c.rank == 1)):
+                if r.sid in wanted:
+                    streams[r.sid][r.component].append((r.at_ms, r.state))
+                    cut_at[r.sid].append(r.at_ms)
+            for r in conn.execute(
+                    sa.select(ledger.c.sid, ledger.c.component, ledger.c.at_ms, ledger.c.state)
+                    .where(ledger.c.component.in_(parts), ledger.c.at_ms >= from_ms,
+                           ledger.c.at_ms < to_ms)
+                    .order_by(ledger.c.sid, ledger.c.component, ledger.c.at_ms, ledger.c.id)):
+                if r.sid in wanted:
+                    streams[r.sid][r.component].append((r.at_ms, r.state))
+            rows = conn.execute(
+                sa.select(hub_runs.c.started_ms, hub_runs.c.alive_ms, hub_runs.c.stopped_ms)
+                .where(hub_runs.c.started_ms < to_ms)
+            ).all()
+        runs = _runs(rows, running_since)
+        return {sid: self._tally(STATION, streams[sid], cut_at[sid], from_ms, to_ms, runs,
+                                 now_ms) for sid in wanted}
 
     # -- /metrics' side ---------------------------------------------------------------
 
@@ -845,6 +886,18 @@ class Ledger:
 
 
 # -- writer ops: each re-runnable (the writer may replay a batch after a rollback) ---
+
+
+def _runs(rows: Iterable[Any], running_since: int | None) -> list[Run]:
+    runs: list[Run] = [
+        (r.started_ms, r.stopped_ms if r.stopped_ms is not None else r.alive_ms)
+        for r in rows]
+    if running_since is not None:
+        # This process's run lasts until now, not until its last alive mark (nor
+        # only from when the writer commits its row); runs are merged, so its
+        # own row does no harm.
+        runs.append((running_since, None))
+    return runs
 
 
 def _points(sid: str, component: str) -> sa.Select:
