@@ -241,7 +241,7 @@ def run_demo(args) -> int:
         print(f"\nyizhan demo: {err}", file=sys.stderr)
         return 1
     finally:
-        _stop_prometheus(prom)
+        prometheus.stop(prom)
         _stop_all(children, broker)
 
 
@@ -265,17 +265,6 @@ def start_prometheus(workdir: Path, http_port: int, logs: Path
                             binary)
     print(f"prometheus: on 127.0.0.1:{port} (data in {workdir / 'prometheus'})", flush=True)
     return proc, f"http://127.0.0.1:{port}"
-
-
-def _stop_prometheus(prom: subprocess.Popen | None) -> None:
-    if prom is None or prom.poll() is not None:
-        return
-    prom.terminate()
-    try:
-        prom.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        prom.kill()
-        prom.wait()
 
 
 def _check_children(children) -> None:

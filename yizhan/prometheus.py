@@ -70,7 +70,7 @@ def write_config(config: dict, path: Path) -> Path:
 def start(config_path: Path, data_dir: Path, port: int, log_path: Path,
           binary: str | None = None) -> subprocess.Popen:
     """Start Prometheus on 127.0.0.1:``port``; its output goes to ``log_path``.
-    The caller stops it (``terminate()``, then ``wait()``)."""
+    The caller stops it with :func:`stop`."""
     binary = binary or find_binary()
     if binary is None:
         raise FileNotFoundError("prometheus is not installed")
@@ -83,6 +83,19 @@ def start(config_path: Path, data_dir: Path, port: int, log_path: Path,
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     finally:
         log.close()
+
+
+def stop(proc: subprocess.Popen | None, timeout: float = 10.0) -> None:
+    """Stop a Prometheus from :func:`start`: SIGTERM (it flushes its head block),
+    SIGKILL if it has not exited within ``timeout`` seconds."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def ready(url: str, timeout: float = 20.0, alive=lambda: True) -> bool:

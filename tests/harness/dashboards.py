@@ -25,7 +25,6 @@ import contextlib
 import os
 import re
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -193,13 +192,7 @@ def dashboard_run(tmp: Path) -> Iterator[live.LivePrometheus]:
         time.sleep(live.UP_BEFORE)  # the recovery, and the rules' next rounds
         yield run
     finally:
-        if prom is not None and prom.poll() is None:
-            prom.terminate()
-            try:
-                prom.wait(10)
-            except subprocess.TimeoutExpired:
-                prom.kill()
-                prom.wait()
+        prometheus.stop(prom)
         procs.close()
         broker.stop()
 

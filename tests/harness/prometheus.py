@@ -193,12 +193,6 @@ def live_prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LivePr
         live.outage = (stopped_at, time.time())
         yield live
     finally:
-        if prom is not None and prom.poll() is None:
-            prom.terminate()
-            try:
-                prom.wait(10)
-            except subprocess.TimeoutExpired:
-                prom.kill()
-                prom.wait()
+        prometheus.stop(prom)
         procs.close()
         broker.stop()
