@@ -60,15 +60,15 @@ def _tte(hub: Any, view: Any, what: str, bring: dict[str, Any]) -> float | None:
     return hub.forecaster.time_to_empty(view.sid, what)
 
 
-def round_of(hub: Any, group: str | None = None,
-             groups: Iterable[str] | None = None) -> list[dict[str, Any]]:
+def round_of(hub: Any, group: str | None = None, groups: Iterable[str] | None = None,
+             views: list[Any] | None = None) -> list[dict[str, Any]]:
     """Every station (of ``group``; of ``groups`` for a maintenance user) with its
     ``water_s`` and ``chargers_s`` to empty, ``first_s`` the sooner of the two, and
     what to bring; the soonest first, unforecast ones last (by sid)."""
     threshold = int(hub.config.min_charge)
     allowed = None if groups is None else set(groups)
     out = []
-    for view in hub.fleet.stations():
+    for view in hub.fleet.stations() if views is None else views:
         if group is not None and view.group != group:
             continue
         if allowed is not None and view.group not in allowed:
@@ -92,9 +92,9 @@ def refill():
     if group is not None:
         group = group[:64]
     seen = groups_seen()
-    stations = round_of(hub, group, seen)
-    groups = sorted({v.group for v in hub.fleet.stations() if v.group
-                     and (seen is None or v.group in seen)})
+    views = hub.fleet.stations()  # a copy of each: taken once for the page
+    stations = round_of(hub, group, seen, views)
+    groups = sorted({v.group for v in views if v.group and (seen is None or v.group in seen)})
     totals = {"banks": sum(s["banks"] or 0 for s in stations),
               "water": sum(1 for s in stations if s["water_fill"])}
     return render_template("console/refill.html", stations=stations, group=group,
