@@ -193,3 +193,24 @@ def test_admin_adds_changes_disables_users_and_resets_passwords(hub: Hub, caplog
         ("console:boss", "user.change", "zhao"), ("console:boss", "user.change", "zhao")]
     assert_nothing_secret(boss.pages + [r.getMessage() for r in caplog.records]
                           + [str(r["detail"]) for r in audit(hub)])
+
+
+@pytest.mark.parametrize("name", ["x" * 5000, "１２", "<script>", "%00", "../../tokens"])
+def test_hostile_names_in_paths_change_nothing(hub: Hub, name: str) -> None:
+    hub.directory.add_staff({"id": "s-wang", "name": "王", "pin": "4821"}, by="test")
+    desk = Browser(hub, "desk")
+    desk.get("/console/people")
+    before = (hub.directory.list_staff(), hub.directory.list_denied(), audit(hub))
+    for path, form in ((f"/console/people/staff/{name}", {"name": "x", "pin": "1234"}),
+                       (f"/console/people/staff/{name}/remove", {}),
+                       (f"/console/people/riders/{name}/remove", {}),
+                       (f"/console/people/denied/{name}/remove", {}),
+                       (f"/console/alerts/{name}/ack", {}),
+                       (f"/console/alerts/{name}/assign", {"staff": "s-wang"})):
+        resp = desk.post(path, form)
+        assert resp.status_code in (303, 404), (path[:60], resp.status_code)
+        if resp.status_code == 303:
+            assert 'class="flash error"' in desk.follow(resp), path[:60]
+    assert (hub.directory.list_staff(), hub.directory.list_denied(), audit(hub)) == before
+    assert desk.get(f"/console/uptime?group={name}").status_code in (200, 400)
+    assert desk.get(f"/console/refill?group={name}").status_code == 200
