@@ -188,3 +188,30 @@ def test_pages_load_nothing_from_elsewhere(hub):
         page = resp.get_data(as_text=True)
         assert not re.search(r'(src|href)="(https?:)?//', page), url
         assert "default-src 'self'" in resp.headers["Content-Security-Policy"]
+
+
+def test_fleet_pages_the_worst_200_first_and_counts_every_station(tmp_path):
+    from hub.console.fleet import PAGE
+    listed = [{"sid": f"yh-big-{i:03d}", "name": f"站 {i}", "group": "big"} for i in range(250)]
+    h = console_hub(tmp_path, ManualClock(T0), stations=listed)
+    try:
+        for i in (7, 230):  # two stations heard from, then lost: the worst
+            bring_online(h, f"yh-big-{i:03d}")
+        advance(h, 60)
+        go_offline(h, "yh-big-230")
+        b = english(h, "desk")
+        first = b.get("/console/").get_data(as_text=True)
+        assert len(rows_of(first)) == PAGE == 200
+        assert rows_of(first)[0] == "yh-big-230"  # offline first, whatever its id
+        assert "Stations 1–200 of 250" in first
+        assert re.search(r"No data: <b>248</b>", first)  # counts are the whole fleet's
+        second = b.get("/console/?page=2").get_data(as_text=True)
+        assert len(rows_of(second)) == 50
+        assert "Stations 201–250 of 250" in second
+        assert not set(rows_of(first)) & set(rows_of(second))
+        for hostile in ("0", "-1", "999999999999", "２", "x" * 5000):
+            resp = b.client.get("/console/", query_string={"page": hostile})
+            assert resp.status_code == 200
+            assert len(rows_of(resp.get_data(as_text=True))) in (200, 50)
+    finally:
+        h.close()

@@ -174,6 +174,10 @@ def _ngettext(singular: str, plural: str, n: int) -> str:
     return _words().translations.ngettext(singular, plural, n)
 
 
+#: The request's language's word for ``message`` (for views that translate a table once).
+gettext = _gettext
+
+
 def when(ms: int | None) -> str:
     """Hub milliseconds as the local date and time, ``12-07 14:05``."""
     if ms is None:
