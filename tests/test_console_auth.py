@@ -402,3 +402,33 @@ def test_console_user_command_adds_a_user_who_signs_in(tmp_path):
         h.close()
     assert _cli("disable", "li.wei", "--config", str(config)).returncode == 0
     assert _cli("list", "--config", str(config)).stdout.split("\t")[-1].strip() == "disabled"
+
+
+@pytest.mark.parametrize(("console", "key"), [
+    ({"idle_minute": 5}, "console.idle_minute"),
+    ({"idle_minutes": 0}, "console.idle_minutes"),
+    ({"idle_minutes": 10 ** 30}, "console.idle_minutes"),
+    ({"secure_cookies": "yes please"}, "console.secure_cookies"),
+])
+def test_console_keys_are_checked(tmp_path, console, key):
+    from hub.config import parse_hub_config
+    from yizhan.config import ConfigError
+    with pytest.raises(ConfigError) as err:
+        parse_hub_config({"mqtt": {"host": "127.0.0.1"}, "database": "sqlite:///x.db",
+                          "console": console})
+    assert key in str(err.value)
+
+
+def test_a_hub_without_the_console_answers_the_api_only(tmp_path):
+    from hub.config import parse_hub_config
+    from hub.service import Hub
+    h = Hub(parse_hub_config({"mqtt": {"host": "127.0.0.1", "port": 1},
+                              "database": f"sqlite:///{tmp_path / 'hub.db'}",
+                              "console": {"enabled": False}}), ManualClock(1_764_196_800.0))
+    try:
+        client = h.app.test_client()
+        assert client.get("/").status_code == 404
+        assert client.get("/console/signin").status_code == 404
+        assert client.get("/console/signin").is_json
+    finally:
+        h.close()
