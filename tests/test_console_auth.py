@@ -432,3 +432,20 @@ def test_a_hub_without_the_console_answers_the_api_only(tmp_path):
         assert client.get("/console/signin").is_json
     finally:
         h.close()
+
+
+def test_an_address_is_locked_only_after_many_names_fail_from_it(hub):
+    from hub.console.auth import MAX_ADDRESS_FAILURES
+    b = Browser(hub)
+    b.get(SIGNIN)
+    # One guesser trying many names from a depot's shared address ...
+    for i in range(MAX_ADDRESS_FAILURES - 1):
+        assert b.post(SIGNIN, {"name": f"guess{i}", "password": "wrong password!"}
+                      ).status_code == 401
+    # ... has not locked out the others behind that address
+    assert b.post(SIGNIN, {"name": "desk", "password": PASSWORD}).status_code == 303
+    b = Browser(hub)
+    b.get(SIGNIN)
+    b.post(SIGNIN, {"name": "guess-last", "password": "wrong password!"})
+    # until the address's own limit: then nobody signs in from it for a while
+    assert b.post(SIGNIN, {"name": "boss", "password": PASSWORD}).status_code == 429

@@ -52,8 +52,9 @@ from hub.storage.schema import console_users
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MAX_FAILURES", "PUBLIC", "ROLES", "ROUTE_ROLES", "ConsoleUser", "UserError",
-           "Users", "bp", "current_user", "may_act_on", "public", "requires"]
+__all__ = ["MAX_ADDRESS_FAILURES", "MAX_FAILURES", "PUBLIC", "ROLES", "ROUTE_ROLES",
+           "ConsoleUser", "UserError", "Users", "bp", "current_user", "may_act_on", "public",
+           "requires"]
 
 #: Ranked lowest first: a role may do everything the roles before it may.
 ROLES = ("maintenance", "ops", "admin")
@@ -63,8 +64,11 @@ ROLE_WORDS = (N_("maintenance"), N_("ops"), N_("admin"))
 #: for the pages anyone may open (sign-in, the language switch, the stylesheet).
 ROUTE_ROLES: dict[str, frozenset[str]] = {}
 PUBLIC: frozenset[str] = frozenset()
-#: Failed sign-ins within FAILURE_WINDOW_MS that lock a name or an address for LOCK_MS.
+#: Failed sign-ins within FAILURE_WINDOW_MS that lock a name for LOCK_MS.
 MAX_FAILURES = 5
+#: ... and that lock an address: higher, because a depot's phones behind one NAT
+#: (or every user behind a proxy) share it, and one guesser must not lock them all out.
+MAX_ADDRESS_FAILURES = 50
 FAILURE_WINDOW_MS = 15 * 60_000
 LOCK_MS = 15 * 60_000
 #: Names and addresses whose failures are remembered (the oldest are forgotten).
@@ -241,7 +245,7 @@ class Failures:
                 if entry is None or now - entry[0] > FAILURE_WINDOW_MS:
                     entry = [now, 0, 0]
                 entry[1] += 1
-                if entry[1] >= MAX_FAILURES:
+                if entry[1] >= (MAX_ADDRESS_FAILURES if key.startswith("addr:") else MAX_FAILURES):
                     entry[2] = now + LOCK_MS
                 self._seen[key] = entry
                 while len(self._seen) > FAILURES_KEPT:
