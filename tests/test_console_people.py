@@ -13,7 +13,9 @@ number or password is in any page, log line or audit row.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
+import re
 from collections.abc import Iterator
 
 import pytest
@@ -21,7 +23,7 @@ import sqlalchemy as sa
 
 from hub.alerting.texts import CST
 from hub.service import Hub
-from hub.storage.schema import directory_audit, staff
+from hub.storage.schema import api_tokens, directory_audit, staff
 from protocol.pins import verify_pin
 from tests.harness.console_app import PASSWORD, Browser, console_hub
 from yizhan.clock import ManualClock
@@ -141,12 +143,58 @@ def test_riders_by_masked_number_denied_until_a_date_and_allowed_again(hub: Hub,
                           + [str(r["detail"]) for r in audit(hub)])
 
 
-def test_tokens_listed_without_secrets_for_admin_only(hub: Hub) -> None:
-    page = Browser(hub, "boss").get("/console/tokens").get_data(as_text=True)
+def test_tokens_listed_without_secrets_made_shown_once_and_revoked_by_admin_only(
+        hub: Hub, caplog) -> None:
+    caplog.set_level(logging.DEBUG)
+    boss = Browser(hub, "boss")
+    page = boss.get("/console/tokens").get_data(as_text=True)
     assert "desk-app" in page and ">directory<" in page and ">read<" in page
     assert "desk-secret" not in page
-    assert Browser(hub, "desk").get("/console/tokens").status_code == 403
-    assert Browser(hub, "wang").get("/console/tokens").status_code == 403
+
+    resp = boss.post("/console/tokens", {"name": "grafana", "scopes": ["read", "ack"]})
+    made = resp.get_data(as_text=True)
+    secret = re.search(r'<code id="new-secret">([^<]+)</code>', made).group(1)
+    assert len(secret) >= 40 and "no-store" in resp.headers["Cache-Control"]
+    # Shown once: the list afterwards has the name and scopes, not the secret.
+    again = boss.get("/console/tokens").get_data(as_text=True)
+    assert "grafana" in again and secret not in again
+    # Kept only as its hash.
+    with hub.store.engine.connect() as conn:
+        row = conn.execute(sa.select(api_tokens)).one()
+    assert row.digest == hashlib.sha256(secret.encode()).hexdigest()
+    assert secret not in str(dict(row._mapping))
+
+    # The API takes it, with its scopes and no more, by its name.
+    api = hub.app.test_client()
+    auth = {"Authorization": f"Bearer {secret}"}
+    assert api.get("/api/v1/stations", headers=auth).status_code == 200
+    assert api.post("/api/v1/staff", json={"id": "x", "name": "x", "pin": "1234"},
+                    headers=auth).status_code == 403
+    fired = hub.alerts.fire("water_low", "yh-chumen-01", "warning", "水位低").alert["id"]
+    assert api.post(f"/api/v1/alerts/{fired}/ack", headers=auth).status_code == 200
+    assert hub.alerts.get(fired)["state"] == "acked"
+    assert api.get("/api/v1/stations", headers={
+        "Authorization": f"Bearer {secret[:-1]}x"}).status_code == 401
+
+    # A name taken (by the configuration, or a token made before), no scope: refused.
+    for form in ({"name": "desk-app", "scopes": ["read"]}, {"name": "grafana",
+                 "scopes": ["read"]}, {"name": "x y", "scopes": ["read"]},
+                 {"name": "nothing"}, {"name": "odd", "scopes": ["root"]}):
+        assert 'class="flash error"' in boss.follow(boss.post("/console/tokens", form)), form
+
+    boss.follow(boss.post("/console/tokens/grafana/revoke", {}))
+    assert api.get("/api/v1/stations", headers=auth).status_code == 401
+    assert "grafana" in boss.get("/console/tokens").get_data(as_text=True)  # listed, revoked
+
+    for who in ("desk", "wang"):
+        other = Browser(hub, who)
+        assert other.get("/console/tokens").status_code == 403
+        assert other.post("/console/tokens", {"name": "mine", "scopes": ["admin"]}
+                          ).status_code == 403
+    assert [(r["actor"], r["action"], r["entity_id"]) for r in audit(hub)] == [
+        ("console:boss", "token.add", "grafana"), ("console:boss", "token.revoke", "grafana")]
+    logs = "\n".join(r.getMessage() for r in caplog.records)
+    assert secret not in logs and "grafana" in logs
 
 
 def test_admin_adds_changes_disables_users_and_resets_passwords(hub: Hub, caplog) -> None:

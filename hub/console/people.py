@@ -17,11 +17,13 @@ from typing import Any
 from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
 
 from hub.alerting.texts import N_
-from hub.console.audit import actor
+from hub.config.tokens import SCOPES
+from hub.console.audit import actor, record
 from hub.console.auth import requires
 from hub.console.uptime import BadRange, parse_date, timezone_of
 from hub.fleet.directory import DirectoryError
 from hub.fleet.directory_fields import BadField
+from hub.http import stored_tokens
 
 bp = Blueprint("console_people", __name__, url_prefix="/console")
 
@@ -77,10 +79,12 @@ def rider_body(form: Mapping[str, str]) -> dict[str, Any]:
 
 
 def token_list(hub: Any) -> list[dict[str, Any]]:
-    """The API tokens of the hub's configuration: names and scopes, never secrets.
-    They are made in the configuration file (docs/hub.md), not here."""
-    return [{"name": t.name, "scopes": sorted(t.scopes), "legacy": t.legacy}
-            for t in hub.config.api_tokens]
+    """The API tokens: the configuration's (names and scopes, never secrets) and
+    those made here (their secrets are not kept at all)."""
+    listed = [{"name": t.name, "scopes": sorted(t.scopes), "legacy": t.legacy,
+               "source": "config"} for t in hub.config.api_tokens]
+    return listed + [{**t, "source": "console", "legacy": False}
+                     for t in stored_tokens.made(hub.store)]
 
 
 # -- views -------------------------------------------------------------------------------
@@ -174,4 +178,36 @@ def undeny(rider: str):
 @bp.get("/tokens")
 @requires("admin")
 def tokens():
-    return render_template("console/tokens.html", tokens=token_list(_hub()))
+    return render_template("console/tokens.html", tokens=token_list(_hub()), scopes=SCOPES)
+
+
+@bp.post("/tokens")
+@requires("admin")
+def make_token():
+    """Make a token; the page that answers shows its secret this once."""
+    hub = _hub()
+    name = request.form.get("name", "").strip()
+    chosen = request.form.getlist("scopes")
+    try:
+        secret = stored_tokens.make(hub.store, hub.config.api_tokens, name, chosen,
+                                    hub.clock.ms(), actor())
+    except stored_tokens.TokenRefused as err:
+        flash(str(err), "error")
+        return redirect(url_for("console_people.tokens"), 303)
+    record(hub, "token.add", "api_token", name, {"scopes": sorted(set(chosen))})
+    return render_template("console/tokens.html", tokens=token_list(hub), scopes=SCOPES,
+                           new_name=name, new_secret=secret)
+
+
+@bp.post("/tokens/<name>/revoke")
+@requires("admin")
+def revoke_token(name: str):
+    hub = _hub()
+    try:
+        stored_tokens.revoke(hub.store, name[:64], hub.clock.ms())
+    except stored_tokens.TokenRefused as err:
+        flash(str(err), "error")
+        return redirect(url_for("console_people.tokens"), 303)
+    record(hub, "token.revoke", "api_token", name[:64])
+    flash(N_("Token revoked: the API refuses it from now on."), "ok")
+    return redirect(url_for("console_people.tokens"), 303)

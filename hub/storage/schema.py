@@ -311,3 +311,18 @@ console_users = sa.Table(
     sa.Column("created_ms", sa.BigInteger, nullable=False),
     sa.Column("disabled_ms", sa.BigInteger, nullable=True),
 )
+
+# API tokens made from the console by an admin (hub/http/stored_tokens.py): only the
+# SHA-256 of the secret is kept (the secret is shown once, when made); beside the
+# tokens of the configuration, whose names they may not take. Revoked ones stay,
+# so a name is never given to another token.
+api_tokens = sa.Table(
+    "api_tokens", metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("digest", sa.String(64), nullable=False),
+    sa.Column("scopes", sa.Text, nullable=False),  # JSON list
+    sa.Column("created_ms", sa.BigInteger, nullable=False),
+    sa.Column("created_by", sa.String(64), nullable=True),
+    sa.Column("revoked_ms", sa.BigInteger, nullable=True),
+    sa.UniqueConstraint("digest", name="uq_api_tokens_digest"),
+)
