@@ -215,3 +215,17 @@ def test_fleet_pages_the_worst_200_first_and_counts_every_station(tmp_path):
             assert len(rows_of(resp.get_data(as_text=True))) in (200, 50)
     finally:
         h.close()
+
+
+def test_a_crash_is_an_html_page_in_the_console_and_json_in_the_api(hub, monkeypatch):
+    b = english(hub, "desk")
+
+    def broken():
+        raise RuntimeError("the fleet is broken")
+    monkeypatch.setattr(hub.fleet, "stations", broken)
+    resp = b.get("/console/")
+    assert resp.status_code == 500 and resp.mimetype == "text/html"
+    assert "the fleet is broken" not in resp.get_data(as_text=True)
+    token = {"Authorization": "Bearer desk-secret-0123456789abcdef"}
+    api = hub.app.test_client().get("/api/v1/stations", headers=token)
+    assert api.status_code == 500 and api.get_json()["error"]["code"] == "internal"

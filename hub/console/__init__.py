@@ -230,6 +230,15 @@ def _errors(app: Flask) -> None:
         return render_template("console/error.html", status=status), status
 
     app.register_error_handler(HTTPException, console_error)
+    crashed = app.error_handler_spec.get(None, {}).get(None, {}).get(Exception)
+
+    def console_crash(err: Exception):
+        if not _is_console() and crashed is not None:
+            return crashed(err)
+        log.exception("console: unhandled error serving %s %s", request.method, request.path)
+        return render_template("console/error.html", status=500), 500
+
+    app.register_error_handler(Exception, console_crash)
 
     @app.errorhandler(CsrfRefused)
     def csrf_refused(err: CsrfRefused):
