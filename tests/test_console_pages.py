@@ -120,7 +120,8 @@ def test_station_page_shows_slots_dispenser_doors_and_events(hub):
     page = b.get(f"/console/stations/{C1}").get_data(as_text=True)
     slots = re.findall(r'<div class="slot (s-\w+)">\s*<b>Slot (\d+)</b>', page)
     assert slots == [("s-ok", "1"), ("s-warn", "2"), ("s-bad", "3"), ("s-off", "4")]
-    assert "96 %" in page and "41 %" in page and "charger_fault" in page
+    assert "96 %" in page and "41 %" in page and "charger fault" in page
+    assert "charger_fault" not in page  # the code in words (hub/console/event_words.py)
     assert "1 ready, 1 charging, 1 faulty" in page
     assert "Water low" in page and "(18 %)" in page and "88.5 °C" in page
     assert re.search(r"<dt>entrance</dt><dd class=\"s-warn\">.*?Door open", page)

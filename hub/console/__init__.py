@@ -176,6 +176,7 @@ def _ngettext(singular: str, plural: str, n: int) -> str:
 
 #: The request's language's word for ``message`` (for views that translate a table once).
 gettext = _gettext
+ngettext = _ngettext
 
 
 def when(ms: int | None) -> str:

@@ -15,6 +15,7 @@ from flask import Blueprint, abort, current_app, flash, redirect, render_templat
 from hub.alerting.alerts import (
     ACKED,
     FIRING,
+    MAX_COMMENT,
     SILENCE,
     AlertConflict,
     AlertNotFound,
@@ -24,6 +25,7 @@ from hub.alerting.alerts import (
 from hub.alerting.texts import N_
 from hub.console.audit import actor, groups_seen, record
 from hub.console.auth import may_act_on, requires
+from hub.console.refusals import SILENCE_WORDS, refusal
 from hub.fleet.directory import DirectoryNotFound
 
 bp = Blueprint("console_alerts", __name__, url_prefix="/console")
@@ -175,7 +177,7 @@ def silence():
     try:
         made = add_silence(hub, request.form, alert, actor())
     except BadMute as err:
-        flash(err.message, "error")
+        flash(refusal(err, SILENCE_WORDS, MAX_COMMENT), "error")
         return _back()
     except StoreUnavailable:
         flash(N_("The hub could not save that; try again."), "error")

@@ -20,6 +20,7 @@ from hub.alerting.texts import N_
 from hub.config.tokens import SCOPES
 from hub.console.audit import actor, record
 from hub.console.auth import requires
+from hub.console.refusals import DIRECTORY_WORDS, refusal
 from hub.console.uptime import BadRange, parse_date, timezone_of
 from hub.fleet.directory import DirectoryError
 from hub.fleet.directory_fields import BadField
@@ -99,12 +100,12 @@ def _back():
 
 
 def _directory(change: Any, done: str):
-    """Run a Directory change; flash what it says when refused (its messages name
-    the field, never the value typed), and go back to the list either way."""
+    """Run a Directory change; flash the reader's words for its refusal (they name
+    the box, never the value typed), and go back to the list either way."""
     try:
         change()
     except (BadField, DirectoryError, BadRange) as err:
-        flash(getattr(err, "message", None) or str(err), "error")
+        flash(refusal(err, DIRECTORY_WORDS), "error")
         return _back()
     flash(done, "ok")
     return _back()

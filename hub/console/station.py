@@ -29,6 +29,7 @@ from flask import (
 from hub.alerting.texts import N_
 from hub.console.audit import actor, record
 from hub.console.auth import may_act_on, requires
+from hub.console.event_words import command_words, door, event_details, fault
 from hub.console.fleet import severities_by_station
 from hub.console.health import CONDITIONS, LABELS, WATER, condition
 from hub.fleet.banks import bank_states
@@ -60,9 +61,6 @@ EVENT_WORDS = {
     "refilled": N_("Refilled"), "maintenance_started": N_("Maintenance started"),
     "maintenance_ended": N_("Maintenance ended"), "tamper": N_("Tamper"), "visit": N_("Visits"),
 }
-#: Event data shown beside the type: never a rider's id in full.
-SHOWN_DATA = ("slot", "door", "bank", "charge", "fault", "reason", "what", "staff",
-              "level_state", "count")
 
 
 def _hub() -> Any:
@@ -85,10 +83,8 @@ def recent_events(hub: Any, sid: str) -> list[dict[str, Any]]:
             data = json.loads(r.data)
         except ValueError:
             data = {}
-        shown = {k: data[k] for k in SHOWN_DATA
-                 if isinstance(data, dict) and data.get(k) is not None}
         out.append({"type": r.type, "words": EVENT_WORDS.get(r.type), "at": r.at_ms,
-                    "data": ", ".join(f"{k} {str(v)[:40]}" for k, v in shown.items())})
+                    "data": event_details(r.type, data)})
     return out
 
 
@@ -106,9 +102,12 @@ def recent_commands(hub: Any, sid: str, sent: list[str]) -> list[dict[str, Any]]
         if command is not None:
             found[command_id] = command
     latest = sorted(found.values(), key=lambda c: c["created"], reverse=True)[:COMMANDS_SHOWN]
-    return [{"id": c["id"], "cmd": c["cmd"],
-             "args": json.dumps(c["args"], ensure_ascii=False), "by": c["by"],
-             "at": c["created"], "state": c["state"], "error": c["error"]} for c in latest]
+    out = []
+    for c in latest:
+        cmd, state, error = command_words(c["cmd"], c["state"], c["error"])
+        out.append({"id": c["id"], "cmd": cmd, "args": json.dumps(c["args"], ensure_ascii=False),
+                    "by": c["by"], "at": c["created"], "state": state, "error": error})
+    return out
 
 
 def uptime_days(hub: Any, sid: str, tz: Any) -> list[dict[str, Any]]:
@@ -169,17 +168,31 @@ def station(sid: str):
             css = "s-ok"
         else:
             css = "s-warn"
-        slots.append({**s, "css": css})
+        words = fault(s["fault"]) if s.get("fault") else None
+        slots.append({**s, "css": css, "fault_words": words})
     days = uptime_days(hub, view.sid, _tz())
     return render_template(
         "console/station.html", view=view, word=word, label=LABELS[word],
         css=CONDITIONS[word][0], banks=banks, alerts=sum(open_alerts.values()),
         slots=slots, lockers=state.get("lockers"), dispenser=state.get("dispenser"),
-        doors=state.get("doors"), health=state.get("health"),
+        doors=_doors(state.get("doors")), health=state.get("health"),
+        dispenser_fault=_dispenser_fault(state.get("dispenser")),
         events=recent_events(hub, view.sid),
         commands=recent_commands(hub, view.sid, _sent()),
         days=days, water_words=WATER, may_act=may_act_on(view.sid),
         max_reason=MAX_REASON)
+
+
+def _doors(doors: Any) -> list[tuple[str, bool]] | None:
+    """(the door in words, open) of each door the State reports."""
+    if not isinstance(doors, dict):
+        return None
+    return [(door(name), bool(is_open)) for name, is_open in doors.items()]
+
+
+def _dispenser_fault(dispenser: Any) -> str | None:
+    code = dispenser.get("fault") if isinstance(dispenser, dict) else None
+    return fault(code, dispenser=True) if code else None
 
 
 def _sent() -> list[str]:

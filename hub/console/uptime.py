@@ -21,6 +21,7 @@ from flask import Blueprint, Response, current_app, render_template, request
 from hub.alerting.texts import CST
 from hub.console.audit import groups_seen
 from hub.console.auth import requires
+from hub.console.refusals import RANGE_WORDS, refusal
 
 bp = Blueprint("console_uptime", __name__, url_prefix="/console")
 
@@ -36,7 +37,12 @@ BOM = "\ufeff"
 
 
 class BadRange(ValueError):
-    """A from/to the report cannot use; the message says what a good one is."""
+    """A from/to the report cannot use; the message says what a good one is (in
+    English), ``code`` which word the page shows (hub/console/refusals.py)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
 
 
 @dataclass
@@ -99,11 +105,11 @@ def parse_date(raw: str | None, what: str) -> dt.date | None:
     # non-ASCII digits: only YYYY-MM-DD in ASCII is a date here.
     if len(raw) != 10 or not raw.isascii() or raw[4] != "-" or raw[7] != "-" \
             or not (raw[:4] + raw[5:7] + raw[8:]).isdigit():
-        raise BadRange(f"{what} must be a date YYYY-MM-DD")
+        raise BadRange("bad_date", f"{what} must be a date YYYY-MM-DD")
     try:
         return dt.date.fromisoformat(raw)
     except ValueError:
-        raise BadRange(f"{what} must be a date YYYY-MM-DD") from None
+        raise BadRange("bad_date", f"{what} must be a date YYYY-MM-DD") from None
 
 
 def day_range(args: Mapping[str, str], now_ms: int, tz: dt.tzinfo) -> tuple[dt.date, dt.date]:
@@ -113,9 +119,9 @@ def day_range(args: Mapping[str, str], now_ms: int, tz: dt.tzinfo) -> tuple[dt.d
     last = parse_date(args.get("to"), "to") or today
     first = parse_date(args.get("from"), "from") or last - dt.timedelta(days=DEFAULT_DAYS - 1)
     if first > last:
-        raise BadRange("from must not be after to")
+        raise BadRange("backwards", "from must not be after to")
     if (last - first).days + 1 > MAX_DAYS:
-        raise BadRange(f"a report covers at most {MAX_DAYS} days")
+        raise BadRange("too_long", f"a report covers at most {MAX_DAYS} days")
     return first, last
 
 
@@ -201,14 +207,15 @@ def _hub() -> Any:
 
 def _query(hub: Any, views: list[Any] | None = None
            ) -> tuple[Report | None, str | None, str | None]:
-    """(report, the group asked for, what is wrong with the query)."""
+    """(report, the group asked for, what is wrong with the query in the reader's
+    words)."""
     group = request.args.get("group") or None
     if group is not None and len(group) > 64:
-        return None, None, "group is at most 64 characters"
+        return None, None, refusal(BadRange("bad_group", ""), RANGE_WORDS)
     try:
         first, last = day_range(request.args, hub.clock.ms(), timezone_of(hub))
     except BadRange as err:
-        return None, group, str(err)
+        return None, group, refusal(err, RANGE_WORDS, MAX_DAYS)
     return report(hub, first, last, group, groups_seen(), views), group, None
 
 

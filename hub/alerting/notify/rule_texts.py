@@ -21,20 +21,21 @@ from hub.alerting.texts import N_, Texts
 from hub.alerting.values import read_value
 from hub.config.rules import NOTIFY_FAILING
 
-__all__ = ["banks_to_bring", "bring", "what"]
+__all__ = ["DISPENSER_FAULTS", "DOORS", "SLOT_FAULTS", "UNLOCK_REASONS", "banks_to_bring", "bring",
+           "what"]
 
 Station = Mapping[str, Any]
 Says = Callable[[Texts, dict[str, Any], Station], str | None]
 
-_DOORS = {"entrance": N_("entrance"), "locker_panel": N_("locker panel")}
-_SLOT_FAULTS = {"lock_jammed": N_("lock jammed"), "charger_fault": N_("charger fault"),
-                "sensor_fault": N_("sensor fault"), "overheat": N_("overheating"),
-                "comm": N_("no contact")}
-_UNLOCK_REASONS = {"jammed": N_("lock jammed"), "timeout": N_("timed out"),
-                   "not_taken": N_("not taken"), "bad_slot": N_("bad slot"),
-                   "board_offline": N_("board offline")}
-_DISPENSER_FAULTS = {"sensor": N_("sensor"), "heater": N_("heater"),
-                     "overtemp": N_("over temperature"), "dry_boil": N_("dry boil")}
+DOORS = {"entrance": N_("entrance"), "locker_panel": N_("locker panel")}
+SLOT_FAULTS = {"lock_jammed": N_("lock jammed"), "charger_fault": N_("charger fault"),
+               "sensor_fault": N_("sensor fault"), "overheat": N_("overheating"),
+               "comm": N_("no contact")}
+UNLOCK_REASONS = {"jammed": N_("lock jammed"), "timeout": N_("timed out"),
+                  "not_taken": N_("not taken"), "bad_slot": N_("bad slot"),
+                  "board_offline": N_("board offline")}
+DISPENSER_FAULTS = {"sensor": N_("sensor"), "heater": N_("heater"),
+                    "overtemp": N_("over temperature"), "dry_boil": N_("dry boil")}
 
 
 def what(rule: str, value: Any, station: Station, t: Texts) -> str | None:
@@ -99,7 +100,7 @@ def _chargers_low(t: Texts, v: dict[str, Any], station: Station) -> str:
 
 
 def _door_open(t: Texts, v: dict[str, Any], station: Station) -> str:
-    door = _word(t, _DOORS, v["door"])
+    door = _word(t, DOORS, v["door"])
     head = (t.gettext("Door %(door)s left open", door=door) if door
             else t.gettext("Door left open"))
     if v["open_s"] is None:
@@ -108,7 +109,7 @@ def _door_open(t: Texts, v: dict[str, Any], station: Station) -> str:
 
 
 def _dispenser_fault(t: Texts, v: dict[str, Any], station: Station) -> str:
-    fault = _word(t, _DISPENSER_FAULTS, v["fault"])
+    fault = _word(t, DISPENSER_FAULTS, v["fault"])
     if fault is None:
         return t.gettext("Dispenser fault")
     return t.gettext("Dispenser fault (%(fault)s)", fault=fault)
@@ -148,10 +149,10 @@ _WHAT: dict[str, Says] = {
     "dispenser_fault": _dispenser_fault,
     "heater_lockout": _fixed(N_("Heater cut off for safety")),
     "locker_offline": _fixed(N_("Locker board not answering")),
-    "slot_fault": _slot(_SLOT_FAULTS, "fault", (
+    "slot_fault": _slot(SLOT_FAULTS, "fault", (
         N_("Slot %(slot)d fault (%(why)s)"), N_("Slot %(slot)d fault"),
         N_("A slot fault (%(why)s)"), N_("A slot fault"))),
-    "unlock_failed": _slot(_UNLOCK_REASONS, "reason", (
+    "unlock_failed": _slot(UNLOCK_REASONS, "reason", (
         N_("Slot %(slot)d failed to unlock (%(why)s)"), N_("Slot %(slot)d failed to unlock"),
         N_("A slot failed to unlock (%(why)s)"), N_("A slot failed to unlock"))),
     "bank_overdue": _named(N_("Power bank %(bank)s overdue"), N_("A power bank is overdue"),
