@@ -16,7 +16,14 @@ import sqlalchemy as sa
 
 from hub.alerting.alerts import MAX_COMMENT
 from hub.alerting.texts import texts
-from hub.console.refusals import DIRECTORY_WORDS, RANGE_WORDS, SILENCE_WORDS
+from hub.console.auth import MAX_NAME, MAX_PASSWORD, MIN_PASSWORD
+from hub.console.refusals import (
+    DIRECTORY_WORDS,
+    RANGE_WORDS,
+    SILENCE_WORDS,
+    TOKEN_WORDS,
+    USER_WORDS,
+)
 from hub.console.uptime import MAX_DAYS
 from hub.fleet import directory_fields as fields
 from hub.service import Hub
@@ -214,3 +221,38 @@ def test_station_page_says_faults_doors_and_event_details_in_words(hub: Hub, lan
     for code in ("charger_fault", "lock_jammed", "dry_boil", "board_offline", "max_on_time"):
         assert code not in page
     assert RIDER not in page and RIDER[2:14] not in page
+
+
+@pytest.mark.parametrize("lang", ["zh", "en"])
+def test_user_and_token_refusals_in_the_reader_s_language(hub: Hub, lang: str) -> None:
+    boss = browser(hub, "boss", lang)
+    boss.get("/console/users")
+    good = "a long enough password"
+    for form, code in [
+        ({"name": "li wei", "password": good, "role": "ops"}, "bad_name"),
+        ({"name": "liwei", "password": "short", "role": "ops"}, "bad_password"),
+        ({"name": "liwei", "password": good, "role": "root"}, "bad_role"),
+        ({"name": "liwei", "password": good, "role": "maintenance"}, "needs_groups"),
+        ({"name": "desk", "password": good, "role": "ops"}, "exists"),
+    ]:
+        page = flashed(boss, boss.post("/console/users", form))
+        expected = said(lang, USER_WORDS[code], **{
+            "bad_name": {"longest": MAX_NAME},
+            "bad_password": {"least": MIN_PASSWORD, "most": MAX_PASSWORD}}.get(code, {}))
+        assert f'<p class="flash error" role="status">{expected}</p>' in page, (code, page)
+    page = flashed(boss, boss.post("/console/users/nobody", {"action": "password",
+                                                             "password": good}))
+    assert said(lang, USER_WORDS["not_found"]) in page and "no user" not in page
+
+    boss.get("/console/tokens")
+    for form, code in [({"name": "-x", "scopes": "read"}, "bad_name"),
+                       ({"name": "grafana"}, "bad_scopes"),
+                       ({"name": "desk-app", "scopes": "read"}, "configured")]:
+        page = flashed(boss, boss.post("/console/tokens", form))
+        assert said(lang, TOKEN_WORDS[code]) in page, (code, page)
+    page = flashed(boss, boss.post("/console/tokens/nothing/revoke", {}))
+    assert said(lang, TOKEN_WORDS["not_found"]) in page and "no token" not in page
+
+    # Signing out says so in words, not as the code it was flashed with.
+    page = flashed(boss, boss.post("/console/signout", {}))
+    assert said(lang, "You are signed out.") in page and "signed_out" not in page

@@ -232,7 +232,8 @@ def test_the_catalogue_and_the_templates_ship_with_the_package():
     data = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
     globs = data["package-data"]
     files = [f for folder in (TRANSLATIONS, HUB / "http" / "templates",
-                              HUB / "alerting" / "notify" / "templates")
+                              HUB / "alerting" / "notify" / "templates",
+                              HUB / "console" / "templates", HUB / "console" / "static")
              for f in folder.rglob("*") if f.is_file()] + [HUB / "babel.cfg"]
     for f in files:
         rel = f.relative_to(root)
@@ -241,3 +242,57 @@ def test_the_catalogue_and_the_templates_ship_with_the_package():
             for package, patterns in globs.items() if rel.is_relative_to(Path(*package.split(".")))
             for pattern in patterns)
         assert shipped, f"{rel} is not in pyproject.toml's package-data"
+
+
+# -- the console's pages say nothing outside the catalogue -------------------------------------
+
+CONSOLE = HUB / "console"
+#: Text a console page shows as it is, in any language: an HTTP header to type, and
+#: examples of what a box takes (an id, a token's name).
+AS_IS = {"Authorization: Bearer …"}
+AS_IS_ATTRIBUTES = {'placeholder="s-wang"', 'placeholder="grafana"'}
+
+
+def test_every_console_page_says_its_words_through_the_catalogue():
+    """What a console template shows (text between tags, and the attributes a reader
+    sees) is inside ``{{ _("…") }}``, so the catalogue test above holds it."""
+    templates = sorted((CONSOLE / "templates" / "console").glob("*.html"))
+    assert templates
+    for path in templates:
+        source = re.sub(r"\{#.*?#\}|<style.*?</style>|<script.*?</script>", "",
+                        path.read_text(), flags=re.S)
+        visible = re.sub(r"<[^>]*>", "\n", re.sub(r"\{\{.*?\}\}|\{%.*?%\}", "", source,
+                                                   flags=re.S))
+        for line in visible.splitlines():
+            line = line.strip()
+            assert not re.search(r"[A-Za-z]{2,}", line) or line in AS_IS, \
+                f"{path.name}: {line!r} is not translated"
+        for attr in re.finditer(r'\b(?:title|placeholder|aria-label|alt)="([^"]*)"', source):
+            assert attr.group(1).startswith("{{ _(") or attr.group(0) in AS_IS_ATTRIBUTES, \
+                f"{path.name}: {attr.group(0)} is not translated"
+
+
+def _catalogue_words(node: Any) -> bool:
+    """A flashed message the page translates: a msgid (``N_``), the console's
+    words for a refusal (``refusal``), ``gettext``, or a view's ``done`` (an
+    ``N_`` of its callers)."""
+    import ast
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+        return node.func.id in ("N_", "refusal", "gettext")
+    if isinstance(node, ast.IfExp):
+        return _catalogue_words(node.body) and _catalogue_words(node.orelse)
+    return isinstance(node, ast.Name) and node.id == "done"
+
+
+def test_every_console_flash_is_said_through_the_catalogue():
+    """No ``flash(str(err))``: an exception's English message is not a reader's word."""
+    import ast
+    found = 0
+    for path in sorted(CONSOLE.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) \
+                    and node.func.id == "flash":
+                found += 1
+                assert _catalogue_words(node.args[0]), \
+                    f"{path.name}:{node.lineno}: flash of a text not in the catalogue"
+    assert found > 10

@@ -84,7 +84,14 @@ bp = Blueprint("console_auth", __name__, url_prefix="/console")
 
 
 class UserError(ValueError):
-    """A user that cannot be added or changed (bad name, role, groups, password)."""
+    """A user that cannot be added or changed (bad name, role, groups, password);
+    ``code`` for the console's words (hub/console/refusals.py), the message for the
+    command line."""
+
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 @dataclass(frozen=True)
@@ -103,13 +110,13 @@ class ConsoleUser:
 
 def check_name(name: Any) -> str:
     if not isinstance(name, str) or not 1 <= len(name) <= MAX_NAME or not set(name) <= _NAME_CHARS:
-        raise UserError(f"a user name is 1 to {MAX_NAME} of a-z 0-9 . _ -")
+        raise UserError(f"a user name is 1 to {MAX_NAME} of a-z 0-9 . _ -", "bad_name")
     return name
 
 
 def check_role(role: Any) -> str:
     if role not in ROLES:
-        raise UserError(f"role must be one of {', '.join(ROLES)}")
+        raise UserError(f"role must be one of {', '.join(ROLES)}", "bad_role")
     return role
 
 
@@ -119,7 +126,7 @@ def check_groups(groups: Iterable[str]) -> tuple[str, ...]:
         try:
             text(group, "groups", GROUP_MAX)  # as the Directory's staff groups
         except BadField as err:
-            raise UserError(err.message) from err
+            raise UserError(err.message, "bad_groups") from err
         if group not in out:
             out.append(group)
     return tuple(out)
@@ -127,7 +134,8 @@ def check_groups(groups: Iterable[str]) -> tuple[str, ...]:
 
 def check_password(password: Any) -> str:
     if not isinstance(password, str) or not MIN_PASSWORD <= len(password) <= MAX_PASSWORD:
-        raise UserError(f"a password is {MIN_PASSWORD} to {MAX_PASSWORD} characters")
+        raise UserError(f"a password is {MIN_PASSWORD} to {MAX_PASSWORD} characters",
+                        "bad_password")
     return password
 
 
@@ -142,7 +150,8 @@ class Users:
         name, role = check_name(name), check_role(role)
         groups = check_groups(groups)
         if role == "maintenance" and not groups:
-            raise UserError("a maintenance user acts on stations of their groups: give --groups")
+            raise UserError("a maintenance user acts on stations of their groups: give --groups",
+                            "needs_groups")
         hashed = generate_password_hash(check_password(password))
         try:
             with self.store.engine.begin() as conn:
@@ -150,7 +159,7 @@ class Users:
                     name=name, password=hashed, role=role, groups=json.dumps(list(groups)),
                     session_epoch=0, created_ms=self.clock.ms(), disabled_ms=None))
         except sa.exc.IntegrityError as err:
-            raise UserError(f"there is already a user {name!r}") from err
+            raise UserError(f"there is already a user {name!r}", "exists") from err
         log.info("console user %s added (%s)", name, role)
         return ConsoleUser(name, role, groups)
 
@@ -204,7 +213,7 @@ class Users:
                 console_users.c.name == name).values(
                 password=hashed, session_epoch=console_users.c.session_epoch + 1)).rowcount
         if not found:
-            raise UserError(f"no user {name!r}")
+            raise UserError(f"no user {name!r}", "not_found")
 
     def change(self, name: str, *, role: str | None = None,
                groups: Iterable[str] | None = None, disabled: bool | None = None) -> None:
@@ -220,7 +229,7 @@ class Users:
             found = conn.execute(console_users.update().where(
                 console_users.c.name == name).values(**values)).rowcount
         if not found:
-            raise UserError(f"no user {name!r}")
+            raise UserError(f"no user {name!r}", "not_found")
 
 
 class Failures:
@@ -416,5 +425,5 @@ def signout():
     session.clear()
     if lang is not None:
         session["lang"] = lang
-    flash("signed_out")
+    flash(N_("You are signed out."), "ok")
     return redirect(url_for("console_auth.signin"), 303)

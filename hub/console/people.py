@@ -20,7 +20,7 @@ from hub.alerting.texts import N_
 from hub.config.tokens import SCOPES
 from hub.console.audit import actor, record
 from hub.console.auth import requires
-from hub.console.refusals import DIRECTORY_WORDS, refusal
+from hub.console.refusals import DIRECTORY_WORDS, TOKEN_WORDS, refusal
 from hub.console.uptime import BadRange, parse_date, timezone_of
 from hub.fleet.directory import DirectoryError
 from hub.fleet.directory_fields import BadField
@@ -193,7 +193,7 @@ def make_token():
         secret = stored_tokens.make(hub.store, hub.config.api_tokens, name, chosen,
                                     hub.clock.ms(), actor())
     except stored_tokens.TokenRefused as err:
-        flash(str(err), "error")
+        flash(refusal(err, TOKEN_WORDS), "error")
         return redirect(url_for("console_people.tokens"), 303)
     record(hub, "token.add", "api_token", name, {"scopes": sorted(set(chosen))})
     return render_template("console/tokens.html", tokens=token_list(hub), scopes=SCOPES,
@@ -207,7 +207,7 @@ def revoke_token(name: str):
     try:
         stored_tokens.revoke(hub.store, name[:64], hub.clock.ms())
     except stored_tokens.TokenRefused as err:
-        flash(str(err), "error")
+        flash(refusal(err, TOKEN_WORDS), "error")
         return redirect(url_for("console_people.tokens"), 303)
     record(hub, "token.revoke", "api_token", name[:64])
     flash(N_("Token revoked: the API refuses it from now on."), "ok")

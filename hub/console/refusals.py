@@ -16,7 +16,8 @@ from hub.alerting.texts import N_
 from hub.console import gettext
 from hub.fleet import directory_fields as fields
 
-__all__ = ["DIRECTORY_WORDS", "RANGE_WORDS", "SILENCE_WORDS", "refusal"]
+__all__ = ["DIRECTORY_WORDS", "RANGE_WORDS", "SILENCE_WORDS", "TOKEN_WORDS", "USER_WORDS",
+           "refusal"]
 
 #: Codes of hub.fleet.directory and hub.fleet.directory_fields, as the people page's
 #: forms meet them (messages name the box, never the value typed: a PIN or phone
@@ -64,11 +65,38 @@ RANGE_WORDS: dict[str | None, str] = {
     None: N_("The dates were refused."),
 }
 
+#: Codes of hub.console.auth.UserError (the users page; admin).
+USER_WORDS: dict[str | None, str] = {
+    "bad_name": N_("A user name is 1 to %(longest)s of a-z, 0-9, '.', '_', '-'."),
+    "bad_role": N_("Choose a role: maintenance, ops or admin."),
+    "bad_groups": N_("A group name is 1 to 64 characters, without control characters."),
+    "bad_password": N_("A password is %(least)s to %(most)s characters."),
+    "needs_groups": N_("A maintenance user acts on the stations of their groups: give them "
+                       "groups."),
+    "exists": N_("There is already a user of that name."),
+    "not_found": N_("No such user."),
+    None: N_("The user was not changed."),
+}
 
-def refusal(err: Any, words: dict[str | None, str], most: int | None = None) -> str:
+#: Codes of hub.http.stored_tokens.TokenRefused (the tokens page; admin).
+TOKEN_WORDS: dict[str | None, str] = {
+    "bad_name": N_("A token's name is 1 to 64 of A-Z, a-z, 0-9, '.', '_', '-', starting with "
+                   "a letter or digit."),
+    "bad_scopes": N_("Choose at least one scope."),
+    "configured": N_("The configuration has a token of that name."),
+    "exists": N_("There is already a token of that name (a revoked token's name is not "
+                 "given again)."),
+    "not_found": N_("No such token to revoke."),
+    None: N_("The token was refused."),
+}
+
+
+def refusal(err: Any, words: dict[str | None, str], most: int | None = None,
+            **bounds: int) -> str:
     """The reader's words for ``err`` (anything with a ``code``) from the table
-    ``words`` (its ``None`` entry for a code it does not list); ``most`` fills the
-    bound some words name (the Directory's own bounds by default)."""
+    ``words`` (its ``None`` entry for a code it does not list); ``most`` and
+    ``bounds`` fill the bounds some words name (``most`` the Directory's own by
+    default)."""
     code = getattr(err, "code", None)
     message = words.get(code) if isinstance(code, str) else None
     if message is None:
@@ -76,4 +104,4 @@ def refusal(err: Any, words: dict[str | None, str], most: int | None = None) -> 
     if most is None:
         most = _BOUNDS.get(code)
     text = gettext(message)
-    return text % {"most": most} if "%(most)s" in message else text
+    return text % {"most": most, **bounds} if "%(" in message else text

@@ -16,7 +16,16 @@ from flask import Blueprint, current_app, flash, redirect, render_template, requ
 
 from hub.alerting.texts import N_
 from hub.console.audit import record
-from hub.console.auth import ROLES, UserError, current_user, requires
+from hub.console.auth import (
+    MAX_NAME,
+    MAX_PASSWORD,
+    MIN_PASSWORD,
+    ROLES,
+    UserError,
+    current_user,
+    requires,
+)
+from hub.console.refusals import USER_WORDS, refusal
 
 bp = Blueprint("console_users", __name__, url_prefix="/console")
 
@@ -50,7 +59,8 @@ def add_user():
     try:
         console.users.add(name, form.get("password", ""), role, groups)
     except UserError as err:
-        flash(str(err), "error")
+        flash(refusal(err, USER_WORDS, MAX_PASSWORD, least=MIN_PASSWORD, longest=MAX_NAME),
+              "error")
         return _back()
     record(console.hub, "user.add", "console_user", name, {"role": role, "groups": groups})
     flash(N_("User added."), "ok")
@@ -81,11 +91,12 @@ def change_user(name: str):
             role = form.get("role", "")
             groups = _groups(form.get("groups", ""))
             if role == "maintenance" and not groups:
-                raise UserError("a maintenance user needs groups")
+                raise UserError("a maintenance user needs groups", "needs_groups")
             console.users.change(name, role=role, groups=groups)
             detail.update(role=role, groups=groups)
     except UserError as err:
-        flash(str(err), "error")
+        flash(refusal(err, USER_WORDS, MAX_PASSWORD, least=MIN_PASSWORD, longest=MAX_NAME),
+              "error")
         return _back()
     record(console.hub, "user.change", "console_user", name, detail)
     flash(N_("User changed."), "ok")

@@ -28,7 +28,13 @@ MAX_PRESENTED = 256
 
 
 class TokenRefused(ValueError):
-    """A token that cannot be made or revoked; the message says why."""
+    """A token that cannot be made or revoked; the message says why (in English),
+    ``code`` which words the console shows (hub/console/refusals.py)."""
+
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def digest(secret: str) -> str:
@@ -63,12 +69,12 @@ def make(store: Any, configured: Any, name: str, scopes: Any, now_ms: int,
     """Make a token; returns its secret (to be shown once, never stored)."""
     if not isinstance(name, str) or not _NAME.match(name):
         raise TokenRefused("a token's name is 1 to 64 of A-Z a-z 0-9 . _ -, starting "
-                           "with a letter or digit")
+                           "with a letter or digit", "bad_name")
     chosen = sorted(set(scopes)) if isinstance(scopes, (list, tuple, set)) else []
     if not chosen or any(s not in SCOPES for s in chosen):
-        raise TokenRefused(f"choose at least one scope of {', '.join(SCOPES)}")
+        raise TokenRefused(f"choose at least one scope of {', '.join(SCOPES)}", "bad_scopes")
     if any(t.name == name for t in configured):
-        raise TokenRefused(f"the configuration has a token named {name!r}")
+        raise TokenRefused(f"the configuration has a token named {name!r}", "configured")
     secret = secrets.token_urlsafe(32)
     try:
         with store.engine.begin() as conn:
@@ -77,7 +83,7 @@ def make(store: Any, configured: Any, name: str, scopes: Any, now_ms: int,
                 created_ms=now_ms, created_by=by[:64], revoked_ms=None))
     except sa.exc.IntegrityError as err:
         raise TokenRefused(f"there is already a token named {name!r} (a revoked "
-                           "token's name is not given again)") from err
+                           "token's name is not given again)", "exists") from err
     return secret
 
 
@@ -87,4 +93,4 @@ def revoke(store: Any, name: str, now_ms: int) -> None:
         done = conn.execute(t.update().where(t.c.name == name, t.c.revoked_ms.is_(None))
                             .values(revoked_ms=now_ms)).rowcount
     if not done:
-        raise TokenRefused(f"no token {name[:64]!r} to revoke")
+        raise TokenRefused(f"no token {name[:64]!r} to revoke", "not_found")
