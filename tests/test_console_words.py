@@ -15,7 +15,9 @@ import pytest
 import sqlalchemy as sa
 
 from hub.alerting.alerts import MAX_COMMENT
+from hub.alerting.summaries import summary
 from hub.alerting.texts import texts
+from hub.alerting.values import alert_value
 from hub.console.auth import MAX_NAME, MAX_PASSWORD, MIN_PASSWORD
 from hub.console.refusals import (
     DIRECTORY_WORDS,
@@ -256,3 +258,15 @@ def test_user_and_token_refusals_in_the_reader_s_language(hub: Hub, lang: str) -
     # Signing out says so in words, not as the code it was flashed with.
     page = flashed(boss, boss.post("/console/signout", {}))
     assert said(lang, "You are signed out.") in page and "signed_out" not in page
+
+
+@pytest.mark.parametrize("lang", ["zh", "en"])
+def test_an_alert_s_summary_is_said_in_the_reader_s_language(hub: Hub, lang: str) -> None:
+    bring_online(hub, C1)
+    value = alert_value("water_low", level=0.18, level_state="low")
+    stored = summary("water_low", value)  # in the hub's language, Chinese by default
+    hub.alerts.fire("water_low", C1, "warning", stored, value)
+    page = shown(browser(hub, "wang", lang).get("/console/alerts").get_data(as_text=True))
+    assert summary("water_low", value, lang) in page
+    if lang == "en":
+        assert stored not in page and CJK.search(stored)

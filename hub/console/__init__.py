@@ -179,6 +179,11 @@ gettext = _gettext
 ngettext = _ngettext
 
 
+def reader_language() -> str:
+    """The request's language (``zh``, ``en``)."""
+    return _words().lang
+
+
 def when(ms: int | None) -> str:
     """Hub milliseconds as the local date and time, ``12-07 14:05``."""
     if ms is None:

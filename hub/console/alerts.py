@@ -22,7 +22,9 @@ from hub.alerting.alerts import (
     BadMute,
     StoreUnavailable,
 )
+from hub.alerting.summaries import summary
 from hub.alerting.texts import N_
+from hub.console import reader_language
 from hub.console.audit import actor, groups_seen, record
 from hub.console.auth import may_act_on, requires
 from hub.console.refusals import SILENCE_WORDS, refusal
@@ -113,6 +115,11 @@ def _back():
 def alerts():
     hub = _hub()
     lists = open_alerts(hub, groups_seen())
+    lang = reader_language()
+    for a in (*lists[FIRING], *lists[ACKED]):
+        # Stored in the hub's language when it fired: said again in the reader's,
+        # from the rule and value, as the notifications do (the stored one if not).
+        a["summary"] = summary(a["rule"], a.get("value"), lang) or a["summary"]
     return render_template("console/alerts.html", firing=lists[FIRING], acked=lists[ACKED],
                            staff=hub.directory.list_staff(), limit=PAGE_LIMIT)
 
