@@ -21,8 +21,9 @@ help:
 	@echo "make grafana-pictures  redraw docs/img/grafana/ from a real Prometheus run (docs/grafana.md)"
 
 # System packages: the Python venv module, Mosquitto, PostgreSQL, Prometheus and
-# Chromium with CJK fonts (the tests talk to real ones and look at real pages). Installed only when missing; as root directly,
-# otherwise with sudo when present.
+# Chromium with CJK fonts (the tests talk to real ones and look at real pages),
+# debootstrap (tests/test_ansible.py applies the playbook to a Debian 12 root).
+# Installed only when missing; as root directly, otherwise with sudo when present.
 system-deps:
 	@missing=""; \
 	$(PYTHON) -c "import ensurepip, venv" 2>/dev/null || missing="$$missing python3-venv"; \
@@ -33,6 +34,7 @@ system-deps:
 	command -v openssl >/dev/null || missing="$$missing openssl"; \
 	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
 	[ -d /usr/share/fonts/opentype/noto ] || missing="$$missing fonts-noto-cjk"; \
+	command -v debootstrap >/dev/null || [ -x /usr/sbin/debootstrap ] || missing="$$missing debootstrap"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] || command -v sudo >/dev/null; then \
 	    echo "installing:$$missing"; \
