@@ -228,9 +228,19 @@ def served(hub: StandInHub) -> Iterator[str]:
     """The hub's app on a loopback port, as ``Hub.serve`` runs it; its host:port."""
     server = create_server(hub.app, host="127.0.0.1", port=0, threads=2,
                            asyncore_loop_timeout=0.1)
-    thread = threading.Thread(target=server.run, daemon=True)
+    closed = threading.Event()
+
+    def run() -> None:
+        try:
+            server.run()
+        except OSError:  # close() pulls the socket from under select(), as in Hub.stop
+            if not closed.is_set():
+                raise
+
+    thread = threading.Thread(target=run, daemon=True)
     thread.start()
     yield f"127.0.0.1:{server.effective_port}"
+    closed.set()
     server.close()
     thread.join(5)
 

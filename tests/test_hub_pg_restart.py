@@ -368,15 +368,16 @@ class CommitCutter:
                 return
             if when == "after":
                 cut.set()
-            server.sendall(data)
+            if not _send(server, data):
+                return
 
     def _down(self, server: socket.socket, client: socket.socket, cut: threading.Event) -> None:
         while data := _recv(server):
             if cut.is_set():  # the server committed and answered: nobody hears it
                 _close(client, server)
                 return
-            if not self._silent:
-                client.sendall(data)
+            if not self._silent and not _send(client, data):
+                return
         _close(client, server)
 
 
@@ -385,6 +386,15 @@ def _recv(sock: socket.socket) -> bytes:
         return sock.recv(65536)
     except OSError:
         return b""
+
+
+def _send(sock: socket.socket, data: bytes) -> bool:
+    """False when the other direction already closed this socket (a cut)."""
+    try:
+        sock.sendall(data)
+    except OSError:
+        return False
+    return True
 
 
 def _close(*socks: socket.socket) -> None:
