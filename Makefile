@@ -22,7 +22,8 @@ help:
 
 # System packages: the Python venv module, Mosquitto, PostgreSQL, Prometheus and
 # Chromium with CJK fonts (the tests talk to real ones and look at real pages),
-# debootstrap (tests/test_ansible.py applies the playbook to a Debian 12 root).
+# debootstrap (tests/test_ansible.py applies the playbook to a Debian 12 root),
+# systemd's systemd-analyze (tests/test_systemd_units.py verifies the units).
 # Installed only when missing; as root directly, otherwise with sudo when present.
 system-deps:
 	@missing=""; \
@@ -35,6 +36,7 @@ system-deps:
 	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
 	[ -d /usr/share/fonts/opentype/noto ] || missing="$$missing fonts-noto-cjk"; \
 	command -v debootstrap >/dev/null || [ -x /usr/sbin/debootstrap ] || missing="$$missing debootstrap"; \
+	command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] || command -v sudo >/dev/null; then \
 	    echo "installing:$$missing"; \
