@@ -185,3 +185,113 @@ def test_the_agent_keeps_its_hardware_and_its_clock_flag():
     assert {"adjtimex", "ioctl", "flock", "openat", "poll"} <= permitted
     assert "LG_WD=/run/yizhan-agent" in " ".join(s["Service.Environment"])
     assert s["Service.RuntimeDirectory"] == ["yizhan-agent"]
+
+
+# -- the programs inside the units' walls ---------------------------------------------------
+
+# What ProtectSystem=strict with ReadWritePaths= and UMask=0077 leave a program,
+# made with a private mount namespace: every mount read-only but /dev, /proc and
+# /sys, then each writable path bound over itself read-write. /tmp stays
+# read-only too (stricter than the units' PrivateTmp=yes).
+WALLS = r"""
+umask 077
+for mp in $(awk '{print $5}' /proc/self/mountinfo | sort -u); do
+  case "$mp" in /dev|/dev/*|/proc|/proc/*|/sys|/sys/*) continue;; esac
+  mount -o remount,bind,ro "$mp" 2>/dev/null || true
+done
+for rw in $WRITABLE; do mount --bind "$rw" "$rw" && mount -o remount,bind,rw "$rw"; done
+if touch /probe 2>/dev/null; then rm -f /probe; echo "the root is writable"; exit 99; fi
+exec "$@"
+"""
+
+
+class Walled:
+    """``python -m yizhan ARGV`` inside the walls, its output in ``tmp/NAME.log``."""
+
+    def __init__(self, name: str, argv: list[str], writable: list[Path], tmp: Path) -> None:
+        import sys
+
+        self.name, self.log = name, tmp / f"{name}.log"
+        with open(self.log, "wb") as out:
+            self.popen = subprocess.Popen(
+                ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", WALLS,
+                 "walls", sys.executable, "-m", "yizhan", *argv],
+                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                env={**os.environ, "WRITABLE": " ".join(str(p) for p in writable)})
+
+    def tail(self) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-30:])
+
+    def stop(self) -> int:
+        """SIGTERM, as systemd stops a unit; its exit status."""
+        self.popen.terminate()
+        try:
+            return self.popen.wait(20)
+        finally:
+            if self.popen.poll() is None:
+                self.popen.kill()
+                self.popen.wait(5)
+
+
+def test_hub_agent_and_kiosk_run_with_only_their_data_directory_writable(
+        tmp_path, broker_factory):
+    """ReadWritePaths=/var/lib/yizhan is all they need: the real hub, agent
+    (hardware: sim) and kiosk processes, each in a mount namespace where nothing
+    but its data directory can be written, come up, find each other and stop
+    cleanly."""
+    from tests.harness.procs import free_port, http_json, wait_until, write_yaml
+    from tests.harness.storage import require_mount
+
+    require_mount()
+    if not shutil.which("unshare"):
+        pytest.fail("unshare (util-linux) is required", pytrace=False)
+    broker = broker_factory()
+    sid, token = "yh-chumen-01", "walls-test-token-0123456789"
+    hub_dir, station_dir = tmp_path / "hub", tmp_path / "station"
+    hub_dir.mkdir(mode=0o700)
+    station_dir.mkdir(mode=0o700)
+    key = tmp_path / "fleet.key"
+    key.write_bytes(b"walls-fleet-key-0123456789abcdef")
+    key.chmod(0o600)
+    hub_port, api_port, kiosk_port = free_port(), free_port(), free_port()
+    hub_yaml = write_yaml(tmp_path / "hub.yaml", {
+        "mqtt": {"host": broker.host, "port": broker.port, "keepalive": 5},
+        "database": f"sqlite:///{hub_dir / 'hub.db'}",
+        "http": {"host": "127.0.0.1", "port": hub_port},
+        "api_tokens": [{"name": "tests", "token": token, "scopes": ["admin"]}],
+        "stations": [{"sid": sid, "name": sid}]})
+    station_yaml = write_yaml(tmp_path / "station.yaml", {
+        "hardware": "sim",
+        "station": {"id": sid, "name": sid},
+        "mqtt": {"host": broker.host, "port": broker.port, "keepalive": 5},
+        "data_dir": str(station_dir),
+        "fleet_key_file": str(key),
+        "local_api": {"host": "127.0.0.1", "port": api_port},
+        "kiosk": {"host": "127.0.0.1", "port": kiosk_port},
+        "lockers": {"slots": 6},
+        "sim": {"borrows_per_hour": 0, "riders_per_hour": 0, "draws_per_hour": 0, "seed": 7}})
+    started = [Walled("hub", ["hub", "--config", str(hub_yaml)], [hub_dir], tmp_path)]
+    started.append(Walled("agent", ["agent", "--config", str(station_yaml)], [station_dir],
+                          tmp_path))
+    started.append(Walled("kiosk", ["kiosk", "--config", str(station_yaml)], [station_dir],
+                          tmp_path))
+
+    def tails() -> str:
+        return "\n".join(f"--- {p.name}\n{p.tail()}" for p in started)
+
+    try:
+        wait_until(lambda: http_json(f"http://127.0.0.1:{hub_port}/healthz")[1].get("ok"),
+                   20, "the hub healthy", on_fail=tails)
+        wait_until(lambda: http_json(f"http://127.0.0.1:{hub_port}/api/v1/stations/{sid}",
+                                     token)[1].get("online"),
+                   20, "the station online on the hub", on_fail=tails)
+        wait_until(lambda: http_json(f"http://127.0.0.1:{kiosk_port}/healthz")[1].get("agent"),
+                   20, "the kiosk seeing the agent", on_fail=tails)
+        assert all(p.popen.poll() is None for p in started), tails()
+    finally:
+        codes = [p.stop() for p in started]
+    assert codes == [0, 0, 0], tails()
+    for proc in started:
+        log = proc.log.read_text(errors="replace")
+        assert "Traceback" not in log and "Read-only file system" not in log, log[-3000:]
+    assert (hub_dir / "hub.db").is_file() and any(station_dir.iterdir())
