@@ -6,6 +6,8 @@
     yizhan sim board --link /tmp/ttyLOCKER
     yizhan demo
     yizhan console-user add NAME --role ROLE [--groups g1,g2] --config hub.yaml
+    yizhan provision --secrets DIR --broker-host NAME [--inventory DIR] SID...
+    yizhan provision --secrets DIR --revoke SID
 
 A bad configuration exits with status 2 and names the file, the key and the
 problem.
@@ -144,6 +146,28 @@ def cmd_console_user(args: argparse.Namespace) -> int:
     return console_user(args.config, args.action, args.name, args.role, args.groups)
 
 
+def cmd_provision(args: argparse.Namespace) -> int:
+    from yizhan.provision import Fleet, ProvisionError, provision
+
+    try:
+        if args.revoke:
+            crl = Fleet(args.secrets).revoke(args.revoke)
+            print(f"revoked {args.revoke}; apply the playbook to give the broker {crl}")
+            return 0
+        if args.crl:
+            print(f"CRL re-issued: {Fleet(args.secrets).write_crl()}")
+            return 0
+        made = provision(args.secrets, args.sids, broker_hosts=args.broker_host or [],
+                         inventory=args.inventory, password=args.password,
+                         name=args.name, group=args.group, reissue=args.reissue)
+    except ProvisionError as err:
+        print(f"yizhan provision: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+    for identity in made:
+        print(f"{identity.sid}: {identity.cert_file}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from yizhan.demo import run_demo
 
@@ -213,6 +237,33 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--groups", metavar="G1,G2",
                    help="the groups a maintenance user acts on, comma-separated")
     c.set_defaults(func=cmd_console_user)
+
+    pv = sub.add_parser("provision", help="the fleet CA and one broker identity per station",
+                        description="Make the fleet key, the fleet CA and the broker's "
+                                    "certificate (once), then a key and certificate "
+                                    "(CN = sid) for each SID and its inventory entry; or "
+                                    "revoke a station. Secrets go only into --secrets, "
+                                    "which must be outside any git checkout "
+                                    "(docs/deploy.md).")
+    pv.add_argument("sids", nargs="*", metavar="SID", help="stations to provision")
+    pv.add_argument("--secrets", required=True, metavar="DIR",
+                    help="the fleet's secrets directory (outside the repository)")
+    pv.add_argument("--broker-host", action="append", metavar="NAME",
+                    help="a name or address stations reach the broker by (repeatable; "
+                         "needed on the first run)")
+    pv.add_argument("--inventory", metavar="DIR",
+                    help="Ansible inventory directory: host_vars/<sid>.yml is written there")
+    pv.add_argument("--name", help="the station's display name (default: its sid)")
+    pv.add_argument("--group", help="the station's group (default: default)")
+    pv.add_argument("--password", action="store_true",
+                    help="also a broker password per station (mosquitto_station_auth: "
+                         "password)")
+    pv.add_argument("--reissue", action="store_true",
+                    help="a new identity for a revoked station (a replaced Pi)")
+    pv.add_argument("--revoke", metavar="SID", help="put SID's certificate on the CRL")
+    pv.add_argument("--crl", action="store_true",
+                    help="re-issue the CRL before its next-update date")
+    pv.set_defaults(func=cmd_provision)
 
     d = sub.add_parser("demo", help="broker, hub and simulated stations on this machine",
                        description="Start a private MQTT broker, the hub and simulated "
