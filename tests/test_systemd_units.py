@@ -295,3 +295,26 @@ def test_hub_agent_and_kiosk_run_with_only_their_data_directory_writable(
         log = proc.log.read_text(errors="replace")
         assert "Traceback" not in log and "Read-only file system" not in log, log[-3000:]
     assert (hub_dir / "hub.db").is_file() and any(station_dir.iterdir())
+
+
+def test_the_walls_hold(tmp_path):
+    """The walls above are real: a hub whose data directory is not among the
+    writable paths cannot make its database."""
+    from tests.harness.procs import free_port, write_yaml
+    from tests.harness.storage import require_mount
+
+    require_mount()
+    hub_dir = tmp_path / "hub"
+    hub_dir.mkdir(mode=0o700)
+    hub_yaml = write_yaml(tmp_path / "hub.yaml", {
+        "mqtt": {"host": "127.0.0.1", "port": free_port()},
+        "database": f"sqlite:///{hub_dir / 'hub.db'}",
+        "http": {"host": "127.0.0.1", "port": free_port()},
+        "stations": []})
+    hub = Walled("hub", ["hub", "--config", str(hub_yaml)], [], tmp_path)
+    try:
+        status = hub.popen.wait(20)
+    finally:
+        hub.stop()
+    assert status != 0 and "Read-only file system" in hub.log.read_text()
+    assert not (hub_dir / "hub.db").exists()
