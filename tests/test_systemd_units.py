@@ -189,10 +189,11 @@ def test_the_agent_keeps_its_hardware_and_its_clock_flag():
 
 # -- the programs inside the units' walls ---------------------------------------------------
 
-# What ProtectSystem=strict with ReadWritePaths= and UMask=0077 leave a program,
-# made with a private mount namespace: every mount read-only but /dev, /proc and
-# /sys, then each writable path bound over itself read-write. /tmp stays
-# read-only too (stricter than the units' PrivateTmp=yes).
+# What ProtectSystem=strict with ReadWritePaths=, UMask=0077, NoNewPrivileges=yes
+# and an empty CapabilityBoundingSet= leave a program, made with a private mount
+# namespace: every mount read-only but /dev, /proc and /sys, then each writable
+# path bound over itself read-write; /tmp stays read-only too (stricter than the
+# units' PrivateTmp=yes). Then no capability at all, even as root.
 WALLS = r"""
 umask 077
 for mp in $(awk '{print $5}' /proc/self/mountinfo | sort -u); do
@@ -201,7 +202,7 @@ for mp in $(awk '{print $5}' /proc/self/mountinfo | sort -u); do
 done
 for rw in $WRITABLE; do mount --bind "$rw" "$rw" && mount -o remount,bind,rw "$rw"; done
 if touch /probe 2>/dev/null; then rm -f /probe; echo "the root is writable"; exit 99; fi
-exec "$@"
+exec setpriv --no-new-privs --inh-caps=-all --bounding-set=-all "$@"
 """
 
 
@@ -243,8 +244,8 @@ def test_hub_agent_and_kiosk_run_with_only_their_data_directory_writable(
     from tests.harness.storage import require_mount
 
     require_mount()
-    if not shutil.which("unshare"):
-        pytest.fail("unshare (util-linux) is required", pytrace=False)
+    if not (shutil.which("unshare") and shutil.which("setpriv")):
+        pytest.fail("unshare and setpriv (util-linux) are required", pytrace=False)
     broker = broker_factory()
     sid, token = "yh-chumen-01", "walls-test-token-0123456789"
     hub_dir, station_dir = tmp_path / "hub", tmp_path / "station"
