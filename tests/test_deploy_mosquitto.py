@@ -1,10 +1,11 @@
 """The playbook's mosquitto role, rendered by Ansible and run as a real Mosquitto.
 
 ``yizhan provision`` makes the fleet CA, the broker's certificate and one
-identity per station in a secrets directory; ``ansible-playbook`` applies
-deploy/ansible/roles/mosquitto (connection local) into a temporary
-configuration directory with those files; a real Mosquitto then runs that
-configuration (the Debian main file's part, include_dir, is the test's). Only
+identity per station in a secrets directory and puts them into an
+ansible-vault file; ``ansible-playbook`` applies deploy/ansible/roles/mosquitto
+(connection local) with that vault into a temporary configuration directory;
+a real Mosquitto then runs that configuration (the Debian main file's part,
+include_dir, is the test's). Only
 the ports, the paths and the files' owner differ from production.
 
 A station with its own certificate connects and reports as itself; it cannot
@@ -54,26 +55,31 @@ PLAY = """\
 """
 
 
+def vault_of(fleet: Fleet) -> tuple[Path, Path]:
+    """The fleet's ansible-vault file and its password file, beside its secrets."""
+    return fleet.dir.parent / "vault.yml", fleet.dir.parent / "vault.pass"
+
+
 def apply_role(fleet: Fleet, conf_dir: Path, local_port: int, tls_port: int,
                **extra: object) -> None:
-    """ansible-playbook with the role, the secrets read from the secrets directory."""
-    s = fleet.dir
-    owner = pwd.getpwuid(os.getuid()).pw_name
+    """ansible-playbook with the role, its secrets from the fleet's vault."""
+    vault, vault_pass = vault_of(fleet)
     variables = {
         "ansible_python_interpreter": sys.executable,
         "mosquitto_install": False,   # the test's Mosquitto is the one installed
         "mosquitto_service": False,   # and the test starts it, not systemd
         "mosquitto_conf_dir": str(conf_dir),
-        "mosquitto_owner": owner,
+        "mosquitto_owner": pwd.getpwuid(os.getuid()).pw_name,
         "mosquitto_group": grp.getgrgid(os.getgid()).gr_name,
         "mosquitto_local_port": local_port,
         "mosquitto_tls_port": tls_port,
         "mosquitto_tls_bind": "127.0.0.1",
-        "mosquitto_ca_cert": f"{{{{ lookup('file', '{s}/ca/ca.crt') }}}}",
-        "mosquitto_crl": f"{{{{ lookup('file', '{s}/ca/crl.pem') }}}}",
-        "mosquitto_server_cert": f"{{{{ lookup('file', '{s}/broker/broker.crt') }}}}",
-        "mosquitto_server_key": f"{{{{ lookup('file', '{s}/broker/broker.key') }}}}",
-        "mosquitto_passwd": f"{{{{ lookup('file', '{s}/mosquitto.passwd') }}}}",
+        # As the hub's group_vars name them (docs/deploy.md).
+        "mosquitto_ca_cert": "{{ vault_yizhan_ca_cert }}",
+        "mosquitto_crl": "{{ vault_yizhan_crl }}",
+        "mosquitto_server_cert": "{{ vault_broker_cert }}",
+        "mosquitto_server_key": "{{ vault_broker_key }}",
+        "mosquitto_passwd": "{{ vault_broker_passwd }}",
         **extra,
     }
     play = conf_dir.parent / "play.yml"
@@ -83,6 +89,7 @@ def apply_role(fleet: Fleet, conf_dir: Path, local_port: int, tls_port: int,
     env = {**os.environ, "ANSIBLE_ROLES_PATH": str(ROLES), "ANSIBLE_LOCALHOST_WARNING": "false",
            "ANSIBLE_NOCOLOR": "1", "ANSIBLE_HOME": str(conf_dir.parent / ".ansible")}
     done = subprocess.run([str(BIN / "ansible-playbook"), "-i", "localhost,", str(play),
+                           "-e", f"@{vault}", "--vault-password-file", str(vault_pass),
                            "-e", f"@{extra_vars}"], env=env, capture_output=True, text=True,
                           timeout=180)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
@@ -114,6 +121,10 @@ def fleet(tmp_path_factory) -> Fleet:
     provision(secrets_dir, [A, B, GONE], broker_hosts=["127.0.0.1", "localhost"])
     f = Fleet(secrets_dir)
     f.revoke(GONE)
+    vault, vault_pass = vault_of(f)
+    vault_pass.write_text("a demo vault password\n")
+    f.write_vault(vault, vault_pass)
+    assert vault.read_text().startswith("$ANSIBLE_VAULT;")
     return f
 
 
@@ -333,6 +344,7 @@ def test_revocation_reaches_a_running_fleet(fleet, tmp_path) -> None:
     """Provisioned, connects; revoked with the CLI, the role re-applied: refused."""
     late = "yh-late-01"
     provision(fleet.dir, [late], broker_hosts=[])
+    fleet.write_vault(*vault_of(fleet))
     conf_dir = tmp_path / "etc"
     local_port, tls_port = free_port(), free_port()
     apply_role(fleet, conf_dir, local_port, tls_port)
@@ -340,8 +352,11 @@ def test_revocation_reaches_a_running_fleet(fleet, tmp_path) -> None:
     broker.start()
     try:
         close(tls_client(broker, fleet.ca_cert, station(fleet, late)))
+        vault, vault_pass = vault_of(fleet)
         done = subprocess.run([str(BIN / "yizhan"), "provision", "--secrets", str(fleet.dir),
-                               "--revoke", late], capture_output=True, text=True, timeout=60)
+                               "--revoke", late, "--vault", str(vault),
+                               "--vault-password-file", str(vault_pass)],
+                              capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stderr
         apply_role(fleet, conf_dir, local_port, tls_port)
         broker.restart()  # the role's handler: Mosquitto reads the CRL at start

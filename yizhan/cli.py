@@ -149,17 +149,24 @@ def cmd_console_user(args: argparse.Namespace) -> int:
 def cmd_provision(args: argparse.Namespace) -> int:
     from yizhan.provision import Fleet, ProvisionError, provision
 
+    if bool(args.vault) != bool(args.vault_password_file):
+        print("yizhan provision: --vault and --vault-password-file go together",
+              file=sys.stderr)
+        return EXIT_CONFIG
+    made = []
     try:
+        fleet = Fleet(args.secrets)
         if args.revoke:
-            crl = Fleet(args.secrets).revoke(args.revoke)
+            crl = fleet.revoke(args.revoke)
             print(f"revoked {args.revoke}; apply the playbook to give the broker {crl}")
-            return 0
-        if args.crl:
-            print(f"CRL re-issued: {Fleet(args.secrets).write_crl()}")
-            return 0
-        made = provision(args.secrets, args.sids, broker_hosts=args.broker_host or [],
-                         inventory=args.inventory, password=args.password,
-                         name=args.name, group=args.group, reissue=args.reissue)
+        elif args.crl:
+            print(f"CRL re-issued: {fleet.write_crl()}")
+        else:
+            made = provision(args.secrets, args.sids, broker_hosts=args.broker_host or [],
+                             inventory=args.inventory, password=args.password,
+                             name=args.name, group=args.group, reissue=args.reissue)
+        if args.vault:
+            print(f"vault: {fleet.write_vault(args.vault, args.vault_password_file)}")
     except ProvisionError as err:
         print(f"yizhan provision: {err}", file=sys.stderr)
         return EXIT_CONFIG
@@ -260,6 +267,11 @@ def build_parser() -> argparse.ArgumentParser:
                          "password)")
     pv.add_argument("--reissue", action="store_true",
                     help="a new identity for a revoked station (a replaced Pi)")
+    pv.add_argument("--vault", metavar="FILE",
+                    help="also write every secret into this ansible-vault file "
+                         "(e.g. inventory/<fleet>/group_vars/all/vault.yml)")
+    pv.add_argument("--vault-password-file", metavar="FILE",
+                    help="the vault's password file (ansible-vault's option)")
     pv.add_argument("--revoke", metavar="SID", help="put SID's certificate on the CRL")
     pv.add_argument("--crl", action="store_true",
                     help="re-issue the CRL before its next-update date")

@@ -23,6 +23,7 @@ import os
 import secrets
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -219,6 +220,67 @@ class Fleet:
         (self.dir / "stations" / sid / "password").unlink(missing_ok=True)
         return self.write_crl()
 
+    # -- the vault ---------------------------------------------------------
+
+    def vault_data(self) -> dict:
+        """Every secret the playbook installs, under the inventory's vault names.
+
+        Stations revoked (or whose files are gone) are left out: the vault then
+        holds nothing a retired Pi's identity could be re-installed from.
+        """
+        self._need_ca()
+
+        def text(path: Path) -> str:
+            return path.read_text()
+
+        tls: dict[str, dict[str, str]] = {}
+        passwords: dict[str, str] = {}
+        for d in sorted((self.dir / "stations").glob("*")):
+            cert, key = d / f"{d.name}.crt", d / f"{d.name}.key"
+            if not cert.exists() or not key.exists() or self._revoked(cert):
+                continue
+            tls[d.name] = {"cert": text(cert), "key": text(key)}
+            if (d / "password").exists():
+                passwords[d.name] = text(d / "password").strip()
+        return {
+            "vault_yizhan_fleet_key": text(self.fleet_key).strip(),
+            "vault_yizhan_ca_cert": text(self.ca_cert),
+            "vault_yizhan_crl": text(self.crl),
+            "vault_broker_cert": text(self.broker_dir / "broker.crt"),
+            "vault_broker_key": text(self.broker_dir / "broker.key"),
+            "vault_broker_passwd": text(self.passwd) if self.passwd.exists() else "",
+            "vault_hub_mqtt_password": text(self.dir / "hub.password").strip(),
+            "vault_station_tls": tls,
+            "vault_station_mqtt_passwords": passwords,
+        }
+
+    def write_vault(self, vault: Path | str, password_file: Path | str) -> Path:
+        """The secrets as an ansible-vault file, encrypted with ``password_file``.
+
+        The plain text exists only in the secrets directory, for the moment
+        ansible-vault takes to encrypt it.
+        """
+        vault = Path(vault).resolve()
+        tool = shutil.which("ansible-vault") or str(Path(sys.executable).parent
+                                                    / "ansible-vault")
+        if not os.access(tool, os.X_OK):
+            raise ProvisionError("--vault needs ansible-vault (pip install ansible-core)")
+        plain = self.dir / ".vault.tmp.yml"
+        plain.touch(mode=0o600)
+        plain.write_text("---\n" + yaml.dump(self.vault_data(), Dumper=_BlockDumper,
+                                              sort_keys=True, allow_unicode=True))
+        try:
+            vault.parent.mkdir(parents=True, exist_ok=True)
+            done = subprocess.run(
+                [tool, "encrypt", "--vault-password-file", str(password_file),
+                 "--output", str(vault), str(plain)],
+                capture_output=True, text=True, timeout=120)
+        finally:
+            plain.unlink(missing_ok=True)
+        if done.returncode != 0:
+            raise ProvisionError(f"ansible-vault failed: {done.stderr.strip()}")
+        return vault
+
     # -- internals ---------------------------------------------------------
 
     def _need_ca(self) -> None:
@@ -297,6 +359,15 @@ class Fleet:
             self.passwd.write_text("".join(line + "\n" for line in kept))
 
 
+class _BlockDumper(yaml.SafeDumper):
+    """PEM blocks as YAML literal blocks, as a person would paste them."""
+
+
+_BlockDumper.add_representer(
+    str, lambda d, v: d.represent_scalar("tag:yaml.org,2002:str", v,
+                                         style="|" if "\n" in v else None))
+
+
 def _checked_sid(sid: str) -> str:
     try:
         return check_sid(sid)
@@ -325,13 +396,17 @@ def _checked_host(host: str) -> str:
 
 def write_inventory_entry(inventory: Path, sid: str, name: str | None,
                           group: str | None) -> Path:
-    """``host_vars/<sid>.yml`` in ``inventory``: the station's variables, no secrets.
+    """The station in ``inventory``'s ``stations`` group, its variables beside it.
 
-    An existing entry keeps what the installer wrote there (pins, address); only
-    the identity keys are filled in when missing.
+    ``host_vars/<sid>.yml`` holds its id, name and group (no secrets); an
+    existing file keeps what the installer wrote there (pins, address), only
+    missing keys are filled in. ``provisioned.yml``, a file of this command's
+    own, puts the host in the ``stations`` group: Ansible reads every file of
+    an inventory directory, so the installer's hosts.yml is never rewritten.
     """
     sid = _checked_sid(sid)
-    path = Path(inventory) / "host_vars" / f"{sid}.yml"
+    inventory = Path(inventory)
+    path = inventory / "host_vars" / f"{sid}.yml"
     path.parent.mkdir(parents=True, exist_ok=True)
     data = yaml.safe_load(path.read_text()) if path.exists() else None
     data = data if isinstance(data, dict) else {}
@@ -339,6 +414,14 @@ def write_inventory_entry(inventory: Path, sid: str, name: str | None,
     data.setdefault("station_name", name or sid)
     data.setdefault("station_group", group or "default")
     path.write_text("---\n" + yaml.safe_dump(data, allow_unicode=True, sort_keys=False))
+    listed = inventory / "provisioned.yml"
+    hosts: dict = {}
+    if listed.exists():
+        old = yaml.safe_load(listed.read_text()) or {}
+        hosts = dict(((old.get("stations") or {}).get("hosts")) or {})
+    hosts.setdefault(sid, None)
+    listed.write_text("---\n# Written by yizhan provision: the stations it made.\n"
+                      + yaml.safe_dump({"stations": {"hosts": hosts}}, sort_keys=True))
     return path
 
 
@@ -350,6 +433,8 @@ def provision(secrets_dir: Path | str, sids: list[str], *, broker_hosts: list[st
     fleet = Fleet(secrets_dir)
     for sid in sids:
         _checked_sid(sid)  # all refused before anything is written
+    for host in broker_hosts:
+        _checked_host(host)
     fleet.ensure_ca()
     fleet.ensure_broker(broker_hosts)
     fleet.ensure_hub_password()
