@@ -118,7 +118,9 @@ class RoleBroker(Broker):
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory) -> Fleet:
     secrets_dir = tmp_path_factory.mktemp("secrets")
-    provision(secrets_dir, [A, B, GONE], broker_hosts=["127.0.0.1", "localhost"])
+    # With passwords too, for the role's password mode (the last test).
+    provision(secrets_dir, [A, B, GONE], broker_hosts=["127.0.0.1", "localhost"],
+              password=True)
     f = Fleet(secrets_dir)
     f.revoke(GONE)
     vault, vault_pass = vault_of(f)
@@ -150,7 +152,8 @@ def station(fleet: Fleet, sid: str) -> tuple[Path, Path]:
 
 
 def tls_client(broker: RoleBroker, ca: Path, cert: tuple[Path, Path] | None,
-               messages: list | None = None, timeout: float = 5.0) -> mqtt.Client:
+               messages: list | None = None, timeout: float = 5.0,
+               login: tuple[str, str] | None = None) -> mqtt.Client:
     """A station's client on the TLS listener; raises ConnectionRefused or OSError."""
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="whatever",
                          protocol=mqtt.MQTTv311)
@@ -164,11 +167,14 @@ def tls_client(broker: RoleBroker, ca: Path, cert: tuple[Path, Path] | None,
         answered.set()
 
     client.on_connect = on_connect
+    client.on_disconnect = lambda *_a: answered.set()  # refused without a CONNACK
+    if login is not None:
+        client.username_pw_set(*login)
     if messages is not None:
         client.on_message = lambda _c, _u, m: messages.append((m.topic, bytes(m.payload)))
     client.connect("127.0.0.1", broker.tls_port, keepalive=30)  # the handshake is here
     client.loop_start()
-    if not answered.wait(timeout) or outcome[0].is_failure:
+    if not answered.wait(timeout) or not outcome or outcome[0].is_failure:
         close(client)
         raise ConnectRefused(outcome[0] if outcome else "no CONNACK")
     return client
@@ -363,5 +369,38 @@ def test_revocation_reaches_a_running_fleet(fleet, tmp_path) -> None:
         assert handshake_refused(broker, fleet.ca_cert, station(fleet, late)) == \
             "SSLV3_ALERT_CERTIFICATE_REVOKED"
         close(tls_client(broker, fleet.ca_cert, station(fleet, A)))  # the others stay
+    finally:
+        broker.stop()
+
+
+def test_password_mode_names_the_station_by_its_password(fleet, tmp_path) -> None:
+    """mosquitto_station_auth: password: the fleet's certificate and the sid's password."""
+    conf_dir = tmp_path / "etc"
+    local_port, tls_port = free_port(), free_port()
+    apply_role(fleet, conf_dir, local_port, tls_port, mosquitto_station_auth="password")
+    rendered = (conf_dir / "conf.d" / "yizhan.conf").read_text().splitlines()
+    assert "use_identity_as_username false" in rendered
+    assert "require_certificate true" in rendered
+    broker = RoleBroker(tmp_path, conf_dir, local_port, tls_port)
+    broker.start()
+    own = (fleet.dir / "stations" / A / "password").read_text().strip()
+    try:
+        with Subscriber(broker, f"{V1}/#", username="_hub",
+                        password=hub_password(fleet)) as hub:
+            a = tls_client(broker, fleet.ca_cert, station(fleet, A), login=(A, own))
+            try:
+                a.publish(f"{V1}/{A}/status", b"mine", qos=1).wait_for_publish(5)
+                a.publish(f"{V1}/{B}/status", b"forged", qos=1).wait_for_publish(5)
+                sync(a, f"{V1}/{A}/event")
+                hub.wait_for(f"{V1}/{A}/event")
+                assert [(m.topic, m.payload) for m in hub.messages] == [
+                    (f"{V1}/{A}/status", b"mine"), (f"{V1}/{A}/event", b"marker")]
+            finally:
+                close(a)
+        for login in ((A, "a guess"), (B, own), (A, "")):
+            with pytest.raises(ConnectRefused):
+                close(tls_client(broker, fleet.ca_cert, station(fleet, A), login=login))
+        with pytest.raises(ConnectRefused):  # the password without a certificate
+            close(tls_client(broker, fleet.ca_cert, None, login=(A, own)))
     finally:
         broker.stop()
