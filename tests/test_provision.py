@@ -8,6 +8,8 @@ tests/test_deploy_mosquitto.py.
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -186,3 +188,35 @@ def test_vault_holds_the_secrets_encrypted(secrets: Path, tmp_path: Path) -> Non
     assert set(data["vault_station_tls"]) == {"yh-a"}  # a revoked station leaves the vault
     assert set(data["vault_station_mqtt_passwords"]) == {"yh-a"}
     assert yizhan("--secrets", secrets, "--vault", vault, "yh-a").returncode == 2
+
+
+@pytest.mark.parametrize("content", ["- a list\n", "!!python/object:os.system {}\n",
+                                     "station_name: [unclosed\n"])
+def test_a_strange_inventory_entry_is_left_alone(secrets: Path, tmp_path: Path,
+                                                 content: str) -> None:
+    entry = tmp_path / "inventory" / "host_vars" / "yh-a.yml"
+    entry.parent.mkdir(parents=True)
+    entry.write_text(content)
+    done = yizhan("--secrets", secrets, "--broker-host", "hub", "--inventory",
+                  tmp_path / "inventory", "yh-a")
+    assert done.returncode == 2 and "host_vars/yh-a.yml" in done.stderr
+    assert entry.read_text() == content
+
+
+def test_ansible_reads_the_entry_in_the_example_inventory(secrets: Path,
+                                                          tmp_path: Path) -> None:
+    """Provisioned into a copy of deploy/ansible/inventory/example: a station of the
+    stations group with the group's variables and its own."""
+    inventory = tmp_path / "inventory"
+    shutil.copytree(REPO / "deploy" / "ansible" / "inventory" / "example", inventory)
+    assert yizhan("--secrets", secrets, "--broker-host", "hub", "--inventory", inventory,
+                  "--name", "新站", "--group", "wenling", "yh-new-01").returncode == 0
+    shown = subprocess.run([str(BIN / "ansible-inventory"), "-i", str(inventory), "--list"],
+                           capture_output=True, text=True, timeout=120, check=True)
+    listed = json.loads(shown.stdout)
+    assert "yh-new-01" in listed["stations"]["hosts"]
+    assert "yh-chumen-01" in listed["stations"]["hosts"]  # the example's own, untouched
+    host = listed["_meta"]["hostvars"]["yh-new-01"]
+    assert (host["station_id"], host["station_name"], host["station_group"]) == \
+        ("yh-new-01", "新站", "wenling")
+    assert "station_pins" in host  # the stations group's defaults apply to it

@@ -408,8 +408,16 @@ def write_inventory_entry(inventory: Path, sid: str, name: str | None,
     inventory = Path(inventory)
     path = inventory / "host_vars" / f"{sid}.yml"
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = yaml.safe_load(path.read_text()) if path.exists() else None
-    data = data if isinstance(data, dict) else {}
+    try:
+        data = yaml.safe_load(path.read_text()) if path.exists() else None
+    except yaml.YAMLError as err:
+        raise ProvisionError(f"{path} is not YAML Ansible can read: {err}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        # Never replace what the installer wrote, even when it makes no sense here.
+        raise ProvisionError(f"{path} holds a {type(data).__name__}, not the station's "
+                             "variables; fix or remove it")
     data.setdefault("station_id", sid)
     data.setdefault("station_name", name or sid)
     data.setdefault("station_group", group or "default")
@@ -417,8 +425,12 @@ def write_inventory_entry(inventory: Path, sid: str, name: str | None,
     listed = inventory / "provisioned.yml"
     hosts: dict = {}
     if listed.exists():
-        old = yaml.safe_load(listed.read_text()) or {}
-        hosts = dict(((old.get("stations") or {}).get("hosts")) or {})
+        try:
+            old = yaml.safe_load(listed.read_text()) or {}
+            hosts = dict(((old.get("stations") or {}).get("hosts")) or {})
+        except (yaml.YAMLError, AttributeError, TypeError, ValueError):
+            raise ProvisionError(f"{listed} was not written by yizhan provision; "
+                                 "move it away") from None
     hosts.setdefault(sid, None)
     listed.write_text("---\n# Written by yizhan provision: the stations it made.\n"
                       + yaml.safe_dump({"stations": {"hosts": hosts}}, sort_keys=True))
