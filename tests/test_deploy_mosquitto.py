@@ -31,6 +31,7 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
+import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.harness.mosquitto import CANONICAL_ACL, DEPLOYED_CONF, Broker, free_port
@@ -404,3 +405,19 @@ def test_password_mode_names_the_station_by_its_password(fleet, tmp_path) -> Non
             close(tls_client(broker, fleet.ca_cert, None, login=(A, own)))
     finally:
         broker.stop()
+
+
+def test_argument_specs_say_what_the_role_does() -> None:
+    """Every default the role uses is declared in meta/argument_specs.yml, with the
+    same value, and every secret there is no_log."""
+    role = ROLES / "mosquitto"
+    defaults = yaml.safe_load((role / "defaults" / "main.yml").read_text())
+    options = yaml.safe_load((role / "meta" / "argument_specs.yml").read_text())[
+        "argument_specs"]["main"]["options"]
+    assert set(defaults) <= set(options)
+    for name, value in defaults.items():
+        assert options[name].get("default") == value, name
+    required = {n for n, o in options.items() if o.get("required")}
+    assert required == {"mosquitto_ca_cert", "mosquitto_crl", "mosquitto_server_cert",
+                        "mosquitto_server_key", "mosquitto_passwd"}
+    assert options["mosquitto_server_key"]["no_log"] and options["mosquitto_passwd"]["no_log"]
