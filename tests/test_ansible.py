@@ -1,0 +1,319 @@
+"""deploy/ansible (issue 17): linted, checked, and applied for real to Debian 12 roots.
+
+The real apply needs a Debian 12 (bookworm) root with the packages the roles install:
+debootstrap (minbase) plus the station's browser, about two minutes to build from
+Debian's mirror, kept in ``/var/cache/yizhan-debootstrap`` (``YIZHAN_DEBIAN_ROOT_CACHE``)
+under a name that changes with the package list, and built here when missing. Each
+run copies it, so the cache stays as debootstrap left it. Applying is offline (the
+packages are already in the root, the yizhan package comes as a wheelhouse); only the
+build reaches the mirror, and a mirror out of reach fails the test, never skips it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+ANSIBLE = ROOT / "deploy" / "ansible"
+BIN = Path(sys.executable).parent
+
+SUITE = "bookworm"
+MIRROR = os.environ.get("YIZHAN_DEBIAN_MIRROR", "http://deb.debian.org/debian")
+CACHE = Path(os.environ.get("YIZHAN_DEBIAN_ROOT_CACHE", "/var/cache/yizhan-debootstrap"))
+# What the roles common, yizhan_package, hub (SQLite) and station install, and what
+# Ansible needs on the target. A role that gains a package must gain it here: the
+# apply is offline and apt would otherwise go to the mirror's lists the root holds.
+DEBOOTSTRAP_INCLUDE = [
+    "python3", "python3-venv", "python3-packaging", "systemd", "systemd-sysv", "dbus",
+    "udev", "chrony", "nftables", "netbase", "unattended-upgrades", "sqlite3", "curl",
+    "ca-certificates",
+]
+# debootstrap's own resolver cannot configure Chromium's dependencies: apt does it.
+APT_AFTER = ["cage", "chromium", "fonts-noto-cjk"]
+
+FLEET_KEY = "a-fleet-key-of-the-tests-0123456789"
+STATION = {
+    "station_id": "yh-test-01",
+    "station_name": "测试驿站",
+    "station_group": "test",
+    "station_mqtt_password": "station-secret-of-the-tests",
+    "station_thermometer": "28-0316a2795a1f",
+    "station_locker_serial": "A10K1234",
+}
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env["ANSIBLE_NOCOLOR"] = "1"
+    env["ANSIBLE_FORCE_COLOR"] = "0"
+    env["NO_COLOR"] = "1"
+    env["ANSIBLE_CONFIG"] = str(ANSIBLE / "ansible.cfg")
+    return env
+
+
+def _run(args: list[str], timeout: float, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(args, cwd=ANSIBLE, env=_env(), capture_output=True, text=True,
+                          timeout=timeout, **kw)
+
+
+def _ok(proc: subprocess.CompletedProcess) -> str:
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"{proc.args!r} exited {proc.returncode}:\n{out[-6000:]}"
+    return out
+
+
+def _need_root(what: str) -> None:
+    if os.geteuid() != 0:
+        if os.environ.get("CI"):
+            pytest.fail(f"{what} needs root under CI", pytrace=False)
+        pytest.skip(f"{what} needs root")
+
+
+def test_yamllint_clean():
+    _ok(_run([str(BIN / "yamllint"), "--strict", "."], timeout=60))
+
+
+@pytest.mark.timeout(300)
+def test_ansible_lint_production_profile_passes():
+    out = _ok(_run([str(BIN / "ansible-lint"), "--offline"], timeout=280))
+    assert "Profile 'production' was required, and it passed" in out, out[-3000:]
+
+
+def test_syntax_check_with_the_example_inventory():
+    out = _ok(_run([str(BIN / "ansible-playbook"), "-i", "inventory/example",
+                    "--syntax-check", "site.yml"], timeout=90))
+    assert "playbook: site.yml" in out
+
+
+def _inventory(tmp: Path, common: dict, hub_host: str, station_host: str) -> Path:
+    hub_vars = {
+        "hub_mqtt_password": "hub-secret-of-the-tests",
+        "hub_api_tokens": [{"name": "grafana", "token": "a-grafana-token-0123456789",
+                            "scopes": ["read"]}],
+    }
+    inventory = {"all": {
+        "vars": {
+            "ansible_python_interpreter": "/usr/bin/python3",
+            "yizhan_broker_host": "hub.yizhan.test",
+            "yizhan_broker_port": 8883,
+            "yizhan_ca_cert": "-----BEGIN CERTIFICATE-----\ntest\n-----END CERTIFICATE-----\n",
+            "yizhan_fleet_key": FLEET_KEY,
+            **common,
+        },
+        "children": {
+            "hub": {"hosts": {hub_host: hub_vars}},
+            "stations": {"hosts": {station_host: {**STATION,
+                                                  "common_journal_storage": "volatile"}}},
+        },
+    }}
+    path = tmp / "inventory.yml"
+    path.write_text(yaml.safe_dump(inventory, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+@pytest.mark.timeout(300)
+def test_check_diff_against_localhost_changes_nothing(tmp_path):
+    """The whole site.yml (monitoring too) in --check --diff on this machine.
+
+    This machine runs no systemd as PID 1 (a container): yizhan_offline, as for an image.
+    """
+    inventory = _inventory(tmp_path, {"ansible_connection": "local", "yizhan_offline": True},
+                           "hub-local", "station-local")
+    watched = [Path("/etc/yizhan/hub.yaml"), Path("/etc/yizhan/station.yaml"),
+               Path("/opt/yizhan/venv"), Path("/etc/nftables.conf"),
+               Path("/etc/systemd/journald.conf.d/yizhan.conf")]
+    before = {p: p.exists() and p.stat().st_mtime_ns for p in watched}
+    out = _ok(_run([str(BIN / "ansible-playbook"), "-i", str(inventory), "site.yml",
+                    "--check", "--diff"], timeout=280))
+    assert "failed=0" in out
+    # The diff shows what would be written, rendered from the inventory.
+    assert "/etc/yizhan/hub.yaml" in out and 'sid: "yh-test-01"' in out, out[-4000:]
+    assert 'id: "yh-test-01"' in out  # station.yaml
+    assert "Storage=volatile" in out  # the station's journal
+    assert "policy drop" in out  # the firewall
+    # ...and nothing was: a check changes nothing.
+    assert {p: p.exists() and p.stat().st_mtime_ns for p in watched} == before
+
+
+def _cache_key() -> str:
+    spec = f"{SUITE} minbase {','.join(DEBOOTSTRAP_INCLUDE)} then {','.join(APT_AFTER)}"
+    return hashlib.sha256(spec.encode()).hexdigest()[:12]
+
+
+def _build_root(dest: Path) -> None:
+    """debootstrap, then apt for the browser; any failure (the mirror out of reach
+    included) fails the test with what the tool said."""
+    steps = [
+        ["debootstrap", "--variant=minbase", f"--include={','.join(DEBOOTSTRAP_INCLUDE)}",
+         SUITE, str(dest), MIRROR],
+        ["chroot", str(dest), "env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "install",
+         "-y", "-q", "--no-install-recommends", *APT_AFTER],
+    ]
+    for step in steps:
+        proc = subprocess.run(step, capture_output=True, text=True, timeout=900)
+        if proc.returncode != 0:
+            pytest.fail(f"building the Debian {SUITE} root failed ({MIRROR} out of reach?): "
+                        f"{' '.join(step[:3])}... exited {proc.returncode}:\n"
+                        f"{(proc.stdout + proc.stderr)[-3000:]}", pytrace=False)
+
+
+@pytest.fixture(scope="module")
+def debian_root() -> Path:
+    """The cached Debian 12 root, built (about two minutes) when missing."""
+    _need_root("debootstrap and chroot")
+    if shutil.which("debootstrap") is None and not Path("/usr/sbin/debootstrap").exists():
+        pytest.fail("debootstrap is missing: `make system-deps` installs it", pytrace=False)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    root = CACHE / f"{SUITE}-{_cache_key()}"
+    # Two runs at once build it once.
+    with open(CACHE / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (root / ".complete").exists():
+            shutil.rmtree(root, ignore_errors=True)
+            partial = CACHE / f"{root.name}.partial"
+            shutil.rmtree(partial, ignore_errors=True)
+            _build_root(partial)
+            (partial / ".complete").touch()
+            partial.rename(root)
+    return root
+
+
+def _copy_root(cached: Path, dest: Path) -> Path:
+    subprocess.run(["cp", "-a", "--reflink=auto", str(cached), str(dest)], check=True,
+                   timeout=300)
+    return dest
+
+
+def _in(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(["chroot", str(root), *args], capture_output=True, text=True,
+                          timeout=120)
+    if check:
+        assert proc.returncode == 0, f"{args!r} in {root}: {proc.stdout}{proc.stderr}"
+    return proc
+
+
+def _is_enabled(root: Path, *units: str) -> list[str]:
+    proc = subprocess.run(["systemctl", f"--root={root}", "is-enabled", *units],
+                          capture_output=True, text=True, timeout=60)
+    return proc.stdout.split()
+
+
+def _mode_owner(root: Path, path: str) -> tuple[int, str]:
+    st = (root / path.lstrip("/")).stat()
+    users = {line.split(":")[2]: line.split(":")[0]
+             for line in (root / "etc/passwd").read_text().splitlines()}
+    return st.st_mode & 0o7777, users[str(st.st_uid)]
+
+
+@pytest.fixture(scope="module")
+def applied(debian_root, tmp_path_factory) -> tuple[Path, Path, str]:
+    """site.yml applied with the chroot connection to a hub root and a station root."""
+    work = tmp_path_factory.mktemp("debian")
+    wheels = work / "wheels"
+    # The checkout as wheels, with the extras the two roles name: installed with no index.
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "-w", str(wheels),
+                           f"{ROOT}[postgres,pi]"], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    hub = _copy_root(debian_root, work / "hub")
+    station = _copy_root(debian_root, work / "station")
+    inventory = _inventory(work, {
+        "ansible_connection": "community.general.chroot",
+        "yizhan_offline": True,
+        # The root has every package already: the apply never goes out.
+        "common_apt_update_cache": False,
+        "yizhan_package_wheelhouse": str(wheels),
+    }, str(hub), str(station))
+    proc = _run([str(BIN / "ansible-playbook"), "-i", str(inventory), "site.yml",
+                 "--skip-tags", "monitoring"], timeout=600)
+    yield hub, station, _ok(proc)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.mark.timeout(1500)
+def test_hub_root_has_user_venv_config_secrets_and_enabled_units(applied):
+    hub, _station, out = applied
+    assert "failed=0" in out
+    passwd = (hub / "etc/passwd").read_text()
+    assert any(line.startswith("yizhan:") and line.endswith(":/usr/sbin/nologin")
+               for line in passwd.splitlines())
+    assert "yizhan 0.1.0" in _in(hub, "/opt/yizhan/venv/bin/yizhan", "--version").stdout
+    # The hub's own loader accepts what the role wrote (it also refuses secrets others
+    # can read), with the inventory's station named.
+    loaded = _in(hub, "/opt/yizhan/venv/bin/python", "-c",
+                 "from hub.config import load_hub_config as l;"
+                 "c = l('/etc/yizhan/hub.yaml'); print(c.database, c.stations)").stdout
+    assert "sqlite:////var/lib/yizhan/hub.db" in loaded
+    assert "sid='yh-test-01'" in loaded and "name='测试驿站'" in loaded
+    for secret in ("/etc/yizhan/mqtt.password", "/etc/yizhan/fleet.key",
+                   "/etc/yizhan/tokens/grafana"):
+        assert _mode_owner(hub, secret) == (0o600, "yizhan"), secret
+    assert (hub / "etc/yizhan/fleet.key").read_text() == FLEET_KEY
+    assert _mode_owner(hub, "/var/lib/yizhan") == (0o700, "yizhan")
+    assert _is_enabled(hub, "yizhan-hub.service", "yizhan-hub-backup.timer",
+                       "chrony.service", "nftables.service") == ["enabled"] * 4
+    assert "Storage=persistent" in (hub / "etc/systemd/journald.conf.d/yizhan.conf").read_text()
+    auto = (hub / "etc/apt/apt.conf.d/20auto-upgrades").read_text()
+    assert 'Unattended-Upgrade "1"' in auto
+
+
+@pytest.mark.timeout(1500)
+def test_hub_backup_restores_and_a_bad_backup_fails_the_restore_test(applied):
+    hub, _station, _out = applied
+    db = hub / "var/lib/yizhan/hub.db"
+    with sqlite3.connect(db) as conn:
+        conn.executescript("CREATE TABLE stations (sid TEXT PRIMARY KEY);"
+                           "CREATE TABLE events (sid TEXT, seq INTEGER);"
+                           "INSERT INTO stations VALUES ('yh-test-01');")
+    conn.close()
+    made = _in(hub, "/usr/local/sbin/yizhan-hub-backup").stdout.strip()
+    assert made.startswith("/var/backups/yizhan/hub-") and made.endswith(".db")
+    assert _mode_owner(hub, made)[0] == 0o600
+    assert "restores" in _in(hub, "/usr/local/sbin/yizhan-hub-restore-test").stdout
+    with sqlite3.connect(hub / made.lstrip("/")) as copy:
+        assert copy.execute("SELECT sid FROM stations").fetchall() == [("yh-test-01",)]
+    copy.close()
+    # A backup cut short is caught.
+    bad = hub / "var/backups/yizhan/hub-broken.db"
+    bad.write_bytes((hub / made.lstrip("/")).read_bytes()[:1024] + b"\0" * 100)
+    proc = _in(hub, "/usr/local/sbin/yizhan-hub-restore-test", "/var/backups/yizhan/hub-broken.db",
+               check=False)
+    assert proc.returncode != 0, proc.stdout
+
+
+@pytest.mark.timeout(1500)
+def test_station_root_has_hardware_access_config_and_enabled_units(applied):
+    _hub, station, _out = applied
+    groups = _in(station, "id", "-nG", "yizhan").stdout.split()
+    assert {"gpio", "dialout"} <= set(groups)
+    assert "yizhan-screen" in (station / "etc/passwd").read_text()
+    loaded = _in(station, "/opt/yizhan/venv/bin/python", "-c",
+                 "from firmware.config import load_station_config as l;"
+                 "c = l('/etc/yizhan/station.yaml'); print(c.sid, c.name)").stdout
+    assert loaded.strip() == "yh-test-01 测试驿站"
+    for secret in ("/etc/yizhan/mqtt.password", "/etc/yizhan/fleet.key"):
+        assert _mode_owner(station, secret) == (0o600, "yizhan"), secret
+    assert _is_enabled(station, "yizhan-agent.service", "yizhan-kiosk.service",
+                       "yizhan-kiosk-browser.service", "chrony-wait.service",
+                       "chrony.service", "nftables.service") == ["enabled"] * 6
+    assert os.readlink(station / "etc/systemd/system/default.target").endswith(
+        "graphical.target")
+    rule = (station / "etc/udev/rules.d/99-yizhan-locker.rules").read_text()
+    assert 'ATTRS{serial}=="A10K1234"' in rule and 'SYMLINK+="yizhan-locker"' in rule
+    assert "dtoverlay=w1-gpio,gpiopin=4" in (station / "boot/firmware/config.txt").read_text()
+    assert "Storage=volatile" in (
+        station / "etc/systemd/journald.conf.d/yizhan.conf").read_text()
+    assert "After=time-sync.target" in (
+        station / "etc/systemd/system/yizhan-agent.service.d/time-sync.conf").read_text()
+    assert (station / "usr/bin/chromium").exists() and (station / "usr/bin/cage").exists()
