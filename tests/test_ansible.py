@@ -36,7 +36,7 @@ CACHE = Path(os.environ.get("YIZHAN_DEBIAN_ROOT_CACHE", "/var/cache/yizhan-deboo
 DEBOOTSTRAP_INCLUDE = [
     "python3", "python3-venv", "python3-packaging", "systemd", "systemd-sysv", "dbus",
     "udev", "chrony", "nftables", "netbase", "unattended-upgrades", "sqlite3", "curl",
-    "ca-certificates",
+    "ca-certificates", "mosquitto",
 ]
 # debootstrap's own resolver cannot configure Chromium's dependencies: apt does it.
 APT_AFTER = ["cage", "chromium", "fonts-noto-cjk"]
@@ -46,7 +46,8 @@ STATION = {
     "station_id": "yh-test-01",
     "station_name": "测试驿站",
     "station_group": "test",
-    "station_mqtt_password": "station-secret-of-the-tests",
+    "station_mqtt_cert": "-----BEGIN CERTIFICATE-----\nstation\n-----END CERTIFICATE-----\n",
+    "station_mqtt_key": "-----BEGIN PRIVATE KEY-----\nstation\n-----END PRIVATE KEY-----\n",
     "station_thermometer": "28-0316a2795a1f",
     "station_locker_serial": "A10K1234",
 }
@@ -99,6 +100,14 @@ def test_syntax_check_with_the_example_inventory():
 def _inventory(tmp: Path, common: dict, hub_host: str, station_host: str) -> Path:
     hub_vars = {
         "hub_mqtt_password": "hub-secret-of-the-tests",
+        # The broker's files as `yizhan provision --vault` names them (content is
+        # only copied here; tests/test_deploy_mosquitto.py runs a broker on real ones).
+        "mosquitto_ca_cert": "{{ yizhan_ca_cert }}",
+        "mosquitto_crl": "-----BEGIN X509 CRL-----\ncrl\n-----END X509 CRL-----\n",
+        "mosquitto_server_cert": "-----BEGIN CERTIFICATE-----\nbroker\n-----END CERTIFICATE-----\n",
+        "mosquitto_server_key": "-----BEGIN PRIVATE KEY-----\nbroker\n-----END PRIVATE KEY-----\n",
+        "mosquitto_passwd": "_hub:$7$101$c2FsdA==$aGFzaA==\n",
+        "mosquitto_service": False,
         "hub_api_tokens": [{"name": "grafana", "token": "a-grafana-token-0123456789",
                             "scopes": ["read"]}],
     }
@@ -186,6 +195,10 @@ def debian_root() -> Path:
             _build_root(partial)
             (partial / ".complete").touch()
             partial.rename(root)
+            # A root of an older package list is 1.4 GB nobody uses any more.
+            for stale in CACHE.glob(f"{SUITE}-*"):
+                if stale != root:
+                    shutil.rmtree(stale, ignore_errors=True)
     return root
 
 
@@ -233,6 +246,7 @@ def applied(debian_root, tmp_path_factory) -> tuple[Path, Path, str]:
         "yizhan_offline": True,
         # The root has every package already: the apply never goes out.
         "common_apt_update_cache": False,
+        "mosquitto_install": False,
         "yizhan_package_wheelhouse": str(wheels),
     }, str(hub), str(station))
     proc = _run([str(BIN / "ansible-playbook"), "-i", str(inventory), "site.yml",
@@ -249,6 +263,8 @@ def test_hub_root_has_user_venv_config_secrets_and_enabled_units(applied):
     assert any(line.startswith("yizhan:") and line.endswith(":/usr/sbin/nologin")
                for line in passwd.splitlines())
     assert "yizhan 0.1.0" in _in(hub, "/opt/yizhan/venv/bin/yizhan", "--version").stdout
+    # The broker's configuration (role mosquitto) is on the same server.
+    assert (hub / "etc/mosquitto/conf.d").is_dir()
     # The hub's own loader accepts what the role wrote (it also refuses secrets others
     # can read), with the inventory's station named.
     loaded = _in(hub, "/opt/yizhan/venv/bin/python", "-c",
@@ -302,8 +318,11 @@ def test_station_root_has_hardware_access_config_and_enabled_units(applied):
                  "from firmware.config import load_station_config as l;"
                  "c = l('/etc/yizhan/station.yaml'); print(c.sid, c.name)").stdout
     assert loaded.strip() == "yh-test-01 测试驿站"
-    for secret in ("/etc/yizhan/mqtt.password", "/etc/yizhan/fleet.key"):
+    # Its broker identity is its certificate (CN = sid), its key readable by it alone.
+    for secret in ("/etc/yizhan/mqtt.key", "/etc/yizhan/fleet.key"):
         assert _mode_owner(station, secret) == (0o600, "yizhan"), secret
+    assert "station" in (station / "etc/yizhan/mqtt.crt").read_text()
+    assert not (station / "etc/yizhan/mqtt.password").exists()
     assert _is_enabled(station, "yizhan-agent.service", "yizhan-kiosk.service",
                        "yizhan-kiosk-browser.service", "chrony-wait.service",
                        "chrony.service", "nftables.service") == ["enabled"] * 6
