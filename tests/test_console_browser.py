@@ -200,7 +200,8 @@ def test_sign_in_fleet_station_and_unlock_at_a_desk_and_on_a_phone(served, shots
             phone.wait_for_url("**/console/stations/yh-chumen-01")
             assert phone.locator(".flash").count() == 1
             # the unlock is listed at once, before the writer has stored it
-            assert phone.get_by_text('unlock {"slot": 3}').count() == 1
+            # (the command in the reader's words: 开锁 on this Chinese page)
+            assert phone.locator("td", has_text='开锁 {"slot": 3}').count() == 1
             cmd = sub.wait_for(lambda m: True, timeout=10).json()
         assert cmd["cmd"] == "unlock" and cmd["args"] == {"slot": 3}
         assert cmd["by"] == "console:wang"

@@ -139,8 +139,14 @@ class Site:
         return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
 
     def wait_held(self, predicate: Any, what: str) -> dict[str, Any]:
-        return wait_until(lambda: predicate(self.held()) and self.held(), 20, what,
+        held = wait_until(lambda: predicate(self.held()) and self.held(), 20, what,
                           on_fail=lambda: self.hub.tail() + "\n" + self.agent.tail())
+        # The station writes the file before the new rules apply (firmware/directory.py):
+        # the file alone does not say the rules are in force yet; the log line does.
+        applied = f"directory rev {held['rev']} applied"
+        wait_until(lambda: applied in self.agent.log.read_text(errors="replace"), 10,
+                   f"{what}: rev {held['rev']} in force", on_fail=self.agent.tail)
+        return held
 
     def sign_in(self, staff: str, pin: str) -> int:
         status, body = local(self.local, "POST", "/v1/maintenance", {"staff": staff, "pin": pin})
