@@ -209,8 +209,11 @@ def _copy_root(cached: Path, dest: Path) -> Path:
 
 
 def _in(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(["chroot", str(root), *args], capture_output=True, text=True,
-                          timeout=120)
+    """A command inside ``root``; leading ``--userspec=...`` goes to chroot itself."""
+    opts = [a for a in args if a.startswith("--userspec=")]
+    rest = [a for a in args if not a.startswith("--userspec=")]
+    proc = subprocess.run(["chroot", *opts, str(root), *rest], capture_output=True,
+                          text=True, timeout=120)
     if check:
         assert proc.returncode == 0, f"{args!r} in {root}: {proc.stdout}{proc.stderr}"
     return proc
@@ -287,18 +290,22 @@ def test_hub_root_has_user_venv_config_secrets_and_enabled_units(applied):
 @pytest.mark.timeout(1500)
 def test_hub_backup_restores_and_a_bad_backup_fails_the_restore_test(applied):
     hub, _station, _out = applied
+    # The database as the hub makes it at start: its own migrations, run by the
+    # installed package as the hub's user inside the target.
+    _in(hub, "--userspec=yizhan:yizhan", "/opt/yizhan/venv/bin/python", "-c",
+        "import sqlalchemy as sa; from hub.storage.store import upgrade_schema;"
+        "upgrade_schema(sa.create_engine('sqlite:////var/lib/yizhan/hub.db'))")
     db = hub / "var/lib/yizhan/hub.db"
     with sqlite3.connect(db) as conn:
-        conn.executescript("CREATE TABLE stations (sid TEXT PRIMARY KEY);"
-                           "CREATE TABLE events (sid TEXT, seq INTEGER);"
-                           "INSERT INTO stations VALUES ('yh-test-01');")
+        revision = conn.execute("SELECT version_num FROM alembic_version").fetchall()
     conn.close()
+    assert revision
     made = _in(hub, "/usr/local/sbin/yizhan-hub-backup").stdout.strip()
     assert made.startswith("/var/backups/yizhan/hub-") and made.endswith(".db")
     assert _mode_owner(hub, made)[0] == 0o600
     assert "restores" in _in(hub, "/usr/local/sbin/yizhan-hub-restore-test").stdout
     with sqlite3.connect(hub / made.lstrip("/")) as copy:
-        assert copy.execute("SELECT sid FROM stations").fetchall() == [("yh-test-01",)]
+        assert copy.execute("SELECT version_num FROM alembic_version").fetchall() == revision
     copy.close()
     # A backup cut short is caught.
     bad = hub / "var/backups/yizhan/hub-broken.db"
