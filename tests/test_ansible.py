@@ -14,6 +14,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -42,6 +43,8 @@ DEBOOTSTRAP_INCLUDE = [
 APT_AFTER = ["cage", "chromium", "fonts-noto-cjk"]
 
 FLEET_KEY = "a-fleet-key-of-the-tests-0123456789"
+PI_CMDLINE = ("console=serial0,115200 console=tty1 root=PARTUUID=4e639091-02 rootfstype=ext4 "
+              "fsck.repair=yes rootwait quiet init=/usr/lib/raspberrypi-sys-mods/firstboot")
 STATION = {
     "station_id": "yh-test-01",
     "station_name": "测试驿站",
@@ -244,6 +247,9 @@ def applied(debian_root, tmp_path_factory) -> tuple[Path, Path, str]:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     hub = _copy_root(debian_root, work / "hub")
     station = _copy_root(debian_root, work / "station")
+    # A Pi's kernel command line as Raspberry Pi OS Bookworm writes it: one line.
+    (station / "boot/firmware").mkdir(parents=True, exist_ok=True)
+    (station / "boot/firmware/cmdline.txt").write_text(PI_CMDLINE + "\n")
     inventory = _inventory(work, {
         "ansible_connection": "community.general.chroot",
         "yizhan_offline": True,
@@ -343,3 +349,57 @@ def test_station_root_has_hardware_access_config_and_enabled_units(applied):
     assert "After=time-sync.target" in (
         station / "etc/systemd/system/yizhan-agent.service.d/time-sync.conf").read_text()
     assert (station / "usr/bin/chromium").exists() and (station / "usr/bin/cage").exists()
+    # The kiosk's screen: the console never blanks (the command line stays one line,
+    # everything it said kept), and cage sees no pointer in the HDMI CEC inputs.
+    cmdline = (station / "boot/firmware/cmdline.txt").read_text()
+    assert cmdline == PI_CMDLINE + " consoleblank=0\n"
+    screen = (station / "etc/udev/rules.d/98-yizhan-screen.rules").read_text()
+    assert ('SUBSYSTEM=="input", ATTRS{name}=="vc4-hdmi*", ENV{LIBINPUT_IGNORE_DEVICE}="1"'
+            in screen)
+
+
+def _task(out: str, header: str) -> str:
+    """What ansible-playbook said under one task or handler header, up to the next."""
+    start = out.index(header)
+    end = out.find("\n\n", start + len(header) + 1)
+    return out[start:end if end != -1 else len(out)]
+
+
+@pytest.mark.timeout(1500)
+def test_a_new_package_restarts_the_services_and_the_screen_is_set_once(applied):
+    """The venv changed: the hub's and the station's restart handlers are notified (and
+    skipped, yizhan_offline: no systemd in a chroot); the screen's tasks changed nothing."""
+    hub, station, _out = applied
+    # Last in this file: what it changes it puts back as it was.
+    for root in (hub, station):
+        _in(root, "/opt/yizhan/venv/bin/python", "-m", "pip", "uninstall", "-y", "-q", "yizhan")
+    inventory = hub.parent / "inventory.yml"  # the fixture's
+    proc = _run([str(BIN / "ansible-playbook"), "-i", str(inventory),
+                 "site.yml", "--tags", "yizhan_package_install,station_screen"], timeout=600)
+    out = _ok(proc)
+    for root in (hub, station):
+        assert "yizhan 0.1.0" in _in(root, "/opt/yizhan/venv/bin/yizhan", "--version").stdout
+    install = out.split("TASK [yizhan_package : Install the package into its virtual environment]")
+    assert len(install) == 3, out[-4000:]  # the hub's play and the stations'
+    assert all(f"changed: [{root}]" in part.split("TASK [")[0]
+               for part, root in zip(install[1:], (hub, station), strict=True)), out[-4000:]
+    for handler, units in (("hub : Restart the hub", ["yizhan-hub.service"]),
+                           ("station : Restart the station",
+                            ["yizhan-agent.service", "yizhan-kiosk.service",
+                             "yizhan-kiosk-browser.service"])):
+        said = _task(out, f"RUNNING HANDLER [{handler}]")
+        assert "changed:" not in said, said
+        if len(units) == 1:
+            assert "skipping:" in said, said
+        else:
+            assert all(f"(item={unit})" in said and "skipping:" in said for unit in units), said
+    # Idempotent: the second run leaves the command line and the rule as they were.
+    assert f"ok: [{station}]" in _task(out, "TASK [station : Keep the console from blanking]")
+    assert (station / "boot/firmware/cmdline.txt").read_text() == PI_CMDLINE + " consoleblank=0\n"
+    assert f"ok: [{station}]" in _task(
+        out, "TASK [station : Keep the HDMI CEC inputs away from the kiosk browser]")
+    # Nothing but the package changed on either root.
+    recap = out.split("PLAY RECAP")[1]
+    for root in (hub, station):
+        line = next(row for row in recap.splitlines() if row.startswith(f"{root} "))
+        assert re.search(r"\bchanged=1\b", line) and re.search(r"\bfailed=0\b", line), line
