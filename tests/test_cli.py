@@ -81,3 +81,22 @@ def test_a_database_the_hub_cannot_use_is_one_line_not_a_traceback(tmp_path, mon
     err = capsys.readouterr().err
     assert err.startswith("yizhan hub: cannot use the database: SQLAlchemy 9.9 lacks")
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("where, said", [
+    ("missing/hub.db", "its directory does not exist"),
+    ("a-file/hub.db", "Not a directory"),
+])
+def test_hub_names_a_database_path_it_cannot_create(tmp_path, capsys, where, said):
+    """A database directory the hub cannot use stops it with the path and the reason
+    (it printed a traceback, or SQLite's bare "unable to open database file")."""
+    from yizhan.cli import main
+
+    (tmp_path / "a-file").write_text("not a directory\n")
+    cfg = tmp_path / "hub.yaml"
+    cfg.write_text(f"database: sqlite:///{tmp_path / where}\n")
+    assert main(["hub", "--config", str(cfg)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"yizhan hub: cannot use the database: cannot create the database "
+                          f"file {tmp_path / where}"), err
+    assert said in err and "Traceback" not in err

@@ -11,7 +11,6 @@ SQLAlchemy Core, not the ORM: the ingest path writes plain rows. The tables are
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import sqlite3
@@ -80,10 +79,20 @@ def make_engine(url: str) -> sa.Engine:
         pool = {"poolclass": StaticPool} if memory else {}
         if not memory and "uri" not in parsed.query:
             # Riders' ids and live ack links: the hub's alone (0600), and so the
-            # -wal and -shm SQLite makes beside it. A missing directory is left
-            # to SQLite to name.
-            with contextlib.suppress(FileNotFoundError):
+            # -wal and -shm SQLite makes beside it.
+            try:
                 create_private(parsed.database)
+            except FileNotFoundError as err:
+                # SQLite would only say "unable to open database file".
+                raise StoreError(
+                    f"cannot create the database file {parsed.database}: its directory "
+                    f"does not exist (make it, owned by the hub's user)") from err
+            except OSError as err:
+                # A read-only or wrongly owned directory, a file where the directory
+                # should be: the hub cannot start, and says where and why.
+                raise StoreError(
+                    f"cannot create the database file {parsed.database}: {err.strerror} "
+                    f"(the hub's user must be able to write its directory)") from err
         engine = sa.create_engine(parsed, connect_args=connect_args, **pool)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
