@@ -19,6 +19,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -42,11 +43,14 @@ DEBOOTSTRAP_INCLUDE = [
 # debootstrap's own resolver cannot configure Chromium's dependencies: apt does it.
 APT_AFTER = ["cage", "chromium", "fonts-noto-cjk"]
 
-FLEET_KEY = "a-fleet-key-of-the-tests-0123456789"
+FLEET_KEY = "a-fleet-key-of-the-tests-0123456789"  # the --check run's, by hand
+SID = "yh-test-01"
+HUB_HOST = "hub.yizhan.test"
+GRAFANA_TOKEN = "a-grafana-token-0123456789"
 PI_CMDLINE = ("console=serial0,115200 console=tty1 root=PARTUUID=4e639091-02 rootfstype=ext4 "
               "fsck.repair=yes rootwait quiet init=/usr/lib/raspberrypi-sys-mods/firstboot")
 STATION = {
-    "station_id": "yh-test-01",
+    "station_id": SID,
     "station_name": "测试驿站",
     "station_group": "test",
     "station_mqtt_cert": "-----BEGIN CERTIFICATE-----\nstation\n-----END CERTIFICATE-----\n",
@@ -111,7 +115,7 @@ def _inventory(tmp: Path, common: dict, hub_host: str, station_host: str) -> Pat
         "mosquitto_server_key": "-----BEGIN PRIVATE KEY-----\nbroker\n-----END PRIVATE KEY-----\n",
         "mosquitto_passwd": "_hub:$7$101$c2FsdA==$aGFzaA==\n",
         "mosquitto_service": False,
-        "hub_api_tokens": [{"name": "grafana", "token": "a-grafana-token-0123456789",
+        "hub_api_tokens": [{"name": "grafana", "token": GRAFANA_TOKEN,
                             "scopes": ["read"]}],
     }
     inventory = {"all": {
@@ -235,9 +239,86 @@ def _mode_owner(root: Path, path: str) -> tuple[int, str]:
     return st.st_mode & 0o7777, users[str(st.st_uid)]
 
 
+@dataclass(frozen=True)
+class Applied:
+    """The two roots after the apply, and what the installer's path left on the laptop."""
+
+    hub: Path
+    station: Path
+    out: str  # what ansible-playbook said
+    secrets: Path  # `yizhan provision --secrets`
+    inventory: Path
+    vault_password_file: Path
+
+
+def _playbook(inventory: Path, vault_password_file: Path) -> subprocess.CompletedProcess:
+    """site.yml as the installer runs it, without Grafana's repository (out of reach)."""
+    return _run([str(BIN / "ansible-playbook"), "-i", str(inventory), "site.yml",
+                 "--vault-password-file", str(vault_password_file),
+                 "--skip-tags", "monitoring"], timeout=600)
+
+
+def _provisioned_inventory(work: Path, hub: Path, station: Path,
+                           wheels: Path) -> tuple[Path, Path, Path]:
+    """The inventory as docs/deploy.md makes it: the example's group_vars, then
+    `yizhan provision` (the real command) for the secrets, the vault and the station's
+    entry, then the installer's own hosts file and the station's hardware keys.
+
+    Returns (inventory, secrets, vault password file), all outside the checkout.
+    """
+    inventory, secrets_dir = work / "inventory", work / "secrets"
+    # Not vault.example.yml: its placeholders are what the real vault replaces.
+    shutil.copytree(ANSIBLE / "inventory" / "example" / "group_vars", inventory / "group_vars",
+                    ignore=shutil.ignore_patterns("vault.example.yml"))
+    password_file = work / "vault.pass"
+    password_file.touch(mode=0o600)
+    password_file.write_text("a-vault-password-of-the-tests\n")
+    vault = inventory / "group_vars" / "all" / "vault.yml"
+    proc = subprocess.run(
+        [str(BIN / "yizhan"), "provision", "--secrets", str(secrets_dir),
+         "--broker-host", HUB_HOST, "--inventory", str(inventory), "--vault", str(vault),
+         "--vault-password-file", str(password_file), "--name", STATION["station_name"],
+         "--group", STATION["station_group"], SID],
+        env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # The hub's API tokens are the installer's own (provision rewrites vault.yml
+    # whole): a vault file of their own beside it.
+    tokens = yaml.safe_dump({"vault_hub_api_tokens": [
+        {"name": "grafana", "token": GRAFANA_TOKEN, "scopes": ["read"]}]})
+    proc = subprocess.run(
+        [str(BIN / "ansible-vault"), "encrypt", "--vault-password-file", str(password_file),
+         "--output", str(vault.parent / "vault_tokens.yml"), "-"],
+        input=tokens, env=_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # What the installer adds by hand: the station's address and hardware beside what
+    # provision wrote (kept when provision runs again), and hosts.yml with the hub.
+    host_vars = inventory / "host_vars" / f"{SID}.yml"
+    entry = yaml.safe_load(host_vars.read_text(encoding="utf-8"))
+    entry.update(ansible_host=str(station),
+                 station_locker_serial=STATION["station_locker_serial"],
+                 station_thermometer=STATION["station_thermometer"])
+    host_vars.write_text(yaml.safe_dump(entry, allow_unicode=True), encoding="utf-8")
+    hosts = {"all": {
+        "vars": {
+            # A chroot is reached by its path, has every package already (the apply
+            # never goes out) and runs no systemd.
+            "ansible_connection": "community.general.chroot",
+            "ansible_python_interpreter": "/usr/bin/python3",
+            "yizhan_offline": True,
+            "common_apt_update_cache": False,
+            "mosquitto_install": False,
+            "yizhan_package_wheelhouse": str(wheels),
+        },
+        "children": {"hub": {"hosts": {HUB_HOST: {"ansible_host": str(hub)}}}},
+    }}
+    (inventory / "hosts.yml").write_text(yaml.safe_dump(hosts), encoding="utf-8")
+    return inventory, secrets_dir, password_file
+
+
 @pytest.fixture(scope="module")
-def applied(debian_root, tmp_path_factory) -> tuple[Path, Path, str]:
-    """site.yml applied with the chroot connection to a hub root and a station root."""
+def applied(debian_root, tmp_path_factory) -> Applied:
+    """site.yml applied with the chroot connection to a hub root and a station root,
+    from an inventory and a vault made the installer's way (docs/deploy.md)."""
     work = tmp_path_factory.mktemp("debian")
     wheels = work / "wheels"
     # The checkout as wheels, with the extras the two roles name: installed with no index.
@@ -250,23 +331,15 @@ def applied(debian_root, tmp_path_factory) -> tuple[Path, Path, str]:
     # A Pi's kernel command line as Raspberry Pi OS Bookworm writes it: one line.
     (station / "boot/firmware").mkdir(parents=True, exist_ok=True)
     (station / "boot/firmware/cmdline.txt").write_text(PI_CMDLINE + "\n")
-    inventory = _inventory(work, {
-        "ansible_connection": "community.general.chroot",
-        "yizhan_offline": True,
-        # The root has every package already: the apply never goes out.
-        "common_apt_update_cache": False,
-        "mosquitto_install": False,
-        "yizhan_package_wheelhouse": str(wheels),
-    }, str(hub), str(station))
-    proc = _run([str(BIN / "ansible-playbook"), "-i", str(inventory), "site.yml",
-                 "--skip-tags", "monitoring"], timeout=600)
-    yield hub, station, _ok(proc)
+    inventory, secrets_dir, password_file = _provisioned_inventory(work, hub, station, wheels)
+    out = _ok(_playbook(inventory, password_file))
+    yield Applied(hub, station, out, secrets_dir, inventory, password_file)
     shutil.rmtree(work, ignore_errors=True)
 
 
 @pytest.mark.timeout(1500)
 def test_hub_root_has_user_venv_config_secrets_and_enabled_units(applied):
-    hub, _station, out = applied
+    hub, out = applied.hub, applied.out
     assert "failed=0" in out
     passwd = (hub / "etc/passwd").read_text()
     assert any(line.startswith("yizhan:") and line.endswith(":/usr/sbin/nologin")
@@ -281,10 +354,27 @@ def test_hub_root_has_user_venv_config_secrets_and_enabled_units(applied):
                  "c = l('/etc/yizhan/hub.yaml'); print(c.database, c.stations)").stdout
     assert "sqlite:////var/lib/yizhan/hub.db" in loaded
     assert "sid='yh-test-01'" in loaded and "name='测试驿站'" in loaded
-    for secret in ("/etc/yizhan/mqtt.password", "/etc/yizhan/fleet.key",
-                   "/etc/yizhan/tokens/grafana"):
+    for secret in ("/etc/yizhan/mqtt.password", "/etc/yizhan/fleet.key"):
         assert _mode_owner(hub, secret) == (0o600, "yizhan"), secret
-    assert (hub / "etc/yizhan/fleet.key").read_text() == FLEET_KEY
+    assert _mode_owner(hub, "/etc/yizhan/tokens/grafana") == (0o600, "yizhan")
+    # The secrets are the ones `yizhan provision` made, through the vault.
+    provisioned = applied.secrets
+    assert (hub / "etc/yizhan/fleet.key").read_text() == _fleet_key(provisioned)
+    assert ((hub / "etc/yizhan/mqtt.password").read_text().strip()
+            == (provisioned / "hub.password").read_text().strip())
+    assert (hub / "etc/yizhan/tokens/grafana").read_text() == GRAFANA_TOKEN
+    # ...and the broker's: the fleet CA, its CRL, the broker's identity, the password
+    # file with the hub's account (tests/test_deploy_mosquitto.py runs a broker on them).
+    certs = hub / "etc/mosquitto/certs"
+    for installed, made in (("ca.crt", "ca/ca.crt"), ("crl.pem", "ca/crl.pem"),
+                            ("broker.crt", "broker/broker.crt"),
+                            ("broker.key", "broker/broker.key")):
+        assert (certs / installed).read_text() == (provisioned / made).read_text(), installed
+    passwd_file = (hub / "etc/mosquitto/yizhan.passwd").read_text()
+    assert passwd_file == (provisioned / "mosquitto.passwd").read_text()
+    assert passwd_file.startswith("_hub:$7$")
+    _openssl("crl", "-in", str(certs / "crl.pem"), "-CAfile", str(certs / "ca.crt"),
+             "-noout")
     assert _mode_owner(hub, "/var/lib/yizhan") == (0o700, "yizhan")
     assert _is_enabled(hub, "yizhan-hub.service", "yizhan-hub-backup.timer",
                        "chrony.service", "nftables.service") == ["enabled"] * 4
@@ -295,7 +385,7 @@ def test_hub_root_has_user_venv_config_secrets_and_enabled_units(applied):
 
 @pytest.mark.timeout(1500)
 def test_hub_backup_restores_and_a_bad_backup_fails_the_restore_test(applied):
-    hub, _station, _out = applied
+    hub = applied.hub
     # The database as the hub makes it at start: its own migrations, run by the
     # installed package as the hub's user inside the target.
     _in(hub, "--userspec=yizhan:yizhan", "/opt/yizhan/venv/bin/python", "-c",
@@ -323,7 +413,7 @@ def test_hub_backup_restores_and_a_bad_backup_fails_the_restore_test(applied):
 
 @pytest.mark.timeout(1500)
 def test_station_root_has_hardware_access_config_and_enabled_units(applied):
-    _hub, station, _out = applied
+    station = applied.station
     groups = _in(station, "id", "-nG", "yizhan").stdout.split()
     assert {"gpio", "dialout"} <= set(groups)
     assert "yizhan-screen" in (station / "etc/passwd").read_text()
@@ -334,7 +424,19 @@ def test_station_root_has_hardware_access_config_and_enabled_units(applied):
     # Its broker identity is its certificate (CN = sid), its key readable by it alone.
     for secret in ("/etc/yizhan/mqtt.key", "/etc/yizhan/fleet.key"):
         assert _mode_owner(station, secret) == (0o600, "yizhan"), secret
-    assert "station" in (station / "etc/yizhan/mqtt.crt").read_text()
+    # The identity provision made for it: signed by the fleet CA installed beside it,
+    # CN = sid, and the installed key is the certificate's.
+    etc = station / "etc/yizhan"
+    _openssl("verify", "-CAfile", str(etc / "ca.crt"), str(etc / "mqtt.crt"))
+    subject = _openssl("x509", "-in", str(etc / "mqtt.crt"), "-noout", "-subject",
+                       "-nameopt", "multiline")
+    assert re.search(r"^\s*commonName\s*=\s*yh-test-01$", subject, re.M), subject
+    assert (_openssl("x509", "-in", str(etc / "mqtt.crt"), "-noout", "-pubkey")
+            == _openssl("pkey", "-in", str(etc / "mqtt.key"), "-pubout"))
+    assert (etc / "mqtt.crt").read_text() == (
+        applied.secrets / "stations" / SID / f"{SID}.crt").read_text()
+    assert (etc / "ca.crt").read_text() == (applied.secrets / "ca/ca.crt").read_text()
+    assert (etc / "fleet.key").read_text() == _fleet_key(applied.secrets)
     assert not (station / "etc/yizhan/mqtt.password").exists()
     assert _is_enabled(station, "yizhan-agent.service", "yizhan-kiosk.service",
                        "yizhan-kiosk-browser.service", "chrony-wait.service",
@@ -358,6 +460,28 @@ def test_station_root_has_hardware_access_config_and_enabled_units(applied):
             in screen)
 
 
+def _openssl(*args: str) -> str:
+    proc = subprocess.run(["openssl", *args], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, f"openssl {args!r}: {proc.stdout}{proc.stderr}"
+    return proc.stdout
+
+
+def _fleet_key(secrets_dir: Path) -> str:
+    """The fleet key as the roles install it: the vault's value, without the newline."""
+    return (secrets_dir / "fleet.key").read_text().strip()
+
+
+def _changed(out: str) -> list[str]:
+    """The task headers under which ansible-playbook said `changed:`, with the host."""
+    said, header = [], ""
+    for line in out.splitlines():
+        if line.startswith(("TASK [", "RUNNING HANDLER [")):
+            header = line.rstrip(" *")
+        elif line.startswith("changed: "):
+            said.append(f"{header} {line}")
+    return said
+
+
 def _task(out: str, header: str) -> str:
     """What ansible-playbook said under one task or handler header, up to the next."""
     start = out.index(header)
@@ -366,22 +490,22 @@ def _task(out: str, header: str) -> str:
 
 
 @pytest.mark.timeout(1500)
-def test_a_new_package_restarts_the_services_and_the_screen_is_set_once(applied):
-    """The venv changed: the hub's and the station's restart handlers are notified (and
-    skipped, yizhan_offline: no systemd in a chroot); the screen's tasks changed nothing."""
-    hub, station, _out = applied
+def test_a_second_apply_changes_only_the_new_package_and_restarts_the_services(applied):
+    """The whole site.yml again on the applied roots, after `pip uninstall yizhan` in
+    each venv: the package is the one change on each root (every other task is
+    idempotent: the screen's set once), and the hub's and the station's restart
+    handlers are notified (and skipped, yizhan_offline: no systemd in a chroot)."""
+    hub, station = applied.hub, applied.station
+    hosts = {hub: HUB_HOST, station: SID}  # the inventory's names for the roots
     # Last in this file: what it changes it puts back as it was.
     for root in (hub, station):
         _in(root, "/opt/yizhan/venv/bin/python", "-m", "pip", "uninstall", "-y", "-q", "yizhan")
-    inventory = hub.parent / "inventory.yml"  # the fixture's
-    proc = _run([str(BIN / "ansible-playbook"), "-i", str(inventory),
-                 "site.yml", "--tags", "yizhan_package_install,station_screen"], timeout=600)
-    out = _ok(proc)
+    out = _ok(_playbook(applied.inventory, applied.vault_password_file))
     for root in (hub, station):
         assert "yizhan 0.1.0" in _in(root, "/opt/yizhan/venv/bin/yizhan", "--version").stdout
     install = out.split("TASK [yizhan_package : Install the package into its virtual environment]")
     assert len(install) == 3, out[-4000:]  # the hub's play and the stations'
-    assert all(f"changed: [{root}]" in part.split("TASK [")[0]
+    assert all(f"changed: [{hosts[root]}]" in part.split("TASK [")[0]
                for part, root in zip(install[1:], (hub, station), strict=True)), out[-4000:]
     for handler, units in (("hub : Restart the hub", ["yizhan-hub.service"]),
                            ("station : Restart the station",
@@ -394,12 +518,13 @@ def test_a_new_package_restarts_the_services_and_the_screen_is_set_once(applied)
         else:
             assert all(f"(item={unit})" in said and "skipping:" in said for unit in units), said
     # Idempotent: the second run leaves the command line and the rule as they were.
-    assert f"ok: [{station}]" in _task(out, "TASK [station : Keep the console from blanking]")
+    assert f"ok: [{SID}]" in _task(out, "TASK [station : Keep the console from blanking]")
     assert (station / "boot/firmware/cmdline.txt").read_text() == PI_CMDLINE + " consoleblank=0\n"
-    assert f"ok: [{station}]" in _task(
+    assert f"ok: [{SID}]" in _task(
         out, "TASK [station : Keep the HDMI CEC inputs away from the kiosk browser]")
-    # Nothing but the package changed on either root.
+    # Nothing but the package changed on either root: every other task is idempotent.
     recap = out.split("PLAY RECAP")[1]
     for root in (hub, station):
-        line = next(row for row in recap.splitlines() if row.startswith(f"{root} "))
-        assert re.search(r"\bchanged=1\b", line) and re.search(r"\bfailed=0\b", line), line
+        line = next(row for row in recap.splitlines() if row.startswith(f"{hosts[root]} "))
+        assert re.search(r"\bchanged=1\b", line) and re.search(r"\bfailed=0\b", line), (
+            line, _changed(out))
