@@ -49,6 +49,11 @@ def _text(d, k, p):
     return read_str(d, k, p)
 
 
+def _bank_or_null(d, k, p):
+    # null where the cabinet cannot read bank ids (docs/protocol.md §6)
+    return read_str(d, k, p, NULLABLE)
+
+
 def _charge(d, k, p):
     return read_int(d, k, p, NULLABLE, lo=0, hi=100)
 
@@ -76,8 +81,8 @@ def _count(d, k, p):
 _EVENT_SPECS: dict[str, tuple[tuple[str, Any], ...]] = {
     "door_opened": _spec(door=_text),
     "door_closed": _spec(door=_text),
-    "bank_borrowed": _spec(slot=_slot_no, bank=_text, charge=_charge, rider=_rider),
-    "bank_returned": _spec(slot=_slot_no, bank=_text, charge=_charge, rider=_rider_or_null),
+    "bank_borrowed": _spec(slot=_slot_no, bank=_bank_or_null, charge=_charge, rider=_rider),
+    "bank_returned": _spec(slot=_slot_no, bank=_bank_or_null, charge=_charge, rider=_rider_or_null),
     "unlock_failed": _spec(slot=_slot_no, reason=_choice(UNLOCK_FAIL_REASONS)),
     "slot_fault": _spec(slot=_slot_no, fault=_choice(SLOT_FAULTS)),
     "slot_fault_cleared": _spec(slot=_slot_no, fault=_choice(SLOT_FAULTS)),

@@ -119,7 +119,8 @@ CASES = [
     ("event", {"data": DELETE}, "data.slot", True),
     ("event", {"data.slot": DELETE}, "data.slot", True),
     ("event", {"data.slot": "3"}, "data.slot", True),
-    ("event", {"data.bank": None}, "data.bank", True),
+    ("event", {"data.bank": ""}, "data.bank", True),  # null where ids cannot be read
+    ("event", {"data.bank": 7}, "data.bank", True),
     ("event", {"data.charge": 120}, "data.charge", True),
     ("event", {"data.rider": "13800138000"}, "data.rider", True),  # raw phones never leave
     ("event", {"data.rider": None}, "data.rider", True),  # null only when returned

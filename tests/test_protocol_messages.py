@@ -117,7 +117,8 @@ _data_keys = {
     "what": st.sampled_from(sorted(m.REFILL_WHAT)),
 }
 _type_overrides = {
-    "bank_returned": {"rider": st.none() | riders},
+    "bank_borrowed": {"bank": st.none() | words},
+    "bank_returned": {"bank": st.none() | words, "rider": st.none() | riders},
     "unlock_failed": {"reason": st.sampled_from(sorted(m.UNLOCK_FAIL_REASONS))},
     "slot_fault": {"fault": st.sampled_from(sorted(m.SLOT_FAULTS))},
     "slot_fault_cleared": {"fault": st.sampled_from(sorted(m.SLOT_FAULTS))},
