@@ -23,9 +23,10 @@ Additions to the interface of the team plan (nothing in it changed):
 ``BoardDriver.baudrate``, ``addresses``, ``max_locks`` and ``default_locked_when``
 (class constants a configuration checks against), ``BoardDriver.events()``
 (the readings the board sent by itself since the last call; ``[]`` for boards
-that send none), and :class:`BadLock` (``unlock`` of a lock the board does not
-have raises nothing: it answers :attr:`Latch.BAD_LOCK`; a lock number outside
-``1..locks`` raises ``BadLock``, a ``ValueError``).
+that send none), :class:`BadLock` (``unlock`` of a lock number outside
+``1..locks`` sends nothing and answers :attr:`Latch.BAD_LOCK`; a lock that is
+not an int raises ``BadLock``, a ``ValueError``), and :class:`Found`, what the
+pure frame scanners of each protocol return to the bus.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from __future__ import annotations
 import abc
 import enum
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, TypeVar
+from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar
 
 from firmware.hardware.board import BoardOffline, LockerError
 
@@ -47,6 +48,7 @@ __all__ = [
     "BoardDriver",
     "BoardOffline",
     "Capabilities",
+    "Found",
     "Latch",
     "LockReading",
     "register",
@@ -90,7 +92,20 @@ class Latch(enum.Enum):
 
 
 class BadLock(LockerError, ValueError):
-    """A lock number outside ``1..locks`` of this board (never sent)."""
+    """A lock "number" that is no number at all (never sent)."""
+
+
+V = TypeVar("V")
+
+
+@dataclass(frozen=True)
+class Found(Generic[V]):
+    """A frame a scanner found in received bytes: ``buf[start:end]`` decoded to
+    ``value``. What lies before ``start`` was garbage or someone else's frame."""
+
+    value: V
+    start: int
+    end: int
 
 
 class BoardDriver(abc.ABC):
@@ -151,9 +166,11 @@ class BoardDriver(abc.ABC):
 
     # -- helpers for drivers ----------------------------------------------------------
 
-    def _check_lock(self, lock: int) -> None:
-        if not _is_int(lock) or not 1 <= lock <= self.locks:
-            raise BadLock(f"{self.describe()} has locks 1..{self.locks}, got {lock!r}")
+    def _has_lock(self, lock: int) -> bool:
+        """Whether ``lock`` is one of this board's; raises BadLock for a non-int."""
+        if not _is_int(lock):
+            raise BadLock(f"a lock is an int 1..{self.locks}, got {lock!r}")
+        return 1 <= lock <= self.locks
 
     def _is_locked(self, bit: bool) -> bool:
         """The raw contact bit (True = closed/set) in the station's words."""
