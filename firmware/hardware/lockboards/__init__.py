@@ -14,14 +14,24 @@ from firmware.hardware.lockboards.base import (
     LockReading,
     register,
 )
+from firmware.hardware.lockboards.bus import Bus
+from firmware.hardware.lockboards.kerong import KerongCU16
+from firmware.hardware.lockboards.lock8a import Lock8A
+from firmware.hardware.lockboards.modbus_io import CHARGE_SWITCHES, ChargeSwitch, ModuleRefused
 
 __all__ = [
+    "CHARGE_SWITCHES",
     "DRIVERS",
     "BadLock",
     "BoardDriver",
     "BoardOffline",
+    "Bus",
     "Capabilities",
+    "ChargeSwitch",
+    "KerongCU16",
     "Latch",
+    "Lock8A",
     "LockReading",
+    "ModuleRefused",
     "register",
 ]
