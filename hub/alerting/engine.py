@@ -760,7 +760,9 @@ class AlertEngine:
                     for loan in by_sid.get(sid, ()):
                         late_s = (now_ms - loan.due_ms) / 1000
                         warn = spec.warning_after_s is not None and late_s >= spec.warning_after_s
-                        obs.append(Obs(loan.bank, True, since_ms=loan.due_ms,
+                        # A loan without a bank id (a cabinet that cannot read
+                        # them) is named by its borrow, sid/epoch/seq (< 64 chars).
+                        obs.append(Obs(loan.bank or loan.key, True, since_ms=loan.due_ms,
                                        value=alert_value("bank_overdue", bank=loan.bank,
                                                          due_at=loan.due_ms,
                                                          overdue_s=int(late_s)),

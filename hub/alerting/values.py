@@ -85,7 +85,8 @@ SHAPES: dict[str, Shape] = {
     "locker_offline": _shape(),
     "slot_fault": _shape("fault", slot=Key(INT), fault=Key(TEXT)),
     "unlock_failed": _shape("reason", slot=Key(INT), reason=Key(TEXT)),
-    "bank_overdue": _shape(bank=Key(TEXT), due_at=Key(INT), overdue_s=Key(INT)),
+    # bank None: a loan of a cabinet that cannot read bank ids (hub/fleet/loans.py)
+    "bank_overdue": _shape(bank=Key(TEXT, True), due_at=Key(INT), overdue_s=Key(INT)),
     "pi_overheat": _shape("temp_c", temp_c=Key(NUMBER)),
     "undervoltage": _shape(),
     "disk_low": _shape("disk_free_mb", disk_free_mb=Key(NUMBER)),

@@ -67,7 +67,7 @@ def open_loans(hub: Any, groups: Iterable[str] | None = None) -> tuple[list[dict
                     "claim_sid": row.claim_sid,
                     "overdue": due < now, "overdue_s": max(0, now - due) / 1000})
     # The earliest due first: the longest overdue at the top, then the soonest due.
-    out.sort(key=lambda loan: (loan["due_at"], loan["bank"]))
+    out.sort(key=lambda loan: (loan["due_at"], loan["bank"] or ""))
     late = sum(1 for loan in out if loan["overdue"])
     return out[:PAGE_LIMIT], len(out), late
 

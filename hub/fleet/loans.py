@@ -36,6 +36,16 @@ stores the event (``Writer`` op), only when that insert inserted:
 
 The open loans are also kept in memory, loaded at start, for ``open_count`` and
 ``overdue`` without a query per scrape.
+
+Loans without a bank id: a station whose cabinet cannot read bank ids (a
+lock-control board, docs/hardware.md) lends with ``bank: null``; the loan is
+then the rider's. Its ``bank_returned`` carries ``bank: null`` and the rider who
+said, on the kiosk, that they were bringing a bank back (docs/protocol.md §6);
+it closes that rider's oldest open bank-less loan, at whatever station. No
+State can show a bank that has no id, so such a return is the returning
+station's word alone and closes at once (docs/protocol.md §6 says what that
+trusts). A bank-less return with no rider, or one that matches no loan, stays an
+event (kept a while, like a return by bank id, for a borrow heard late).
 """
 
 from __future__ import annotations
@@ -76,7 +86,7 @@ class Loan:
 
     key: str  # "sid/epoch/seq" of the borrow event, unique per loan
     sid: str
-    bank: str
+    bank: str | None  # None: lent by a cabinet that cannot read bank ids
     rider: str | None
     slot: int | None
     borrowed_ms: int
@@ -118,6 +128,8 @@ class Loans:
         self._open: dict[str, Loan] = {}  # by bank: a bank is out on one loan at a time
         self._unmatched: dict[str, tuple[str, int]] = {}  # bank -> (sid, returned_ms)
         self._claims: dict[str, Claim] = {}  # by bank: returns elsewhere, unconfirmed
+        self._bankless: dict[str, Loan] = {}  # by borrow key: loans without a bank id
+        self._unmatched_riders: dict[str, tuple[str, int]] = {}  # bank-less returns, by rider
         # Built once: a statement built per event costs SQLAlchemy a new cache key
         # on every execute, on the ingest's hot path (bench/hub_ingest.py).
         self._insert = store.insert_ignore(table)
@@ -132,6 +144,10 @@ class Loans:
             .where(table.c.bank == sa.bindparam("b_bank"), table.c.returned_ms.is_(None),
                    table.c.borrowed_ms <= sa.bindparam("b_at"))
             .values(returned_ms=sa.bindparam("b_at"), returned_sid=sa.bindparam("b_sid")))
+        self._close = (
+            table.update()
+            .where(table.c.borrow_event == sa.bindparam("b_key"), table.c.returned_ms.is_(None))
+            .values(returned_ms=sa.bindparam("b_at"), returned_sid=sa.bindparam("b_sid")))
         self._claim = (
             table.update()
             .where(table.c.borrow_event == sa.bindparam("b_key"), table.c.returned_ms.is_(None))
@@ -144,10 +160,14 @@ class Loans:
         with self.store.engine.connect() as conn:
             for row in conn.execute(q).mappings():
                 bank = row["bank"]
-                self._open[bank] = Loan(
+                loan = Loan(
                     key=row["borrow_event"], sid=row["sid"], bank=bank,
                     rider=row["rider"], slot=row["slot"], borrowed_ms=row["borrowed_ms"],
                     due_ms=row["due_ms"])
+                if bank is None:
+                    self._bankless[loan.key] = loan
+                    continue
+                self._open[bank] = loan
                 if row["claim_sid"] is not None and row["confirm_by_ms"] is not None:
                     self._claims[bank] = Claim(row["claim_sid"], row["claim_ms"],
                                                row["confirm_by_ms"])
@@ -160,8 +180,9 @@ class Loans:
         """Open loans borrowed at ``sid`` (or in the whole fleet)."""
         with self._lock:
             if sid is None:
-                return len(self._open)
-            return sum(1 for loan in self._open.values() if loan.sid == sid)
+                return len(self._open) + len(self._bankless)
+            return sum(1 for loans in (self._open, self._bankless)
+                       for loan in loans.values() if loan.sid == sid)
 
     def open_loan(self, bank: str) -> Loan | None:
         with self._lock:
@@ -184,6 +205,7 @@ class Loans:
                     loan = replace(loan, due_ms=claim.confirm_by_ms)
                 if loan.due_ms < now_ms:
                     late.append(loan)
+            late.extend(loan for loan in self._bankless.values() if loan.due_ms < now_ms)
         return sorted(late, key=lambda loan: loan.due_ms)
 
     # -- what events do ---------------------------------------------------------------------
@@ -197,6 +219,8 @@ class Loans:
         if event.type not in ("bank_borrowed", "bank_returned"):
             return []
         bank = event.data["bank"]
+        if bank is None:
+            return self._without_bank(sid, epoch, event, at_ms)
         if len(bank) > BANK_ID_MAX:
             # YZ-LB1 bank ids are 8 characters; a longer one is a station's bug and
             # must not cost the event itself (it is stored, in the same transaction).
@@ -343,3 +367,60 @@ class Loans:
         # Decided again from the table: the op may run twice after a rollback.
         return [Rows(self._give_back, {"b_bank": bank, "b_at": at_ms, "b_sid": sid},
                      order=(ORDER, bank))]
+
+    # -- loans without a bank id ------------------------------------------------------------
+
+    def _without_bank(self, sid: str, epoch: str, event: m.Event, at_ms: int) -> Effect:
+        """A borrow or return of a cabinet that cannot read bank ids: the rider's."""
+        rider = event.data.get("rider")
+        if rider is None:
+            # A bank came back and nobody said whose (the rider skipped the
+            # kiosk): a fact for the station's counts, no loan to close.
+            log.info("a bank with no id came back at %s with no rider named; kept as an event",
+                     sid)
+            return []
+        if event.type == "bank_borrowed":
+            return self._borrowed_without_bank(sid, epoch, event, rider, at_ms)
+        with self._lock:
+            mine = sorted((loan for loan in self._bankless.values() if loan.rider == rider
+                           and (loan.borrowed_ms <= at_ms
+                                or _earlier_here(loan, sid, epoch, event.seq))),
+                          key=lambda loan: loan.borrowed_ms)
+            if not mine:
+                self._keep_unmatched(self._unmatched_riders, rider, (sid, at_ms))
+                log.info("a bank with no id returned at %s by %s matches no open loan; "
+                         "kept as an event", sid, rider)
+                return []
+            loan = mine[0]
+            del self._bankless[loan.key]
+        back_ms = max(at_ms, loan.borrowed_ms)
+        log.info("bank-less loan %s of %s closed by a return at %s", loan.key, rider, sid)
+        return [Rows(self._close, {"b_key": loan.key, "b_at": back_ms, "b_sid": sid},
+                     order=(ORDER, rider))]
+
+    def _borrowed_without_bank(self, sid: str, epoch: str, event: m.Event, rider: str,
+                               at_ms: int) -> Effect:
+        data = event.data
+        loan = Loan(key=borrow_key(sid, epoch, event.seq), sid=sid, bank=None, rider=rider,
+                    slot=data.get("slot"), borrowed_ms=at_ms, due_ms=at_ms + self.loan_ms)
+        returned: tuple[str, int] | None = None
+        with self._lock:
+            earlier = self._unmatched_riders.get(rider)
+            if earlier is not None and earlier[1] >= at_ms:
+                # Its return was heard first (the lending station was offline).
+                returned = self._unmatched_riders.pop(rider)
+            else:
+                self._bankless[loan.key] = loan
+        values = {"sid": sid, "bank": None, "rider": rider, "slot": loan.slot,
+                  "charge": data.get("charge"), "borrowed_ms": at_ms, "due_ms": loan.due_ms,
+                  "borrow_event": loan.key,
+                  "returned_ms": returned[1] if returned else None,
+                  "returned_sid": returned[0] if returned else None,
+                  "claim_sid": None, "claim_ms": None, "confirm_by_ms": None}
+        return [Rows(self._insert, values, order=(ORDER, rider))]
+
+    @staticmethod
+    def _keep_unmatched(kept: dict, key: str, value: tuple[str, int]) -> None:
+        if key not in kept and len(kept) >= UNMATCHED_KEPT:
+            kept.pop(next(iter(kept)))
+        kept[key] = value

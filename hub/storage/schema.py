@@ -97,7 +97,9 @@ loans = sa.Table(
     "loans", metadata,
     sa.Column("id", BigId, primary_key=True, autoincrement=True),
     sa.Column("sid", sa.String(32), nullable=False),
-    sa.Column("bank", sa.String(16), nullable=False),
+    # NULL where the lending cabinet cannot read bank ids: the rider's loan
+    # (hub/fleet/loans.py, "Loans without a bank id").
+    sa.Column("bank", sa.String(16), nullable=True),
     sa.Column("rider", sa.String(32), nullable=True),
     sa.Column("slot", sa.Integer, nullable=True),
     sa.Column("charge", sa.Integer, nullable=True),
