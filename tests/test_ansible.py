@@ -267,9 +267,9 @@ def _provisioned_inventory(work: Path, hub: Path, station: Path,
     Returns (inventory, secrets, vault password file), all outside the checkout.
     """
     inventory, secrets_dir = work / "inventory", work / "secrets"
-    # Not vault.example.yml: its placeholders are what the real vault replaces.
-    shutil.copytree(ANSIBLE / "inventory" / "example" / "group_vars", inventory / "group_vars",
-                    ignore=shutil.ignore_patterns("vault.example.yml"))
+    # As `cp -r inventory/example` leaves them, vault.yml.example included (Ansible
+    # does not load it: no placeholder may stand in for a secret the vault lacks).
+    shutil.copytree(ANSIBLE / "inventory" / "example" / "group_vars", inventory / "group_vars")
     password_file = work / "vault.pass"
     password_file.touch(mode=0o600)
     password_file.write_text("a-vault-password-of-the-tests\n")
@@ -282,7 +282,7 @@ def _provisioned_inventory(work: Path, hub: Path, station: Path,
         env=_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     # The hub's API tokens are the installer's own (provision rewrites vault.yml
-    # whole): a vault file of their own beside it.
+    # whole): a vault file of their own beside it, as vault.yml.example says.
     tokens = yaml.safe_dump({"vault_hub_api_tokens": [
         {"name": "grafana", "token": GRAFANA_TOKEN, "scopes": ["read"]}]})
     proc = subprocess.run(
