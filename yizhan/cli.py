@@ -4,6 +4,7 @@
     yizhan agent --config /etc/yizhan/station.yaml
     yizhan kiosk --config /etc/yizhan/station.yaml
     yizhan sim board --link /tmp/ttyLOCKER
+    yizhan sim board --protocol lock8a --boards 2 --link /tmp/tty8A
     yizhan demo
     yizhan console-user add NAME --role ROLE [--groups g1,g2] --config hub.yaml
     yizhan provision --secrets DIR --broker-host NAME [--inventory DIR] SID...
@@ -120,13 +121,27 @@ def cmd_kiosk(args: argparse.Namespace) -> int:
 
 
 def cmd_sim_board(args: argparse.Namespace) -> int:
-    from firmware.sim.board import BoardSimulator
+    if args.protocol == "yz-lb1":
+        from firmware.sim.board import BoardSimulator
 
-    sim = BoardSimulator(n_slots=args.slots, address=args.address, link_path=args.link,
-                         realtime=True, auto_take=args.auto_take)
+        address = 1 if args.address is None else args.address
+        sim = BoardSimulator(n_slots=args.slots, address=address, link_path=args.link,
+                             realtime=True, auto_take=args.auto_take)
+        what = f"YZ-LB1 address {address}, {args.slots} slots"
+    else:
+        from firmware.sim.lockboards import PROTOCOLS, line_sim
+
+        try:
+            sim = line_sim(args.protocol, boards=args.boards, locks=args.locks,
+                           address=args.address, locked_when=args.locked_when,
+                           events=args.events, link_path=args.link)
+        except ValueError as err:
+            print(f"yizhan sim board: {err}", file=sys.stderr)
+            return EXIT_CONFIG
+        first = PROTOCOLS[args.protocol][0] if args.address is None else args.address
+        what = f"{args.protocol} x{args.boards} from address {first}"
     sim.start()
-    print(f"board simulator: YZ-LB1 address {args.address}, {args.slots} slots, "
-          f"on {sim.port}", flush=True)
+    print(f"board simulator: {what}, on {sim.port}", flush=True)
     done = []
     _on_terminate(lambda: done.append(True))
     try:
@@ -218,16 +233,32 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sim", help="simulated hardware for development",
                        description="Simulated station hardware.")
     ssub = s.add_subparsers(dest="sim_command", required=True, metavar="PART")
-    b = ssub.add_parser("board", help="a YZ-LB1 locker board on a pseudo-terminal",
-                        description="Run a locker board simulator that speaks YZ-LB1 on a "
-                                    "pseudo-terminal; point a station's lockers.port at "
-                                    "the --link path.")
+    b = ssub.add_parser("board", help="a locker board on a pseudo-terminal",
+                        description="Run a locker board simulator on a pseudo-terminal: "
+                                    "YZ-LB1 (default), an 8A/80 bus, a Kerong KR-CU16 "
+                                    "chain or a Modbus RTU relay/IO module; point the "
+                                    "station's serial port at the --link path "
+                                    "(docs/hardware.md).")
+    b.add_argument("--protocol", default="yz-lb1",
+                   choices=("yz-lb1", "lock8a", "kerong-cu16", "modbus-io"),
+                   help="what the board speaks (default yz-lb1)")
     b.add_argument("--link", required=True, metavar="PATH",
                    help="symlink to create for the serial device")
-    b.add_argument("--slots", type=int, default=12, help="number of slots (default 12)")
-    b.add_argument("--address", type=int, default=1, help="board address 1-15 (default 1)")
+    b.add_argument("--slots", type=int, default=12,
+                   help="yz-lb1: number of slots (default 12)")
+    b.add_argument("--address", type=int, default=None,
+                   help="(first) board address: yz-lb1 1-15 (default 1), lock8a DIP 1-32 "
+                        "(default 1), kerong-cu16 0-9 (default 0), modbus-io 1-247 (default 1)")
+    b.add_argument("--boards", type=int, default=1,
+                   help="boards on the line at consecutive addresses (default 1)")
+    b.add_argument("--locks", type=int, default=None,
+                   help="locks a board (lock8a 24, kerong-cu16 16) or modbus-io channels (8)")
+    b.add_argument("--locked-when", choices=("closed", "open"), default="closed",
+                   help="lock8a/kerong-cu16: the feedback contact that means locked")
+    b.add_argument("--events", action="store_true",
+                   help="lock8a: send an 0x82 frame when a contact changes")
     b.add_argument("--auto-take", action="store_true",
-                   help="a released bank is taken by a simulated rider")
+                   help="yz-lb1: a released bank is taken by a simulated rider")
     b.set_defaults(func=cmd_sim_board)
 
     c = sub.add_parser("console-user", help="people who sign in to the hub's web console",

@@ -46,12 +46,14 @@ from yizhan.clock import SYSTEM_CLOCK, Clock
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "PROTOCOLS",
     "KerongChainSim",
     "Lock8ABusSim",
     "ModbusIOSim",
     "SimLock",
     "SimulatorError",
     "SlotError",
+    "line_sim",
 ]
 
 
@@ -458,3 +460,46 @@ class ModbusIOSim(_PtySim):
                 self.coils[r.start] = on
                 return [(modbus_io.write_coil_answer(r.unit, r.start, on), 0.0)]
             return [(modbus_io.exception_answer(r.unit, fn, 1), 0.0)]
+
+
+# What ``yizhan sim board --protocol`` runs, with the defaults a bought board has.
+PROTOCOLS = {
+    # name: (first address, addresses allowed, default locks, most locks)
+    "lock8a": (1, range(1, 33), 24, 24),
+    "kerong-cu16": (0, range(0, 10), 16, kerong.LOCKS),
+    "modbus-io": (1, range(1, 248), 8, modbus_io.MAX_CHANNELS),
+}
+
+
+def line_sim(
+    protocol: str, *, boards: int = 1, locks: int | None = None, address: int | None = None,
+    locked_when: str = "closed", events: bool = False,
+    link_path: str | os.PathLike[str] | None = None, clock: Clock | None = None,
+) -> _PtySim:
+    """A simulator of ``protocol`` with ``boards`` boards at consecutive
+    addresses from ``address`` (a Modbus module is always one), not started.
+    Raises ValueError naming the bad value."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; one of {', '.join(PROTOCOLS)}")
+    first, allowed, default_locks, most = PROTOCOLS[protocol]
+    address = first if address is None else address
+    locks = default_locks if locks is None else locks
+    if not 1 <= locks <= most:
+        raise ValueError(f"{protocol}: locks must be 1..{most}, got {locks}")
+    if protocol == "modbus-io":
+        if boards != 1:
+            raise ValueError("modbus-io: one module a line here (--boards 1)")
+        if address not in allowed:
+            raise ValueError(f"modbus-io: address must be 1..247, got {address}")
+        return ModbusIOSim(address, locks, link_path=link_path, clock=clock)
+    addresses = range(address, address + boards)
+    if boards < 1 or address not in allowed or addresses[-1] not in allowed:
+        raise ValueError(
+            f"{protocol}: addresses must lie in {allowed.start}..{allowed.stop - 1}, "
+            f"got {boards} board(s) from {address}"
+        )
+    if protocol == "lock8a":
+        return Lock8ABusSim(addresses, locks, locked_when=locked_when, events=events,
+                            link_path=link_path, clock=clock)
+    return KerongChainSim(addresses, locks, locked_when=locked_when, link_path=link_path,
+                          clock=clock)
