@@ -64,8 +64,13 @@ class Bus:
     """The serial line at ``port`` (a device path or a pyserial URL).
 
     ``timeout`` is how long an attempt waits for its answer unless the request
-    says otherwise. Counters: ``requests`` (each attempt), ``timeouts``,
-    ``garbage_bytes`` (bytes in no wanted frame), ``reopen_count``.
+    says otherwise. ``echo`` is for an adapter that hears its own transmission
+    (some USB dongles): the request's own bytes at the head of what comes back
+    are dropped. It cannot be left to the scanners, since an 8A board's answer
+    "contact made" is byte for byte the unlock request.
+
+    Counters: ``requests`` (each attempt), ``timeouts``, ``garbage_bytes``
+    (bytes in no wanted frame), ``reopen_count``.
     """
 
     def __init__(
@@ -74,6 +79,7 @@ class Bus:
         baudrate: int = 9600,
         *,
         timeout: float = 0.3,
+        echo: bool = False,
         open_port: OpenPort | None = None,
     ) -> None:
         if isinstance(baudrate, bool) or not isinstance(baudrate, int) or not (
@@ -85,6 +91,7 @@ class Bus:
         self.port = str(port)
         self.baudrate = baudrate
         self.timeout = float(timeout)
+        self.echo = bool(echo)
         self._open_port: OpenPort = open_port or serial.serial_for_url
         self._mutex = threading.Lock()
         self._turn = threading.Condition(self._mutex)
@@ -190,12 +197,19 @@ class Bus:
         self.requests += 1
         ser.write(request)
         buf = bytearray()
+        head = len(request) if self.echo else 0  # bytes that may be our echo
         deadline = time.monotonic() + wait  # the wire's time, not the station's
         while time.monotonic() < deadline:
             data = ser.read(ser.in_waiting or 1)
             if not data:
                 continue
             buf += data
+            if head and len(buf) < head:
+                continue
+            if head:
+                echoed, head = buf[:head] == request, 0
+                if echoed:
+                    del buf[: len(request)]
             found = scan(bytes(buf))
             if found is not None:
                 # Around the answer: noise, or a change frame a board sent

@@ -85,6 +85,13 @@ class _Refusal:
     code: int
 
 
+def _unit(unit: int) -> int:
+    # 0 is the broadcast address: nobody answers it, so it is never ours.
+    if isinstance(unit, bool) or not isinstance(unit, int) or not 1 <= unit <= 247:
+        raise ValueError(f"a Modbus unit must be 1..247, got {unit!r}")
+    return unit
+
+
 def _crc(body: bytes) -> bytes:
     return body + crc16_modbus(body).to_bytes(2, "little")
 
@@ -99,13 +106,13 @@ def read_bits_request(unit: int, function: int, start: int, count: int) -> bytes
     if function not in (READ_COILS, READ_INPUTS):
         raise ValueError(f"not a bit read: function {function!r}")
     _u("count", count, 2000)
-    return _crc(bytes((_u("unit", unit, 247), function))
+    return _crc(bytes((_unit(unit), function))
                 + _u("start", start, 0xFFFF).to_bytes(2, "big") + count.to_bytes(2, "big"))
 
 
 def write_coil_request(unit: int, coil: int, on: bool) -> bytes:
     value = COIL_ON if on else COIL_OFF
-    return _crc(bytes((_u("unit", unit, 247), WRITE_COIL))
+    return _crc(bytes((_unit(unit), WRITE_COIL))
                 + _u("coil", coil, 0xFFFF).to_bytes(2, "big") + value.to_bytes(2, "big"))
 
 
@@ -118,11 +125,11 @@ def bits_answer(unit: int, function: int, bits: Sequence[bool]) -> bytes:
     for i, on in enumerate(bits):
         if on:
             data[i // 8] |= 1 << (i % 8)
-    return _crc(bytes((_u("unit", unit, 247), function, len(data))) + bytes(data))
+    return _crc(bytes((_unit(unit), function, len(data))) + bytes(data))
 
 
 def exception_answer(unit: int, function: int, code: int) -> bytes:
-    return _crc(bytes((_u("unit", unit, 247), function | EXCEPTION_BIT, _u("code", code, 255))))
+    return _crc(bytes((_unit(unit), function | EXCEPTION_BIT, _u("code", code, 255))))
 
 
 def _crc_ok(frame: bytes) -> bool:
