@@ -206,10 +206,14 @@ class BorrowAttempt:
 
 @dataclass(frozen=True, slots=True)
 class Loan:
-    """An open loan: ``rider`` took ``bank`` from ``slot`` at ``borrowed_ts`` (ms)."""
+    """An open loan: ``rider`` took ``bank`` from ``slot`` at ``borrowed_ts`` (ms).
+
+    ``bank`` is None for a bank the board could not name (an ``estimated``
+    slot of a lock-control cabinet, contract §5).
+    """
 
     rider: str
-    bank: str
+    bank: str | None
     slot: int
     charge: int | None
     borrowed_ts: int
@@ -440,8 +444,11 @@ class Lending:
         self.journal.ensure_schema(_SCHEMA)
         for row in self._read("SELECT rider, bank, slot, charge, borrowed_ts, due_ts FROM loans"
                               " WHERE returned_ts IS NULL ORDER BY id"):
+            key = row[1]
             loan = Loan(*row)
-            self._open[loan.bank] = loan
+            if is_stand_in(key):
+                loan = Loan(loan.rider, None, *row[2:])
+            self._open[key] = loan
         intents = self._read("SELECT id, rider, slot, bank, ts FROM borrow_intents ORDER BY ts")
         for iid, rider, slot, bank, ts in intents:
             # The agent stopped between opening a slot and hearing how it went.
@@ -662,12 +669,15 @@ class Lending:
         """The board reports ``a``'s bank gone: the loan begins. Lock held."""
         bank = before.bank_id or a.bank
         charge = before.charge if before.charge is not None else a.charge
-        assert bank is not None and a.slot is not None
+        assert a.slot is not None
+        # A bank the board cannot name (an estimated slot) is lent all the
+        # same: the event says bank null, the loans table keys it by the attempt.
+        key = bank if bank is not None else stand_in(a.id)
         ts = self.clock.ms()
         due = ts + self.directory.policy.loan_hours * 3_600_000
         data = {"slot": a.slot, "bank": bank, "charge": charge, "rider": a.rider}
-        self._open[bank] = Loan(a.rider, bank, a.slot, charge, ts, due)
-        self._lent_at[bank] = self.clock.monotonic()
+        self._open[key] = Loan(a.rider, bank, a.slot, charge, ts, due)
+        self._lent_at[key] = self.clock.monotonic()
         a.state, a.bank, a.charge, a.updated = TAKEN, bank, charge, ts
         a.finished_at = self.clock.monotonic()
         self._write(
@@ -675,12 +685,12 @@ class Lending:
             # A bank still on an open loan came back unseen: close that loan
             # before its bank starts a new one.
             ("UPDATE loans SET returned_ts = ?, closed_by = 'superseded'"
-             " WHERE bank = ? AND returned_ts IS NULL", (ts, bank)),
+             " WHERE bank = ? AND returned_ts IS NULL", (ts, key)),
             ("INSERT INTO loans (rider, bank, slot, charge, borrowed_ts, due_ts, borrow_seq)"
-             " VALUES (?, ?, ?, ?, ?, ?, ?)", (a.rider, bank, a.slot, charge, ts, due, SEQ)),
+             " VALUES (?, ?, ?, ?, ?, ?, ?)", (a.rider, key, a.slot, charge, ts, due, SEQ)),
             *self._forget_intent(a),
         )
-        log.info("%s took %s from slot %d", a.rider, bank, a.slot)
+        log.info("%s took %s from slot %d", a.rider, bank or "a bank (no id)", a.slot)
 
     # -- what a rider could have -----------------------------------------------------------
 
@@ -696,12 +706,18 @@ class Lending:
 
     def _ready(self, records: list[SlotRecord], min_charge: int) -> list[SlotRecord]:
         """Slots a rider may be given, best first: highest charge, then the bank
-        with the fewest cycles (the most life left), then the lowest slot."""
+        with the fewest cycles (the most life left), then the lowest slot.
+
+        A bank needs its id, except in an ``estimated`` slot (a board that cannot
+        read ids), where the station's estimate of its charge decides: a bank
+        never seen on charging power counts 0 % and is never lent.
+        """
         now = self.clock.monotonic()
         busy = {a.slot for a in self._attempts.values() if a.state in _IN_FLIGHT}
         ready = [
             r for r in records
-            if r.present and r.locked and r.fault is None and r.bank_id is not None
+            if r.present and r.locked and r.fault is None
+            and (r.bank_id is not None or r.estimated)
             and r.charge is not None and r.charge >= min_charge
             and r.slot not in busy and self._held.get(r.slot, 0.0) <= now
         ]
@@ -1032,3 +1048,17 @@ class Lending:
 
 def _new_id(prefix: str) -> str:
     return f"{prefix}-{secrets.token_hex(8)}"
+
+
+# The loans table's bank for a bank the board cannot name: "?" and the borrow
+# attempt's id, a form no bank id of the fleet takes (docs/locker.md). Only the
+# table and Lending's own map see it; events and Loan carry None.
+_STAND_IN = "?"
+
+
+def stand_in(attempt_id: str) -> str:
+    return _STAND_IN + attempt_id
+
+
+def is_stand_in(bank: str | None) -> bool:
+    return isinstance(bank, str) and bank.startswith(_STAND_IN)

@@ -496,4 +496,5 @@ def _contract_slot(r: SlotRecord) -> Slot:
         fault=r.fault,
         temp_c=r.temp_c,
         cycles=r.cycles if r.present else None,
+        estimated=r.estimated,
     )

@@ -43,7 +43,13 @@ LEVEL_STATES = frozenset(get_args(LevelState))
 
 @dataclass(frozen=True, slots=True)
 class Slot:
-    """One locker slot; ``bank`` is None when the slot is empty."""
+    """One locker slot; ``bank`` is None when the slot is empty.
+
+    ``estimated`` True: the board cannot read the bank (a lock-control board
+    without telemetry), so ``bank`` is None even with a bank inside and
+    ``charge`` is the station's estimate (None when the slot is empty). It is
+    omitted on the wire when False, so measured slots read as before.
+    """
 
     # The field types are also the wire rules msgspec checks (State.from_json).
     slot: SlotNo
@@ -54,9 +60,10 @@ class Slot:
     fault: SlotFault | None
     temp_c: Num | None
     cycles: Count | None
+    estimated: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d = {
             "slot": self.slot,
             "bank": self.bank,
             "charge": self.charge,
@@ -66,6 +73,9 @@ class Slot:
             "temp_c": self.temp_c,
             "cycles": self.cycles,
         }
+        if self.estimated:
+            d["estimated"] = True
+        return d
 
     @classmethod
     def read(cls, d: dict) -> Slot | None:
@@ -78,7 +88,8 @@ class Slot:
                 d["temp_c"], d["cycles"])
         except KeyError:
             return None
-        if (type(slot) is int and 1 <= slot <= MAX_SLOT
+        estimated = d.get("estimated", False)
+        if (type(estimated) is bool and type(slot) is int and 1 <= slot <= MAX_SLOT
                 and (bank is None or (type(bank) is str and bank != ""))
                 and (charge is None or (type(charge) is int and 0 <= charge <= 100))
                 and type(charging) is bool and type(locked) is bool
@@ -86,7 +97,7 @@ class Slot:
                 and (temp_c is None or type(temp_c) is int
                      or (type(temp_c) is float and temp_c - temp_c == 0))  # finite
                 and (cycles is None or (type(cycles) is int and cycles >= 0))):
-            return cls(slot, bank, charge, charging, locked, fault, temp_c, cycles)
+            return cls(slot, bank, charge, charging, locked, fault, temp_c, cycles, estimated)
         return None
 
     @classmethod
@@ -100,6 +111,7 @@ class Slot:
             fault=read_str(d, "fault", p, NULLABLE, choices=SLOT_FAULTS),
             temp_c=read_num(d, "temp_c", p, NULLABLE),
             cycles=read_int(d, "cycles", p, NULLABLE, lo=0),
+            estimated=bool(read_bool(d, "estimated", p, OPT)),
         )
 
 

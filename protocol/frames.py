@@ -280,6 +280,11 @@ class SlotRecord:
 
     ``None`` stands for the board's "unknown" markers; ``fault`` uses the names of
     contract §5; ``bank_id`` is None when the slot reports no bank id.
+
+    ``estimated`` is never on the wire of §10: the station sets it on the
+    records of a lock-control board without bank telemetry
+    (:class:`firmware.hardware.cabinet.Cabinet`), whose ``charge`` is then its
+    own estimate and ``bank_id`` None with a bank inside.
     """
 
     slot: int
@@ -291,6 +296,7 @@ class SlotRecord:
     cycles: int | None
     fault: str | None
     bank_id: str | None
+    estimated: bool = False
 
     def pack(self) -> bytes:
         """The 16 bytes of contract §10 (raises FrameError on out-of-range values)."""

@@ -49,6 +49,7 @@ slots = st.builds(
     fault=st.none() | st.sampled_from(sorted(m.SLOT_FAULTS)),
     temp_c=st.none() | st.integers(-40, 120) | finite,
     cycles=st.none() | counts,
+    estimated=st.booleans(),
 )
 lockers = st.builds(m.Lockers, st.booleans(), st.lists(slots, max_size=12).map(tuple))
 dispensers = st.builds(
@@ -258,6 +259,24 @@ def test_encoding_is_compact_utf8_and_keeps_contract_nulls():
 def test_health_omits_unknown_fields():
     state = m.State("yh-01", "9f2c01ab", 1, True, 2, 0, health=m.Health(outbox=0))
     assert json.loads(m.encode(state))["health"] == {"outbox": 0}
+
+
+def test_slot_estimated_is_written_only_when_true_and_must_be_a_bool():
+    measured = m.Slot(1, "PB1", 90, False, True, None, None, 3)
+    estimated = m.Slot(2, None, 40, True, True, None, None, None, estimated=True)
+    state = m.State("yh-01", "9f2c01ab", 1, True, 2, 0,
+                    lockers=m.Lockers(True, (measured, estimated)))
+    raw = m.encode(state)
+    slots = json.loads(raw)["lockers"]["slots"]
+    assert "estimated" not in slots[0] and slots[1]["estimated"] is True
+    assert m.decode(Kind.STATE, raw, topic_sid="yh-01") == state
+    VALIDATORS[Kind.STATE].validate(json.loads(raw))
+    d = json.loads(raw)
+    for bad in ("yes", 1, 10**30, [], {}):
+        d["lockers"]["slots"][1]["estimated"] = bad
+        with pytest.raises(InvalidMessage) as info:
+            m.from_dict(Kind.STATE, d, topic_sid="yh-01")
+        assert info.value.field == "lockers.slots[1].estimated"
 
 
 def test_encode_refuses_what_a_reader_would_reject():
