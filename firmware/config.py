@@ -17,6 +17,7 @@ from firmware.dispenser import DispenserSpec, parse_dispenser
 from firmware.doors import DoorSpec, parse_doors
 from firmware.hardware.pins import W1_PIN
 from firmware.occupancy import OccupancySpec, parse_occupancy
+from protocol.messages import MAX_SLOT
 from yizhan.config import (
     ConfigError,
     LocalApiConfig,
@@ -32,6 +33,52 @@ TOP_LEVEL = ("hardware", "station", "mqtt", "data_dir", "fleet_key_file", "locke
              "sim")
 
 
+#: The reference board of contract §10; the default driver.
+YZ_LB1 = "yz-lb1"
+#: A charging supply the station cannot switch (``lockers.charging.driver``).
+ALWAYS_ON = "always-on"
+_LOCKBOARD_KEYS = ("driver", "poll_interval", "buses", "charging", "slots")
+
+
+@dataclass(frozen=True)
+class BoardConfig:
+    """One lock-control board on a bus: its DIP/chain ``address``, how many
+    ``locks`` are wired, which feedback value means locked."""
+
+    address: int
+    locks: int
+    locked_when: str
+
+
+@dataclass(frozen=True)
+class BusConfig:
+    """One RS-485 line (``port``) and the boards on it, in slot order."""
+
+    port: str
+    baudrate: int
+    boards: tuple[BoardConfig, ...]
+
+
+@dataclass(frozen=True)
+class ChargingConfig:
+    """How the slots' charging supply is switched (``lockers.charging``).
+
+    ``modbus-io``: a Modbus RTU relay module, coil k switches station slot k
+    (``channels`` of them); ``occupancy: inputs`` also reads its discrete
+    input k as slot k's bank sensor. ``always-on``: the chargers are wired to a
+    supply the station cannot switch. ``charge_time``: how long an empty bank
+    takes to fill, the base of the charge estimate (docs/locker.md).
+    """
+
+    driver: str
+    charge_time: float = 3 * 3600.0
+    port: str | None = None
+    baudrate: int = 9600
+    address: int = 1
+    channels: int = 8
+    occupancy: str = "none"  # or "inputs"
+
+
 @dataclass(frozen=True)
 class LockerConfig:
     port: str
@@ -39,6 +86,16 @@ class LockerConfig:
     address: int = 1
     poll_interval: float = 2.0
     slots: int = 12  # only for the simulator: a real board reports its own count
+    driver: str = YZ_LB1
+    buses: tuple[BusConfig, ...] = ()  # lock-control boards (driver other than yz-lb1)
+    charging: ChargingConfig | None = None
+
+    @property
+    def n_slots(self) -> int:
+        """Station slots: the locks of every board (``slots`` for YZ-LB1)."""
+        if self.driver == YZ_LB1:
+            return self.slots
+        return sum(b.locks for bus in self.buses for b in bus.boards)
 
     @classmethod
     def from_section(cls, sec: Section | None, *, sim: bool) -> LockerConfig | None:
@@ -47,7 +104,10 @@ class LockerConfig:
         if sec is None and not sim:
             return None
         sec = sec or Section({}, "lockers")
-        known_keys(sec, ("port", "baudrate", "address", "poll_interval", "slots"))
+        driver = sec.str("driver", YZ_LB1, choices=lock_drivers())
+        if driver != YZ_LB1:
+            return cls._lockboards(sec, driver, sim=sim)
+        known_keys(sec, ("driver", "port", "baudrate", "address", "poll_interval", "slots"))
         return cls(
             port=sec.str("port", required=not sim) or "sim",
             baudrate=sec.int("baudrate", 115200, lo=1200, hi=4_000_000),
@@ -56,6 +116,141 @@ class LockerConfig:
             # A STATUS answer holds 15 records at most (255-byte payload).
             slots=sec.int("slots", 12, lo=1, hi=15),
         )
+
+    @classmethod
+    def _lockboards(cls, sec: Section, driver: str, *, sim: bool) -> LockerConfig:
+        """``lockers`` for lock-control boards: ``buses`` of ``boards``, and
+        ``charging`` (required: such a board cannot say a bank is charged)."""
+        from firmware.hardware.lockboards import DRIVERS
+
+        kind = DRIVERS[driver]
+        for key in ("port", "baudrate", "address"):
+            if sec.has(key):
+                raise ConfigError(sec.key(key), f"is for the yz-lb1 board; a {driver} "
+                                  "cabinet lists its lines under lockers.buses")
+        known_keys(sec, _LOCKBOARD_KEYS)
+        if sec.has("slots") and not sim:
+            raise ConfigError(sec.key("slots"), "only means something with hardware: sim "
+                              "(the boards' locks are the slots)")
+        raw = sec.list("buses")
+        if not raw and sim:
+            # A simulated cabinet: one board of ``slots`` locks at the first address.
+            slots = sec.int("slots", min(12, kind.max_locks), lo=1, hi=kind.max_locks)
+            raw = [{"boards": [{"address": kind.addresses.start, "locks": slots}]}]
+        if not raw:
+            raise ConfigError(sec.key("buses"), f"is required for a {driver} cabinet: "
+                              "list each RS-485 line and the boards on it")
+        buses = tuple(_bus(item, f"{sec.key('buses')}[{i}]", kind, sim=sim)
+                      for i, item in enumerate(raw))
+        ports = [b.port for b in buses]
+        for i, port in enumerate(ports):
+            if port != "sim" and port in ports[:i]:
+                raise ConfigError(f"{sec.key('buses')}[{i}].port",
+                                  f"{port} is already bus {ports.index(port)}; list every "
+                                  "board of one line under that bus")
+        n = sum(b.locks for bus in buses for b in bus.boards)
+        if n > MAX_SLOT:
+            raise ConfigError(sec.key("buses"), f"{n} locks in all; a station has at most "
+                              f"{MAX_SLOT} slots")
+        charging = _charging(sec.section("charging"), sec.key("charging"), kind, n, sim=sim)
+        if charging.port in ports and charging.port != "sim":
+            line = buses[ports.index(charging.port)]
+            if line.baudrate != charging.baudrate:
+                raise ConfigError(sec.key("charging.baudrate"), f"the module shares "
+                                  f"{charging.port} with the boards, which run at "
+                                  f"{line.baudrate} baud; one line has one speed")
+        return cls(port=ports[0], baudrate=buses[0].baudrate, address=1,
+                   poll_interval=sec.duration("poll_interval", 2.0), slots=n, driver=driver,
+                   buses=buses, charging=charging)
+
+
+def lock_drivers() -> tuple[str, ...]:
+    """The names ``lockers.driver`` accepts: YZ-LB1 and every registered board."""
+    from firmware.hardware.lockboards import DRIVERS
+
+    return (YZ_LB1, *sorted(DRIVERS))
+
+
+def _bus(item: object, path: str, kind: type, *, sim: bool) -> BusConfig:
+    if not isinstance(item, dict):
+        raise ConfigError(path, f"must be a mapping with port and boards, not "
+                          f"{type(item).__name__}")
+    sec = Section(item, path)
+    known_keys(sec, ("port", "baudrate", "boards"))
+    raw = sec.list("boards")
+    if not raw:
+        raise ConfigError(sec.key("boards"), "is required: the boards on this line, "
+                          "each with its address")
+    boards: list[BoardConfig] = []
+    for i, b in enumerate(raw):
+        bpath = f"{sec.key('boards')}[{i}]"
+        if not isinstance(b, dict):
+            raise ConfigError(bpath, f"must be a mapping with address and locks, not "
+                              f"{type(b).__name__}")
+        bsec = Section(b, bpath)
+        known_keys(bsec, ("address", "locks", "locked_when"))
+        first, last = kind.addresses.start, kind.addresses.stop - 1
+        address = bsec.int("address", required=True, lo=first, hi=last)
+        if any(x.address == address for x in boards):
+            raise ConfigError(bsec.key("address"), f"{address} is already a board on this "
+                              "line; every board needs its own address")
+        boards.append(BoardConfig(
+            address=address,
+            locks=bsec.int("locks", kind.max_locks, lo=1, hi=kind.max_locks),
+            locked_when=bsec.str("locked_when", kind.default_locked_when,
+                                 choices=("closed", "open")),
+        ))
+    return BusConfig(
+        port=sec.str("port", required=not sim) or "sim",
+        baudrate=sec.int("baudrate", kind.baudrate, lo=1200, hi=4_000_000),
+        boards=tuple(boards),
+    )
+
+
+def _charging(sec: Section | None, path: str, kind: type, n_slots: int, *,
+              sim: bool) -> ChargingConfig:
+    driver = kind.name
+    if sec is None:
+        if sim:
+            from firmware.hardware.lockboards.modbus_io import MAX_CHANNELS
+
+            if n_slots > MAX_CHANNELS:
+                raise ConfigError(path, f"is required for a simulated cabinet of more than "
+                                  f"{MAX_CHANNELS} slots")
+            # The simulated module's inputs sense the banks where the board cannot.
+            return ChargingConfig(driver="modbus-io", port="sim", channels=max(8, n_slots),
+                                  occupancy="none" if kind.caps.occupancy else "inputs")
+        raise ConfigError(path, f"is required for a {driver} cabinet: the board cannot read "
+                          "a bank's charge, so the station estimates it from the time on "
+                          "charging power; say how the slots are powered (driver: "
+                          "modbus-io, or always-on)")
+    from firmware.hardware.lockboards import CHARGE_SWITCHES
+    from firmware.hardware.lockboards.modbus_io import MAX_CHANNELS
+
+    kind = sec.str("driver", required=True, choices=(ALWAYS_ON, *sorted(CHARGE_SWITCHES)))
+    charge_time = sec.duration("charge_time", 3 * 3600.0)
+    # A simulated bank may fill in seconds, so a demo lends before its visitor leaves.
+    if not (1.0 if sim else 60.0) <= charge_time <= 86400.0:
+        raise ConfigError(sec.key("charge_time"),
+                          "must be from 1s to 24h" if sim else "must be from 1m to 24h")
+    if kind == ALWAYS_ON:
+        known_keys(sec, ("driver", "charge_time"))
+        return ChargingConfig(driver=kind, charge_time=charge_time)
+    known_keys(sec, ("driver", "charge_time", "port", "baudrate", "address", "channels",
+                     "occupancy"))
+    channels = sec.int("channels", max(8, n_slots) if sim else 8, lo=1, hi=MAX_CHANNELS)
+    if channels < n_slots:
+        raise ConfigError(sec.key("channels"), f"the module switches {channels} channels "
+                          f"but the cabinet has {n_slots} slots (slot k is channel k)")
+    return ChargingConfig(
+        driver=kind,
+        charge_time=charge_time,
+        port=sec.str("port", required=not sim) or "sim",
+        baudrate=sec.int("baudrate", 9600, lo=1200, hi=4_000_000),
+        address=sec.int("address", 1, lo=1, hi=247),
+        channels=channels,
+        occupancy=sec.str("occupancy", "none", choices=("none", "inputs")),
+    )
 
 
 @dataclass(frozen=True)

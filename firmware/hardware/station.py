@@ -1,7 +1,8 @@
 """The station's hardware edge, as configured: pins, the serial line, the Pi.
 
 ``build_hardware(config, clock)`` returns what the agent builds its parts on:
-the gpiozero pin factory, the locker board client, the Pi's health readers and
+the gpiozero pin factory, the locker board client (a YZ-LB1 board, or a
+:class:`~firmware.hardware.cabinet.Cabinet` of lock-control boards), the Pi's health readers and
 clock-sync check. On a Pi that is gpiozero's default factory (lgpio) and the
 configured serial device; with ``hardware: sim`` it is a ``MockFactory`` whose
 pins the simulators drive, and a board simulator on a pseudo-terminal — the
@@ -14,10 +15,11 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from firmware.config import StationConfig
+from firmware.config import YZ_LB1, StationConfig
 from firmware.dispenser import DispenserSpec
 from firmware.doors import DoorSpec
 from firmware.hardware.board import LockerBoard
+from firmware.hardware.cabinet import Cabinet, build_cabinet
 from firmware.hardware.clocksync import AssumedSynced, KernelClockSync
 from firmware.hardware.health import PiHealth, SimHealth
 from firmware.occupancy import OccupancySpec
@@ -31,7 +33,7 @@ class StationHardware:
     """The lowest layer the agent stands on. ``simulation`` is None on a Pi."""
 
     pin_factory: Any | None  # None: gpiozero's own default (lgpio on a Pi)
-    board: LockerBoard | None
+    board: LockerBoard | Cabinet | None  # the Locker's board seam
     health: PiHealth
     clock_sync: KernelClockSync | AssumedSynced
     dispenser: DispenserSpec | None
@@ -54,14 +56,21 @@ def build_hardware(config: StationConfig, clock: Clock) -> StationHardware:
         from firmware.sim.station import StationSim
 
         sim = StationSim(config, clock)
-        board = LockerBoard(sim.board.port, address=config.lockers.address)
+        if sim.cabinet is not None:
+            board = build_cabinet(config.lockers, config.data_dir, clock,
+                                  bus_ports=sim.cabinet.ports,
+                                  charging_port=sim.cabinet.charging_port)
+        else:
+            board = LockerBoard(sim.board.port, address=config.lockers.address)
         return StationHardware(pin_factory=sim.pin_factory, board=board,
                                health=SimHealth(config.data_dir, clock),
                                clock_sync=AssumedSynced(), dispenser=sim.dispenser_spec,
                                doors=sim.door_specs, occupancy=sim.occupancy_spec,
                                simulation=sim)
-    board = None
-    if config.lockers is not None:
+    board: LockerBoard | Cabinet | None = None
+    if config.lockers is not None and config.lockers.driver != YZ_LB1:
+        board = build_cabinet(config.lockers, config.data_dir, clock)
+    elif config.lockers is not None:
         board = LockerBoard(config.lockers.port, baudrate=config.lockers.baudrate,
                             address=config.lockers.address)
     return StationHardware(pin_factory=None, board=board,

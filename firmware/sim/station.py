@@ -13,10 +13,11 @@ import random
 
 from gpiozero.pins.mock import MockFactory
 
-from firmware.config import StationConfig
+from firmware.config import YZ_LB1, StationConfig
 from firmware.doors import DoorSpec
 from firmware.occupancy import OccupancySpec
 from firmware.sim.board import BoardSimulator
+from firmware.sim.cabinet import CabinetSim
 from firmware.sim.doors import DoorSim, PirSim, Traffic
 from firmware.sim.model import default_banks
 from firmware.sim.riders import SimRiders
@@ -49,10 +50,15 @@ class StationSim:
         lockers = config.lockers
         # The simulators claim their pins before the agent's parts do, so
         # gpiozero's pull-ups cannot move them (see firmware/sim/water.py).
-        self.board = BoardSimulator(n_slots=lockers.slots, address=lockers.address,
-                                    clock=clock, link_path=sim_dir / "ttyYZ-board",
-                                    banks=default_banks(lockers.slots, station=config.sid),
-                                    realtime=True).start()
+        self.board: BoardSimulator | None = None
+        self.cabinet: CabinetSim | None = None  # lock-control boards (lockers.driver)
+        if lockers.driver == YZ_LB1:
+            self.board = BoardSimulator(n_slots=lockers.slots, address=lockers.address,
+                                        clock=clock, link_path=sim_dir / "ttyYZ-board",
+                                        banks=default_banks(lockers.slots, station=config.sid),
+                                        realtime=True).start()
+        else:
+            self.cabinet = CabinetSim(lockers, link_dir=sim_dir, clock=clock).start()
         try:
             self.water = WaterSim(self.dispenser_spec, self.pin_factory, clock,
                                   draws_per_hour=sim.draws_per_hour,
@@ -62,7 +68,7 @@ class StationSim:
             self.traffic = Traffic(clock, doors=self.doors, pir=self.pir,
                                    riders_per_hour=sim.riders_per_hour, seed=seed + 1)
         except Exception:
-            self.board.stop()
+            self._stop_lockers()
             raise
         self._seed = seed
 
@@ -70,6 +76,11 @@ class StationSim:
         """Simulated riders borrow through the agent's real Lending."""
         sim = self.config.simulation
         if sim.borrows_per_hour <= 0:
+            return
+        if self.board is None:
+            # The simulated riders take and return banks by id (YZ-LB1);
+            # a lock-control cabinet's riders are the tests' and the kiosk's.
+            log.info("no simulated riders at a %s cabinet", self.config.lockers.driver)
             return
         self.riders = SimRiders(lending, self.board, self.clock,
                                 fleet_key=self.config.fleet_key or DEMO_FLEET_KEY,
@@ -92,5 +103,11 @@ class StationSim:
         self.traffic.stop()
         self.water.stop()
         self.water.close()
-        self.board.stop()
+        self._stop_lockers()
         self.pin_factory.close()
+
+    def _stop_lockers(self) -> None:
+        if self.board is not None:
+            self.board.stop()
+        if self.cabinet is not None:
+            self.cabinet.stop()

@@ -1,0 +1,351 @@
+"""The cabinet of lock-control boards as the station sees it: A's board
+simulators on real pseudo-terminals, the real drivers and buses, the real
+Cabinet and charge estimates in tmp_path, time on a ManualClock.
+
+The configuration is the production one (ports are the simulators' links, no
+``hardware: sim``), read by the station's own loader, so these tests also prove
+that what ``lockers`` says is what gets built.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from firmware.config import parse_station_config
+from firmware.directory import DirectoryStore
+from firmware.estimates import ChargeEstimates
+from firmware.hardware.board import BoardOffline
+from firmware.hardware.cabinet import ESTIMATES_FILE, Cabinet, build_cabinet
+from firmware.journal import Journal
+from firmware.lending import Lending
+from firmware.locker import Locker
+from firmware.parts import RecordingReporter
+from firmware.sim.cabinet import CabinetSim
+from protocol.frames import ChargeResult, UnlockResult
+from tests.test_lending import RIDER, directory, wait_until
+from yizhan.clock import ManualClock
+
+HOUR = 3600.0
+
+
+class Rig:
+    """Simulated boards + the cabinet the station builds for them."""
+
+    def __init__(self, tmp_path: Path, clock: ManualClock, lockers: dict[str, Any], *,
+                 filled: bool = True, data_dir: Path | None = None) -> None:
+        self.tmp_path, self.clock = tmp_path, clock
+        self.links = tmp_path / "links"
+        self.links.mkdir(parents=True, exist_ok=True)
+        self.data_dir = data_dir or tmp_path / "data"
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        driver = lockers["driver"]
+        lockers = json.loads(json.dumps(lockers))  # a copy the test may not share
+        for i, bus in enumerate(lockers.get("buses", ())):
+            bus["port"] = str(self.links / f"tty-{driver}-{i}")
+        charging = lockers.get("charging") or {}
+        if charging.get("driver") == "modbus-io":
+            charging["port"] = str(self.links / "tty-charging")
+        self.config = parse_station_config({
+            "station": {"id": "yh-cab-01"}, "data_dir": str(self.data_dir), "lockers": lockers})
+        self.sim = CabinetSim(self.config.lockers, link_dir=self.links, filled=filled).start()
+        self.cabinet = self.build()
+
+    def build(self) -> Cabinet:
+        return build_cabinet(self.config.lockers, self.data_dir, self.clock)
+
+    def status(self, slot: int | None = None):
+        records = self.cabinet.status()
+        return records if slot is None else records[slot - 1]
+
+    def close(self) -> None:
+        self.cabinet.close()
+        self.sim.stop()
+
+
+@pytest.fixture
+def rigs(tmp_path: Path, clock: ManualClock) -> Iterator[Any]:
+    made: list[Rig] = []
+
+    def make(lockers: dict[str, Any], **kw: Any) -> Rig:
+        made.append(Rig(tmp_path / f"rig{len(made)}", clock, lockers, **kw))
+        return made[-1]
+
+    yield make
+    for rig in reversed(made):
+        rig.close()
+
+
+KERONG = {
+    "driver": "kerong-cu16",
+    "buses": [{"boards": [{"address": 0, "locks": 4}]}],
+    "charging": {"driver": "modbus-io", "channels": 8, "charge_time": "3h"},
+}
+LOCK8A_SENSED = {
+    "driver": "lock8a",
+    "buses": [{"boards": [{"address": 1, "locks": 4}]}],
+    "charging": {"driver": "modbus-io", "channels": 8, "charge_time": "3h",
+                 "occupancy": "inputs"},
+}
+
+
+# -- numbering and the board seam ---------------------------------------------------------
+
+
+def test_slots_are_numbered_across_buses_and_boards_in_configuration_order(rigs) -> None:
+    rig = rigs({
+        "driver": "lock8a",
+        "buses": [{"boards": [{"address": 3, "locks": 2}, {"address": 1, "locks": 3}]},
+                  {"boards": [{"address": 7, "locks": 2}]}],
+        "charging": {"driver": "modbus-io", "charge_time": "3h", "occupancy": "inputs"},
+    })
+    assert rig.cabinet.info() == (7, "lock8a x3 + modbus-io")
+    assert [r.slot for r in rig.status()] == [1, 2, 3, 4, 5, 6, 7]
+    # Slot 4 is the second lock of board 1 on the first line; slot 6, board 7's first.
+    for slot, (line, address, lock) in ((4, (0, 1, 2)), (6, (1, 7, 1))):
+        assert rig.cabinet.unlock(slot) == UnlockResult.RELEASED
+        assert not rig.sim.lines[line].lock(address, lock).locked
+    assert [n for n in range(1, 8) if not rig.sim.lock(n).locked] == [4, 6]
+    assert {r.slot for r in rig.status() if not r.locked} == {4, 6}
+    assert all(r.estimated and r.bank_id is None and r.cycles is None for r in rig.status())
+
+
+def test_unlock_verdicts_jammed_bad_slot_and_hostile_numbers(rigs) -> None:
+    rig = rigs(KERONG)
+    rig.sim.jam(2)
+    assert rig.cabinet.unlock(2) == UnlockResult.JAMMED
+    assert rig.sim.lock(2).locked
+    for bad in (0, 5, -1, 10**30, True, "1", None, 1.0):
+        assert rig.cabinet.unlock(bad) == UnlockResult.BAD_SLOT
+    heard = len(rig.sim.lines[0].heard)
+    assert rig.cabinet.unlock(10**30) == UnlockResult.BAD_SLOT
+    assert len(rig.sim.lines[0].heard) == heard  # nothing went on the line
+    assert rig.cabinet.charge(10**30, True) == ChargeResult.BAD_SLOT
+
+
+def test_an_unlock_whose_answer_is_lost_is_not_sent_again(rigs) -> None:
+    rig = rigs(KERONG)
+    line = rig.sim.lines[0]
+    line.silent(0)
+    before = len(line.heard)
+    with pytest.raises(BoardOffline):
+        rig.cabinet.unlock(1)
+    unlocks = [h for h in line.heard[before:] if h.request.cmd == 0x31]
+    assert len(unlocks) == 1
+
+
+# -- presence and the estimate ------------------------------------------------------------
+
+
+def test_kerong_banks_charge_by_the_clock_only_while_power_is_read_back_on(rigs, clock) -> None:
+    rig = rigs(KERONG)
+    first = rig.status(1)
+    # Four banks found at the first look: present (infrared), never seen charged.
+    assert first.present and first.charge == 0 and first.estimated and first.bank_id is None
+    assert all(rig.sim.coil(n) for n in range(1, 5))  # their chargers switched on
+    clock.advance(HOUR)
+    assert rig.status(1).charge == 0  # power read back on only from this look on
+    clock.advance(HOUR)
+    assert rig.status(1).charge == 33 and rig.status(1).charging
+    rig.sim.module.silent()  # the relay module stops answering: unknown power
+    clock.advance(HOUR)
+    assert rig.status(1).charge == 33
+    rig.sim.module.silent(False)
+    rig.status()
+    clock.advance(2 * HOUR)
+    full = rig.status(1)
+    assert full.charge == 100 and not full.charging and full.fault is None
+
+    assert rig.cabinet.unlock(1) == UnlockResult.RELEASED
+    rig.sim.take(1)
+    gone = rig.status(1)
+    assert not gone.present and gone.charge is None and not gone.locked
+    assert not rig.sim.coil(1)  # no bank, no power on its contacts
+    rig.sim.shut(1)
+    assert rig.status(1).locked and not rig.status(1).present
+
+
+def test_a_returned_bank_starts_from_zero(rigs, clock) -> None:
+    rig = rigs(KERONG, filled=False)
+    assert not rig.status(3).present
+    rig.sim.insert(3)
+    assert rig.status(3).charge == 0
+    clock.advance(90 * 60)
+    rig.status()
+    clock.advance(90 * 60)
+    assert rig.status(3).charge == 50
+
+
+def test_lock8a_senses_banks_through_the_modules_inputs(rigs, clock) -> None:
+    rig = rigs(LOCK8A_SENSED, filled=False)
+    assert [r.present for r in rig.status()] == [False] * 4
+    rig.sim.insert(2)
+    assert rig.status(2).present and rig.status(2).charge == 0
+    rig.sim.module.silent()
+    # Presence unknown while the module is silent: that slot is not lendable.
+    assert rig.status(2).fault == "sensor_fault"
+    rig.sim.module.silent(False)
+    assert rig.status(2).fault is None and rig.status(2).present
+
+
+def test_lock8a_without_sensors_derives_presence_from_door_cycles(rigs) -> None:
+    rig = rigs({"driver": "lock8a", "buses": [{"boards": [{"address": 1, "locks": 3}]}],
+                "charging": {"driver": "always-on", "charge_time": "3h"}}, filled=False)
+    assert rig.cabinet.info() == (3, "lock8a x1 + always-on")
+    assert not rig.status(1).present  # nothing known: empty
+    rig.cabinet.unlock(1)  # staff open it to restock
+    rig.sim.insert(1)  # a bank in, the door shut
+    assert rig.status(1).present
+    rig.cabinet.unlock(1)
+    assert not rig.status(1).locked
+    rig.sim.take(1)
+    rig.sim.shut(1)
+    assert not rig.status(1).present
+
+
+def test_one_silent_board_faults_its_slots_and_the_others_keep_working(rigs) -> None:
+    rig = rigs({"driver": "kerong-cu16",
+                "buses": [{"boards": [{"address": 0, "locks": 2}, {"address": 1, "locks": 2}]}],
+                "charging": {"driver": "modbus-io", "charge_time": "3h"}})
+    assert [r.present for r in rig.status()] == [True] * 4
+    rig.sim.lines[0].silent(1)
+    records = rig.status()
+    assert [r.fault for r in records] == [None, None, "comm", "comm"]
+    assert records[2].present  # the last known, kept
+    assert rig.cabinet.unlock(1) == UnlockResult.RELEASED
+    rig.sim.lines[0].silent(0)
+    with pytest.raises(BoardOffline, match="no lock board answers"):
+        rig.status()
+    rig.sim.lines[0].silent(0, False)
+    rig.sim.lines[0].silent(1, False)
+    assert [r.fault for r in rig.status()] == [None] * 4
+
+
+# -- persistence ----------------------------------------------------------------------------
+
+
+def test_the_estimate_survives_a_restart_and_a_bad_file_means_never_charged(rigs, clock) -> None:
+    rig = rigs(KERONG)
+    rig.status()
+    clock.advance(60)
+    rig.status()
+    clock.advance(2 * HOUR)
+    assert rig.status(1).charge == 66
+    rig.cabinet.close()  # the agent stops ...
+    clock.advance(5 * HOUR)  # ... and its downtime does not count
+    rig.cabinet = rig.build()
+    assert rig.status(1).charge == 66
+    path = rig.data_dir / ESTIMATES_FILE
+    saved = json.loads(path.read_text())
+    assert saved["slots"]["1"]["charged_s"] == pytest.approx(2 * HOUR)
+
+    for hostile in (b"\x00garbage", b"[]", b'{"v": 1, "slots": {"1": {"charged_s": 1e999}}}',
+                    json.dumps({"v": 1, "slots": {"1": {"charged_s": 10**30}}}).encode(),
+                    json.dumps({"v": 1, "slots": {"1": {"charged_s": -5},
+                                                  "999": {"charged_s": 5},
+                                                  "x": {"charged_s": 5}}}).encode()):
+        rig.cabinet.close()
+        path.write_bytes(hostile)
+        rig.cabinet = rig.build()
+        charge = rig.status(1).charge
+        # Never more than full, never lendable from a broken file's say-so alone.
+        assert charge in (0, 100)
+        if hostile.startswith(b"\x00") or hostile == b"[]" or b"-5" in hostile:
+            assert charge == 0
+
+
+def test_estimates_reject_hostile_arguments(tmp_path, clock) -> None:
+    for bad in (0, -1, float("nan"), float("inf"), "3h", None):
+        with pytest.raises(ValueError):
+            ChargeEstimates(tmp_path / "e.json", clock, bad)
+    est = ChargeEstimates(tmp_path / "e.json", clock, 100)
+    for bad in (0, 256, 10**30, True, "1"):
+        with pytest.raises(ValueError):
+            est.arrived(bad)
+
+
+# -- lending on estimates -------------------------------------------------------------------
+
+
+class Lender:
+    """Locker + Lending + a real Journal over the rig's cabinet (as the agent wires them)."""
+
+    def __init__(self, rig: Rig, clock: ManualClock) -> None:
+        self.rig, self.clock = rig, clock
+        self.reporter = RecordingReporter()
+        self.journal = Journal(rig.data_dir)
+        self.locker = Locker(rig.cabinet, self.reporter, clock)
+        self.store = DirectoryStore(rig.data_dir / "directory.json", clock)
+        self.store.apply(directory(min_charge=80))
+        self.lending = Lending(self.locker, self.journal, self.reporter, clock, self.store)
+        self.locker.start()
+        self.locker.refresh()
+
+    def data(self, type_: str) -> list[dict]:
+        with sqlite3.connect(self.journal.path) as db:
+            rows = db.execute("SELECT type, data FROM events ORDER BY seq").fetchall()
+        return [json.loads(d) for t, d in rows if t == type_]
+
+    def close(self) -> None:
+        self.lending.close()
+        self.locker.close()
+        self.journal.close()
+
+
+def test_a_bank_never_seen_charged_is_not_lent_and_one_charged_long_enough_is(rigs, clock):
+    rig = rigs(KERONG)
+    lender = Lender(rig, clock)
+    try:
+        refused = lender.lending.borrow(RIDER)
+        assert refused.state == "failed" and refused.reason == "no_ready"
+        section = lender.locker.section()
+        assert all(s.estimated and s.bank is None and s.charge == 0 for s in section.slots)
+        lender.locker.refresh()
+        clock.advance(0.8 * 3 * HOUR)  # 80 %: the directory's min_charge
+        lender.locker.refresh()
+        attempt = lender.lending.borrow(RIDER)
+        assert attempt.state in ("releasing", "open") and attempt.bank is None
+        opened = wait_until(lambda: (a := lender.lending.attempt(attempt.id)).state == "open"
+                            and a, what="the slot open")
+        rig.sim.take(opened.slot)
+        lender.locker.refresh()
+        taken = wait_until(lambda: (a := lender.lending.attempt(attempt.id)).state == "taken"
+                           and a, what="the bank taken")
+        assert taken.bank is None and taken.charge == 80
+        assert lender.data("bank_borrowed") == [
+            {"slot": opened.slot, "bank": None, "charge": 80, "rider": RIDER}]
+        [loan] = lender.lending.open_loans()
+        assert loan.bank is None and loan.rider == RIDER
+        with sqlite3.connect(lender.journal.path) as db:
+            [(key,)] = db.execute("SELECT bank FROM loans WHERE returned_ts IS NULL")
+        assert key == "?" + attempt.id
+    finally:
+        lender.close()
+
+
+def test_an_open_estimated_loan_survives_a_restart(rigs, clock):
+    rig = rigs(KERONG)
+    lender = Lender(rig, clock)
+    lender.locker.refresh()
+    clock.advance(3 * HOUR)
+    lender.locker.refresh()
+    attempt = lender.lending.borrow(RIDER)
+    opened = wait_until(lambda: (a := lender.lending.attempt(attempt.id)).state == "open" and a,
+                        what="the slot open")
+    rig.sim.take(opened.slot)
+    lender.locker.refresh()
+    wait_until(lambda: lender.lending.attempt(attempt.id).state == "taken", what="taken")
+    lender.close()
+    rig.cabinet = rig.build()
+    again = Lender(rig, clock)
+    try:
+        [loan] = again.lending.open_loans()
+        assert loan.bank is None and loan.rider == RIDER and loan.slot == opened.slot
+        assert again.locker.section().slots[opened.slot - 1].charge is None
+    finally:
+        again.close()
