@@ -15,14 +15,16 @@ in the slot (occupied?) — that tests move like a rider does::
     sim.shut(1, 3)          # the door shuts, the latch catches: locked -> True
     sim.insert(1, 3)        # a bank pushed in (occupied, latch caught)
     sim.jam(1, 4)           # an unlock of lock 4 leaves it locked
-    sim.silent(2)           # board 2 hears everything and answers nothing
+    sim.silent(2)           # board 2 acts on what it hears; its answers are lost
+    sim.remove(2)           # board 2 is unpowered: it does nothing at all
     sim.inject_garbage(b"\\x8a\\x01")  # noise on the line
     sim.stop()
 
-Faults: a jammed lock, a silent or removed board, garbage on the line or in the
-next answers, a lock the board does not have (no answer), the feedback
-polarity (``locked_when``), unsolicited 0x82 change frames (``events=True``),
-an answer delayed like a real pulse (``pulse_delay``), an unplugged adapter.
+Faults: a jammed lock, a silent (answers lost) or removed (unpowered) board,
+garbage on the line or in the next answers, a lock the board does not have
+(no answer), the feedback polarity (``locked_when``), unsolicited 0x82 change
+frames (``events=True``), an answer delayed like a real pulse
+(``pulse_delay``), an unplugged adapter.
 """
 
 from __future__ import annotations
@@ -248,6 +250,7 @@ class _LockLineSim(_PtySim):
         if not self.boards:
             raise ValueError("a line needs at least one board")
         self._silent: set[int] = set()
+        self._removed: set[int] = set()
 
     # -- the cabinet, as a rider and an installer move it ------------------------------
 
@@ -290,10 +293,17 @@ class _LockLineSim(_PtySim):
             self._lock_of(board, n).jammed = jammed
 
     def silent(self, board: int, on: bool = True) -> None:
-        """The board hears but never answers (unpowered, cable cut, removed)."""
+        """The board acts on what it hears but its answers never arrive (a cut
+        or noisy return path): an unlock sent to it may have pulsed the lock."""
         with self._lock:
             self._board(board)
             (self._silent.add if on else self._silent.discard)(board)
+
+    def remove(self, board: int, gone: bool = True) -> None:
+        """The board is unpowered or taken off the line: it does nothing at all."""
+        with self._lock:
+            self._board(board)
+            (self._removed.add if gone else self._removed.discard)(board)
 
     # -- for subclasses -------------------------------------------------------------------
 
@@ -313,9 +323,23 @@ class _LockLineSim(_PtySim):
         """The raw feedback bit the wiring gives for the latch."""
         return s.locked if self.locked_when == "closed" else not s.locked
 
+    def _hears(self, board: int) -> bool:
+        with self._lock:
+            return board in self.boards and board not in self._removed
+
     def _answers(self, board: int) -> bool:
         with self._lock:
-            return board in self.boards and board not in self._silent
+            return self._hears(board) and board not in self._silent
+
+    def _answer(self, request: Any) -> list[tuple[bytes, float]]:
+        board = request.board
+        if not self._hears(board):
+            return []
+        replies = self._act(request)
+        return replies if self._answers(board) else []
+
+    def _act(self, request: Any) -> list[tuple[bytes, float]]:
+        raise NotImplementedError
 
     def _pulse(self, board: int, n: int) -> None:
         with self._lock:
@@ -348,10 +372,8 @@ class Lock8ABusSim(_LockLineSim):
         self.groups = groups
         self.events = events
 
-    def _answer(self, request: lock8a.Request) -> list[tuple[bytes, float]]:
+    def _act(self, request: lock8a.Request) -> list[tuple[bytes, float]]:
         a = request.board
-        if not self._answers(a):
-            return []
         with self._lock:
             locks = self.boards[a]
             if request.header == lock8a.QUERY:
@@ -395,10 +417,8 @@ class KerongChainSim(_LockLineSim):
         super().__init__(addresses, locks, locked_when, link_path, clock,
                          kerong.find_request, 5, pulse_delay)
 
-    def _answer(self, request: kerong.Request) -> list[tuple[bytes, float]]:
+    def _act(self, request: kerong.Request) -> list[tuple[bytes, float]]:
         a = request.board
-        if not self._answers(a):
-            return []
         delay = 0.0
         with self._lock:
             locks = self.boards[a]
