@@ -12,7 +12,9 @@ A bank counts as borrowed only when the board reports its slot empty (design
 principle 4): then the loan row and the ``bank_borrowed`` event are written in
 one journal transaction. A lock that re-engages with the bank still inside, or
 no take within ``take_timeout``, is ``unlock_failed``/``not_taken``. A bank
-pushed into a slot is matched to its open loan by bank id (``bank_returned``).
+pushed into a slot is matched to its open loan by bank id (``bank_returned``);
+where the cabinet cannot read bank ids, by the rider who claimed the slot on the
+kiosk (:class:`firmware.returning.ReturnDesk`, ``lending.return_desk``).
 
 Maintenance staff log in with their PIN; while their session is open the locker
 panel is no tamper, they may release slots (``session.release_empty()`` to
@@ -48,6 +50,7 @@ from firmware.directory import DirectoryStore, PinCheck
 from firmware.hardware.board import BoardOffline, BoardRefused
 from firmware.journal import SEQ, Journal, StorageFault
 from firmware.parts import Reporter
+from firmware.returning import ReturnDesk
 from protocol.frames import ErrorCode, SlotRecord, UnlockResult
 from protocol.ids import check_rider_id
 from protocol.messages import REFILL_WHAT
@@ -225,10 +228,11 @@ class Loan:
 
 @dataclass(frozen=True, slots=True)
 class Return:
-    """A bank that came back (``rider`` None when it was no loan of this station)."""
+    """A bank that came back (``rider`` None when it was no loan of this station;
+    ``bank`` None where the cabinet cannot read bank ids)."""
 
     slot: int
-    bank: str
+    bank: str | None
     charge: int | None
     rider: str | None
     returned_ts: int
@@ -401,6 +405,7 @@ class Lending:
         release_timeout: float = 2.0,
         keep_attempts: float = 600.0,
         keep_returns: int = 50,
+        return_window: float = 120.0,
     ) -> None:
         self.locker = locker
         self.journal = journal
@@ -430,6 +435,7 @@ class Lending:
         # Releases wait for the board (up to release_timeout); the kiosk must
         # not, so they run here, one at a time as the board serves them anyway.
         self._releaser = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lending-release")
+        self.return_desk = ReturnDesk(self, window=return_window)
         self._init_tables()
         self._end_stale_sessions()
         locker.add_listener(self._on_slot)
@@ -762,6 +768,10 @@ class Lending:
     def _returned(self, slot: int, after: SlotRecord, in_maintenance: bool) -> None:
         """A bank appeared in ``slot``. Lock held."""
         bank = after.bank_id
+        if bank is None and after.estimated:
+            # A cabinet that cannot read ids: the rider who claimed the slot.
+            self.return_desk.returned_without_id(slot, after, in_maintenance)
+            return
         if bank is None:
             log.warning("a bank was pushed into slot %d but its id cannot be read", slot)
             return
@@ -844,6 +854,7 @@ class Lending:
                 and after.locked and after.present):
             self._fail(attempt, "not_taken")
             return
+        self.return_desk.slot_changed(slot, before, after)
         if before.fault == "lock_jammed" and after.fault is None:
             self._held.pop(slot, None)  # fixed: offer it again
 
@@ -864,6 +875,7 @@ class Lending:
             for slot in [n for n, until in self._held.items() if until <= now]:
                 del self._held[slot]
             self._prune()
+            self.return_desk.poll()
         if idle is not None:
             log.info("maintenance by %s ended after %.0f s idle", idle.staff,
                      self.maintenance_idle)

@@ -33,6 +33,10 @@ def station():
         "slots": slot_counts(lending, policy.min_charge),
         "water": water(view.get("dispenser")),
         "maintenance": lending.maintenance is not None,
+        # "rider": the cabinet cannot read bank ids, so a return starts on the
+        # kiosk with the rider's number (POST /v1/returns/claim); "bank": push
+        # the bank into any empty slot.
+        "return_by": "rider" if lending.return_desk.needed else "bank",
         # "storage": the journal cannot record a loan (SD card full or
         # read-only); borrowing is refused until it can, returns go on.
         "paused": lending.paused,
