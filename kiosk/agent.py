@@ -23,11 +23,14 @@ import socket
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-__all__ = ["ATTEMPT_RE", "SESSION_RE", "AgentClient", "AgentError", "AgentUnavailable"]
+__all__ = ["ATTEMPT_RE", "CLAIM_RE", "SESSION_RE", "AgentClient", "AgentError",
+           "AgentUnavailable"]
 
-#: Ids the agent hands out (``b-`` attempts, ``m-`` maintenance sessions).
+#: Ids the agent hands out (``b-`` attempts, ``m-`` maintenance sessions, ``t-``
+#: return claims).
 ATTEMPT_RE = re.compile(r"^b-[0-9a-f]{16}\Z")
 SESSION_RE = re.compile(r"^m-[0-9a-f]{16}\Z")
+CLAIM_RE = re.compile(r"^t-[0-9a-f]{16}\Z")
 
 
 class AgentUnavailable(Exception):
@@ -93,6 +96,14 @@ class AgentClient:
 
     def returns(self, since_ms: int) -> list[dict[str, Any]]:
         return self._call("GET", f"/v1/returns?since={int(since_ms)}")["returns"]
+
+    def claim_return(self, rider: str) -> dict[str, Any]:
+        """Where the cabinet cannot read bank ids: open a slot for ``rider``'s return."""
+        return self._call("POST", "/v1/returns/claim", {"rider": rider})["claim"]
+
+    def return_claim(self, claim_id: str) -> dict[str, Any]:
+        _check(CLAIM_RE, claim_id)
+        return self._call("GET", f"/v1/returns/claim/{claim_id}")["claim"]
 
     def start_maintenance(self, staff: str, pin: str) -> dict[str, Any]:
         return self._call("POST", "/v1/maintenance", {"staff": staff, "pin": pin})["session"]

@@ -5,18 +5,38 @@ agent has seen the bank come back (``GET /v1/returns?since=``).
     GET /return/status.json?since=  what the instructions page polls
     GET /return/thanks?since=       the thank-you (back to /return if nothing came)
 
-No phone number is needed: the agent matches the bank to its loan by bank id.
+No phone number is needed where the cabinet reads bank ids: the agent matches
+the bank to its loan by its id. Where it cannot (``return_by: rider`` in
+``GET /v1/station``: a lock-control cabinet, docs/hardware.md), the rider types
+the number they borrowed with, as for a borrow, and a slot opens for them:
+
+    GET  /return                    phone keypad (return_by: rider)
+    POST /return                    phone -> rider id -> agent return claim
+    POST /return/retry              the same rider again (after jammed, busy, ...)
+    GET  /return/claim/<id>         progress: opening | open | returned | failed
+    GET  /return/claim/<id>/status.json   what the progress page polls
+
+The number is handled as :mod:`kiosk.borrow` handles it: checked, turned into
+the rider id and dropped; between screens only a ticket is in the cookie.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
-from flask import Blueprint, abort, redirect, render_template, request, url_for
+from flask import Blueprint, abort, redirect, render_template, request, session, url_for
 
+from kiosk.agent import CLAIM_RE, AgentError
+from kiosk.borrow import phone_problem
 from kiosk.context import kiosk
+from protocol.ids import mask_phone, rider_id
 
 bp = Blueprint("returns", __name__, url_prefix="/return")
+
+_PENDING = "return"
+#: Failures after which "try again" makes sense for the same rider.
+RETRYABLE = frozenset({"jammed", "busy", "bad_slot", "board_offline", "not_returned"})
 
 
 def _since() -> int:
@@ -31,11 +51,32 @@ def _latest(since: int) -> dict[str, Any] | None:
     return max(returns, key=lambda r: r.get("returned_ts") or 0) if returns else None
 
 
+def _pending() -> dict[str, Any] | None:
+    p = kiosk().riders.get(session.get(_PENDING))
+    if p is None:
+        session.pop(_PENDING, None)
+        return None
+    return {"rider": p.rider, "mask": p.mask, "claim": p.attempt}
+
+
+def _keep(rider: str, mask: str, claim: str | None = None) -> None:
+    ticket = session.get(_PENDING)
+    session[_PENDING] = kiosk().riders.keep(ticket if isinstance(ticket, str) else None,
+                                            rider, mask, claim)
+
+
+def forget() -> None:
+    kiosk().riders.forget(session.pop(_PENDING, None))
+
+
 @bp.get("")
 def instructions():
     station = kiosk().agent.station()
-    return render_template("return.html", since=int(station.get("ts") or 0),
-                           empty=(station.get("slots") or {}).get("empty", 0))
+    empty = (station.get("slots") or {}).get("empty", 0)
+    if station.get("return_by") == "rider":
+        forget()
+        return render_template("return_phone.html", empty=empty, error=None, count=None)
+    return render_template("return.html", since=int(station.get("ts") or 0), empty=empty)
 
 
 @bp.get("/status.json")
@@ -52,3 +93,82 @@ def thanks():
     if latest is None:
         return redirect(url_for(".instructions"))
     return render_template("thanks.html", r=latest, idle=kiosk().config.done_idle)
+
+
+# -- a cabinet that cannot read bank ids: the rider says who they are ------------------
+
+
+@bp.post("")
+def submit_phone():
+    raw = request.form.get("phone", "").strip()
+    problem = phone_problem(raw)
+    if problem is not None:
+        # Never echoed: the number would be in the response.
+        count = len(raw) if problem in ("too_short", "too_long") else None
+        return render_template("return_phone.html", error=problem, count=count,
+                               empty=None), 400
+    k = kiosk()
+    rider, mask = rider_id(k.config.fleet_key, raw, k.config.rider_ids), mask_phone(raw)
+    del raw
+    _keep(rider, mask)
+    return _start(rider)
+
+
+def _start(rider: str):
+    k = kiosk()
+    # A claim opens a slot: as many a minute from one screen as borrows may.
+    wait = k.limiter.acquire()
+    if wait > 0:
+        return render_template("wait.html", seconds=math.ceil(wait)), 429
+    claim = k.agent.claim_return(rider)
+    p = _pending()
+    if p is not None:
+        _keep(p["rider"], p["mask"], claim["id"])
+    return redirect(url_for(".claim_progress", claim_id=claim["id"]))
+
+
+@bp.post("/retry")
+def retry():
+    p = _pending()
+    if p is None:
+        return redirect(url_for(".instructions"))
+    return _start(p["rider"])
+
+
+def _claim(claim_id: str) -> dict[str, Any]:
+    if not CLAIM_RE.match(claim_id):
+        raise AgentError(404, "not_found", "no such return", {})
+    return kiosk().agent.return_claim(claim_id)
+
+
+def _progress(c: dict[str, Any]) -> dict[str, Any]:
+    """The claim as the page and the poller see it (never the rider id)."""
+    left = total = None
+    if c.get("state") == "open" and c.get("open_until"):
+        left = max(0, int(c["open_until"]) - kiosk().clock.ms())
+        total = max(1, int(c["open_until"]) - int(c.get("updated") or c["open_until"]))
+    return {"state": c.get("state"), "reason": c.get("reason") or "", "slot": c.get("slot"),
+            "open_ms_left": left, "open_ms_total": total}
+
+
+@bp.get("/claim/<claim_id>")
+def claim_progress(claim_id: str):
+    k = kiosk()
+    c = _claim(claim_id)
+    p = _pending()
+    mine = p is not None and p.get("claim") == claim_id
+    state, reason = c["state"], c.get("reason")
+    if state == "returned" or (state == "failed" and reason not in RETRYABLE):
+        forget()
+    if state == "returned":
+        r = {"slot": c.get("slot"), "charge": c.get("charge"), "duration_s": c.get("duration_s")}
+        return render_template("thanks.html", r=r, idle=k.config.done_idle)
+    idle = 0 if state in ("opening", "open") else k.config.idle
+    return render_template("return_progress.html", c=c, view=_progress(c), idle=idle,
+                           mask=p["mask"] if mine else None,
+                           can_retry=mine and state == "failed" and reason in RETRYABLE)
+
+
+@bp.get("/claim/<claim_id>/status.json")
+def claim_status(claim_id: str):
+    return _progress(_claim(claim_id))
