@@ -34,6 +34,7 @@ FAMILIES = {
     "yizhan_station_availability_ratio": "gauge",
     "yizhan_station_last_seen_timestamp_seconds": "gauge",
     "yizhan_power_banks": "gauge",
+    "yizhan_power_banks_estimated": "gauge",
     "yizhan_locker_slots_empty": "gauge",
     "yizhan_water_level_ratio": "gauge",
     "yizhan_water_temperature_celsius": "gauge",
@@ -107,6 +108,35 @@ def test_the_api_counts_chargers_as_the_metric_does(hub: StandInHub) -> None:
     assert ours["chargers_ready"] == value(hub, "yizhan_power_banks", station=SID,
                                            state="ready") == 2
     assert ours["chargers_ready"] == hub.fleet.get(SID).chargers_ready(80)
+
+
+def test_estimated_banks_count_as_banks_and_the_metric_says_they_are_estimated(
+        hub: StandInHub) -> None:
+    # A lock-control cabinet: no bank ids; charge is the station's estimate, null
+    # exactly when the slot is empty (contract §5).
+    def lock_boards(state: dict) -> None:
+        state["lockers"]["slots"] = [
+            {**slot(1, None, 100), "estimated": True},              # ready
+            {**slot(2, None, 30), "charging": True, "estimated": True},  # charging
+            {**slot(3, None, None), "estimated": True},             # empty
+            {**slot(4, None, 90, fault="comm"), "estimated": True},  # faulty
+        ]
+
+    bring_online(hub, change=lock_boards)
+    st = {"station": SID}
+    banks = {s: value(hub, "yizhan_power_banks", station=SID, state=s)
+             for s in ("ready", "charging", "faulty")}
+    assert banks == {"ready": 1.0, "charging": 1.0, "faulty": 1.0}
+    assert value(hub, "yizhan_power_banks_estimated", **st) == 3.0
+    assert value(hub, "yizhan_locker_slots_empty", **st) == 1.0
+    stations = Api(hub.app).get("/api/v1/stations").get_json()["stations"]
+    assert next(s for s in stations if s["sid"] == SID)["chargers_ready"] == 1
+    assert hub.fleet.get(SID).chargers_ready(80) == 1
+
+
+def test_measured_banks_are_not_counted_as_estimated(hub: StandInHub) -> None:
+    bring_online(hub, change=full_station)
+    assert value(hub, "yizhan_power_banks_estimated", station=SID) == 0.0
 
 
 @SQLITE_ONLY

@@ -4,6 +4,12 @@ notifications' "bring n charged banks".
 
 >>> bank_states({"lockers": {"slots": [{"bank": "PB1", "charge": 96, "fault": None}]}}, 80)
 {'ready': 1, 'charging': 0, 'faulty': 0}
+
+A lock-control cabinet cannot read its banks (contract §5, ``estimated``): such
+a slot says ``bank: null`` with a bank inside, and ``charge`` (the station's
+estimate, never more than the bank can have) is not null exactly then. Those
+banks count like any other; :func:`estimated_banks` says how many of them the
+station estimates rather than measures.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ def bank_states(state: dict[str, Any] | None, threshold: int) -> dict[str, int] 
         return None
     out = {"ready": 0, "charging": 0, "faulty": 0}
     for slot in lockers.get("slots") or ():
-        if not slot.get("bank"):
+        if not holds_bank(slot):
             continue
         if slot.get("fault"):
             out["faulty"] += 1
@@ -29,3 +35,20 @@ def bank_states(state: dict[str, Any] | None, threshold: int) -> dict[str, int] 
         else:
             out["charging"] += 1
     return out
+
+
+def holds_bank(slot: dict[str, Any]) -> bool:
+    """A bank is in ``slot``: its id is known, or the station estimates it."""
+    if slot.get("bank"):
+        return True
+    return slot.get("estimated") is True and slot.get("charge") is not None
+
+
+def estimated_banks(state: dict[str, Any] | None) -> int | None:
+    """Banks whose charge is the station's estimate (no telemetry); None without
+    a locker."""
+    lockers = (state or {}).get("lockers")
+    if not lockers:
+        return None
+    return sum(1 for slot in lockers.get("slots") or ()
+               if slot.get("estimated") is True and holds_bank(slot))

@@ -42,6 +42,7 @@ import msgspec
 import sqlalchemy as sa
 
 from hub.config import HubConfig
+from hub.fleet.banks import holds_bank
 from hub.fleet.loans import Loans
 from hub.storage.schema import events, station_state, stations, status_log
 from hub.storage.writer import Commuting, Guarded, Rows
@@ -176,7 +177,7 @@ class StationView:
         if not lockers:
             return None
         return sum(1 for s in lockers.get("slots", ())
-                   if s.get("bank") and not s.get("fault")
+                   if holds_bank(s) and not s.get("fault")
                    and (s.get("charge") or 0) >= min_charge)
 
     def water(self) -> str | None:

@@ -17,7 +17,7 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from hub.fleet.banks import bank_states
+from hub.fleet.banks import bank_states, estimated_banks, holds_bank
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,8 @@ class FleetCollector(Collector):
             for name, n in banks.items():
                 f["banks"].add_metric([sid, name], float(n))
             slots = state["lockers"].get("slots") or ()
-            f["slots_empty"].add_metric([sid], float(sum(1 for s in slots if not s.get("bank"))))
+            f["slots_empty"].add_metric([sid], float(sum(1 for s in slots if not holds_bank(s))))
+            f["banks_estimated"].add_metric([sid], float(estimated_banks(state) or 0))
         dispenser = state.get("dispenser")
         if dispenser:
             if dispenser.get("level") is not None:
@@ -109,6 +110,10 @@ class FleetCollector(Collector):
                 "yizhan_power_banks", "Power banks in the locker by state: ready (charged to "
                 "the lending threshold), charging, faulty (slot reports a fault).",
                 labels=[*st, "state"]),
+            "banks_estimated": GaugeMetricFamily(
+                "yizhan_power_banks_estimated", "Of yizhan_power_banks, those whose charge the "
+                "station estimates from time on charging power (a lock-control board reads "
+                "no bank telemetry; contract §5 estimated).", labels=st),
             "slots_empty": GaugeMetricFamily(
                 "yizhan_locker_slots_empty", "Locker slots without a power bank.", labels=st),
             "water_level": GaugeMetricFamily(
