@@ -469,3 +469,30 @@ def test_line_sim_refuses_bad_values():
         line_sim("kerong-cu16", locks=10**30)
     with pytest.raises(ValueError, match="unknown protocol"):
         line_sim("rs232")
+
+
+def test_an_unpowered_board_does_nothing_at_all(make_line):
+    line = make_line()
+    board = line.board()
+    line.sim.remove(line.kit.addresses[0])
+    with pytest.raises(BoardOffline):
+        board.unlock(2)
+    line.sim.remove(line.kit.addresses[0], False)
+    assert board.read()[1].locked is True  # unlike a silent one, it never pulsed
+
+
+@pytest.mark.parametrize(("kwargs", "problem"), [
+    ({"baudrate": 10**30}, "baudrate must be"),
+    ({"baudrate": True}, "baudrate must be"),
+    ({"timeout": 10**30}, "timeout must be"),
+    ({"timeout": 0}, "timeout must be"),
+])
+def test_bad_bus_settings_are_refused_with_reasons(kwargs, problem):
+    with pytest.raises(ValueError, match=problem):
+        Bus("/dev/null", **kwargs)
+
+
+def test_a_missing_port_is_offline_with_the_reason(tmp_path):
+    board = Lock8A(Bus(str(tmp_path / "ttyUSB9"), 9600), 1, 24)
+    with pytest.raises(BoardOffline, match="does not exist"):
+        board.read()
