@@ -71,6 +71,7 @@ def test_8a_a_short_query_answer_cannot_cut_a_24_lock_one():
     body = [0x80, 0x01, 0x33, bcc_looking, 0x00, 0x33]
     frame = bytes([*body, lock8a.bcc(body)])
     assert len(lock8a.find_query_answer(frame, 1, 3).value) == 24
+    assert len(lock8a.find_query_answer(frame, 1, 1).value) == 24  # the longest fit wins
 
 
 def test_8a_events_and_requests():

@@ -142,16 +142,17 @@ def find_query_answer(buf: bytes, board: int, min_groups: int = 1) -> Found[list
     """Every contact a query answer of ``board`` reports, lock 1 first.
 
     The answer has no length byte: a frame ends where ``33 BCC`` fits. Shorter
-    than ``min_groups`` status bytes is not tried (a status byte that happens to
-    be 0x33 cannot cut a 24-lock answer short).
+    than ``min_groups`` status bytes is not tried, and the longest frame that
+    fits wins, so a status byte that happens to be 0x33 cannot cut an answer
+    short once it is all there.
     """
     for i in range(len(buf) - 4):
         if buf[i] != QUERY or buf[i + 1] != board:
             continue
-        for groups in range(max(1, min_groups), MAX_GROUPS + 1):
+        for groups in range(MAX_GROUPS, max(1, min_groups) - 1, -1):
             end = i + 2 + groups + 2
             if end > len(buf):
-                break
+                continue
             if buf[end - 2] == FN_QUERY and buf[end - 1] == bcc(buf[i : end - 1]):
                 status = buf[i + 2 : i + 2 + groups][::-1]  # lowest group first
                 return Found([bool(s >> bit & 1) for s in status for bit in range(8)], i, end)
