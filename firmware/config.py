@@ -38,6 +38,9 @@ YZ_LB1 = "yz-lb1"
 #: A charging supply the station cannot switch (``lockers.charging.driver``).
 ALWAYS_ON = "always-on"
 _LOCKBOARD_KEYS = ("driver", "poll_interval", "buses", "charging", "slots")
+# The contract's one-board form (§14): port, baudrate, address, slots.
+_ONE_BOARD_KEYS = ("driver", "poll_interval", "port", "baudrate", "address", "slots",
+                   "locked_when", "charging")
 
 
 @dataclass(frozen=True)
@@ -119,29 +122,33 @@ class LockerConfig:
 
     @classmethod
     def _lockboards(cls, sec: Section, driver: str, *, sim: bool) -> LockerConfig:
-        """``lockers`` for lock-control boards: ``buses`` of ``boards``, and
-        ``charging`` (required: such a board cannot say a bank is charged)."""
+        """``lockers`` for lock-control boards: one board (``port``, ``address``,
+        ``slots``) or ``buses`` of ``boards``, and ``charging`` (required on a Pi:
+        such a board cannot say a bank is charged)."""
         from firmware.hardware.lockboards import DRIVERS
 
         kind = DRIVERS[driver]
-        for key in ("port", "baudrate", "address"):
-            if sec.has(key):
-                raise ConfigError(sec.key(key), f"is for the yz-lb1 board; a {driver} "
-                                  "cabinet lists its lines under lockers.buses")
-        known_keys(sec, _LOCKBOARD_KEYS)
-        if sec.has("slots") and not sim:
-            raise ConfigError(sec.key("slots"), "only means something with hardware: sim "
-                              "(the boards' locks are the slots)")
+        if sec.has("buses"):
+            known_keys(sec, _LOCKBOARD_KEYS)
+            if sec.has("slots"):
+                raise ConfigError(sec.key("slots"), "goes with one board (port, address); "
+                                  "under lockers.buses each board says its locks")
+        else:
+            known_keys(sec, _ONE_BOARD_KEYS)
         raw = sec.list("buses")
-        if not raw and sim:
-            # A simulated cabinet: one board of ``slots`` locks at the first address.
-            slots = sec.int("slots", min(12, kind.max_locks), lo=1, hi=kind.max_locks)
-            raw = [{"boards": [{"address": kind.addresses.start, "locks": slots}]}]
-        if not raw:
-            raise ConfigError(sec.key("buses"), f"is required for a {driver} cabinet: "
-                              "list each RS-485 line and the boards on it")
-        buses = tuple(_bus(item, f"{sec.key('buses')}[{i}]", kind, sim=sim)
-                      for i, item in enumerate(raw))
+        if not sec.has("buses"):
+            # The contract's form (§14): one board on one line, its locks the slots.
+            line = {"port": sec.str("port", required=not sim), "baudrate": sec.raw("baudrate"),
+                    "boards": [{"address": sec.raw("address", kind.addresses.start),
+                                "locks": sec.raw("slots", min(12, kind.max_locks)),
+                                "locked_when": sec.raw("locked_when")}]}
+            buses: tuple[BusConfig, ...] = (_bus(line, "lockers", kind, sim=sim, flat=True),)
+        elif not raw:
+            raise ConfigError(sec.key("buses"), "must list each RS-485 line and the boards "
+                              "on it")
+        else:
+            buses = tuple(_bus(item, f"{sec.key('buses')}[{i}]", kind, sim=sim)
+                          for i, item in enumerate(raw))
         ports = [b.port for b in buses]
         for i, port in enumerate(ports):
             if port != "sim" and port in ports[:i]:
@@ -171,7 +178,8 @@ def lock_drivers() -> tuple[str, ...]:
     return (YZ_LB1, *sorted(DRIVERS))
 
 
-def _bus(item: object, path: str, kind: type, *, sim: bool) -> BusConfig:
+def _bus(item: object, path: str, kind: type, *, sim: bool, flat: bool = False) -> BusConfig:
+    """One line; ``flat``: the one-board form, whose keys sit in ``lockers`` itself."""
     if not isinstance(item, dict):
         raise ConfigError(path, f"must be a mapping with port and boards, not "
                           f"{type(item).__name__}")
@@ -183,12 +191,13 @@ def _bus(item: object, path: str, kind: type, *, sim: bool) -> BusConfig:
                           "each with its address")
     boards: list[BoardConfig] = []
     for i, b in enumerate(raw):
-        bpath = f"{sec.key('boards')}[{i}]"
+        bpath = path if flat else f"{sec.key('boards')}[{i}]"
         if not isinstance(b, dict):
             raise ConfigError(bpath, f"must be a mapping with address and locks, not "
                               f"{type(b).__name__}")
         bsec = Section(b, bpath)
         known_keys(bsec, ("address", "locks", "locked_when"))
+        locks_key = "slots" if flat else "locks"
         first, last = kind.addresses.start, kind.addresses.stop - 1
         address = bsec.int("address", required=True, lo=first, hi=last)
         if any(x.address == address for x in boards):
@@ -196,7 +205,7 @@ def _bus(item: object, path: str, kind: type, *, sim: bool) -> BusConfig:
                               "line; every board needs its own address")
         boards.append(BoardConfig(
             address=address,
-            locks=bsec.int("locks", kind.max_locks, lo=1, hi=kind.max_locks),
+            locks=_locks(bsec, locks_key, kind),
             locked_when=bsec.str("locked_when", kind.default_locked_when,
                                  choices=("closed", "open")),
         ))
@@ -205,6 +214,17 @@ def _bus(item: object, path: str, kind: type, *, sim: bool) -> BusConfig:
         baudrate=sec.int("baudrate", kind.baudrate, lo=1200, hi=4_000_000),
         boards=tuple(boards),
     )
+
+
+def _locks(sec: Section, key: str, kind: type) -> int:
+    value = sec.data.get("locks")
+    if value is None:
+        raise ConfigError(sec.key(key), "is required: how many locks are wired to the board")
+    if isinstance(value, bool) or not isinstance(value, int) or not (
+            1 <= value <= kind.max_locks):
+        raise ConfigError(sec.key(key), f"must be an integer from 1 to {kind.max_locks} "
+                          f"(a {kind.name} board's locks), not {value!r}")
+    return value
 
 
 def _charging(sec: Section | None, path: str, kind: type, n_slots: int, *,
