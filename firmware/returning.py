@@ -253,7 +253,10 @@ class ReturnDesk:
                           key=lambda kv: kv[1].borrowed_ts)
             if mine:
                 key, loan = mine[0]
-        data: dict[str, Any] = {"slot": slot, "bank": None, "charge": after.charge,
+        # The board cannot measure it, and the estimate of a bank just back is
+        # the station's floor (0 %), not the bank's charge: say nothing.
+        charge = None
+        data: dict[str, Any] = {"slot": slot, "bank": None, "charge": charge,
                                 "rider": rider}
         duration = None
         rows = []
@@ -267,16 +270,16 @@ class ReturnDesk:
             rows.append((
                 "UPDATE loans SET returned_ts = ?, return_slot = ?, return_charge = ?,"
                 " return_seq = ?, closed_by = 'returned' WHERE bank = ? AND returned_ts IS NULL",
-                (ts, slot, after.charge, SEQ, key)))
+                (ts, slot, charge, SEQ, key)))
         lending._write([("bank_returned", data)], *rows)
         from firmware.lending import Return  # lending imports this module
 
-        lending._returns.append(Return(slot, None, after.charge, rider, ts,
+        lending._returns.append(Return(slot, None, charge, rider, ts,
                                        loan.borrowed_ts if loan else None, duration))
         if claim is not None:
             claim.state, claim.updated = RETURNED, ts
             claim.finished_at = lending.clock.monotonic()
-            claim.returned_ts, claim.charge = ts, after.charge
+            claim.returned_ts, claim.charge = ts, charge
             claim.borrowed_ts = loan.borrowed_ts if loan else None
             claim.duration_s, claim.loan_closed = duration, loan is not None
         log.info("a bank with no id returned to slot %d (%s)", slot,

@@ -160,7 +160,7 @@ def test_the_claimed_slot_takes_the_bank_back_and_closes_the_riders_loan(make, d
     done = cab.claim(claim.id, "returned")
     assert done.loan_closed and done.duration_s == 600 and done.borrowed_ts == loan.borrowed_ts
     [back] = cab.data("bank_returned")
-    assert back == {"slot": 1, "bank": None, "charge": 0, "rider": RIDER,
+    assert back == {"slot": 1, "bank": None, "charge": None, "rider": RIDER,
                     "borrowed_ts": loan.borrowed_ts, "duration_s": 600}
     assert cab.lending.open_loans() == []
     [r] = cab.lending.recent_returns(0)
@@ -177,7 +177,7 @@ def test_a_return_of_a_bank_lent_elsewhere_names_the_rider_for_the_hub(make, dri
     done = cab.claim(claim.id, "returned")
     assert not done.loan_closed and done.duration_s is None
     assert cab.data("bank_returned") == [
-        {"slot": claim.slot, "bank": None, "charge": 0, "rider": RIDER_2}]
+        {"slot": claim.slot, "bank": None, "charge": None, "rider": RIDER_2}]
 
 
 def test_a_bankless_loan_survives_a_restart_and_the_claim_after_it_closes_it(
@@ -205,7 +205,7 @@ def test_a_bank_in_a_slot_nobody_claimed_is_a_return_without_a_rider(make) -> No
     cab = make("kerong-cu16")
     cab.sim.fill(3)
     cab.sync()
-    assert cab.data("bank_returned") == [{"slot": 3, "bank": None, "charge": 0, "rider": None}]
+    assert cab.data("bank_returned") == [{"slot": 3, "bank": None, "charge": None, "rider": None}]
 
 
 @pytest.mark.parametrize("driver", DRIVERS)
