@@ -124,7 +124,7 @@ class Agent:
                                    self.directory, doors=self.doors, synced=self.synced,
                                    take_timeout=lc.take_timeout,
                                    maintenance_idle=lc.maintenance_idle,
-                                   charge_rate=lc.charge_rate, slot_hold=lc.slot_hold)
+                                   charge_rate=_charge_rate(c), slot_hold=lc.slot_hold)
             if hw.simulation is not None:
                 hw.simulation.attach(self.lending)
 
@@ -366,3 +366,12 @@ class Agent:
                 self.outbox.pump()  # what the parts said while closing (visits, maintenance)
                 self.link.stop(shutdown)
                 self.journal.close()
+
+
+def _charge_rate(c: StationConfig) -> float:
+    """% a minute, for "next bank ready at": a cabinet that estimates charge fills
+    a bank in exactly ``lockers.charging.charge_time`` by its own count."""
+    charging = c.lockers.charging if c.lockers is not None else None
+    if charging is not None:
+        return 100.0 / (charging.charge_time / 60.0)
+    return c.lending.charge_rate
