@@ -59,6 +59,10 @@ __all__ = [
 ]
 
 
+# Requests kept for tests to look at; the oldest half goes beyond this.
+_MAX_HEARD = 100_000
+
+
 @dataclass
 class SimLock:
     """One lock and its slot: the latch, what is in the slot, what is wrong."""
@@ -209,6 +213,8 @@ class _PtySim:
             buf = buf[found.end :]
             with self._seen:
                 self._heard.append(Heard(self.clock.now(), found.value))
+                if len(self._heard) > _MAX_HEARD:  # a demo polls for days
+                    del self._heard[: _MAX_HEARD // 2]
                 self._seen.notify_all()
             for reply, delay in self._answer(found.value):
                 if delay > 0 and line.stopping.wait(delay):
