@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 __all__ = ["ChargeEstimates"]
 
 _VERSION = 1
+_MOST_CHARGE_TIME = 86400.0
 
 
 class ChargeEstimates:
@@ -178,7 +179,10 @@ class ChargeEstimates:
             data = json.loads(raw)
             slots = data["slots"] if isinstance(data, dict) and data.get("v") == _VERSION \
                 else None
-            if not isinstance(slots, dict):
+            written_for = data.get("charge_time") if isinstance(data, dict) else None
+            # charge_time is 1 s to 24 h in any station file we ever ran under.
+            if (not isinstance(slots, dict) or not _seconds(written_for)
+                    or not 0 < written_for <= _MOST_CHARGE_TIME):
                 raise ValueError("not a charge estimates file")
         except (ValueError, KeyError, RecursionError) as err:
             log.warning("charge estimates %s unreadable (%s); every bank counts as never "
@@ -187,9 +191,8 @@ class ChargeEstimates:
         for key, entry in slots.items():
             slot = _slot_key(key)
             seconds = entry.get("charged_s") if isinstance(entry, dict) else None
-            if (slot is None or isinstance(seconds, bool)
-                    or not isinstance(seconds, int | float) or not math.isfinite(seconds)
-                    or seconds < 0):
+            # More than the charge_time it was counted against: not ours to believe.
+            if slot is None or not _seconds(seconds) or seconds > written_for:
                 log.warning("charge estimates %s: entry %r ignored", self.path, key)
                 continue
             # A shorter charge_time since: a bank counted full stays full, no more.
@@ -202,6 +205,12 @@ class ChargeEstimates:
     def _check(slot: int) -> None:
         if isinstance(slot, bool) or not isinstance(slot, int) or not 1 <= slot <= MAX_SLOT:
             raise ValueError(f"slot must be 1..{MAX_SLOT}, got {slot!r}")
+
+
+def _seconds(value: object) -> bool:
+    """A finite, non-negative number of seconds (JSON gives int, float, or worse)."""
+    return (isinstance(value, int | float) and not isinstance(value, bool)
+            and math.isfinite(value) and value >= 0)
 
 
 def _slot_key(key: object) -> int | None:
