@@ -355,3 +355,31 @@ def test_an_open_estimated_loan_survives_a_restart(rigs, clock):
         assert again.locker.section().slots[opened.slot - 1].charge is None
     finally:
         again.close()
+
+
+def test_a_door_cycle_heard_in_change_frames_and_the_unlock_answer_counts_once(
+        tmp_path, clock) -> None:
+    # An 8A board that sends 0x82 frames: the open and the shut arrive as frames
+    # between polls, on top of the unlock's own answer; one cycle flips once.
+    from firmware.hardware.lockboards import Bus, Lock8A
+    from firmware.sim.lockboards import Lock8ABusSim
+
+    sim = Lock8ABusSim(addresses=(1,), locks=2, events=True,
+                       link_path=tmp_path / "tty8a").start()
+    cabinet = Cabinet([Lock8A(Bus(sim.port), address=1, locks=2)],
+                      ChargeEstimates(tmp_path / ESTIMATES_FILE, clock, 3 * HOUR),
+                      always_on=True)
+    try:
+        assert not cabinet.status()[0].present
+        assert cabinet.unlock(1) == UnlockResult.RELEASED
+        sim.insert(1, 1)  # a bank in and the door shut, all before the next poll
+        first = cabinet.status()[0]
+        assert first.present and first.locked and first.charge == 0
+        assert cabinet.status()[0].present and not cabinet.status()[1].present
+        assert cabinet.unlock(1) == UnlockResult.RELEASED
+        sim.take(1, 1)
+        sim.shut(1, 1)
+        assert not cabinet.status()[0].present
+    finally:
+        cabinet.close()
+        sim.stop()

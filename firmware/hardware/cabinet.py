@@ -172,8 +172,11 @@ class Cabinet:
                 silent.add(i)
                 errors.append(str(err))
             else:
-                for r in heard:  # a change the board sent between polls
-                    self._observe(base + r.lock, r.locked, occupied=None)
+                if self._derives(board):
+                    # A door opened and shut between two polls: only the board's
+                    # own change frames saw it.
+                    for r in heard:
+                        self._observe(base + r.lock, r.locked, occupied=None)
                 for r in got:
                     readings[base + r.lock] = r
             base += board.locks
@@ -243,6 +246,10 @@ class Cabinet:
         return ChargeResult.OK
 
     # -- presence and power ------------------------------------------------------------
+
+    def _derives(self, board: BoardDriver) -> bool:
+        """True when ``board``'s slots know presence only from door cycles."""
+        return not board.caps.occupancy and not self.occupancy_inputs
 
     def _observe(self, slot: int, locked: bool | None, occupied: bool | None) -> None:
         """What one reading says about the bank in ``slot``."""
