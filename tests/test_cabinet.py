@@ -383,3 +383,25 @@ def test_a_door_cycle_heard_in_change_frames_and_the_unlock_answer_counts_once(
     finally:
         cabinet.close()
         sim.stop()
+
+
+def test_feedback_polarity_is_the_boards_configuration(rigs) -> None:
+    rig = rigs({"driver": "kerong-cu16", "buses": [{"boards": [
+        {"address": 0, "locks": 2, "locked_when": "open"}]}],
+        "charging": {"driver": "always-on"}})
+    assert rig.sim.lines[0].locked_when == "open"  # the wiring the file describes
+    assert [r.locked for r in rig.status()] == [True, True]
+    assert rig.cabinet.unlock(2) == UnlockResult.RELEASED
+    assert [r.locked for r in rig.status()] == [True, False]
+
+
+def test_a_pulled_adapter_is_offline_then_reopened(rigs) -> None:
+    rig = rigs(KERONG)
+    assert rig.status(1).present
+    line = rig.sim.lines[0]
+    line.unplug()
+    with pytest.raises(BoardOffline):
+        rig.status()
+    assert not rig.cabinet.boards[0].bus.is_open
+    line.replug()
+    assert rig.status(1).present and rig.status(1).fault is None
