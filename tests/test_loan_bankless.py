@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from prometheus_client import CollectorRegistry
 
 from hub.config import parse_hub_config
+from hub.console.loans import open_loans
 from hub.service import Hub
 from hub.storage.schema import alerts, loans
 from protocol import examples
@@ -93,6 +94,8 @@ def test_the_riders_return_elsewhere_closes_the_bankless_loan(
     (row,) = rows(hub)
     assert row["bank"] is None and row["rider"] == RIDER and row["returned_ms"] is None
     assert hub.fleet.loans.open_count(LENDER) == 1
+    shown, total, late = open_loans(hub)  # the console's list of loans out
+    assert (total, late) == (1, 0) and shown[0]["bank"] is None and shown[0]["slot"] == 1
     clock.advance(3600)
     # Another rider's bank-less return, and one nobody named, close nothing.
     other.event("bank_returned", slot=2, bank=None, charge=None, rider=SOMEONE_ELSE)
