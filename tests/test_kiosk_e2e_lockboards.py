@@ -81,7 +81,7 @@ def ready_slots(station) -> list[int]:
     return [c["slot"] for c in station.api("/v1/station")["chargers"]["ready"]]
 
 
-def borrow_on_screen(station, page, shot, name: str) -> int:
+def borrow_on_screen(station, page) -> int:
     cabinet = station.hardware.simulation.cabinet
     ready = wait_until(lambda: ready_slots(station), 10, "a bank counted charged")
     go_home(page, station)
@@ -94,7 +94,6 @@ def borrow_on_screen(station, page, shot, name: str) -> int:
     wait_state(page, "open")
     slot = int(digits_in(page, "#slot"))
     assert slot in ready and unlocked(cabinet)[before:] == [slot]
-    shot(page, f"{name}-borrow-open")
     cabinet.take(slot)  # the rider takes the bank
     cabinet.shut(slot)  # and shuts the door
     wait_state(page, "taken")
@@ -105,7 +104,7 @@ def borrow_on_screen(station, page, shot, name: str) -> int:
     return slot
 
 
-def return_on_screen(station, page, shot, name: str) -> tuple[int, dict]:
+def return_on_screen(station, page, shot=None) -> tuple[int, dict]:
     cabinet = station.hardware.simulation.cabinet
     go_home(page, station)
     tap(page, "#return")
@@ -118,10 +117,10 @@ def return_on_screen(station, page, shot, name: str) -> tuple[int, dict]:
     wait_state(page, "open")
     slot = int(digits_in(page, "#slot"))
     assert unlocked(cabinet)[before:] == [slot], "one empty slot opened for the return"
-    shot(page, f"{name}-return-open")
+    if shot is not None:
+        shot(page, "return-rider")  # docs/kiosk.md
     cabinet.insert(slot)  # the bank goes in, the door shuts behind it
     page.wait_for_selector("#thanks", state="visible", timeout=WAIT_MS)
-    shot(page, f"{name}-thanks")
     event = station.wait_event("bank_returned", slot=slot)
     assert event["data"]["bank"] is None
     assert event["data"]["rider"] == station.rider(PHONE)
@@ -159,26 +158,26 @@ def test_lock8a_a_rider_returns_then_borrows_on_estimated_charge(make_station, p
     # Nothing the station has seen charged: nothing to lend.
     assert ready_slots(station) == []
 
-    slot, event = return_on_screen(station, page, shot, "lock8a")
+    slot, event = return_on_screen(station, page, shot)
     assert "duration_s" not in event["data"]  # lent elsewhere: no loan here to close
     assert page.locator("#loan-time").inner_text().strip() == "—"
 
     # The bank charges on the relay the agent switched on, and is lent on that.
-    assert borrow_on_screen(station, page, shot, "lock8a") == slot
+    assert borrow_on_screen(station, page) == slot
     wait_until(lambda: st.messages and next(
         s for s in estimated_slots(st) if s["slot"] == slot)["charge"] is None, 10,
         "a State with the slot empty again")
 
 
 def test_kerong_cu16_a_rider_borrows_and_returns_on_estimated_charge(make_station, page,
-                                                                     shot, states):
+                                                                     states):
     station = make_station(lockers=lockers("kerong-cu16"))
     st = states(station)
-    slot = borrow_on_screen(station, page, shot, "kerong")
+    slot = borrow_on_screen(station, page)
     wait_until(lambda: st.messages and any(s["charge"] == 100 for s in estimated_slots(st)),
                10, "a State with the estimated charges")
 
-    back, event = return_on_screen(station, page, shot, "kerong")
+    back, event = return_on_screen(station, page)
     assert back == slot  # the only empty slot
     assert event["data"]["duration_s"] >= 0  # the rider's loan closed here
     assert page.locator("#loan-time").get_attribute("data-seconds") != ""
