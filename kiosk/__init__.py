@@ -139,7 +139,7 @@ def _error_pages(app: Flask) -> None:
     def agent_refused(err: AgentError):
         # Refusals a view expects are handled there; this is what nobody expected.
         status = err.status if 400 <= err.status < 600 else 500
-        if err.code in ("not_found", "unknown_attempt", "unknown_session"):
+        if err.code in ("not_found", "unknown_attempt", "unknown_session", "unknown_claim"):
             status = 404
         else:
             log.warning("agent refused %s %s: %s", request.method, request.path, err.code)

@@ -28,7 +28,7 @@ import pytest
 
 from protocol.topics import Kind, topic
 from tests import test_kiosk_e2e as e2e
-from tests.harness.browser import SID
+from tests.harness.browser import SID, http_get
 from tests.harness.mqtt import Subscriber
 from tests.harness.procs import wait_until
 from tests.test_kiosk_e2e import (
@@ -167,6 +167,12 @@ def test_lock8a_a_rider_returns_then_borrows_on_estimated_charge(make_station, p
     wait_until(lambda: st.messages and next(
         s for s in estimated_slots(st) if s["slot"] == slot)["charge"] is None, 10,
         "a State with the slot empty again")
+
+    # Hostile claim ids in the kiosk's URLs never reach the agent as a path.
+    for path in ("/return/claim/" + "x" * 5000, "/return/claim/t-0000000000000000",
+                 "/return/claim/t-0000000000000000/status.json", "/return/claim/..%2f..%2fv1"):
+        status, body = http_get(station.kiosk_url + path)
+        assert status == 404 and b"x" * 100 not in body, path
 
 
 def test_kerong_cu16_a_rider_borrows_and_returns_on_estimated_charge(make_station, page,
