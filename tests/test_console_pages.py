@@ -134,6 +134,25 @@ def test_station_page_shows_slots_dispenser_doors_and_events(hub):
     assert re.findall(r'<option value="(\d+)">', form) == ["1", "2", "3", "4"]
 
 
+def test_a_lock_board_cabinets_banks_show_as_estimates(hub):
+    def state(s: dict) -> None:
+        # contract §5 estimated: no bank ids; charge is the station's floor, null when empty
+        s["lockers"]["slots"] = [
+            {"slot": 1, "bank": None, "charge": 100, "charging": False, "locked": True,
+             "fault": None, "temp_c": None, "cycles": None, "estimated": True},
+            {"slot": 2, "bank": None, "charge": 40, "charging": True, "locked": True,
+             "fault": None, "temp_c": None, "cycles": None, "estimated": True},
+            {"slot": 3, "bank": None, "charge": None, "charging": False, "locked": True,
+             "fault": None, "temp_c": None, "cycles": None, "estimated": True}]
+    bring_online(hub, C1, state)
+    b = english(hub, "wang")
+    page = b.get(f"/console/stations/{C1}").get_data(as_text=True)
+    slots = re.findall(r'<div class="slot (s-\w+)">\s*<b>Slot (\d+)</b>', page)
+    assert slots == [("s-ok", "1"), ("s-warn", "2"), ("s-off", "3")]
+    assert "≥ 100 %" in page and "≥ 40 %" in page
+    assert "1 ready, 1 charging, 0 faulty" in page
+
+
 def test_station_uptime_bar_shows_90_days_and_the_outage(hub):
     bring_online(hub, C1)
     bring_online(hub, K1)

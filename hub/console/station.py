@@ -32,7 +32,7 @@ from hub.console.auth import may_act_on, requires
 from hub.console.event_words import command_words, door, event_details, fault
 from hub.console.fleet import severities_by_station
 from hub.console.health import CONDITIONS, LABELS, WATER, condition
-from hub.fleet.banks import bank_states
+from hub.fleet.banks import bank_states, holds_bank
 from hub.fleet.commands import BadCommand, CommandNotSent, TooManyReplays
 from hub.fleet.directory_fields import BadField, text
 from hub.storage.schema import commands, events, ledger
@@ -162,14 +162,15 @@ def station(sid: str):
     for s in (state.get("lockers") or {}).get("slots") or ():
         if s.get("fault"):
             css = "s-bad"
-        elif not s.get("bank"):
+        elif not holds_bank(s):
             css = "s-off"
         elif (s.get("charge") or 0) >= threshold:
             css = "s-ok"
         else:
             css = "s-warn"
         words = fault(s["fault"]) if s.get("fault") else None
-        slots.append({**s, "css": css, "fault_words": words})
+        # has_bank: an estimated slot has a bank without an id (contract §5).
+        slots.append({**s, "css": css, "fault_words": words, "has_bank": holds_bank(s)})
     days = uptime_days(hub, view.sid, _tz())
     return render_template(
         "console/station.html", view=view, word=word, label=LABELS[word],
