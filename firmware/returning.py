@@ -160,7 +160,7 @@ class ReturnDesk:
             self._prune()
             if bank_ids_readable(records):
                 return self._fail(claim, "not_needed")
-            if not online:
+            if not online or lending._closed:
                 return self._fail(claim, "board_offline")
             slot = self._empty_slot(records)
             if slot is None:
