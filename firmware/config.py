@@ -66,9 +66,11 @@ class BusConfig:
 class ChargingConfig:
     """How the slots' charging supply is switched (``lockers.charging``).
 
-    ``modbus-io``: a Modbus RTU relay module, coil k switches station slot k
-    (``channels`` of them); ``occupancy: inputs`` also reads its discrete
-    input k as slot k's bank sensor. ``always-on``: the chargers are wired to a
+    ``modbus-io``: Modbus RTU relay modules on one line, ``modules`` of
+    ``(address, channels)`` in slot order: the first module's coil k switches
+    station slot k, the next module's take the slots after (one module:
+    ``address`` and ``channels``); ``occupancy: inputs`` also reads the
+    matching discrete input as the slot's bank sensor. ``always-on``: the chargers are wired to a
     supply the station cannot switch. ``charge_time``: how long an empty bank
     takes to fill, the base of the charge estimate (docs/locker.md).
     """
@@ -80,6 +82,12 @@ class ChargingConfig:
     address: int = 1
     channels: int = 8
     occupancy: str = "none"  # or "inputs"
+    modules: tuple[tuple[int, int], ...] = ()  # (address, channels); () = ((address, channels),)
+
+    @property
+    def units(self) -> tuple[tuple[int, int], ...]:
+        """Every relay module as ``(address, channels)``, in slot order."""
+        return self.modules or ((self.address, self.channels),)
 
 
 @dataclass(frozen=True)
@@ -257,20 +265,54 @@ def _charging(sec: Section | None, path: str, kind: type, n_slots: int, *,
         known_keys(sec, ("driver", "charge_time"))
         return ChargingConfig(driver=kind, charge_time=charge_time)
     known_keys(sec, ("driver", "charge_time", "port", "baudrate", "address", "channels",
-                     "occupancy"))
-    channels = sec.int("channels", max(8, n_slots) if sim else 8, lo=1, hi=MAX_CHANNELS)
-    if channels < n_slots:
-        raise ConfigError(sec.key("channels"), f"the module switches {channels} channels "
-                          f"but the cabinet has {n_slots} slots (slot k is channel k)")
+                     "occupancy", "modules"))
+    modules: tuple[tuple[int, int], ...] = ()
+    if sec.has("modules"):
+        for key in ("address", "channels"):
+            if sec.has(key):
+                raise ConfigError(sec.key(key), "goes with one module; under modules each "
+                                  "module says its address and channels")
+        modules = _modules(sec, MAX_CHANNELS)
+        address, channels = modules[0]
+        total, what = sum(c for _, c in modules), sec.key("modules")
+    else:
+        address = sec.int("address", 1, lo=1, hi=247)
+        channels = sec.int("channels", max(8, n_slots) if sim else 8, lo=1, hi=MAX_CHANNELS)
+        total, what = channels, sec.key("channels")
+    if total < n_slots:
+        raise ConfigError(what, f"the relay modules switch {total} channels but the "
+                          f"cabinet has {n_slots} slots (one channel a slot, in order)")
     return ChargingConfig(
         driver=kind,
         charge_time=charge_time,
         port=sec.str("port", required=not sim) or "sim",
         baudrate=sec.int("baudrate", 9600, lo=1200, hi=4_000_000),
-        address=sec.int("address", 1, lo=1, hi=247),
+        address=address,
         channels=channels,
         occupancy=sec.str("occupancy", "none", choices=("none", "inputs")),
+        modules=modules,
     )
+
+
+def _modules(sec: Section, most_channels: int) -> tuple[tuple[int, int], ...]:
+    raw = sec.list("modules")
+    if not raw:
+        raise ConfigError(sec.key("modules"), "must list the relay modules, each with its "
+                          "address and channels")
+    out: list[tuple[int, int]] = []
+    for i, item in enumerate(raw):
+        path = f"{sec.key('modules')}[{i}]"
+        if not isinstance(item, dict):
+            raise ConfigError(path, f"must be a mapping with address and channels, not "
+                              f"{type(item).__name__}")
+        msec = Section(item, path)
+        known_keys(msec, ("address", "channels"))
+        address = msec.int("address", required=True, lo=1, hi=247)
+        if any(a == address for a, _ in out):
+            raise ConfigError(msec.key("address"), f"{address} is already a module on "
+                              "this line; every module needs its own address")
+        out.append((address, msec.int("channels", 8, lo=1, hi=most_channels)))
+    return tuple(out)
 
 
 @dataclass(frozen=True)

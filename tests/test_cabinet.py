@@ -405,3 +405,25 @@ def test_a_pulled_adapter_is_offline_then_reopened(rigs) -> None:
     assert not rig.cabinet.boards[0].bus.is_open
     line.replug()
     assert rig.status(1).present and rig.status(1).fault is None
+
+
+def test_several_relay_modules_switch_the_slots_in_order(rigs, clock) -> None:
+    rig = rigs({"driver": "kerong-cu16", "buses": [{"boards": [{"address": 0, "locks": 6}]}],
+                "charging": {"driver": "modbus-io", "charge_time": "1h",
+                             "modules": [{"address": 3, "channels": 4},
+                                         {"address": 7, "channels": 4}]}})
+    assert rig.cabinet.info() == (6, "kerong-cu16 x1 + modbus-io x2")
+    rig.status()
+    assert [rig.sim.coil(n) for n in range(1, 7)] == [True] * 6
+    assert rig.sim.module.units[7][0] == [True, True, False, False]  # slots 5, 6; 2 spare
+    assert rig.cabinet.unlock(5) == UnlockResult.RELEASED
+    rig.sim.take(5)
+    rig.status()
+    assert rig.sim.module.units[7][0] == [False, True, False, False]
+    assert rig.cabinet.charge(6, False) == ChargeResult.OK  # staff: a hot bank
+    assert not rig.sim.coil(6)
+    rig.status()
+    assert not rig.sim.coil(6)  # and it stays off
+    clock.advance(HOUR)
+    assert rig.status(6).charge == 0 and rig.status(1).charge == 100
+    assert rig.cabinet.charge(6, True) == ChargeResult.OK and rig.sim.coil(6)

@@ -53,6 +53,14 @@ def test_several_buses_and_boards_in_slot_order() -> None:
     assert got.charging.port == PORT and got.charging.baudrate == 9600
 
 
+def test_several_relay_modules_share_the_slots_in_order() -> None:
+    got = lockers({"driver": "lock8a", "port": PORT, "slots": 24, "charging": {
+        **RELAYS, "modules": [{"address": 1}, {"address": 2}, {"address": 5, "channels": 16}]}})
+    assert got.charging.units == ((1, 8), (2, 8), (5, 16))
+    one = lockers({"driver": "lock8a", "port": PORT, "slots": 4, "charging": RELAYS})
+    assert one.charging.units == ((1, 8),)
+
+
 def test_a_simulated_cabinet_needs_no_ports() -> None:
     got = lockers({"driver": "kerong-cu16", "slots": 6}, sim=True)
     assert got.buses == (BusConfig("sim", 19200, (BoardConfig(0, 6, "closed"),)),)
@@ -136,6 +144,19 @@ HUGE = 10**30
      "4 slots"),
     (eight(charging={**RELAYS, "channels": HUGE}), "lockers.charging.channels", "1 to 64"),
     (eight(charging={**RELAYS, "address": 248}), "lockers.charging.address", "1 to 247"),
+    (eight(charging={**RELAYS, "modules": []}), "lockers.charging.modules", "must list"),
+    (eight(charging={**RELAYS, "modules": [3]}), "lockers.charging.modules[0]", "mapping"),
+    (eight(charging={**RELAYS, "modules": [{"channels": 8}]}),
+     "lockers.charging.modules[0].address", "is required"),
+    (eight(charging={**RELAYS, "modules": [{"address": 1}, {"address": 1}]}),
+     "lockers.charging.modules[1].address", "already a module"),
+    (eight(charging={**RELAYS, "modules": [{"address": 1, "channels": HUGE}]}),
+     "lockers.charging.modules[0].channels", "1 to 64"),
+    (eight(charging={**RELAYS, "modules": [{"address": 1, "channels": 2},
+                                           {"address": 2, "channels": 1}]}),
+     "lockers.charging.modules", "3 channels but the cabinet has 4 slots"),
+    (eight(charging={**RELAYS, "address": 1, "modules": [{"address": 2}]}),
+     "lockers.charging.address", "goes with one module"),
     (eight(charging={**RELAYS, "occupancy": "camera"}), "lockers.charging.occupancy",
      "none, inputs"),
     (eight(charging={"driver": "modbus-io"}), "lockers.charging.port", "is required"),

@@ -6,7 +6,7 @@ gives it that over the boards a city can buy: several boards on several RS-485
 lines (:mod:`firmware.hardware.lockboards`), and optionally a Modbus relay
 module that switches each slot's charging supply::
 
-    cabinet = Cabinet([lock8a_1, lock8a_2], estimates, switch=relays)
+    cabinet = Cabinet([lock8a_1, lock8a_2], estimates, switches=[relays_1, relays_2])
     cabinet.info()          # (48, "lock8a x2 + modbus-io")
     cabinet.unlock(30)      # board 2, lock 6: UnlockResult.RELEASED
     cabinet.status()        # 48 SlotRecords, estimated=True
@@ -76,9 +76,10 @@ _LATCH = {
 class Cabinet:
     """Boards in slot order (each knows its bus) plus the charging supply.
 
-    ``switch``: the relay module (None: the supply is ``always_on``, or absent
-    and then no bank ever counts charged). ``occupancy_inputs``: read the
-    module's input k as slot k's bank sensor where the board has none.
+    ``switches``: the relay modules, their channels in slot order (none: the
+    supply is ``always_on``, or absent and then no bank ever counts charged).
+    ``occupancy_inputs``: read each slot's module input as its bank sensor
+    where the board has none.
     """
 
     def __init__(
@@ -86,35 +87,38 @@ class Cabinet:
         boards: Sequence[BoardDriver],
         estimates: ChargeEstimates,
         *,
-        switch: ChargeSwitch | None = None,
+        switches: Sequence[ChargeSwitch] = (),
         always_on: bool = False,
         occupancy_inputs: bool = False,
     ) -> None:
         if not boards:
             raise ValueError("a cabinet needs at least one board")
-        if switch is not None and always_on:
-            raise ValueError("a supply is switched by a module or always on, not both")
-        if occupancy_inputs and switch is None:
-            raise ValueError("occupancy_inputs needs the relay module")
+        if switches and always_on:
+            raise ValueError("a supply is switched by modules or always on, not both")
+        if occupancy_inputs and not switches:
+            raise ValueError("occupancy_inputs needs the relay modules")
         self.boards = list(boards)
         self.estimates = estimates
-        self.switch = switch
+        self.switches = list(switches)
         self.always_on = always_on
         self.occupancy_inputs = occupancy_inputs
         self._map: list[tuple[BoardDriver, int]] = [
             (b, lock) for b in self.boards for lock in range(1, b.locks + 1)]
-        if switch is not None and switch.channels < len(self._map):
-            raise ValueError(f"{switch.describe()} switches {switch.channels} channels; "
+        # Station slot n -> (module, its channel): the modules' channels in order.
+        self._channel = [(sw, ch) for sw in self.switches
+                         for ch in range(1, sw.channels + 1)][: len(self._map)]
+        if self.switches and len(self._channel) < len(self._map):
+            raise ValueError(f"the relay modules switch {len(self._channel)} channels; "
                              f"the cabinet has {len(self._map)} slots")
         self._buses = []
-        for bus in [b.bus for b in self.boards] + ([switch.bus] if switch else []):
+        for bus in [b.bus for b in self.boards] + [sw.bus for sw in self.switches]:
             if all(bus is not other for other in self._buses):
                 self._buses.append(bus)
         self._last: dict[int, SlotRecord] = {}
         self._door_open: set[int] = set()  # derived presence: opened, not yet shut
         self._off: set[int] = set()  # slots whose charger staff switched off
         self._silent: set[int] = set()  # indexes of boards that did not answer last
-        self._switch_ok: bool | None = None
+        self._switch_ok: dict[int, bool] = {}  # index of a module -> it answered last
         self.port = ", ".join(bus.port for bus in self._buses)
 
     def __repr__(self) -> str:
@@ -151,8 +155,9 @@ class Cabinet:
         for b in self.boards:
             kinds[b.name] = kinds.get(b.name, 0) + 1
         words = [f"{name} x{n}" for name, n in kinds.items()]
-        if self.switch is not None:
-            words.append(self.switch.name)
+        if self.switches:
+            n = len(self.switches)
+            words.append(self.switches[0].name + (f" x{n}" if n > 1 else ""))
         elif self.always_on:
             words.append("always-on")
         return len(self._map), " + ".join(words)
@@ -197,10 +202,9 @@ class Cabinet:
             locked = True if reading.locked is None else reading.locked
             occupied, fault = reading.occupied, None
             if occupied is None and self.occupancy_inputs:
-                if inputs is None:
-                    fault = "sensor_fault"
-                else:
-                    occupied = inputs[n - 1]
+                occupied = inputs[n - 1] if inputs is not None else None
+                if occupied is None:
+                    fault = "sensor_fault"  # its module is silent
             if fault is None:
                 self._observe(n, locked, occupied)
             records.append(self._record(n, locked, fault))
@@ -235,14 +239,15 @@ class Cabinet:
     def charge(self, slot: int, on: bool) -> ChargeResult:
         """Staff switch ``slot``'s charger off (a hot bank) or back on; BAD_SLOT
         without a relay module. Raises :class:`BoardOffline` when it is silent."""
-        if (self.switch is None or isinstance(slot, bool) or not isinstance(slot, int)
+        if (not self.switches or isinstance(slot, bool) or not isinstance(slot, int)
                 or not 1 <= slot <= len(self._map)):
             return ChargeResult.BAD_SLOT
         if on:
             self._off.discard(slot)
         else:
             self._off.add(slot)
-        self.switch.set(slot, bool(on) and self.estimates.held(slot))
+        switch, channel = self._channel[slot - 1]
+        switch.set(channel, bool(on) and self.estimates.held(slot))
         return ChargeResult.OK
 
     # -- presence and power ------------------------------------------------------------
@@ -271,45 +276,55 @@ class Cabinet:
             else:
                 self.estimates.arrived(slot)
 
-    def _read_switch(self) -> tuple[list[bool] | None, list[bool] | None]:
-        """The coils and (when they sense banks) the inputs; None for what the
-        module did not answer."""
-        if self.switch is None:
+    def _read_switch(self) -> tuple[list[bool | None] | None, list[bool | None] | None]:
+        """Per slot, the coil and (when they sense banks) the input; None for a
+        slot whose module did not answer, and no lists without modules."""
+        if not self.switches:
             return None, None
-        try:
-            coils = self.switch.coils()
-            inputs = self.switch.inputs() if self.occupancy_inputs else None
-        except LockerError as err:
-            if self._switch_ok is not False:
-                log.warning("%s does not answer (%s); charge estimates paused",
-                            self.switch.describe(), err)
-            self._switch_ok = False
-            return None, None
-        if self._switch_ok is False:
-            log.info("%s answers again", self.switch.describe())
-        self._switch_ok = True
-        return coils, inputs
+        coils: list[bool | None] = []
+        inputs: list[bool | None] = []
+        for i, switch in enumerate(self.switches):
+            try:
+                got_coils = switch.coils()
+                got_inputs = switch.inputs() if self.occupancy_inputs else None
+            except LockerError as err:
+                if self._switch_ok.get(i) is not False:
+                    log.warning("%s does not answer (%s); charge estimates of its slots "
+                                "paused", switch.describe(), err)
+                self._switch_ok[i] = False
+                coils.extend([None] * switch.channels)
+                inputs.extend([None] * switch.channels)
+                continue
+            if self._switch_ok.get(i) is False:
+                log.info("%s answers again", switch.describe())
+            self._switch_ok[i] = True
+            coils.extend(got_coils)
+            inputs.extend(got_inputs if got_inputs is not None else [None] * switch.channels)
+        return coils, (inputs if self.occupancy_inputs else None)
 
-    def _power(self, coils: list[bool] | None) -> None:
+    def _power(self, coils: list[bool | None] | None) -> None:
         """Coils follow presence: on for a held bank (unless staff said off)."""
-        if self.switch is None or coils is None:
+        if coils is None:
             return
+        failed: set[int] = set()  # modules that refused once this round
         for n in range(1, len(self._map) + 1):
             want = self.estimates.held(n) and n not in self._off
-            if coils[n - 1] == want:
+            switch, channel = self._channel[n - 1]
+            if coils[n - 1] is None or coils[n - 1] == want or id(switch) in failed:
                 continue
             try:
-                self.switch.set(n, want)
+                switch.set(channel, want)
             except LockerError as err:
+                # The rest of that module would fail alike; the next status tries again.
+                failed.add(id(switch))
                 log.warning("cannot switch the charger of slot %d %s: %s", n,
                             "on" if want else "off", err)
-                return  # the rest would fail alike; the next status tries again
             # Power that was just switched on counts from the next look on.
 
-    def _powered(self, slot: int, coils: list[bool] | None) -> bool:
+    def _powered(self, slot: int, coils: list[bool | None] | None) -> bool:
         if self.always_on:
             return True
-        return coils is not None and coils[slot - 1]
+        return coils is not None and coils[slot - 1] is True
 
     # -- records ---------------------------------------------------------------------------
 
@@ -350,15 +365,16 @@ def build_cabinet(config: LockerConfig, data_dir: Path, clock: Clock, *,
     charging = config.charging
     if charging is None:  # the configuration refuses this; a caller may not
         raise ValueError(f"a {config.driver} cabinet needs lockers.charging")
-    switch = None
+    switches: list[ChargeSwitch] = []
     if charging.driver != ALWAYS_ON:
         port = charging_port or charging.port
-        # A module on one of the locks' lines shares that line (same speed, checked
+        # Modules on one of the locks' lines share that line (same speed, checked
         # by the configuration): one request on it at a time.
         bus = next((b.bus for b in boards if b.bus.port == port), None) or Bus(
             port, baudrate=charging.baudrate)
-        switch = CHARGE_SWITCHES[charging.driver](bus, address=charging.address,
-                                                  channels=charging.channels)
+        switches = [CHARGE_SWITCHES[charging.driver](bus, address=a, channels=c)
+                    for a, c in charging.units]
     estimates = ChargeEstimates(Path(data_dir) / ESTIMATES_FILE, clock, charging.charge_time)
-    return Cabinet(boards, estimates, switch=switch, always_on=charging.driver == ALWAYS_ON,
+    return Cabinet(boards, estimates, switches=switches,
+                   always_on=charging.driver == ALWAYS_ON,
                    occupancy_inputs=charging.occupancy == "inputs")

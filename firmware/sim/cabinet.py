@@ -12,8 +12,9 @@ so a test or a demo moves a rider's hands the way the agent counts slots::
     sim.insert(5)     # a bank pushed into slot 5 (its door shuts behind it)
     sim.stop()
 
-The module's inputs follow the slots' occupancy, as bank sensors wired to
-them would (``lockers.charging.occupancy: inputs``).
+Every relay module of ``lockers.charging`` answers on one pseudo-terminal by
+its unit address; their inputs follow the slots' occupancy, as bank sensors
+wired to them would (``lockers.charging.occupancy: inputs``).
 """
 
 from __future__ import annotations
@@ -31,18 +32,47 @@ __all__ = ["CabinetSim"]
 _LINES = {"lock8a": Lock8ABusSim, "kerong-cu16": KerongChainSim}
 
 
-class _SensingModule(ModbusIOSim):
-    """A relay module whose inputs are bank sensors in the cabinet's slots."""
+class _RelayLine(ModbusIOSim):
+    """Relay modules by unit address on one line; with ``sensing``, their inputs
+    are bank sensors in the cabinet's slots, one channel a slot in order."""
 
-    def __init__(self, cabinet: CabinetSim, **kw: Any) -> None:
-        super().__init__(**kw)
+    def __init__(self, cabinet: CabinetSim, units: tuple[tuple[int, int], ...],
+                 sensing: bool, **kw: Any) -> None:
+        first, channels = units[0]
+        super().__init__(address=first, channels=channels, **kw)
         self._cabinet = cabinet
+        self._sensing = sensing
+        self.units = {a: ([False] * c, [False] * c) for a, c in units}
+        self._first_slot: dict[int, int] = {}
+        n = 1
+        for a, c in units:
+            self._first_slot[a] = n
+            n += c
+
+    def relay(self, slot: int) -> bool:
+        for a, (coils, _inputs) in self.units.items():
+            k = slot - self._first_slot[a]
+            if 0 <= k < len(coils):
+                with self._lock:
+                    return coils[k]
+        raise ValueError(f"no relay channel for slot {slot!r}")
 
     def _answer(self, r: Any) -> list[tuple[bytes, float]]:
-        occupied = [self._cabinet.lock(n).occupied for n in range(1, self._cabinet.n_slots + 1)]
+        unit = self.units.get(r.unit)
+        if unit is None:
+            return []
+        coils, inputs = unit
+        if self._sensing:
+            first = self._first_slot[r.unit]
+            sensed = [self._cabinet.lock(first + k).occupied if first + k <= self._cabinet.n_slots
+                      else False for k in range(len(inputs))]
         with self._lock:
-            self.inputs[: len(occupied)] = occupied
-        return super()._answer(r)
+            if self._sensing:
+                inputs[:] = sensed
+            # The base answers as the module at r.unit: its own lists, in place.
+            self.address, self.channels, self.coils, self.inputs = (
+                r.unit, len(coils), coils, inputs)
+            return super()._answer(r)
 
 
 class CabinetSim:
@@ -70,12 +100,11 @@ class CabinetSim:
             self._slots.extend((line, b.address, n) for b in bus.boards
                                for n in range(1, b.locks + 1))
         charging = lockers.charging
-        self.module: ModbusIOSim | None = None
+        self.module: _RelayLine | None = None  # every relay module, on one line
         if charging is not None and charging.driver != ALWAYS_ON:
-            kw = {"address": charging.address, "channels": charging.channels, "clock": clock,
-                  "link_path": link_dir / "tty-charging" if link_dir else None}
-            self.module = (_SensingModule(self, **kw) if charging.occupancy == "inputs"
-                           else ModbusIOSim(**kw))
+            self.module = _RelayLine(self, charging.units, charging.occupancy == "inputs",
+                                     clock=clock,
+                                     link_path=link_dir / "tty-charging" if link_dir else None)
         if filled:
             for n in range(1, self.n_slots + 1):
                 self.fill(n)
@@ -144,4 +173,4 @@ class CabinetSim:
 
     def coil(self, slot: int) -> bool | None:
         """The charging relay of ``slot`` (None without a module)."""
-        return self.module.coil(slot) if self.module is not None else None
+        return self.module.relay(slot) if self.module is not None else None
