@@ -11,6 +11,7 @@ from the journal file, where the outbox finds them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ import pytest
 
 from firmware.config import LockerConfig
 from firmware.directory import DirectoryStore
+from firmware.hardware.board import BoardOffline
 from firmware.hardware.cabinet import build_cabinet
 from firmware.journal import Journal
 from firmware.lending import Lending
@@ -286,3 +288,16 @@ def test_the_local_api_claims_and_follows_a_return(make, stations: StationFactor
     yz = stations.make()
     yz_client = create_local_api(yz.lending, lambda: {"name": "x"}, yz.directory).test_client()
     assert yz_client.get("/v1/station").get_json()["return_by"] == "bank"
+
+
+def test_a_silent_cabinet_fails_the_claim_and_opens_nothing(make) -> None:
+    cab = make("kerong-cu16")
+    line, address, _ = cab.sim.where(1)
+    line.silent(address)
+    for _ in range(3):  # three failed polls in a row: locker_offline
+        with contextlib.suppress(BoardOffline):
+            cab.sync()
+    assert not cab.locker.online
+    claim = cab.lending.return_desk.expect(RIDER)
+    assert (claim.state, claim.reason) == ("failed", "board_offline")
+    assert all(cab.sim.lock(n).locked for n in (1, 2, 3))
