@@ -3,7 +3,10 @@ clear ConfigError naming the key for every bad value."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+import yaml
 
 from firmware.config import BoardConfig, BusConfig, ChargingConfig, parse_station_config
 from yizhan.config import ConfigError
@@ -51,6 +54,19 @@ def test_several_buses_and_boards_in_slot_order() -> None:
     assert got.n_slots == 36
     # The relay module on the first boards' line, at their speed.
     assert got.charging.port == PORT and got.charging.baudrate == 9600
+
+
+def test_the_shipped_lock_board_example_loads(tmp_path) -> None:
+    path = Path(__file__).resolve().parents[1] / "deploy" / "examples" / "station-lockboards.yaml"
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    (tmp_path / "mqtt.password").write_text("s3cret\n")
+    (tmp_path / "fleet.key").write_text("k" * 32)
+    data["mqtt"].update(password_file=str(tmp_path / "mqtt.password"), tls=None)
+    data["fleet_key_file"] = str(tmp_path / "fleet.key")
+    got = parse_station_config(data).lockers
+    assert got.driver == "lock8a" and got.n_slots == 48
+    assert got.charging.units == ((1, 16), (2, 16), (3, 16))
+    assert got.charging.occupancy == "inputs" and got.charging.charge_time == 3 * 3600
 
 
 def test_several_relay_modules_share_the_slots_in_order() -> None:
