@@ -427,3 +427,37 @@ def test_several_relay_modules_switch_the_slots_in_order(rigs, clock) -> None:
     clock.advance(HOUR)
     assert rig.status(6).charge == 0 and rig.status(1).charge == 100
     assert rig.cabinet.charge(6, True) == ChargeResult.OK and rig.sim.coil(6)
+
+
+def test_the_locker_reports_a_silent_board_per_slot_and_all_silent_as_offline(rigs, clock):
+    rig = rigs({"driver": "kerong-cu16",
+                "buses": [{"boards": [{"address": 0, "locks": 2}, {"address": 1, "locks": 2}]}],
+                "charging": {"driver": "modbus-io", "charge_time": "3h"}})
+    reporter = RecordingReporter()
+    locker = Locker(rig.cabinet, reporter, clock, poll_interval=2.0)
+    try:
+        assert locker.poll_once() and locker.online
+        rig.sim.lines[0].silent(1)
+        for _ in range(4):
+            clock.advance(2.0)
+            locker.poll_once()
+        # One board of two: its slots faulted, the locker online, no locker_offline.
+        assert locker.online and "locker_offline" not in reporter.types()
+        assert [e for e in reporter.events if e[0] == "slot_fault"] == [
+            ("slot_fault", {"slot": 3, "fault": "comm"}),
+            ("slot_fault", {"slot": 4, "fault": "comm"})]
+        assert [s.fault for s in locker.section().slots] == [None, None, "comm", "comm"]
+        rig.sim.lines[0].silent(0)
+        for _ in range(3):
+            clock.advance(2.0)
+            locker.poll_once()
+        assert not locker.online and reporter.types().count("locker_offline") == 1
+        rig.sim.lines[0].silent(0, False)
+        rig.sim.lines[0].silent(1, False)
+        clock.advance(2.0)
+        locker.poll_once()
+        assert locker.online and "locker_online" in reporter.types()
+        assert [s.fault for s in locker.section().slots] == [None] * 4
+        assert reporter.types().count("slot_fault_cleared") == 2
+    finally:
+        locker.close()
