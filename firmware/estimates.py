@@ -20,8 +20,9 @@ never counts: nobody watched the supply.
     est.tick({4: True})          # every poll: which held slots have power now
     est.charge(4)                # 0 .. 100, None when slot 4 holds no bank
 
-The file is replaced atomically (:func:`firmware.storage.write_atomically`) at
-once when a bank arrives or leaves and when one becomes full, and otherwise
+The file is replaced atomically (:func:`firmware.storage.write_atomically`) in
+the poll that saw a bank arrive or leave or become full (one write for all the
+banks found at start), and otherwise
 every ``checkpoint`` seconds: a crash loses at most that much counted charge,
 which only makes the estimate lower. A file that cannot be read (torn by a
 dying card, edited by hand, hostile) is ignored with a warning: every slot then
@@ -73,6 +74,7 @@ class ChargeEstimates:
         self._last_tick: float | None = None
         self._saved_at = clock.monotonic()
         self._dirty = False
+        self._urgent = False  # a bank came or went: write at the next tick
         self.saves = 0
         self.save_errors = 0
         self._load()
@@ -105,12 +107,13 @@ class ChargeEstimates:
     # -- what the cabinet tells --------------------------------------------------------
 
     def arrived(self, slot: int) -> None:
-        """A bank came into ``slot``: it counts as empty from now."""
+        """A bank came into ``slot``: it counts as empty from now (written by the
+        next :meth:`tick`, the same poll's)."""
         self._check(slot)
         self._charged[slot] = 0.0
         self._since[slot] = self.clock.ms()
         self._powered[slot] = False  # its power counts from the next tick on
-        self.save()
+        self._urgent = True
 
     def left(self, slot: int) -> None:
         """The bank in ``slot`` is gone; what was counted for it goes with it."""
@@ -119,7 +122,7 @@ class ChargeEstimates:
             return
         self._since.pop(slot, None)
         self._powered.pop(slot, None)
-        self.save()
+        self._urgent = True
 
     def tick(self, powered: Mapping[int, bool]) -> None:
         """One look at the supply: ``powered[slot]`` True when the station knows
@@ -141,7 +144,8 @@ class ChargeEstimates:
                 self._dirty = True
                 became_full |= grown >= self.charge_time
             self._powered[slot] = on
-        if became_full or (self._dirty and now - self._saved_at >= self.checkpoint):
+        if self._urgent or became_full or (
+                self._dirty and now - self._saved_at >= self.checkpoint):
             self.save()
 
     def save(self) -> bool:
@@ -160,7 +164,7 @@ class ChargeEstimates:
             log.warning("cannot write the charge estimates to %s: %s", self.path, err)
             return False
         self.saves += 1
-        self._dirty = False
+        self._dirty = self._urgent = False
         return True
 
     # -- the file ---------------------------------------------------------------------------
