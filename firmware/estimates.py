@@ -148,6 +148,11 @@ class ChargeEstimates:
                 self._dirty and now - self._saved_at >= self.checkpoint):
             self.save()
 
+    def flush(self) -> None:
+        """Write what was counted since the last write, if anything (a clean stop)."""
+        if self._dirty or self._urgent:
+            self.save()
+
     def save(self) -> bool:
         """Write the file now; False (kept in memory, logged) when the card refuses."""
         data = {

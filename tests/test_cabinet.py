@@ -461,3 +461,30 @@ def test_the_locker_reports_a_silent_board_per_slot_and_all_silent_as_offline(ri
         assert reporter.types().count("slot_fault_cleared") == 2
     finally:
         locker.close()
+
+
+def test_a_crash_loses_at_most_the_checkpoint_of_counted_charge(rigs, clock) -> None:
+    rig = rigs(KERONG)
+    path = rig.data_dir / ESTIMATES_FILE
+
+    def saved(slot: int) -> float:
+        return json.loads(path.read_text())["slots"][str(slot)]["charged_s"]
+
+    rig.status()
+    assert saved(1) == 0  # the banks found are on the card in the poll that saw them
+    for _ in range(13):  # 6.5 minutes of polls every 30 s
+        clock.advance(30)
+        rig.status()
+    # Power read back on from the second poll: 360 s counted, 270 s of them
+    # written at the 5-minute checkpoint.
+    assert rig.cabinet.estimates.seconds_to(1, 100) == 3 * HOUR - 360
+    assert saved(1) == 270
+    for bus in {b.bus for b in rig.cabinet.boards} | {s.bus for s in rig.cabinet.switches}:
+        bus.close()  # the agent dies: the lines go, nothing more is written
+    rig.cabinet = rig.build()
+    assert rig.cabinet.estimates.seconds_to(1, 100) == 3 * HOUR - 270  # lower, never higher
+    rig.status()
+    clock.advance(30)
+    rig.status()
+    rig.cabinet.close()  # a clean stop writes what it counted since
+    assert saved(1) == 300

@@ -144,8 +144,10 @@ class Cabinet:
             raise errors[0]
 
     def close(self) -> None:
+        """Close every line, and write what was counted since the last checkpoint."""
         for bus in self._buses:
             bus.close()
+        self.estimates.flush()
 
     # -- the board seam: requests ------------------------------------------------------
 
