@@ -47,6 +47,7 @@ __all__ = ["ChargeEstimates"]
 
 _VERSION = 1
 _MOST_CHARGE_TIME = 86400.0
+_RETRY = 60.0  # seconds between tries while the card refuses writes
 
 
 class ChargeEstimates:
@@ -75,6 +76,7 @@ class ChargeEstimates:
         self._saved_at = clock.monotonic()
         self._dirty = False
         self._urgent = False  # a bank came or went: write at the next tick
+        self._retry_at: float | None = None  # after a refused write: not before then
         self.saves = 0
         self.save_errors = 0
         self._load()
@@ -144,6 +146,8 @@ class ChargeEstimates:
                 self._dirty = True
                 became_full |= grown >= self.charge_time
             self._powered[slot] = on
+        if self._retry_at is not None and now < self._retry_at:
+            return  # the card refused the last write; do not hammer it every poll
         if self._urgent or became_full or (
                 self._dirty and now - self._saved_at >= self.checkpoint):
             self.save()
@@ -165,9 +169,15 @@ class ChargeEstimates:
         try:
             write_atomically(self.path, json.dumps(data, sort_keys=True).encode())
         except OSError as err:
+            if self._retry_at is None:
+                log.warning("cannot write the charge estimates to %s: %s; kept in memory, "
+                            "retried every %.0f s", self.path, err, _RETRY)
             self.save_errors += 1
-            log.warning("cannot write the charge estimates to %s: %s", self.path, err)
+            self._retry_at = self.clock.monotonic() + _RETRY
             return False
+        if self._retry_at is not None:
+            log.info("charge estimates written to %s again", self.path)
+            self._retry_at = None
         self.saves += 1
         self._dirty = self._urgent = False
         return True

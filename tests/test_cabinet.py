@@ -488,3 +488,18 @@ def test_a_crash_loses_at_most_the_checkpoint_of_counted_charge(rigs, clock) -> 
     rig.status()
     rig.cabinet.close()  # a clean stop writes what it counted since
     assert saved(1) == 300
+
+
+def test_a_card_that_refuses_the_estimates_is_retried_once_a_minute(tmp_path, clock) -> None:
+    (tmp_path / "not-a-dir").write_text("a file where the data directory should be")
+    est = ChargeEstimates(tmp_path / "not-a-dir" / ESTIMATES_FILE, clock, 120)
+    est.arrived(1)
+    est.tick({1: True})
+    assert est.save_errors == 1 and est.saves == 0 and est.held(1)
+    clock.advance(30)
+    est.tick({1: True})
+    assert est.save_errors == 1  # not every poll
+    clock.advance(30)
+    est.tick({1: True})
+    assert est.save_errors == 2
+    assert est.charge(1) == 50  # counting goes on in memory
