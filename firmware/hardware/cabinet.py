@@ -183,9 +183,11 @@ class Cabinet:
                     # A door opened and shut between two polls: only the board's
                     # own change frames saw it.
                     for r in heard:
-                        self._observe(base + r.lock, r.locked, occupied=None)
+                        if 1 <= r.lock <= board.locks:  # never another board's slot
+                            self._observe(base + r.lock, r.locked, occupied=None)
                 for r in got:
-                    readings[base + r.lock] = r
+                    if 1 <= r.lock <= board.locks:
+                        readings[base + r.lock] = r
             base += board.locks
         for i in sorted(silent - self._silent):
             log.warning("%s does not answer; its slots are faulted 'comm'", self.boards[i])
