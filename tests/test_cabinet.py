@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from firmware.config import parse_station_config
 from firmware.directory import DirectoryStore
@@ -503,3 +505,39 @@ def test_a_card_that_refuses_the_estimates_is_retried_once_a_minute(tmp_path, cl
     est.tick({1: True})
     assert est.save_errors == 2
     assert est.charge(1) == 50  # counting goes on in memory
+
+
+@given(st.lists(st.tuples(st.floats(0, 4 * 3600, allow_nan=False),
+                          st.sampled_from(["on", "off", "arrive", "leave"])), max_size=40))
+@settings(max_examples=200, deadline=None)
+def test_the_estimate_counts_only_time_with_power_seen_on_at_both_looks(
+        tmp_path_factory, steps) -> None:
+    clock = ManualClock()
+    ct = 3 * HOUR
+    est = ChargeEstimates(tmp_path_factory.mktemp("est") / ESTIMATES_FILE, clock, ct)
+    on = held = prev_on = False
+    credit, first = 0.0, True
+    for wait, what in steps:
+        clock.advance(wait)
+        if what == "arrive" and not held:
+            est.arrived(1)
+            held, credit, prev_on = True, 0.0, False  # a bank arrives empty
+        elif what == "leave" and held:
+            est.left(1)
+            held = False
+        elif what in ("on", "off"):
+            on = what == "on"
+        before = est.charge(1)
+        est.tick({1: on} if held else {})
+        if held:
+            if prev_on and on and not first:
+                credit += wait
+            prev_on = on
+        first = False
+        if not held:
+            assert est.charge(1) is None
+        else:
+            # Exactly the time on at both looks, never more than full.
+            assert est.seconds_to(1, 100) == pytest.approx(max(0.0, ct - credit), abs=1e-6)
+            assert 0 <= est.charge(1) <= 100
+            assert before is None or est.charge(1) >= before
