@@ -20,6 +20,7 @@ import argparse
 import logging
 import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 
 from yizhan import __version__
@@ -140,13 +141,17 @@ def cmd_sim_board(args: argparse.Namespace) -> int:
             return EXIT_CONFIG
         first = PROTOCOLS[args.protocol][0] if args.address is None else args.address
         what = f"{args.protocol} x{args.boards} from address {first}"
+    # The handler goes in before the line that says we are ready: a SIGTERM sent
+    # on reading it must stop us cleanly, not kill us with the default action.
+    done = threading.Event()
+    _on_terminate(done.set)
     sim.start()
-    print(f"board simulator: {what}, on {sim.port}", flush=True)
-    done = []
-    _on_terminate(lambda: done.append(True))
     try:
-        while not done:
-            signal.pause()
+        print(f"board simulator: {what}, on {sim.port}", flush=True)
+        # A timed wait, not signal.pause(): a signal landing between the check and
+        # pause() would leave it waiting for a second one.
+        while not done.wait(0.5):
+            pass
     finally:
         sim.stop()
     return 0
