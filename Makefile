@@ -9,6 +9,8 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
+# pytest-xdist workers; each test file runs whole on one (docs/testing.md, "Workers").
+TEST_WORKERS ?= 2
 
 .PHONY: demo test lint bench soak grafana-pictures system-deps postgres-ready venv clean help
 
@@ -74,7 +76,7 @@ demo: venv
 	$(VENV)/bin/yizhan demo
 
 test: venv postgres-ready
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check .
