@@ -372,6 +372,8 @@ def test_a_change_made_while_the_broker_is_away_is_sent_by_the_timer(desk, clock
     ("add_staff", {"id": "Li", "name": "李", "pin": "2468"}, "bad_id"),
     ("add_staff", {"id": "li", "name": "李", "pin": "2468", "groups": [[["x"]]]}, "bad_groups"),
     ("add_staff", {"id": "li", "name": "李", "pin": "2468", "extra": 1}, "bad_body"),
+    # null is not "every station": that is [] or leaving groups out.
+    ("add_staff", {"id": "li", "name": "李", "pin": "2468", "groups": None}, "bad_groups"),
     ("deny", {"rider": "r:" + "0" * 24, "reason": "x", "expires_at": 2**70}, "bad_expires_at"),
     ("deny", {"rider": "r:" + "0" * 24, "reason": "x", "expires_at": 1}, "bad_time"),
     ("deny", {"rider": "r:" + "0" * 24, "phone": "13812345678", "reason": "x"}, "bad_body"),
@@ -387,9 +389,23 @@ def test_hostile_input_is_refused_naming_the_field(desk, call, body, code) -> No
 
 @pytest.mark.parametrize("body", [{"min_charge": 2**70}, {"min_charge": True},
                                   {"min_charge": 80.0}, {"loan_hours": 0},
-                                  {"max_per_rider": 11}, {"lending": "closed"}, {}])
+                                  {"max_per_rider": 11}, {"lending": "closed"}, {},
+                                  # null is not "left out" (the fuzz test's find):
+                                  {"max_per_rider": 5, "loan_hours": None},
+                                  {"lending": None}, {"min_charge": None}])
 def test_a_policy_out_of_bounds_is_refused(desk, body) -> None:
     d = desk[0]
     with pytest.raises(BadField):
         d.set_policy("station", SID, body, by="desk")
     assert d.policies()["stations"] == []
+
+
+def test_a_null_never_takes_a_staff_members_groups_away(desk) -> None:
+    """PATCH groups: null is refused; [] (every station) must be said as []."""
+    d = desk[0]
+    d.add_staff({"id": "li", "name": "李", "pin": "2468", "groups": ["chumen"]}, by="desk")
+    with pytest.raises(BadField) as refused:
+        d.change_staff("li", {"groups": None}, by="desk")
+    assert refused.value.code == "bad_groups"
+    assert d.get_staff("li")["groups"] == ["chumen"]
+    assert d.change_staff("li", {"groups": []}, by="desk")["groups"] == []

@@ -244,7 +244,7 @@ class Directory:
         name = fields.text(body.get("name"), "name", fields.NAME_MAX)
         phone = None if body.get("phone") is None else fields.phone(body["phone"])
         pin_hash = hash_pin(fields.pin(body.get("pin")))
-        groups = fields.groups(body.get("groups"))
+        groups = fields.groups(body.get("groups", []))
 
         def apply(conn: sa.Connection, now: int) -> None:
             if conn.execute(sa.select(staff.c.id).where(staff.c.id == sid_)).first():

@@ -90,8 +90,8 @@ def sid(value: Any) -> str:
 
 
 def groups(value: Any) -> list[str]:
-    if value is None:
-        return []
+    # null is refused, not read as []: [] gives the staff member every station, and a
+    # client's null (a field it failed to fill) must not do that silently.
     if not isinstance(value, list) or len(value) > GROUPS_MAX:
         raise BadField("bad_groups", f"groups must be a list of at most {GROUPS_MAX} group "
                        "names ([] or absent: every station)")
@@ -112,15 +112,19 @@ def policy(body: Any) -> dict[str, Any]:
     if unknown:
         raise BadField("bad_body", f"unknown field {unknown[0][:40]!r}; a policy takes "
                        + ", ".join(POLICY_FIELDS))
+    # A field given is checked, null included: an override is replaced whole, so a
+    # field left out already falls back to the group's or the fleet's, and a null
+    # taken as "left out" would let a client's unfilled field pass unnoticed.
     out: dict[str, Any] = {}
-    if body.get("lending") is not None:
+    if "lending" in body:
         if body["lending"] not in LENDING:
-            raise BadField("bad_lending", "lending must be open or registered")
+            raise BadField("bad_lending", "lending must be open or registered (leave it "
+                           "out to keep the group's or the fleet's)")
         out["lending"] = body["lending"]
     bounds = {"min_charge": (0, 100), "max_per_rider": (0, MAX_PER_RIDER_MAX),
               "loan_hours": (1, LOAN_HOURS_MAX)}
     for field, (lo, hi) in bounds.items():
-        if body.get(field) is not None:
+        if field in body:
             out[field] = whole(body[field], field, lo, hi)
     if not out:
         raise BadField("bad_body", "give at least one of " + ", ".join(POLICY_FIELDS)

@@ -97,7 +97,8 @@ SCHEMAS: dict[str, Any] = {
     "PolicyOverride": _obj(POLICY_FIELDS, required=[], additionalProperties=False,
                            anyOf=AT_LEAST_ONE,
                            description="the fields to override (at least one); the "
-                                       "others keep the group's or the fleet's"),
+                                       "others keep the group's or the fleet's. A PUT "
+                                       "replaces the override whole; null is refused"),
     "GroupPolicyRequest": _obj({"group": GROUP, **POLICY_FIELDS}, required=["group"],
                                additionalProperties=False, anyOf=AT_LEAST_ONE),
     "GroupPolicy": _obj({"group": {"type": "string"}, **POLICY_FIELDS, "updated_at": MS,
