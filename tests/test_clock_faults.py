@@ -19,7 +19,6 @@ on the monotonic clock, dating on the hub uses the hub's own clock:
 from __future__ import annotations
 
 import json
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -103,14 +102,19 @@ class Stepped:
     def run(self, seconds: float, every: float = 1.0) -> None:
         """``seconds`` of the station's life: the clock moved ``every`` seconds at a
         time and one loop step after each, as ``Agent.run`` would."""
+        reader = self.agent.dispenser._thermometer
         left = seconds
         while left > 1e-9:
             dt = min(every, left)
             self.clock.advance(dt)
             left -= dt
+            # The tank follows the clock here, not whenever its real-time ticker wakes.
+            self.water.sync()
             self.agent.step()
-            # The thermometer reads on a thread of its own: let it.
-            time.sleep(0.002)
+            # The thermometer reads on a thread of its own; on a Pi time runs while it
+            # does. The clock stands still until it has: a thread a loaded machine
+            # leaves waiting must not age the reading past sensor_timeout.
+            wait_until(lambda: reader.settled, 10, "the thermometer's read", interval=0.001)
 
     def event(self, sub: Subscriber, type_: str, timeout: float = 3.0) -> dict:
         """The latest ``type_`` event on the wire; the station steps (time standing

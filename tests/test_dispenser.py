@@ -347,16 +347,28 @@ def test_a_hung_read_cuts_the_heater(tmp_path, pin_factory, clock):
             d.poll()
         assert not d.heater and not pin_factory.pin(HEATER).state
         assert ("heater_lockout", {"reason": "sensor_silent"}) in reporter.events
+        assert not d._thermometer.settled  # the read asked for is still hanging
         # The reader is stuck in open(): a writer can join it (with no reader this
         # would fail with ENXIO); that lets the hung read go.
         deadline = time.monotonic() + 5
         while True:
             try:
-                os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+                writer = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
                 break
             except OSError:
                 assert time.monotonic() < deadline, "the reader never tried the sensor"
                 time.sleep(0.01)
+        # The sensor answers again (a read after the hung one finds it), then the
+        # hung read is let go (an empty file: a failure). Every request the polls
+        # made while it hung is answered: the reader is settled.
+        good = path.with_name("w1_slave.good")
+        good.write_text(w1_slave_text(60.0))
+        os.replace(good, path)
+        os.close(writer)
+        deadline = time.monotonic() + 5
+        while not d._thermometer.settled:
+            assert time.monotonic() < deadline, "the let-go read never settled"
+            time.sleep(0.01)
     finally:
         d.close()
         sim.close()

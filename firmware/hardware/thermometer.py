@@ -121,6 +121,8 @@ class ThermometerReader:
         self._next = clock.monotonic()
         self._closed = threading.Event()
         self._wanted = threading.Event()
+        # Reads asked for and reads made (good or not), numbered: ``settled``.
+        self._asked = self._made = 0
         self._thread: threading.Thread | None = None
         if spec.background:
             self._thread = threading.Thread(target=self._run, name=f"ds18b20-{spec.device}",
@@ -135,7 +137,20 @@ class ThermometerReader:
         if self._thread is None:
             self._read_once()
         else:
+            with self._lock:
+                self._asked += 1
             self._wanted.set()  # a read still hanging simply keeps it pending
+
+    @property
+    def settled(self) -> bool:
+        """Every read asked for so far has been made (inline reads always have).
+
+        The agent never waits on it: on a Pi time runs while the thread reads. A
+        harness that moves a ManualClock by seconds in a few milliseconds waits on
+        it before moving on, or a thread the scheduler left waiting would see the
+        reading go stale in model time (sensor_silent) that no Pi would."""
+        with self._lock:
+            return self._made == self._asked
 
     def latest(self) -> tuple[float | None, float | None]:
         with self._lock:
@@ -147,7 +162,11 @@ class ThermometerReader:
             self._wanted.clear()
             if self._closed.is_set():
                 return
+            with self._lock:
+                asked = self._asked  # this read answers every request made so far
             self._read_once()
+            with self._lock:
+                self._made = asked
 
     def _read_once(self) -> None:
         try:
