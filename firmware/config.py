@@ -180,10 +180,14 @@ class LockerConfig:
 
 
 def lock_drivers() -> tuple[str, ...]:
-    """The names ``lockers.driver`` accepts: YZ-LB1 and every registered board."""
+    """The names ``lockers.driver`` accepts: YZ-LB1 and every registered board.
+
+    YZ-LB1 is registered too (its driver runs the conformance suite), but the
+    name keeps its meaning here: the LockerBoard with bank telemetry.
+    """
     from firmware.hardware.lockboards import DRIVERS
 
-    return (YZ_LB1, *sorted(DRIVERS))
+    return (YZ_LB1, *sorted(set(DRIVERS) - {YZ_LB1}))
 
 
 def _bus(item: object, path: str, kind: type, *, sim: bool, flat: bool = False) -> BusConfig:

@@ -186,3 +186,61 @@ def test_bad_values_are_refused_naming_the_key(section: dict, key: str, problem:
         lockers(section)
     assert info.value.key == key, str(info.value)
     assert problem in str(info.value)
+
+
+# -- yz-lb1 is a registered driver, and still the LockerBoard ------------------------------
+
+
+def test_yz_lb1_stays_the_locker_board_with_bank_telemetry(tmp_path) -> None:
+    # The YZLB1 driver is registered (the conformance suite runs it), yet a
+    # station that says yz-lb1, or nothing, gets the LockerBoard on its port:
+    # bank ids and measured charge, no Cabinet, no estimates file.
+    from firmware.config import lock_drivers
+    from firmware.hardware.board import LockerBoard
+    from firmware.hardware.cabinet import Cabinet, build_cabinet
+    from firmware.hardware.lockboards import DRIVERS, YZLB1
+    from firmware.hardware.station import build_hardware
+    from firmware.sim import BoardSimulator
+    from yizhan.clock import ManualClock
+
+    assert DRIVERS["yz-lb1"] is YZLB1
+    assert lock_drivers() == ("yz-lb1", "kerong-cu16", "lock8a")  # each name once
+    sim = BoardSimulator(n_slots=3, banks={2: ("PB0012AF", 96)},
+                         link_path=tmp_path / "ttyYZ").start()
+    try:
+        for section in ({"port": sim.port, "slots": 3},
+                        {"driver": "yz-lb1", "port": sim.port, "slots": 3}):
+            data = {"station": {"id": "yh-a"}, "data_dir": str(tmp_path / "d"),
+                    "lockers": section}
+            config = parse_station_config(data)
+            hardware = build_hardware(config, ManualClock())
+            try:
+                board = hardware.board
+                assert isinstance(board, LockerBoard) and not isinstance(board, Cabinet)
+                assert board.info() == (3, "YZ-SIM-1.0")
+                record = board.status()[1]
+                assert (record.bank_id, record.charge, record.estimated) == ("PB0012AF", 96, False)
+            finally:
+                hardware.close()
+        assert not (tmp_path / "d" / "charge_estimates.json").exists()
+        with pytest.raises(ValueError, match="yz-lb1 is the LockerBoard"):
+            build_cabinet(config.lockers, tmp_path / "d", ManualClock())
+    finally:
+        sim.stop()
+
+
+def test_a_simulated_yz_lb1_station_is_the_board_simulator(tmp_path) -> None:
+    from firmware.hardware.board import LockerBoard
+    from firmware.hardware.station import build_hardware
+    from yizhan.clock import ManualClock
+
+    data = {"station": {"id": "yh-a"}, "data_dir": str(tmp_path / "d"), "hardware": "sim",
+            "lockers": {"driver": "yz-lb1", "slots": 2}}
+    hardware = build_hardware(parse_station_config(data), ManualClock())
+    try:
+        assert isinstance(hardware.board, LockerBoard)
+        assert hardware.simulation.cabinet is None  # no lock-board line simulators
+        records = hardware.board.status()
+        assert all(r.bank_id and not r.estimated for r in records)
+    finally:
+        hardware.close()

@@ -1,4 +1,6 @@
-"""One suite every lock-board driver passes against its simulator on a pty.
+"""One suite every lock-board driver passes against its simulator on a pty:
+lock8a, kerong-cu16, and the reference board yz-lb1 against
+firmware/sim/board.py's BoardSimulator (several addresses on one pty).
 
 The driver opens the pseudo-terminal with pyserial exactly as it opens an
 RS-485 adapter; the simulator answers byte for byte. What a new driver must
@@ -22,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from firmware.hardware.board import BoardRefused
 from firmware.hardware.lockboards import (
     DRIVERS,
     BoardDriver,
@@ -37,7 +40,15 @@ from firmware.hardware.lockboards import (
     lock8a,
 )
 from firmware.hardware.lockboards.base import BadLock
-from firmware.sim.lockboards import KerongChainSim, Lock8ABusSim, ModbusIOSim, line_sim
+from firmware.hardware.lockboards.yzlb1 import YZLB1
+from firmware.sim.lockboards import (
+    KerongChainSim,
+    Lock8ABusSim,
+    ModbusIOSim,
+    YZLB1LineSim,
+    line_sim,
+)
+from protocol.frames import Cmd, UnlockResult, error_response, unlock_response
 
 
 @dataclass(frozen=True)
@@ -49,6 +60,9 @@ class Kit:
     addresses: tuple[int, int]  # two boards for the shared-bus cases
     is_unlock: Callable[[Any, int], bool]
     is_read: Callable[[Any, int], bool]
+    # What a board does with an unlock of a lock it does not carry: "silent"
+    # (no answer: BoardOffline) or "refused" (it knows its count: BAD_LOCK).
+    missing_lock: str = "silent"
 
 
 KITS = {
@@ -65,6 +79,14 @@ KITS = {
         (0, 9),
         lambda r, a: r.cmd == kerong.CMD_UNLOCK and r.board == a,
         lambda r, a: r.cmd == kerong.CMD_READ and r.board == a,
+    ),
+    "yz-lb1": Kit(
+        YZLB1,
+        lambda addresses, locks, **kw: YZLB1LineSim(addresses, locks, **kw),
+        (1, 15),
+        lambda r, a: r.cmd == Cmd.UNLOCK and r.addr == a,
+        lambda r, a: r.cmd == Cmd.STATUS and r.addr == a,
+        missing_lock="refused",
     ),
 }
 
@@ -169,13 +191,18 @@ def test_a_lock_outside_the_board_is_never_sent(make_line):
     assert line.sim.heard == []
 
 
-def test_a_lock_the_board_does_not_have_times_out_once(make_line):
-    # Configured with more locks than the board carries: the board ignores
-    # the channel; the unlock is reported and not sent again.
+def test_a_lock_the_board_does_not_have_is_sent_once(make_line):
+    # Configured with more locks than the board carries: an 8A/CU16 ignores
+    # the channel, YZ-LB1 knows its count and refuses; either way the unlock
+    # is reported and not sent again.
     line = make_line(locks=8)
     board = line.board(locks=12)
-    with pytest.raises(BoardOffline, match="unlock of lock 10"):
-        board.unlock(10)
+    if line.kit.missing_lock == "refused":
+        assert board.unlock(10) is Latch.BAD_LOCK
+        assert board.read()[9] == LockReading(10, None, None)  # no such slot: cannot tell
+    else:
+        with pytest.raises(BoardOffline, match="unlock of lock 10"):
+            board.unlock(10)
     assert line.count(line.kit.is_unlock) == 1
 
 
@@ -379,6 +406,64 @@ def test_a_board_behind_an_echoing_adapter(tmp_path):
         sim.stop()
 
 
+def test_yz_lb1_reads_bank_telemetry_through_the_same_driver(tmp_path):
+    sim = YZLB1LineSim((3,), 4, link_path=tmp_path / "tty").start()
+    bus = Bus(sim.port, 115200)
+    try:
+        board = YZLB1(bus, 3, 4)
+        assert board.caps.bank_telemetry and board.caps.occupancy and not board.caps.unsolicited
+        sim.insert(3, 2)
+        assert board.read()[1] == LockReading(2, True, True)
+        record = board.records()[1]
+        assert (record.bank_id, record.charge, record.fault) == ("PB030002", 50, None)
+        sim.sim.board(3).busy(4)
+        assert board.unlock(4) is Latch.STILL_LOCKED  # busy: no pulse, the latch as it was
+        assert board.read()[3].locked is True
+    finally:
+        bus.close()
+        sim.stop()
+
+
+def test_yz_lb1_error_frames_mean_no_pulse(tmp_path):
+    # A board that heard our unlock corrupt answers error 1 and did not pulse:
+    # that is a refusal, never a reason to pulse again.
+    sim = YZLB1LineSim((1,), 4, link_path=tmp_path / "tty").start()
+    bus = Bus(sim.port, 115200)
+
+    def answer_with(frame: bytes) -> threading.Thread:
+        # The board is silent; this is what comes back once the unlock is heard.
+        after = len(sim.heard)
+
+        def answer() -> None:
+            sim.wait_heard(lambda r: r.cmd == Cmd.UNLOCK, after=after)
+            sim.inject_garbage(frame)
+
+        thread = threading.Thread(target=answer)
+        thread.start()
+        return thread
+
+    try:
+        board = YZLB1(bus, 1, 4)
+        sim.silent(1)
+        for frame, expect in [
+            (error_response(1, Cmd.UNLOCK, 1), BoardRefused),
+            (error_response(1, Cmd.UNLOCK, 4), Latch.BAD_LOCK),
+            # An answer about another slot is not the answer: nothing else came.
+            (unlock_response(1, 3, UnlockResult.RELEASED), BoardOffline),
+        ]:
+            thread = answer_with(frame)
+            if isinstance(expect, Latch):
+                assert board.unlock(2) is expect
+            else:
+                with pytest.raises(expect):
+                    board.unlock(2)
+            thread.join(5)
+        assert len([h for h in sim.heard if h.request.cmd == Cmd.UNLOCK]) == 3
+    finally:
+        bus.close()
+        sim.stop()
+
+
 # -- the Modbus relay/IO module -------------------------------------------------------------------
 
 
@@ -430,10 +515,11 @@ def test_modbus_refusals_and_silence(module, tmp_path):
     ("lock8a", lambda bus: Lock8A(bus, 2, 24).unlock(3) is Latch.RELEASED),
     ("kerong-cu16", lambda bus: KerongCU16(bus, 1, 16).read()[0].locked is True),
     ("modbus-io", lambda bus: ChargeSwitch(bus, 2, 4).set(4, True) is None),
+    ("yz-lb1", lambda bus: YZLB1(bus, 2, 12).unlock(3) is Latch.RELEASED),
 ])
 def test_yizhan_sim_board_serves_each_protocol(tmp_path, protocol, check):
     link = tmp_path / "tty"
-    rates = {"lock8a": 9600, "kerong-cu16": 19200, "modbus-io": 9600}
+    rates = {"lock8a": 9600, "kerong-cu16": 19200, "modbus-io": 9600, "yz-lb1": 115200}
     args = ["--boards", "2"] if protocol != "modbus-io" else ["--address", "2", "--locks", "4"]
     proc = subprocess.Popen(
         [sys.executable, "-m", "yizhan", "sim", "board", "--protocol", protocol,
@@ -442,7 +528,8 @@ def test_yizhan_sim_board_serves_each_protocol(tmp_path, protocol, check):
     )
     try:
         first = proc.stdout.readline()
-        assert f"board simulator: {protocol}" in first and str(link) in first
+        name = "YZ-LB1 x2" if protocol == "yz-lb1" else protocol
+        assert f"board simulator: {name}" in first and str(link) in first
         bus = Bus(str(link), rates[protocol])
         try:
             assert check(bus)

@@ -126,9 +126,19 @@ def cmd_sim_board(args: argparse.Namespace) -> int:
         from firmware.sim.board import BoardSimulator
 
         address = 1 if args.address is None else args.address
-        sim = BoardSimulator(n_slots=args.slots, address=address, link_path=args.link,
-                             realtime=True, auto_take=args.auto_take)
+        try:
+            if args.boards < 1:
+                raise ValueError(f"--boards must be at least 1, got {args.boards}")
+            # Several boards answer on one line, each its own address (RS-485).
+            sim = BoardSimulator(n_slots=args.slots, address=address, link_path=args.link,
+                                 addresses=range(address, address + args.boards),
+                                 realtime=True, auto_take=args.auto_take)
+        except ValueError as err:
+            print(f"yizhan sim board: {err}", file=sys.stderr)
+            return EXIT_CONFIG
         what = f"YZ-LB1 address {address}, {args.slots} slots"
+        if args.boards > 1:
+            what = f"YZ-LB1 x{args.boards} from address {address}, {args.slots} slots each"
     else:
         from firmware.sim.lockboards import PROTOCOLS, line_sim
 

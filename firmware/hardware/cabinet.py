@@ -44,7 +44,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from firmware.config import ALWAYS_ON, LockerConfig
+from firmware.config import ALWAYS_ON, YZ_LB1, LockerConfig
 from firmware.estimates import ChargeEstimates
 from firmware.hardware.board import BoardOffline, LockerError
 from firmware.hardware.lockboards import (
@@ -360,6 +360,11 @@ def build_cabinet(config: LockerConfig, data_dir: Path, clock: Clock, *,
     simulators' pseudo-terminals under ``hardware: sim``). The estimates live in
     ``data_dir/charge_estimates.json``. Nothing is opened here.
     """
+    if config.driver == YZ_LB1:
+        # Registered as a driver for the conformance suite, yet a yz-lb1
+        # station is the LockerBoard: the board measures charge, nothing is estimated.
+        raise ValueError("lockers.driver yz-lb1 is the LockerBoard (firmware.hardware.board), "
+                         "not a Cabinet of lock-control boards")
     kind = DRIVERS[config.driver]
     boards: list[BoardDriver] = []
     for i, line in enumerate(config.buses):

@@ -13,11 +13,17 @@ scripted: a jammed lock, a silent or garbling board, an unplugged adapter.
     sim.jam(2)                       # UNLOCK of slot 2 now answers JAMMED
     sim.unplug(); sim.replug()       # the host sees EIO, then reopens the same path
     sim.stop()
+
+Several boards on one line (RS-485: each answers its own address) are one
+simulator with ``addresses=(1, 2)``: a cabinet model each, ``board(a)`` to
+reach one, ``silent(board=a)``/``remove(a)`` to fault one. The methods without
+a board argument act on the first, as before.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import logging
 import os
@@ -25,11 +31,11 @@ import select
 import struct
 import threading
 import tty
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from firmware.sim.model import Cabinet, SimulatorError, SlotError
+from firmware.sim.model import Cabinet, SimulatorError, SlotError, default_banks
 from protocol.frames import (
     HEADER_LEN,
     RESPONSE_BIT,
@@ -120,6 +126,13 @@ class BoardSimulator:
     ``release_window``, ``auto_take``, ``time_scale``...). ``realtime`` runs a
     background ticker so the cabinet moves with the clock even when nobody
     polls (the demo); tests leave it off and move time themselves.
+
+    ``addresses`` puts more boards on the line (``address`` first), each with
+    a cabinet of ``n_slots`` (the first gets ``banks``, the others default
+    banks of their own ids unless ``banks`` is ``{}``). ``locked_when="open"``
+    is a board whose firmware passes a reversed feedback contact straight into
+    the STATUS lock flag. ``pulse_delay`` holds every UNLOCK answer back that
+    long (real seconds), as a board answering after its pulse would.
     """
 
     def __init__(
@@ -133,21 +146,45 @@ class BoardSimulator:
         banks: Mapping[int, tuple[str, int]] | None = None,
         realtime: bool = False,
         tick_interval: float = 0.5,
+        addresses: Iterable[int] | None = None,
+        locked_when: str = "closed",
+        pulse_delay: float = 0.0,
         **cabinet_options: object,
     ) -> None:
-        if not 1 <= address <= 15:
-            raise ValueError(f"board address must be 1..15, got {address}")
+        every = [address] if addresses is None else list(addresses)
+        if address not in every:
+            every.insert(0, address)
+        for a in every:
+            if isinstance(a, bool) or not isinstance(a, int) or not 1 <= a <= 15:
+                raise ValueError(f"board address must be 1..15, got {a!r}")
+        if len(set(every)) != len(every):
+            raise ValueError(f"two boards cannot share an address: {every}")
+        if locked_when not in ("closed", "open"):
+            raise ValueError(f"locked_when must be 'closed' or 'open', got {locked_when!r}")
+        if not isinstance(pulse_delay, int | float) or not 0 <= pulse_delay <= 10:
+            raise ValueError(f"pulse_delay must be 0..10 s, got {pulse_delay!r}")
         self.address = address
         self.firmware = firmware
         self.clock = clock or SYSTEM_CLOCK
         self.link_path = Path(link_path) if link_path is not None else None
-        self.cabinet = Cabinet(n_slots, banks=banks, clock=self.clock, **cabinet_options)
+        self.locked_when = locked_when
+        self.pulse_delay = float(pulse_delay)
+        self.cabinets: dict[int, Cabinet] = {}
+        for a in every:
+            # Other boards get banks of their own ids: two slots holding one
+            # bank would confuse the hub's loans.
+            own = banks if a == address or banks == {} else default_banks(
+                n_slots, station=f"board-{a}")
+            self.cabinets[a] = Cabinet(n_slots, banks=own, clock=self.clock, **cabinet_options)
+        self.cabinet = self.cabinets[address]
         self.realtime = realtime
         self.tick_interval = tick_interval
         self._lock = threading.Lock()
         self._seen = threading.Condition(self._lock)
         self._frames: list[ReceivedFrame] = []
         self._silent = False
+        self._silent_boards: set[int] = set()
+        self._removed: set[int] = set()
         self._garble = 0
         self._delay = 0.0
         self._line: _Line | None = None
@@ -231,10 +268,21 @@ class BoardSimulator:
 
     # -- scripted faults of the board itself ---------------------------------------
 
-    def silent(self, on: bool = True) -> None:
-        """Keep listening (frames are still recorded) but never answer."""
+    def silent(self, on: bool = True, *, board: int | None = None) -> None:
+        """Keep listening (frames are still recorded, an UNLOCK still pulses)
+        but never answer; ``board``: only that board, else every one."""
         with self._lock:
-            self._silent = on
+            if board is None:
+                self._silent = on
+                return
+            self.board(board)
+            (self._silent_boards.add if on else self._silent_boards.discard)(board)
+
+    def remove(self, board: int, gone: bool = True) -> None:
+        """Board ``board`` is unpowered: it hears nothing, does nothing, says nothing."""
+        with self._lock:
+            self.board(board)
+            (self._removed.add if gone else self._removed.discard)(board)
 
     def garble_next(self, n: int = 1) -> None:
         """Corrupt the CRC of the next ``n`` answers."""
@@ -256,8 +304,17 @@ class BoardSimulator:
 
     # -- the cabinet, for tests and the demo ------------------------------------------
 
+    def board(self, address: int) -> Cabinet:
+        """The cabinet behind the board at ``address``."""
+        try:
+            return self.cabinets[address]
+        except (KeyError, TypeError):
+            raise SimulatorError(f"no board {address!r} on this line; "
+                                 f"boards {sorted(self.cabinets)}") from None
+
     def tick(self, seconds: float) -> None:
-        self.cabinet.tick(seconds)
+        for cabinet in self.cabinets.values():
+            cabinet.tick(seconds)
 
     def slot(self, n: int) -> SlotRecord:
         """A snapshot of slot ``n``, as a :class:`~protocol.frames.SlotRecord`."""
@@ -314,6 +371,19 @@ class BoardSimulator:
                 )
             return found
 
+    def wait_for_request(
+        self, match: Callable[[Frame], bool], timeout: float = 2.0, *, after: int = 0
+    ) -> ReceivedFrame:
+        """The first request among ``frames_received[after:]`` that ``match``
+        accepts, waiting up to ``timeout`` real seconds."""
+        with self._seen:
+            found = self._seen.wait_for(
+                lambda: next((f for f in self._frames[after:] if match(f.frame)), None), timeout
+            )
+        if found is None:
+            raise TimeoutError(f"no such request within {timeout} s; got {self.frames_received}")
+        return found
+
     # -- serving ---------------------------------------------------------------------------
 
     def _serve(self, line: _Line) -> None:
@@ -355,22 +425,29 @@ class BoardSimulator:
         self._unparsed = pending[len(pending) - self._decoder.pending :]
         replies: list[bytes] = []
         if self._decoder.bad_crc > bad_before:
-            corrupt_cmd = _first_corrupt_cmd(pending, self.address)
-            if corrupt_cmd is not None:
-                replies.append(error_response(self.address, corrupt_cmd, ErrorCode.BAD_CRC))
+            for a in self._powered():
+                corrupt_cmd = _first_corrupt_cmd(pending, a)
+                if corrupt_cmd is not None:
+                    replies.append(error_response(a, corrupt_cmd, ErrorCode.BAD_CRC))
         now = self.clock.now()
         with self._seen:
             for frame in frames:
                 if not frame.cmd & RESPONSE_BIT:  # answers of other boards are not requests
                     self._frames.append(ReceivedFrame(now, frame))
             self._seen.notify_all()
+        powered = self._powered()
         for frame in frames:
-            if frame.addr == self.address and not frame.cmd & RESPONSE_BIT:
+            if frame.addr in powered and not frame.cmd & RESPONSE_BIT:
                 replies.append(self._answer(frame))
         return replies
 
+    def _powered(self) -> list[int]:
+        with self._lock:
+            return [a for a in self.cabinets if a not in self._removed]
+
     def _answer(self, frame: Frame) -> bytes:
-        a, p = self.address, frame.payload
+        a, p = frame.addr, frame.payload
+        cabinet = self.cabinets[a]
         try:
             cmd = Cmd(frame.cmd)
         except ValueError:
@@ -380,19 +457,25 @@ class BoardSimulator:
         if len(p) != _REQUEST_LEN[cmd]:
             return error_response(a, frame.cmd, ErrorCode.BAD_LENGTH)
         if cmd is Cmd.INFO:
-            return info_response(a, self.cabinet.n_slots, self.firmware)
+            return info_response(a, cabinet.n_slots, self.firmware)
         if cmd is Cmd.STATUS:
-            return status_response(a, self.cabinet.records())
+            records = cabinet.records()
+            if self.locked_when == "open":
+                records = [dataclasses.replace(r, locked=not r.locked) for r in records]
+            return status_response(a, records)
         if cmd is Cmd.UNLOCK:
             slot, _pulse_ms = struct.unpack("<BH", p)
-            return unlock_response(a, slot, self.cabinet.unlock(slot))
+            return unlock_response(a, slot, cabinet.unlock(slot))
         slot, on = p
-        return charge_response(a, slot, self.cabinet.set_charging(slot, on != 0))
+        return charge_response(a, slot, cabinet.set_charging(slot, on != 0))
 
     def _send(self, line: _Line, reply: bytes) -> None:
         with self._lock:
-            silent, delay = self._silent, self._delay
+            silent = self._silent or reply[2] in self._silent_boards  # reply[2]: its address
+            delay = self._delay
             self._delay = 0.0
+            if reply[3] == Cmd.UNLOCK | RESPONSE_BIT:
+                delay += self.pulse_delay
             if not silent and self._garble > 0:
                 self._garble -= 1
                 reply = reply[:-1] + bytes((reply[-1] ^ 0xFF,))
@@ -411,7 +494,8 @@ class BoardSimulator:
 
     def _tick_loop(self) -> None:
         while not self._ticker_stop.wait(self.tick_interval):
-            self.cabinet.sync()
+            for cabinet in self.cabinets.values():
+                cabinet.sync()
 
 
 def _first_corrupt_cmd(buf: bytes, address: int) -> int | None:

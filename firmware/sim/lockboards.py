@@ -41,7 +41,7 @@ from typing import Any
 
 from firmware.hardware.lockboards import kerong, lock8a, modbus_io
 from firmware.hardware.lockboards.base import LOCKED_WHEN, Found
-from firmware.sim.board import _Line
+from firmware.sim.board import BoardSimulator, _Line
 from firmware.sim.model import SimulatorError, SlotError
 from yizhan.clock import SYSTEM_CLOCK, Clock
 
@@ -55,6 +55,7 @@ __all__ = [
     "SimLock",
     "SimulatorError",
     "SlotError",
+    "YZLB1LineSim",
     "line_sim",
 ]
 
@@ -486,6 +487,109 @@ class ModbusIOSim(_PtySim):
                 self.coils[r.start] = on
                 return [(modbus_io.write_coil_answer(r.unit, r.start, on), 0.0)]
             return [(modbus_io.exception_answer(r.unit, fn, 1), 0.0)]
+
+
+class YZLB1LineSim:
+    """YZ-LB1 boards at ``addresses`` (1..15) on one line, ``locks`` slots each,
+    with the verbs of the other line simulators (``take(board, n)``...).
+
+    The bytes are :class:`~firmware.sim.board.BoardSimulator`'s, the reference
+    board's own simulator, answering every address; behind each board sits its
+    :class:`~firmware.sim.model.Cabinet`, empty at the start. Its latch re-locks
+    when the door is shut or a bank pushed in, as on the other lines: the
+    release window is an hour (``release_window``) so no test races it.
+    """
+
+    def __init__(
+        self, addresses: Iterable[int] = (1,), locks: int = 15, *, locked_when: str = "closed",
+        pulse_delay: float = 0.0, release_window: float = 3600.0,
+        link_path: str | os.PathLike[str] | None = None, clock: Clock | None = None,
+    ) -> None:
+        every = list(addresses)
+        if not every:
+            raise ValueError("a line needs at least one board")
+        self.sim = BoardSimulator(
+            n_slots=locks, address=every[0], addresses=every, clock=clock,
+            link_path=link_path, banks={}, locked_when=locked_when, pulse_delay=pulse_delay,
+            release_window=release_window,
+        )
+
+    # -- lifecycle and the line: the board simulator's own ---------------------------
+
+    @property
+    def port(self) -> str:
+        return self.sim.port
+
+    @property
+    def plugged(self) -> bool:
+        return self.sim.plugged
+
+    def start(self) -> YZLB1LineSim:
+        self.sim.start()
+        return self
+
+    def stop(self) -> None:
+        self.sim.stop()
+
+    def __enter__(self) -> YZLB1LineSim:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def unplug(self) -> None:
+        self.sim.unplug()
+
+    def replug(self) -> None:
+        self.sim.replug()
+
+    def inject_garbage(self, data: bytes) -> None:
+        self.sim.inject_garbage(data)
+
+    def garble_next(self, n: int = 1) -> None:
+        self.sim.garble_next(n)
+
+    @property
+    def heard(self) -> list[Heard]:
+        """Every request the line carried (a :class:`~protocol.frames.Frame` each)."""
+        return [Heard(f.at, f.frame) for f in self.sim.frames_received]
+
+    def wait_heard(
+        self, match: Callable[[Any], bool], timeout: float = 2.0, *, after: int = 0
+    ) -> Heard:
+        got = self.sim.wait_for_request(match, timeout, after=after)
+        return Heard(got.at, got.frame)
+
+    # -- the cabinet, as a rider and an installer move it ------------------------------
+
+    def lock(self, board: int, n: int) -> SimLock:
+        r = self.sim.board(board).slot(n)
+        return SimLock(r.locked, r.present, r.fault == "lock_jammed")
+
+    def take(self, board: int, n: int) -> None:
+        self.sim.board(board).take(n)
+
+    def shut(self, board: int, n: int) -> None:
+        self.sim.board(board).shut(n)
+
+    def insert(self, board: int, n: int) -> None:
+        self.sim.board(board).insert(n, _bank_id(board, n), 50)
+
+    def fill(self, board: int, n: int, occupied: bool = True) -> None:
+        self.sim.board(board).place(n, _bank_id(board, n) if occupied else None)
+
+    def jam(self, board: int, n: int, jammed: bool = True) -> None:
+        self.sim.board(board).jam(n, jammed)
+
+    def silent(self, board: int, on: bool = True) -> None:
+        self.sim.silent(on, board=board)
+
+    def remove(self, board: int, gone: bool = True) -> None:
+        self.sim.remove(board, gone)
+
+
+def _bank_id(board: int, n: int) -> str:
+    return f"PB{board:02X}{n:04X}"  # unique on the line: the model refuses a bank twice
 
 
 # What ``yizhan sim board --protocol`` runs, with the defaults a bought board has.

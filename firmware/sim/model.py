@@ -279,6 +279,30 @@ class Cabinet(Timeline):
                 s.released_until = None
             s.take_at = None
 
+    def shut(self, n: int) -> None:
+        """The door of slot ``n`` is pushed shut before its release window ends:
+        the latch catches now (a jammed lock is shut already)."""
+        with self._lock:
+            self._sync()
+            s = self._slot(n)
+            s.locked, s.released_until, s.take_at = True, None, None
+
+    def place(self, n: int, bank_id: str | None, charge: int = 50) -> None:
+        """The installer's hand: put a bank into slot ``n`` (or, with None, take
+        it out) whatever the latch, and leave the latch as it is."""
+        with self._lock:
+            self._sync()
+            s = self._slot(n)
+            if bank_id is None:
+                if s.bank_id is not None:
+                    self._remove(s)
+                return
+            if s.bank_id is not None:
+                raise SlotError(f"slot {n} already holds {s.bank_id}")
+            if any(o.bank_id == bank_id for o in self._slots.values()):
+                raise SlotError(f"bank {bank_id} is already in this cabinet")
+            self._put(n, bank_id, charge, None)
+
     # -- scripted faults -----------------------------------------------------------
 
     def jam(self, n: int, jammed: bool = True) -> None:

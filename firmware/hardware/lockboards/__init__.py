@@ -18,10 +18,12 @@ from firmware.hardware.lockboards.bus import Bus
 from firmware.hardware.lockboards.kerong import KerongCU16
 from firmware.hardware.lockboards.lock8a import Lock8A
 from firmware.hardware.lockboards.modbus_io import CHARGE_SWITCHES, ChargeSwitch, ModuleRefused
+from firmware.hardware.lockboards.yzlb1 import YZLB1
 
 __all__ = [
     "CHARGE_SWITCHES",
     "DRIVERS",
+    "YZLB1",
     "BadLock",
     "BoardDriver",
     "BoardOffline",
