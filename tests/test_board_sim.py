@@ -290,3 +290,30 @@ def test_stop_is_idempotent_and_leaves_nothing_behind(tmp_path: Path) -> None:
 def _held_by_us(device: str) -> bool:
     fds = Path("/proc/self/fd")
     return any(os.path.realpath(fd) == device for fd in fds.iterdir())
+
+
+def test_several_boards_answer_on_one_line(tmp_path: Path) -> None:
+    # RS-485: each board answers its own address, each with its own cabinet.
+    sim = BoardSimulator(n_slots=2, address=3, addresses=(3, 5), link_path=tmp_path / "tty")
+    sim.start()
+    try:
+        with open_line(sim.port) as line:
+            assert parse_info(ask(line, info_request(5))) == (2, "YZ-SIM-1.0")
+            three = parse_status(ask(line, status_request(3)))
+            five = parse_status(ask(line, status_request(5)))
+            assert {r.bank_id for r in three}.isdisjoint(r.bank_id for r in five)
+            sim.silent(board=5)
+            assert ask(line, status_request(3)).addr == 3
+            with pytest.raises(AssertionError, match="no answer"):
+                ask(line, status_request(5), timeout=0.3)
+            sim.silent(False, board=5)
+            sim.remove(3)
+            with pytest.raises(AssertionError, match="no answer"):
+                ask(line, unlock_request(3, 1), timeout=0.3)
+            assert sim.board(3).slot(1).locked  # unpowered: it did not pulse
+    finally:
+        sim.stop()
+    with pytest.raises(ValueError, match="share an address"):
+        BoardSimulator(address=3, addresses=(3, 3))
+    with pytest.raises(ValueError, match=r"1\.\.15"):
+        BoardSimulator(addresses=(1, 10**30))

@@ -219,3 +219,47 @@ def test_modbus_scanners_take_any_bytes(data):
 def test_modbus_refuses_out_of_range_values(args):
     with pytest.raises(ValueError, match="must be"):
         modbus_io.write_coil_request(*args)
+
+
+# -- YZ-LB1 (contract §10): the scanner the YZLB1 driver hands the bus -------------------
+
+
+def test_yzlb1_contract_vectors_through_the_scanner():
+    from firmware.hardware.lockboards.yzlb1 import find_answer
+    from protocol.frames import Cmd, parse_info, parse_unlock, status_request, unlock_request
+
+    assert status_request(1) == H("A5 5A 01 02 00 21 60")
+    assert unlock_request(1, 3, 500) == H("A5 5A 01 03 03 03 F4 01 32 8E")
+    info = H("A5 5A 01 81 08 02 41 43 43 2D 31 2E 30 ED 03")
+    assert parse_info(find_answer(b"\x00\xa5" + info, 1, Cmd.INFO).value) == (2, "ACC-1.0")
+    released = H("A5 5A 01 83 02 03 00 91 74")
+    refused = H("A5 5A 01 FF 02 03 04 89 27")  # error: UNLOCK, bad slot
+    found = find_answer(unlock_request(1, 3, 500) + released, 1, Cmd.UNLOCK)  # our echo first
+    assert (parse_unlock(found.value), found.start, found.end) == ((3, 0), 10, 19)
+    assert find_answer(refused, 1, Cmd.UNLOCK).value.payload == b"\x03\x04"
+    assert find_answer(refused, 1, Cmd.STATUS) is None  # an error about another request
+    assert find_answer(released, 2, Cmd.UNLOCK) is None  # another board's answer
+    corrupt = released[:-1] + b"\x00"
+    assert find_answer(corrupt + released, 1, Cmd.UNLOCK).start == len(corrupt)
+
+
+@given(st.binary(max_size=64), st.integers(0, 255))
+def test_yzlb1_scanner_takes_any_bytes(data, address):
+    from firmware.hardware.lockboards.yzlb1 import find_answer
+    from protocol.frames import Cmd
+
+    for cmd in (Cmd.STATUS, Cmd.UNLOCK):
+        found = find_answer(data, address, cmd)
+        assert found is None or 0 <= found.start < found.end <= len(data)
+
+
+@given(noise=st.binary(max_size=40).filter(lambda b: b"\xa5\x5a" not in b),
+       slot=st.integers(1, 15), result=st.integers(0, 3), address=st.integers(1, 15))
+def test_yzlb1_unlock_answer_round_trip_behind_noise(noise, slot, result, address):
+    from firmware.hardware.lockboards.yzlb1 import find_answer
+    from protocol.frames import Cmd, parse_unlock, unlock_response
+
+    frame = unlock_response(address, slot, result)
+    found = find_answer(noise + frame, address, Cmd.UNLOCK)
+    assert parse_unlock(found.value) == (slot, result)
+    assert (found.start, found.end) == (len(noise), len(noise) + len(frame))
