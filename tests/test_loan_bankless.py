@@ -25,7 +25,7 @@ from protocol import messages as m
 from protocol.topics import Kind
 from tests.harness.mosquitto import Broker
 from tests.harness.procs import wait_until
-from tests.test_loan_returns import LENDER, OTHER, Sender
+from tests.test_loan_returns import EPOCH, LENDER, OTHER, Sender
 from yizhan.clock import ManualClock
 
 RIDER = examples.RIDER
@@ -75,6 +75,18 @@ def rows(hub: Hub) -> list[dict]:
         return [dict(r) for r in conn.execute(sa.select(loans).order_by(loans.c.id)).mappings()]
 
 
+def listening(hub: Hub, *senders: Sender) -> None:
+    """The hub has the senders' retained online Status: its subscription is in place,
+    so what they publish next reaches it. ``Hub.start()`` connects in the background,
+    and an event published before the hub subscribes is lost for good (the broker
+    keeps no session for it yet, and a Sender answers no replay): under load that
+    was this file's 10 s time-outs."""
+    for sender in senders:
+        wait_until(lambda s=sender: (v := hub.fleet.get(s.sid)) is not None
+                   and v.online and v.epoch == EPOCH, 10,
+                   f"the hub listening to {sender.sid}")
+
+
 def heard(hub: Hub, sender: Sender) -> None:
     wait_until(lambda: (v := hub.fleet.get(sender.sid)) is not None
                and v.events_through >= sender.seq, 10, f"{sender.sid}'s events heard")
@@ -82,6 +94,7 @@ def heard(hub: Hub, sender: Sender) -> None:
 
 
 def lent_without_bank(hub: Hub, lender: Sender, rider: str = RIDER) -> None:
+    listening(hub, lender)
     lender.state({1: None})
     lender.event("bank_borrowed", slot=1, bank=None, charge=100, rider=rider)
     heard(hub, lender)
@@ -90,6 +103,7 @@ def lent_without_bank(hub: Hub, lender: Sender, rider: str = RIDER) -> None:
 def test_the_riders_return_elsewhere_closes_the_bankless_loan(
         hub: Hub, senders: tuple[Sender, Sender], clock: ManualClock) -> None:
     lender, other = senders
+    listening(hub, other)
     lent_without_bank(hub, lender)
     (row,) = rows(hub)
     assert row["bank"] is None and row["rider"] == RIDER and row["returned_ms"] is None
@@ -145,6 +159,7 @@ def test_a_return_heard_before_its_borrow_records_the_loan_returned(
         hub: Hub, senders: tuple[Sender, Sender], clock: ManualClock) -> None:
     # The lending station was offline: its borrow arrives after the return elsewhere.
     lender, other = senders
+    listening(hub, lender, other)
     borrowed_ms = clock.ms()
     lender.seq += 1
     late_borrow = m.Event(LENDER, "9f2c01ab", borrowed_ms, True, lender.seq, "bank_borrowed",
