@@ -7,6 +7,9 @@ Feishu's signed timestamps, which the platforms refuse after an hour — is adde
 by ``send``, never stored. ``send`` returns on success and raises
 :class:`DeliveryFailed` otherwise, ``permanent`` when trying again cannot help
 (a wrong robot key, a refused signature): the outbox then gives up and says so.
+A refusal for sending too fast says so too (``rate_limited``), with how long
+the receiver asked us to wait (``retry_after``, from its ``Retry-After`` header
+or what the platform documents for that code), for the pacing to honour.
 
 Logs and errors name the notifier and the receiver's host only: robot URLs
 carry their key or token, and never appear whole.
@@ -22,6 +25,7 @@ import urllib.request
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from datetime import tzinfo
+from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
@@ -47,13 +51,26 @@ class OutboxUnavailable(NotifyError, RuntimeError):
     """The delivery could not be stored (the database did not commit in time)."""
 
 
-class DeliveryFailed(NotifyError):
-    """One attempt failed; ``permanent`` when another attempt cannot succeed."""
+#: The longest ``Retry-After`` we honour: a receiver asking for more (or for 10**30
+#: seconds) is waited on this long, then tried again.
+MAX_RETRY_AFTER = 3600.0
 
-    def __init__(self, reason: str, *, permanent: bool = False) -> None:
+
+class DeliveryFailed(NotifyError):
+    """One attempt failed; ``permanent`` when another attempt cannot succeed.
+
+    ``rate_limited`` when the receiver refused it for coming too fast (the robot
+    is fine, the hub is early); ``retry_after`` is the seconds it asked us to
+    wait, or None when it did not say.
+    """
+
+    def __init__(self, reason: str, *, permanent: bool = False, rate_limited: bool = False,
+                 retry_after: float | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
         self.permanent = permanent
+        self.rate_limited = rate_limited
+        self.retry_after = retry_after
 
 
 class Notifier(ABC):
@@ -147,8 +164,10 @@ class HttpNotifier(Notifier):
         try:
             with _OPENER.open(req, timeout=self.timeout) as resp:
                 status, answer = resp.status, resp.read(MAX_ANSWER)
+                wait = resp.headers.get("Retry-After")
         except urllib.error.HTTPError as err:  # an answer, only not a 2xx one
             status = err.code
+            wait = err.headers.get("Retry-After") if err.headers is not None else None
             try:
                 answer = err.read(MAX_ANSWER)
             except (OSError, http.client.HTTPException):
@@ -161,7 +180,32 @@ class HttpNotifier(Notifier):
             raise DeliveryFailed(f"{self.where}: no answer in {self.timeout:g} s") from None
         except (OSError, http.client.HTTPException) as err:
             raise DeliveryFailed(f"{self.where}: {_reason(err)}") from None
-        self.check(status, answer)
+        try:
+            self.check(status, answer)
+        except DeliveryFailed as err:
+            asked = retry_after(wait, now)
+            if asked is not None and not err.permanent:
+                # The receiver's own word beats what its documentation says in general.
+                err.retry_after = asked
+            raise
+
+
+def retry_after(value: str | None, now: float) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (RFC 9110: whole seconds or an
+    HTTP date, read against the hub clock ``now``), at most :data:`MAX_RETRY_AFTER`;
+    None when absent or unreadable."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isascii() and value.isdigit():
+        return min(float(value[:8]), MAX_RETRY_AFTER)  # 10**30 is "a long time", not a crash
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:  # RFC 9110 dates are GMT; a naive one is taken as such
+        return None
+    return min(max(when.timestamp() - now, 0.0), MAX_RETRY_AFTER)
 
 
 def _reason(err: Any) -> str:
@@ -180,44 +224,72 @@ def snippet(answer: bytes, n: int = 200) -> str:
 
 
 class ChatRobotNotifier(HttpNotifier):
-    """WeCom, DingTalk, Feishu: HTTP 200 with a JSON code, 0 meaning sent.
+    """WeCom, DingTalk, Feishu: a JSON answer whose code says what happened.
 
+    The platform's code decides, whatever the HTTP status: Feishu answers some
+    refusals with HTTP 400 and a code, and a proxy in between may change the
+    status but not the body. Code 0 is sent — under a 2xx status only: a 5xx
+    claiming success is not trusted, and a message sent twice beats one lost.
     ``PERMANENT`` codes are configuration or content errors that no retry mends
-    (the outbox gives up and names the fix); ``TEMPORARY`` ones (rate limits,
-    busy) are retried, as is any code not listed — a message is never dropped
-    on a guess.
+    (the outbox gives up and names the fix); ``RATE_LIMITED`` ones say the robot
+    refused it for coming too fast, with ``RETRY_AFTER`` seconds to wait where
+    the platform documents them; ``TEMPORARY`` ones and any code not listed are
+    retried — a message is never dropped on a guess. Without a code, the HTTP
+    status is all there is: 429 is a rate limit, a 4xx saying the address is
+    wrong is permanent, anything else is retried.
     """
 
     PLATFORM: ClassVar[str]
     CODE_FIELDS: ClassVar[tuple[str, ...]] = ("errcode",)
     PERMANENT: ClassVar[dict[int, str]] = {}
     TEMPORARY: ClassVar[dict[int, str]] = {}
+    RATE_LIMITED: ClassVar[frozenset[int]] = frozenset()
+    RETRY_AFTER: ClassVar[dict[int, float]] = {}
 
-    def check(self, status: int, answer: bytes) -> None:
-        if status != 200:
-            # The platforms answer 200 even to errors; anything else is a proxy,
-            # an outage, or a wrong path.
-            permanent = status in (400, 401, 403, 404, 405, 410)
-            raise DeliveryFailed(f"{self.PLATFORM} answered HTTP {status}"
-                                 + (" (is the robot address right?)" if permanent else ""),
-                                 permanent=permanent)
+    def code_of(self, answer: bytes) -> tuple[int | None, str]:
+        """The platform's code in ``answer`` and its message; (None, "") without one."""
         try:
             data = json.loads(answer)
         except ValueError:
-            raise DeliveryFailed(f"{self.PLATFORM} answered 200 without JSON: "
-                                 f"{snippet(answer)!r}") from None
+            return None, ""
         if not isinstance(data, dict):
-            raise DeliveryFailed(f"{self.PLATFORM} answered unexpected JSON: "
-                                 f"{snippet(answer)!r}")
+            return None, ""
         code = next((data[f] for f in self.CODE_FIELDS if f in data), None)
+        if isinstance(code, bool) or not isinstance(code, int):
+            return None, ""  # true, 0.0, "0", null: not a platform's code
+        message = next((data[f] for f in ("errmsg", "msg", "StatusMessage")
+                        if isinstance(data.get(f), str) and data[f]), "")
+        return code, snippet(message.encode(), 120)
+
+    def check(self, status: int, answer: bytes) -> None:
+        code, message = self.code_of(answer)
+        ok_status = 200 <= status < 300
+        if code is None:
+            self._no_code(status, answer)
         if code == 0:
-            return
-        message = data.get("errmsg") or data.get("msg") or data.get("StatusMessage") or ""
-        if not isinstance(code, int):
-            raise DeliveryFailed(f"{self.PLATFORM} answered without a code: "
-                                 f"{snippet(answer)!r}")
+            if ok_status:
+                return
+            raise DeliveryFailed(f"{self.PLATFORM} answered HTTP {status} with code 0: not "
+                                 "taken as sent; retrying")
+        said = f"{self.PLATFORM} error {code}" + (f" {message}" if message else "") + (
+            "" if ok_status else f" (HTTP {status})")
         if code in self.PERMANENT:
-            raise DeliveryFailed(f"{self.PLATFORM} error {code} {message}: "
-                                 f"{self.PERMANENT[code]}; not retried", permanent=True)
+            raise DeliveryFailed(f"{said}: {self.PERMANENT[code]}; not retried",
+                                 permanent=True)
         hint = self.TEMPORARY.get(code, "retrying")
-        raise DeliveryFailed(f"{self.PLATFORM} error {code} {message}: {hint}")
+        raise DeliveryFailed(f"{said}: {hint}", rate_limited=code in self.RATE_LIMITED,
+                             retry_after=self.RETRY_AFTER.get(code))
+
+    def _no_code(self, status: int, answer: bytes) -> None:
+        if 200 <= status < 300:
+            raise DeliveryFailed(f"{self.PLATFORM} answered HTTP {status} without a code: "
+                                 f"{snippet(answer)!r}")
+        if status == 429:
+            raise DeliveryFailed(f"{self.PLATFORM} answered HTTP 429 (too many requests); "
+                                 "retrying", rate_limited=True)
+        # Without the platform's code, a 4xx like these is a proxy or a wrong path.
+        permanent = status in (400, 401, 403, 404, 405, 410)
+        raise DeliveryFailed(f"{self.PLATFORM} answered HTTP {status}"
+                             + (" (is the robot address right?); not retried" if permanent
+                                else ""),
+                             permanent=permanent)

@@ -9,8 +9,10 @@ than an hour off):
     sign = urlencode(base64(HMAC-SHA256(key=secret, msg=f"{timestamp}\\n{secret}")))
 
 Success is HTTP 200 with ``{"errcode": 0, "errmsg": "ok"}``. A robot takes at
-most 20 messages a minute. With the "custom keyword" security setting, use the
-keyword 驿站: every message carries it.
+most 20 messages a minute; one more and DingTalk blocks the robot for ten
+minutes (130101), which the pacing then waits out. The whole message may be
+at most 20 000 bytes (460101, "message too long", is not retried). With the
+"custom keyword" security setting, use the keyword 驿站: every message carries it.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ class DingTalkNotifier(ChatRobotNotifier):
                 "or the hub's clock off by over an hour —, keyword missing, or IP not "
                 "allowed)",
         300001: "the access_token is wrong",
+        300005: "the access_token does not exist (robot removed, or one of an outside "
+                "group): copy its webhook address again",
         400101: "the access_token does not exist",
         400102: "the robot is disabled",
         400105: "message type refused",
@@ -51,12 +55,16 @@ class DingTalkNotifier(ChatRobotNotifier):
         430102: "message refused: content",
         430103: "message refused: content",
         430104: "message refused: content",
+        460101: "message too long (over 20 000 bytes)",
     }
     TEMPORARY: ClassVar[dict[int, str]] = {
         130101: "rate limited (20 messages a minute per robot); retrying",
         410100: "rate limited; retrying",
         -1: "DingTalk busy; retrying",
     }
+    RATE_LIMITED = frozenset({130101, 410100})
+    #: Over 20 a minute, DingTalk blocks the robot for 10 minutes (its documentation).
+    RETRY_AFTER: ClassVar[dict[int, float]] = {130101: 600.0}
 
     def render(self, kind: str, alert: Mapping[str, Any], station: Mapping[str, Any],
                ack_url: str | None, *, delivery_id: str, now_ms: int) -> str:

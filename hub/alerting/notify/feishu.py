@@ -10,7 +10,9 @@ body — Feishu refuses a timestamp more than an hour off:
     sign = base64(HMAC-SHA256(key=f"{timestamp}\\n{secret}", msg=b""))
 
 Success is HTTP 200 with ``{"code": 0, "msg": "success"}`` (older answers:
-``"StatusCode": 0``). With the "custom keyword" setting, use 驿站.
+``"StatusCode": 0``); some refusals come as HTTP 400 with a code, which decides.
+A bot takes at most 100 messages a minute and 5 a second (11232 beyond). With
+the "custom keyword" setting, use 驿站.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ class FeishuNotifier(ChatRobotNotifier):
         11232: "rate limited; retrying",
         -1: "Feishu busy; retrying",
     }
+    RATE_LIMITED = frozenset({11232})
 
     def render(self, kind: str, alert: Mapping[str, Any], station: Mapping[str, Any],
                ack_url: str | None, *, delivery_id: str, now_ms: int) -> str:

@@ -4,8 +4,8 @@
 ``{"msgtype": "markdown", "markdown": {"content": "…"}}`` (content at most 4096
 UTF-8 bytes). The key in the address is the credential; there is no signature.
 The robot answers HTTP 200 with ``{"errcode": 0, "errmsg": "ok"}`` when sent.
-A robot takes at most 20 messages a minute; more are refused with 45009 and
-retried with backoff.
+A robot takes at most 20 messages a minute; more are refused with 45009, a
+rate limit the pacing waits out (a minute at most) before trying again.
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ class WeComNotifier(ChatRobotNotifier):
         45009: "rate limited (20 messages a minute per robot); retrying",
         -1: "WeCom busy; retrying",
     }
+    RATE_LIMITED = frozenset({45009})
+    RETRY_AFTER: ClassVar[dict[int, float]] = {45009: 60.0}  # the window is a minute
 
     def render(self, kind: str, alert: Mapping[str, Any], station: Mapping[str, Any],
                ack_url: str | None, *, delivery_id: str, now_ms: int) -> str:
