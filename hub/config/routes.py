@@ -7,7 +7,9 @@ routing keys of ``groups.<group>`` and ``timezone:``, checked once at start.
 
 A route matches alerts by the station's ``group``, its ``sid``, the ``rule`` and
 the ``severity``; its ``notify:`` list is tier 0, each entry of ``escalate:`` a
-further tier. What the router does with them is ``hub/alerting/routing.py``.
+further tier. A route (and each tier) may name an on-call rota of ``oncall:``
+(``hub/config/oncall.py``) whose person on call is @-mentioned. What the router
+does with them is ``hub/alerting/routing.py``.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hub.config.notifiers import NOTIFIER_NAME
+from hub.config.oncall import Rota, parse_oncall
 from hub.config.rules import NOTIFY_FAILING, RULES, SEVERITIES
 from yizhan.config import ConfigError, Section, parse_duration
 
@@ -36,6 +39,7 @@ class Tier:
 
     notify: tuple[str, ...]
     after: float | None = None
+    oncall: str | None = None  # the rota whose person on call this tier @-mentions
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,8 @@ class Route:
     remind_every: Mapping[str, float | None] = field(default_factory=dict)  # by severity
     test_every: float | None = DEFAULT_TEST_EVERY
     test_at: tuple[int, int] = (9, 0)
+    #: @-mention the alert's assignee or the person on call (``mention: off``: nobody).
+    mention: bool = True
 
     def matches(self, *, group: str | None, sid: str, rule: str, severity: str) -> bool:
         facts = {"group": group, "sid": sid, "rule": rule, "severity": severity}
@@ -69,7 +75,8 @@ class GroupRouting:
 class RoutingConfig:
     routes: tuple[Route, ...] = ()
     groups: Mapping[str, GroupRouting] = field(default_factory=dict)
-    timezone: str | None = None  # for test_at and messages; None: China Standard Time
+    timezone: str | None = None  # for test_at, rotas and messages; None: China Standard Time
+    rotas: Mapping[str, Rota] = field(default_factory=dict)  # ``oncall:``, by name
 
 
 def parse_routing(root: Section, notifier_names: Iterable[str]) -> RoutingConfig:
@@ -82,13 +89,14 @@ def parse_routing(root: Section, notifier_names: Iterable[str]) -> RoutingConfig
         except (zoneinfo.ZoneInfoNotFoundError, ValueError):
             raise ConfigError("timezone", f"unknown time zone {tz!r} "
                               "(an IANA name such as Asia/Shanghai)") from None
+    rotas = parse_oncall(root)
     routes = []
     names: set[str] = set()
     for i, entry in enumerate(root.list("routes")):
         key = f"routes[{i}]"
         if not isinstance(entry, Mapping):
             raise ConfigError(key, "must be a mapping like {match: {}, notify: [ops-webhook]}")
-        route = _parse_route(Section(entry, key), i, known)
+        route = _parse_route(Section(entry, key), i, known, rotas)
         if route.name in names:
             raise ConfigError(f"{key}.name", f"route {route.name!r} is named twice")
         names.add(route.name)
@@ -103,10 +111,10 @@ def parse_routing(root: Section, notifier_names: Iterable[str]) -> RoutingConfig
             groups[str(name)] = GroupRouting(
                 escalate_after=_positive_duration(sec, "escalate_after"),
                 remind_every=_remind_every(sec))
-    return RoutingConfig(routes=tuple(routes), groups=groups, timezone=tz)
+    return RoutingConfig(routes=tuple(routes), groups=groups, timezone=tz, rotas=rotas)
 
 
-def _parse_route(sec: Section, i: int, known: set[str]) -> Route:
+def _parse_route(sec: Section, i: int, known: set[str], rotas: Mapping[str, Rota]) -> Route:
     name = sec.str("name", f"route-{i + 1}", pattern=NOTIFIER_NAME)  # named as notifiers are
     match: dict[str, tuple[str, ...]] = {}
     match_sec = sec.section("match")
@@ -126,14 +134,16 @@ def _parse_route(sec: Section, i: int, known: set[str]) -> Route:
                 raise ConfigError(path, f"{v!r} is not one of {', '.join(allowed)}")
         match[key] = tuple(values)
 
-    tiers = [Tier(_notify_list(sec, "notify", known, required=True))]
+    oncall = _rota(sec, rotas)
+    tiers = [Tier(_notify_list(sec, "notify", known, required=True), oncall=oncall)]
     for j, step in enumerate(sec.list("escalate")):
         key = sec.key(f"escalate[{j}]")
         if not isinstance(step, Mapping):
             raise ConfigError(key, "must be a mapping like {after: 15m, notify: [...]}")
         step_sec = Section(step, key)
         tiers.append(Tier(_notify_list(step_sec, "notify", known, required=True),
-                          after=_positive_duration(step_sec, "after")))
+                          after=_positive_duration(step_sec, "after"),
+                          oncall=_rota(step_sec, rotas) or oncall))
 
     test_every: float | None = DEFAULT_TEST_EVERY
     if "test_every" in sec.data:
@@ -149,7 +159,29 @@ def _parse_route(sec: Section, i: int, known: set[str]) -> Route:
         raise ConfigError(sec.key("test_at"),
                           f"must be a time of day like \"09:00\", not {test_at!r}")
     return Route(name=name, match=match, tiers=tuple(tiers), remind_every=_remind_every(sec),
-                 test_every=test_every, test_at=(int(m[1]), int(m[2])))
+                 test_every=test_every, test_at=(int(m[1]), int(m[2])),
+                 mention=_mention(sec))
+
+
+def _mention(sec: Section) -> bool:
+    value = sec.data.get("mention", True)
+    if value is True or (isinstance(value, str) and value.lower() in ("on", "yes", "true")):
+        return True
+    if value is False or (isinstance(value, str) and value.lower() in _OFF):
+        return False
+    raise ConfigError(sec.key("mention"), "must be on or off")
+
+
+def _rota(sec: Section, rotas: Mapping[str, Rota]) -> str | None:
+    """``oncall: <rota>``: a rota of ``oncall:``."""
+    name = sec.data.get("oncall")
+    if name is None:
+        return None
+    if not isinstance(name, str) or name not in rotas:
+        listed = ", ".join(sorted(rotas)) or "none"
+        raise ConfigError(sec.key("oncall"), f"no rota named {str(name)[:64]!r} in oncall: "
+                          f"(listed: {listed})")
+    return name
 
 
 def _notify_list(sec: Section, name: str, known: set[str], required: bool) -> tuple[str, ...]:

@@ -99,6 +99,22 @@ def _digest(content: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def contacts(store: Store, staff_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """How to reach staff members by notification: ``{id: {id, name, phone,
+    feishu_open_id}}`` for those of ``staff_ids`` the Directory has, phone
+    unmasked (the chat platforms @-mention by the number). Hub-side only: for the
+    router's @-mentions (hub/alerting/routing.py), never published nor shown."""
+    wanted = sorted({i for i in staff_ids if isinstance(i, str)})
+    if not wanted:
+        return {}
+    with store.engine.connect() as conn:
+        rows = conn.execute(sa.select(staff.c.id, staff.c.name, staff.c.phone,
+                                      staff.c.feishu_open_id)
+                            .where(staff.c.id.in_(wanted)))
+        return {r.id: {"id": r.id, "name": r.name, "phone": r.phone,
+                       "feishu_open_id": r.feishu_open_id} for r in rows}
+
+
 class Directory:
     """Staff, riders, denied riders and policies; each change published at once.
 
@@ -135,6 +151,7 @@ class Directory:
     def _staff_dict(r: Any) -> dict[str, Any]:
         return {"id": r.id, "name": r.name,
                 "phone": mask_phone(r.phone) if r.phone else None,
+                "feishu_open_id": r.feishu_open_id,
                 "groups": json.loads(r.groups), "created_at": r.created_ms,
                 "updated_at": r.updated_ms}
 
@@ -239,10 +256,12 @@ class Directory:
                     "Remove riders or staff, or give staff groups, first"))
 
     def add_staff(self, body: Any, by: str | None) -> dict[str, Any]:
-        body = self._object(body, ("id", "name", "phone", "pin", "groups"))
+        body = self._object(body, ("id", "name", "phone", "pin", "groups", "feishu_open_id"))
         sid_ = fields.staff_id(body.get("id"))
         name = fields.text(body.get("name"), "name", fields.NAME_MAX)
         phone = None if body.get("phone") is None else fields.phone(body["phone"])
+        open_id = (None if body.get("feishu_open_id") is None
+                   else fields.feishu_open_id(body["feishu_open_id"]))
         pin_hash = hash_pin(fields.pin(body.get("pin")))
         groups = fields.groups(body.get("groups", []))
 
@@ -252,25 +271,29 @@ class Directory:
                                                  "PATCH changes them"))
             conn.execute(staff.insert().values(
                 id=sid_, name=name, phone=phone, pin=pin_hash, groups=json.dumps(groups),
-                created_ms=now, updated_ms=now))
+                feishu_open_id=open_id, created_ms=now, updated_ms=now))
 
         self._change(by, "staff.add", "staff", sid_,
                      {"name": name, "groups": groups, "phone": phone is not None}, apply)
         return self.get_staff(sid_)
 
     def change_staff(self, staff_id: str, body: Any, by: str | None) -> dict[str, Any]:
-        body = self._object(body, ("name", "phone", "pin", "groups"))
+        body = self._object(body, ("name", "phone", "pin", "groups", "feishu_open_id"))
         values: dict[str, Any] = {}
         if "name" in body:
             values["name"] = fields.text(body["name"], "name", fields.NAME_MAX)
         if "phone" in body:
             values["phone"] = None if body["phone"] is None else fields.phone(body["phone"])
+        if "feishu_open_id" in body:
+            values["feishu_open_id"] = (None if body["feishu_open_id"] is None
+                                        else fields.feishu_open_id(body["feishu_open_id"]))
         if "groups" in body:
             values["groups"] = json.dumps(fields.groups(body["groups"]))
         if "pin" in body:
             values["pin"] = hash_pin(fields.pin(body["pin"]))
         if not values:
-            raise BadField("bad_body", "give at least one of name, phone, pin, groups")
+            raise BadField("bad_body", "give at least one of name, phone, pin, groups, "
+                           "feishu_open_id")
         # What changed, said without the PIN or the number themselves.
         detail = {k: ("set" if k in ("pin", "phone") and v is not None else
                       json.loads(v) if k == "groups" else v) for k, v in values.items()}

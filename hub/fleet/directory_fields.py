@@ -19,6 +19,9 @@ STAFF_ID_PATTERN = r"[a-z0-9][a-z0-9._-]{0,63}"
 PIN_PATTERN = r"[0-9]{4,8}"
 #: A mainland mobile number, exactly its 11 ASCII digits (contract §1).
 PHONE_PATTERN = r"1[3-9][0-9]{9}"
+#: A Feishu open id (``ou_`` and letters/digits): how a Feishu bot @-mentions a person,
+#: who cannot be reached there by phone number.
+FEISHU_OPEN_ID_PATTERN = r"ou_[A-Za-z0-9]{1,64}"
 #: Printable text: no control characters (what the OpenAPI document states)...
 TEXT_PATTERN = r"[^\u0000-\u001f\u007f-\u009f]"
 NAME_MAX = 64
@@ -33,6 +36,7 @@ LENDING = ("open", "registered")
 _STAFF_ID = re.compile(STAFF_ID_PATTERN + r"\Z")
 _PIN = re.compile(PIN_PATTERN + r"\Z")
 _PHONE = re.compile(PHONE_PATTERN + r"\Z")
+_FEISHU_OPEN_ID = re.compile(FEISHU_OPEN_ID_PATTERN + r"\Z")
 #: ...and no lone surrogates, which a JSON body can carry (\ud800) but UTF-8 cannot.
 _TEXT = re.compile(r"[^\u0000-\u001f\u007f-\u009f\ud800-\udfff]+\Z")
 
@@ -70,6 +74,13 @@ def phone(value: Any) -> str:
     if not isinstance(value, str) or not _PHONE.match(value):
         raise BadField("bad_phone", "phone must be a mainland mobile number: 11 digits 0-9 "
                        "starting 13 to 19, without +86 or spaces")
+    return value
+
+
+def feishu_open_id(value: Any) -> str:
+    if not isinstance(value, str) or not _FEISHU_OPEN_ID.match(value):
+        raise BadField("bad_feishu_open_id", "feishu_open_id must be the person's Feishu "
+                       "open id: ou_ and 1 to 64 letters or digits")
     return value
 
 

@@ -29,6 +29,10 @@ from hub.http.openapi import (
 TEXT = {"type": "string", "pattern": f"^{f.TEXT_PATTERN}+$", "minLength": 1}
 NAME = {**TEXT, "maxLength": f.NAME_MAX, "example": "李师傅"}
 GROUP = {**TEXT, "maxLength": f.GROUP_MAX, "example": "chumen"}
+FEISHU_OPEN_ID = {"type": "string", "pattern": f"^{f.FEISHU_OPEN_ID_PATTERN}$",
+                  "example": "ou_7d8a6e6df7621556ce0d21922b676706",
+                  "description": "the person's Feishu open id, for @-mentions in Feishu "
+                                 "alerts; kept by the hub, never sent to stations"}
 STAFF_ID = {"type": "string", "pattern": f"^{f.STAFF_ID_PATTERN}$", "example": "li"}
 PIN = {"type": "string", "pattern": f"^{f.PIN_PATTERN}$", "example": "2468",
        "description": "4 to 8 digits; only its pbkdf2_sha256 hash is kept and published"}
@@ -56,6 +60,7 @@ SCHEMAS: dict[str, Any] = {
         "id": STAFF_ID,
         "name": {"type": "string"},
         "phone": {**MASKED, "type": ["string", "null"], "description": "masked; for alerts"},
+        "feishu_open_id": {**FEISHU_OPEN_ID, "type": ["string", "null"]},
         "groups": {"type": "array", "items": {"type": "string"}},
         "created_at": MS,
         "updated_at": MS,
@@ -63,12 +68,15 @@ SCHEMAS: dict[str, Any] = {
     "StaffList": _obj({"staff": {"type": "array", "items": _ref("Staff")}}),
     "StaffRequest": _obj({
         "id": STAFF_ID, "name": NAME, "phone": {**PHONE, "type": ["string", "null"]},
-        "pin": PIN, "groups": GROUPS,
+        "pin": PIN, "groups": GROUPS, "feishu_open_id": {**FEISHU_OPEN_ID,
+                                                         "type": ["string", "null"]},
     }, required=["id", "name", "pin"], additionalProperties=False),
     "StaffChange": _obj({
         "name": NAME, "phone": {**PHONE, "type": ["string", "null"],
                                 "description": "null removes it"},
         "pin": {**PIN, "description": "a new PIN (reset)"}, "groups": GROUPS,
+        "feishu_open_id": {**FEISHU_OPEN_ID, "type": ["string", "null"],
+                           "description": "null removes it"},
     }, required=[], additionalProperties=False, minProperties=1),
     "Rider": _obj({
         "id": RIDER, "masked": MASKED, "registered_at": MS, "registered_by": BY,

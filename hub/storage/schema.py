@@ -232,6 +232,9 @@ staff = sa.Table(
     sa.Column("name", sa.Text, nullable=False),
     sa.Column("phone", sa.String(16), nullable=True),
     sa.Column("pin", sa.Text, nullable=False),
+    # Hub-side only, for @-mentions in Feishu (a Feishu bot cannot @ a phone number);
+    # never part of a station's Directory (migration 0013).
+    sa.Column("feishu_open_id", sa.String(80), nullable=True),
     sa.Column("groups", sa.Text, nullable=False),
     sa.Column("created_ms", sa.BigInteger, nullable=False),
     sa.Column("updated_ms", sa.BigInteger, nullable=False),
