@@ -35,6 +35,7 @@ from hub.alerting.forecast import Forecaster
 from hub.alerting.notify import NEVER, Outbox, build_notifiers
 from hub.alerting.routing import Router
 from hub.config import HubConfig
+from hub.config.rules import HUB_RULES, RULES
 from hub.console import register as register_console
 from hub.fleet.commands import CommandError, Commands
 from hub.fleet.directory import Directory
@@ -135,7 +136,7 @@ class Hub:
         config, clock = self.config, self.clock
         self.forecaster = Forecaster(clock, store=self.store, min_charge=config.min_charge)
         self.forecaster.attach(self.fleet)
-        self.alert_durations = AlertDurations(self.registry)
+        self.alert_durations = AlertDurations(self.registry, rules=RULES + HUB_RULES)
         self.alerts.on_resolved.append(self.alert_durations.observe)
         self.acklinks = AckLinks.from_config(config, clock)
         self.outbox = Outbox(self.store, self.writer, clock,

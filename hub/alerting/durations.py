@@ -5,7 +5,7 @@ cleared, or by a person), so ops can ask how long a tank stayed low before a
 refill: ``histogram_quantile(0.9, sum by (le) (rate(
 yizhan_alert_duration_seconds_bucket{rule="water_low"}[7d])))``.
 
->>> durations = AlertDurations(registry)
+>>> durations = AlertDurations(registry, rules=RULES + HUB_RULES)
 >>> alerts.on_resolved.append(durations.observe)
 """
 
@@ -29,12 +29,21 @@ BUCKETS = (60, 300, 900, 1800, 3600, 7200, 14400, 43200, 86400, 259200)
 
 
 class AlertDurations(Collector):
-    """A histogram per rule; rules appear once one of their alerts was resolved."""
+    """A histogram per rule: each of ``rules`` from the start, at 0, and any other
+    rule once one of its alerts was resolved.
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    Why at 0: ``increase()`` and ``rate()`` count from a series' first sample, so a
+    histogram that first appears with its first observation in it shows that
+    observation to nobody: a new hub's first refill was missing from "Time from
+    alert to refill" until a second one came (Prometheus's "avoid missing metrics").
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None,
+                 rules: tuple[str, ...] = ()) -> None:
         self.bounds = tuple(float(b) for b in BUCKETS)
         self._lock = threading.Lock()  # the engine's thread and the API's resolve
-        self._rules: dict[str, tuple[list[int], list[float]]] = {}
+        self._rules: dict[str, tuple[list[int], list[float]]] = {
+            rule: ([0] * (len(self.bounds) + 1), [0.0]) for rule in rules}
         if registry is not None:
             registry.register(self)
 

@@ -49,7 +49,10 @@ LEVEL_SENSOR = {"type": "mcp3008", "channel": 0, "low": 0.89, "empty": 0.05,
 #: is asked once a minute (hub/http/uptime_metrics.py FORECAST_TTL_MS): the
 #: first, before any bank was out, said nothing.
 SETTLE = (('yizhan_alerts_firing{rule="water_low"}', 20.0),
-          ('yizhan_alert_duration_seconds_count{rule="water_low"} > 0', 20.0),
+          # What the "Time from alert to refill" panel needs: a resolution inside
+          # the range, not only a count (an alert resolved before Prometheus's
+          # first scrape of the hub would be a count no increase() sees).
+          ('increase(yizhan_alert_duration_seconds_count{rule="water_low"}[7d]) > 0', 20.0),
           (f'yizhan_station_predicted_empty_seconds{{station="{KEEPS_LOW}", '
            'supply="chargers"}', 75.0),
           (f'yizhan_station_predicted_empty_seconds{{station="{KEEPS_LOW}", '
