@@ -431,7 +431,11 @@ def test_rate_limits_are_retried(db: Db, outboxes, receivers) -> None:
     outbox.send_due()
     (d,) = outbox.pending()
     assert "45009" in d["last_error"] and "rate limited" in d["last_error"]
-    clock.advance(5)
+    # Refused for speed: the robot is left alone for a minute (pacing.PAUSE), the
+    # notifier is not "failing", and nothing is asked of the robot meanwhile.
+    clock.advance(30)
+    assert outbox.send_due() == 0 and len(r.requests) == 1 and outbox.failing() == []
+    clock.advance(30)
     assert outbox.send_due() == 1 and outbox.pending() == []
 
 

@@ -23,8 +23,9 @@ The counts are read in the same writer operation that stores the row, so one
 hub process never lets more through; two workers on one PostgreSQL database may
 each let the last one through at the same moment (approximate by one).
 
-Issue 19 will pace each robot by its platform's documented rate; that is a
-send-time wait keyed by notifier as these are, beside them.
+Each chat robot is also paced at send time by its platform's documented rate
+(hub/alerting/notify/pacing.py); a backlog it cannot take in time is folded
+into a digest at once by the same machinery (``Outbox._fold``).
 """
 
 from __future__ import annotations
@@ -131,10 +132,11 @@ _STATUS = {"resolved": N_("resolved since"), "acked": N_("acknowledged since")}
 
 
 def digest_message(entries: Sequence[Mapping[str, Any]], held: int, limits: NotifyLimits,
-                   language: str, digest_id: str) -> Message:
+                   language: str, digest_id: str, *, paced: Any = None) -> Message:
     """The digest as a :class:`Message`, shaped by each platform like any other:
     one line per (what is wrong, what became of it), the stations named, cut
-    with a count when long."""
+    with a count when long. ``paced`` (a ``pacing.Rate``) when it folds a
+    backlog the robot could not take in time (hub/alerting/notify/pacing.py)."""
     t = texts(language)
     groups: dict[tuple[str, str], list[str]] = {}
     for e in entries:
@@ -155,11 +157,17 @@ def digest_message(entries: Sequence[Mapping[str, Any]], held: int, limits: Noti
         fields.append((label, t.ngettext("%(num)d station: %(names)s",
                                          "%(num)d stations: %(names)s", len(names),
                                          names=listed)))
-    fields.append((t.pgettext("message field", "Why"), t.gettext(
-        "over the notification limits (%(station)s per station in %(window)s, "
-        "%(minute)s a minute); each one is listed in the hub's API",
-        station=limits.per_station, window=t.duration(limits.station_window),
-        minute=limits.per_minute)))
+    if paced is not None:
+        why = t.gettext("more at once than the chat robot takes (%(count)s in %(window)s); "
+                        "each one is listed in the hub's API",
+                        count=paced.count, window=t.duration(paced.window))
+    else:
+        why = t.gettext(
+            "over the notification limits (%(station)s per station in %(window)s, "
+            "%(minute)s a minute); each one is listed in the hub's API",
+            station=limits.per_station, window=t.duration(limits.station_window),
+            minute=limits.per_minute)
+    fields.append((t.pgettext("message field", "Why"), why))
     title = t.ngettext("[DIGEST] %(num)d notification held back",
                        "[DIGEST] %(num)d notifications held back", held)
     return Message(kind=DIGEST, severity="warning", language=t.lang, title=title,

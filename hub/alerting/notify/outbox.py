@@ -31,6 +31,14 @@ Each notifier's rate limits (``hub.alerting.notify.limits``) are applied as the
 row is stored: one over a limit is stored *held* (``held_ms``), never sent
 alone; the sender makes one ``digest`` delivery of what is held every
 ``digest_every`` and marks the held rows with its id (``digest_id``).
+
+Chat robots are paced (``hub.alerting.notify.pacing``): before each attempt the
+sender asks the robot's :class:`Pacer` whether the platform takes one more now,
+and waits until it does. A critical notification is sent before lesser ones
+waiting (never before an older notice of its own alert). When more wait than
+the robot takes within ``pacing.FOLD_HORIZON``, the lesser ones, with whatever
+is held, are *folded* at once into one digest (held and digested in the same
+commit) instead of being sent late one by one.
 """
 
 from __future__ import annotations
@@ -49,8 +57,10 @@ from prometheus_client import Counter
 
 from hub.alerting.acklink import AckLinks
 from hub.alerting.notify import limits as lim
+from hub.alerting.notify import pacing
 from hub.alerting.notify.base import DeliveryFailed, Notifier, OutboxUnavailable, UnknownNotifier
 from hub.alerting.notify.text import ASKS_FOR_ACK, KINDS, NO_ACK_RULES
+from hub.config.rules import NOTIFY_TEST
 from hub.storage.schema import notifications as table
 from hub.storage.writer import NotCommitted, WriterClosed
 from yizhan.backoff import Backoff
@@ -66,6 +76,7 @@ PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
 HELD, DIGESTED = "held", "digested"  # over a rate limit; then carried by a digest
 STATES = (PENDING, DELIVERED, FAILED, HELD, DIGESTED)
 _MAX_PER_PUMP = 1000  # attempts of one notifier in one pass, so close() is heard
+_MAX_LOOKED_AT = 1000  # pending rows the sender orders and folds at once
 
 _ids = itertools.count()
 
@@ -124,7 +135,8 @@ class Outbox:
                  backoff: tuple[float, float] = DEFAULT_BACKOFF, jitter: float = 0.2,
                  failing_after: float = DEFAULT_FAILING_AFTER, flush_timeout: float = 5.0,
                  poll: float = 2.0, rng: random.Random | None = None,
-                 registry: Any = None) -> None:
+                 registry: Any = None, pacer: pacing.Pacer | None = None,
+                 pace: bool = True) -> None:
         if backoff[0] <= 0 or backoff[1] < backoff[0] or not 0 <= jitter < 1:
             raise ValueError("backoff must be (first > 0, max ≥ first) and 0 ≤ jitter < 1")
         self.store = store
@@ -149,7 +161,14 @@ class Outbox:
             registry=registry)
         for name in self.notifiers:
             self._held.labels(name)  # every notifier from the start, at 0
+        # `pace=False` sends as before issue 19 (bench/notify_pacing.py compares).
+        self.pace = pace
+        self.pacer = pacer or pacing.Pacer()
+        if pace:
+            for notifier in self.notifiers.values():
+                self.pacer.add(notifier)
         self._load_health()
+        self._seed_pacer()
 
     # -- enqueue (any thread) ------------------------------------------------------------
 
@@ -181,7 +200,9 @@ class Outbox:
                "body": body, "created_ms": now_ms, "attempts": 0, "next_attempt_ms": now_ms,
                "delivered_ms": None, "last_error": None, "sid": sid,
                "severity": str(alert.get("severity") or "")[:16] or None}
-        held_about = lim.about(kind, alert, station, notifier.language)
+        # What a digest says of it, kept with every row: one may be folded later.
+        if alert.get("rule") != NOTIFY_TEST:
+            row["about"] = lim.about(kind, alert, station, notifier.language)
         limits = notifier.spec.limits
 
         def store_row(conn: sa.Connection) -> str | None:
@@ -189,7 +210,7 @@ class Outbox:
             if conn.execute(sa.select(table.c.id).where(table.c.id == did)).first():
                 return None  # already stored (same delivery_id): kept as it is
             why = lim.held_reason(conn, limits, notifier_name, kind, alert, sid, now_ms)
-            held = {"held_ms": now_ms, "about": held_about} if why else {}
+            held = {"held_ms": now_ms} if why else {}
             conn.execute(self.store.insert_ignore(table).values(**row, **held))
             return why
 
@@ -275,19 +296,102 @@ class Outbox:
         digest_ms = self._digest(notifier, self.clock.ms() if now_ms is None else now_ms)
         made = 0
         while made < _MAX_PER_PUMP and not self._closing.is_set():
-            row = self._head(name)
-            if row is None:
+            rows = self._waiting(name)
+            if not rows:
                 return made, digest_ms
             now = self.clock.ms() if now_ms is None else now_ms
+            free_ms = self.pacer.free_at(name, now) if self.pace else now
+            if free_ms > now:  # the robot takes no more yet: come back then
+                return made, _sooner(max(free_ms, min(r.next_attempt_ms for r in rows)),
+                                     digest_ms)
+            choice = self._choose(name, rows, now)
+            if choice.fold:
+                self._fold(notifier, choice.fold, now)
+                continue
+            row = next(r for r in rows if r.id == choice.send)
             if row.next_attempt_ms > now:
                 return made, _sooner(row.next_attempt_ms, digest_ms)
+            if self.pace and (later := self.pacer.take(name, now)) is not None:
+                return made, _sooner(later, digest_ms)  # another notifier of the robot took it
             made += 1
             if not self._attempt(notifier, row, now):
                 # Failed, or another worker has it: come back when it is due.
-                row = self._head(name)
-                return made, _sooner(row.next_attempt_ms if row is not None else None,
+                rows = self._waiting(name)
+                return made, _sooner(min((r.next_attempt_ms for r in rows), default=None),
                                      digest_ms)
         return made, self.clock.ms()
+
+    def _choose(self, name: str, rows: list[Any], now_ms: int) -> pacing.Plan:
+        """What to send (or fold) at a moment the robot takes one more."""
+        if not self.pace:
+            return pacing.Plan(send=rows[0].id)  # oldest first, as before pacing
+        return pacing.plan(rows, self.pacer.capacity(name, now_ms))
+
+    def _waiting(self, name: str) -> list[Any]:
+        """``name``'s rows to send (not delivered, given up nor held), oldest first,
+        without their bodies."""
+        cols = [table.c.id, table.c.alert_id, table.c.kind, table.c.severity,
+                table.c.attempts, table.c.next_attempt_ms, table.c.created_ms,
+                table.c.about.is_not(None).label("about")]
+        q = (sa.select(*cols)
+             .where(table.c.notifier == name, table.c.delivered_ms.is_(None),
+                    table.c.held_ms.is_(None), table.c.next_attempt_ms < NEVER)
+             .order_by(table.c.created_ms, table.c.id).limit(_MAX_LOOKED_AT))
+        with self.store.engine.connect() as conn:
+            return list(conn.execute(q))
+
+    def _fold(self, notifier: Notifier, ids: tuple[str, ...], now_ms: int) -> None:
+        """Fold the pending rows ``ids`` (never tried) and what is held into one
+        digest, due now: the robot cannot take them one by one in time."""
+        name = notifier.name
+        did = new_delivery_id(now_ms)
+        rates = pacing.rates_of(notifier)
+
+        def fold(conn: sa.Connection) -> int:
+            # Read again in the writer: a row tried or sent since is left as it is.
+            pending = conn.execute(
+                sa.select(table)
+                .where(table.c.id.in_(ids), table.c.attempts == 0,
+                       table.c.delivered_ms.is_(None), table.c.held_ms.is_(None),
+                       table.c.next_attempt_ms < NEVER)
+                .order_by(table.c.created_ms, table.c.id).limit(lim.MAX_PER_DIGEST)).all()
+            held = conn.execute(
+                sa.select(table)
+                .where(table.c.notifier == name, table.c.held_ms.is_not(None),
+                       table.c.digest_id.is_(None))
+                .order_by(table.c.held_ms, table.c.id)
+                .limit(max(0, lim.MAX_PER_DIGEST - len(pending)))).all()
+            rows = sorted([*held, *pending], key=lambda r: (r.created_ms, r.id))
+            if not rows:
+                return 0
+            conn.execute(table.insert().values(
+                **self._digest_row(notifier, did, rows, now_ms, rates[0] if rates else None)))
+            conn.execute(table.update()
+                         .where(table.c.id.in_([r.id for r in pending]),
+                                table.c.attempts == 0, table.c.delivered_ms.is_(None))
+                         .values(held_ms=now_ms, digest_id=did))
+            conn.execute(table.update()
+                         .where(table.c.id.in_([r.id for r in held]),
+                                table.c.digest_id.is_(None))
+                         .values(digest_id=did))
+            return len(rows)
+
+        folded = self._write(fold)
+        if folded:
+            self._held.labels(name).inc(folded)
+            log.info("folded %d notifications for %s into digest %s: more than its robot "
+                     "takes in %.0f s", folded, name, did, pacing.FOLD_HORIZON)
+
+    def _digest_row(self, notifier: Notifier, did: str, rows: list[Any], now_ms: int,
+                    paced: pacing.Rate | None = None) -> dict[str, Any]:
+        entries = lim.digest_entries(rows)
+        msg = lim.digest_message(entries, len(rows), notifier.spec.limits, notifier.language,
+                                 did, paced=paced)
+        body = notifier.render_digest(msg, lim.webhook_digest(entries, len(rows)),
+                                      delivery_id=did, now_ms=now_ms)
+        return {"id": did, "alert_id": None, "notifier": notifier.name, "kind": lim.DIGEST,
+                "body": body, "created_ms": now_ms, "attempts": 0, "next_attempt_ms": now_ms,
+                "delivered_ms": None, "last_error": None}
 
     def _digest(self, notifier: Notifier, now_ms: int) -> int | None:
         """Make the digest of ``notifier``'s held rows if it is due (the oldest held
@@ -309,15 +413,8 @@ class Outbox:
         if rows[0].held_ms + every_ms > now_ms:
             return rows[0].held_ms + every_ms
         did = new_delivery_id(now_ms)
-        entries = lim.digest_entries(rows)
-        msg = lim.digest_message(entries, len(rows), notifier.spec.limits, notifier.language,
-                                 did)
-        body = notifier.render_digest(msg, lim.webhook_digest(entries, len(rows)),
-                                      delivery_id=did, now_ms=now_ms)
         ids = [r.id for r in rows]
-        digest = {"id": did, "alert_id": None, "notifier": name, "kind": lim.DIGEST,
-                  "body": body, "created_ms": now_ms, "attempts": 0, "next_attempt_ms": now_ms,
-                  "delivered_ms": None, "last_error": None}
+        digest = self._digest_row(notifier, did, rows, now_ms)
 
         def store_digest(conn: sa.Connection) -> None:
             conn.execute(table.insert().values(**digest))
@@ -329,14 +426,6 @@ class Outbox:
         log.info("digest %s of %d held notifications for %s", did, len(rows), name)
         # More than one digest holds: the rest go in the next one, at once.
         return now_ms if held > len(rows) else None
-
-    def _head(self, name: str) -> Any:
-        q = (sa.select(table)
-             .where(table.c.notifier == name, table.c.delivered_ms.is_(None),
-                    table.c.held_ms.is_(None), table.c.next_attempt_ms < NEVER)
-             .order_by(table.c.created_ms, table.c.id).limit(1))
-        with self.store.engine.connect() as conn:
-            return conn.execute(q).first()
 
     def delay(self, attempt: int) -> float:
         """Seconds before retrying after failed attempt number ``attempt`` (1, 2, …):
@@ -352,14 +441,24 @@ class Outbox:
         lease_ms = now_ms + int((2 * notifier.timeout + self.delay(attempt)) * 1000)
         if not self._claim(row, lease_ms):
             return False
+        taken = self.pace and self.pacer.robot(notifier.name) is not None
         try:
-            notifier.send(row.body, row.id, self.clock.now())
+            notifier.send(self._body(row), row.id, self.clock.now())
         except DeliveryFailed as err:
-            return self._failed(notifier.name, row, attempt, err.reason, err.permanent)
+            paused_ms = self.pacer.answered(notifier.name, self.clock.ms(), err) \
+                if taken else None
+            if err.rate_limited and paused_ms is None and err.retry_after is not None:
+                paused_ms = self.clock.ms() + int(err.retry_after * 1000)
+            return self._failed(notifier.name, row, attempt, err.reason, err.permanent,
+                                until_ms=paused_ms if err.rate_limited else None)
         except Exception as err:  # a notifier's bug must not stop its queue
+            if taken:
+                self.pacer.answered(notifier.name, self.clock.ms())
             log.exception("notifier %s crashed sending %s", notifier.name, row.id)
             return self._failed(notifier.name, row, attempt, f"internal error: {err!r}", False)
         done_ms = self.clock.ms()
+        if taken:
+            self.pacer.answered(notifier.name, done_ms)
 
         def mark(conn: sa.Connection) -> None:
             conn.execute(table.update()
@@ -373,8 +472,24 @@ class Outbox:
                  notifier.name, f" after {attempt} attempts" if attempt > 1 else "")
         return True
 
-    def _failed(self, name: str, row: Any, attempt: int, reason: str, permanent: bool) -> bool:
+    def _failed(self, name: str, row: Any, attempt: int, reason: str, permanent: bool,
+                until_ms: int | None = None) -> bool:
         now_ms = self.clock.ms()
+        if until_ms is not None and not permanent:
+            # Refused for speed: the robot is fine and says when; not a failure.
+            error = f"rate limited: {reason}"
+            log.warning("delivery %s to %s refused for speed (attempt %d), again in %.0f s: %s",
+                        row.id, name, attempt, (until_ms - now_ms) / 1000, reason)
+
+            def later(conn: sa.Connection) -> None:
+                conn.execute(table.update()
+                             .where(table.c.id == row.id, table.c.delivered_ms.is_(None))
+                             .values(next_attempt_ms=until_ms, last_error=error[:2000]))
+
+            self._write_quietly(later, row.id)
+            with self._lock:
+                self._health[name].last_error = error
+            return False
         if permanent:
             next_ms, error = NEVER, f"gave up: {reason}"
             log.error("gave up delivery %s (%s of alert %s) to %s after %d attempts: %s",
@@ -398,6 +513,10 @@ class Outbox:
             h.gave_up = permanent
             h.last_error = error
         return permanent
+
+    def _body(self, row: Any) -> str:
+        with self.store.engine.connect() as conn:
+            return conn.execute(sa.select(table.c.body).where(table.c.id == row.id)).scalar_one()
 
     def _claim(self, row: Any, lease_ms: int) -> bool:
         """Take ``row`` for one attempt, unless someone else did since we read it."""
@@ -459,6 +578,20 @@ class Outbox:
                     health.last_error = health.last_error or last.last_error
                 elif last is not None:
                     health.delivered_ms = last.delivered_ms
+
+    def _seed_pacer(self) -> None:
+        """Each paced robot's attempts answered in the last minute, from the rows:
+        a restart must not send a robot a second minute's worth in one."""
+        if not self.pace:
+            return
+        since = self.clock.ms() - 61_000
+        with self.store.engine.connect() as conn:
+            for name in self.notifiers:
+                if self.pacer.robot(name) is None:
+                    continue
+                self.pacer.seed(name, conn.execute(
+                    sa.select(table.c.delivered_ms)
+                    .where(table.c.notifier == name, table.c.delivered_ms > since)).scalars())
 
     def start(self) -> Outbox:
         """Start one sender thread per notifier (once); returns the outbox."""
