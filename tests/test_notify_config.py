@@ -41,7 +41,7 @@ def test_every_type_parses_and_builds(tmp_path: Path) -> None:
     assert specs["chumen-ding"].language == "en" and specs["chumen-ding"].timeout == 5.0
     assert specs["chumen-feishu"].url == FEISHU and specs["chumen-feishu"].format == "text"
     mail = specs["ops-mail"]
-    assert (mail.port, mail.starttls, mail.password) == (587, True, "mail-password")
+    assert (mail.port, mail.tls, mail.password) == (587, "starttls", "mail-password")
     assert config.public_url == "https://hub.example.cn" and config.ack_link_ttl == 43200
     assert config.notifier_spec("chumen-wecom") is specs["chumen-wecom"]
     built = build_notifiers(config.notifier_specs, "Asia/Shanghai")

@@ -6,13 +6,17 @@ their ``*_file`` and kept out of ``repr``.
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, field
+from email.utils import parseaddr
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from yizhan.config import ConfigError, Section
+
+log = logging.getLogger(__name__)
 
 #: Notifier types (docs/notifications.md); each is a module of ``hub.alerting.notify``.
 NOTIFIER_TYPES = ("webhook", "wecom", "dingtalk", "feishu", "email")
@@ -22,6 +26,14 @@ NOTIFIER_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
 WECOM_URL = "https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key={}"
 DINGTALK_URL = "https://oapi.dingtalk.com/robot/send?access_token={}"
 DEFAULT_ACK_LINK_TTL = 24 * 3600.0
+#: How an e-mail notifier talks to its relay: TLS from the first byte (port 465,
+#: "SMTPS", what many providers and cloud hosts require), STARTTLS (port 587), or
+#: in the clear (port 25, only towards a relay on a trusted network).
+SMTP_TLS = ("implicit", "starttls", "none")
+SMTP_PORTS = {"implicit": 465, "starttls": 587, "none": 25}
+#: A DNS name (RFC 1123 labels), as the right side of a Message-ID.
+_HOSTNAME = re.compile(r"(?=.{1,253}\Z)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                       r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\Z")
 
 
 @dataclass(frozen=True)
@@ -60,12 +72,13 @@ class NotifierSpec:
     # email
     host: str | None = None
     port: int | None = None
-    starttls: bool = True
+    tls: str = "starttls"  # one of SMTP_TLS
     username: str | None = None
     password: str | None = field(default=None, repr=False)
     sender: str | None = None
     to: tuple[str, ...] = ()
     ca_file: str | None = None
+    message_id_domain: str | None = None  # None: the domain of ``sender``
     limits: NotifyLimits = NotifyLimits()
 
     def redacted(self) -> dict[str, Any]:
@@ -76,8 +89,9 @@ class NotifierSpec:
             out["url"] = f"{parts.scheme}://{parts.netloc}{parts.path}" + (
                 "?***" if parts.query else "")
         if self.type == "email":
-            out.update(host=self.host, port=self.port, starttls=self.starttls,
-                       username=self.username, sender=self.sender, to=list(self.to))
+            out.update(host=self.host, port=self.port, tls=self.tls,
+                       username=self.username, sender=self.sender, to=list(self.to),
+                       message_id_domain=self.message_id_domain)
         out["secret"] = "***" if (self.secret or self.password) else None
         return out
 
@@ -220,10 +234,47 @@ def parse_notifier(sec: Section, base: Path | None = None) -> NotifierSpec:
                             format=sec.str("format", "card", choices=("card", "text")),
                             **common)
 
-    # email
+    return _email(sec, base, common)
+
+
+def sender_domain(sender: str | None) -> str | None:
+    """The domain of an address (``驿站 <yizhan@example.cn>`` → ``example.cn``), in
+    ASCII (an internationalised one as its ``xn--`` form); None when it is no DNS name."""
+    addr = parseaddr(sender or "")[1]
+    if "@" not in addr:
+        return None
+    domain = addr.rpartition("@")[2]
+    try:
+        domain = domain.encode("idna").decode("ascii")
+    except (UnicodeError, ValueError):
+        return None
+    return domain if _HOSTNAME.match(domain) and "." in domain else None
+
+
+def _smtp_tls(sec: Section) -> str:
+    """``tls:``, or the deprecated ``starttls: true|false`` it replaces."""
+    if not sec.has("starttls"):
+        return sec.str("tls", "starttls", choices=SMTP_TLS)
+    if sec.has("tls"):
+        raise ConfigError(sec.key("starttls"), "is the old spelling of tls: give tls only "
+                          "(implicit, starttls or none)")
+    tls = "starttls" if sec.bool("starttls", True) else "none"
+    log.warning("%s is deprecated: write tls: %s", sec.key("starttls"), tls)
+    return tls
+
+
+def _email(sec: Section, base: Path | None, common: dict[str, Any]) -> NotifierSpec:
     host = sec.str("host", required=True)
-    starttls = sec.bool("starttls", True)
-    port = sec.int("port", 587 if starttls else 25, lo=1, hi=65535)
+    tls = _smtp_tls(sec)
+    port = sec.int("port", SMTP_PORTS[tls], lo=1, hi=65535)
+    # The usual ports with the other kind of TLS only ever time out or fail the
+    # handshake at the first alert; say so now.
+    if port == 465 and tls != "implicit":
+        raise ConfigError(sec.key("tls"), "must be implicit for port 465 (TLS from the "
+                          f"first byte), not {tls}")
+    if port in (25, 587) and tls == "implicit":
+        raise ConfigError(sec.key("port"), f"{port} speaks plain SMTP first: use 465 with "
+                          "tls: implicit, or tls: starttls")
     sender = sec.str("from", required=True)
     to = sec.list("to")
     if not to:
@@ -236,9 +287,21 @@ def parse_notifier(sec: Section, base: Path | None = None) -> NotifierSpec:
     password = sec.secret("password", base)
     if password is not None and username is None:
         raise ConfigError(sec.key("username"), "is required with a password")
+    if username is not None and tls == "none":
+        # The login would cross the network readable by anyone on the way.
+        raise ConfigError(sec.key("username"), "is refused with tls: none: a login needs an "
+                          "encrypted connection (tls: implicit or starttls)")
     ca_file = sec.str("ca_file")
     if ca_file is not None and base is not None and not Path(ca_file).is_absolute():
         ca_file = str(base / ca_file)
-    return NotifierSpec(host=host, port=port, starttls=starttls, username=username,
-                        password=password, sender=sender, to=tuple(to), ca_file=ca_file,
-                        **common)
+    domain = sec.str("message_id_domain")
+    if domain is not None:
+        if not _HOSTNAME.match(domain) or "." not in domain:
+            raise ConfigError(sec.key("message_id_domain"), "must be a domain name like "
+                              f"hub.example.cn, not {domain[:80]!r}")
+    elif sender_domain(sender) is None:
+        raise ConfigError(sec.key("message_id_domain"), "is required: the from address has "
+                          "no domain to put in Message-ID")
+    return NotifierSpec(host=host, port=port, tls=tls, username=username, password=password,
+                        sender=sender, to=tuple(to), ca_file=ca_file,
+                        message_id_domain=domain, **common)
