@@ -13,6 +13,10 @@ most 20 messages a minute; one more and DingTalk blocks the robot for ten
 minutes (130101), which the pacing then waits out. The whole message may be
 at most 20 000 bytes (460101, "message too long", is not retried). With the
 "custom keyword" security setting, use the keyword 驿站: every message carries it.
+
+A message that @-mentions someone (hub/alerting/notify/mentions.py) adds
+``"at": {"atMobiles": ["138…"], "isAtAll": false}`` and ends its text with
+``@138…``: DingTalk notifies and highlights only a number that is also in the text.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from typing import Any, ClassVar
 from urllib.parse import quote_plus
 
 from hub.alerting.notify.base import ChatRobotNotifier, dumps
+from hub.alerting.notify.mentions import Mention, mentions, phones
 from hub.alerting.notify.text import DINGTALK_MARKDOWN_MAX, Message
 
 
@@ -69,13 +74,21 @@ class DingTalkNotifier(ChatRobotNotifier):
     def render(self, kind: str, alert: Mapping[str, Any], station: Mapping[str, Any],
                ack_url: str | None, *, delivery_id: str, now_ms: int) -> str:
         return self.shape(self.compose(kind, alert, station, ack_url, now_ms),
-                          delivery_id=delivery_id, now_ms=now_ms)
+                          delivery_id=delivery_id, now_ms=now_ms, people=mentions(alert))
 
-    def shape(self, msg: Message, *, delivery_id: str, now_ms: int) -> str:
-        return dumps({"msgtype": "markdown", "markdown": {
+    def shape(self, msg: Message, *, delivery_id: str, now_ms: int,
+              people: tuple[Mention, ...] = ()) -> str:
+        mobiles = phones(people)
+        # The @numbers last, so that cutting the text to its cap never cuts them.
+        tail = ("\n\n" + " ".join(f"@{m}" for m in mobiles)) if mobiles else ""
+        text = msg.markdown("dingtalk", max_bytes=DINGTALK_MARKDOWN_MAX - len(tail.encode()))
+        body: dict[str, Any] = {"msgtype": "markdown", "markdown": {
             "title": msg.title,  # what the notification and the chat list show
-            "text": msg.markdown("dingtalk", max_bytes=DINGTALK_MARKDOWN_MAX),
-        }})
+            "text": text + tail,
+        }}
+        if mobiles:
+            body["at"] = {"atMobiles": mobiles, "isAtAll": False}
+        return dumps(body)
 
     def request(self, body: str, delivery_id: str, now: float) -> tuple[str, dict, bytes]:
         url = self.spec.url

@@ -13,6 +13,11 @@ Success is HTTP 200 with ``{"code": 0, "msg": "success"}`` (older answers:
 ``"StatusCode": 0``); some refusals come as HTTP 400 with a code, which decides.
 A bot takes at most 100 messages a minute and 5 a second (11232 beyond). With
 the "custom keyword" setting, use 驿站.
+
+A message that @-mentions someone (hub/alerting/notify/mentions.py) does it by
+the person's Feishu open id (the staff record's ``feishu_open_id``; a Feishu bot
+cannot @ a phone number): ``<at id=ou_…></at>`` in the card's markdown, first,
+or ``<at user_id="ou_…">name</at>`` at the head of a text message.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from hub.alerting.notify.base import ChatRobotNotifier, dumps
+from hub.alerting.notify.mentions import Mention, mentions, open_ids
 from hub.alerting.notify.text import FEISHU_BODY_MAX, Message
 
 _TEMPLATE = {"critical": "red", "warning": "orange", "info": "blue"}
@@ -55,14 +61,22 @@ class FeishuNotifier(ChatRobotNotifier):
     def render(self, kind: str, alert: Mapping[str, Any], station: Mapping[str, Any],
                ack_url: str | None, *, delivery_id: str, now_ms: int) -> str:
         return self.shape(self.compose(kind, alert, station, ack_url, now_ms),
-                          delivery_id=delivery_id, now_ms=now_ms)
+                          delivery_id=delivery_id, now_ms=now_ms, people=mentions(alert))
 
-    def shape(self, msg: Message, *, delivery_id: str, now_ms: int) -> str:
+    def shape(self, msg: Message, *, delivery_id: str, now_ms: int,
+              people: tuple[Mention, ...] = ()) -> str:
+        ids = open_ids(people)
         if self.spec.format == "text":
-            return dumps({"msg_type": "text", "content": {"text": msg.plain()}})
+            names = {p.feishu_open_id: p.name for p in people}
+            head = "".join(f'<at user_id="{i}">{_inert(names.get(i) or "")}</at> ' for i in ids)
+            return dumps({"msg_type": "text", "content": {"text": head + msg.plain()}})
         ok = msg.kind in ("resolved", "acked")
-        elements: list[dict[str, Any]] = [{"tag": "div", "text": {
-            "tag": "lark_md", "content": msg.markdown("lark", max_bytes=FEISHU_BODY_MAX)}}]
+        elements: list[dict[str, Any]] = []
+        if ids:
+            elements.append({"tag": "div", "text": {
+                "tag": "lark_md", "content": " ".join(f"<at id={i}></at>" for i in ids)}})
+        elements.append({"tag": "div", "text": {
+            "tag": "lark_md", "content": msg.markdown("lark", max_bytes=FEISHU_BODY_MAX)}})
         if msg.ack_url:
             elements.append({"tag": "action", "actions": [{
                 "tag": "button", "type": "primary",
@@ -85,3 +99,8 @@ class FeishuNotifier(ChatRobotNotifier):
             # The stored body, untouched, after the fresh signature fields.
             body = head[:-1] + "," + body[1:]
         return self.spec.url, self.headers(), body.encode()
+
+
+def _inert(name: str) -> str:
+    """A name inside an ``<at>`` tag: no tag of its own."""
+    return name.replace("<", "＜").replace(">", "＞")

@@ -6,15 +6,26 @@ UTF-8 bytes). The key in the address is the credential; there is no signature.
 The robot answers HTTP 200 with ``{"errcode": 0, "errmsg": "ok"}`` when sent.
 A robot takes at most 20 messages a minute; more are refused with 45009, a
 rate limit the pacing waits out (a minute at most) before trying again.
+
+A message that @-mentions someone (the assignee or the person on call,
+hub/alerting/notify/mentions.py) is sent as ``{"msgtype": "text", "text":
+{"content": "…", "mentioned_mobile_list": ["138…"]}}`` (content at most 2048
+bytes): the robot's markdown cannot @ by phone number, only its text can. The
+text carries the same lines and the acknowledge link, without colour or bold.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from hub.alerting.notify.base import ChatRobotNotifier, dumps
+from hub.alerting.notify.mentions import Mention, mentions, phones
 from hub.alerting.notify.text import WECOM_MARKDOWN_MAX, Message
+
+#: A text message's content, in UTF-8 bytes (the robot's documented limit).
+WECOM_TEXT_MAX = 2048
 
 
 class WeComNotifier(ChatRobotNotifier):
@@ -38,8 +49,26 @@ class WeComNotifier(ChatRobotNotifier):
     def render(self, kind: str, alert: Mapping[str, Any], station: Mapping[str, Any],
                ack_url: str | None, *, delivery_id: str, now_ms: int) -> str:
         return self.shape(self.compose(kind, alert, station, ack_url, now_ms),
-                          delivery_id=delivery_id, now_ms=now_ms)
+                          delivery_id=delivery_id, now_ms=now_ms, people=mentions(alert))
 
-    def shape(self, msg: Message, *, delivery_id: str, now_ms: int) -> str:
+    def shape(self, msg: Message, *, delivery_id: str, now_ms: int,
+              people: tuple[Mention, ...] = ()) -> str:
+        mobiles = phones(people)
+        if mobiles:
+            return dumps({"msgtype": "text", "text": {
+                "content": plain_within(msg, WECOM_TEXT_MAX),
+                "mentioned_mobile_list": mobiles}})
         content = msg.markdown("wecom", max_bytes=WECOM_MARKDOWN_MAX)
         return dumps({"msgtype": "markdown", "markdown": {"content": content}})
+
+
+def plain_within(msg: Message, max_bytes: int) -> str:
+    """The plain text, values shortened (the link kept) and then cut on a UTF-8
+    boundary if it is still over ``max_bytes``."""
+    text = msg.plain().rstrip("\n")
+    if len(text.encode()) > max_bytes:
+        short = tuple((k, v if len(v) <= 60 else v[:59] + "…") for k, v in msg.fields)
+        text = dataclasses.replace(msg, fields=short).plain().rstrip("\n")
+    if len(text.encode()) > max_bytes:
+        text = text.encode()[:max_bytes].decode(errors="ignore")
+    return text
