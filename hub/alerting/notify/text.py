@@ -28,7 +28,7 @@ wrong and what to bring per rule from ``rule_texts``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import tzinfo
 from pathlib import Path
@@ -42,7 +42,7 @@ from hub.config.rules import NOTIFY_TEST
 from hub.fleet.banks import bank_states
 
 __all__ = ["ASKS_FOR_ACK", "CST", "KINDS", "NO_ACK_RULES", "Message", "banks_to_bring",
-           "clock_text", "compose", "duration_text", "station_info", "what_text"]
+           "clock_text", "compose", "cut_utf8", "duration_text", "station_info", "what_text"]
 
 KINDS = ("firing", "resolved", "acked", "escalated", "reminder")
 #: Kinds whose message asks for an acknowledgement (and so carries the link).
@@ -51,10 +51,17 @@ ASKS_FOR_ACK = ("firing", "escalated", "reminder")
 NO_ACK_RULES = (NOTIFY_TEST,)
 MAX_FIELD = 300  # characters of one field's value (an engine summary can be long)
 
-#: Platform limits of the message text, in UTF-8 bytes (docs/notifications.md).
-WECOM_MARKDOWN_MAX = 4096
-DINGTALK_MARKDOWN_MAX = 18_000  # the robot takes about 20 000; the title and JSON need room
-FEISHU_BODY_MAX = 20_000 - 1_000  # the whole request ≤ 20 KB; room for the card around it
+#: Platform limits of the message text, in UTF-8 bytes, from each platform's own
+#: documentation (docs/notifications.md, "Message sizes"). A text over its cap is
+#: shortened by :meth:`Message.markdown` / :meth:`Message.plain`, never refused.
+WECOM_MARKDOWN_MAX = 4096  # markdown.content: "最长不超过4096个字节，必须是utf8编码"
+WECOM_TEXT_MAX = 2048  # text.content: "最长不超过2048个字节"
+DINGTALK_MESSAGE_MAX = 20_000  # the whole message; over it: 460101 "message too long"
+DINGTALK_MARKDOWN_MAX = 18_000  # of those 20 000: room for the title, @numbers and JSON
+DINGTALK_TEXT_MAX = DINGTALK_MARKDOWN_MAX
+FEISHU_REQUEST_MAX = 20_000  # the whole request: "请求体大小不能超过 20 K"
+FEISHU_BODY_MAX = FEISHU_REQUEST_MAX - 1_000  # card markdown; room for the card around it
+FEISHU_TEXT_MAX = FEISHU_BODY_MAX  # a text message's content.text
 
 _SEVERITY = {"critical": N_("CRITICAL"), "warning": N_("WARNING"), "info": N_("INFO")}
 _TITLES = {
@@ -150,23 +157,46 @@ class Message:
                                  ack_url=self.ack_url, ack_label=self.ack_label,
                                  footer=self.footer, **extra)
 
-    def plain(self) -> str:
-        """Plain text: e-mail's text part, Feishu's text message."""
-        return self._render("plain.txt", self.fields)
+    def plain(self, max_bytes: int | None = None) -> str:
+        """Plain text: e-mail's text part, Feishu's and WeCom's text messages; at
+        most ``max_bytes`` of UTF-8 when given (see :meth:`fit`)."""
+        return self.fit(lambda fields: self._render("plain.txt", fields), max_bytes)
 
     def markdown(self, flavour: str = "wecom", max_bytes: int | None = None) -> str:
         """``wecom`` (bold title, quoted lines, coloured), ``dingtalk`` (heading,
-        line breaks) or ``lark`` (Feishu card markdown, no title: the card has one)."""
+        line breaks) or ``lark`` (Feishu card markdown, no title: the card has one);
+        at most ``max_bytes`` of UTF-8 when given (see :meth:`fit`)."""
         if flavour not in ("wecom", "dingtalk", "lark"):
             raise ValueError(f"flavour must be wecom, dingtalk or lark, not {flavour!r}")
-        text = self._markdown(flavour, self.fields)
-        if max_bytes is not None and len(text.encode()) > max_bytes:
-            # Shorten the values rather than lose the link at the end.
-            short = tuple((k, _cut(v, 60)) for k, v in self.fields)
-            text = self._markdown(flavour, short)
-            if len(text.encode()) > max_bytes:
-                text = text.encode()[:max_bytes].decode(errors="ignore")
-        return text
+        return self.fit(lambda fields: self._markdown(flavour, fields), max_bytes)
+
+    def fit(self, render: Callable[[tuple[tuple[str, str], ...]], str],
+            max_bytes: int | None) -> str:
+        """``render(fields)`` at most ``max_bytes`` long in UTF-8: the values shortened
+        first, then the last fields left out (as many as it takes) — the title, the
+        acknowledge link and the footer are what a worker needs most, and they come
+        last in the text, where a plain cut would fall — and only then the text
+        cut, on a character boundary."""
+        def fits(text: str) -> bool:
+            return len(text.encode()) <= max_bytes
+
+        text = render(self.fields)
+        if max_bytes is None or fits(text):
+            return text
+        short = tuple((k, _cut(v, 60)) for k, v in self.fields)
+        text = render(short)
+        if fits(text):
+            return text
+        # The most leading fields that fit (a digest may have hundreds of lines).
+        lo, hi, best = 0, len(short) - 1, render(())
+        while lo <= hi:
+            mid = (lo + hi + 1) // 2
+            text = render(short[:mid])
+            if fits(text):
+                best, lo = text, mid + 1
+            else:
+                hi = mid - 1
+        return best if fits(best) else cut_utf8(best, max_bytes)
 
     def _markdown(self, flavour: str, fields: tuple[tuple[str, str], ...]) -> str:
         colour = {"critical": "warning", "warning": "warning", "info": "info"}[self.severity]
@@ -183,6 +213,20 @@ class Message:
 
 def _cut(text: str, n: int) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def cut_utf8(text: str, max_bytes: int, end: str = "…") -> str:
+    """``text`` in at most ``max_bytes`` of UTF-8, ending in ``end`` when cut. The cut
+    falls between characters, never inside one (a 4-byte 𠀀 or 🚰 is kept whole
+    or left out): a platform refuses, or shows as �, a broken sequence."""
+    data = text.encode()
+    if len(data) <= max_bytes:
+        return text
+    room = max_bytes - len(end.encode())
+    if room < 0:
+        end, room = "", max(max_bytes, 0)
+    # Only the last, partial character can fail to decode: the rest was whole.
+    return data[:room].decode("utf-8", errors="ignore") + end
 
 
 def compose(kind: str, alert: Mapping[str, Any], station: Mapping[str, Any],
