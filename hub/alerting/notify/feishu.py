@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 
 from hub.alerting.notify.base import ChatRobotNotifier, dumps
 from hub.alerting.notify.mentions import Mention, mentions, open_ids
-from hub.alerting.notify.text import FEISHU_BODY_MAX, Message
+from hub.alerting.notify.text import FEISHU_BODY_MAX, FEISHU_TEXT_MAX, Message
 
 _TEMPLATE = {"critical": "red", "warning": "orange", "info": "blue"}
 
@@ -69,7 +69,8 @@ class FeishuNotifier(ChatRobotNotifier):
         if self.spec.format == "text":
             names = {p.feishu_open_id: p.name for p in people}
             head = "".join(f'<at user_id="{i}">{_inert(names.get(i) or "")}</at> ' for i in ids)
-            return dumps({"msg_type": "text", "content": {"text": head + msg.plain()}})
+            text = msg.plain(FEISHU_TEXT_MAX - len(head.encode()))
+            return dumps({"msg_type": "text", "content": {"text": head + text}})
         ok = msg.kind in ("resolved", "acked")
         elements: list[dict[str, Any]] = []
         if ids:

@@ -16,16 +16,12 @@ text carries the same lines and the acknowledge link, without colour or bold.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from hub.alerting.notify.base import ChatRobotNotifier, dumps
 from hub.alerting.notify.mentions import Mention, mentions, phones
-from hub.alerting.notify.text import WECOM_MARKDOWN_MAX, Message
-
-#: A text message's content, in UTF-8 bytes (the robot's documented limit).
-WECOM_TEXT_MAX = 2048
+from hub.alerting.notify.text import WECOM_MARKDOWN_MAX, WECOM_TEXT_MAX, Message
 
 
 class WeComNotifier(ChatRobotNotifier):
@@ -63,12 +59,6 @@ class WeComNotifier(ChatRobotNotifier):
 
 
 def plain_within(msg: Message, max_bytes: int) -> str:
-    """The plain text, values shortened (the link kept) and then cut on a UTF-8
-    boundary if it is still over ``max_bytes``."""
-    text = msg.plain().rstrip("\n")
-    if len(text.encode()) > max_bytes:
-        short = tuple((k, v if len(v) <= 60 else v[:59] + "…") for k, v in msg.fields)
-        text = dataclasses.replace(msg, fields=short).plain().rstrip("\n")
-    if len(text.encode()) > max_bytes:
-        text = text.encode()[:max_bytes].decode(errors="ignore")
-    return text
+    """The plain text in at most ``max_bytes`` of UTF-8 (values shortened, then the
+    last lines left out, the link kept: ``Message.fit``), without its last newline."""
+    return msg.plain(max_bytes).rstrip("\n")
