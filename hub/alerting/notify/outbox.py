@@ -290,28 +290,24 @@ class Outbox:
         return attempts
 
     def _pump(self, name: str, now_ms: int | None = None) -> tuple[int, int | None]:
-        """Send ``name``'s due rows in order until one fails or none is due.
-        (attempts made, when the next row is due or None)."""
+        """Send ``name``'s due rows, critical ones first, until one fails, none is
+        due or its robot takes no more now. (attempts made, when to come back or
+        None)."""
         notifier = self.notifiers[name]
         digest_ms = self._digest(notifier, self.clock.ms() if now_ms is None else now_ms)
+        paced = self.pace and self.pacer.robot(name) is not None
         made = 0
         while made < _MAX_PER_PUMP and not self._closing.is_set():
             rows = self._waiting(name)
             if not rows:
                 return made, digest_ms
             now = self.clock.ms() if now_ms is None else now_ms
-            free_ms = self.pacer.free_at(name, now) if self.pace else now
-            if free_ms > now:  # the robot takes no more yet: come back then
-                return made, _sooner(max(free_ms, min(r.next_attempt_ms for r in rows)),
-                                     digest_ms)
-            choice = self._choose(name, rows, now)
-            if choice.fold:
-                self._fold(notifier, choice.fold, now)
+            if paced and self._backlog(name, rows, now) and self._fold(notifier, rows, now):
                 continue
-            row = next(r for r in rows if r.id == choice.send)
-            if row.next_attempt_ms > now:
-                return made, _sooner(row.next_attempt_ms, digest_ms)
-            if self.pace and (later := self.pacer.take(name, now)) is not None:
+            row, next_ms = self._next(name, rows, now, paced)
+            if row is None:
+                return made, _sooner(next_ms, digest_ms)
+            if paced and (later := self.pacer.take(name, now, _critical(row))) is not None:
                 return made, _sooner(later, digest_ms)  # another notifier of the robot took it
             made += 1
             if not self._attempt(notifier, row, now):
@@ -321,11 +317,46 @@ class Outbox:
                                      digest_ms)
         return made, self.clock.ms()
 
-    def _choose(self, name: str, rows: list[Any], now_ms: int) -> pacing.Plan:
-        """What to send (or fold) at a moment the robot takes one more."""
+    def _next(self, name: str, rows: list[Any], now_ms: int,
+              paced: bool) -> tuple[Any, int | None]:
+        """(the row to send now, None) or (None, when to look again). Without
+        pacing: the oldest critical one that overtakes no notice of its own
+        alert, else the oldest (``pace=False``: the oldest, as before issue 19)."""
         if not self.pace:
-            return pacing.Plan(send=rows[0].id)  # oldest first, as before pacing
-        return pacing.plan(rows, self.pacer.capacity(name, now_ms))
+            head = rows[0]
+            return (head, None) if head.next_attempt_ms <= now_ms else (None, head.next_attempt_ms)
+        critical = pacing.first_critical(rows)
+        lesser = next((r for r in rows if not _critical(r)), None)
+        later: int | None = None
+        for row in (critical, lesser):
+            if row is None:
+                continue
+            free_ms = self.pacer.free_at(name, now_ms, _critical(row)) if paced else now_ms
+            at = max(row.next_attempt_ms, free_ms)
+            if at <= now_ms:
+                return row, None
+            later = _sooner(later, at)
+        return None, later
+
+    def _backlog(self, name: str, rows: list[Any], now_ms: int) -> bool:
+        """Whether lesser rows must be folded now: more wait than the robot takes
+        within the horizon, or a digest not yet tried waits anyway (what would
+        go after it goes in it)."""
+        foldable = [r for r in rows if pacing.foldable(r)]
+        untried = any(r.kind == lim.DIGEST and r.attempts == 0 for r in rows)
+        if untried and (foldable or self._held_count(name)):
+            return True
+        if not foldable:
+            return False
+        lesser = sum(1 for r in rows if not _critical(r))
+        return lesser > max(1, self.pacer.capacity(name, now_ms))
+
+    def _held_count(self, name: str) -> int:
+        with self.store.engine.connect() as conn:
+            return int(conn.execute(
+                sa.select(sa.func.count()).select_from(table)
+                .where(table.c.notifier == name, table.c.held_ms.is_not(None),
+                       table.c.digest_id.is_(None))).scalar() or 0)
 
     def _waiting(self, name: str) -> list[Any]:
         """``name``'s rows to send (not delivered, given up nor held), oldest first,
@@ -340,18 +371,20 @@ class Outbox:
         with self.store.engine.connect() as conn:
             return list(conn.execute(q))
 
-    def _fold(self, notifier: Notifier, ids: tuple[str, ...], now_ms: int) -> None:
-        """Fold the pending rows ``ids`` (never tried) and what is held into one
-        digest, due now: the robot cannot take them one by one in time."""
+    def _fold(self, notifier: Notifier, waiting: list[Any], now_ms: int) -> int:
+        """Fold the foldable ``waiting`` rows and what is held into the digest not
+        yet tried (its place in the queue kept), or into a new one due now: the
+        robot cannot take them one by one in time. How many were folded."""
         name = notifier.name
-        did = new_delivery_id(now_ms)
+        ids = [r.id for r in waiting if pacing.foldable(r)]
         rates = pacing.rates_of(notifier)
+        new_id = new_delivery_id(now_ms)
 
-        def fold(conn: sa.Connection) -> int:
+        def fold(conn: sa.Connection) -> tuple[int, str]:
             # Read again in the writer: a row tried or sent since is left as it is.
             pending = conn.execute(
                 sa.select(table)
-                .where(table.c.id.in_(ids), table.c.attempts == 0,
+                .where(table.c.id.in_(ids or [""]), table.c.attempts == 0,
                        table.c.delivered_ms.is_(None), table.c.held_ms.is_(None),
                        table.c.next_attempt_ms < NEVER)
                 .order_by(table.c.created_ms, table.c.id).limit(lim.MAX_PER_DIGEST)).all()
@@ -361,26 +394,43 @@ class Outbox:
                        table.c.digest_id.is_(None))
                 .order_by(table.c.held_ms, table.c.id)
                 .limit(max(0, lim.MAX_PER_DIGEST - len(pending)))).all()
-            rows = sorted([*held, *pending], key=lambda r: (r.created_ms, r.id))
-            if not rows:
-                return 0
-            conn.execute(table.insert().values(
-                **self._digest_row(notifier, did, rows, now_ms, rates[0] if rates else None)))
+            if not pending and not held:
+                return 0, ""
+            untried = conn.execute(
+                sa.select(table.c.id, table.c.created_ms)
+                .where(table.c.notifier == name, table.c.kind == lim.DIGEST,
+                       table.c.attempts == 0, table.c.delivered_ms.is_(None),
+                       table.c.next_attempt_ms < NEVER)
+                .order_by(table.c.created_ms, table.c.id).limit(1)).first()
+            carried = conn.execute(
+                sa.select(table).where(table.c.digest_id == untried.id)).all() \
+                if untried is not None else []
+            if len(carried) + len(pending) + len(held) > lim.MAX_PER_DIGEST:
+                untried, carried = None, []  # a digest is full: start another
+            did = untried.id if untried is not None else new_id
+            rows = sorted([*carried, *held, *pending], key=lambda r: (r.created_ms, r.id))
+            digest = self._digest_row(notifier, did, rows, now_ms, rates[0] if rates else None)
+            if untried is not None:
+                conn.execute(table.update().where(table.c.id == did, table.c.attempts == 0)
+                             .values(body=digest["body"]))
+            else:
+                conn.execute(table.insert().values(**digest))
             conn.execute(table.update()
-                         .where(table.c.id.in_([r.id for r in pending]),
+                         .where(table.c.id.in_([r.id for r in pending] or [""]),
                                 table.c.attempts == 0, table.c.delivered_ms.is_(None))
                          .values(held_ms=now_ms, digest_id=did))
             conn.execute(table.update()
-                         .where(table.c.id.in_([r.id for r in held]),
+                         .where(table.c.id.in_([r.id for r in held] or [""]),
                                 table.c.digest_id.is_(None))
                          .values(digest_id=did))
-            return len(rows)
+            return len(pending) + len(held), did
 
-        folded = self._write(fold)
+        folded, did = self._write(fold)
         if folded:
             self._held.labels(name).inc(folded)
             log.info("folded %d notifications for %s into digest %s: more than its robot "
                      "takes in %.0f s", folded, name, did, pacing.FOLD_HORIZON)
+        return folded
 
     def _digest_row(self, notifier: Notifier, did: str, rows: list[Any], now_ms: int,
                     paced: pacing.Rate | None = None) -> dict[str, Any]:
@@ -410,8 +460,18 @@ class Outbox:
                        table.c.digest_id.is_(None))).scalar()
         if not rows:
             return None
-        if rows[0].held_ms + every_ms > now_ms:
-            return rows[0].held_ms + every_ms
+        due_ms = rows[0].held_ms + every_ms
+        if self.pace and self.pacer.robot(name) is not None:
+            # A chat robot: the first digest of a burst half a minute after it
+            # began to be held, then at most one every `digest_every`.
+            with self.store.engine.connect() as conn:
+                last = conn.execute(
+                    sa.select(sa.func.max(table.c.created_ms))
+                    .where(table.c.notifier == name, table.c.kind == lim.DIGEST)).scalar()
+            due_ms = max(rows[0].held_ms + int(pacing.FOLD_HORIZON * 1000),
+                         (last or 0) + every_ms)
+        if due_ms > now_ms:
+            return due_ms
         did = new_delivery_id(now_ms)
         ids = [r.id for r in rows]
         digest = self._digest_row(notifier, did, rows, now_ms)
@@ -681,6 +741,10 @@ class Outbox:
                 .execution_options(preserve_rowcount=True)).rowcount
 
         return int(self._write(op))
+
+
+def _critical(row: Any) -> bool:
+    return row.severity == "critical"
 
 
 def _sooner(a: int | None, b: int | None) -> int | None:

@@ -16,8 +16,11 @@ then; every attempt (sent or refused: the platform counts both) is recorded.
   from when its answer came back (the platform saw it no later than that) and
   the next one allowed from when it would start: so the platform, counting
   arrivals, never sees more than the limit in any of its windows, whatever the
-  network did in between. ``SLACK`` is added to each window for the platform's
-  own rounding.
+  network did in between. Each window is taken 1 % and 100 ms longer, for
+  the platform's own clock and rounding.
+* A quarter of each rate (at least one) is kept for critical notifications:
+  lesser ones never use the whole minute, so a tamper alert in the middle of a
+  storm goes out at once instead of waiting for the window to pass.
 * A refusal for sending too fast (``DeliveryFailed.rate_limited``) pauses the
   robot for what the answer asked (``Retry-After``), else what the platform
   documents for it (``PAUSE``: DingTalk's 10 minutes), for every notifier of it.
@@ -27,9 +30,9 @@ then; every attempt (sent or refused: the platform counts both) is recorded.
 The webhook and e-mail notifiers are not paced (no documented limit; the
 receiver's own 429 and ``Retry-After`` still hold back that notifier's row).
 
-:func:`plan` is what the outbox does with a backlog: what the robot cannot
-take within ``FOLD_HORIZON`` is folded into one digest rather than sent late one
-by one; critical alerts go first and are never folded.
+With a backlog the outbox folds (:func:`foldable`): what the robot cannot take
+within ``FOLD_HORIZON`` is folded into one digest rather than sent late one by
+one; critical alerts go first (:func:`first_critical`) and are never folded.
 
 Robot keys are hashes: the address carries the robot's key or token and must
 not appear in a log or a metric.
@@ -42,6 +45,7 @@ import hashlib
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from hub.alerting.notify.base import DeliveryFailed, Notifier
@@ -49,10 +53,23 @@ from hub.alerting.notify.base import DeliveryFailed, Notifier
 
 @dataclass(frozen=True)
 class Rate:
-    """At most ``count`` messages in any ``window`` seconds."""
+    """At most ``count`` messages in any ``window`` seconds; lesser notifications
+    use all but ``reserved`` of them, kept for critical ones."""
 
     count: int
     window: float
+
+    @property
+    def reserved(self) -> int:
+        return max(1, self.count // 4)
+
+    def limit(self, critical: bool) -> int:
+        return self.count if critical else self.count - self.reserved
+
+    @property
+    def window_ms(self) -> int:
+        # The platform's clock and rounding are not ours: 1 % and 100 ms more.
+        return int(self.window * 1010) + 100
 
     def __str__(self) -> str:
         return f"{self.count} per {self.window:g} s"
@@ -67,8 +84,6 @@ RATES: dict[str, tuple[Rate, ...]] = {
 #: How long a robot that refused us for speed is left alone when its answer did
 #: not say (DingTalk blocks the robot for 10 minutes after 20 a minute).
 PAUSE: dict[str, float] = {"wecom": 60.0, "dingtalk": 600.0, "feishu": 60.0}
-#: Added to every window: the platform's clock and rounding are not ours.
-SLACK_MS = 500
 #: A backlog the robot cannot send within this many seconds is folded into a digest.
 FOLD_HORIZON = 30.0
 #: Attempts kept per robot (enough for any window above).
@@ -146,18 +161,18 @@ class Pacer:
                 bisect.insort(robot.stamps, int(ms))
             del robot.stamps[:-_KEEP]
 
-    def free_at(self, name: str, now_ms: int) -> int:
+    def free_at(self, name: str, now_ms: int, critical: bool = False) -> int:
         """When ``name``'s robot may take the next message (``now_ms`` if now)."""
         robot = self._get(name)
         if robot is None:
             return now_ms
         with self._lock:
-            return _free_at(robot, robot.stamps, now_ms)
+            return _free_at(robot, robot.stamps, now_ms, critical)
 
     def capacity(self, name: str, now_ms: int, horizon: float = FOLD_HORIZON,
                  most: int = 1000) -> int:
-        """How many messages the robot may take from now until ``horizon`` seconds
-        from now (at most ``most``)."""
+        """How many lesser messages the robot may take from now until ``horizon``
+        seconds from now (at most ``most``)."""
         robot = self._get(name)
         if robot is None:
             return most
@@ -166,21 +181,21 @@ class Pacer:
             stamps = list(robot.stamps)
             n, t = 0, now_ms
             while n < most:
-                t = _free_at(robot, stamps, t)
+                t = _free_at(robot, stamps, t, False)
                 if t > end:
                     break
                 bisect.insort(stamps, t)  # as if answered at once: the earliest case
                 n += 1
             return n
 
-    def take(self, name: str, now_ms: int) -> int | None:
+    def take(self, name: str, now_ms: int, critical: bool = False) -> int | None:
         """Reserve the robot for one attempt now: None when taken, else when to
         come back (ms). Every taken attempt must be :meth:`answered`."""
         robot = self._get(name)
         if robot is None:
             return None
         with self._lock:
-            at = _free_at(robot, robot.stamps, now_ms)
+            at = _free_at(robot, robot.stamps, now_ms, critical)
             if at > now_ms:
                 return at
             robot.in_flight += 1
@@ -213,13 +228,13 @@ class Pacer:
         return self._robots.get(key) if key is not None else None
 
 
-def _free_at(robot: _Robot, stamps: list[int], now_ms: int) -> int:
+def _free_at(robot: _Robot, stamps: list[int], now_ms: int, critical: bool) -> int:
     at = max(now_ms, robot.paused_until_ms)
     for rate in robot.rates:
-        window = int(rate.window * 1000) + SLACK_MS
+        window = rate.window_ms
         # Attempts still counted by the platform at `at`: answered after at - window.
         recent = stamps[bisect.bisect_right(stamps, at - window):]
-        over = len(recent) + robot.in_flight - rate.count
+        over = len(recent) + robot.in_flight - rate.limit(critical)
         if over < 0:
             continue
         if over >= len(recent):  # only attempts in flight fill it: their answers decide
@@ -229,41 +244,21 @@ def _free_at(robot: _Robot, stamps: list[int], now_ms: int) -> int:
     return at
 
 
-@dataclass(frozen=True)
-class Plan:
-    """What to do at a send opportunity: ``send`` this row id, or ``fold`` these."""
-
-    send: str | None = None
-    fold: tuple[str, ...] = ()
-
-
-def plan(rows: list, capacity: int) -> Plan:
-    """At a free moment of the robot, given ``rows`` (the notifier's pending rows
-    with ``id``, ``alert_id``, ``severity``, ``kind``, ``attempts``, ``about``,
-    ``created_ms``, oldest first) and how many the robot takes within the
-    horizon: send the oldest critical one whose alert has nothing older waiting
-    (a resolved never overtakes its firing), else the oldest; but when more
-    non-critical rows wait than the robot takes after the critical ones, fold
-    every foldable one (never tried, with what a digest says of it) instead."""
-    if not rows:
-        return Plan()
-    waiting_alerts: set[str] = set()
-    critical = None
+def first_critical(rows: list) -> Any:
+    """The oldest critical row whose alert has nothing older waiting (a resolved
+    never overtakes its firing), or None; ``rows`` oldest first."""
+    waiting: set[str] = set()
     for row in rows:
-        if row.severity == "critical" and row.alert_id not in waiting_alerts:
-            critical = row
-            break
+        if row.severity == "critical" and row.alert_id not in waiting:
+            return row
         if row.alert_id:
-            waiting_alerts.add(row.alert_id)
-    n_critical = sum(1 for r in rows if r.severity == "critical")
-    foldable = tuple(r.id for r in rows if _foldable(r))
-    if critical is None and len(foldable) > max(1, capacity - n_critical):
-        return Plan(fold=foldable)
-    return Plan(send=(critical or rows[0]).id)
+            waiting.add(row.alert_id)
+    return None
 
 
-def _foldable(row) -> bool:
-    # A tried row may be in flight elsewhere; a digest or a route test is sent
-    # as it is; a row stored without `about` cannot be summed up.
+def foldable(row: Any) -> bool:
+    """Whether a waiting row may be folded into a digest: a lesser notice never
+    tried (a tried one may be in flight elsewhere), with what a digest says of
+    it; never a digest or a route test."""
     return (row.attempts == 0 and row.severity != "critical" and bool(row.about)
             and row.kind != "digest" and row.alert_id is not None)
