@@ -29,6 +29,16 @@ same id again stores nothing, so a crash between the two, or two hub workers
 taking the same step, sends nothing twice and forgets nothing; the outbox then
 delivers each id until the receiver takes it.
 
+A message that asks for an acknowledgement (firing, escalated, reminder) also
+@-mentions a person: the staff member the alert is given to (``assigned_to``),
+else whoever the tier's on-call rota (``oncall:``, hub/config/oncall.py) has on
+call for the station's group at that hour in the hub's time zone; an escalation
+mentions the tier's person on call besides the assignee. The Directory's staff
+records say how to reach them (``staff(ids)``, by default
+``hub.fleet.directory.contacts``); they travel to the notifiers under the alert's
+``mention`` key (hub/alerting/notify/mentions.py), which the contract's webhook
+body leaves out. An acknowledgement or a resolution mentions nobody.
+
 Two messages are the hub's own (not contract §13 rules, an extension documented
 in docs/routing.md), both with ``sid: "hub"`` (reserved: no station can have it):
 
@@ -52,11 +62,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from hub.alerting.alerts import ACKED, FIRING, RESOLVED, to_alert
+from hub.alerting.notify.mentions import MAX_MENTIONS
+from hub.alerting.notify.text import ASKS_FOR_ACK
 from hub.alerting.notify.text import station_info as notify_station_info
 from hub.alerting.summaries import route_test_name, summary
 from hub.alerting.values import alert_value
 from hub.config.routes import Route, RoutingConfig, Tier
 from hub.config.rules import HUB_RULES, HUB_SID, NOTIFY_FAILING, NOTIFY_TEST
+from hub.fleet.directory import contacts
 from yizhan.clock import Clock
 
 log = logging.getLogger(__name__)
@@ -81,6 +94,7 @@ class Step:
     notifiers: tuple[str, ...]
     values: Mapping[str, Any]
     key: str = ""
+    tier: int | None = None  # the tier told, whose on-call rota is @-mentioned
 
 
 #: The order of an alert's news. The outbox sends a notifier's rows by
@@ -107,7 +121,9 @@ class Router:
 
     def __init__(self, config: Any, outbox: Any, clock: Clock, alerts: Any, *,
                  stations: Callable[[str], Any] | None = None,
-                 muted: Callable[[dict[str, Any]], bool] | None = None) -> None:
+                 muted: Callable[[dict[str, Any]], bool] | None = None,
+                 staff: Callable[[list[str]], Mapping[str, Mapping[str, Any]]] | None = None,
+                 ) -> None:
         self.config = config
         self.routing: RoutingConfig = getattr(config, "routing", None) or RoutingConfig()
         self.outbox = outbox
@@ -115,6 +131,7 @@ class Router:
         self.alerts = alerts
         self.stations = stations
         self.muted = muted
+        self.staff = staff
         self._lock = threading.RLock()
         self._tz: dt.tzinfo = (zoneinfo.ZoneInfo(self.routing.timezone)
                                if self.routing.timezone else CST)
@@ -210,7 +227,7 @@ class Router:
                     return None
                 return Step("firing", route.tiers[0].notify, {
                     "notified": FIRING, "route": route.name[:64], "escalation": 0,
-                    "tier_ms": now_ms, "last_notified_ms": now_ms}, "firing")
+                    "tier_ms": now_ms, "last_notified_ms": now_ms}, "firing", 0)
             if notified != state:  # acked or resolved before anyone was told
                 return Step(None, (), {"notified": state})
             return None
@@ -228,11 +245,11 @@ class Router:
                 route, nxt, group) * 1000:
             return Step("escalated", route.tiers[nxt].notify, {
                 "escalation": nxt, "tier_ms": now_ms, "last_notified_ms": now_ms},
-                f"escalated{nxt}")
+                f"escalated{nxt}", nxt)
         every = self.remind_every(route, row.severity, group)
         if every is not None and now_ms - row.last_notified_ms >= every * 1000:
             return Step("reminder", route.tiers[top].notify, {"last_notified_ms": now_ms},
-                        f"reminder@{row.last_notified_ms}")
+                        f"reminder@{row.last_notified_ms}", top)
         return None
 
     # -- what the engine tells, and the scheduler ------------------------------------------
@@ -287,7 +304,8 @@ class Router:
             if step is None:
                 break
             if step.kind is not None:
-                sent += self._send(step, alert, info)
+                sent += self._send(step, self._with_mentions(step, alert, route, group, now),
+                                   info)
             # Not recorded: someone else moved the row meanwhile. Look again; what
             # this call enqueued has ids of its own step, so nothing doubles.
             self._claim(row, step.values)
@@ -338,6 +356,53 @@ class Router:
                      alert["rule"], alert["sid"], notifier, delivery)
         self.sent += len(step.notifiers)
         return len(step.notifiers)
+
+    # -- whom a message @-mentions ----------------------------------------------------------
+
+    def on_call(self, route: Route, tier: int, group: str | None, now_ms: int) -> tuple[str, ...]:
+        """The staff ids the tier's rota has on call at ``now_ms`` (hub's time
+        zone) for a station of ``group``; () without a rota."""
+        rota = self.routing.rotas.get(route.tiers[tier].oncall or "")
+        if rota is None:
+            return ()
+        local = dt.datetime.fromtimestamp(now_ms / 1000, self._tz)
+        return rota.on_call(group=group, weekday=local.weekday(),
+                            minute=local.hour * 60 + local.minute)
+
+    def mention_ids(self, step: Step, alert: Mapping[str, Any], route: Route | None,
+                    group: str | None, now_ms: int) -> tuple[str, ...]:
+        """Whom ``step`` @-mentions: the assignee, else (and on an escalation, also)
+        the tier's person on call."""
+        if (route is None or not route.mention or step.kind not in ASKS_FOR_ACK
+                or step.tier is None or step.tier >= len(route.tiers)):
+            return ()
+        who: list[str] = []
+        assignee = alert.get("assigned_to")
+        if isinstance(assignee, str) and assignee:
+            who.append(assignee)
+        if not who or step.kind == "escalated":
+            who += self.on_call(route, step.tier, group, now_ms)
+        return tuple(dict.fromkeys(who))[:MAX_MENTIONS]
+
+    def _with_mentions(self, step: Step, alert: dict[str, Any], route: Route | None,
+                       group: str | None, now_ms: int) -> dict[str, Any]:
+        ids = self.mention_ids(step, alert, route, group, now_ms)
+        if not ids:
+            return alert
+        try:
+            found = (self.staff(list(ids)) if self.staff is not None
+                     else contacts(self.alerts.store, ids))
+        except Exception:
+            # A message without its @ is better than no message.
+            log.exception("looking up staff %s to mention failed; not mentioning",
+                          ", ".join(ids))
+            return alert
+        missing = [i for i in ids if i not in found]
+        if missing:
+            log.warning("alert %s: no staff member %s in the Directory to @-mention",
+                        alert["id"], ", ".join(missing))
+        people = [dict(found[i]) for i in ids if i in found]
+        return {**alert, "mention": people} if people else alert
 
     # -- the hub's own alert: a notifier that cannot deliver ------------------------------
 

@@ -18,8 +18,12 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from hub.fleet.directory_fields import STAFF_ID_PATTERN
 from yizhan.config import ConfigError, Section, known_keys
+
+#: A staff id as the Directory takes it (hub/fleet/directory_fields.py's
+#: STAFF_ID_PATTERN, the same by test: the configuration is read before the
+#: fleet's modules and may not import them).
+STAFF_ID_PATTERN = r"[a-z0-9][a-z0-9._-]{0,63}"
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 DAY_MINUTES = 24 * 60
