@@ -283,11 +283,17 @@ class Outbox:
     def send_due(self, now_ms: int | None = None) -> int:
         """Send what is due now, every notifier in turn, on the calling thread (for
         tests and tools; do not mix with ``start()``). The number of attempts."""
-        attempts = 0
+        return self.send_due_next(now_ms)[0]
+
+    def send_due_next(self, now_ms: int | None = None) -> tuple[int, int | None]:
+        """``send_due``, and when something is due next (ms; None: nothing waits
+        on time) — for a tool that moves a ManualClock from one event to the next."""
+        attempts, soonest = 0, None
         for name in self.notifiers:
-            made, _next = self._pump(name, now_ms)
+            made, next_ms = self._pump(name, now_ms)
             attempts += made
-        return attempts
+            soonest = _sooner(soonest, next_ms)
+        return attempts, soonest
 
     def _pump(self, name: str, now_ms: int | None = None) -> tuple[int, int | None]:
         """Send ``name``'s due rows, critical ones first, until one fails, none is
@@ -510,7 +516,8 @@ class Outbox:
             if err.rate_limited and paused_ms is None and err.retry_after is not None:
                 paused_ms = self.clock.ms() + int(err.retry_after * 1000)
             return self._failed(notifier.name, row, attempt, err.reason, err.permanent,
-                                until_ms=paused_ms if err.rate_limited else None)
+                                until_ms=paused_ms if err.rate_limited and self.pace
+                                else None)
         except Exception as err:  # a notifier's bug must not stop its queue
             if taken:
                 self.pacer.answered(notifier.name, self.clock.ms())
