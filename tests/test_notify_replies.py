@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,6 +23,7 @@ import pytest
 from hub.alerting.notify import build_notifiers
 from hub.alerting.notify.base import MAX_RETRY_AFTER, DeliveryFailed, Notifier, retry_after
 from hub.config import NotifierSpec
+from tests.test_notify_platforms import STATION, Hub, an_alert
 
 NOW = 1_764_196_800.0
 BODY = '{"msgtype":"markdown","markdown":{"content":"驿站"}}'
@@ -218,3 +220,27 @@ def test_a_permanent_refusal_carries_no_wait(platform: Platform) -> None:
 ])
 def test_retry_after_values(value: str | None, seconds: float | None) -> None:
     assert retry_after(value, NOW) == seconds
+
+
+# -- in the hub's outbox ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("answer", "state", "words"), [
+    (b'{"code":9499,"msg":"Bad Request","data":{}}', "failed", "9499"),
+    (b'{"code":11232,"msg":"frequency limited psm"}', "pending", "11232"),
+])
+def test_feishu_http_400_in_the_outbox(tmp_path: Path, platform: Platform, answer: bytes,
+                                       state: str, words: str) -> None:
+    """What the delivery row says after Feishu's HTTP 400: given up, or waiting."""
+    hub = Hub(tmp_path)
+    try:
+        outbox = hub.outbox(NotifierSpec(name="chumen-feishu", type="feishu",
+                                         url=f"{platform.url}/open-apis/bot/v2/hook/x"))
+        platform.answer(400, answer)
+        outbox.enqueue("chumen-feishu", "firing", an_alert(), STATION)
+        outbox.send_due()
+        (d,) = outbox.deliveries("a-0123456789abcdef")
+        assert d["state"] == state and words in d["last_error"], d
+        assert platform.posts == 1
+    finally:
+        hub.close()
