@@ -23,8 +23,9 @@ from hub.alerting.acklink import AckLinks
 from hub.alerting.alerts import AlertStore
 from hub.alerting.notify import Outbox, build_notifiers
 from hub.alerting.notify.mentions import mentions
+from hub.alerting.notify.text import DINGTALK_MARKDOWN_MAX
 from hub.alerting.routing import Router
-from hub.config import oncall, parse_hub_config
+from hub.config import NotifierSpec, oncall, parse_hub_config
 from hub.config.oncall import parse_oncall
 from hub.fleet import directory_fields
 from hub.fleet.directory import BadField, Directory, contacts
@@ -268,6 +269,62 @@ def test_a_bad_feishu_open_id_is_refused(world, value):
     assert err.value.code == "bad_feishu_open_id"
     w.directory.change_staff("li", {"feishu_open_id": None}, by="test")
     assert w.directory.get_staff("li")["feishu_open_id"] is None
+
+
+LI = {"id": "li", "name": "李<师傅>", "phone": "13800002222",
+      "feishu_open_id": "ou_7d8a6e6df7621556ce0d21922b676706"}
+AN_ALERT = {"id": "a-0123456789abcdef", "rule": "water_empty", "sid": CHUMEN,
+            "severity": "critical", "state": "firing", "summary": "水位空",
+            "value": {"level": 0.0, "level_state": "empty"}, "started_at": int(T0 * 1000),
+            "acked_at": None, "resolved_at": None}
+
+
+def test_feishu_text_mentions_by_open_id_in_front_of_the_message(tmp_path, receivers):
+    robot = receivers(default=OK["feishu"])
+    spec = NotifierSpec(name="f", type="feishu", format="text",
+                        url=robot.url + PATHS["feishu"])
+    store = Store(f"sqlite:///{tmp_path / 'hub.db'}")
+    writer = Writer(store).start()
+    outbox = Outbox(store, writer, ManualClock(T0), build_notifiers([spec]))
+    try:
+        outbox.enqueue("f", "firing", {**AN_ALERT, "mention": [LI]},
+                       {"sid": CHUMEN, "name": "楚门镇先锋驿站"})
+        assert outbox.send_due() == 1
+    finally:
+        outbox.close()
+        writer.close()
+        store.close()
+    body = json.loads(robot.requests[0].body)
+    assert body["msg_type"] == "text"
+    text = body["content"]["text"]
+    # The name made inert: a name cannot close the tag and open one of its own.
+    assert text.startswith('<at user_id="ou_7d8a6e6df7621556ce0d21922b676706">李＜师傅＞</at> ')
+    assert "楚门镇先锋驿站" in text
+
+
+def test_a_wecom_text_with_a_mention_keeps_to_2048_bytes_on_a_character_boundary():
+    notifier = build_notifiers([NotifierSpec(name="w", type="wecom",
+                                             url="http://127.0.0.1:9/cgi-bin/webhook/send")])["w"]
+    long = {**AN_ALERT, "summary": "🚰𠀀" * 400, "mention": [LI]}  # 4-byte characters
+    station = {"sid": CHUMEN, "name": "𠀀" * 64}
+    body = json.loads(notifier.render("firing", long, station, "https://hub.example.cn/ack/x",
+                                      delivery_id="d-1", now_ms=int(T0 * 1000)))
+    content = body["text"]["content"]
+    assert len(content.encode()) <= 2048
+    assert "\ufffd" not in content  # no character cut in two
+    assert "https://hub.example.cn/ack/x" in content  # values shortened before the link
+    assert body["text"]["mentioned_mobile_list"] == ["13800002222"]
+
+
+def test_a_dingtalk_mention_survives_the_texts_cap():
+    notifier = build_notifiers([NotifierSpec(name="d", type="dingtalk",
+                                             url="http://127.0.0.1:9/robot/send?access_token=t")])["d"]
+    long = {**AN_ALERT, "summary": "𠀀" * 10_000, "mention": [LI]}
+    body = json.loads(notifier.render("firing", long, {"sid": CHUMEN}, None,
+                                      delivery_id="d-1", now_ms=int(T0 * 1000)))
+    assert len(body["markdown"]["text"].encode()) <= DINGTALK_MARKDOWN_MAX
+    assert body["markdown"]["text"].endswith("@13800002222")
+    assert body["at"] == {"atMobiles": ["13800002222"], "isAtAll": False}
 
 
 def test_hostile_mention_entries_are_left_out():
