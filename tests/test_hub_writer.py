@@ -786,3 +786,34 @@ def test_then_rows_keep_the_order_of_their_key_and_run_in_rounds(store: Store,
     # marks}, {d's row}: the two marks of a round are one executemany.
     updates = [many for words, many in seen if words.startswith("UPDATE status_log")]
     assert updates == [False, False, True] and writer.failed == 0
+
+
+def test_a_state_closing_a_loan_borrowed_in_the_same_batch_closes_it_in_the_table(
+        store: Store, writers) -> None:
+    # A backlog (the hub was away): a bank's borrow at one station and a State of
+    # another showing it arrive in one batch. The State's close must follow the
+    # borrow's insert, or the table keeps a loan the hub holds closed.
+    from hub.fleet.loans import Loans
+    from protocol import examples
+    from protocol import messages as m
+
+    loans = Loans(store, loan_hours=1)
+    insert = store.insert_ignore(schema.events)
+    writer = writers(store)
+    borrow = m.Event("yh-a", EPOCH, 1000, True, 1, "bank_borrowed",
+                     {"bank": "PB0001", "slot": 1, "charge": 96, "rider": None})
+    writer.submit(Guarded(insert, {**event_row(1, "yh-a"), "type": "bank_borrowed"},
+                          loans.on_event("yh-a", EPOCH, borrow, 1000)))
+    doc = examples.example("state")
+    doc["lockers"]["slots"] = [{"slot": 1, "bank": "PB0001", "charge": 96, "charging": False,
+                                "locked": True, "fault": None, "temp_c": None,
+                                "cycles": None}]
+    doc.update(sid="yh-b", epoch=EPOCH, ts=5000, rev=1, last_seq=0)
+    for op in loans.on_state("yh-b", m.from_dict("state", doc), 5000):
+        writer.submit(op)
+    writer.start()
+    assert writer.flush(10)
+    with store.engine.connect() as conn:
+        (row,) = conn.execute(sa.select(schema.loans)).mappings()
+    assert (row["returned_ms"], row["returned_sid"]) == (5000, "yh-b")
+    assert loans.open_loan("PB0001") is None and writer.batches == 1

@@ -57,7 +57,7 @@ from dataclasses import dataclass, replace
 import sqlalchemy as sa
 
 from hub.storage.schema import loans as table
-from hub.storage.writer import Rows
+from hub.storage.writer import Rows, execute_row
 from protocol import messages as m
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,27 @@ RETURN_CONFIRM_MS = 10 * 60_000
 
 #: The writes a borrow or return causes, in the transaction that stores its event.
 Effect = list[Rows]
+
+
+class InOrder:
+    """One loan row written where it was submitted, after everything before it.
+
+    For a State's writes (``on_state``). The writer runs a batch's plain ``Rows``
+    first in their stretch, and the rows an event causes (its ``Guarded`` then)
+    after them (hub/storage/writer.py): as a ``Rows``, a State showing a bank
+    whose borrow is in the same batch (a backlog after the hub was away, replays)
+    would close a loan not yet inserted, and the borrow's rows would then leave
+    it open in the table while it is closed in memory: overdue after a restart.
+    An op of no batched kind runs in place and sees the rows before it.
+    """
+
+    __slots__ = ("params", "statement")
+
+    def __init__(self, statement: sa.Executable, params: dict) -> None:
+        self.statement, self.params = statement, params
+
+    def __call__(self, conn: sa.Connection) -> None:
+        execute_row(conn, self.statement, self.params)
 #: The ``order`` of a loan's rows (``Rows.order``): one bank's in the order they
 #: come, different banks' in any order.
 ORDER = "loan"
@@ -234,7 +255,7 @@ class Loans:
             return self._returned(sid, epoch, event, at_ms, now_ms)
         return []
 
-    def on_state(self, sid: str, state: m.State, now_ms: int | None = None) -> Effect:
+    def on_state(self, sid: str, state: m.State, now_ms: int | None = None) -> list[InOrder]:
         """A new State of ``sid``: the loans of other stations whose bank it shows
         in a slot closed there, at the time the claim of ``sid`` says or else
         at ``now_ms`` (the hub's receipt; ``state.ts`` when not given); the
@@ -243,7 +264,7 @@ class Loans:
             return []
         shown = {slot.bank for slot in state.lockers.slots if slot.bank is not None}
         seen_ms = state.ts if now_ms is None else now_ms
-        out: Effect = []
+        out: list[InOrder] = []
         with self._lock:
             for bank in shown:
                 loan = self._open.get(bank)
@@ -261,8 +282,8 @@ class Loans:
                     back_ms = max(loan.borrowed_ms, seen_ms)
                     log.info("bank %s lent at %s is in a slot at %s; loan closed",
                              bank, loan.sid, sid)
-                out.append(Rows(self._give_back, {"b_bank": bank, "b_at": back_ms,
-                                                  "b_sid": sid}, order=(ORDER, bank)))
+                out.append(InOrder(self._give_back, {"b_bank": bank, "b_at": back_ms,
+                                                     "b_sid": sid}))
         return out
 
     def _claimed(self, loan: Loan, sid: str, at_ms: int, now_ms: int) -> Effect:
