@@ -25,7 +25,7 @@ from protocol import messages as m
 from protocol.topics import Kind
 from tests.harness.mosquitto import Broker
 from tests.harness.procs import wait_until
-from tests.test_loan_returns import EPOCH, LENDER, OTHER, Sender
+from tests.test_loan_returns import LENDER, OTHER, Sender, listening
 from yizhan.clock import ManualClock
 
 RIDER = examples.RIDER
@@ -73,18 +73,6 @@ def rows(hub: Hub) -> list[dict]:
     assert hub.writer.flush(5)
     with hub.store.engine.connect() as conn:
         return [dict(r) for r in conn.execute(sa.select(loans).order_by(loans.c.id)).mappings()]
-
-
-def listening(hub: Hub, *senders: Sender) -> None:
-    """The hub has the senders' retained online Status: its subscription is in place,
-    so what they publish next reaches it. ``Hub.start()`` connects in the background,
-    and an event published before the hub subscribes is lost for good (the broker
-    keeps no session for it yet, and a Sender answers no replay): under load that
-    was this file's 10 s time-outs."""
-    for sender in senders:
-        wait_until(lambda s=sender: (v := hub.fleet.get(s.sid)) is not None
-                   and v.online and v.epoch == EPOCH, 10,
-                   f"the hub listening to {sender.sid}")
 
 
 def heard(hub: Hub, sender: Sender) -> None:

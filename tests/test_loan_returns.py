@@ -100,9 +100,21 @@ def hub(tmp_path: Path, broker: Broker, clock: ManualClock) -> Iterator[Hub]:
         h.close()
 
 
+def listening(hub: Hub, *senders: Sender) -> None:
+    """The hub has the senders' retained online Status: its subscription is in place,
+    so what they publish next reaches it. ``Hub.start()`` connects in the background,
+    and an event published before the hub subscribes is lost for good (the broker
+    keeps no session for it yet, and a Sender answers no replay)."""
+    for sender in senders:
+        wait_until(lambda s=sender: (v := hub.fleet.get(s.sid)) is not None
+                   and v.online and v.epoch == EPOCH, 10,
+                   f"the hub listening to {sender.sid}")
+
+
 @pytest.fixture
-def senders(broker: Broker, clock: ManualClock) -> Iterator[tuple[Sender, Sender]]:
+def senders(hub: Hub, broker: Broker, clock: ManualClock) -> Iterator[tuple[Sender, Sender]]:
     lender, other = Sender(broker, LENDER, clock), Sender(broker, OTHER, clock)
+    listening(hub, lender, other)
     yield lender, other
     lender.close()
     other.close()
