@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry
 from hub.alerting.acklink import AckLinks
 from hub.alerting.notify import Outbox, build_notifiers
 from hub.alerting.notify.base import DeliveryFailed
-from hub.alerting.notify.pacing import RATES, Pacer, robot_key
+from hub.alerting.notify.pacing import RATES, Pacer, first_critical, foldable, robot_key
 from hub.config import NotifierSpec
 from hub.config.rules import NOTIFY_TEST
 from tests.harness.robots import ROBOTS, DingTalkRobot, FakeRobot, WeComRobot
@@ -251,3 +251,24 @@ def _message() -> Any:
     from hub.alerting.notify.text import Message
     return Message(kind="firing", severity="critical", language="zh", title="测试 驿站",
                    fields=(("站点", "驿站"),), ack_url=None, alert_id="a-1")
+
+
+def test_a_critical_notice_goes_first_but_never_before_an_older_notice_of_its_alert() -> None:
+    from types import SimpleNamespace as Row
+
+    def row(i: str, alert: str, severity: str, **more: Any) -> Row:
+        return Row(id=i, alert_id=alert, severity=severity, kind=more.get("kind", "firing"),
+                   attempts=more.get("attempts", 0), about=more.get("about", True))
+
+    warning = row("d1", "a-water", "warning")
+    escalated_firing = row("d2", "a-door", "warning")
+    escalated = row("d3", "a-door", "critical", kind="escalated")
+    tamper = row("d4", "a-tamper", "critical")
+    assert first_critical([warning, escalated_firing, escalated, tamper]) is tamper
+    assert first_critical([warning, escalated]) is escalated
+    assert first_critical([warning, escalated_firing]) is None
+    # Folded: a lesser notice never tried, that a digest can sum up; nothing else.
+    assert foldable(warning) and not foldable(tamper)
+    assert not foldable(row("d5", "a-x", "warning", attempts=1))
+    assert not foldable(row("d6", None, "info"))  # a digest or a route test
+    assert not foldable(row("d7", "a-y", "warning", about=False))  # stored before issue 19

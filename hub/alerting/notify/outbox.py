@@ -416,10 +416,15 @@ class Outbox:
             did = untried.id if untried is not None else new_id
             rows = sorted([*carried, *held, *pending], key=lambda r: (r.created_ms, r.id))
             digest = self._digest_row(notifier, did, rows, now_ms, rates[0] if rates else None)
-            if untried is not None:
-                conn.execute(table.update().where(table.c.id == did, table.c.attempts == 0)
-                             .values(body=digest["body"]))
-            else:
+            if untried is None or not conn.execute(
+                    table.update().where(table.c.id == did, table.c.attempts == 0)
+                    .values(body=digest["body"])
+                    .execution_options(preserve_rowcount=True)).rowcount:
+                # No digest waiting (or another worker took it since): a new one.
+                if untried is not None:
+                    did = new_id
+                    digest = self._digest_row(notifier, did, [*held, *pending], now_ms,
+                                              rates[0] if rates else None)
                 conn.execute(table.insert().values(**digest))
             conn.execute(table.update()
                          .where(table.c.id.in_([r.id for r in pending] or [""]),
