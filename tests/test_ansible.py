@@ -25,6 +25,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from yizhan.config import ConfigError
+
 ROOT = Path(__file__).resolve().parent.parent
 ANSIBLE = ROOT / "deploy" / "ansible"
 BIN = Path(sys.executable).parent
@@ -57,6 +59,21 @@ STATION = {
     "station_mqtt_key": "-----BEGIN PRIVATE KEY-----\nstation\n-----END PRIVATE KEY-----\n",
     "station_thermometer": "28-0316a2795a1f",
     "station_locker_serial": "A10K1234",
+}
+
+
+# The applied station's cabinet (the --check run against localhost keeps the YZ-LB1
+# variables): two 8A boards on one FTDI adapter, the charging relay modules on a
+# CH340 adapter without a serial number, named by the USB port it sits in.
+CABINET = {
+    "driver": "lock8a",
+    "buses": [{"serial": "A10K1ABC",
+               "boards": [{"address": 1, "locks": 24},
+                          {"address": 2, "locks": 8, "locked_when": "open"}]}],
+    "charging": {"driver": "modbus-io", "vendor": "1a86", "product": "7523",
+                 "usb_path": "platform-fd500000.pcie-pci-0000:01:00.0-usb-0:1.3:1.0",
+                 "modules": [{"address": 1, "channels": 16}, {"address": 2, "channels": 16}],
+                 "charge_time": "3h", "occupancy": "inputs"},
 }
 
 
@@ -102,6 +119,120 @@ def test_syntax_check_with_the_example_inventory():
     out = _ok(_run([str(BIN / "ansible-playbook"), "-i", "inventory/example",
                     "--syntax-check", "site.yml"], timeout=90))
     assert "playbook: site.yml" in out
+
+
+def _render_station(tmp: Path, host_vars: dict) -> tuple[subprocess.CompletedProcess, Path]:
+    """The station role's cabinet checks (tasks/cabinet.yml), then its two templates
+    rendered into ``tmp``, with its defaults and vars: what an apply would check and
+    write, in a second and without a target. Returns the run and the output dir."""
+    role = ANSIBLE / "roles" / "station"
+    out = tmp / "out"
+    out.mkdir()
+    play = [{
+        "hosts": "localhost", "gather_facts": False,
+        "vars_files": [str(role / "defaults" / "main.yml"), str(role / "vars" / "main.yml")],
+        "vars": {"station_id": SID, "yizhan_broker_host": HUB_HOST, "yizhan_broker_port": 8883,
+                 "ansible_python_interpreter": sys.executable},
+        "tasks": [
+            {"ansible.builtin.include_tasks": str(role / "tasks" / "cabinet.yml")},
+            *({"ansible.builtin.template": {"src": str(role / "templates" / src),
+                                            "dest": str(out / dest), "mode": "0600"}}
+              for src, dest in (("station.yaml.j2", "station.yaml"),
+                                ("99-yizhan-locker.rules.j2", "99-yizhan-locker.rules"))),
+        ],
+    }]
+    (tmp / "play.yml").write_text(yaml.safe_dump(play), encoding="utf-8")
+    (tmp / "vars.yml").write_text(yaml.safe_dump(host_vars, allow_unicode=True),
+                                  encoding="utf-8")
+    proc = _run([str(BIN / "ansible-playbook"), "-c", "local", "-i", "localhost,",
+                 str(tmp / "play.yml"), "-e", f"@{tmp / 'vars.yml'}"], timeout=120)
+    return proc, out
+
+
+def _load_rendered(tmp: Path, out: Path):
+    """The rendered station.yaml through the station's loader, its /etc/yizhan files
+    (fleet key, CA) made in ``tmp``."""
+    from firmware.config import load_station_config
+
+    etc = tmp / "etc"
+    etc.mkdir()
+    (etc / "fleet.key").write_text(FLEET_KEY)
+    (etc / "fleet.key").chmod(0o600)
+    (etc / "ca.crt").write_text("-----BEGIN CERTIFICATE-----\ntest\n-----END CERTIFICATE-----\n")
+    text = (out / "station.yaml").read_text(encoding="utf-8")
+    (out / "here.yaml").write_text(text.replace("/etc/yizhan/", f"{etc}/"), encoding="utf-8")
+    return load_station_config(out / "here.yaml")
+
+
+def test_yz_lb1_variables_render_a_station_file_the_loader_accepts(tmp_path):
+    proc, out = _render_station(tmp_path, STATION)
+    _ok(proc)
+    lockers = _load_rendered(tmp_path, out).lockers
+    assert (lockers.driver, lockers.port, lockers.baudrate, lockers.address) == (
+        "yz-lb1", "/dev/yizhan-locker", 115200, 1)
+    rules = (out / "99-yizhan-locker.rules").read_text()
+    assert ('SUBSYSTEM=="tty", ATTRS{idVendor}=="0403", ATTRS{idProduct}=="6001", '
+            'ATTRS{serial}=="A10K1234", SYMLINK+="yizhan-locker", GROUP="dialout", '
+            'MODE="0660"') in rules
+
+
+def test_a_cabinet_on_a_hat_and_a_shared_line_renders_for_the_loader(tmp_path):
+    """A Kerong chain on an RS485 HAT (a fixed port, no USB adapter) with its relay
+    module on the same line (``bus: 1``): no udev rule, one port."""
+    cabinet = {"driver": "kerong-cu16",
+               "buses": [{"port": "/dev/ttySC0", "boards": [{"address": 0, "locks": 16}]}],
+               "charging": {"driver": "modbus-io", "bus": 1, "baudrate": 19200,
+                            "channels": 16}}
+    proc, out = _render_station(tmp_path, {**STATION, "station_lockers": cabinet})
+    _ok(proc)
+    lockers = _load_rendered(tmp_path, out).lockers
+    assert [b.port for b in lockers.buses] == ["/dev/ttySC0"]
+    assert (lockers.charging.port, lockers.charging.baudrate) == ("/dev/ttySC0", 19200)
+    assert "SUBSYSTEM" not in (out / "99-yizhan-locker.rules").read_text()
+
+
+def _cabinet(**change) -> dict:
+    cabinet = yaml.safe_load(yaml.safe_dump(CABINET))
+    for key, value in change.items():
+        where, _, name = key.rpartition("__")
+        node = cabinet
+        for step in where.split("__") if where else []:
+            node = node[int(step)] if step.isdigit() else node[step]
+        node[name] = value
+    return cabinet
+
+
+@pytest.mark.parametrize(("cabinet", "said"), [
+    # A quote would end the udev rule's match and start a key of its own (RUN+=).
+    (_cabinet(buses__0__serial='A1", RUN+="/bin/sh -c reboot'), "bus 1: vendor and product"),
+    (_cabinet(buses__0__serial="A10K1ABC\nSUBSYSTEM"), "bus 1: vendor and product"),
+    (_cabinet(charging__vendor=403), "the charging relay module: vendor and product"),
+    (_cabinet(buses__0__serial=None), "every line with its USB adapter's serial"),
+    (_cabinet(buses__0__port="/dev/../etc/shadow\n"), "every line with its USB adapter's"),
+    (_cabinet(driver="yz-lb1"), "a YZ-LB1 board is station_locker_serial"),
+    ({"driver": "lock8a"}, "station_lockers: a driver (lock8a, kerong-cu16;"),
+    (_cabinet(charging__bus=1), "station_lockers.charging: a modbus-io module needs exactly"),
+    (_cabinet(charging__bus=10**30, charging__usb_path=None),
+     "station_lockers.charging: a modbus-io module"),
+    (_cabinet(charging__serial="A10K1ABC", charging__vendor="0403", charging__product="6001",
+              charging__usb_path=None), "two lines match the same adapter"),
+])
+def test_role_refuses_a_cabinet_it_cannot_name_before_writing(tmp_path, cabinet, said):
+    proc, out = _render_station(tmp_path, {**STATION, "station_lockers": cabinet})
+    text = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and said in text, text[-3000:]
+    assert not (out / "station.yaml").exists() and not (out / "99-yizhan-locker.rules").exists()
+
+
+def test_loader_names_the_key_of_a_cabinet_the_role_renders(tmp_path):
+    """Addresses, locks and channels are the loader's to judge (the role's template
+    task runs it as its validate): a board at address 10**30 is named."""
+    cabinet = _cabinet()
+    cabinet["buses"][0]["boards"][0]["address"] = 10**30
+    proc, out = _render_station(tmp_path, {**STATION, "station_lockers": cabinet})
+    _ok(proc)
+    with pytest.raises(ConfigError, match=r"lockers\.buses\[0\]\.boards\[0\]\.address"):
+        _load_rendered(tmp_path, out)
 
 
 def _inventory(tmp: Path, common: dict, hub_host: str, station_host: str) -> Path:
@@ -156,6 +287,10 @@ def test_check_diff_against_localhost_changes_nothing(tmp_path):
     # The diff shows what would be written, rendered from the inventory.
     assert "/etc/yizhan/hub.yaml" in out and 'sid: "yh-test-01"' in out, out[-4000:]
     assert 'id: "yh-test-01"' in out  # station.yaml
+    # The YZ-LB1 variables (no station_lockers): the one board on the one adapter.
+    assert "port: /dev/yizhan-locker" in out
+    assert ('ATTRS{serial}=="A10K1234", SYMLINK+="yizhan-locker", GROUP="dialout", '
+            'MODE="0660"') in out
     assert "Storage=volatile" in out  # the station's journal
     assert "policy drop" in out  # the firewall
     # ...and nothing was: a check changes nothing.
@@ -294,8 +429,7 @@ def _provisioned_inventory(work: Path, hub: Path, station: Path,
     # provision wrote (kept when provision runs again), and hosts.yml with the hub.
     host_vars = inventory / "host_vars" / f"{SID}.yml"
     entry = yaml.safe_load(host_vars.read_text(encoding="utf-8"))
-    entry.update(ansible_host=str(station),
-                 station_locker_serial=STATION["station_locker_serial"],
+    entry.update(ansible_host=str(station), station_lockers=CABINET,
                  station_thermometer=STATION["station_thermometer"])
     host_vars.write_text(yaml.safe_dump(entry, allow_unicode=True), encoding="utf-8")
     hosts = {"all": {
@@ -421,6 +555,18 @@ def test_station_root_has_hardware_access_config_and_enabled_units(applied):
                  "from firmware.config import load_station_config as l;"
                  "c = l('/etc/yizhan/station.yaml'); print(c.sid, c.name)").stdout
     assert loaded.strip() == "yh-test-01 测试驿站"
+    # The cabinet of station_lockers, as the installed package's loader reads it: the
+    # boards on bus 1's udev name, the relay modules on the charging adapter's.
+    lockers = _in(station, "/opt/yizhan/venv/bin/python", "-c",
+                  "from firmware.config import load_station_config as l;"
+                  "k = l('/etc/yizhan/station.yaml').lockers; c = k.charging;"
+                  "print(k.driver, k.n_slots, [(b.port, b.baudrate, [(x.address, x.locks,"
+                  " x.locked_when) for x in b.boards]) for b in k.buses]);"
+                  "print(c.driver, c.port, c.units, c.charge_time, c.occupancy)").stdout
+    assert lockers.splitlines() == [
+        "lock8a 32 [('/dev/yizhan-bus-1', 9600, [(1, 24, 'closed'), (2, 8, 'open')])]",
+        "modbus-io /dev/yizhan-charging ((1, 16), (2, 16)) 10800.0 inputs",
+    ], lockers
     # Its broker identity is its certificate (CN = sid), its key readable by it alone.
     for secret in ("/etc/yizhan/mqtt.key", "/etc/yizhan/fleet.key"):
         assert _mode_owner(station, secret) == (0o600, "yizhan"), secret
@@ -443,8 +589,16 @@ def test_station_root_has_hardware_access_config_and_enabled_units(applied):
                        "chrony.service", "nftables.service") == ["enabled"] * 6
     assert os.readlink(station / "etc/systemd/system/default.target").endswith(
         "graphical.target")
-    rule = (station / "etc/udev/rules.d/99-yizhan-locker.rules").read_text()
-    assert 'ATTRS{serial}=="A10K1234"' in rule and 'SYMLINK+="yizhan-locker"' in rule
+    # One rule for each adapter, naming it for the agent's group.
+    rules = [line for line in (station / "etc/udev/rules.d/99-yizhan-locker.rules")
+             .read_text().splitlines() if line.startswith("SUBSYSTEM")]
+    assert rules == [
+        'SUBSYSTEM=="tty", ATTRS{idVendor}=="0403", ATTRS{idProduct}=="6001", '
+        'ATTRS{serial}=="A10K1ABC", SYMLINK+="yizhan-bus-1", GROUP="dialout", MODE="0660"',
+        'SUBSYSTEM=="tty", ATTRS{idVendor}=="1a86", ATTRS{idProduct}=="7523", '
+        'ENV{ID_PATH}=="platform-fd500000.pcie-pci-0000:01:00.0-usb-0:1.3:1.0", '
+        'SYMLINK+="yizhan-charging", GROUP="dialout", MODE="0660"',
+    ], rules
     assert "dtoverlay=w1-gpio,gpiopin=4" in (station / "boot/firmware/config.txt").read_text()
     assert "Storage=volatile" in (
         station / "etc/systemd/journald.conf.d/yizhan.conf").read_text()
