@@ -258,6 +258,11 @@ def test_mentions_do_not_reach_a_stations_directory_nor_the_contracts_webhook(wo
         "id": "li", "name": "李师傅", "phone": "13800002222",
         "feishu_open_id": "ou_7d8a6e6df7621556ce0d21922b676706"}}
     assert w.directory.get_staff("li")["phone"] == "138****2222"  # the API masks it
+    # A new open id changes nothing a station holds: nothing is published again.
+    before = len(w.published)
+    w.directory.change_staff("li", {"feishu_open_id": "ou_new0000"}, by="desk")
+    assert len(w.published) == before
+    assert w.directory.audit(1)[0]["detail"] == {"feishu_open_id": "set"}
 
 
 @pytest.mark.parametrize("value", ["ou_", "ou_abc def", "on_123", 10**30, ["ou_1"],

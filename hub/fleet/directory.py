@@ -274,7 +274,8 @@ class Directory:
                 feishu_open_id=open_id, created_ms=now, updated_ms=now))
 
         self._change(by, "staff.add", "staff", sid_,
-                     {"name": name, "groups": groups, "phone": phone is not None}, apply)
+                     {"name": name, "groups": groups, "phone": phone is not None,
+                      "feishu_open_id": open_id is not None}, apply)
         return self.get_staff(sid_)
 
     def change_staff(self, staff_id: str, body: Any, by: str | None) -> dict[str, Any]:
@@ -295,7 +296,7 @@ class Directory:
             raise BadField("bad_body", "give at least one of name, phone, pin, groups, "
                            "feishu_open_id")
         # What changed, said without the PIN or the number themselves.
-        detail = {k: ("set" if k in ("pin", "phone") and v is not None else
+        detail = {k: ("set" if k in ("pin", "phone", "feishu_open_id") and v is not None else
                       json.loads(v) if k == "groups" else v) for k, v in values.items()}
 
         def apply(conn: sa.Connection, now: int) -> None:
