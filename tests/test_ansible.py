@@ -191,6 +191,20 @@ def test_a_cabinet_on_a_hat_and_a_shared_line_renders_for_the_loader(tmp_path):
     assert "SUBSYSTEM" not in (out / "99-yizhan-locker.rules").read_text()
 
 
+def test_the_example_inventorys_cabinet_renders_for_the_loader(tmp_path):
+    """yh-chumen-03 of inventory/example, as an installer would copy it."""
+    hosts = yaml.safe_load((ANSIBLE / "inventory/example/hosts.yml").read_text(encoding="utf-8"))
+    host = hosts["all"]["children"]["stations"]["hosts"]["yh-chumen-03"]
+    proc, out = _render_station(tmp_path, host)
+    _ok(proc)
+    lockers = _load_rendered(tmp_path, out).lockers
+    assert (lockers.driver, lockers.n_slots, lockers.charging.port) == (
+        "lock8a", 48, "/dev/yizhan-charging")
+    rules = (out / "99-yizhan-locker.rules").read_text()
+    assert 'ATTRS{serial}=="A10K1ABC", SYMLINK+="yizhan-bus-1"' in rules
+    assert 'ATTRS{serial}=="A10K2DEF", SYMLINK+="yizhan-charging"' in rules
+
+
 def _cabinet(**change) -> dict:
     cabinet = yaml.safe_load(yaml.safe_dump(CABINET))
     for key, value in change.items():
