@@ -31,7 +31,8 @@ from hub.fleet import directory_fields
 from hub.fleet.directory import BadField, Directory, contacts
 from hub.storage.store import Store
 from hub.storage.writer import Writer
-from tests.test_notify_receivers import Receiver, receiver_factory
+from tests.harness.robots import ROBOTS
+from tests.test_notify_receivers import receiver_factory
 from yizhan.clock import ManualClock
 from yizhan.config import ConfigError, Section
 
@@ -65,8 +66,9 @@ class World:
     """One hub's Directory, alerts, outbox and router on one SQLite file and clock,
     its three robots on loopback."""
 
-    def __init__(self, tmp_path: Path, robots: dict[str, Receiver], routes: list[dict],
-                 oncall: dict | None = None) -> None:
+    def __init__(self, tmp_path: Path, robots: dict[str, Any], routes: list[dict],
+                 oncall: dict | None = None, urls: dict[str, str] | None = None,
+                 secrets: dict[str, str] | None = None) -> None:
         self.clock = ManualClock(T0)
         self.robots = robots
         url = f"sqlite:///{tmp_path / 'hub.db'}"
@@ -74,7 +76,9 @@ class World:
             "database": url, "timezone": "Asia/Shanghai",
             "stations": [{"sid": CHUMEN, "name": "楚门镇先锋驿站", "group": "chumen"},
                          {"sid": KANMEN, "name": "坎门驿站", "group": "kanmen"}],
-            "notifiers": [{"name": p, "type": p, "url": robots[p].url + PATHS[p]}
+            "notifiers": [{"name": p, "type": p,
+                           "url": (urls or {}).get(p) or robots[p].url + PATHS[p],
+                           **({"secret": secrets[p]} if p in (secrets or {}) else {})}
                           for p in robots],
             "oncall": oncall if oncall is not None else {"towns": ROTA},
             "routes": routes,
@@ -180,6 +184,37 @@ def test_the_person_on_call_is_mentioned_in_each_platforms_own_format(world):
     # The card @-mentions first, then the message, the button, the footer.
     assert night["feishu"][1]["card"]["elements"][0]["text"]["content"] == (
         "<at id=ou_7d8a6e6df7621556ce0d21922b676706></at>")
+
+
+def test_the_fake_robots_enforcing_each_platform_take_the_mentions(tmp_path):
+    """P's fake robots (tests/harness/robots.py: each platform's address, signature,
+    message types and rate limits) take every mention as the platform would."""
+    clock_world: list[World] = []
+    secret = "SEC0123456789abcdef"
+    made = {p: ROBOTS[p](ManualClock(T0), secret=secret if p != "wecom" else None)
+            for p in ("wecom", "dingtalk", "feishu")}
+    try:
+        w = World(tmp_path, made, [{"name": "towns", "notify": list(made), "oncall": "towns",
+                                    "test_every": "off"}],
+                  urls={p: r.url for p, r in made.items()},
+                  secrets={"dingtalk": secret, "feishu": secret})
+        clock_world.append(w)
+        for robot in made.values():
+            robot.clock = w.clock  # the robots count on the hub's clock
+        w.clock.advance(12 * HOUR)  # 22:00: Chumen's night, 李
+        w.fire()
+        w.outbox.send_due()
+        for platform, robot in made.items():
+            assert robot.refused == [], platform
+            (heard,) = robot.accepted
+            who = mentioned(platform, heard.body)
+            assert who == (["ou_7d8a6e6df7621556ce0d21922b676706"] if platform == "feishu"
+                           else ["13800002222"]), platform
+    finally:
+        for w in clock_world:
+            w.close()
+        for robot in made.values():
+            robot.close()
 
 
 def test_a_night_shift_runs_past_midnight_and_a_rota_can_name_its_days(world):
