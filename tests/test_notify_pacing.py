@@ -216,6 +216,24 @@ def test_robot_keys_ignore_signatures_and_hide_the_token() -> None:
     b = "https://OAPI.dingtalk.com:443/robot/send?sign=y&access_token=abc"
     assert robot_key(a) == robot_key(b) != robot_key(a.replace("abc", "abd"))
     assert "abc" not in robot_key(a) and robot_key(a).startswith("robot-")
+    hostile = "https://x.example:99999999999999999999999999999999/" + "k" * 10_000
+    assert robot_key(hostile) != robot_key(hostile.replace("9", "8"))
+
+
+def test_an_attempt_that_never_went_out_gives_its_place_back() -> None:
+    robot = WeComRobot(ManualClock(T0))
+    try:
+        notifier = build_notifiers([spec(robot)])["ops-wecom"]
+    finally:
+        robot.close()
+    pacer = Pacer()
+    pacer.add(notifier)
+    now = int(T0 * 1000)
+    for _ in range(20):  # all twenty taken, none answered yet
+        assert pacer.take("ops-wecom", now, critical=True) is None
+    assert pacer.take("ops-wecom", now, critical=True) is not None
+    pacer.release("ops-wecom")  # one of them found its row taken by another worker
+    assert pacer.take("ops-wecom", now, critical=True) is None
 
 
 def test_the_documented_rates() -> None:

@@ -510,11 +510,20 @@ class Outbox:
         # Long enough for the attempt to finish (the timeout is per network step,
         # and SMTP takes several), then the backoff: when a crash retries it.
         lease_ms = now_ms + int((2 * notifier.timeout + self.delay(attempt)) * 1000)
-        if not self._claim(row, lease_ms):
-            return False
         taken = self.pace and self.pacer.robot(notifier.name) is not None
         try:
-            notifier.send(self._body(row), row.id, self.clock.now())
+            # Read after the claim: a digest's body may take in more until then.
+            body = self._body(row) if self._claim(row, lease_ms) else None
+        except BaseException:
+            if taken:
+                self.pacer.release(notifier.name)
+            raise
+        if body is None:
+            if taken:  # nothing went to the robot
+                self.pacer.release(notifier.name)
+            return False
+        try:
+            notifier.send(body, row.id, self.clock.now())
         except DeliveryFailed as err:
             paused_ms = self.pacer.answered(notifier.name, self.clock.ms(), err) \
                 if taken else None

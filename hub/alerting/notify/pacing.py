@@ -102,7 +102,10 @@ def robot_key(url: str) -> str:
     parts = urlsplit(url.strip())
     query = sorted((k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
                    if k not in _PER_ATTEMPT)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:  # not a port: the address as written is the robot
+        port = parts.netloc.rpartition(":")[2]
     canon = f"{parts.scheme.lower()}://{(parts.hostname or '').lower()}:{port}" \
             f"{parts.path or '/'}?{urlencode(query)}"
     return "robot-" + hashlib.sha256(canon.encode()).hexdigest()[:16]
@@ -217,6 +220,13 @@ class Pacer:
             wait = err.retry_after if err.retry_after is not None else robot.pause
             robot.paused_until_ms = max(robot.paused_until_ms, done_ms + int(wait * 1000))
             return robot.paused_until_ms
+
+    def release(self, name: str) -> None:
+        """The attempt taken did not go out after all (another worker had the row)."""
+        robot = self._get(name)
+        if robot is not None:
+            with self._lock:
+                robot.in_flight = max(0, robot.in_flight - 1)
 
     def refusals(self, name: str) -> int:
         """Refusals for speed of ``name``'s robot this process saw (0 is the aim)."""
