@@ -19,6 +19,7 @@ from hub.config.console import ConsoleConfig, parse_console
 from hub.config.notifiers import DEFAULT_ACK_LINK_TTL, LANGUAGES, NotifierSpec, parse_notify
 from hub.config.routes import RoutingConfig, parse_routing
 from hub.config.rules import DEFAULT_RESPONSE_TIME, Rules
+from hub.config.station_meta import BadMeta, coordinate, hours, text
 from hub.config.tokens import SCOPES, ApiToken, legacy_token, parse_api_tokens
 from protocol.errors import InvalidIdentifier
 from protocol.ids import RIDER_ID_SCHEMES, check_sid
@@ -33,6 +34,13 @@ class StationMeta:
     sid: str
     name: str
     group: str | None = None
+    # for riders (docs/finder.md): WGS-84 degrees, the address, who hosts the
+    # station, and "24h" or "HH:MM-HH:MM" (hub/config/station_meta.py)
+    lat: float | None = None
+    lon: float | None = None
+    address: str | None = None
+    host: str | None = None
+    hours: str | None = None
 
 
 @dataclass(frozen=True)
@@ -185,8 +193,24 @@ def _stations(root: Section) -> tuple[StationMeta, ...]:
         if sid in seen:
             raise ConfigError(f"stations[{i}].sid", f"{sid} is listed twice")
         seen.add(sid)
-        stations.append(StationMeta(sid=sid, name=sec.str("name", sid), group=sec.str("group")))
+        stations.append(StationMeta(sid=sid, name=sec.str("name", sid), group=sec.str("group"),
+                                    **_whereabouts(sec)))
     return tuple(stations)
+
+
+def _whereabouts(sec: Section) -> dict[str, Any]:
+    """A station's lat, lon, address, host and hours, each checked; lat and lon together."""
+    out: dict[str, Any] = {}
+    for key, check in (("lat", coordinate), ("lon", coordinate), ("address", text),
+                       ("host", text), ("hours", lambda v, _k: hours(v))):
+        try:
+            out[key] = check(sec.raw(key), key)
+        except BadMeta as err:
+            raise ConfigError(sec.key(key), str(err)) from None
+    if (out["lat"] is None) != (out["lon"] is None):
+        raise ConfigError(sec.key("lat" if out["lat"] is None else "lon"),
+                          "give both lat and lon, or neither")
+    return out
 
 
 def _alerting(root: Section) -> dict[str, Any]:

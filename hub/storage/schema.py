@@ -331,3 +331,18 @@ api_tokens = sa.Table(
     sa.Column("revoked_ms", sa.BigInteger, nullable=True),
     sa.UniqueConstraint("digest", name="uq_api_tokens_digest"),
 )
+
+# A station's rider-facing facts as the console set them (hub/public/meta.py): a
+# row replaces all five of the configuration's ``stations:`` values for that sid
+# (NULL: not known), until the console resets it to the configuration's.
+station_meta = sa.Table(
+    "station_meta", metadata,
+    sa.Column("sid", sa.String(32), primary_key=True),
+    sa.Column("lat", sa.Float, nullable=True),  # WGS-84 degrees
+    sa.Column("lon", sa.Float, nullable=True),
+    sa.Column("address", sa.Text, nullable=True),
+    sa.Column("host", sa.Text, nullable=True),
+    sa.Column("hours", sa.String(16), nullable=True),  # 24h or HH:MM-HH:MM
+    sa.Column("updated_ms", sa.BigInteger, nullable=False),
+    sa.Column("updated_by", sa.String(80), nullable=True),
+)
