@@ -25,7 +25,9 @@ help:
 # System packages: the Python venv module, Mosquitto, PostgreSQL, Prometheus and
 # Chromium with CJK fonts (the tests talk to real ones and look at real pages),
 # debootstrap (tests/test_ansible.py applies the playbook to a Debian 12 root),
-# systemd's systemd-analyze (tests/test_systemd_units.py verifies the units).
+# systemd's systemd-analyze (tests/test_systemd_units.py verifies the units),
+# poppler-utils' pdftoppm and zbar-tools' zbarimg (tests/test_poster.py renders the
+# printed posters and reads their QR codes).
 # Installed only when missing; as root directly, otherwise with sudo when present.
 system-deps:
 	@missing=""; \
@@ -39,6 +41,8 @@ system-deps:
 	[ -d /usr/share/fonts/opentype/noto ] || missing="$$missing fonts-noto-cjk"; \
 	command -v debootstrap >/dev/null || [ -x /usr/sbin/debootstrap ] || missing="$$missing debootstrap"; \
 	command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
+	command -v zbarimg >/dev/null || missing="$$missing zbar-tools"; \
+	command -v pdftoppm >/dev/null || missing="$$missing poppler-utils"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] || command -v sudo >/dev/null; then \
 	    echo "installing:$$missing"; \
