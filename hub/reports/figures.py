@@ -1,0 +1,225 @@
+"""The report's figures, from the stored events and the uptime ledger.
+
+Per station over [from, to) on the hub's clock (``events.at_ms``: the station's
+time when its clock was synced, else when the hub heard it):
+
+- **visits**: the ``count`` of its ``visit`` events (people counted at the door);
+- **lent** / **returned**: its ``bank_borrowed`` / ``bank_returned`` events: the
+  chargers that left and came back *at this station* (a bank lent here may come
+  back elsewhere);
+- **cups**: not measured. No event carries water drawn and the State's
+  ``dispensed_ml`` is a running total the hub does not keep a history of, so the
+  report says "not measured" rather than guess (docs/report.md);
+- **availability, down time, outages, MTTR**: the ledger's (docs/uptime.md);
+- **time to refill**: a station's water *runs low* at a ``water_level`` event
+  saying ``low`` or ``empty`` after it was ``ok`` (or never said) and is refilled
+  at the next ``water_level`` saying ``ok``: the time between is its time to
+  refill. Runs that began in the period count, with their whole time even when
+  the refill came after the period; a run not refilled by now is ``waiting``.
+  The ``refilled`` event staff press on the kiosk is not used: it may come
+  before or after the water is back, or be forgotten.
+
+A town's figures (``group``) are its stations' added up, and so is the total;
+availability is then up over up+down of them all, MTTR over all their repaired
+outages.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+
+from hub.reports.period import Period
+from hub.storage.schema import events
+
+#: The event types read for counts, and the figure each adds to.
+COUNTED = {"visit": "visits", "bank_borrowed": "lent", "bank_returned": "returned"}
+LOW = ("low", "empty")
+
+
+@dataclass
+class Figures:
+    """One line of the report: a station, a town (group) or the whole fleet."""
+
+    kind: str  # station, group, fleet
+    group: str | None
+    sid: str | None
+    name: str | None
+    visits: int = 0
+    lent: int = 0
+    returned: int = 0
+    cups: int | None = None  # never measured yet (module docstring)
+    up_ms: int = 0
+    down_ms: int = 0
+    unknown_ms: int = 0
+    maintenance_ms: int = 0
+    outages: int = 0
+    repaired: int = 0  # outages that ended inside the period
+    repair_s: float = 0.0  # their full durations, for MTTR
+    low_runs: int = 0  # times the water ran low (began in the period)
+    refills: list[float] = field(default_factory=list)  # their times to refill, s
+    waiting: int = 0  # runs not refilled by now
+
+    @property
+    def availability(self) -> float | None:
+        seen = self.up_ms + self.down_ms
+        return self.up_ms / seen if seen else None
+
+    @property
+    def mttr_s(self) -> float | None:
+        return self.repair_s / self.repaired if self.repaired else None
+
+    @property
+    def refill_mean_s(self) -> float | None:
+        return sum(self.refills) / len(self.refills) if self.refills else None
+
+    @property
+    def refill_max_s(self) -> float | None:
+        return max(self.refills) if self.refills else None
+
+    def add(self, other: Figures) -> None:
+        for name in ("visits", "lent", "returned", "up_ms", "down_ms", "unknown_ms",
+                     "maintenance_ms", "outages", "repaired", "repair_s", "low_runs",
+                     "waiting"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.refills.extend(other.refills)
+
+
+@dataclass
+class Report:
+    period: Period
+    from_ms: int
+    to_ms: int  # capped at now
+    stations: list[Figures]
+    groups: list[Figures]
+    fleet: Figures
+    previous: Report | None = None
+
+    def previous_of(self, row: Figures) -> Figures | None:
+        """The same line in the period before (None where it had no such line)."""
+        if self.previous is None:
+            return None
+        if row.kind == "fleet":
+            return self.previous.fleet
+        lines = self.previous.stations if row.kind == "station" else self.previous.groups
+        for other in lines:
+            if (other.sid, other.group) == (row.sid, row.group):
+                return other
+        return None
+
+
+def compute(hub: Any, period: Period, tz: dt.tzinfo, *, groups: Iterable[str] | None = None,
+            views: list[Any] | None = None, with_previous: bool = True) -> Report:
+    """The report for ``period``: per station, per group and in total, capped at now
+    (the future is neither up nor down); ``groups`` keeps only those groups (a
+    maintenance user's). With ``with_previous`` the period before it too."""
+    now = hub.clock.ms()
+    from_ms, to_ms = period.bounds_ms(tz)
+    to_ms = max(from_ms, min(to_ms, now))
+    allowed = None if groups is None else set(groups)
+    views = [v for v in (hub.fleet.stations() if views is None else views)
+             if allowed is None or v.group in allowed]
+    rows = {v.sid: Figures("station", v.group, v.sid, v.name) for v in views}
+    if to_ms > from_ms and rows:
+        with hub.store.engine.connect() as conn:
+            _counts(conn, rows, from_ms, to_ms)
+            _refills(conn, rows, from_ms, to_ms, now)
+        for sid, u in hub.ledger.uptimes(list(rows), from_ms, to_ms).items():
+            _uptime(rows[sid], u, to_ms)
+    by_group: dict[str, Figures] = {}
+    fleet = Figures("fleet", None, None, None)
+    for row in rows.values():
+        key = row.group or ""
+        if key not in by_group:
+            by_group[key] = Figures("group", row.group, None, None)
+        by_group[key].add(row)
+        fleet.add(row)
+    ordered = sorted(rows.values(), key=lambda r: (r.group or "", r.sid or ""))
+    rep = Report(period, from_ms, to_ms, ordered, [by_group[k] for k in sorted(by_group)], fleet)
+    if with_previous:
+        rep.previous = compute(hub, period.previous(), tz, groups=groups, views=views,
+                               with_previous=False)
+    return rep
+
+
+def _in(sids: list[str]) -> Iterable[list[str]]:
+    # A few hundred sids a statement: SQLite allows 32 766 parameters, but a fleet
+    # of thousands in one IN list is slow to plan on either database.
+    for i in range(0, len(sids), 500):
+        yield sids[i:i + 500]
+
+
+def _counts(conn: sa.Connection, rows: dict[str, Figures], from_ms: int, to_ms: int) -> None:
+    e = events.c
+    for chunk in _in(list(rows)):
+        q = (sa.select(e.sid, e.type, sa.func.count())
+             .where(e.type.in_(("bank_borrowed", "bank_returned")), e.sid.in_(chunk),
+                    e.at_ms >= from_ms, e.at_ms < to_ms)
+             .group_by(e.sid, e.type))
+        for sid, type_, n in conn.execute(q):
+            row = rows[sid]
+            setattr(row, COUNTED[type_], getattr(row, COUNTED[type_]) + int(n))
+        q = sa.select(e.sid, e.data).where(e.type == "visit", e.sid.in_(chunk),
+                                           e.at_ms >= from_ms, e.at_ms < to_ms)
+        for sid, data in conn.execute(q):
+            rows[sid].visits += _visit_count(data)
+
+
+def _visit_count(data: str) -> int:
+    """A stored visit's ``count``; the ingest checked it, but a row written by an
+    older hub or by hand that is not a count adds nothing rather than failing the
+    whole report."""
+    try:
+        n = json.loads(data).get("count")
+    except (ValueError, AttributeError):
+        return 0
+    return n if type(n) is int and n >= 0 else 0
+
+
+def _refills(conn: sa.Connection, rows: dict[str, Figures], from_ms: int, to_ms: int,
+             now_ms: int) -> None:
+    e = events.c
+    for chunk in _in(list(rows)):
+        # A run that began in the period may have begun after a water_level long
+        # before it, and end after it: read from the start, up to now.
+        q = (sa.select(e.sid, e.at_ms, e.data)
+             .where(e.type == "water_level", e.sid.in_(chunk), e.at_ms < now_ms)
+             .order_by(e.sid, e.at_ms, e.epoch, e.seq))
+        low_since: dict[str, int | None] = {}
+        for sid, at, data in conn.execute(q):
+            state = _level_state(data)
+            since = low_since.get(sid)
+            if state in LOW:
+                if since is None:
+                    low_since[sid] = at
+            elif state == "ok":
+                low_since[sid] = None
+                if since is not None and from_ms <= since < to_ms:
+                    rows[sid].low_runs += 1
+                    rows[sid].refills.append((at - since) / 1000)
+        for sid, since in low_since.items():
+            if since is not None and from_ms <= since < to_ms:
+                rows[sid].low_runs += 1
+                rows[sid].waiting += 1
+
+
+def _level_state(data: str) -> str | None:
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        return None
+    return doc.get("level_state") if isinstance(doc, dict) else None
+
+
+def _uptime(row: Figures, u: Any, to_ms: int) -> None:
+    ended = [o for o in u.outages if o.end_ms is not None and o.end_ms <= to_ms]
+    row.up_ms, row.down_ms = u.up_ms, u.down_ms
+    row.unknown_ms, row.maintenance_ms = u.unknown_ms, u.maintenance_ms
+    row.outages, row.repaired = len(u.outages), len(ended)
+    # The ledger's MTTR is over the outages that ended inside, at full length.
+    row.repair_s = (u.mttr_s or 0.0) * len(ended)
