@@ -80,6 +80,10 @@ def create_app(hub: Hub) -> Flask:
     from hub.http import directory_api  # noqa: F401
 
     app.register_blueprint(api)
+    # The riders' finder and the stations' feed: public, no token (hub/public).
+    from hub.public.web import register as register_public
+
+    register_public(app)
     # The public pages need no token (hub/public, docs/finder.md).
     from hub.public.poster import bp as poster
 
