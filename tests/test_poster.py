@@ -169,6 +169,19 @@ def test_the_poster_needs_no_sign_in_and_takes_no_form(hub):
     assert client.post("/public/v1/stations/yh-chumen-01/poster").status_code == 405
 
 
+def test_the_poster_shares_the_public_pages_allowance_of_an_address(hub):
+    from hub.public.limit import BURST
+
+    client = hub.app.test_client()
+    for _ in range(BURST):
+        assert client.get("/public/v1/stations/yh-chumen-01/poster").status_code == 200
+    resp = client.get("/public/v1/stations/yh-chumen-01/poster")
+    assert resp.status_code == 429 and int(resp.headers["Retry-After"]) >= 1
+    assert client.get("/find").status_code == 429  # one allowance for all public pages
+    hub.clock.advance(2)  # it refills on the hub's clock
+    assert client.get("/public/v1/stations/yh-chumen-01/poster").status_code == 200
+
+
 def test_the_console_station_page_links_its_poster(hub):
     page = Browser(hub, "wang").get("/console/stations/yh-chumen-01")
     assert page.status_code == 200

@@ -22,10 +22,13 @@ from flask import Blueprint, current_app, request
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from werkzeug.exceptions import NotFound
 
+from hub.public.web import allowance
 from protocol.errors import InvalidIdentifier
 from protocol.ids import check_sid
 
 bp = Blueprint("poster", __name__)
+# The finder's allowance per client address (hub/public/limit.py): anyone may ask.
+bp.before_request(allowance)
 
 #: Level Q restores a quarter of the code: a poster outdoors gets rain, sun and tape.
 ERROR_LEVEL = "q"
