@@ -51,6 +51,10 @@ def public_stations(app_or_hub: Any, now_ms: int) -> list[dict[str, Any]]:
         water = view.water()
         water = water if water in WATER else "unknown"
         ready = view.chargers_ready(threshold)
+        if not view.online:
+            # Its last State says what was, not what is: a rider is not sent to
+            # the water an offline station had.
+            water, ready = "unknown", None
         # Hours not known: the station is taken as open (most are 24 h) and the
         # page says the hours are not known.
         open_now = open_at(where.hours, local)
