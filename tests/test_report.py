@@ -4,15 +4,24 @@ the hub's ingest with a fixed seed; its CSV, its console page and its PDF."""
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
+import io
+import os
+import re
+import shutil
+import subprocess
 from collections import defaultdict
+from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from hub.alerting.texts import CST
+from hub.reports.charts import BLUE
 from hub.reports.figures import compute
 from hub.reports.period import BadPeriod, Period
-from tests.harness.console_app import STATIONS, console_hub
+from tests.harness.console_app import STATIONS, Browser, console_hub
 from tests.harness.sim_month import HOUR_MS, Simulated, midnight_ms, simulate
 from yizhan.clock import ManualClock
 
@@ -142,3 +151,79 @@ def test_a_quarter_is_its_months_and_the_future_is_not_counted(simulated) -> Non
 def test_a_bad_period_is_refused_by_name(raw: str) -> None:
     with pytest.raises(BadPeriod, match="YYYY-MM"):
         Period.parse(raw)
+
+
+# -- the console page, the CSV and the PDF -----------------------------------------------
+
+PDFTOPPM = shutil.which("pdftoppm")
+
+
+def test_the_page_shows_the_month_its_charts_and_the_month_before(simulated) -> None:
+    hub, sim = simulated
+    want = expected(sim, dt.date(2026, 11, 1), dt.date(2026, 12, 1))
+    desk = Browser(hub, "desk")
+    # Without a period: the last whole month, November (the clock is in December).
+    page = desk.get("/console/report").get_data(as_text=True)
+    assert 'name="period" value="2026-11"' in page
+    assert page.count("<svg") == 3 and "<script" not in page.split("<main", 1)[-1]
+    total = sum(want[s]["visits"] for s in SIDS)
+    assert f'class="num">{total}</td>' in page
+    assert "楚门镇先锋驿站" in page
+    bad = desk.get("/console/report?period=2026-13")
+    assert bad.status_code == 400 and 'role="alert"' in bad.get_data(as_text=True)
+    # The page is for ops: a maintenance worker is refused.
+    assert Browser(hub, "wang").get("/console/report").status_code == 403
+
+
+def test_the_csv_carries_every_station_town_and_the_total_with_the_month_before(
+        simulated) -> None:
+    hub, sim = simulated
+    nov = expected(sim, dt.date(2026, 11, 1), dt.date(2026, 12, 1))
+    octo = expected(sim, dt.date(2026, 10, 1), dt.date(2026, 11, 1))
+    resp = Browser(hub, "desk").get("/console/report.csv?period=2026-11")
+    assert resp.status_code == 200 and resp.mimetype == "text/csv"
+    text = resp.get_data(as_text=True)
+    assert text.startswith("\ufeff")
+    rows = list(csv.DictReader(io.StringIO(text[1:])))
+    assert [r["kind"] for r in rows] == ["station"] * 3 + ["group"] * 2 + ["fleet"]
+    for r in rows[:3]:
+        sid = r["sid"]
+        assert int(r["visits"]) == nov[sid]["visits"]
+        assert int(r["visits_before"]) == octo[sid]["visits"]
+        assert int(r["lent"]) == nov[sid]["lent"] and int(r["returned"]) == nov[sid]["returned"]
+        assert float(r["down_s"]) == nov[sid]["down_ms"] / 1000
+        assert r["cups"] == "" and r["from"] == "2026-11-01" and r["to"] == "2026-11-30"
+    assert int(rows[-1]["visits"]) == sum(nov[s]["visits"] for s in SIDS)
+
+
+@pytest.mark.skipif(PDFTOPPM is None, reason="pdftoppm (poppler-utils) is not installed")
+@pytest.mark.parametrize("lang", ["zh", "en"])
+def test_the_pdf_opens_its_pages_render_and_its_chinese_is_text(simulated, tmp_path: Path,
+                                                                 lang: str) -> None:
+    hub, sim = simulated
+    nov = expected(sim, dt.date(2026, 11, 1), dt.date(2026, 12, 1))
+    resp = Browser(hub, "desk").client.get(f"/console/report.pdf?period=2026-11&lang={lang}")
+    assert resp.status_code == 200 and resp.mimetype == "application/pdf"
+    pdf = tmp_path / "report.pdf"
+    pdf.write_bytes(resp.get_data())
+    info = subprocess.run(["pdfinfo", str(pdf)], capture_output=True, text=True, check=True)
+    assert re.search(r"^Pages:\s+2$", info.stdout, re.M)
+    fonts = subprocess.run(["pdffonts", str(pdf)], capture_output=True, text=True, check=True)
+    assert "NotoSansCJK" in fonts.stdout and " yes yes yes " in fonts.stdout  # embedded
+    text = subprocess.run(["pdftotext", "-layout", str(pdf), "-"], capture_output=True,
+                          text=True, check=True).stdout
+    assert ("驿站服务报告" if lang == "zh" else "Station service report") in text
+    assert "楚门镇先锋驿站" in text  # station names stay Chinese in either language
+    assert f"{sum(nov[s]['visits'] for s in SIDS):,}" in text
+    out = Path(os.environ.get("REPORT_PICTURES") or tmp_path)
+    out.mkdir(parents=True, exist_ok=True)
+    subprocess.run([PDFTOPPM, "-r", "80", "-png", str(pdf), str(out / f"report-{lang}")],
+                   check=True)
+    pages = sorted(out.glob(f"report-{lang}-*.png"))
+    assert len(pages) == 2
+    with Image.open(pages[0]) as img:
+        rgb = img.convert("RGB")
+        colours = rgb.getcolors(maxcolors=1 << 20)
+    # The charts' bars are there in their blue, and the page is not blank.
+    assert any(count > 500 and c == BLUE for count, c in colours)
+    assert sum(count for count, c in colours if c != (255, 255, 255)) > 20_000

@@ -42,12 +42,14 @@ __all__ = ["NAV", "PAGES", "register"]
 log = logging.getLogger(__name__)
 
 #: The page modules, in nav order; one not (yet) written is skipped.
-PAGES = ("fleet", "station", "alerts", "uptime", "loans", "refill", "people", "users")
+PAGES = ("fleet", "station", "alerts", "uptime", "report", "loans", "refill", "people",
+         "users")
 #: (endpoint, label) of the nav, shown to the roles the endpoint's view allows.
 NAV = (
     ("console_fleet.fleet", "Fleet"),
     ("console_alerts.alerts", "Alerts"),
     ("console_uptime.uptime", "Uptime"),
+    ("console_report.report", "Service report"),
     ("console_loans.loans", "Loans"),
     ("console_refill.refill", "Refill round"),
     ("console_people.people", "People"),

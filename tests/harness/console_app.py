@@ -79,7 +79,8 @@ class Browser:
 
     def get(self, path: str) -> Any:
         resp = self.client.get(path)
-        text = resp.get_data(as_text=True)
+        # A download (the report's PDF) is no page: read it as text all the same.
+        text = resp.get_data().decode("utf-8", "replace")
         self.pages.append(text)
         found = _CSRF.search(text)
         if found:
