@@ -141,7 +141,8 @@ class Hub:
         self.acklinks = AckLinks.from_config(config, clock)
         self.outbox = Outbox(self.store, self.writer, clock,
                              build_notifiers(config.notifier_specs, config.routing.timezone),
-                             acklinks=self.acklinks, registry=self.registry)
+                             acklinks=self.acklinks, registry=self.registry,
+                             last_of_group_down=self.fleet.last_of_group_down)
         self.engine = AlertEngine(config, self.fleet, self.alerts, clock,
                                   forecaster=self.forecaster)
         # One way: the engine tells its listeners of each transition and knows

@@ -337,6 +337,29 @@ class Fleet:
                 st.view.state, st.unread = st.unread.to_dict(), None
             return replace(st.view)
 
+    def last_of_group_down(self, sid: str) -> bool:
+        """Whether ``sid`` is down and was the last station of its group online:
+        every other station of its group (the stations without a group are one
+        group) is down too, and went down before it — the riders of that area have
+        no station left. Down at the same moment: the greatest sid is the last,
+        so one station of a dark group is, never two."""
+        with self._lock:
+            # References only: the walk below reads plain attributes without
+            # the lock (a judgement of the moment), the ingest does not wait on it.
+            me = self._stations.get(sid)
+            everyone = list(self._stations.values())
+        if me is None or me.view.online:
+            return False
+        group = me.view.group
+        mine = (me.view.since_ms or 0, sid)
+        for st in everyone:
+            v = st.view
+            if v.group != group or v.sid == sid:
+                continue
+            if v.online or (v.since_ms or 0, v.sid) > mine:
+                return False
+        return True
+
     def stored_events(self, types: Iterable[str], since_ms: int
                       ) -> list[tuple[str, str, int, str, int]]:
         """``(sid, epoch, seq, type, at_ms)`` of the stored events of ``types``

@@ -186,6 +186,12 @@ notifications = sa.Table(
     sa.Column("held_ms", sa.BigInteger, nullable=True),
     sa.Column("about", sa.Text, nullable=True),
     sa.Column("digest_id", sa.String(40), nullable=True),
+    # Pacing (docs/notifications.md, "Pacing"): sent before lesser ones waiting and
+    # never folded into a digest — a tamper, a heater lockout, or the station
+    # offline that was its group's last one online. Decided as the row is stored,
+    # from the fleet of that moment, so a restart and a digest judge it alike.
+    sa.Column("goes_first", sa.Boolean, nullable=False, default=False,
+              server_default=sa.false()),
     sa.Index("notifications_due", "delivered_ms", "next_attempt_ms"),
     sa.Index("notifications_recent", "notifier", "created_ms"),
 )

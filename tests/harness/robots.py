@@ -21,7 +21,7 @@ bench/notify_pacing.py), so a test moves time and the robot counts it:
 The windows are sliding, the strictest reading of "N a minute": a pace that
 passes here passes a platform counting calendar minutes too. Every request is
 kept as :class:`Heard` (when, on the robot's clock, its body, its code), so a
-test can say "no refusal", "critical first", and when the last one landed.
+test can say "no refusal", "the urgent ones first", and when the last one landed.
 """
 
 from __future__ import annotations

@@ -15,6 +15,10 @@ old). Nothing is lost and a restart forgets nothing: the counts are the rows.
   it back: it is held only when ``per_minute`` *critical* notifications went
   out in the last 60 s (a flood of critical ones is cut too). It counts toward
   both limits of the others, as the chat platform counts it.
+* A notification that goes first (``goes_first``: a tamper, a heater lockout,
+  the station offline that was its group's last one online; first.py) is
+  treated alike, counted only against others that go first: twenty critical
+  station_offline notices of a town's power cut do not hold back its tamper.
 * A notice about an alert whose firing is held (resolved, acked, …) is held
   too, and the digest says what became of the alert instead of sending it alone.
 * A route test is never held: it tests the path, and is rare.
@@ -54,12 +58,19 @@ WEBHOOK_ENTRIES = 100
 
 
 def held_reason(conn: sa.Connection, limits: NotifyLimits, notifier: str, kind: str,
-                alert: Mapping[str, Any], sid: str | None, now_ms: int) -> str | None:
+                alert: Mapping[str, Any], sid: str | None, now_ms: int, *,
+                first: bool = False) -> str | None:
     """Why this delivery must be held back ("station", "minute", "alert held"),
-    or None when it goes out now."""
+    or None when it goes out now; ``first``: it goes first (see the module)."""
     if alert.get("rule") == NOTIFY_TEST:
         return None
     sent = sa.and_(table.c.notifier == notifier, table.c.held_ms.is_(None))
+    if first:
+        ahead = conn.execute(
+            sa.select(sa.func.count()).select_from(table)
+            .where(sent, table.c.goes_first.is_(True),
+                   table.c.created_ms > now_ms - MINUTE_MS)).scalar()
+        return "minute (first)" if ahead >= limits.per_minute else None
     if alert.get("severity") == "critical":
         # Only critical ones count against a critical one: a flood of lesser
         # alerts never holds it back, a flood of critical ones is still cut.

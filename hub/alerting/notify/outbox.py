@@ -34,11 +34,13 @@ alone; the sender makes one ``digest`` delivery of what is held every
 
 Chat robots are paced (``hub.alerting.notify.pacing``): before each attempt the
 sender asks the robot's :class:`Pacer` whether the platform takes one more now,
-and waits until it does. A critical notification is sent before lesser ones
-waiting (never before an older notice of its own alert). When more wait than
-the robot takes within ``pacing.FOLD_HORIZON``, the lesser ones, with whatever
-is held, are *folded* at once into one digest (held and digested in the same
-commit) instead of being sent late one by one.
+and waits until it does. A notification that goes first (``goes_first``: a
+tamper, a heater lockout, the station offline that was its group's last one
+online — hub/alerting/notify/first.py, decided as the row is stored) is sent
+before lesser ones waiting (never before an older notice of its own alert).
+When more wait than the robot takes within ``pacing.FOLD_HORIZON``, the lesser
+ones, with whatever is held, are *folded* at once into one digest (held and
+digested in the same commit) instead of being sent late one by one.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ from hub.alerting.acklink import AckLinks
 from hub.alerting.notify import limits as lim
 from hub.alerting.notify import pacing
 from hub.alerting.notify.base import DeliveryFailed, Notifier, OutboxUnavailable, UnknownNotifier
+from hub.alerting.notify.first import goes_first
 from hub.alerting.notify.text import ASKS_FOR_ACK, KINDS, NO_ACK_RULES
 from hub.config.rules import NOTIFY_TEST
 from hub.storage.schema import notifications as table
@@ -136,7 +139,8 @@ class Outbox:
                  failing_after: float = DEFAULT_FAILING_AFTER, flush_timeout: float = 5.0,
                  poll: float = 2.0, rng: random.Random | None = None,
                  registry: Any = None, pacer: pacing.Pacer | None = None,
-                 pace: bool = True) -> None:
+                 pace: bool = True,
+                 last_of_group_down: Callable[[str], bool] | None = None) -> None:
         if backoff[0] <= 0 or backoff[1] < backoff[0] or not 0 <= jitter < 1:
             raise ValueError("backoff must be (first > 0, max ≥ first) and 0 ≤ jitter < 1")
         self.store = store
@@ -164,6 +168,9 @@ class Outbox:
         # `pace=False` sends as before issue 19 (bench/notify_pacing.py compares).
         self.pace = pace
         self.pacer = pacer or pacing.Pacer()
+        # The fleet's live view (``Fleet.last_of_group_down``): which station_offline
+        # goes first. Without it (tools, tests) none does.
+        self.last_of_group_down = last_of_group_down
         if pace:
             for notifier in self.notifiers.values():
                 self.pacer.add(notifier)
@@ -199,7 +206,8 @@ class Outbox:
         row = {"id": did, "alert_id": alert.get("id"), "notifier": notifier_name, "kind": kind,
                "body": body, "created_ms": now_ms, "attempts": 0, "next_attempt_ms": now_ms,
                "delivered_ms": None, "last_error": None, "sid": sid,
-               "severity": str(alert.get("severity") or "")[:16] or None}
+               "severity": str(alert.get("severity") or "")[:16] or None,
+               "goes_first": self._goes_first(alert)}
         # What a digest says of it, kept with every row: one may be folded later.
         if alert.get("rule") != NOTIFY_TEST:
             row["about"] = lim.about(kind, alert, station, notifier.language)
@@ -209,7 +217,8 @@ class Outbox:
             # Counted and stored in one operation: the writer runs one at a time.
             if conn.execute(sa.select(table.c.id).where(table.c.id == did)).first():
                 return None  # already stored (same delivery_id): kept as it is
-            why = lim.held_reason(conn, limits, notifier_name, kind, alert, sid, now_ms)
+            why = lim.held_reason(conn, limits, notifier_name, kind, alert, sid, now_ms,
+                                  first=row["goes_first"])
             held = {"held_ms": now_ms} if why else {}
             conn.execute(self.store.insert_ignore(table).values(**row, **held))
             return why
@@ -223,6 +232,13 @@ class Outbox:
         log.debug("queued %s %s of alert %s for %s", did, kind, alert.get("id"), notifier_name)
         self._wake[notifier_name].set()
         return did
+
+    def _goes_first(self, alert: Mapping[str, Any]) -> bool:
+        try:
+            return goes_first(alert, self.last_of_group_down)
+        except Exception:  # the fleet's bug must not lose the notification
+            log.exception("could not tell whether alert %s goes first", alert.get("id"))
+            return False
 
     # -- reading -------------------------------------------------------------------------
 
@@ -296,7 +312,7 @@ class Outbox:
         return attempts, soonest
 
     def _pump(self, name: str, now_ms: int | None = None) -> tuple[int, int | None]:
-        """Send ``name``'s due rows, critical ones first, until one fails, none is
+        """Send ``name``'s due rows, those that go first first, until one fails, none is
         due or its robot takes no more now. (attempts made, when to come back or
         None)."""
         notifier = self.notifiers[name]
@@ -313,7 +329,7 @@ class Outbox:
             row, next_ms = self._next(name, rows, now, paced)
             if row is None:
                 return made, _sooner(next_ms, digest_ms)
-            if paced and (later := self.pacer.take(name, now, _critical(row))) is not None:
+            if paced and (later := self.pacer.take(name, now, row.goes_first)) is not None:
                 return made, _sooner(later, digest_ms)  # another notifier of the robot took it
             made += 1
             if not self._attempt(notifier, row, now):
@@ -325,19 +341,19 @@ class Outbox:
 
     def _next(self, name: str, rows: list[Any], now_ms: int,
               paced: bool) -> tuple[Any, int | None]:
-        """(the row to send now, None) or (None, when to look again). Without
-        pacing: the oldest critical one that overtakes no notice of its own
-        alert, else the oldest (``pace=False``: the oldest, as before issue 19)."""
+        """(the row to send now, None) or (None, when to look again): the oldest
+        that goes first and overtakes no notice of its own alert, else the
+        oldest (``pace=False``: the oldest, as before issue 19)."""
         if not self.pace:
             head = rows[0]
             return (head, None) if head.next_attempt_ms <= now_ms else (None, head.next_attempt_ms)
-        critical = pacing.first_critical(rows)
-        lesser = next((r for r in rows if not _critical(r)), None)
+        first = pacing.first_up(rows)
+        lesser = next((r for r in rows if not r.goes_first), None)
         later: int | None = None
-        for row in (critical, lesser):
+        for row in (first, lesser):
             if row is None:
                 continue
-            free_ms = self.pacer.free_at(name, now_ms, _critical(row)) if paced else now_ms
+            free_ms = self.pacer.free_at(name, now_ms, row.goes_first) if paced else now_ms
             at = max(row.next_attempt_ms, free_ms)
             if at <= now_ms:
                 return row, None
@@ -354,7 +370,7 @@ class Outbox:
             return True
         if not foldable:
             return False
-        lesser = sum(1 for r in rows if not _critical(r))
+        lesser = sum(1 for r in rows if not r.goes_first)
         return lesser > max(1, self.pacer.capacity(name, now_ms))
 
     def _held_count(self, name: str) -> int:
@@ -367,7 +383,7 @@ class Outbox:
     def _waiting(self, name: str) -> list[Any]:
         """``name``'s rows to send (not delivered, given up nor held), oldest first,
         without their bodies."""
-        cols = [table.c.id, table.c.alert_id, table.c.kind, table.c.severity,
+        cols = [table.c.id, table.c.alert_id, table.c.kind, table.c.goes_first,
                 table.c.attempts, table.c.next_attempt_ms, table.c.created_ms,
                 table.c.about.is_not(None).label("about")]
         q = (sa.select(*cols)
@@ -762,10 +778,6 @@ class Outbox:
                 .execution_options(preserve_rowcount=True)).rowcount
 
         return int(self._write(op))
-
-
-def _critical(row: Any) -> bool:
-    return row.severity == "critical"
 
 
 def _sooner(a: int | None, b: int | None) -> int | None:

@@ -18,9 +18,13 @@ then; every attempt (sent or refused: the platform counts both) is recorded.
   arrivals, never sees more than the limit in any of its windows, whatever the
   network did in between. Each window is taken 1 % and 100 ms longer, for
   the platform's own clock and rounding.
-* A quarter of each rate (at least one) is kept for critical notifications:
-  lesser ones never use the whole minute, so a tamper alert in the middle of a
-  storm goes out at once instead of waiting for the window to pass.
+* A quarter of each rate (at least one) is kept for the notifications that go
+  first (hub/alerting/notify/first.py: a tamper, a heater lockout, the station
+  offline that was its group's last one online): lesser ones never use the
+  whole minute, so a tamper alert in the middle of a storm goes out at once
+  instead of waiting for the window to pass. Severity does not decide: a town's
+  power cut makes twenty critical station_offline alerts, which would use up
+  that quarter themselves.
 * A refusal for sending too fast (``DeliveryFailed.rate_limited``) pauses the
   robot for what the answer asked (``Retry-After``), else what the platform
   documents for it (``PAUSE``: DingTalk's 10 minutes), for every notifier of it.
@@ -32,7 +36,7 @@ receiver's own 429 and ``Retry-After`` still hold back that notifier's row).
 
 With a backlog the outbox folds (:func:`foldable`): what the robot cannot take
 within ``FOLD_HORIZON`` is folded into one digest rather than sent late one by
-one; critical alerts go first (:func:`first_critical`) and are never folded.
+one; the notifications that go first (:func:`first_up`) are never folded.
 
 Robot keys are hashes: the address carries the robot's key or token and must
 not appear in a log or a metric.
@@ -54,7 +58,7 @@ from hub.alerting.notify.base import DeliveryFailed, Notifier
 @dataclass(frozen=True)
 class Rate:
     """At most ``count`` messages in any ``window`` seconds; lesser notifications
-    use all but ``reserved`` of them, kept for critical ones."""
+    use all but ``reserved`` of them, kept for those that go first."""
 
     count: int
     window: float
@@ -63,8 +67,8 @@ class Rate:
     def reserved(self) -> int:
         return max(1, self.count // 4)
 
-    def limit(self, critical: bool) -> int:
-        return self.count if critical else self.count - self.reserved
+    def limit(self, first: bool) -> int:
+        return self.count if first else self.count - self.reserved
 
     @property
     def window_ms(self) -> int:
@@ -164,13 +168,13 @@ class Pacer:
                 bisect.insort(robot.stamps, int(ms))
             del robot.stamps[:-_KEEP]
 
-    def free_at(self, name: str, now_ms: int, critical: bool = False) -> int:
+    def free_at(self, name: str, now_ms: int, first: bool = False) -> int:
         """When ``name``'s robot may take the next message (``now_ms`` if now)."""
         robot = self._get(name)
         if robot is None:
             return now_ms
         with self._lock:
-            return _free_at(robot, robot.stamps, now_ms, critical)
+            return _free_at(robot, robot.stamps, now_ms, first)
 
     def capacity(self, name: str, now_ms: int, horizon: float = FOLD_HORIZON,
                  most: int = 1000) -> int:
@@ -191,14 +195,14 @@ class Pacer:
                 n += 1
             return n
 
-    def take(self, name: str, now_ms: int, critical: bool = False) -> int | None:
+    def take(self, name: str, now_ms: int, first: bool = False) -> int | None:
         """Reserve the robot for one attempt now: None when taken, else when to
         come back (ms). Every taken attempt must be :meth:`answered`."""
         robot = self._get(name)
         if robot is None:
             return None
         with self._lock:
-            at = _free_at(robot, robot.stamps, now_ms, critical)
+            at = _free_at(robot, robot.stamps, now_ms, first)
             if at > now_ms:
                 return at
             robot.in_flight += 1
@@ -238,13 +242,13 @@ class Pacer:
         return self._robots.get(key) if key is not None else None
 
 
-def _free_at(robot: _Robot, stamps: list[int], now_ms: int, critical: bool) -> int:
+def _free_at(robot: _Robot, stamps: list[int], now_ms: int, first: bool) -> int:
     at = max(now_ms, robot.paused_until_ms)
     for rate in robot.rates:
         window = rate.window_ms
         # Attempts still counted by the platform at `at`: answered after at - window.
         recent = stamps[bisect.bisect_right(stamps, at - window):]
-        over = len(recent) + robot.in_flight - rate.limit(critical)
+        over = len(recent) + robot.in_flight - rate.limit(first)
         if over < 0:
             continue
         if over >= len(recent):  # only attempts in flight fill it: their answers decide
@@ -254,12 +258,13 @@ def _free_at(robot: _Robot, stamps: list[int], now_ms: int, critical: bool) -> i
     return at
 
 
-def first_critical(rows: list) -> Any:
-    """The oldest critical row whose alert has nothing older waiting (a resolved
-    never overtakes its firing), or None; ``rows`` oldest first."""
+def first_up(rows: list) -> Any:
+    """The oldest row that goes first (``goes_first``) whose alert has nothing
+    older waiting (a resolved never overtakes its firing), or None; ``rows``
+    oldest first."""
     waiting: set[str] = set()
     for row in rows:
-        if row.severity == "critical" and row.alert_id not in waiting:
+        if row.goes_first and row.alert_id not in waiting:
             return row
         if row.alert_id:
             waiting.add(row.alert_id)
@@ -267,8 +272,9 @@ def first_critical(rows: list) -> Any:
 
 
 def foldable(row: Any) -> bool:
-    """Whether a waiting row may be folded into a digest: a lesser notice never
-    tried (a tried one may be in flight elsewhere), with what a digest says of
-    it; never a digest or a route test."""
-    return (row.attempts == 0 and row.severity != "critical" and bool(row.about)
+    """Whether a waiting row may be folded into a digest: a notice that does not
+    go first (whatever its severity: a critical station_offline or water_empty
+    folds), never tried (a tried one may be in flight elsewhere), with what a
+    digest says of it; never a digest or a route test."""
+    return (row.attempts == 0 and not row.goes_first and bool(row.about)
             and row.kind != "digest" and row.alert_id is not None)
