@@ -227,3 +227,21 @@ def test_the_pdf_opens_its_pages_render_and_its_chinese_is_text(simulated, tmp_p
     # The charts' bars are there in their blue, and the page is not blank.
     assert any(count > 500 and c == BLUE for count, c in colours)
     assert sum(count for count, c in colours if c != (255, 255, 255)) > 20_000
+
+
+def test_a_fleet_of_hundreds_charts_its_least_available_stations_not_every_one() -> None:
+    from hub.reports.charts import MOST_BARS, Text, charts
+    from hub.reports.figures import Figures, Report
+
+    stations = [Figures("station", "chumen", f"yh-t{i:03d}", f"站{i}", up_ms=1000 - i,
+                        down_ms=i) for i in range(300)]
+    fleet = Figures("fleet", None, None, None)
+    for s in stations:
+        fleet.add(s)
+    town = Figures("group", "chumen", None, None)
+    town.add(fleet)
+    rep = Report(Period.parse("2026-11"), 0, 1000, stations, [town], fleet)
+    chart = charts(rep, "en")[2]
+    labels = [s.text for s in chart.shapes if isinstance(s, Text) and s.anchor == "end"]
+    assert chart.title == f"The {MOST_BARS} least available stations"
+    assert labels == [f"站{i}" for i in range(299, 299 - MOST_BARS, -1)]

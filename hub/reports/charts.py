@@ -19,7 +19,9 @@ ROW = 26.0
 LABEL_W = 170.0
 VALUE_W = 70.0
 TOP = 8.0
-BLUE, GREY, INK = (37, 99, 160), (170, 176, 184), (30, 30, 30)
+BLUE, GREY = (37, 99, 160), (170, 176, 184)
+#: The most bars a chart of stations shows.
+MOST_BARS = 24
 
 
 @dataclass(frozen=True)
@@ -89,18 +91,27 @@ def charts(rep: Report, lang: str) -> list[Chart]:
         prev = rep.previous_of(row)
         return None if prev is None else float(getattr(prev, name))
 
-    towns = [*rep.groups, rep.fleet] if len(rep.groups) > 1 else rep.groups
-    names = {id(rep.fleet): w["fleet"]}
+    # Towns only: the total beside them would flatten every town's bar (it is in
+    # the table above the charts).
+    towns = rep.groups
+    # A bar a station while they fit on a page; past that, the least available
+    # ones (the rest are in the table), so a fleet of hundreds stays one chart.
+    shown = sorted(rep.stations, key=lambda s: (s.availability is None, s.availability or 0))
+    title = w["chart_availability"] if len(shown) <= MOST_BARS else w["chart_least_available"]
+    availability = layout(title.format(n=MOST_BARS), [
+        Bar(s.name or s.sid or "", s.availability or 0.0, _availability(rep.previous_of(s)))
+        for s in (rep.stations if len(shown) <= MOST_BARS else shown[:MOST_BARS])],
+        percent_scale=True)
     return [
-        layout(w["chart_visits"], [Bar(names.get(id(g)) or town(g), g.visits,
-                                       before(g, "visits")) for g in towns]),
-        layout(w["chart_lent"], [Bar(names.get(id(g)) or town(g), g.lent, before(g, "lent"))
+        layout(w["chart_visits"], [Bar(town(g), g.visits, before(g, "visits")) for g in towns]),
+        layout(w["chart_lent"], [Bar(town(g), g.lent, before(g, "lent"))
                                  for g in towns]),
-        layout(w["chart_availability"],
-               [Bar(s.name or s.sid or "", s.availability or 0.0,
-                    (rep.previous_of(s).availability if rep.previous_of(s) else None))
-                for s in rep.stations], percent_scale=True),
+        availability,
     ]
+
+
+def _availability(row) -> float | None:
+    return None if row is None else row.availability
 
 
 def svg(chart: Chart) -> str:

@@ -14,7 +14,8 @@ WORDS: dict[str, dict[str, str]] = {
         "waiting": "待补水", "before": "上期", "change": "环比",
         "not_measured": "未计量", "towns": "各乡镇", "stations": "各驿站",
         "chart_visits": "到访人次（本期 / 上期）", "chart_lent": "借出充电宝（本期 / 上期）",
-        "chart_availability": "各驿站可用率", "this_period": "本期", "prev_period": "上期",
+        "chart_availability": "各驿站可用率",
+        "chart_least_available": "可用率最低的 {n} 个驿站",
         "period": "统计期间", "made": "生成时间", "page": "第 {n} 页",
         "note": "数据来自驿站上报并存储的事件与在线时长记录；可用率 = 在线时长 ÷（在线 + 停机）"
                 "时长，集控中心未运行与维护时段不计入。热水杯数：驿站尚未计量。",
@@ -31,8 +32,9 @@ WORDS: dict[str, dict[str, str]] = {
         "not_measured": "not measured", "towns": "Towns", "stations": "Stations",
         "chart_visits": "Visits (this period / the one before)",
         "chart_lent": "Chargers lent (this period / the one before)",
-        "chart_availability": "Availability per station", "this_period": "This period",
-        "prev_period": "The one before", "period": "Period", "made": "Made",
+        "chart_availability": "Availability per station",
+        "chart_least_available": "The {n} least available stations",
+        "period": "Period", "made": "Made",
         "page": "page {n}",
         "note": "From the events the stations sent and the hub stored, and the uptime "
                 "ledger; availability is up time over up and down time, leaving out time "
