@@ -24,7 +24,12 @@ _TEXT = re.compile(r"[^\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 
 
 class BadMeta(ValueError):
-    """A metadata value that cannot be taken; the message says what it must be."""
+    """A metadata value that cannot be taken; the message says what it must be,
+    ``field`` which value it was (lat, lon, address, host, hours)."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field or message.split()[0]
 
 
 def coordinate(value: Any, name: str) -> float | None:

@@ -27,14 +27,16 @@ from flask import (
 )
 
 from hub.alerting.texts import N_
+from hub.config.station_meta import MAX_TEXT, BadMeta
 from hub.console.audit import actor, record
-from hub.console.auth import may_act_on, requires
+from hub.console.auth import current_user, may_act_on, requires
 from hub.console.event_words import command_words, door, event_details, fault
 from hub.console.fleet import severities_by_station
 from hub.console.health import CONDITIONS, LABELS, WATER, condition
 from hub.fleet.banks import bank_states, holds_bank
 from hub.fleet.commands import BadCommand, CommandNotSent, TooManyReplays
 from hub.fleet.directory_fields import BadField, text
+from hub.public import meta
 from hub.storage.schema import commands, events, ledger
 from yizhan.untrusted import decimal
 
@@ -181,7 +183,49 @@ def station(sid: str):
         events=recent_events(hub, view.sid),
         commands=recent_commands(hub, view.sid, _sent()),
         days=days, water_words=WATER, may_act=may_act_on(view.sid),
-        max_reason=MAX_REASON)
+        max_reason=MAX_REASON, place=meta.whereabouts(hub, view.sid),
+        may_place=_may_place(), max_text=MAX_TEXT)
+
+
+def _may_place() -> bool:
+    """Ops and admin set where riders find a station (docs/finder.md)."""
+    user = current_user()
+    return user is not None and user.role in ("ops", "admin")
+
+
+@bp.post("/stations/<sid>/place")
+@requires("ops")
+def place(sid: str):
+    """The station's place, address, host and hours for riders: saved over the
+    configuration's (``reset``: back to them), audited."""
+    hub = _hub()
+    view = hub.fleet.get(sid)
+    if view is None:
+        abort(404)
+    back = redirect(url_for("console_station.station", sid=view.sid) + "#place", 303)
+    if request.form.get("action") == "reset":
+        if meta.reset(hub, view.sid):
+            record(hub, "station_place_reset", "station", view.sid)
+        flash(N_("Back to the configuration's place, address, host and hours."), "ok")
+        return back
+    values = {k: request.form.get(k, "") for k in meta.FIELDS}
+    try:
+        row = meta.save(hub, view.sid, values, actor())
+    except BadMeta as err:
+        if err.field in ("lat", "lon"):
+            flash(N_("Not saved: latitude and longitude are WGS-84 degrees (-90 to 90, "
+                     "-180 to 180), both given or neither."), "error")
+        elif err.field in ("address", "host"):
+            flash(N_("Not saved: the address and the host are text of up to 120 "
+                     "characters on one line."), "error")
+        else:
+            flash(N_("Not saved: opening hours are 24h or HH:MM-HH:MM, like 07:00-22:00 "
+                     "or 20:00-08:00."), "error")
+        return back
+    record(hub, "station_place", "station", view.sid,
+           {k: row[k] for k in meta.FIELDS})
+    flash(N_("Saved: riders see it in the finder now."), "ok")
+    return back
 
 
 def _doors(doors: Any) -> list[tuple[str, bool]] | None:

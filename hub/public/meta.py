@@ -38,7 +38,7 @@ def check(values: dict[str, Any]) -> dict[str, Any]:
            "address": text(raw["address"], "address"), "host": text(raw["host"], "host"),
            "hours": hours(raw["hours"])}
     if (out["lat"] is None) != (out["lon"] is None):
-        raise BadMeta("give both lat and lon, or neither")
+        raise BadMeta("give both lat and lon, or neither", "lat")
     return out
 
 
