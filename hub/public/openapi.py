@@ -85,6 +85,7 @@ PATHS: dict[str, Any] = {
         "responses": {
             **_html_responses([("200", "The poster (zh).")]),
             "404": {"description": "No such station."},
+            "429": {"description": "Too many requests from this address (Retry-After)."},
         },
     }},
 }
