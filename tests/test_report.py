@@ -7,10 +7,12 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+import json
 import os
 import re
 import shutil
 import subprocess
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -21,8 +23,8 @@ from hub.alerting.texts import CST
 from hub.reports.charts import BLUE
 from hub.reports.figures import compute
 from hub.reports.period import BadPeriod, Period
-from tests.harness.console_app import STATIONS, Browser, console_hub
-from tests.harness.sim_month import HOUR_MS, Simulated, midnight_ms, simulate
+from tests.harness.console_app import FLEET_KEY, STATIONS, Browser, console_hub
+from tests.harness.sim_month import HOUR_MS, Sent, Simulated, midnight_ms, simulate
 from yizhan.clock import ManualClock
 
 SEED = 20
@@ -245,3 +247,70 @@ def test_a_fleet_of_hundreds_charts_its_least_available_stations_not_every_one()
     labels = [s.text for s in chart.shapes if isinstance(s, Text) and s.anchor == "end"]
     assert chart.title == f"The {MOST_BARS} least available stations"
     assert labels == [f"站{i}" for i in range(299, 299 - MOST_BARS, -1)]
+
+
+# -- yizhan sim month: the same months from the command line ---------------------------
+
+
+def _hub_yaml(tmp: Path) -> Path:
+    """The configuration console_hub makes, as a file for the command."""
+    (tmp / "fleet.key").write_text(FLEET_KEY)
+    (tmp / "fleet.key").chmod(0o600)
+    config = tmp / "hub.yaml"
+    config.write_text(json.dumps({
+        "mqtt": {"host": "127.0.0.1", "port": 1},
+        "database": f"sqlite:///{tmp / 'hub.db'}",
+        "fleet_key_file": str(tmp / "fleet.key"),
+        "stations": list(STATIONS),
+    }, ensure_ascii=False))  # JSON is YAML
+    return config
+
+
+def _sim_month(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "yizhan", "sim", "month", *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_yizhan_sim_month_fills_a_hub_whose_report_equals_the_count_of_its_log(
+        tmp_path: Path) -> None:
+    config = _hub_yaml(tmp_path)
+    log = tmp_path / "sent.jsonl"
+    done = _sim_month("--config", str(config), "--seed", "7", "--from", "2026-11",
+                      "--log", str(log))
+    assert done.returncode == 0, done.stderr
+    assert "3 stations, 2026-11 to 2026-11" in done.stdout and "(seed 7)" in done.stdout
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    sim = Simulated(SIDS, [Sent(**d) for d in lines[:-1]],
+                    {sid: v for sid, v in lines[-1]["offline"].items()})
+    want = expected(sim, dt.date(2026, 11, 1), dt.date(2026, 12, 1))
+    # The hub that reads it: the same database, an hour after the run ended.
+    clock = ManualClock((midnight_ms(dt.date(2026, 12, 1), CST) + 2 * HOUR_MS) / 1000)
+    hub = console_hub(tmp_path, clock)
+    try:
+        rep = compute(hub, Period.parse("2026-11"), CST)
+        for row in rep.stations:
+            w = want[row.sid]
+            assert (row.visits, row.lent, row.returned) == (w["visits"], w["lent"],
+                                                           w["returned"])
+            assert (row.up_ms, row.down_ms, row.outages) == (w["up_ms"], w["down_ms"],
+                                                            w["outages"])
+            assert row.refills == pytest.approx(w["refills"]) and row.waiting == w["waiting"]
+        assert rep.fleet.visits > 1000
+    finally:
+        hub.close()
+    # Never over a database that holds events: that may be a real fleet's history.
+    again = _sim_month("--config", str(config), "--from", "2026-11")
+    assert again.returncode == 1 and "already holds events" in again.stderr
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--from", "2026-13"], "YYYY-MM"),
+    (["--from", "2026-Q4"], "--from must be a month"),
+    (["--from", "2026-11", "--months", "0"], "--months must be 1..15"),
+    (["--from", "2026-11", "--months", str(10**30)], "--months must be 1..15"),
+])
+def test_yizhan_sim_month_refuses_a_bad_ask_by_name(tmp_path: Path, args: list[str],
+                                                    words: str) -> None:
+    done = _sim_month("--config", str(_hub_yaml(tmp_path)), *args)
+    assert done.returncode == 2 and words in done.stderr
+    assert not (tmp_path / "hub.db").exists()

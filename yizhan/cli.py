@@ -5,6 +5,7 @@
     yizhan kiosk --config /etc/yizhan/station.yaml
     yizhan sim board --link /tmp/ttyLOCKER
     yizhan sim board --protocol lock8a --boards 2 --link /tmp/tty8A
+    yizhan sim month --config hub.yaml --seed 20 --from 2026-10 --months 2
     yizhan demo
     yizhan console-user add NAME --role ROLE [--groups g1,g2] --config hub.yaml
     yizhan provision --secrets DIR --broker-host NAME [--inventory DIR] SID...
@@ -167,6 +168,12 @@ def cmd_sim_board(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sim_month(args: argparse.Namespace) -> int:
+    from hub.reports.simulate import run
+
+    return run(args.config, args.seed, args.start, args.months, args.log)
+
+
 def cmd_console_user(args: argparse.Namespace) -> int:
     from hub.console.accounts import console_user
 
@@ -275,6 +282,20 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--auto-take", action="store_true",
                    help="yz-lb1: a released bank is taken by a simulated rider")
     b.set_defaults(func=cmd_sim_board)
+    mo = ssub.add_parser("month", help="months of simulated stations in a hub's database",
+                         description="Run the hub's configured stations through whole "
+                                     "months (visits, loans, water, outages) on a "
+                                     "simulated clock, with a fixed seed, into the hub's "
+                                     "database, for the service report (docs/report.md). "
+                                     "Refuses a database that already holds events.")
+    mo.add_argument("--config", required=True, help="hub configuration (YAML)")
+    mo.add_argument("--seed", type=int, default=20, help="random seed (default 20)")
+    mo.add_argument("--from", dest="start", required=True, metavar="YYYY-MM",
+                    help="the first month")
+    mo.add_argument("--months", type=int, default=1, help="how many months (default 1)")
+    mo.add_argument("--log", metavar="FILE",
+                    help="also write every event sent, and the outages, as JSON lines")
+    mo.set_defaults(func=cmd_sim_month)
 
     c = sub.add_parser("console-user", help="people who sign in to the hub's web console",
                        description="Add, change, disable or list the hub console's users "
