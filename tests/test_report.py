@@ -4,6 +4,7 @@ the hub's ingest with a fixed seed; its CSV, its console page and its PDF."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as dt
 import io
@@ -32,16 +33,24 @@ SIDS = [s["sid"] for s in STATIONS]
 GROUP = {s["sid"]: s["group"] for s in STATIONS}
 
 
-@pytest.fixture(scope="module")
-def simulated(tmp_path_factory: pytest.TempPathFactory):
+@pytest.fixture(scope="module", params=[
+    pytest.param("sqlite", id="sqlite"),
+    pytest.param("postgresql", id="postgresql", marks=pytest.mark.postgres),
+])
+def simulated(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
     """October and November 2026 (China Standard Time), the hub clock an hour into
-    December at the end: both months are whole."""
+    December at the end: both months are whole. On SQLite and on PostgreSQL."""
     tmp = tmp_path_factory.mktemp("report")
-    clock = ManualClock((midnight_ms(dt.date(2026, 10, 1), CST) - HOUR_MS) / 1000)
-    hub = console_hub(tmp, clock)
-    sim = simulate(hub, SIDS, SEED, midnight_ms(dt.date(2026, 12, 1), CST) + HOUR_MS)
-    yield hub, sim
-    hub.close()
+    with contextlib.ExitStack() as stack:
+        extra = {}
+        if request.param == "postgresql":
+            server = request.getfixturevalue("pg_server")
+            extra["database"] = stack.enter_context(server.database())
+        clock = ManualClock((midnight_ms(dt.date(2026, 10, 1), CST) - HOUR_MS) / 1000)
+        hub = console_hub(tmp, clock, **extra)
+        stack.callback(hub.close)
+        sim = simulate(hub, SIDS, SEED, midnight_ms(dt.date(2026, 12, 1), CST) + HOUR_MS)
+        yield hub, sim
 
 
 def expected(sim: Simulated, first: dt.date, after: dt.date) -> dict[str, dict]:
