@@ -47,21 +47,33 @@ def wgs84_to_gcj02(lat: float, lon: float) -> tuple[float, float]:
     return lat + dlat, lon + dlon
 
 
+def _iri(value: str, safe: str = "") -> str:
+    """Percent-encoded as a URL query wants, except the non-ASCII characters: a
+    browser encodes those itself when it follows the link (an IRI in ``href``),
+    and left as they are, gzip finds them in the card's own name and address —
+    the page stays small on a weak link."""
+    return "".join(c if ord(c) > 127 else quote(c, safe=safe) for c in value)
+
+
+def _query(params: dict[str, str]) -> str:
+    return urlencode(params, quote_via=lambda v, safe, _enc, _err: _iri(v, safe))
+
+
 def navigate(lat: float, lon: float, name: str, address: str | None) -> dict[str, str]:
     """The station's marker in Amap, Baidu and Tencent Maps (their URI APIs, which
     open the app when it is installed and the web map when not)."""
     glat, glon = wgs84_to_gcj02(lat, lon)
     g = f"{glat:.6f},{glon:.6f}"  # lat,lon
     return {
-        "amap": "https://uri.amap.com/marker?" + urlencode({
+        "amap": "https://uri.amap.com/marker?" + _query({
             "position": f"{glon:.6f},{glat:.6f}", "name": name, "src": SOURCE,
             "coordinate": "gaode", "callnative": "1"}),
-        "baidu": "https://api.map.baidu.com/marker?" + urlencode({
+        "baidu": "https://api.map.baidu.com/marker?" + _query({
             "location": g, "title": name, "content": address or name, "output": "html",
             "coord_type": "gcj02", "src": f"webapp.{SOURCE}.finder"}),
         # Tencent's marker takes its fields in one parameter: coord, title, addr
         # separated by ";", so a name's own ";" or ":" is percent-encoded.
-        "qq": "https://apis.map.qq.com/uri/v1/marker?marker=" + quote(
+        "qq": "https://apis.map.qq.com/uri/v1/marker?marker=" + _iri(
             f"coord:{g};title:{_field(name)};addr:{_field(address or name)}",
             safe=":;,") + "&referer=" + SOURCE,
     }
