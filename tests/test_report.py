@@ -24,6 +24,7 @@ from hub.alerting.texts import CST
 from hub.reports.charts import BLUE
 from hub.reports.figures import compute
 from hub.reports.period import BadPeriod, Period
+from hub.storage.schema import events
 from tests.harness.console_app import FLEET_KEY, STATIONS, Browser, console_hub
 from tests.harness.sim_month import HOUR_MS, Sent, Simulated, midnight_ms, simulate
 from yizhan.clock import ManualClock
@@ -323,3 +324,27 @@ def test_yizhan_sim_month_refuses_a_bad_ask_by_name(tmp_path: Path, args: list[s
     done = _sim_month("--config", str(_hub_yaml(tmp_path)), *args)
     assert done.returncode == 2 and words in done.stderr
     assert not (tmp_path / "hub.db").exists()
+
+
+def test_a_visit_row_that_is_not_a_count_adds_nothing(database_url: str, tmp_path: Path) -> None:
+    """The ingest lets only whole counts in; rows written by an older hub or by hand
+    are read without failing the report."""
+    clock = ManualClock(midnight_ms(dt.date(2026, 12, 1), CST) / 1000)
+    hub = console_hub(tmp_path, clock, database=database_url)
+    try:
+        at = midnight_ms(dt.date(2026, 11, 5), CST)
+        datas = ['{"count": 4}', '{"count": 0}', '{"count": -5}', '{"count": "7"}',
+                 '{"count": 1.5}', '{"count": 1' + "0" * 30 + "}", '{"count": null}', "{}",
+                 "[3]", '{"count": true}', '{"count": 3}', '{"count": 100001}',
+                 f'{{"count": {2**63 - 1}}}', f'{{"count": {2**63 - 1}}}']
+        if hub.store.dialect == "sqlite":
+            datas.append("not json")  # PostgreSQL's jsonb cast would refuse it: see figures.py
+        with hub.store.engine.begin() as conn:
+            conn.execute(events.insert(), [
+                {"sid": "yh-chumen-01", "epoch": "e1", "seq": i + 1, "type": "visit",
+                 "ts": at, "synced": True, "received_ms": at, "at_ms": at, "data": d}
+                for i, d in enumerate(datas)])
+        rep = compute(hub, Period.parse("2026-11"), CST)
+        assert [r.visits for r in rep.stations] == [7, 0, 0]
+    finally:
+        hub.close()

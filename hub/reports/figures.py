@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
 
 from hub.reports.period import Period
 from hub.storage.schema import events
@@ -40,6 +41,8 @@ from hub.storage.schema import events
 #: The event types read for counts, and the figure each adds to.
 COUNTED = {"visit": "visits", "bank_borrowed": "lent", "bank_returned": "returned"}
 LOW = ("low", "empty")
+#: The most people one ``visit`` event may count (it is flushed every 15 minutes).
+MOST_VISITS = 100_000
 
 
 @dataclass
@@ -164,21 +167,38 @@ def _counts(conn: sa.Connection, rows: dict[str, Figures], from_ms: int, to_ms: 
         for sid, type_, n in conn.execute(q):
             row = rows[sid]
             setattr(row, COUNTED[type_], getattr(row, COUNTED[type_]) + int(n))
-        q = sa.select(e.sid, e.data).where(e.type == "visit", e.sid.in_(chunk),
-                                           e.at_ms >= from_ms, e.at_ms < to_ms)
-        for sid, data in conn.execute(q):
-            rows[sid].visits += _visit_count(data)
+        # Summed by the database: reading each row's JSON here took 2.3 s for a
+        # month of 300 stations (a visit event every 15 minutes each).
+        q = (sa.select(e.sid, sa.func.sum(_visit_count(conn.dialect.name)))
+             .where(e.type == "visit", e.sid.in_(chunk), e.at_ms >= from_ms, e.at_ms < to_ms)
+             .group_by(e.sid))
+        for sid, n in conn.execute(q):
+            rows[sid].visits += int(n or 0)
 
 
-def _visit_count(data: str) -> int:
-    """A stored visit's ``count``; the ingest checked it, but a row written by an
-    older hub or by hand that is not a count adds nothing rather than failing the
-    whole report."""
-    try:
-        n = json.loads(data).get("count")
-    except (ValueError, AttributeError):
-        return 0
-    return n if type(n) is int and n >= 0 else 0
+def _visit_count(dialect: str) -> sa.ColumnElement:
+    """A stored visit's ``count`` as SQL. The ingest lets any whole number up to
+    2**63-1 in; a count over ``MOST_VISITS`` (one door's people between two
+    flushes) is a broken sensor or a hostile station, and is left out, as is a
+    row written by hand or by an older hub that is not a count: neither may
+    overflow the sum or fail the whole report."""
+    e = events.c
+    if dialect == "postgresql":
+        # The cast would refuse a row whose text is not JSON at all; the hub writes
+        # only JSON there (``_data_json``), and PostgreSQL 15 has no IS JSON.
+        count = sa.cast(e.data, JSONB)["count"]
+        return sa.case(
+            (sa.and_(sa.func.jsonb_typeof(count) == "number",
+                     count.astext.regexp_match(r"^[0-9]{1,9}$")),
+             sa.case((sa.cast(count.astext, sa.BigInteger) <= MOST_VISITS,
+                      sa.cast(count.astext, sa.BigInteger)), else_=0)),
+            else_=0)
+    count = sa.func.json_extract(e.data, "$.count")
+    return sa.case(
+        (sa.and_(sa.func.json_valid(e.data) == 1,
+                 sa.func.json_type(e.data, "$.count") == "integer",
+                 count >= 0, count <= MOST_VISITS), count),
+        else_=0)
 
 
 def _refills(conn: sa.Connection, rows: dict[str, Figures], from_ms: int, to_ms: int,

@@ -25,6 +25,7 @@ from protocol import messages as m
 from protocol.topics import Kind
 
 HOUR_MS = 3_600_000
+FLUSH_S = 300.0
 EPOCH = "9f2c01ab"
 
 
@@ -101,7 +102,10 @@ def simulate(hub: Any, sids: list[str], seed: int, until_ms: int) -> Simulated:
                 _death(hub, st)
         hub.clock.advance(3600)
         hub.ledger.hub_alive(hub.clock.ms())
-    hub.writer.flush()
+    # Months of events are many commits: more than the writer's usual five seconds
+    # on PostgreSQL on a busy machine.
+    if not hub.writer.flush(timeout=FLUSH_S):
+        raise RuntimeError(f"the hub's writer did not commit the simulation in {FLUSH_S} s")
     return sim
 
 
@@ -193,7 +197,7 @@ def run(config_path: str, seed: int, first: str, months: int, log: str | None) -
         hub.ledger.hub_started(start)
         sim = simulate(hub, sids, seed, until)
         hub.ledger.hub_stopped(hub.clock.ms())
-        hub.writer.flush()
+        hub.writer.flush(timeout=FLUSH_S)
     finally:
         hub.close()
     if log:
