@@ -163,6 +163,20 @@ def test_a_poster_of_no_station_is_not_found(hub, sid):
     assert b"<svg" not in resp.data
 
 
+def test_markup_in_a_name_or_address_is_printed_as_text(tmp_path):
+    marked = [{"sid": "yh-chumen-01", "name": "<script>alert(1)</script>驿站",
+               "address": '"><svg onload=alert(1)>', "hours": "24h"}]
+    h = console_hub(tmp_path, ManualClock(T0), stations=marked, public_url=PUBLIC)
+    try:
+        html = h.app.test_client().get("/public/v1/stations/yh-chumen-01/poster") \
+            .get_data(as_text=True)
+    finally:
+        h.close()
+    assert "<script>alert" not in html and "<svg onload" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;驿站" in html
+    assert "&#34;&gt;&lt;svg onload=alert(1)&gt;" in html
+
+
 def test_the_poster_needs_no_sign_in_and_takes_no_form(hub):
     client = hub.app.test_client()
     assert client.get("/public/v1/stations/yh-chumen-01/poster").status_code == 200
