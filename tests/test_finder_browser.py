@@ -14,13 +14,16 @@ the browser's own Resource Timing. Screenshots go to the test's tmp dir, or to
 from __future__ import annotations
 
 import os
+import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import unquote
 
 import pytest
 
 from hub.public.finder import distance_m
+from hub.public.maps import navigate
 from hub.service import Hub
 from tests.harness.browser import Chromium, require_chromium
 from tests.harness.console_app import bring_online, console_hub, go_offline
@@ -89,6 +92,17 @@ def served(tmp_path) -> Iterator[tuple[Hub, str]]:
         h.close()
 
 
+def _same_link(got: str, want: str) -> bool:
+    """The same URL once decoded, its coordinates equal to 1e-6° (the script's
+    sines and Python's may differ in the last bit)."""
+    numbers = re.compile(r"\d+\.\d{6}")
+    got, want = unquote(got), unquote(want)
+    if numbers.sub("#", got) != numbers.sub("#", want):
+        return False
+    return all(abs(float(a) - float(b)) <= 1.5e-6
+               for a, b in zip(numbers.findall(got), numbers.findall(want), strict=True))
+
+
 def _order(page) -> list[str]:
     return page.eval_on_selector_all("#list > li", "els => els.map(e => e.dataset.sid)")
 
@@ -130,12 +144,16 @@ def test_a_phone_finds_the_nearest_working_station(served, shots):
             assert _next_of(phone, sid) == "#s-yh-chumen-03"
         assert phone.locator("#s-yh-chumen-01 .next a").inner_text() == "楚门镇菜场驿站"
         assert phone.locator("#s-yh-chumen-01 .km").inner_text() == "120 m"
-        # the navigate links are there for a placed station, in the apps' forms
-        links = phone.eval_on_selector_all("#s-yh-chumen-03 details a",
-                                           "els => els.map(e => e.href)")
-        assert [u.split("?")[0] for u in links] == [
-            "https://uri.amap.com/marker", "https://api.map.baidu.com/marker",
-            "https://apis.map.qq.com/uri/v1/marker"]
+        # the navigate links, made by the page's script, are the hub's navigate()
+        # (hub/public/maps.py, the one tested against the GCJ-02 reference points)
+        for sid, name, lat, lon, _kind in FLEET[:5]:
+            links = phone.eval_on_selector_all(f"#s-{sid} details a",
+                                               "els => els.map(e => [e.className, e.href])")
+            assert [k for k, _ in links] == ["amap", "baidu", "qq"]
+            address = f"{name[:3]}{FLEET.index((sid, name, lat, lon, _kind)) + 1} 号"
+            for (app, href), want in zip(links, navigate(lat, lon, name, address).values(),
+                                         strict=True):
+                assert _same_link(href, want), (app, href, want)
         phone.screenshot(path=str(shots / "finder-phone.png"), full_page=True,
                          animations="disabled")
         phone.click("#s-yh-chumen-01 .next a")

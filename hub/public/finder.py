@@ -1,11 +1,12 @@
 """What the finder page shows of each station, before the phone knows where it is.
 
-The hub renders every station with its words, its navigate links and, when it
-is not working, the nearest station that is: measured from the station the
+The hub renders every station with its words and, when it is not working, the
+nearest station that is: measured from the station the
 page is centred on (``?near=<sid>``, the poster's QR code), else from the broken
 station itself. The page's script then re-sorts the list by distance from the
 phone and points each broken station at the working one nearest the phone —
-computed on the phone; its position is never sent to the hub.
+computed on the phone; its position is never sent to the hub — and adds each
+station's navigate links (``hub.public.maps.navigate``, in the page's script).
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import json
 import math
 from typing import Any
 
-from hub.public.maps import navigate
 from hub.public.words import LANGUAGES, ZH
 
 
@@ -84,13 +84,12 @@ def page(stations: list[dict[str, Any]], near: str | None,
         item = {**s, "facts": status_words(s, w), "next": None, "km": ""}
         if origin is not None and _placed(s):
             item["km"] = kilometres(distance_m(*origin, s["lat"], s["lon"]))
-        if _placed(s):
-            item["nav"] = navigate(s["lat"], s["lon"], s["name"], s["address"])
         if not s["working"]:
             lat, lon = origin or ((s["lat"], s["lon"]) if _placed(s) else (None, None))
             item["next"] = nearest_working(stations, lat, lon)
         items.append(item)
-    script_words = {k: w[k] for k in ("located", "no_position", "locating")}
+    script_words = {k: w[k] for k in ("located", "no_position", "locating", "amap", "baidu",
+                                       "qq")}
     return {"items": items, "centre": centre, "any_working": any(s["working"] for s in stations),
             "script_words": json.dumps(script_words, ensure_ascii=False).replace("<", "\\u003c")}
 

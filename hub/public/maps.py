@@ -8,6 +8,10 @@ for a rider — so the hub shifts each place to GCJ-02 itself (the published
 formula, good to a metre or two) and gives every app the shifted point, saying
 so where the app asks: one conversion, checked once, rather than trusting three
 apps' handling of a ``wgs84`` flag. Outside China GCJ-02 is WGS-84 unchanged.
+
+The finder page builds its links in its own script (they were half its bytes
+when sent for every station); ``navigate`` is the reference that script follows,
+and tests/test_finder_browser.py checks that the two agree.
 """
 
 from __future__ import annotations
