@@ -5,7 +5,8 @@ the URL a rider's phone would open is the finder centred on that station.
 An in-process hub (SQLite file, ManualClock, not started: the poster needs no MQTT)
 served by waitress on a free port. Without Chromium, pdftoppm or zbarimg the
 decoding tests are skipped with the reason, except under CI (env ``CI``), where they
-fail.
+fail. With ``YIZHAN_SCREENSHOTS=docs/img/finder`` the printed poster is also saved
+there as ``poster.png`` (the picture of docs/finder.md).
 """
 
 from __future__ import annotations
@@ -75,7 +76,21 @@ def bare_hub(tmp_path):
     h.close()
 
 
-def printed_codes(url: str, tmp: Path) -> tuple[int, list[str]]:
+REPO = Path(__file__).resolve().parent.parent
+
+
+def save_picture(pdftoppm: str, pdf: Path, name: str) -> None:
+    where = os.environ.get("YIZHAN_SCREENSHOTS")
+    if not where:
+        return
+    path = Path(where) if Path(where).is_absolute() else REPO / where
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run([pdftoppm, "-r", "40", "-png", "-singlefile", str(pdf),
+                    str(path / name)], check=True, timeout=60)
+    (path / f"{name}.png").chmod(0o644)  # pdftoppm writes it private; it is a doc's picture
+
+
+def printed_codes(url: str, tmp: Path, picture: str | None = None) -> tuple[int, list[str]]:
     """Print ``url`` to A4 PDF in Chromium as a host would, render each page at
     150 dpi with pdftoppm and read every QR code on it with zbarimg: (pages, codes)."""
     require_chromium()
@@ -89,6 +104,8 @@ def printed_codes(url: str, tmp: Path) -> tuple[int, list[str]]:
                  prefer_css_page_size=True)
     subprocess.run([pdftoppm, "-r", "150", "-png", str(pdf), str(tmp / "page")],
                    check=True, timeout=60)
+    if picture:
+        save_picture(pdftoppm, pdf, picture)
     pngs = sorted(tmp.glob("page*.png"))
     codes: list[str] = []
     for png in pngs:
@@ -105,7 +122,7 @@ def test_the_printed_poster_has_one_page_whose_qr_opens_the_finder_on_that_stati
         hub, tmp_path):
     for base in served(hub):
         pages, codes = printed_codes(f"{base}/public/v1/stations/yh-chumen-02/poster",
-                                     tmp_path)
+                                     tmp_path, picture="poster")
     assert pages == 1
     assert codes == ["https://yizhan.example.cn/yuhuan/find?near=yh-chumen-02"]
 
