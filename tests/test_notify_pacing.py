@@ -27,6 +27,7 @@ from prometheus_client import CollectorRegistry
 from hub.alerting.acklink import AckLinks
 from hub.alerting.notify import Outbox, build_notifiers
 from hub.alerting.notify.base import DeliveryFailed
+from hub.alerting.notify.first import goes_first
 from hub.alerting.notify.pacing import RATES, Pacer, first_up, foldable, robot_key
 from hub.config import NotifierSpec, parse_hub_config
 from hub.config.rules import NOTIFY_TEST
@@ -411,6 +412,16 @@ def test_the_last_station_of_a_group_online_is_the_one_whose_offline_goes_first(
     stations.born("yh-a-1")  # the area has a station again
     assert not any(last(s) for s in ("yh-a-1", "yh-a-2", "yh-a-3"))
     assert not last("yh-nobody") and not last("")
+    # What the outbox asks: by rule, then the fleet; hostile alerts are simply not first.
+    assert goes_first({"rule": "tamper", "sid": "yh-a-1"}, None)
+    assert goes_first({"rule": "heater_lockout"}, last)
+    assert goes_first({"rule": "station_offline", "sid": "yh-b-1"}, last)
+    assert not goes_first({"rule": "station_offline", "sid": "yh-b-1"}, None)
+    assert not goes_first({"rule": "water_empty", "sid": "yh-b-1", "severity": "critical"}, last)
+    for hostile in ({"rule": {"x": 1}}, {"rule": 10**30}, {"rule": "station_offline"},
+                    {"rule": "station_offline", "sid": 10**30},
+                    {"rule": "station_offline", "sid": "y" * 10_000}):
+        assert not goes_first(hostile, last)
 
 
 def test_what_goes_first_is_kept_on_the_row_across_a_restart(

@@ -34,6 +34,8 @@ def goes_first(alert: Mapping[str, Any],
     ``last_of_group_down(sid)``: the fleet's judgement (None: no fleet, and no
     station_offline goes first)."""
     rule = alert.get("rule")
+    if not isinstance(rule, str):
+        return False
     if rule in ALWAYS_FIRST:
         return True
     if rule != OFFLINE or last_of_group_down is None:
