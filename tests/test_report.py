@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 from collections import defaultdict
 from pathlib import Path
 
@@ -348,3 +349,41 @@ def test_a_visit_row_that_is_not_a_count_adds_nothing(database_url: str, tmp_pat
         assert [r.visits for r in rep.stations] == [7, 0, 0]
     finally:
         hub.close()
+
+
+def test_the_page_in_chromium_draws_its_charts_at_a_desk_and_on_a_phone(simulated,
+                                                                         tmp_path: Path) -> None:
+    from werkzeug.serving import make_server
+
+    from tests.harness.browser import Chromium, require_chromium
+    from tests.harness.console_app import PASSWORD
+
+    require_chromium()
+    hub, _sim = simulated
+    server = make_server("127.0.0.1", 0, hub.app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{server.server_port}"
+    out = Path(os.environ.get("REPORT_PICTURES") or tmp_path)
+    try:
+        with Chromium() as chromium:
+            for name, size in (("desk", (1280, 900)), ("phone", (390, 844))):
+                page = chromium.page(*size)
+                page.goto(base + "/console/signin")
+                page.fill("input[name=name]", "desk")
+                page.fill("input[name=password]", PASSWORD)
+                page.click("button[type=submit]")
+                page.wait_for_url("**/console/")
+                page.goto(base + "/console/report?period=2026-11")
+                charts = page.locator("figure.report-chart svg")
+                assert charts.count() == 3
+                for i in range(3):
+                    box = charts.nth(i).bounding_box()
+                    assert box is not None and 300 <= box["width"] <= 640 and box["height"] > 30
+                assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+                if hub.store.dialect == "sqlite":
+                    page.screenshot(path=str(out / f"console-report-{name}.png"), full_page=True,
+                                    animations="disabled")
+    finally:
+        server.shutdown()
+        thread.join(10)
