@@ -102,18 +102,17 @@ class Report:
     groups: list[Figures]
     fleet: Figures
     previous: Report | None = None
+    _before: dict | None = field(default=None, repr=False, compare=False)
 
     def previous_of(self, row: Figures) -> Figures | None:
         """The same line in the period before (None where it had no such line)."""
         if self.previous is None:
             return None
-        if row.kind == "fleet":
-            return self.previous.fleet
-        lines = self.previous.stations if row.kind == "station" else self.previous.groups
-        for other in lines:
-            if (other.sid, other.group) == (row.sid, row.group):
-                return other
-        return None
+        if self._before is None:  # an index, not a search a line: 5 000 stations
+            prev = self.previous
+            self._before = {(r.kind, r.sid, r.group): r
+                            for r in [*prev.stations, *prev.groups, prev.fleet]}
+        return self._before.get((row.kind, row.sid, row.group))
 
 
 def compute(hub: Any, period: Period, tz: dt.tzinfo, *, groups: Iterable[str] | None = None,
