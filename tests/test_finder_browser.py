@@ -13,6 +13,9 @@ the browser's own Resource Timing. Screenshots go to the test's tmp dir, or to
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import math
 import os
 import re
 import threading
@@ -23,7 +26,7 @@ from urllib.parse import unquote
 import pytest
 
 from hub.public.finder import distance_m
-from hub.public.maps import navigate
+from hub.public.maps import navigate, wgs84_to_gcj02
 from hub.service import Hub
 from tests.harness.browser import Chromium, require_chromium
 from tests.harness.console_app import bring_online, console_hub, go_offline
@@ -70,13 +73,19 @@ def shots(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def served(tmp_path) -> Iterator[tuple[Hub, str]]:
+    with _served(tmp_path) as hub_and_base:
+        yield hub_and_base
+
+
+@contextlib.contextmanager
+def _served(tmp_path, **extra) -> Iterator[tuple[Hub, str]]:
     require_chromium()
     stations = [{"sid": sid, "name": name, "group": sid.split("-")[1], "hours": "24h",
                  **({"lat": lat, "lon": lon, "address": f"{name[:3]}{i + 1} 号",
                      "host": "村便民服务中心"} if lat is not None else {})}
                 for i, (sid, name, lat, lon, _) in enumerate(FLEET)]
     h = console_hub(tmp_path, ManualClock(T0), http={"host": "127.0.0.1", "port": 0},
-                    stations=stations)
+                    stations=stations, **extra)
     for sid, _name, _lat, _lon, kind in FLEET:
         bring_online(h, sid, _state(kind))
         if kind == "offline":
@@ -189,4 +198,57 @@ def test_a_poster_link_centres_on_its_station_without_the_phones_position(served
         assert _next_of(phone, "yh-kanmen-02") == "#s-yh-kanmen-01"
         assert phone.locator("#s-yh-kanmen-01 .km").inner_text().endswith("km")
         phone.screenshot(path=str(shots / "finder-phone-near-en.png"), full_page=True,
+                         animations="disabled")
+
+
+TILES = "https://tiles.test/{z}/{x}/{y}.png"
+#: A 1×1 PNG for every tile: the map's drawing is tested, not a tile server.
+PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAC"
+                       "hwGA60e6kgAAAABJRU5ErkJggg==")
+
+
+def _tile_of(lat: float, lon: float, z: int) -> tuple[int, int]:
+    """Web Mercator tile (x, y) of a point at zoom z."""
+    n = 2 ** z
+    s = math.sin(math.radians(lat))
+    return int((lon + 180) / 360 * n), int((0.5 - math.log((1 + s) / (1 - s)) / (4 * math.pi)) * n)
+
+
+def test_with_a_tile_server_the_page_draws_the_stations_round_the_rider(tmp_path):
+    finder = {"tile_url": TILES, "tile_datum": "gcj02", "tile_attribution": "© 测试底图"}
+    with _served(tmp_path, finder=finder) as (_hub, base), Chromium() as chromium:
+        phone = chromium.page(*PHONE, is_mobile=True, geolocation=HERE,
+                              permissions=["geolocation"])
+        tiles: list[str] = []
+
+        def tile(route) -> None:
+            tiles.append(route.request.url)
+            route.fulfill(status=200, content_type="image/png", body=PNG)
+
+        phone.route("https://tiles.test/**", tile)
+        phone.goto(base + "/find")
+        phone.wait_for_function("document.getElementById('where').textContent"
+                                ".indexOf('按离你的距离排列') === 0")
+        wait_until(lambda: phone.evaluate(
+            "[...document.querySelectorAll('#map img')].every(i => i.complete "
+            "&& i.naturalWidth === 1)"), 10, "the tiles")
+        box = phone.locator("#map").bounding_box()
+        assert box["height"] == 220 and box["width"] > 300
+        # the rider's tile at the zoom chosen, in GCJ-02 as the server draws
+        z = int(tiles[0].split("/")[3])
+        assert 8 <= z <= 16
+        here = wgs84_to_gcj02(HERE["latitude"], HERE["longitude"])
+        tx, ty = _tile_of(*here, z)
+        assert f"https://tiles.test/{z}/{tx}/{ty}.png" in tiles
+        assert all(t.startswith(f"https://tiles.test/{z}/") for t in tiles)
+        # a pin per placed station, red for the broken; the nearest working one,
+        # chumen-03, is on the map, the rider (blue) in its middle
+        pins = phone.eval_on_selector_all("#map a", "els => els.map(e => [e.hash, e.className, "
+                                          "parseFloat(e.style.left), parseFloat(e.style.top)])")
+        assert sorted(p[0] for p in pins) == sorted(f"#s-{f[0]}" for f in FLEET if f[2])
+        assert {p[0]: p[1] for p in pins}["#s-yh-chumen-01"] == "bad"
+        _, css, x, y = next(p for p in pins if p[0] == "#s-yh-chumen-03")
+        assert css == "" and 0 <= x <= box["width"] and 0 <= y <= box["height"]
+        assert phone.locator(".attr").inner_text() == "© 测试底图"
+        phone.screenshot(path=str(tmp_path / "finder-map.png"), full_page=True,
                          animations="disabled")

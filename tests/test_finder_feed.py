@@ -135,6 +135,7 @@ def test_the_page_in_chinese_and_english_names_a_broken_station_and_the_way_on(h
     client = hub.app.test_client()
     zh = client.get("/find?near=yh-chumen-02&from=singlemessage").get_data(as_text=True)
     assert '<html lang="zh-CN">' in zh
+    assert 'id="map"' not in zh  # no tile server configured: no map, nothing to fetch
     assert "按离“楚门镇东站”的距离排列" in zh
     two = zh[zh.index('id="s-yh-chumen-02"'):]
     two = two[:two.index("</li>")]

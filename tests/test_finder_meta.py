@@ -163,3 +163,22 @@ def test_the_console_overrides_the_configuration_and_resets_to_it(hub):
                 {"host": "a\x00b"}):
         with pytest.raises(BadMeta):
             meta.save(hub, "yh-kanmen-01", bad, "boss")
+
+
+def test_the_finders_map_takes_a_tile_server_said_plainly():
+    def finder(**keys):
+        return parse_hub_config({"database": "sqlite:///hub.db", "finder": keys}).finder
+    assert parse_hub_config({"database": "sqlite:///hub.db"}).finder.tile_url is None
+    f = finder(tile_url="https://webrd01.example.cn/appmaptile?x={x}&y={y}&z={z}",
+               tile_datum="gcj02", tile_attribution="© 底图")
+    assert (f.tile_datum, f.tile_origin) == ("gcj02", "https://webrd01.example.cn")
+    assert finder(tile_url="https://t.example/{z}/{x}/{y}.png").tile_datum == "wgs84"
+    for bad, key in (({"tile_url": "ftp://t.example/{z}/{x}/{y}"}, "tile_url"),
+                     ({"tile_url": "https://t.example/{z}/{x}.png"}, "tile_url"),
+                     ({"tile_url": 'https://t.example/{z}/{x}/{y}"onerror=x'}, "tile_url"),
+                     ({"tile_url": "https://t.example/{z}/{x}/{y}", "tile_datum": "bd09"},
+                      "tile_datum"),
+                     ({"tile_attribution": "a\nb"}, "tile_attribution"),
+                     ({"tiles": "x"}, "tiles")):
+        with pytest.raises(ConfigError, match=rf"finder\.{key}"):
+            finder(**bad)

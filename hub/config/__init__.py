@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from hub.config.console import ConsoleConfig, parse_console
+from hub.config.finder import FinderConfig, parse_finder
 from hub.config.notifiers import DEFAULT_ACK_LINK_TTL, LANGUAGES, NotifierSpec, parse_notify
 from hub.config.routes import RoutingConfig, parse_routing
 from hub.config.rules import DEFAULT_RESPONSE_TIME, Rules
@@ -94,6 +95,8 @@ class HubConfig:
     ack_secret: bytes | None = field(default=None, repr=False)
     # the web console (hub/console, docs/console.md)
     console: ConsoleConfig = field(default_factory=ConsoleConfig)
+    # the riders' finder's optional map (hub/config/finder.py, docs/finder.md)
+    finder: FinderConfig = field(default_factory=FinderConfig)
 
     def __post_init__(self) -> None:
         # A config built in code may list bare strings, like the file's first form.
@@ -143,6 +146,7 @@ def parse_hub_config(data: dict, base: Path | None = None, source: str | None = 
                                      if isinstance(n, dict)]),
         **parse_notify(root, base, database),
         console=parse_console(root, base),
+        finder=parse_finder(root),
     )
 
 

@@ -71,12 +71,15 @@ def find():
     words = finder.words_of(request.args.get("lang"))
     page = finder.page(public_stations(hub, now), request.args.get("near"), words)
     at = datetime.fromtimestamp(now / 1000, UTC).astimezone(hub_tz(hub)).strftime("%H:%M")
-    html = render_template("public/find.html", w=words, at=at, **page)
+    tiles = hub.config.finder
+    html = render_template("public/find.html", w=words, at=at, tiles=tiles, **page)
     resp = _answer(html.encode(), "text/html; charset=utf-8", PAGE_MAX_AGE)
-    # The page's own script and style only: nothing else may run or load in it.
+    # The page's own script and style only, and the map's tiles when there is a
+    # tile server: nothing else may run or load in it.
+    images = " ".join(filter(None, ("'self' data:", tiles.tile_origin)))
     resp.headers["Content-Security-Policy"] = (
         "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
-        "img-src 'self' data:; base-uri 'none'; form-action 'none'")
+        f"img-src {images}; base-uri 'none'; form-action 'none'")
     resp.headers["Referrer-Policy"] = "no-referrer"
     return resp
 
