@@ -6,6 +6,7 @@
     yizhan sim board --link /tmp/ttyLOCKER
     yizhan sim board --protocol lock8a --boards 2 --link /tmp/tty8A
     yizhan sim month --config hub.yaml --seed 20 --from 2026-10 --months 2
+    yizhan sim fleet --host BROKER --stations 1000 --truth truth.jsonl
     yizhan demo
     yizhan console-user add NAME --role ROLE [--groups g1,g2] --config hub.yaml
     yizhan provision --secrets DIR --broker-host NAME [--inventory DIR] SID...
@@ -174,6 +175,12 @@ def cmd_sim_month(args: argparse.Namespace) -> int:
     return run(args.config, args.seed, args.start, args.months, args.log)
 
 
+def cmd_sim_fleet(args: argparse.Namespace) -> int:
+    from firmware.sim.fleet.run import run
+
+    return run(args)
+
+
 def cmd_console_user(args: argparse.Namespace) -> int:
     from hub.console.accounts import console_user
 
@@ -296,6 +303,16 @@ def build_parser() -> argparse.ArgumentParser:
     mo.add_argument("--log", metavar="FILE",
                     help="also write every event sent, and the outages, as JSON lines")
     mo.set_defaults(func=cmd_sim_month)
+    fl = ssub.add_parser("fleet", help="1 to 100 000 simulated stations on any broker",
+                         description="Simulated stations as MQTT clients speaking the "
+                                     "contract (births, States, events, wills, replays) "
+                                     "against a broker, with riders by the hour and "
+                                     "scripted or random faults; a ground-truth log to "
+                                     "hold against the hub (docs/simulator.md).")
+    from firmware.sim.fleet.run import add_arguments
+
+    add_arguments(fl)
+    fl.set_defaults(func=cmd_sim_fleet)
 
     c = sub.add_parser("console-user", help="people who sign in to the hub's web console",
                        description="Add, change, disable or list the hub console's users "
