@@ -9,6 +9,7 @@ import json
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -155,3 +156,79 @@ def test_an_unreachable_broker_is_retried_and_logged(tmp_path):
     assert {r["sid"] for r in lines if r["what"] == "connect_failed"} == {
         "sim-00001", "sim-00002", "sim-00003"}
     assert lines[-1]["what"] == "summary" and lines[-1]["connects"] == 0
+
+
+def test_a_manual_clock_drives_heartbeats_and_the_stations_answer_commands(broker):
+    """In process, on a ManualClock: the heartbeat comes when the clock says so, a
+    replay is answered from what the station kept (and names what it never had),
+    an unlock of a jammed slot is answered ``jammed``."""
+    from firmware.sim.fleet.clients import Fleet, Options
+    from firmware.sim.fleet.faults import Fault
+    from firmware.sim.fleet.truth import Truth
+    from tests.harness.mqtt import Subscriber, publish
+    from yizhan.clock import ManualClock
+
+    clock = ManualClock(start=time.time())
+    opts = Options(host=broker.host, port=broker.port, stations=3, prefix="mc-",
+                   visits_per_hour=0, seed=3, faults=[Fault("board_jam", "mc-00002", 0, None)])
+    fleet = Fleet(opts, clock, Truth(None))
+    with Subscriber(broker, ["yizhan/v1/+/state", "yizhan/v1/mc-00002/#"]) as sub:
+        fleet.start()
+
+        def run_until(predicate, what: str) -> None:
+            end = time.monotonic() + 10
+            while not predicate():
+                assert time.monotonic() < end, what
+                fleet.step(0.05)
+
+        clock.advance(1)  # the connects are spread over the first 15 ms
+        run_until(lambda: fleet.counts()["online"] == 3, "three online")
+        states = lambda: [json.loads(r.payload) for r in sub.messages  # noqa: E731
+                          if r.topic.endswith("/state") and r.topic.startswith("yizhan/v1/mc-")]
+        run_until(lambda: len(states()) >= 3, "a State after each birth")
+        before = len(states())
+        clock.advance(60)  # one heartbeat for each station, whenever its offset fell
+        run_until(lambda: len(states()) >= before + 3, "a heartbeat each")
+        assert {s["sid"] for s in states()[before:]} == {"mc-00001", "mc-00002", "mc-00003"}
+
+        now = int(clock.now() * 1000)
+        for cid, cmd, args in (("c-1", "replay", {"from_seq": 1, "to_seq": 5}),
+                               ("c-2", "unlock", {"slot": 1})):
+            publish(broker, "yizhan/v1/mc-00002/cmd",
+                    {"v": 1, "id": cid, "cmd": cmd, "args": args, "ts": now,
+                     "expires": now + 30_000})
+        publish(broker, "yizhan/v1/mc-00002/cmd", b"\xff not json")
+
+        def result(cid: str) -> dict | None:
+            for r in sub.messages:
+                if r.topic.endswith("/cmd/result") and json.loads(r.payload)["id"] == cid:
+                    return json.loads(r.payload)
+            return None
+
+        run_until(lambda: result("c-1") and result("c-2"), "two answers")
+        # board_jam at start made seq 1 (slot_fault); 2..5 were never made.
+        assert result("c-1")["ok"] and result("c-1")["data"] == {"count": 1,
+                                                                 "missing": [[2, 5]]}
+        resent = [json.loads(r.payload) for r in sub.messages if r.topic.endswith("/event")]
+        assert [(e["seq"], e["type"]) for e in resent] == [(1, "slot_fault"), (1, "slot_fault")]
+        assert result("c-2")["ok"] is False and result("c-2")["error"] == "jammed"
+        fleet.stop()
+
+
+def test_random_faults_come_and_go_and_the_stations_come_back(tmp_path, broker):
+    truth = tmp_path / "t.jsonl"
+    done = run_sim("--host", broker.host, "--port", str(broker.port), "--stations", "5",
+                   "--prefix", "rf-", "--duration", "4", "--speed", "1000",
+                   "--fault-rate", "1000", "--keepalive", "1", "--truth", str(truth))
+    assert done.returncode == 0, done.stderr
+    lines = read_truth(truth)
+    started = [r for r in lines if r["what"] == "fault"]
+    assert {r["kind"] for r in started} >= {"power_cut", "board_jam", "tamper"}
+    assert any(r["what"] == "fault_cleared" for r in lines)
+    # Stations came back from power cuts with a new birth.
+    cuts = [r for r in lines if r.get("reason") == "power_cut"]
+    back = [c for c in cuts if any(
+        r.get("sid") == c["sid"] and r["what"] == "online" and r["t"] >= c["t"]
+        and r["birth"] > 1 for r in lines)]
+    assert cuts and back
+    assert lines[-1]["what"] == "summary" and lines[-1]["faults"] == len(started)
