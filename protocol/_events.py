@@ -78,6 +78,22 @@ def _count(d, k, p):
     return read_int(d, k, p, lo=0)
 
 
+#: The most one ``water_drawn`` event may carry: a dispenser's draws and their
+#: water over one flush (15 minutes by default; more after a long outage of the
+#: station loop) stay far below these, and a report summing months of them
+#: stays far from any integer's limit (docs/protocol.md §6).
+MOST_DRAWN_ML = 10_000_000
+MOST_DRAWS = 100_000
+
+
+def _drawn_ml(d, k, p):
+    return read_int(d, k, p, lo=0, hi=MOST_DRAWN_ML)
+
+
+def _draws(d, k, p):
+    return read_int(d, k, p, lo=1, hi=MOST_DRAWS)
+
+
 _EVENT_SPECS: dict[str, tuple[tuple[str, Any], ...]] = {
     "door_opened": _spec(door=_text),
     "door_closed": _spec(door=_text),
@@ -98,6 +114,7 @@ _EVENT_SPECS: dict[str, tuple[tuple[str, Any], ...]] = {
     "maintenance_ended": _spec(staff=_text),
     "tamper": _spec(door=_text),
     "visit": _spec(count=_count),
+    "water_drawn": _spec(draws=_draws, ml=_drawn_ml),
 }
 # The event types of contract §6 and the data keys each must carry. Readers accept
 # other types too (stored, not acted on).

@@ -116,6 +116,8 @@ _data_keys = {
     "level": st.none() | st.floats(0, 1),
     "level_state": st.sampled_from(sorted(m.LEVEL_STATES)),
     "what": st.sampled_from(sorted(m.REFILL_WHAT)),
+    "draws": st.integers(1, 100_000),
+    "ml": st.integers(0, 10_000_000),
 }
 _type_overrides = {
     "bank_borrowed": {"bank": st.none() | words},
@@ -377,10 +379,19 @@ def test_event_without_data_object():
     VALIDATORS[Kind.EVENT].validate(json.loads(raw))
 
 
+def test_water_drawn_round_trips_at_its_limits():
+    for data in ({"draws": 1, "ml": 0}, {"draws": 100_000, "ml": 10_000_000}):
+        raw = m.encode(m.Event("yh-01", "9f2c01ab", 5, True, 7, "water_drawn", data))
+        ev = m.decode(Kind.EVENT, raw, topic_sid="yh-01")
+        assert ev.is_known and ev.data == data
+        VALIDATORS[Kind.EVENT].validate(json.loads(raw))
+
+
 def test_event_types_constant_matches_contract():
     assert m.EVENT_TYPES["bank_borrowed"] == ("slot", "bank", "charge", "rider")
     assert m.EVENT_TYPES["locker_offline"] == ()
-    assert len(m.EVENT_TYPES) == 19
+    assert m.EVENT_TYPES["water_drawn"] == ("draws", "ml")
+    assert len(m.EVENT_TYPES) == 20
 
 
 # -- parse() --------------------------------------------------------------------------
