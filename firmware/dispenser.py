@@ -24,7 +24,9 @@ turns what changes into events.
 
 Events (contract §6): ``water_level`` {level_state, level} on every change of
 the settled level state; ``dispenser_fault`` / ``dispenser_fault_cleared``
-{fault}; ``heater_lockout`` / ``heater_lockout_cleared`` {reason}.
+{fault}; ``heater_lockout`` / ``heater_lockout_cleared`` {reason}; with a flow
+meter, ``water_drawn`` {draws, ml} every ``flow.report_every`` when a draw
+ended, and at close (a draw is a run of pulses ended by ``DRAW_GAP`` without one).
 """
 
 from __future__ import annotations
@@ -115,9 +117,13 @@ def parse_dispenser(section: Section | None) -> DispenserSpec | None:
     flow = None
     fsec = section.section("flow")
     if fsec is not None:
-        known_keys(fsec, ("pin", "ml_per_pulse"))
+        known_keys(fsec, ("pin", "ml_per_pulse", "report_every"))
         flow = FlowSpec(pin=gpio_pin(fsec, "pin", required=True),
-                        ml_per_pulse=fsec.float("ml_per_pulse", 2.25, lo=0.01, hi=1000))
+                        ml_per_pulse=fsec.float("ml_per_pulse", 2.25, lo=0.01, hi=1000),
+                        report_every=_positive(fsec, "report_every", 15 * 60.0))
+        if flow.report_every > 86_400:
+            # A day of draws held in memory is a day lost at a power cut.
+            raise ConfigError(fsec.key("report_every"), "must be at most 1 day")
     safety = _parse_safety(section.section("safety"),
                            thermometer.sensor_timeout if thermometer else 10.0)
     spec = DispenserSpec(
@@ -211,6 +217,9 @@ def _check_pins(spec: DispenserSpec) -> None:
 _TEMP_STEP_C = 0.5
 _LEVEL_STEP = 0.02
 _FLOW_STEP_ML = 250
+#: A draw ends when the meter has been quiet this long: a cup under the tap is
+#: one steady run of pulses; the next rider's cup comes seconds later at least.
+DRAW_GAP = 2.0
 
 
 class Dispenser:
@@ -258,6 +267,16 @@ class Dispenser:
         self.level: float | None = None
         self._candidate: tuple[str, float] | None = None  # (state, since)
         self._reported: tuple | None = None
+        # Draws (docs/protocol.md §6 water_drawn): pulses seen at the last poll,
+        # the pulses of the draw running now and when its last pulse was seen,
+        # the draws ended and their pulses not yet reported.
+        self._pulses_seen = 0
+        self._draw_pulses = 0
+        self._draw_last: float | None = None
+        self._draws = 0
+        self._drawn_pulses = 0
+        if spec.flow is not None:
+            self._next_drawn = clock.monotonic() + spec.flow.report_every
 
     # -- reading ------------------------------------------------------------------------
 
@@ -346,7 +365,45 @@ class Dispenser:
                     reports.append(("heater_lockout_cleared", {"reason": before.reason}))
             for type_, data in reports:
                 self.reporter.event(type_, data)
+            if self._flow is not None:
+                self._watch_draws()
             self._maybe_changed()
+
+    def _watch_draws(self) -> None:
+        assert self._flow is not None and self.spec.flow is not None
+        now = self.clock.monotonic()
+        pulses = self._flow.pulses
+        if pulses > self._pulses_seen:
+            self._draw_pulses += pulses - self._pulses_seen
+            self._pulses_seen = pulses
+            self._draw_last = now
+        elif self._draw_last is not None and now - self._draw_last >= DRAW_GAP:
+            self._end_draw()
+        if now >= self._next_drawn:
+            self._next_drawn = now + self.spec.flow.report_every
+            self._report_draws()
+
+    def _end_draw(self) -> None:
+        if self._draw_last is not None:
+            self._draws += 1
+            self._drawn_pulses += self._draw_pulses
+        self._draw_pulses, self._draw_last = 0, None
+
+    def _report_draws(self) -> None:
+        """``water_drawn`` for the draws ended since the last one, if any. The
+        counts start again only once the reporter (the journal) took the event."""
+        if not self._draws:
+            return
+        assert self.spec.flow is not None
+        ml = round(self._drawn_pulses * self.spec.flow.ml_per_pulse)
+        self.reporter.event("water_drawn", {"draws": self._draws, "ml": ml})
+        self._draws = self._drawn_pulses = 0
+
+    @property
+    def draws_pending(self) -> tuple[int, int]:
+        """(draws ended, their pulses) not yet in a ``water_drawn``."""
+        with self._lock:
+            return self._draws, self._drawn_pulses
 
     def _read_level(self) -> None:
         assert self._level is not None
@@ -395,16 +452,29 @@ class Dispenser:
             self.safety.cut()
 
     def close(self) -> None:
-        """Heater off and every pin released; idempotent."""
+        """Heater off, the draws so far reported (a draw running counts as ended)
+        and every pin released; idempotent. Close it while the reporter (the
+        journal) is still open."""
         with self._lock:
             if self._closed:
                 return
-            if self._heater is not None:
+            try:
+                if self._heater is not None:
+                    try:
+                        self._heater.off()
+                    finally:
+                        self._heater.close()
+            finally:
+                self._closed = True
                 try:
-                    self._heater.off()
+                    if self._flow is not None and hasattr(self, "_next_drawn"):
+                        self._draw_pulses += max(0, self._flow.pulses - self._pulses_seen)
+                        self._pulses_seen = self._flow.pulses
+                        if self._draw_pulses:
+                            self._draw_last = self._draw_last or self.clock.monotonic()
+                        self._end_draw()
+                        self._report_draws()
                 finally:
-                    self._heater.close()
-            self._closed = True
-            for part in (self._flow, self._thermometer, self._level):
-                if part is not None:
-                    part.close()
+                    for part in (self._flow, self._thermometer, self._level):
+                        if part is not None:
+                            part.close()

@@ -24,6 +24,7 @@ from firmware.parts import RecordingReporter
 from firmware.safety import SafetyLimits
 from firmware.sim.water import WaterSim, sim_spec, w1_slave_text
 from protocol.messages import Dispenser as DispenserSection
+from protocol.messages import Event
 from yizhan.config import ConfigError, Section
 
 HEATER, LOW, EMPTY, FLOW = 23, 5, 6, 24
@@ -419,6 +420,58 @@ def test_random_riders_draw_through_the_meter(tmp_path, make_rig):
     r.close()
 
 
+def test_each_cup_is_a_draw_and_water_drawn_reports_them_every_report_every(
+        tmp_path, make_rig):
+    r = make_rig(make_spec(tmp_path))
+    r.run(0.25)
+    r.sim.draw(450)  # 200 pulses of 2.25 ml
+    r.run(20.0, step=0.25)
+    r.sim.draw(225)  # 100 pulses
+    r.run(20.0, step=0.25)
+    assert r.events("water_drawn") == []  # not before report_every
+    assert r.dispenser.draws_pending == (2, 300)
+    r.run(15 * 60.0, step=5.0)
+    assert r.events("water_drawn") == [("water_drawn", {"draws": 2, "ml": 675})]
+    r.run(15 * 60.0, step=5.0)  # nothing drawn: no event with draws 0
+    assert len(r.events("water_drawn")) == 1
+    r.close()
+
+
+def test_random_riders_water_drawn_adds_up_to_what_they_drew(tmp_path, make_rig):
+    r = make_rig(make_spec(tmp_path), draws_per_hour=30.0, seed=5)
+    r.run(2 * 3600, step=0.5)
+    r.dispenser.close()  # the draws since the last report, and one running, go out now
+    drawn = r.events("water_drawn")
+    assert len(drawn) >= 4
+    assert sum(d["ml"] for _, d in drawn) == pytest.approx(r.sim.pulses * 2.25, abs=len(drawn))
+    # Each event is a valid contract §6 water_drawn.
+    for _, d in drawn:
+        ev = Event.from_dict({"v": 1, "sid": "yh-01", "epoch": "9f2c01ab", "ts": 1,
+                              "synced": True, "seq": 1, "type": "water_drawn", "data": d})
+        assert ev.data == d
+    r.close()
+
+
+def test_a_draw_running_at_close_is_reported(tmp_path, make_rig):
+    r = make_rig(make_spec(tmp_path))
+    r.run(0.25)
+    r.sim.draw(2250)  # 1 000 pulses, longer than the steps below
+    r.run(1.0, step=0.25)
+    r.dispenser.close()
+    (_, data), = r.events("water_drawn")
+    assert data["draws"] == 1 and 0 < data["ml"] <= 2250
+    assert data["ml"] == round(r.sim.pulses * 2.25)
+    r.close()
+
+
+def test_without_a_flow_meter_nothing_is_drawn(tmp_path, make_rig):
+    r = make_rig(replace(make_spec(tmp_path), flow=None))
+    r.run(20 * 60.0, step=5.0)
+    r.dispenser.close()
+    assert r.events("water_drawn") == []
+    r.close()
+
+
 # -- the State section -------------------------------------------------------------------------
 
 
@@ -546,7 +599,7 @@ def test_parse_dispenser():
         level=FloatLevelSpec(low_pin=5, empty_pin=6),
         thermometer=ThermometerSpec(device="28-0316a2795a1f"),
         heater_pin=23,
-        flow=FlowSpec(pin=24, ml_per_pulse=2.25),
+        flow=FlowSpec(pin=24, ml_per_pulse=2.25, report_every=900.0),
     )
     assert spec.pins() == {5: "dispenser.level.low_pin", 6: "dispenser.level.empty_pin",
                            23: "dispenser.heater_pin", 24: "dispenser.flow.pin"}
@@ -598,6 +651,10 @@ def with_(d, **changes):
     (with_(FULL, level={"type": "mcp3008", "channel": 0}, heater_pin=10),
      "dispenser.heater_pin", "SPI0"),
     (with_(FULL, flow={"ml_per_pulse": 2}), "dispenser.flow.pin", "is required"),
+    (with_(FULL, flow={"pin": 24, "report_every": 0}), "dispenser.flow.report_every",
+     "longer than zero"),
+    (with_(FULL, flow={"pin": 24, "report_every": 10**30}), "dispenser.flow.report_every",
+     "at most 1 day"),
     (with_(FULL, safety={"target_c": 99}), "dispenser.safety", "max_temp_c"),
     (with_(FULL, safety={"max_on": "0s"}), "dispenser.safety.max_on", "longer than zero"),
     (with_(FULL, heater="on"), "dispenser.heater", "unknown key"),

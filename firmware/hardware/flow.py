@@ -16,10 +16,12 @@ from typing import Any
 
 @dataclass(frozen=True)
 class FlowSpec:
-    """A hall-effect flow meter: ``ml_per_pulse`` millilitres per pulse."""
+    """A hall-effect flow meter: ``ml_per_pulse`` millilitres per pulse; the
+    draws it saw are reported every ``report_every`` seconds (``water_drawn``)."""
 
     pin: int
     ml_per_pulse: float = 2.25
+    report_every: float = 15 * 60.0
 
 
 class FlowMeter:
