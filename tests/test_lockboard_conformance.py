@@ -376,27 +376,24 @@ def test_a_board_behind_an_echoing_adapter(tmp_path):
     # The dongle hears its own request first: "8A 01 01 11 9B" is then also what
     # the board answers for a made contact, so the echo is dropped by position.
     sim = Lock8ABusSim((1,), 24, link_path=tmp_path / "tty").start()
-    bus = Bus(sim.port, 9600, echo=True)
+
+    def echoing_open(*args: Any, **kwargs: Any) -> Any:
+        import serial
+
+        port = serial.serial_for_url(*args, **kwargs)
+        real_write = port.write
+
+        def write(data: bytes) -> int:
+            n = real_write(data)
+            sim.inject_garbage(data)  # what the adapter hears of its own transmission
+            return n
+
+        port.write = write
+        return port
+
+    bus = Bus(sim.port, 9600, echo=True, open_port=echoing_open)
     try:
         board = Lock8A(bus, 1, 24)
-        real_write = None
-
-        def echoing_open(*args: Any, **kwargs: Any) -> Any:
-            nonlocal real_write
-            import serial
-
-            port = serial.serial_for_url(*args, **kwargs)
-            real_write = port.write
-
-            def write(data: bytes) -> int:
-                n = real_write(data)
-                sim.inject_garbage(data)  # what the adapter hears of its own transmission
-                return n
-
-            port.write = write
-            return port
-
-        bus._open_port = echoing_open
         sim.jam(1, 1)
         assert board.unlock(1) is Latch.STILL_LOCKED
         sim.jam(1, 1, False)

@@ -18,20 +18,20 @@ adapter pulled) is closed and reopened by the next request.
 
 from __future__ import annotations
 
-import errno
 import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
-import serial
-
-try:  # a tty that vanished fails tcflush/tcsetattr with termios.error, not OSError
-    from termios import error as _TermiosError
-except ImportError:  # pragma: no cover - not a POSIX system
-    _TermiosError = OSError
-
+from firmware.hardware.serial_port import (
+    READ_SLICE,
+    BoardOffline,
+    LockerError,
+    OpenPort,
+    PortInUse,
+    SerialPort,
+)
 from protocol.errors import BoardError, FrameError
 from protocol.frames import (
     RESPONSE_BIT,
@@ -62,30 +62,6 @@ __all__ = [
     "PortInUse",
 ]
 
-# What a vanished port raises on a read, a write or a flush.
-_PORT_GONE = (serial.SerialException, OSError, _TermiosError)
-
-# pyserial waits at most this long in one read, so a request overshoots its
-# 200 ms deadline by no more than this (the port's own timeout is not changed
-# per read: on a tty that is a tcsetattr each time).
-_READ_SLICE = 0.02
-
-
-class LockerError(Exception):
-    """Root of every error the locker raises (board and :mod:`firmware.locker`)."""
-
-
-class BoardOffline(LockerError, ConnectionError):
-    """The board did not answer (after the retries), or its serial port is gone.
-
-    The station's word for "the locker cannot be reached right now"; a request
-    may succeed again later, the port is reopened by the next one.
-    """
-
-
-class PortInUse(BoardOffline):
-    """Another process holds the serial port (our open is exclusive)."""
-
 
 class BoardRefused(LockerError, BoardError):
     """The board answered with an error frame; ``code`` is an
@@ -93,7 +69,6 @@ class BoardRefused(LockerError, BoardError):
     command. Also a :class:`protocol.errors.BoardError`."""
 
 
-OpenPort = Callable[..., Any]
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -135,15 +110,13 @@ class LockerBoard:
         self.address = address
         self.timeout = timeout
         self.retries = retries
-        self._open_port: OpenPort = open_port or serial.serial_for_url
+        self._port = SerialPort(
+            self.port, baudrate, read_slice=min(timeout, READ_SLICE), open_port=open_port
+        )
         self._lock = threading.RLock()
-        self._ser: Any = None
-        self._closed = False
-        self._ever_opened = False
         self._decoder = FrameDecoder()
         self.requests = 0
         self.timeouts = 0
-        self.reopen_count = 0
         self._malformed = 0
 
     def __repr__(self) -> str:
@@ -154,7 +127,12 @@ class LockerBoard:
 
     @property
     def is_open(self) -> bool:
-        return self._ser is not None
+        return self._port.is_open
+
+    @property
+    def reopen_count(self) -> int:
+        """Successful opens after the port was lost."""
+        return self._port.reopen_count
 
     @property
     def bad_frames(self) -> int:
@@ -173,27 +151,13 @@ class LockerBoard:
         when it cannot be opened (missing device, no permission).
         """
         with self._lock:
-            self._closed = False
-            if self._ser is not None:
-                return
-            try:
-                ser = self._open_port(
-                    self.port, baudrate=self.baudrate, timeout=min(self.timeout, _READ_SLICE),
-                    exclusive=True,
-                )
-            except (*_PORT_GONE, ValueError) as err:
-                raise _open_error(self.port, err) from err
-            self._ser = ser
-            if self._ever_opened:
-                self.reopen_count += 1
-            self._ever_opened = True
-            self._decoder.reset()
+            if self._port.open():
+                self._decoder.reset()
 
     def close(self) -> None:
         """Close the port; idempotent. Requests after this raise until :meth:`open`."""
         with self._lock:
-            self._closed = True
-            self._drop_port()
+            self._port.close()
 
     def __enter__(self) -> LockerBoard:
         self.open()
@@ -233,18 +197,12 @@ class LockerBoard:
         """Send ``request`` until an answer for it that ``parse`` accepts comes back;
         return what ``parse`` made of it."""
         with self._lock:
-            if self._closed:
+            if self._port.closed:
                 raise LockerError(f"locker board on {self.port} is closed")
             self.open()
             last = "no answer"
             for attempt in range(1 + self.retries):
-                try:
-                    got = self._exchange(cmd, request, parse)
-                except _PORT_GONE as err:
-                    # The adapter is gone (EIO, ENXIO...): forget the fd so the
-                    # next request reopens the path once udev has it back.
-                    self._drop_port()
-                    raise BoardOffline(f"serial port {self.port} failed: {err}") from err
+                got = self._port.guard(lambda: self._exchange(cmd, request, parse))
                 if got is None:
                     self.timeouts += 1
                     continue
@@ -269,7 +227,7 @@ class LockerBoard:
     ) -> T | Frame | _Malformed | None:
         """One attempt: the parsed answer, the error frame, a malformed answer, or
         None on timeout."""
-        ser = self._ser
+        ser = self._port.ser
         ser.reset_input_buffer()  # an answer to an earlier, timed-out attempt is stale
         self._decoder.reset()
         self.requests += 1
@@ -301,16 +259,6 @@ class LockerBoard:
             return True
         return frame.cmd == Cmd.ERROR and len(frame.payload) == 2 and frame.payload[0] == cmd
 
-    def _drop_port(self) -> None:
-        ser, self._ser = self._ser, None
-        if ser is None:
-            return
-        try:
-            ser.close()
-        except _PORT_GONE as err:
-            # Closing a vanished device can fail too; the fd is released either way.
-            log.debug("closing %s: %s", self.port, err)
-
 
 class _Malformed:
     __slots__ = ("reason",)
@@ -329,21 +277,3 @@ def _result_for(slot: int, parse: Callable[[Frame], tuple[int, R]]) -> Callable[
         return result
 
     return parse_result
-
-
-def _open_error(port: str, err: BaseException) -> BoardOffline:
-    code = getattr(err, "errno", None)
-    text = str(err)
-    if code in (errno.EAGAIN, errno.EWOULDBLOCK) or "exclusively lock" in text:
-        return PortInUse(
-            f"serial port {port} is in use by another process (exclusive lock); "
-            f"stop the other program (a second agent, minicom, screen) first"
-        )
-    if code == errno.EACCES:
-        return BoardOffline(
-            f"no permission to open serial port {port}: add the agent's user to the "
-            f"dialout group ({text})"
-        )
-    if code == errno.ENOENT:
-        return BoardOffline(f"serial port {port} does not exist (adapter unplugged?)")
-    return BoardOffline(f"cannot open serial port {port}: {text}")

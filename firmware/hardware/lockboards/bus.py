@@ -18,9 +18,9 @@ attempt of any poll that is waiting, so a rider never waits behind a silent
 board's retries. Bytes no transaction wanted (a board's unsolicited change
 frame) go to the scanners drivers registered with :meth:`listen`.
 
-Open, close, reopen and the error texts are those of the YZ-LB1 board
-(:mod:`firmware.hardware.board`): an exclusive open, :class:`PortInUse`, and a
-vanished port closed at once and reopened by the next request.
+Open, close, reopen and the error texts are those of the YZ-LB1 board, from the
+one :mod:`firmware.hardware.serial_port`: an exclusive open, :class:`PortInUse`,
+and a vanished port closed at once and reopened by the next request.
 """
 
 from __future__ import annotations
@@ -31,18 +31,14 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-import serial
-
-from firmware.hardware.board import (
-    _PORT_GONE,
-    _READ_SLICE,
+from firmware.hardware.lockboards.base import Found
+from firmware.hardware.serial_port import (
     BoardOffline,
     LockerError,
     OpenPort,
     PortInUse,
-    _open_error,
+    SerialPort,
 )
-from firmware.hardware.lockboards.base import Found
 
 log = logging.getLogger(__name__)
 
@@ -92,19 +88,15 @@ class Bus:
         self.baudrate = baudrate
         self.timeout = float(timeout)
         self.echo = bool(echo)
-        self._open_port: OpenPort = open_port or serial.serial_for_url
+        self._port = SerialPort(self.port, baudrate, open_port=open_port)
         self._mutex = threading.Lock()
         self._turn = threading.Condition(self._mutex)
         self._busy = False
         self._urgent_waiting = 0
-        self._ser: Any = None
-        self._closed = False
-        self._ever_opened = False
         self._listeners: list[Listener] = []
         self.requests = 0
         self.timeouts = 0
         self.garbage_bytes = 0
-        self.reopen_count = 0
 
     def __repr__(self) -> str:
         return f"<Bus {self.port} {self.baudrate} {'open' if self.is_open else 'closed'}>"
@@ -113,20 +105,22 @@ class Bus:
 
     @property
     def is_open(self) -> bool:
-        return self._ser is not None
+        return self._port.is_open
+
+    @property
+    def reopen_count(self) -> int:
+        return self._port.reopen_count
 
     def open(self) -> None:
         """Open the port exclusively; a no-op when open. Raises :class:`PortInUse`
         or :class:`BoardOffline` (missing device, no permission)."""
         with self._line():
-            self._closed = False
-            self._ensure_open()
+            self._port.open()
 
     def close(self) -> None:
         """Close the port; idempotent. Requests after this raise until :meth:`open`."""
         with self._line():
-            self._closed = True
-            self._drop_port()
+            self._port.close()
 
     def __enter__(self) -> Bus:
         self.open()
@@ -145,10 +139,10 @@ class Bus:
     def drain(self) -> None:
         """Hand whatever the line holds now to the listeners (no request sent)."""
         with self._line():
-            if self._closed:
+            if self._port.closed:
                 return
-            self._ensure_open()
-            self._guard(self._take_idle)
+            self._port.ensure_open()
+            self._port.guard(self._take_idle)
 
     def transact(
         self,
@@ -174,10 +168,10 @@ class Bus:
         seen = 0
         for _ in range(attempts):
             with self._line(urgent=urgent):
-                if self._closed:
+                if self._port.closed:
                     raise LockerError(f"serial bus {self.port} is closed")
-                self._ensure_open()
-                found, got = self._guard(lambda: self._exchange(request, scan, wait))
+                self._port.ensure_open()
+                found, got = self._port.guard(lambda: self._exchange(request, scan, wait))
             if found is not None:
                 return found.value
             self.timeouts += 1
@@ -192,7 +186,7 @@ class Bus:
         self, request: bytes, scan: Scanner, wait: float
     ) -> tuple[Found[Any] | None, int]:
         """One attempt: (what ``scan`` found or None, bytes received)."""
-        ser = self._ser
+        ser = self._port.ser
         self._take_idle()  # an unsolicited frame is not lost, a late answer not misread
         self.requests += 1
         ser.write(request)
@@ -220,7 +214,7 @@ class Bus:
         return None, len(buf)
 
     def _take_idle(self) -> None:
-        ser = self._ser
+        ser = self._port.ser
         pending = ser.in_waiting
         if pending:
             self._idle(ser.read(min(pending, _MAX_IDLE_BYTES)))
@@ -234,38 +228,6 @@ class Bus:
                 listener(data)
             except Exception:  # a listener's bug must not take the line down
                 log.exception("bus listener failed on %s", data.hex(" "))
-
-    def _guard(self, step: Callable[[], T]) -> T:
-        try:
-            return step()
-        except _PORT_GONE as err:
-            # The adapter is gone (EIO, ENXIO...): forget the fd so the next
-            # request reopens the path once udev has it back.
-            self._drop_port()
-            raise BoardOffline(f"serial port {self.port} failed: {err}") from err
-
-    def _ensure_open(self) -> None:
-        if self._ser is not None:
-            return
-        try:
-            ser = self._open_port(
-                self.port, baudrate=self.baudrate, timeout=_READ_SLICE, exclusive=True
-            )
-        except (*_PORT_GONE, ValueError) as err:
-            raise _open_error(self.port, err) from err
-        self._ser = ser
-        if self._ever_opened:
-            self.reopen_count += 1
-        self._ever_opened = True
-
-    def _drop_port(self) -> None:
-        ser, self._ser = self._ser, None
-        if ser is None:
-            return
-        try:
-            ser.close()
-        except _PORT_GONE as err:
-            log.debug("closing %s: %s", self.port, err)
 
     def _line(self, *, urgent: bool = False) -> _Turn:
         return _Turn(self, urgent)
