@@ -286,8 +286,10 @@ class Fleet:
     def _do_fault(self, i: int, arg) -> None:
         kind, lasts, *rand = arg
         st = self.stations[i]
-        if kind in st.faults or (kind in LINK and self.mode[i] in ("off", "cut")):
-            return  # already in that fault
+        if kind in st.faults or self.mode[i] == "off" or (kind in LINK and self.mode[i] == "cut"):
+            if rand:
+                self._schedule_random_fault(i)
+            return  # already in that fault, or dark: nothing happens at a dark station
         self.stats["faults"] += 1
         self.active_faults += 1
         now = self.clock.ms()
