@@ -232,3 +232,35 @@ def test_random_faults_come_and_go_and_the_stations_come_back(tmp_path, broker):
         and r["birth"] > 1 for r in lines)]
     assert cuts and back
     assert lines[-1]["what"] == "summary" and lines[-1]["faults"] == len(started)
+
+
+def test_tls_with_a_password_and_the_deployed_acl(tmp_path, broker_factory):
+    """The deployment's broker (TLS, a password per account, the contract's ACL): the
+    stations' births reach the hub's account; a wrong password is logged as refused."""
+    from tests.harness.mqtt import Subscriber
+    from tests.harness.tls import make_tls
+
+    tls = make_tls(tmp_path / "tls")
+    users = {"tls-00001": "same-pw", "tls-00002": "same-pw", "_hub": "hub-pw"}
+    broker = broker_factory(users=users, acl=True, tls=tls)
+    (tmp_path / "pw").write_text("same-pw\n")
+    (tmp_path / "bad").write_text("wrong\n")
+    truth = tmp_path / "t.jsonl"
+    with Subscriber(broker, ["yizhan/v1/+/status"], username="_hub",
+                    password="hub-pw") as sub:
+        done = run_sim("--host", "127.0.0.1", "--port", str(broker.tls_port),
+                       "--cafile", str(tls.ca_file), "--password-file", str(tmp_path / "pw"),
+                       "--stations", "2", "--prefix", "tls-", "--duration", "3",
+                       "--truth", str(truth))
+        assert done.returncode == 0, done.stderr
+        births = {json.loads(r.payload)["sid"] for r in sub.messages
+                  if json.loads(r.payload)["state"] == "online"}
+        assert births == {"tls-00001", "tls-00002"}
+    assert read_truth(truth)[-1]["connects"] == 2
+    refused = run_sim("--host", "127.0.0.1", "--port", str(broker.tls_port),
+                      "--cafile", str(tls.ca_file), "--password-file", str(tmp_path / "bad"),
+                      "--stations", "1", "--prefix", "tls-", "--duration", "2",
+                      "--truth", str(truth))
+    assert refused.returncode == 0, refused.stderr
+    lines = read_truth(truth)
+    assert any(r["what"] == "refused" for r in lines) and lines[-1]["connects"] == 0
