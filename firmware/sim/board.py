@@ -22,20 +22,16 @@ a board argument act on the first, as before.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import errno
 import logging
 import os
-import select
 import struct
 import threading
-import tty
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 from firmware.sim.model import Cabinet, SimulatorError, SlotError, default_banks
+from firmware.sim.pty import Line, PtyDevice
 from protocol.frames import (
     HEADER_LEN,
     RESPONSE_BIT,
@@ -82,41 +78,7 @@ class ReceivedFrame:
         return self.frame.payload
 
 
-class _Line:
-    """One plugged-in life of the adapter: a pty pair and the thread serving it."""
-
-    def __init__(self, board: BoardSimulator) -> None:
-        self.master, self.slave = os.openpty()
-        # Raw: no echo, no line discipline turning 0x0D into 0x0A or eating 0x03.
-        tty.setraw(self.slave)
-        # A UART never waits for a listener: answers nobody reads are dropped
-        # instead of blocking the board once the pty buffer fills.
-        os.set_blocking(self.master, False)
-        self.slave_name = os.ttyname(self.slave)
-        self._wake_r, self._wake_w = os.pipe()
-        self.stopping = threading.Event()
-        self.thread = threading.Thread(
-            target=board._serve, args=(self,), name=f"board-sim-{self.slave_name}", daemon=True
-        )
-
-    def close(self) -> None:
-        self.stopping.set()
-        with contextlib.suppress(OSError):
-            os.write(self._wake_w, b"x")
-        if self.thread.is_alive() and self.thread is not threading.current_thread():
-            self.thread.join(5.0)
-        # The slave we hold open keeps the pty alive while no host has it open
-        # (else reading the master fails with EIO); closing both pulls the plug.
-        for fd in (self.master, self.slave, self._wake_r, self._wake_w):
-            with contextlib.suppress(OSError):
-                os.close(fd)
-
-    def wait_readable(self) -> bool:
-        ready, _, _ = select.select([self.master, self._wake_r], [], [])
-        return self.master in ready and not self.stopping.is_set()
-
-
-class BoardSimulator:
+class BoardSimulator(PtyDevice):
     """A YZ-LB1 locker board at ``address`` on a pseudo-terminal.
 
     ``port`` is what the host opens: ``link_path`` when given (a stable symlink
@@ -135,6 +97,8 @@ class BoardSimulator:
     long (real seconds), as a board answering after its pulse would.
     """
 
+    _what = "board simulator"
+
     def __init__(
         self,
         n_slots: int = 12,
@@ -151,6 +115,7 @@ class BoardSimulator:
         pulse_delay: float = 0.0,
         **cabinet_options: object,
     ) -> None:
+        super().__init__(link_path)
         every = [address] if addresses is None else list(addresses)
         if address not in every:
             every.insert(0, address)
@@ -166,7 +131,6 @@ class BoardSimulator:
         self.address = address
         self.firmware = firmware
         self.clock = clock or SYSTEM_CLOCK
-        self.link_path = Path(link_path) if link_path is not None else None
         self.locked_when = locked_when
         self.pulse_delay = float(pulse_delay)
         self.cabinets: dict[int, Cabinet] = {}
@@ -187,8 +151,6 @@ class BoardSimulator:
         self._removed: set[int] = set()
         self._garble = 0
         self._delay = 0.0
-        self._line: _Line | None = None
-        self._started = False
         self._ticker: threading.Thread | None = None
         self._ticker_stop = threading.Event()
         self._decoder = FrameDecoder()
@@ -200,23 +162,10 @@ class BoardSimulator:
     def n_slots(self) -> int:
         return self.cabinet.n_slots
 
-    @property
-    def port(self) -> str:
-        if self.link_path is not None:
-            return str(self.link_path)
-        if self._line is None:
-            raise SimulatorError("the simulator is not plugged in")
-        return self._line.slave_name
-
-    @property
-    def plugged(self) -> bool:
-        return self._line is not None
-
     def start(self) -> BoardSimulator:
         if self._started:
             return self
-        self._started = True
-        self.replug()
+        super().start()
         if self.realtime:
             self._ticker_stop.clear()
             self._ticker = threading.Thread(target=self._tick_loop, name="board-sim-ticker",
@@ -231,40 +180,11 @@ class BoardSimulator:
         if self._ticker is not None:
             self._ticker.join(5.0)
             self._ticker = None
-        self.unplug()
+        super().stop()
 
-    def __enter__(self) -> BoardSimulator:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def unplug(self) -> None:
-        """The USB adapter is pulled: the host's reads and writes now fail, the
-        symlink is gone."""
-        line, self._line = self._line, None
-        if self.link_path is not None:
-            with contextlib.suppress(FileNotFoundError):
-                self.link_path.unlink()
-        if line is not None:
-            line.close()
-
-    def replug(self) -> None:
-        """A fresh adapter appears (a new pty) and the symlink points at it again."""
-        if self._line is not None:
-            return
-        line = _Line(self)
+    def _plugged_in(self) -> None:
         self._decoder = FrameDecoder()  # a new adapter has heard nothing yet
         self._unparsed = b""
-        if self.link_path is not None:
-            # Re-point atomically, as udev does, so a host never sees a dangling link.
-            tmp = self.link_path.with_name(f".{self.link_path.name}.{os.getpid()}.tmp")
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-            tmp.symlink_to(line.slave_name)
-            os.replace(tmp, self.link_path)
-        self._line = line
-        line.thread.start()
 
     # -- scripted faults of the board itself ---------------------------------------
 
@@ -386,33 +306,11 @@ class BoardSimulator:
 
     # -- serving ---------------------------------------------------------------------------
 
-    def _serve(self, line: _Line) -> None:
-        while not line.stopping.is_set():
-            if not line.wait_readable():
-                continue
-            try:
-                data = os.read(line.master, 4096)
-            except BlockingIOError:
-                continue
-            except OSError as err:
-                # EIO: no host has the slave open and ours is closing; nothing to read.
-                if err.errno == errno.EIO and not line.stopping.is_set():
-                    line.stopping.wait(0.01)
-                    continue
+    def _receive(self, data: bytes, line: Line) -> None:
+        for reply in self._handle(data):
+            if line.stopping.is_set():
                 return
-            if not data:
-                continue
-            try:
-                replies = self._handle(data)
-            except Exception:
-                # A bug here must show, yet must not turn the board mute for
-                # the rest of the run: log it and serve the next request.
-                log.exception("board simulator failed on %s", data.hex(" "))
-                continue
-            for reply in replies:
-                if line.stopping.is_set():
-                    return
-                self._send(line, reply)
+            self._send(line, reply)
 
     def _handle(self, data: bytes) -> list[bytes]:
         """Answers for what ``data`` completes, in order."""
@@ -469,7 +367,7 @@ class BoardSimulator:
         slot, on = p
         return charge_response(a, slot, cabinet.set_charging(slot, on != 0))
 
-    def _send(self, line: _Line, reply: bytes) -> None:
+    def _send(self, line: Line, reply: bytes) -> None:
         with self._lock:
             silent = self._silent or reply[2] in self._silent_boards  # reply[2]: its address
             delay = self._delay
@@ -484,13 +382,6 @@ class BoardSimulator:
         if delay > 0 and line.stopping.wait(delay):
             return
         self._write(reply, line)
-
-    def _write(self, data: bytes, line: _Line | None = None) -> None:
-        line = line or self._line
-        if line is None:
-            raise SimulatorError("the simulator is unplugged")
-        with contextlib.suppress(BlockingIOError):  # buffer full: the bytes fall on the floor
-            os.write(line.master, data)
 
     def _tick_loop(self) -> None:
         while not self._ticker_stop.wait(self.tick_interval):

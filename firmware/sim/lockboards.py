@@ -29,20 +29,18 @@ frames (``events=True``), an answer delayed like a real pulse
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import logging
 import os
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from firmware.hardware.lockboards import kerong, lock8a, modbus_io
 from firmware.hardware.lockboards.base import LOCKED_WHEN, Found
-from firmware.sim.board import BoardSimulator, _Line
+from firmware.sim.board import BoardSimulator
 from firmware.sim.model import SimulatorError, SlotError
+from firmware.sim.pty import Line, PtyDevice
 from yizhan.clock import SYSTEM_CLOCK, Clock
 
 log = logging.getLogger(__name__)
@@ -81,17 +79,19 @@ class Heard:
     request: Any  # the protocol's Request
 
 
-class _PtySim:
-    """A device on a pseudo-terminal: plug, unplug, noise, what it heard.
+class _PtySim(PtyDevice):
+    """A lock board line on a pseudo-terminal: noise, what it heard.
 
     Subclasses answer in :meth:`_answer` (a request decoded by ``_scan``).
     """
+
+    _what = "lock board simulator"
 
     def __init__(
         self, link_path: str | os.PathLike[str] | None, clock: Clock | None,
         scan: Callable[[bytes], Found[Any] | None], window: int,
     ) -> None:
-        self.link_path = Path(link_path) if link_path is not None else None
+        super().__init__(link_path)
         self.clock = clock or SYSTEM_CLOCK
         self._scan = scan
         self._window = window  # longest request: what may stay unparsed
@@ -100,61 +100,9 @@ class _PtySim:
         self._heard: list[Heard] = []
         self._pending = b""
         self._garble = 0
-        self._line: _Line | None = None
-        self._started = False
 
-    # -- lifecycle (as firmware.sim.board.BoardSimulator) ---------------------------
-
-    @property
-    def port(self) -> str:
-        if self.link_path is not None:
-            return str(self.link_path)
-        if self._line is None:
-            raise SimulatorError("the simulator is not plugged in")
-        return self._line.slave_name
-
-    @property
-    def plugged(self) -> bool:
-        return self._line is not None
-
-    def start(self) -> Any:
-        if not self._started:
-            self._started = True
-            self.replug()
-        return self
-
-    def stop(self) -> None:
-        self._started = False
-        self.unplug()
-
-    def __enter__(self) -> Any:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def unplug(self) -> None:
-        """The adapter is pulled: the host's reads and writes fail, the link is gone."""
-        line, self._line = self._line, None
-        if self.link_path is not None:
-            with contextlib.suppress(FileNotFoundError):
-                self.link_path.unlink()
-        if line is not None:
-            line.close()
-
-    def replug(self) -> None:
-        if self._line is not None:
-            return
-        line = _Line(self)  # type: ignore[arg-type]  # it needs only ._serve
+    def _plugged_in(self) -> None:
         self._pending = b""
-        if self.link_path is not None:
-            tmp = self.link_path.with_name(f".{self.link_path.name}.{os.getpid()}.tmp")
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-            tmp.symlink_to(line.slave_name)
-            os.replace(tmp, self.link_path)
-        self._line = line
-        line.thread.start()
 
     # -- the line --------------------------------------------------------------------
 
@@ -186,26 +134,7 @@ class _PtySim:
             raise TimeoutError(f"no such request within {timeout} s; heard {self.heard}")
         return found
 
-    def _serve(self, line: _Line) -> None:
-        while not line.stopping.is_set():
-            if not line.wait_readable():
-                continue
-            try:
-                data = os.read(line.master, 4096)
-            except BlockingIOError:
-                continue
-            except OSError as err:
-                if err.errno == errno.EIO and not line.stopping.is_set():
-                    line.stopping.wait(0.01)  # no host has the slave open yet
-                    continue
-                return
-            try:
-                self._receive(data, line)
-            except Exception:
-                # A bug here must show, yet not mute the board for the rest of the run.
-                log.exception("lock board simulator failed on %s", data.hex(" "))
-
-    def _receive(self, data: bytes, line: _Line) -> None:
+    def _receive(self, data: bytes, line: Line) -> None:
         buf = self._pending + data
         while True:
             found = self._scan(buf)
@@ -229,13 +158,6 @@ class _PtySim:
 
     def _answer(self, request: Any) -> list[tuple[bytes, float]]:
         raise NotImplementedError
-
-    def _write(self, data: bytes, line: _Line | None = None) -> None:
-        line = line or self._line
-        if line is None:
-            raise SimulatorError("the simulator is unplugged")
-        with contextlib.suppress(BlockingIOError):  # nobody reads: the bytes fall on the floor
-            os.write(line.master, data)
 
 
 class _LockLineSim(_PtySim):
