@@ -171,8 +171,8 @@ class Fleet:
 
     def _connect(self, i: int) -> None:
         st, c, o = self.stations[i], self.clients[i], self.o
-        if self.mode[i] in ("off", "stopped"):
-            return
+        if self.mode[i] in ("off", "cut", "stopped"):
+            return  # a retry that came due while dark or cut: the fault's end connects
         c.will_set(st.t_status, st.next_birth(), qos=1, retain=True)
         self.mode[i] = "connecting"
         bind = o.bind[i % len(o.bind)] if o.bind else ""
