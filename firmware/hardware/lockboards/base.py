@@ -34,12 +34,12 @@ from __future__ import annotations
 import abc
 import enum
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from firmware.hardware.board import BoardOffline, LockerError
 
 if TYPE_CHECKING:  # the bus imports nothing from here at run time either
-    from firmware.hardware.lockboards.bus import Bus
+    from firmware.hardware.lockboards.bus import Bus, Scanner
 
 __all__ = [
     "DRIVERS",
@@ -175,6 +175,25 @@ class BoardDriver(abc.ABC):
     def _is_locked(self, bit: bool) -> bool:
         """The raw contact bit (True = closed/set) in the station's words."""
         return bit if self.locked_when == "closed" else not bit
+
+    def _send_unlock(
+        self, lock: int, request: bytes, scan: Scanner, *, timeout: float
+    ) -> Any:
+        """Send the unlock of ``lock`` ONCE (see above), ahead of any poll waiting
+        for the line; what ``scan`` found in the answer."""
+        return self.bus.transact(
+            request, scan, what=f"{self.describe()}: unlock of lock {lock}",
+            timeout=timeout, attempts=1, urgent=True,
+        )
+
+    def _send_read(
+        self, request: bytes, scan: Scanner, *, timeout: float, attempts: int
+    ) -> Any:
+        """Send an idempotent status read, up to ``attempts`` times; what ``scan``
+        found in the answer."""
+        return self.bus.transact(
+            request, scan, what=f"{self.describe()}: read", timeout=timeout, attempts=attempts
+        )
 
 
 DRIVERS: dict[str, type[BoardDriver]] = {}

@@ -167,19 +167,15 @@ class KerongCU16(BoardDriver):
     def unlock(self, lock: int) -> Latch:
         if not self._has_lock(lock):
             return Latch.BAD_LOCK
-        state = self.bus.transact(
-            unlock_request(self.address, lock),
-            lambda buf: find_state(buf, self.address),
-            what=f"{self.describe()}: unlock of lock {lock}",
-            timeout=UNLOCK_TIMEOUT, attempts=1, urgent=True,
+        state = self._send_unlock(
+            lock, unlock_request(self.address, lock),
+            lambda buf: find_state(buf, self.address), timeout=UNLOCK_TIMEOUT,
         )
         return Latch.STILL_LOCKED if self._is_locked(state.latches[lock - 1]) else Latch.RELEASED
 
     def read(self) -> list[LockReading]:
-        state = self.bus.transact(
-            read_request(self.address),
-            lambda buf: find_state(buf, self.address),
-            what=f"{self.describe()}: read",
+        state = self._send_read(
+            read_request(self.address), lambda buf: find_state(buf, self.address),
             timeout=READ_TIMEOUT, attempts=READ_ATTEMPTS,
         )
         return [

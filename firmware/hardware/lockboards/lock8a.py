@@ -212,20 +212,17 @@ class Lock8A(BoardDriver):
     def unlock(self, lock: int) -> Latch:
         if not self._has_lock(lock):
             return Latch.BAD_LOCK
-        contact = self.bus.transact(
-            unlock_request(self.address, lock),
-            lambda buf: find_unlock_answer(buf, self.address, lock),
-            what=f"{self.describe()}: unlock of lock {lock}",
-            timeout=UNLOCK_TIMEOUT, attempts=1, urgent=True,
+        contact = self._send_unlock(
+            lock, unlock_request(self.address, lock),
+            lambda buf: find_unlock_answer(buf, self.address, lock), timeout=UNLOCK_TIMEOUT,
         )
         return Latch.STILL_LOCKED if self._is_locked(contact) else Latch.RELEASED
 
     def read(self) -> list[LockReading]:
         groups = (self.locks + 7) // 8
-        contacts = self.bus.transact(
+        contacts = self._send_read(
             query_request(self.address),
             lambda buf: find_query_answer(buf, self.address, groups),
-            what=f"{self.describe()}: read",
             timeout=READ_TIMEOUT, attempts=READ_ATTEMPTS,
         )
         return [

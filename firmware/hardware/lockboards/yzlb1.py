@@ -129,11 +129,10 @@ class YZLB1(BoardDriver):
     def unlock(self, lock: int) -> Latch:
         if not self._has_lock(lock):
             return Latch.BAD_LOCK
-        frame = self.bus.transact(
-            unlock_request(self.address, lock, PULSE_MS),
+        frame = self._send_unlock(
+            lock, unlock_request(self.address, lock, PULSE_MS),
             lambda buf: find_answer(buf, self.address, Cmd.UNLOCK, _about(lock)),
-            what=f"{self.describe()}: unlock of lock {lock}",
-            timeout=UNLOCK_TIMEOUT, attempts=1, urgent=True,
+            timeout=UNLOCK_TIMEOUT,
         )
         if frame.cmd == Cmd.ERROR:
             # The board refused the request (it heard it corrupt, or has no
@@ -158,10 +157,9 @@ class YZLB1(BoardDriver):
     def records(self) -> list[SlotRecord]:
         """The board's own slot records (bank id, charge, faults): what
         ``bank_telemetry`` means. The ``locked`` flag is as the wire has it."""
-        frame = self.bus.transact(
+        frame = self._send_read(
             status_request(self.address),
             lambda buf: find_answer(buf, self.address, Cmd.STATUS, _readable),
-            what=f"{self.describe()}: read",
             timeout=READ_TIMEOUT, attempts=READ_ATTEMPTS,
         )
         if frame.cmd == Cmd.ERROR:
