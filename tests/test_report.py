@@ -55,6 +55,10 @@ def simulated(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
         yield hub, sim
 
 
+#: chargers_low's defaults (docs/alerts.md): fires at 2 ready, clears at 4.
+CHARGERS_LEVEL, CHARGERS_CLEAR = 2, 4
+
+
 def expected(sim: Simulated, first: dt.date, after: dt.date) -> dict[str, dict]:
     """The figures of each station over [first, after), from what was sent."""
     lo, hi = midnight_ms(first, CST), midnight_ms(after, CST)
@@ -80,8 +84,32 @@ def expected(sim: Simulated, first: dt.date, after: dt.date) -> dict[str, dict]:
             f["lent"] += 1
         elif e.type == "bank_returned":
             f["returned"] += 1
+        elif e.type == "water_drawn":
+            f["cups"] += e.data["draws"]
+            f["drawn_ml"] += e.data["ml"]
+    # Chargers: a run from the State that shows CHARGERS_LEVEL or fewer ready to
+    # the first that shows CHARGERS_CLEAR or more.
+    short_since: dict[str, int | None] = {sid: None for sid in sim.sids}
+    for sid, at, ready in sim.ready:
+        f, since = out[sid], short_since[sid]
+        if since is None and ready <= CHARGERS_LEVEL:
+            short_since[sid] = at
+        elif since is not None and ready >= CHARGERS_CLEAR:
+            short_since[sid] = None
+            if lo <= since < hi:
+                f["charger_low_runs"] += 1
+                f.setdefault("charger_refills", []).append((at - since) / 1000)
     for sid in sim.sids:
         f = out[sid]
+        since = short_since[sid]
+        if since is not None and lo <= since < hi:
+            f["charger_low_runs"] += 1
+            f["charger_waiting"] += 1
+        f.setdefault("charger_refills", [])
+        # Not measured where no flow meter has reported by the period's end.
+        if not any(e.sid == sid and e.type == "water_drawn" and e.at_ms < hi
+                   for e in sim.events):
+            f["cups"] = f["drawn_ml"] = None
         since = low_since[sid]
         if since is not None and lo <= since < hi:
             f["low_runs"] += 1
@@ -109,6 +137,10 @@ def test_the_simulation_gives_every_figure_something_to_count(simulated) -> None
     for sid in SIDS:
         assert want[sid]["visits"] > 1000 and want[sid]["lent"] > 100
         assert want[sid]["returned"] > 100 and want[sid]["refills"]
+        assert want[sid]["charger_refills"]
+    # Two stations with a flow meter, one without.
+    assert [sid for sid in SIDS if want[sid]["cups"] is not None] == sim.metered
+    assert len(sim.metered) == 2 and all(want[sid]["cups"] > 100 for sid in sim.metered)
     assert sum(want[sid]["outages"] for sid in SIDS) >= 3
 
 
@@ -122,7 +154,11 @@ def test_each_station_s_month_equals_the_independent_count(simulated, key: str) 
     for row in rep.stations:
         w = want[row.sid]
         assert (row.visits, row.lent, row.returned) == (w["visits"], w["lent"], w["returned"])
-        assert row.cups is None  # not measured: no event carries it
+        assert (row.cups, row.drawn_ml) == (w["cups"], w["drawn_ml"])
+        assert row.litres == (None if w["drawn_ml"] is None else w["drawn_ml"] / 1000)
+        assert (row.charger_low_runs, row.charger_waiting) == (w["charger_low_runs"],
+                                                               w["charger_waiting"])
+        assert row.charger_refills == pytest.approx(w["charger_refills"])
         assert (row.up_ms, row.down_ms, row.unknown_ms) == (w["up_ms"], w["down_ms"], 0)
         assert row.outages == w["outages"]
         assert row.mttr_s == pytest.approx(w["mttr_s"]) if w["mttr_s"] else row.mttr_s is None
@@ -141,11 +177,18 @@ def test_towns_and_the_total_add_up_their_stations_and_compare_with_the_month_be
         sids = [s for s in SIDS if row.kind == "fleet" or GROUP[s] == row.group]
         assert row.visits == sum(nov[s]["visits"] for s in sids)
         assert row.lent == sum(nov[s]["lent"] for s in sids)
+        measured = [s for s in sids if nov[s]["cups"] is not None]
+        assert row.cups == (sum(nov[s]["cups"] for s in measured) if measured else None)
+        assert row.drawn_ml == (sum(nov[s]["drawn_ml"] for s in measured) if measured
+                                else None)
+        assert sorted(row.charger_refills) == pytest.approx(
+            sorted(t for s in sids for t in nov[s]["charger_refills"]))
         up = sum(nov[s]["up_ms"] for s in sids)
         assert row.availability == pytest.approx(up / (up + sum(nov[s]["down_ms"] for s in sids)))
         before = rep.previous_of(row)
         assert before is not None and before.visits == sum(octo[s]["visits"] for s in sids)
         assert before.returned == sum(octo[s]["returned"] for s in sids)
+        assert before.cups == (sum(octo[s]["cups"] for s in measured) if measured else None)
 
 
 def test_a_quarter_is_its_months_and_the_future_is_not_counted(simulated) -> None:
@@ -181,6 +224,10 @@ def test_the_page_shows_the_month_its_charts_and_the_month_before(simulated) -> 
     assert page.count("<svg") == 3 and "<script" not in page.split("<main", 1)[-1]
     total = sum(want[s]["visits"] for s in SIDS)
     assert f'class="num">{total}</td>' in page
+    cups = sum(want[s]["cups"] for s in sim.metered)
+    assert f'class="num">{cups}</td>' in page  # the total's cups
+    # kanmen's one station has no flow meter: its cups are not measured, not 0.
+    assert page.count('class="num">未计量</td>') == 2  # its row and its town's
     assert "楚门镇先锋驿站" in page
     bad = desk.get("/console/report?period=2026-13")
     assert bad.status_code == 400 and 'role="alert"' in bad.get_data(as_text=True)
@@ -205,7 +252,14 @@ def test_the_csv_carries_every_station_town_and_the_total_with_the_month_before(
         assert int(r["visits_before"]) == octo[sid]["visits"]
         assert int(r["lent"]) == nov[sid]["lent"] and int(r["returned"]) == nov[sid]["returned"]
         assert float(r["down_s"]) == nov[sid]["down_ms"] / 1000
-        assert r["cups"] == "" and r["from"] == "2026-11-01" and r["to"] == "2026-11-30"
+        assert r["from"] == "2026-11-01" and r["to"] == "2026-11-30"
+        if sid in sim.metered:
+            assert int(r["cups"]) == nov[sid]["cups"]
+            assert float(r["litres"]) == nov[sid]["drawn_ml"] / 1000
+            assert int(r["cups_before"]) == octo[sid]["cups"]
+        else:
+            assert r["cups"] == r["litres"] == r["cups_before"] == ""  # not measured
+        assert int(r["chargers_low"]) == nov[sid]["charger_low_runs"]
     assert int(rows[-1]["visits"]) == sum(nov[s]["visits"] for s in SIDS)
 
 
@@ -231,6 +285,8 @@ def test_the_pdf_opens_its_pages_render_and_its_chinese_is_text(simulated, tmp_p
     assert ("驿站服务报告" if lang == "zh" else "Station service report") in text
     assert "楚门镇先锋驿站" in text  # station names stay Chinese in either language
     assert f"{sum(nov[s]['visits'] for s in SIDS):,}" in text
+    assert f"{sum(nov[s]['cups'] for s in sim.metered):,}" in text  # the total's cups
+    assert ("未计量" if lang == "zh" else "not measured") in text  # kanmen has no meter
     out = Path(os.environ.get("REPORT_PICTURES") or tmp_path)
     out.mkdir(parents=True, exist_ok=True)
     subprocess.run([PDFTOPPM, "-r", "80", "-png", str(pdf), str(out / f"report-{lang}")],
@@ -295,7 +351,8 @@ def test_yizhan_sim_month_fills_a_hub_whose_report_equals_the_count_of_its_log(
     assert "3 stations, 2026-11 to 2026-11" in done.stdout and "(seed 7)" in done.stdout
     lines = [json.loads(line) for line in log.read_text().splitlines()]
     sim = Simulated(SIDS, [Sent(**d) for d in lines[:-1]],
-                    {sid: v for sid, v in lines[-1]["offline"].items()})
+                    {sid: v for sid, v in lines[-1]["offline"].items()},
+                    lines[-1]["metered"], [tuple(r) for r in lines[-1]["ready"]])
     want = expected(sim, dt.date(2026, 11, 1), dt.date(2026, 12, 1))
     # The hub that reads it: the same database, an hour after the run ended.
     clock = ManualClock((midnight_ms(dt.date(2026, 12, 1), CST) + 2 * HOUR_MS) / 1000)
@@ -309,7 +366,10 @@ def test_yizhan_sim_month_fills_a_hub_whose_report_equals_the_count_of_its_log(
             assert (row.up_ms, row.down_ms, row.outages) == (w["up_ms"], w["down_ms"],
                                                             w["outages"])
             assert row.refills == pytest.approx(w["refills"]) and row.waiting == w["waiting"]
-        assert rep.fleet.visits > 1000
+            assert (row.cups, row.drawn_ml) == (w["cups"], w["drawn_ml"])
+            assert row.charger_refills == pytest.approx(w["charger_refills"])
+            assert row.charger_waiting == w["charger_waiting"]
+        assert rep.fleet.visits > 1000 and rep.fleet.cups > 100
     finally:
         hub.close()
     # Never over a database that holds events: that may be a real fleet's history.
@@ -350,6 +410,77 @@ def test_a_visit_row_that_is_not_a_count_adds_nothing(database_url: str, tmp_pat
                 for i, d in enumerate(datas)])
         rep = compute(hub, Period.parse("2026-11"), CST)
         assert [r.visits for r in rep.stations] == [7, 0, 0]
+    finally:
+        hub.close()
+
+
+def test_a_water_drawn_row_out_of_range_adds_nothing_and_a_meter_makes_it_measured(
+        database_url: str, tmp_path: Path) -> None:
+    """The hub's decoder refuses water_drawn out of range (tests/test_protocol_invalid.py);
+    rows written otherwise are read whole or not at all, without failing the report.
+    A station whose meter has reported is measured even in a month it drew nothing."""
+    clock = ManualClock(midnight_ms(dt.date(2026, 12, 1), CST) / 1000)
+    hub = console_hub(tmp_path, clock, database=database_url)
+    try:
+        at = midnight_ms(dt.date(2026, 11, 5), CST)
+        datas = ['{"draws": 2, "ml": 500}', '{"draws": 3, "ml": 10000001}',
+                 '{"draws": 1' + "0" * 30 + ', "ml": 200}', '{"draws": -1, "ml": 200}',
+                 '{"draws": 1, "ml": -200}', '{"draws": 0, "ml": 200}', '{"draws": 1.5, "ml": 1}',
+                 '{"draws": "4", "ml": 1}', '{"draws": 1}', "{}", "[1]",
+                 '{"draws": true, "ml": 1}', f'{{"draws": {2**63 - 1}, "ml": {2**63 - 1}}}',
+                 '{"draws": 100000, "ml": 10000000}']
+        if hub.store.dialect == "sqlite":
+            datas.append("not json")
+        rows = [{"sid": "yh-chumen-01", "epoch": "e1", "seq": i + 1, "type": "water_drawn",
+                 "ts": at, "synced": True, "received_ms": at, "at_ms": at, "data": d}
+                for i, d in enumerate(datas)]
+        october = midnight_ms(dt.date(2026, 10, 9), CST)  # chumen-02: October only
+        rows.append({"sid": "yh-chumen-02", "epoch": "e1", "seq": 1, "type": "water_drawn",
+                     "ts": october, "synced": True, "received_ms": october,
+                     "at_ms": october, "data": '{"draws": 1, "ml": 250}'})
+        with hub.store.engine.begin() as conn:
+            conn.execute(events.insert(), rows)
+        rep = compute(hub, Period.parse("2026-11"), CST)
+        assert [(r.cups, r.drawn_ml) for r in rep.stations] == [
+            (100_002, 10_000_500), (0, 0), (None, None)]
+        assert (rep.fleet.cups, rep.fleet.litres) == (100_002, 10_000.5)
+        kanmen = next(g for g in rep.groups if g.group == "kanmen")
+        assert kanmen.cups is None and kanmen.litres is None  # no meter: not measured
+        assert rep.previous is not None
+        assert [r.cups for r in rep.previous.stations] == [None, 1, None]
+    finally:
+        hub.close()
+
+
+def test_chargers_time_to_refill_is_the_engine_s_resolution_of_chargers_low(
+        database_url: str, tmp_path: Path) -> None:
+    from hub.storage.schema import alerts
+
+    clock = ManualClock(midnight_ms(dt.date(2026, 12, 1), CST) / 1000)
+    hub = console_hub(tmp_path, clock, database=database_url)
+    try:
+        nov = midnight_ms(dt.date(2026, 11, 1), CST)
+        h = HOUR_MS
+
+        def alert(n: int, rule: str, start: int, end: int | None, by: str | None) -> dict:
+            return {"id": f"a{n}", "rule": rule, "sid": "yh-chumen-01", "subject": "",
+                    "severity": "warning", "state": "firing" if end is None else "resolved",
+                    "summary": rule, "started_ms": start, "resolved_ms": end,
+                    "resolved_by": by, "escalation": 0}
+
+        with hub.store.engine.begin() as conn:
+            conn.execute(alerts.insert(), [
+                alert(1, "chargers_low", nov - 3 * h, nov + h, "auto"),  # began in October
+                alert(2, "chargers_low", nov + 10 * h, nov + 13 * h, "auto"),
+                alert(3, "chargers_low", nov + 20 * h, nov + 21 * h, "desk"),  # by hand
+                alert(4, "chargers_low", nov + 40 * h, nov + 45 * h, "auto"),
+                alert(5, "water_low", nov + 50 * h, nov + 90 * h, "auto"),  # not chargers
+                alert(6, "chargers_low", nov + 100 * h, None, None),  # still short
+            ])
+        row = compute(hub, Period.parse("2026-11"), CST).stations[0]
+        assert (row.charger_low_runs, row.charger_waiting) == (4, 1)
+        assert row.charger_refills == [3 * 3600.0, 5 * 3600.0]
+        assert row.charger_refill_mean_s == 4 * 3600.0 and row.charger_refill_max_s == 5 * 3600.0
     finally:
         hub.close()
 

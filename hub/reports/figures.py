@@ -7,9 +7,11 @@ time when its clock was synced, else when the hub heard it):
 - **lent** / **returned**: its ``bank_borrowed`` / ``bank_returned`` events: the
   chargers that left and came back *at this station* (a bank lent here may come
   back elsewhere);
-- **cups**: not measured. No event carries water drawn and the State's
-  ``dispensed_ml`` is a running total the hub does not keep a history of, so the
-  report says "not measured" rather than guess (docs/report.md);
+- **cups** and **litres**: the ``draws`` and ``ml`` of its ``water_drawn``
+  events (docs/protocol.md §6: sent only where a flow meter is fitted, never a
+  running total). A station that has never sent one up to the period's end is
+  *not measured* (``None``), not 0; a town's and the total's are their measured
+  stations' sum, ``None`` when none is measured;
 - **availability, down time, outages, MTTR**: the ledger's (docs/uptime.md);
 - **time to refill**: a station's water *runs low* at a ``water_level`` event
   saying ``low`` or ``empty`` after it was ``ok`` (or never said) and is refilled
@@ -18,6 +20,13 @@ time when its clock was synced, else when the hub heard it):
   the refill came after the period; a run not refilled by now is ``waiting``.
   The ``refilled`` event staff press on the kiosk is not used: it may come
   before or after the water is back, or be forgotten.
+- **time to refill chargers**: from the ``chargers_low`` alert's start (the
+  State in which the ready chargers fell to its ``level``) to its resolution by
+  the engine (``resolved_by`` ``auto``: the first State with ``clear`` ready).
+  States are kept only as the latest, so the alert store is the stored history
+  of ready chargers. As for water, alerts that began in the period count; one
+  still open is ``waiting``; one a person resolved by hand counts as a run
+  with no time (the State that ended it was never seen).
 
 A town's figures (``group``) are its stations' added up, and so is the total;
 availability is then up over up+down of them all, MTTR over all their repaired
@@ -36,13 +45,16 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 
 from hub.reports.period import Period
-from hub.storage.schema import events
+from hub.storage.schema import alerts, events
 
 #: The event types read for counts, and the figure each adds to.
 COUNTED = {"visit": "visits", "bank_borrowed": "lent", "bank_returned": "returned"}
 LOW = ("low", "empty")
 #: The most people one ``visit`` event may count (it is flushed every 15 minutes).
 MOST_VISITS = 100_000
+#: The most one ``water_drawn`` may carry (the hub's decoder refuses more; a row
+#: written otherwise is left out rather than trusted).
+MOST_DRAWS, MOST_DRAWN_ML = 100_000, 10_000_000
 
 
 @dataclass
@@ -56,7 +68,8 @@ class Figures:
     visits: int = 0
     lent: int = 0
     returned: int = 0
-    cups: int | None = None  # never measured yet (module docstring)
+    cups: int | None = None  # None: not measured (no flow meter reported)
+    drawn_ml: int | None = None
     up_ms: int = 0
     down_ms: int = 0
     unknown_ms: int = 0
@@ -67,6 +80,22 @@ class Figures:
     low_runs: int = 0  # times the water ran low (began in the period)
     refills: list[float] = field(default_factory=list)  # their times to refill, s
     waiting: int = 0  # runs not refilled by now
+    charger_low_runs: int = 0  # chargers_low alerts that began in the period
+    charger_refills: list[float] = field(default_factory=list)  # s, resolved by the engine
+    charger_waiting: int = 0  # still open
+
+    @property
+    def litres(self) -> float | None:
+        return None if self.drawn_ml is None else self.drawn_ml / 1000
+
+    @property
+    def charger_refill_mean_s(self) -> float | None:
+        r = self.charger_refills
+        return sum(r) / len(r) if r else None
+
+    @property
+    def charger_refill_max_s(self) -> float | None:
+        return max(self.charger_refills) if self.charger_refills else None
 
     @property
     def availability(self) -> float | None:
@@ -88,9 +117,14 @@ class Figures:
     def add(self, other: Figures) -> None:
         for name in ("visits", "lent", "returned", "up_ms", "down_ms", "unknown_ms",
                      "maintenance_ms", "outages", "repaired", "repair_s", "low_runs",
-                     "waiting"):
+                     "waiting", "charger_low_runs", "charger_waiting"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.refills.extend(other.refills)
+        self.charger_refills.extend(other.charger_refills)
+        for name in ("cups", "drawn_ml"):  # only the measured add up
+            theirs = getattr(other, name)
+            if theirs is not None:
+                setattr(self, name, (getattr(self, name) or 0) + theirs)
 
 
 @dataclass
@@ -130,7 +164,9 @@ def compute(hub: Any, period: Period, tz: dt.tzinfo, *, groups: Iterable[str] | 
     if to_ms > from_ms and rows:
         with hub.store.engine.connect() as conn:
             _counts(conn, rows, from_ms, to_ms)
+            _drawn(conn, rows, from_ms, to_ms)
             _refills(conn, rows, from_ms, to_ms, now)
+            _charger_refills(conn, rows, from_ms, to_ms)
         for sid, u in hub.ledger.uptimes(list(rows), from_ms, to_ms).items():
             _uptime(rows[sid], u, to_ms)
     by_group: dict[str, Figures] = {}
@@ -173,6 +209,67 @@ def _counts(conn: sa.Connection, rows: dict[str, Figures], from_ms: int, to_ms: 
              .group_by(e.sid))
         for sid, n in conn.execute(q):
             rows[sid].visits += int(n or 0)
+
+
+def _drawn(conn: sa.Connection, rows: dict[str, Figures], from_ms: int, to_ms: int) -> None:
+    """Cups (draws) and millilitres from ``water_drawn``, summed by the database."""
+    e = events.c
+    dialect = conn.dialect.name
+    for chunk in _in(list(rows)):
+        q = (sa.select(e.sid).where(e.type == "water_drawn", e.sid.in_(chunk), e.at_ms < to_ms)
+             .group_by(e.sid))
+        for (sid,) in conn.execute(q):  # a flow meter has spoken: measured, even if 0
+            rows[sid].cups = rows[sid].drawn_ml = 0
+        draws, ml = _json_int(dialect, "draws", MOST_DRAWS), _json_int(dialect, "ml", MOST_DRAWN_ML)
+        # A row is taken whole or not at all: draws without their water would
+        # make cups and litres disagree.
+        both = sa.and_(draws > 0, ml >= 0)
+        q = (sa.select(e.sid, sa.func.sum(sa.case((both, draws), else_=0)),
+                       sa.func.sum(sa.case((both, ml), else_=0)))
+             .where(e.type == "water_drawn", e.sid.in_(chunk), e.at_ms >= from_ms,
+                    e.at_ms < to_ms)
+             .group_by(e.sid))
+        for sid, n, total in conn.execute(q):
+            row = rows[sid]
+            row.cups = (row.cups or 0) + int(n or 0)
+            row.drawn_ml = (row.drawn_ml or 0) + int(total or 0)
+
+
+def _json_int(dialect: str, key: str, most: int) -> sa.ColumnElement:
+    """A stored event's whole-number ``key`` from 0 to ``most`` as SQL, else -1
+    (absent, not a number, too big, not JSON): the caller leaves such a row out."""
+    e = events.c
+    if dialect == "postgresql":
+        value = sa.cast(e.data, JSONB)[key]
+        return sa.case(
+            (sa.and_(sa.func.jsonb_typeof(value) == "number",
+                     value.astext.regexp_match(r"^[0-9]{1,9}$")),
+             sa.case((sa.cast(value.astext, sa.BigInteger) <= most,
+                      sa.cast(value.astext, sa.BigInteger)), else_=-1)),
+            else_=-1)
+    value = sa.func.json_extract(e.data, f"$.{key}")
+    return sa.case(
+        (sa.and_(sa.func.json_valid(e.data) == 1,
+                 sa.func.json_type(e.data, f"$.{key}") == "integer",
+                 value >= 0, value <= most), value),
+        else_=-1)
+
+
+def _charger_refills(conn: sa.Connection, rows: dict[str, Figures], from_ms: int,
+                     to_ms: int) -> None:
+    a = alerts.c
+    for chunk in _in(list(rows)):
+        q = (sa.select(a.sid, a.started_ms, a.resolved_ms, a.resolved_by)
+             .where(a.rule == "chargers_low", a.sid.in_(chunk), a.started_ms >= from_ms,
+                    a.started_ms < to_ms)
+             .order_by(a.sid, a.started_ms))
+        for sid, started, resolved, by in conn.execute(q):
+            row = rows[sid]
+            row.charger_low_runs += 1
+            if resolved is None:
+                row.charger_waiting += 1
+            elif by == "auto" and resolved >= started:
+                row.charger_refills.append((resolved - started) / 1000)
 
 
 def _visit_count(dialect: str) -> sa.ColumnElement:

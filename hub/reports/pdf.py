@@ -99,7 +99,10 @@ def _summary(doc: FPDF, rep: Report, w: dict, lang: str) -> None:
         ("visits", now.visits, before and before.visits, f"{now.visits:,}"),
         ("lent", now.lent, before and before.lent, f"{now.lent:,}"),
         ("returned", now.returned, before and before.returned, f"{now.returned:,}"),
-        ("cups", None, None, w["not_measured"]),
+        ("cups", now.cups, before and before.cups,
+         w["not_measured"] if now.cups is None else f"{now.cups:,}"),
+        ("litres", now.litres, before and before.litres,
+         w["not_measured"] if now.litres is None else f"{now.litres:,.1f}"),
         ("availability", now.availability, before and before.availability,
          percent(now.availability)),
         ("outages", now.outages, before and before.outages, str(now.outages)),
@@ -107,6 +110,10 @@ def _summary(doc: FPDF, rep: Report, w: dict, lang: str) -> None:
         ("low_runs", now.low_runs, before and before.low_runs, str(now.low_runs)),
         ("refill_mean", now.refill_mean_s, before and before.refill_mean_s,
          duration(now.refill_mean_s, lang)),
+        ("charger_low_runs", now.charger_low_runs, before and before.charger_low_runs,
+         str(now.charger_low_runs)),
+        ("charger_refill_mean", now.charger_refill_mean_s,
+         before and before.charger_refill_mean_s, duration(now.charger_refill_mean_s, lang)),
     ]
     doc.set_font("cjk", size=10)
     with doc.table(col_widths=(50, 40, 40, 30), text_align=("LEFT", "RIGHT", "RIGHT", "RIGHT"),
@@ -123,8 +130,10 @@ def _summary(doc: FPDF, rep: Report, w: dict, lang: str) -> None:
 def _shown(key: str, value: float, lang: str) -> str:
     if key == "availability":
         return percent(value)
-    if key in ("mttr", "refill_mean"):
+    if key in ("mttr", "refill_mean", "charger_refill_mean"):
         return duration(value, lang)
+    if key == "litres":
+        return f"{value:,.1f}"
     return f"{value:,}"
 
 
@@ -157,10 +166,10 @@ def _rows(doc: FPDF, title: str, rows: list[Figures], rep: Report, w: dict, lang
     doc.cell(0, 7, title, new_x="LMARGIN", new_y="NEXT")
     doc.set_font("cjk", size=8)
     head = [w["town"] if town_names else w["station"], w["visits"], w["change"], w["lent"],
-            w["returned"], w["availability"], w["outages"], w["down"], w["refill_mean"],
-            w["waiting"]]
-    with doc.table(col_widths=(38, 16, 14, 16, 16, 17, 12, 17, 20, 14), line_height=5,
-                   text_align=("LEFT",) + ("RIGHT",) * 9, width=doc.w - 2 * MARGIN,
+            w["returned"], w["cups"], w["availability"], w["outages"], w["down"],
+            w["refill_mean"], w["charger_refill_mean"]]
+    with doc.table(col_widths=(34, 15, 13, 15, 15, 15, 16, 12, 16, 19, 20), line_height=5,
+                   text_align=("LEFT",) + ("RIGHT",) * 10, width=doc.w - 2 * MARGIN,
                    headings_style=HEADING) as table:
         table.row(head)
         for r in rows:
@@ -171,7 +180,9 @@ def _rows(doc: FPDF, title: str, rows: list[Figures], rep: Report, w: dict, lang
                 name = r.group or w["no_group"]
             else:
                 name = f"{r.name or r.sid}\n{r.sid}  {r.group or ''}"
+            cups = w["not_measured"] if r.cups is None else f"{r.cups:,}"
             table.row([name, f"{r.visits:,}", change(r.visits, prev and prev.visits),
-                       f"{r.lent:,}", f"{r.returned:,}", percent(r.availability),
+                       f"{r.lent:,}", f"{r.returned:,}", cups, percent(r.availability),
                        str(r.outages), duration(r.down_ms / 1000, lang),
-                       duration(r.refill_mean_s, lang), str(r.waiting)])
+                       duration(r.refill_mean_s, lang),
+                       duration(r.charger_refill_mean_s, lang)])

@@ -5,7 +5,11 @@ fixed seed: the same seed gives the same months.
 
 Each hour every online station counts visits at the door, lends and takes back
 chargers, now and then runs low on water (and is refilled some hours later),
-and now and then drops off the network for some hours. What was sent is kept
+and now and then drops off the network for some hours. A station with a flow
+meter (two in three: not the third, sixth, … configured) reports the cups
+drawn (``water_drawn``), and every station sends a State whose ready chargers
+wander, which the hub's alert engine judges (``chargers_low`` and its
+resolution: the report's time to refill chargers). What was sent is kept
 in ``Simulated`` (and written as JSON lines with ``--log``) so that a test can
 work out the report's figures on its own.
 """
@@ -43,6 +47,10 @@ class Simulated:
     events: list[Sent] = field(default_factory=list)
     #: Each station's outages as [start, end) on the hub clock (end None: still down).
     offline: dict[str, list[list[int | None]]] = field(default_factory=dict)
+    #: The stations with a flow meter (they send ``water_drawn``).
+    metered: list[str] = field(default_factory=list)
+    #: Each State sent: (sid, hub clock ms, chargers ready in it).
+    ready: list[tuple[str, int, int]] = field(default_factory=list)
 
 
 @dataclass
@@ -53,6 +61,9 @@ class _Station:
     water: str = "ok"
     back_at: int | None = None  # while offline: when it comes back
     out: list[str] = field(default_factory=list)  # banks lent here, not yet back
+    rev: int = 5000
+    metered: bool = False
+    ready: int = 6  # chargers ready to lend, as the State shows them
 
 
 def midnight_ms(day: dt.date, tz: dt.tzinfo) -> int:
@@ -62,8 +73,12 @@ def midnight_ms(day: dt.date, tz: dt.tzinfo) -> int:
 def simulate(hub: Any, sids: list[str], seed: int, until_ms: int) -> Simulated:
     """Run the stations hour by hour from the hub clock's now to ``until_ms``."""
     rng = random.Random(seed)
+    # Cups and chargers from their own stream: the visits, loans, water and
+    # outages of a seed stay what they were before these were simulated.
+    more = random.Random(f"{seed}/cups-chargers")
     sim = Simulated(list(sids), offline={sid: [] for sid in sids})
-    stations = [_Station(sid) for sid in sids]
+    stations = [_Station(sid, metered=i % 3 != 2) for i, sid in enumerate(sids)]
+    sim.metered = [st.sid for st in stations if st.metered]
     for st in stations:
         _birth(hub, st)
     banks = 0
@@ -93,6 +108,11 @@ def simulate(hub: Any, sids: list[str], seed: int, until_ms: int) -> Simulated:
                     "slot": rng.randint(1, 12), "bank": bank, "charge": rng.randint(5, 60),
                     "rider": None})
             _water(hub, sim, st, rng)
+            if st.metered and (draws := more.choice((0, 1, 2, 3, 5, 8))):
+                _event(hub, sim, st, "water_drawn", {
+                    "draws": draws, "ml": sum(more.randint(150, 350) for _ in range(draws))})
+            st.ready = max(0, min(10, st.ready + more.choice((-2, -1, -1, 0, 0, 1, 1, 2))))
+            _state(hub, sim, st)
             # About three outages a month a station; never in the hour it came back,
             # so that each outage is one the ledger sees apart.
             if not came_back and rng.random() < 0.004:
@@ -131,11 +151,40 @@ def _event(hub: Any, sim: Simulated, st: _Station, type_: str, data: dict) -> No
     sim.events.append(Sent(st.sid, type_, now, data))
 
 
+def _state(hub: Any, sim: Simulated, st: _Station) -> None:
+    """A State with ``st.ready`` chargers ready (and two charging), judged by the
+    alert engine at once (its thread is not running here)."""
+    now = hub.clock.ms()
+    st.rev += 1
+    level = {"ok": 0.9, "low": 0.2, "empty": 0.02}[st.water]
+    slots = []
+    for n in range(1, 13):
+        # Bank ids of their own: never one of the loans' PB…, whose return a
+        # bank seen in a slot would confirm.
+        bank = f"SB{n:02d}{st.sid[-2:]}" if n <= st.ready + 2 else None
+        charge = None if bank is None else 96 if n <= st.ready else 30
+        slots.append({"slot": n, "bank": bank, "charge": charge, "charging": charge == 30,
+                      "locked": True, "fault": None, "temp_c": None, "cycles": None})
+    state = {"v": 1, "sid": st.sid, "epoch": EPOCH, "ts": now, "synced": True,
+             "rev": st.rev, "last_seq": st.seq,
+             "lockers": {"online": True, "slots": slots},
+             "dispenser": {"online": True, "level": level, "level_state": st.water,
+                           "temp_c": 92.0, "heater": True, "heater_lockout": False,
+                           "fault": None, "dispensed_ml": None},
+             "doors": {"entrance": False},
+             "health": {"kiosk": "ok"},
+             "counters": {"visits": 0, "borrows": 0, "returns": 0}}
+    hub.fleet.apply_state(m.from_dict(Kind.STATE, state, topic_sid=st.sid), now)
+    hub.engine.evaluate(st.sid, now)
+    sim.ready.append((st.sid, now, st.ready))
+
+
 def _birth(hub: Any, st: _Station) -> None:
     now = hub.clock.ms()
-    st.birth += 1
+    st.rev += 1
+    st.birth = st.rev  # a birth's rev is its birth number; States count on from it
     status = {"v": 1, "sid": st.sid, "epoch": EPOCH, "ts": now, "synced": True,
-              "rev": st.birth, "state": "online", "birth": st.birth, "last_seq": st.seq,
+              "rev": st.rev, "state": "online", "birth": st.birth, "last_seq": st.seq,
               "agent": {"version": "1.0.0"},
               "hw": {"slots": 12, "doors": ["entrance"], "dispenser": True}}
     hub.fleet.apply_status(m.from_dict(Kind.STATUS, status, topic_sid=st.sid), now)
@@ -204,7 +253,8 @@ def run(config_path: str, seed: int, first: str, months: int, log: str | None) -
         with Path(log).open("w", encoding="utf-8") as f:
             for sent in sim.events:
                 f.write(json.dumps(asdict(sent), ensure_ascii=False) + "\n")
-            f.write(json.dumps({"offline": sim.offline}) + "\n")
+            f.write(json.dumps({"offline": sim.offline, "metered": sim.metered,
+                                "ready": sim.ready}) + "\n")
     outages = sum(len(v) for v in sim.offline.values())
     print(f"simulated {len(sids)} stations, {period.key} to {end_period.key}: "
           f"{len(sim.events)} events, {outages} outages (seed {seed})")
