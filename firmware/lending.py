@@ -616,23 +616,36 @@ class Lending:
         return a.snapshot()
 
     def _release_for(self, attempt_id: str) -> None:
+        self._open_slot(self._attempts, attempt_id, RELEASING, self.take_timeout, self._fail)
+
+    def _open_slot(
+        self, pending: dict[str, Any], key: str, waiting: str, window: float,
+        fail: Callable[[Any, str], object],
+    ) -> None:
+        """Open the slot of ``pending[key]`` (a borrow or a return) for its rider.
+
+        The board is asked without the lock held. Once released, the rider has
+        ``window`` seconds (state ``open``); any other verdict goes to ``fail``
+        with the lock held. Nothing happens when it left ``waiting`` meanwhile:
+        the board already reported the bank gone or arrived.
+        """
         with self._lock:
-            a = self._attempts.get(attempt_id)
-            if a is None or a.state != RELEASING or self._closed:
+            x = pending.get(key)
+            if x is None or x.state != waiting or self._closed:
                 return
-            slot = a.slot
+            slot = x.slot
         assert slot is not None
         result = self._release(slot)
         with self._lock:
-            if a.state != RELEASING:
-                return  # the board already reported the bank gone
-            if result == "released":
-                a.state = OPEN
-                a.opened_at = self.clock.monotonic()
-                a.updated = self.clock.ms()
-                a.open_until = a.updated + int(self.take_timeout * 1000)
+            if x.state != waiting:
                 return
-            self._fail(a, result)
+            if result == "released":
+                x.state = OPEN
+                x.opened_at = self.clock.monotonic()
+                x.updated = self.clock.ms()
+                x.open_until = x.updated + int(window * 1000)
+                return
+            fail(x, result)
 
     def _release(self, slot: int) -> str:
         """Ask the board to open ``slot``; ``released`` or the reason it did not."""

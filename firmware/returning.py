@@ -192,28 +192,16 @@ class ReturnDesk:
         return min(free, default=None)
 
     def _open_for(self, claim_id: str) -> None:
-        lending = self.lending
-        with lending._lock:
-            c = self._claims.get(claim_id)
-            if c is None or c.state != OPENING or lending._closed:
-                return
-            slot = c.slot
-        assert slot is not None
-        result = lending._release(slot)
-        with lending._lock:
-            if c.state != OPENING:
-                return  # the bank was already seen in it
-            if result == "released":
-                c.state = OPEN
-                c.opened_at = lending.clock.monotonic()
-                c.updated = lending.clock.ms()
-                c.open_until = c.updated + int(self.window * 1000)
-                return
-            self._fail(c, result)
-            if result in ("jammed", "bad_slot", "board_offline"):
-                lending._write([("unlock_failed", {"slot": slot, "reason": result})])
-            if result == "jammed":
-                lending._held[slot] = lending.clock.monotonic() + lending.slot_hold
+        self.lending._open_slot(self._claims, claim_id, OPENING, self.window, self._not_opened)
+
+    def _not_opened(self, c: _Claim, result: str) -> None:
+        """The board did not open the claim's slot; lending's lock held."""
+        lending, slot = self.lending, c.slot
+        self._fail(c, result)
+        if result in ("jammed", "bad_slot", "board_offline"):
+            lending._write([("unlock_failed", {"slot": slot, "reason": result})])
+        if result == "jammed":
+            lending._held[slot] = lending.clock.monotonic() + lending.slot_hold
 
     def _fail(self, c: _Claim, reason: str) -> ReturnClaim:
         """Finish a claim as failed; lending's lock held."""
