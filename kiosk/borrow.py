@@ -22,10 +22,11 @@ import math
 import re
 from typing import Any
 
-from flask import Blueprint, redirect, render_template, request, session, url_for
+from flask import Blueprint, redirect, render_template, request, url_for
 
 from kiosk.agent import ATTEMPT_RE, AgentError
 from kiosk.context import kiosk
+from kiosk.steps import RiderTicket, slot_progress
 from protocol.ids import PHONE_RE, mask_phone, rider_id
 
 bp = Blueprint("borrow", __name__, url_prefix="/borrow")
@@ -59,24 +60,12 @@ def phone_problem(raw: str) -> str | None:
 # -- the rider between steps: a ticket in the cookie, the rider id in the kiosk ------
 
 
-def _pending() -> dict[str, Any] | None:
-    """The rider this screen is serving, or None (never begun, or gone stale: the
-    browser's idle timer normally sends the screen home long before)."""
-    p = kiosk().riders.get(session.get(_PENDING))
-    if p is None:
-        session.pop(_PENDING, None)
-        return None
-    return {"rider": p.rider, "mask": p.mask, "attempt": p.attempt}
-
-
-def _keep(rider: str, mask: str, attempt: str | None = None) -> None:
-    ticket = session.get(_PENDING)
-    session[_PENDING] = kiosk().riders.keep(ticket if isinstance(ticket, str) else None,
-                                            rider, mask, attempt)
+_rider = RiderTicket(_PENDING)
+_pending, _keep = _rider.get, _rider.keep
 
 
 def forget() -> None:
-    kiosk().riders.forget(session.pop(_PENDING, None))
+    _rider.forget()
 
 
 def _station_notice() -> dict[str, Any]:
@@ -132,7 +121,7 @@ def _start(rider: str, pin: str | None):
         k.limiter.refund()  # a step of the registered flow, not an attempt
         return redirect(url_for(".pin"))
     if p is not None:
-        _keep(p["rider"], p["mask"], attempt["id"])
+        _keep(p.rider, p.mask, attempt["id"])
     return redirect(url_for(".progress", attempt_id=attempt["id"]))
 
 
@@ -144,7 +133,7 @@ def pin():
     p = _pending()
     if p is None:
         return redirect(url_for(".phone"))
-    return render_template("borrow_pin.html", mask=p["mask"])
+    return render_template("borrow_pin.html", mask=p.mask)
 
 
 @bp.post("/pin")
@@ -154,8 +143,8 @@ def submit_pin():
         return redirect(url_for(".phone"))
     value = request.form.get("pin", "")
     if not PIN_RE.match(value):
-        return render_template("borrow_pin.html", mask=p["mask"], error="pin_format"), 400
-    return _start(p["rider"], value)
+        return render_template("borrow_pin.html", mask=p.mask, error="pin_format"), 400
+    return _start(p.rider, value)
 
 
 @bp.post("/retry")
@@ -163,7 +152,7 @@ def retry():
     p = _pending()
     if p is None:
         return redirect(url_for(".phone"))
-    return _start(p["rider"], None)
+    return _start(p.rider, None)
 
 
 # -- progress --------------------------------------------------------------------------
@@ -175,23 +164,12 @@ def _attempt(attempt_id: str) -> dict[str, Any]:
     return kiosk().agent.attempt(attempt_id)
 
 
-def _progress(a: dict[str, Any]) -> dict[str, Any]:
-    """The attempt as the page and the poller see it (never the rider id)."""
-    k = kiosk()
-    left = total = None
-    if a.get("state") == "open" and a.get("open_until"):
-        left = max(0, int(a["open_until"]) - k.clock.ms())
-        total = max(1, int(a["open_until"]) - int(a.get("updated") or a["open_until"]))
-    return {"state": a.get("state"), "reason": a.get("reason") or "", "slot": a.get("slot"),
-            "open_ms_left": left, "open_ms_total": total}
-
-
 @bp.get("/<attempt_id>")
 def progress(attempt_id: str):
     k = kiosk()
     a = _attempt(attempt_id)
     p = _pending()
-    mine = p is not None and p.get("attempt") == attempt_id
+    mine = p is not None and p.attempt == attempt_id
     state, reason = a["state"], a.get("reason")
     if state == "taken" or (state == "failed" and reason not in RETRYABLE):
         forget()  # nothing more to do for this rider: drop the rider id
@@ -205,8 +183,8 @@ def progress(attempt_id: str):
     else:
         idle = k.config.idle
     return render_template(
-        "borrow_progress.html", a=a, view=_progress(a), idle=idle,
-        mask=p["mask"] if mine else None,
+        "borrow_progress.html", a=a, view=slot_progress(a), idle=idle,
+        mask=p.mask if mine else None,
         can_retry=mine and state == "failed" and reason in RETRYABLE and reason != "bad_pin",
         can_pin=mine and reason == "bad_pin", max_per_rider=max_per_rider)
 
@@ -214,4 +192,4 @@ def progress(attempt_id: str):
 @bp.get("/<attempt_id>/status.json")
 def status(attempt_id: str):
     # No session writes here: a late poll must not overwrite the cookie of a newer page.
-    return _progress(_attempt(attempt_id))
+    return slot_progress(_attempt(attempt_id))

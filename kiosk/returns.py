@@ -25,11 +25,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from flask import Blueprint, abort, redirect, render_template, request, session, url_for
+from flask import Blueprint, abort, redirect, render_template, request, url_for
 
 from kiosk.agent import CLAIM_RE, AgentError
 from kiosk.borrow import phone_problem
 from kiosk.context import kiosk
+from kiosk.steps import RiderTicket, slot_progress
 from protocol.ids import mask_phone, rider_id
 
 bp = Blueprint("returns", __name__, url_prefix="/return")
@@ -51,22 +52,12 @@ def _latest(since: int) -> dict[str, Any] | None:
     return max(returns, key=lambda r: r.get("returned_ts") or 0) if returns else None
 
 
-def _pending() -> dict[str, Any] | None:
-    p = kiosk().riders.get(session.get(_PENDING))
-    if p is None:
-        session.pop(_PENDING, None)
-        return None
-    return {"rider": p.rider, "mask": p.mask, "claim": p.attempt}
-
-
-def _keep(rider: str, mask: str, claim: str | None = None) -> None:
-    ticket = session.get(_PENDING)
-    session[_PENDING] = kiosk().riders.keep(ticket if isinstance(ticket, str) else None,
-                                            rider, mask, claim)
+_rider = RiderTicket(_PENDING)
+_pending, _keep = _rider.get, _rider.keep
 
 
 def forget() -> None:
-    kiosk().riders.forget(session.pop(_PENDING, None))
+    _rider.forget()
 
 
 @bp.get("")
@@ -123,7 +114,7 @@ def _start(rider: str):
     claim = k.agent.claim_return(rider)
     p = _pending()
     if p is not None:
-        _keep(p["rider"], p["mask"], claim["id"])
+        _keep(p.rider, p.mask, claim["id"])
     return redirect(url_for(".claim_progress", claim_id=claim["id"]))
 
 
@@ -132,7 +123,7 @@ def retry():
     p = _pending()
     if p is None:
         return redirect(url_for(".instructions"))
-    return _start(p["rider"])
+    return _start(p.rider)
 
 
 def _claim(claim_id: str) -> dict[str, Any]:
@@ -141,22 +132,12 @@ def _claim(claim_id: str) -> dict[str, Any]:
     return kiosk().agent.return_claim(claim_id)
 
 
-def _progress(c: dict[str, Any]) -> dict[str, Any]:
-    """The claim as the page and the poller see it (never the rider id)."""
-    left = total = None
-    if c.get("state") == "open" and c.get("open_until"):
-        left = max(0, int(c["open_until"]) - kiosk().clock.ms())
-        total = max(1, int(c["open_until"]) - int(c.get("updated") or c["open_until"]))
-    return {"state": c.get("state"), "reason": c.get("reason") or "", "slot": c.get("slot"),
-            "open_ms_left": left, "open_ms_total": total}
-
-
 @bp.get("/claim/<claim_id>")
 def claim_progress(claim_id: str):
     k = kiosk()
     c = _claim(claim_id)
     p = _pending()
-    mine = p is not None and p.get("claim") == claim_id
+    mine = p is not None and p.attempt == claim_id
     state, reason = c["state"], c.get("reason")
     if state == "returned" or (state == "failed" and reason not in RETRYABLE):
         forget()
@@ -164,11 +145,11 @@ def claim_progress(claim_id: str):
         r = {"slot": c.get("slot"), "charge": c.get("charge"), "duration_s": c.get("duration_s")}
         return render_template("thanks.html", r=r, idle=k.config.done_idle)
     idle = 0 if state in ("opening", "open") else k.config.idle
-    return render_template("return_progress.html", c=c, view=_progress(c), idle=idle,
-                           mask=p["mask"] if mine else None,
+    return render_template("return_progress.html", c=c, view=slot_progress(c), idle=idle,
+                           mask=p.mask if mine else None,
                            can_retry=mine and state == "failed" and reason in RETRYABLE)
 
 
 @bp.get("/claim/<claim_id>/status.json")
 def claim_status(claim_id: str):
-    return _progress(_claim(claim_id))
+    return slot_progress(_claim(claim_id))
