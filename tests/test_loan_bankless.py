@@ -3,8 +3,7 @@ by the rider's return.
 
 The hub here is the real one in process, on a real Mosquitto and a real SQLite
 file or PostgreSQL database, on a clock the test moves; the stations are MQTT
-clients publishing what a station publishes (tests/test_loan_returns.py
-``Sender``).
+clients publishing what a station publishes (tests/harness/senders.py).
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ from protocol import messages as m
 from protocol.topics import Kind
 from tests.harness.mosquitto import Broker
 from tests.harness.procs import wait_until
-from tests.test_loan_returns import LENDER, OTHER, Sender, listening
+from tests.harness.senders import LENDER, OTHER, Sender, hub_config, listening, sender_pair
 from yizhan.clock import ManualClock
 
 RIDER = examples.RIDER
@@ -39,14 +38,7 @@ def broker(broker_factory) -> Broker:
 
 
 def make_hub(database_url: str, broker: Broker, clock: ManualClock) -> Hub:
-    config = parse_hub_config({
-        "mqtt": {"host": broker.host, "port": broker.port, "keepalive": 5},
-        "database": database_url,
-        "http": {"host": "127.0.0.1", "port": 0},
-        "stations": [{"sid": LENDER, "name": "楚门镇先锋驿站", "group": "chumen"},
-                     {"sid": OTHER, "name": "坎门驿站", "group": "kanmen"}],
-        "timing": {"heartbeat": "1h"},
-    })
+    config = parse_hub_config(hub_config(broker, database_url))
     h = Hub(config, clock=clock, registry=CollectorRegistry())
     h.start()
     return h
@@ -63,10 +55,8 @@ def hub(database_url: str, broker: Broker, clock: ManualClock) -> Iterator[Hub]:
 
 @pytest.fixture
 def senders(broker: Broker, clock: ManualClock) -> Iterator[tuple[Sender, Sender]]:
-    lender, other = Sender(broker, LENDER, clock), Sender(broker, OTHER, clock)
-    yield lender, other
-    lender.close()
-    other.close()
+    with sender_pair(broker, clock) as pair:
+        yield pair
 
 
 def rows(hub: Hub) -> list[dict]:

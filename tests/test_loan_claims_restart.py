@@ -9,7 +9,7 @@ claim is committed; after it, either a second ``yizhan hub`` takes the
 corroborating State, or the hub in process on a clock the test moves raises
 ``bank_overdue`` ten minutes after the claim was heard, as it would have
 without the restart. The stations are MQTT clients publishing what a station
-publishes (tests/test_loan_returns.py ``Sender``).
+publishes (tests/harness/senders.py).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from hub.storage.schema import loans
 from protocol import examples
 from tests.harness.mosquitto import Broker
 from tests.harness.procs import Proc, Procs, free_port, http_json, wait_until, write_yaml
-from tests.test_loan_returns import BANK, LENDER, OTHER, Sender
+from tests.harness.senders import BANK, LENDER, OTHER, Sender, hub_config, sender_pair
 from yizhan.clock import ManualClock
 
 TOKEN = "loan-claims-token-0123456789"
@@ -61,10 +61,8 @@ def clock() -> ManualClock:
 
 @pytest.fixture
 def senders(broker: Broker, clock: ManualClock) -> Iterator[tuple[Sender, Sender]]:
-    lender, other = Sender(broker, LENDER, clock), Sender(broker, OTHER, clock)
-    yield lender, other
-    lender.close()
-    other.close()
+    with sender_pair(broker, clock) as pair:
+        yield pair
 
 
 class Setup:
@@ -72,15 +70,7 @@ class Setup:
         self.url = f"sqlite:///{tmp_path / 'hub.db'}"
         self.port = free_port()
         self.data: dict[str, Any] = {
-            "mqtt": {"host": broker.host, "port": broker.port, "keepalive": 5},
-            "database": self.url,
-            "http": {"host": "127.0.0.1", "port": self.port},
-            "api_tokens": [TOKEN],
-            "stations": [{"sid": LENDER, "name": "楚门镇先锋驿站", "group": "chumen"},
-                         {"sid": OTHER, "name": "坎门驿站", "group": "kanmen"}],
-            # States an hour apart are promised: both stations stay online.
-            "timing": {"heartbeat": "1h"},
-        }
+            **hub_config(broker, self.url, http_port=self.port), "api_tokens": [TOKEN]}
         self.config = write_yaml(tmp_path / "hub.yaml", self.data)
 
     def start(self, procs: Procs, name: str) -> Proc:

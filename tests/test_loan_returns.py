@@ -9,11 +9,9 @@ are MQTT clients publishing what a station publishes.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -23,55 +21,21 @@ from hub.config import parse_hub_config
 from hub.service import Hub
 from hub.storage.schema import loans
 from protocol import examples
-from protocol import messages as m
-from protocol.topics import Kind, topic
 from tests.harness.mosquitto import Broker
-from tests.harness.mqtt import close, connect
 from tests.harness.procs import wait_until
+from tests.harness.senders import (
+    BANK,
+    LENDER,
+    OTHER,
+    Sender,
+    hub_config,
+    listening,
+    sender_pair,
+)
 from yizhan.clock import ManualClock
 
-LENDER = "yh-chumen-01"
-OTHER = "yh-kanmen-01"
-EPOCH = "9f2c01ab"
-BANK = "PB0012AF"
 #: How long a return elsewhere may stay unconfirmed (docs/alerts.md, bank_overdue).
 CONFIRM_S = 10 * 60
-
-
-class Sender:
-    """One station as the broker sees it: its Status, States and events."""
-
-    def __init__(self, broker: Broker, sid: str, clock: ManualClock) -> None:
-        self.sid, self.clock = sid, clock
-        self.client = connect(broker, client_id=f"test-{sid}")
-        self.rev, self.seq = 100, 0
-        self.rev += 1
-        status = m.Status.online(sid, EPOCH, clock.ms(), True, self.rev, 0, "1.0.0", {})
-        self._publish(Kind.STATUS, status.to_dict(), retain=True)
-
-    def _publish(self, kind: Kind, doc: dict, retain: bool = False) -> None:
-        info = self.client.publish(topic(self.sid, kind), json.dumps(doc), qos=1,
-                                   retain=retain)
-        info.wait_for_publish(5)
-
-    def state(self, banks: dict[int, str | None]) -> None:
-        doc = examples.example("state")
-        doc["lockers"]["slots"] = [
-            {"slot": n, "bank": bank, "charge": 96 if bank else None, "charging": False,
-             "locked": True, "fault": None, "temp_c": None, "cycles": None}
-            for n, bank in sorted(banks.items())]
-        self.rev += 1
-        doc.update(sid=self.sid, epoch=EPOCH, ts=self.clock.ms(), rev=self.rev,
-                   last_seq=self.seq)
-        self._publish(Kind.STATE, doc)
-
-    def event(self, type_: str, **data: Any) -> None:
-        self.seq += 1
-        ev = m.Event(self.sid, EPOCH, self.clock.ms(), True, self.seq, type_, data)
-        self._publish(Kind.EVENT, ev.to_dict())
-
-    def close(self) -> None:
-        close(self.client)
 
 
 @pytest.fixture
@@ -83,15 +47,7 @@ def broker(broker_factory) -> Broker:
 
 @pytest.fixture
 def hub(tmp_path: Path, broker: Broker, clock: ManualClock) -> Iterator[Hub]:
-    config = parse_hub_config({
-        "mqtt": {"host": broker.host, "port": broker.port, "keepalive": 5},
-        "database": f"sqlite:///{tmp_path / 'hub.db'}",
-        "http": {"host": "127.0.0.1", "port": 0},
-        "stations": [{"sid": LENDER, "name": "楚门镇先锋驿站", "group": "chumen"},
-                     {"sid": OTHER, "name": "坎门驿站", "group": "kanmen"}],
-        # States an hour apart are promised, so moving the clock keeps both online.
-        "timing": {"heartbeat": "1h"},
-    })
+    config = parse_hub_config(hub_config(broker, f"sqlite:///{tmp_path / 'hub.db'}"))
     h = Hub(config, clock=clock, registry=CollectorRegistry())
     h.start()
     try:
@@ -100,24 +56,11 @@ def hub(tmp_path: Path, broker: Broker, clock: ManualClock) -> Iterator[Hub]:
         h.close()
 
 
-def listening(hub: Hub, *senders: Sender) -> None:
-    """The hub has the senders' retained online Status: its subscription is in place,
-    so what they publish next reaches it. ``Hub.start()`` connects in the background,
-    and an event published before the hub subscribes is lost for good (the broker
-    keeps no session for it yet, and a Sender answers no replay)."""
-    for sender in senders:
-        wait_until(lambda s=sender: (v := hub.fleet.get(s.sid)) is not None
-                   and v.online and v.epoch == EPOCH, 10,
-                   f"the hub listening to {sender.sid}")
-
-
 @pytest.fixture
 def senders(hub: Hub, broker: Broker, clock: ManualClock) -> Iterator[tuple[Sender, Sender]]:
-    lender, other = Sender(broker, LENDER, clock), Sender(broker, OTHER, clock)
-    listening(hub, lender, other)
-    yield lender, other
-    lender.close()
-    other.close()
+    with sender_pair(broker, clock) as (lender, other):
+        listening(hub, lender, other)
+        yield lender, other
 
 
 def lent(hub: Hub, lender: Sender) -> None:
