@@ -20,7 +20,14 @@ from hub.public import meta
 from hub.public.finder import distance_m, kilometres
 from hub.public.limit import BURST
 from hub.public.maps import navigate, wgs84_to_gcj02
-from tests.harness.console_app import bring_online, console_hub, go_offline, send_event
+from tests.harness.console_app import (
+    bring_online,
+    console_hub,
+    go_offline,
+    placed_stations,
+    send_event,
+    water,
+)
 from yizhan.clock import ManualClock
 
 SCHEMA = json.loads((Path(__file__).parent / "geojson" / "FeatureCollection.json").read_text())
@@ -29,14 +36,7 @@ FEED = "/public/v1/stations.geojson"
 PROPERTIES = {"sid", "name", "group", "address", "host", "hours", "open_now", "online",
               "water", "chargers_ready", "working"}
 PHONE, STAFF_PHONE, PIN = "13812345678", "13900001111", "4821"
-STATIONS = [
-    {"sid": "yh-chumen-01", "name": "楚门镇先锋驿站", "group": "chumen", "lat": 28.1865,
-     "lon": 121.2847, "address": "楚门镇先锋路 18 号", "host": "先锋村便民服务中心",
-     "hours": "24h"},
-    {"sid": "yh-chumen-02", "name": "楚门镇东站", "group": "chumen", "lat": 28.1902,
-     "lon": 121.2981, "hours": "07:00-22:00"},
-    {"sid": "yh-kanmen-01", "name": "坎门渔港驿站", "group": "kanmen"},  # no place yet
-]
+STATIONS = placed_stations()
 
 
 @pytest.fixture
@@ -47,12 +47,6 @@ def hub(tmp_path):
     h.close()
 
 
-def _water(word):
-    def change(state):
-        state["dispenser"].update(level_state=word, level=0.0 if word == "empty" else 0.5)
-    return change
-
-
 def _busy_hub(hub):
     """Everything personal a hub holds: a registered rider, staff with a phone, a
     loan to a rider, an alert's text, events with a rider id."""
@@ -60,7 +54,7 @@ def _busy_hub(hub):
     hub.directory.add_staff({"id": "li", "name": "李师傅", "phone": STAFF_PHONE, "pin": "9876",
                              "groups": ["chumen"]}, by="desk")
     bring_online(hub, "yh-chumen-01")
-    bring_online(hub, "yh-chumen-02", _water("empty"))
+    bring_online(hub, "yh-chumen-02", water("empty"))
     send_event(hub, "yh-chumen-01", 9001, "bank_borrowed",
                {"slot": 3, "bank": "PB0003", "charge": 88, "rider": rider["id"]})
     hub.alerts.fire("water_empty", "yh-chumen-02", "critical", "水箱已空，李师傅 13900001111")

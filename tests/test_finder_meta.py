@@ -17,7 +17,13 @@ from hub.config.station_meta import BadMeta, coordinate, hours, open_at
 from hub.public import meta
 from hub.public.stations import public_stations
 from hub.storage.schema import station_meta
-from tests.harness.console_app import bring_online, console_hub, go_offline
+from tests.harness.console_app import (
+    bring_online,
+    console_hub,
+    go_offline,
+    placed_stations,
+    water,
+)
 from yizhan.clock import ManualClock
 from yizhan.config import ConfigError
 
@@ -82,22 +88,9 @@ def test_hours_across_midnight_and_round_the_clock():
 
 @pytest.fixture
 def hub(tmp_path):
-    h = console_hub(tmp_path, ManualClock(T0), stations=[
-        {"sid": "yh-chumen-01", "name": "楚门镇先锋驿站", "group": "chumen",
-         "lat": 28.1865, "lon": 121.2847, "address": "楚门镇先锋路 18 号",
-         "host": "先锋村便民服务中心", "hours": "24h"},
-        {"sid": "yh-chumen-02", "name": "楚门镇东站", "group": "chumen",
-         "lat": 28.19, "lon": 121.29, "hours": "07:00-22:00"},
-        {"sid": "yh-kanmen-01", "name": "坎门渔港驿站", "group": "kanmen"},
-    ])
+    h = console_hub(tmp_path, ManualClock(T0), stations=placed_stations())
     yield h
     h.close()
-
-
-def _water(word):
-    def change(state):
-        state["dispenser"].update(level_state=word, level=0.0 if word == "empty" else 0.5)
-    return change
 
 
 def _slots(charges):
@@ -115,7 +108,7 @@ def _by_sid(hub):
 
 def test_public_stations_say_what_works_now_and_nothing_personal(hub):
     bring_online(hub, "yh-chumen-01", _slots([95, 90, None]))
-    bring_online(hub, "yh-chumen-02", _water("empty"))
+    bring_online(hub, "yh-chumen-02", water("empty"))
     seen = _by_sid(hub)
     assert all(set(s) == KEYS for s in seen.values())
     one, two, kanmen = seen["yh-chumen-01"], seen["yh-chumen-02"], seen["yh-kanmen-01"]

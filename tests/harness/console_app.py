@@ -101,6 +101,19 @@ class Browser:
         return self.get(resp.headers["Location"]).get_data(as_text=True)
 
 
+def placed_stations() -> list[dict]:
+    """STATIONS with what the rider finder shows of a place (docs/finder.md): one
+    in full, one with its hours only, one not placed yet (a fresh list each call)."""
+    return [
+        {"sid": "yh-chumen-01", "name": "楚门镇先锋驿站", "group": "chumen", "lat": 28.1865,
+         "lon": 121.2847, "address": "楚门镇先锋路 18 号", "host": "先锋村便民服务中心",
+         "hours": "24h"},
+        {"sid": "yh-chumen-02", "name": "楚门镇东站", "group": "chumen", "lat": 28.1902,
+         "lon": 121.2981, "hours": "07:00-22:00"},
+        {"sid": "yh-kanmen-01", "name": "坎门渔港驿站", "group": "kanmen"},  # no place yet
+    ]
+
+
 def bring_online(hub: Hub, sid: str, change: Any = None, rev: int = 1,
                  birth: int = 5012) -> dict:
     """The station's birth (a later ``birth`` for a come-back) and a State, as the
@@ -120,6 +133,13 @@ def send_state(hub: Hub, sid: str, change: Any = None, rev: int = 1) -> dict:
         change(state)
     hub.fleet.apply_state(m.from_dict(Kind.STATE, state, topic_sid=sid), now)
     return state
+
+
+def water(word: str) -> Any:
+    """A State change for :func:`bring_online`: the dispenser's level is ``word``."""
+    def change(state: dict) -> None:
+        state["dispenser"].update(level_state=word, level=0.0 if word == "empty" else 0.5)
+    return change
 
 
 def go_offline(hub: Hub, sid: str) -> None:
