@@ -81,19 +81,26 @@ def ready_slots(station) -> list[int]:
     return [c["slot"] for c in station.api("/v1/station")["chargers"]["ready"]]
 
 
-def borrow_on_screen(station, page) -> int:
+def slot_for_phone(station, page, button: str) -> tuple[int, list[int]]:
+    """From home, ``button`` then the rider's number: the slot the page says is
+    open, and the slots the board unlocked meanwhile."""
     cabinet = station.hardware.simulation.cabinet
-    ready = wait_until(lambda: ready_slots(station), 10, "a bank counted charged")
     go_home(page, station)
-    tap(page, "#borrow")
+    tap(page, button)
     page.wait_for_selector('[data-key="0"]', timeout=WAIT_MS)
     type_digits(page, PHONE)
     wait_digits(page, "#phone", PHONE)
     before = len(unlocked(cabinet))
     tap(page, "#next")
     wait_state(page, "open")
-    slot = int(digits_in(page, "#slot"))
-    assert slot in ready and unlocked(cabinet)[before:] == [slot]
+    return int(digits_in(page, "#slot")), unlocked(cabinet)[before:]
+
+
+def borrow_on_screen(station, page) -> int:
+    cabinet = station.hardware.simulation.cabinet
+    ready = wait_until(lambda: ready_slots(station), 10, "a bank counted charged")
+    slot, opened = slot_for_phone(station, page, "#borrow")
+    assert slot in ready and opened == [slot]
     cabinet.take(slot)  # the rider takes the bank
     cabinet.shut(slot)  # and shuts the door
     wait_state(page, "taken")
@@ -106,17 +113,9 @@ def borrow_on_screen(station, page) -> int:
 
 def return_on_screen(station, page, shot=None) -> tuple[int, dict]:
     cabinet = station.hardware.simulation.cabinet
-    go_home(page, station)
-    tap(page, "#return")
     # No bank id to match: the rider says who they are, as for a borrow.
-    page.wait_for_selector('[data-key="0"]', timeout=WAIT_MS)
-    type_digits(page, PHONE)
-    wait_digits(page, "#phone", PHONE)
-    before = len(unlocked(cabinet))
-    tap(page, "#next")
-    wait_state(page, "open")
-    slot = int(digits_in(page, "#slot"))
-    assert unlocked(cabinet)[before:] == [slot], "one empty slot opened for the return"
+    slot, opened = slot_for_phone(station, page, "#return")
+    assert opened == [slot], "one empty slot opened for the return"
     if shot is not None:
         shot(page, "return-rider")  # docs/kiosk.md
     cabinet.insert(slot)  # the bank goes in, the door shuts behind it
