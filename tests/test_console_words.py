@@ -180,6 +180,7 @@ EVENTS = [
     ("refilled", {"what": "cups", "staff": "s-li"}),
     ("water_level", {"level_state": "low", "level": 0.18}),
     ("visit", {"count": 1}),
+    ("water_drawn", {"draws": 3, "ml": 750}),
     ("slot_fault_cleared", {"slot": 2, "fault": "comm"}),
     ("slot_swapped", {"slot": 4, "fault": "a_new_fault", "rider": RIDER}),  # a newer agent's
 ]
@@ -216,6 +217,8 @@ def test_station_page_says_faults_doors_and_event_details_in_words(hub: Hub, lan
         sep.join([w("cups"), w("by %(staff)s", staff="s-li")]),
         w("Water low"),
         texts(lang).ngettext("%(num)d visit", "%(num)d visits", 1),
+        sep.join([texts(lang).ngettext("%(num)d cup", "%(num)d cups", 3) % {"num": 3},
+                  w("%(litres)s L", litres="0.8")]),
         sep.join([w("slot %(slot)s", slot=2), w("no contact")]),
         sep.join([w("slot %(slot)s", slot=4), "a_new_fault"]),
     ]

@@ -81,6 +81,18 @@ def _count(v: Any) -> str:
     return ngettext("%(num)d visit", "%(num)d visits", v) % {"num": v}
 
 
+def _cups(v: Any) -> str:
+    if isinstance(v, bool) or not isinstance(v, int):
+        return str(v)[:MOST]
+    return ngettext("%(num)d cup", "%(num)d cups", v) % {"num": v}
+
+
+def _litres(v: Any) -> str:
+    if isinstance(v, bool) or not isinstance(v, int):
+        return str(v)[:MOST]
+    return gettext("%(litres)s L") % {"litres": f"{v / 1000:.1f}"}
+
+
 def _words(words: Mapping[str, str]) -> Callable[[Any], str]:
     return lambda v: _word(words, v)
 
@@ -105,6 +117,7 @@ _SHOWN: dict[str, tuple[tuple[str, Callable[[Any], str]], ...]] = {
     "maintenance_started": (("staff", _staff),),
     "maintenance_ended": (("staff", _staff),),
     "visit": (("count", _count),),
+    "water_drawn": (("draws", _cups), ("ml", _litres)),
 }
 #: An event type no table knows (a newer agent's): the fields the console has words
 #: for, then the others it shows as they came (never ``rider``).
