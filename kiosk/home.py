@@ -8,7 +8,7 @@ from typing import Any
 
 from flask import Blueprint, abort, redirect, render_template, request, session, url_for
 
-from kiosk import borrow, staff
+from kiosk import borrow, returns, staff
 from kiosk.agent import AgentUnavailable
 from kiosk.context import kiosk
 from kiosk.i18n import LANGUAGES
@@ -61,7 +61,10 @@ def reset():
     for the next person at the screen."""
     k = kiosk()
     staff.end_session()
-    borrow.forget()  # the rider id kept in the kiosk's memory, not only the ticket
+    # The rider ids kept in the kiosk's memory, not only the tickets in the cookie:
+    # a pending borrow's, and a pending return's at a cabinet without bank ids.
+    borrow.forget()
+    returns.forget()
     lang = session.get("lang")
     session.clear()
     if request.args.get("idle") != "1" and lang in LANGUAGES and lang != k.config.language:

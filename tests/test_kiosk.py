@@ -612,6 +612,23 @@ def test_the_idle_reset_forgets_the_rider(screen, station):
     assert screen.get("/borrow/pin").location.endswith("/borrow")
 
 
+def test_the_reset_forgets_a_pending_return_s_rider_from_memory(station, tmp_path):
+    """A return at a cabinet without bank ids keeps its rider like a borrow does;
+    the reset drops that memory too, not only the cookie's ticket."""
+    from flask import session
+
+    from kiosk import home, returns
+    from kiosk.context import kiosk
+
+    app = create_app(kiosk_config(station, tmp_path))
+    with app.test_request_context("/reset"):
+        returns._keep("r:" + "ab" * 32, "137****0000")
+        ticket = session["return"]
+        assert kiosk().riders.get(ticket) is not None
+        home.reset()
+        assert kiosk().riders.get(ticket) is None
+
+
 def test_a_pending_rider_goes_stale_without_the_browser(station, tmp_path):
     clock = ManualClock()
     screen = Screen(create_app(kiosk_config(station, tmp_path), clock=clock).test_client())
