@@ -38,6 +38,10 @@ class Rig:
                  pump=True):
         self.broker, self.clock = broker, clock
         self.sid = f"yh-cmd-{next(_sids)}"
+        # The session broker may hold a real hub's retained time beacon from another
+        # test file (today's time, far ahead of this ManualClock): the station would
+        # judge every command by it. These tests publish the beacons they mean.
+        publish(broker, HUB_TIME_TOPIC, b"", retain=True)
         self.synced = synced
         self.station = DeliveryStation(broker, tmp_path / self.sid, self.sid, clock=clock)
         self.handler = CommandHandler(
