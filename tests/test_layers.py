@@ -22,9 +22,13 @@ HUB_RANK = {
     "hub.fleet": 2,
     "hub.mqtt": 3,
     "hub.alerting": 3,
+    "hub.public": 3,
+    "hub.reports": 3,
     "hub.http": 4,
     "hub.console": 4,
     "hub.service": 5,
+    # `yizhan sim month`: a whole Hub driven through simulated months (a tool).
+    "hub.simulate": 6,
 }
 #: Packages that may depend on each other at one rank: none.
 SAME_RANK_APART = {("hub.mqtt", "hub.alerting"), ("hub.alerting", "hub.mqtt"),

@@ -170,7 +170,7 @@ def cmd_sim_board(args: argparse.Namespace) -> int:
 
 
 def cmd_sim_month(args: argparse.Namespace) -> int:
-    from hub.reports.simulate import run
+    from hub.simulate import run
 
     return run(args.config, args.seed, args.start, args.months, args.log)
 

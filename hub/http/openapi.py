@@ -509,7 +509,7 @@ def _document() -> dict[str, Any]:
     # The Directory's routes (staff, riders, denied, policies) are described beside
     # their code; imported here, since that module builds on this one's helpers.
     from hub.http import openapi_directory as directory
-    from hub.public import openapi as public  # the finder and the feed (docs/finder.md)
+    from hub.http import openapi_public as public  # the finder and the feed (docs/finder.md)
 
     paths = copy.deepcopy({**PATHS, **directory.PATHS, **public.PATHS})
     write_scopes = {**WRITE_SCOPES, **directory.WRITE_SCOPES}
