@@ -173,8 +173,8 @@ def test_the_person_on_call_is_mentioned_in_each_platforms_own_format(world):
 
     w.clock.advance(12 * HOUR)  # Thursday 22:00: Chumen's night is 李's, Kanmen's 赵's
     w.fire(KANMEN)
-    w.clock.advance(1)  # one after the other, as the outbox sends them
-    w.fire(CHUMEN, "heater_lockout")
+    w.clock.advance(1)  # one after the other, as the outbox sends them (neither goes first)
+    w.fire(CHUMEN, "dispenser_fault")
     night = w.sent()
     assert [mentioned("wecom", b) for b in night["wecom"]] == [["13700003333"], ["13800002222"]]
     assert [mentioned("dingtalk", b) for b in night["dingtalk"]] == [["13700003333"],
