@@ -104,7 +104,9 @@ def test_demo_brings_three_stations_online_and_stops_cleanly(tmp_path, broker):
     log = open(tmp_path / "demo.log", "wb")  # noqa: SIM115
     demo = subprocess.Popen(
         [sys.executable, "-m", "yizhan", "demo", "--dir", str(workdir),
-         "--http-port", str(port), "--broker", broker],
+         "--http-port", str(port), "--broker", broker,
+         # Free ports only: a test in another worker may hold the kiosk's 8700/8701.
+         "--station-ports", "0"],
         stdout=log, stderr=subprocess.STDOUT)
     started = time.monotonic()
     try:
@@ -148,3 +150,12 @@ def test_demo_brings_three_stations_online_and_stops_cleanly(tmp_path, broker):
             demo.kill()
             demo.wait()
         log.close()
+
+
+@pytest.mark.parametrize("ports", ["80", "70000", "-1", "65530"])
+def test_demo_refuses_station_ports_out_of_range(tmp_path, capsys, ports):
+    from yizhan.cli import main
+
+    assert main(["demo", "--dir", str(tmp_path / "demo"), "--station-ports", ports]) == 2
+    assert "--station-ports must be 0 or 1024..65504 for 3 stations" in capsys.readouterr().err
+    assert not (tmp_path / "demo").exists()  # refused before anything was written

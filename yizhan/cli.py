@@ -369,6 +369,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--http-port", type=int, default=8080, help="hub HTTP port (default 8080)")
     d.add_argument("--mqtt-port", type=int, default=0,
                    help="broker port (default: a free one)")
+    d.add_argument("--station-ports", type=int, default=8700, metavar="PORT",
+                   help="station i's kiosk on PORT+10i, its local API on the next "
+                        "(default 8700; 0: any free ports)")
     d.add_argument("--broker", choices=["auto", "mosquitto", "embedded"], default="auto",
                    help="auto: Mosquitto when installed, else the embedded broker")
     d.set_defaults(func=cmd_demo)

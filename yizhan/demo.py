@@ -67,7 +67,12 @@ def _token(workdir: Path) -> str:
     return token
 
 
-def write_configs(workdir: Path, n: int, mqtt_port: int, http_port: int) -> tuple[Path, list]:
+def write_configs(workdir: Path, n: int, mqtt_port: int, http_port: int,
+                  station_ports: int = 8700) -> tuple[Path, list]:
+    """The hub's and ``n`` stations' configuration files. Station ``i`` gets its kiosk
+    on ``station_ports + 10 i`` and its local API on the next port, or other free
+    ones when those are taken; ``station_ports`` 0: free ports only (nothing fixed
+    another program on this machine may be about to take)."""
     workdir.mkdir(parents=True, exist_ok=True)
     token = _token(workdir)
     key = workdir / "fleet.key"
@@ -93,8 +98,12 @@ def write_configs(workdir: Path, n: int, mqtt_port: int, http_port: int) -> tupl
     configs = []
     for i, (sid, name, _group) in enumerate(stations):
         # Each station on this one machine needs its own kiosk and local API ports.
-        kiosk_port = _port_near(8700 + 10 * i)
-        api_port = _port_near(8701 + 10 * i, avoid={kiosk_port})
+        if station_ports:
+            kiosk_port = _port_near(station_ports + 10 * i)
+            api_port = _port_near(station_ports + 1 + 10 * i, avoid={kiosk_port})
+        else:
+            kiosk_port = free_port()
+            api_port = _port_near(free_port(), avoid={kiosk_port})
         cfg = _write(workdir / f"{sid}.yaml", {
             "hardware": "sim",
             "station": {"id": sid, "name": name},
@@ -166,12 +175,17 @@ def _get(url: str, token: str | None = None, timeout: float = 2.0) -> dict | Non
 
 def run_demo(args) -> int:
     workdir = Path(args.dir)
+    if args.station_ports and not 1024 <= args.station_ports <= 65534 - 10 * args.stations:
+        print(f"yizhan demo: --station-ports must be 0 or 1024..{65534 - 10 * args.stations} "
+              f"for {args.stations} stations", file=sys.stderr)
+        return 2
     mqtt_port = args.mqtt_port or free_port()
     http_port = args.http_port
     if not port_is_free(http_port):
         http_port = free_port()
         print(f"port {args.http_port} is taken; the hub uses {http_port}", flush=True)
-    hub_cfg, station_cfgs = write_configs(workdir, args.stations, mqtt_port, http_port)
+    hub_cfg, station_cfgs = write_configs(workdir, args.stations, mqtt_port, http_port,
+                                          args.station_ports)
     token = (workdir / "api-token").read_text().strip()
     signins = console_users(workdir, hub_cfg)
     logs = workdir / "logs"
