@@ -44,7 +44,9 @@ def station_file(tmp_path: Path, key_mode: int) -> Path:
     config = tmp_path / "station.yaml"
     config.write_text(yaml.safe_dump({
         "hardware": "sim", "station": {"id": SID}, "data_dir": str(tmp_path / "data"),
-        "fleet_key_file": str(key), "mqtt": {"host": "127.0.0.1", "port": 1}}))
+        "fleet_key_file": str(key), "mqtt": {"host": "127.0.0.1", "port": 1},
+        # A free port: another test worker's agent may hold the default 8701.
+        "local_api": {"host": "127.0.0.1", "port": 0}}))
     return config
 
 

@@ -49,6 +49,8 @@ def system(tmp_path, broker_factory, procs):
         "station": {"id": SID, "name": "楚门镇先锋驿站"},
         "mqtt": mqtt,
         "data_dir": str(tmp_path / "station"),
+        # A free port: another test worker's agent may hold the default 8701.
+        "local_api": {"host": "127.0.0.1", "port": 0},
     })
     hub = procs.start("hub", "hub", "--config", str(hub_cfg))
     base = f"http://127.0.0.1:{http_port}"
