@@ -42,6 +42,17 @@ def test_one_board_as_the_contract_writes_it() -> None:
     assert cu.charging.charge_time == 9000.0 and cu.charging.channels == 16
 
 
+@pytest.mark.parametrize(("driver", "baudrate", "address"), [
+    ("lock8a", 9600, 1), ("kerong-cu16", 19200, 0)])
+def test_the_contracts_minimal_lockers_section_loads(driver, baudrate, address, caplog) -> None:
+    """Contract §14: `driver` and `port`, the rest by default. Without a charging
+    section the chargers are taken as always powered, and the log says so."""
+    got = lockers({"driver": driver, "port": PORT})
+    assert got.buses == (BusConfig(PORT, baudrate, (BoardConfig(address, 12, "closed"),)),)
+    assert got.charging == ChargingConfig(driver="always-on", charge_time=3 * 3600.0)
+    assert "assumes the chargers are always powered" in caplog.text
+
+
 def test_several_buses_and_boards_in_slot_order() -> None:
     got = lockers({"driver": "lock8a", "buses": [
         {"port": PORT, "boards": [{"address": 3, "locks": 24}, {"address": 1, "locks": 8}]},
@@ -105,7 +116,6 @@ HUGE = 10**30
 @pytest.mark.parametrize(("section", "key", "problem"), [
     ({"driver": "lock9x", "port": PORT}, "lockers.driver", "must be one of"),
     ({"driver": HUGE, "port": PORT}, "lockers.driver", "non-empty string"),
-    ({"driver": "lock8a", "port": PORT}, "lockers.charging", "is required"),
     ({"driver": "lock8a", "charging": RELAYS}, "lockers.port", "is required"),
     ({"driver": "lock8a", "port": PORT, "address": 33, "charging": RELAYS},
      "lockers.address", "1 to 32"),
