@@ -46,6 +46,7 @@ from hub.http.metrics import FleetCollector
 from hub.http.uptime_metrics import UptimeCollector
 from hub.http.web import create_app
 from hub.mqtt.ingest import TIME_EVERY, Ingest
+from hub.storage.leader import LEADER_EVERY, Leadership
 from hub.storage.schema import notifications
 from hub.storage.store import Store
 from hub.storage.writer import Writer
@@ -96,6 +97,10 @@ class Hub:
             "mqtt": lambda: not self.ingest.stuck(), "writer": self._writer_mendable})
         self.registry = registry if registry is not None else CollectorRegistry()
         self.store = Store(config.database)
+        # Which worker does the once-for-the-fleet work (hub/storage/leader.py):
+        # with one worker (no shared_group), always this one.
+        self.leader = Leadership(self.store, clock=clock,
+                                 shared=config.shared_group is not None)
         self.writer: Writer | None = None
         try:
             self.writer = Writer(self.store).start()
@@ -233,6 +238,10 @@ class Hub:
             self.fleet.replay_sent(sid, cid, lo, hi)
             log.info("asked %s to replay events %d..%d (%s)", sid, lo, hi, cid)
 
+    def lead(self) -> None:
+        """Take or keep the leadership (hub/storage/leader.py)."""
+        self.leader.poll()
+
     def expire_commands(self) -> None:
         self.commands.expire(self.clock.ms())
 
@@ -274,6 +283,7 @@ class Hub:
         if self._started:
             return
         self._started = True
+        self.leader.poll()
         self.ledger.hub_started(self.clock.ms())
         # Senders first: what the engine finds at its start is delivered at once.
         self.outbox.start()
@@ -289,7 +299,7 @@ class Hub:
                 (self.refresh, REFRESH_EVERY), (self.evaluate_alerts, ENGINE_EVERY),
                 (self.route_alerts, ROUTER_EVERY), (self.prune_deliveries, PRUNE_EVERY),
                 (self.publish_directory, DIRECTORY_EVERY),
-                (self.watchdog.tick, WATCHDOG_EVERY))
+                (self.watchdog.tick, WATCHDOG_EVERY), (self.lead, LEADER_EVERY))
         if tune_gc:
             jobs += ((self.collect_young_garbage, GC_YOUNG_EVERY),
                      (self.collect_all_garbage, GC_FULL_EVERY))
@@ -382,4 +392,5 @@ class Hub:
     def _close_store(self) -> None:
         if self.writer is not None:
             self.writer.close()  # flushes
+        self.leader.close()  # another worker leads at its next poll
         self.store.close()

@@ -1,0 +1,83 @@
+"""One leader among hub workers (hub/storage/leader.py), on a real PostgreSQL.
+
+What it proves: of several workers sharing one database exactly one leads; the
+leader that lets go (closes, or loses its connection as a SIGKILLed worker
+would) is replaced at another worker's next poll; without sharing every worker
+leads alone, and nothing connects.
+"""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+
+from hub.storage.leader import Leadership
+from hub.storage.store import Store
+from tests.harness.procs import wait_until
+
+
+@pytest.fixture
+def pg_store(pg_url: str):
+    s = Store(pg_url)
+    yield s
+    s.close()
+
+
+def _workers(store: Store, n: int) -> list[Leadership]:
+    return [Leadership(store, shared=True) for _ in range(n)]
+
+
+@pytest.mark.postgres
+def test_one_of_three_leads_and_another_takes_over_when_it_closes(pg_store: Store) -> None:
+    workers = _workers(pg_store, 3)
+    try:
+        assert [w.poll() for w in workers] == [True, False, False]
+        # Polling again changes nothing: the leader keeps it, the others wait.
+        assert [w.poll() for w in workers] == [True, False, False]
+        changes: list[bool] = []
+        workers[1].listen(changes.append)
+        workers[0].close()
+        assert workers[0].is_leader is False
+        assert [w.poll() for w in workers[1:]] == [True, False]
+        assert changes == [True]
+    finally:
+        for w in workers:
+            w.close()
+
+
+@pytest.mark.postgres
+def test_a_leader_whose_connection_is_killed_steps_down_and_is_replaced(
+        pg_store: Store) -> None:
+    a, b = _workers(pg_store, 2)
+    lost: list[bool] = []
+    a.listen(lost.append)
+    try:
+        assert a.poll() and not b.poll()
+        # What a SIGKILL or a cut network does, seen from the server: the
+        # leader's session ends, and its lock with it.
+        with pg_store.engine.connect() as conn:
+            ended = conn.execute(sa.text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE application_name = 'yizhan-hub leader' AND pid IN "
+                "(SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted)"
+            )).scalars().all()
+        assert ended == [True]
+        # The server ends the session a moment after it was asked to.
+        wait_until(b.poll, 5, "another worker takes the lock")
+        assert a.poll() is False  # its next poll finds its connection gone
+        assert lost == [True, False] and a.error
+        assert a.poll() is False  # reconnected, but the lock is b's
+    finally:
+        a.close()
+        b.close()
+
+
+def test_without_sharing_every_worker_leads_and_nothing_connects(tmp_path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'hub.db'}")
+    try:
+        workers = [Leadership(store, shared=True), Leadership(store, shared=False)]
+        assert [w.is_leader for w in workers] == [True, True]
+        assert [w.poll() for w in workers] == [True, True]
+        assert all(w._conn is None for w in workers)
+    finally:
+        store.close()
