@@ -11,6 +11,7 @@ loopback's (a ``Host`` of ``evil.example`` is DNS rebinding: 421).
 
     POST /v1/borrow {"rider": "r:5e8f0c1d2e3f4a5b6c7d8e9f"}  -> 202 {"attempt": {...}}
     GET  /v1/borrow/b-1f2e3d4c5b6a7988                       -> 200 {"attempt": {...}}
+    GET  /v1/openapi.json                                    -> this API in OpenAPI 3.1
 
 Riders are named by rider id only (contract §1): the kiosk hashes the phone
 number before it calls, and a phone number sent here is refused. Every bad
@@ -28,11 +29,11 @@ from __future__ import annotations
 import ipaddress
 import logging
 
-from flask import Flask, request
+from flask import Flask, jsonify, request
 
 from firmware.directory import DirectoryStore
 from firmware.lending import Lending
-from firmware.localapi import borrow, errors, maintenance, returns, station
+from firmware.localapi import borrow, errors, maintenance, openapi, returns, station
 from firmware.localapi.context import LocalApi, StateProvider
 from firmware.localapi.errors import ApiError, error_response
 from yizhan.hosts import loopback_host
@@ -76,6 +77,12 @@ def create_local_api(lending: Lending, state_provider: StateProvider,
     errors.init_app(app)
     for resource in (station, borrow, returns, maintenance):
         app.register_blueprint(resource.bp)
+
+    @app.get(openapi.PATH)
+    def openapi_json():
+        # What tests/test_agent_localapi_fuzz.py holds the running agent to.
+        return jsonify(openapi.document())
+
     return app
 
 
