@@ -35,7 +35,7 @@ import itertools
 import logging
 import threading
 from bisect import bisect_right
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -450,6 +450,11 @@ class Ledger:
         #: counted as they are marked: a point dated before what ``seconds``
         #: already counted is still an outage.
         self._outages: dict[str, int] = {}
+        #: Whether this process writes the change points the fleet derives (a
+        #: station or a part up or down). Several hub workers sharing one
+        #: database (docs/scaling.md): only the leader does; the others keep the
+        #: same points in memory, from the same merged view, to lead in turn.
+        self.leads: Callable[[], bool] = lambda: True
         self._load(clock.ms())
 
     # -- the fleet's side -------------------------------------------------------------
@@ -470,15 +475,33 @@ class Ledger:
             raise LedgerError(f"unknown state {state!r}; one of {STATES}")
         return self._record(sid, component, state, int(at_ms))
 
-    def maintenance(self, sid: str, on: bool, at_ms: int) -> bool:
+    def maintenance(self, sid: str, on: bool, at_ms: int, *, write: bool = True) -> bool:
         """Staff started (``on``) or ended maintenance of station ``sid`` at ``at_ms``.
+        Written by whichever worker stored the event (its insert decides, once);
+        ``write=False``: another worker did, this one only takes note.
 
         >>> ledger.maintenance("yh-chumen-01", True, clock.ms())
         True
         """
-        return self._record(sid, MAINTENANCE_COMPONENT, _ON if on else _OFF, int(at_ms))
+        return self._record(sid, MAINTENANCE_COMPONENT, _ON if on else _OFF, int(at_ms),
+                            write)
 
-    def _record(self, sid: str, component: str, state: str, at_ms: int) -> bool:
+    def resume(self) -> None:
+        """Read the last point of every part again: a worker that starts leading
+        marks from what the database holds, not from what it only noted."""
+        newest = sa.func.row_number().over(
+            partition_by=(ledger.c.sid, ledger.c.component),
+            order_by=(ledger.c.at_ms.desc(), ledger.c.id.desc())).label("n")
+        last = sa.select(ledger.c.sid, ledger.c.component, ledger.c.at_ms, ledger.c.state,
+                         newest).subquery()
+        with self.store.engine.connect() as conn:
+            rows = conn.execute(sa.select(last).where(last.c.n == 1)).all()
+        with self._lock:
+            for r in rows:
+                self._last[(r.sid, r.component)] = (r.at_ms, r.state)
+
+    def _record(self, sid: str, component: str, state: str, at_ms: int,
+                write: bool | None = None) -> bool:
         key = (sid, component)
         with self._lock:
             last = self._last.get(key)
@@ -498,6 +521,8 @@ class Ledger:
             elif component == MAINTENANCE_COMPONENT:
                 self._recent.setdefault(sid, _Recent()).switches.append((at_ms, state == _ON))
                 self._dirty.add(sid)
+        if not (write if write is not None else self.leads()):
+            return True
         # Outside the lock: submit may block on a full queue, and the writer
         # thread itself may be the caller.
         self.writer.submit(Rows(_INSERT_POINT, {"sid": sid, "component": component,
