@@ -196,6 +196,19 @@ notifications = sa.Table(
     sa.Index("notifications_recent", "notifier", "created_ms"),
 )
 
+# Each chat robot's pace, shared by the hub workers sending to it
+# (hub/alerting/notify/shared_pace.py): attempts answered in the last window
+# (JSON list of ms), attempts in flight (JSON {token: until ms}), until when it
+# refused us for speed. The key is pacing.robot_key's hash, never the address.
+robot_pace = sa.Table(
+    "robot_pace", metadata,
+    sa.Column("robot", sa.String(40), primary_key=True),
+    sa.Column("stamps", sa.Text, nullable=False),
+    sa.Column("flights", sa.Text, nullable=False),
+    sa.Column("paused_until_ms", sa.BigInteger, nullable=False),
+    sa.Column("refusals", sa.Integer, nullable=False),
+)
+
 # Silences (alert engine, docs/alerts.md): an open alert matching every given
 # field (sid, group, rule; NULL matches any) is not notified in [starts, ends).
 silences = sa.Table(
