@@ -242,11 +242,24 @@ class Hub:
         """Take or keep the leadership (hub/storage/leader.py)."""
         self.leader.poll()
 
+    def _leading(self, leading: bool) -> None:
+        """Leadership changed: the engine takes over the alerts, or stops."""
+        if leading:
+            self.engine.resume(self.clock.ms())
+        else:
+            self.engine.pause()
+
+    # Leader-only jobs: with several workers (mqtt.shared_group) the others skip
+    # them quietly; with one worker it always leads (hub/storage/leader.py).
+
     def expire_commands(self) -> None:
-        self.commands.expire(self.clock.ms())
+        if self.leader.is_leader:
+            self.commands.expire(self.clock.ms())
 
     def alive(self) -> None:
-        self.ledger.hub_alive(self.clock.ms())
+        # The leader's run is the one that vouches: it makes the derived marks.
+        if self.leader.is_leader:
+            self.ledger.hub_alive(self.clock.ms())
 
     def beacon(self) -> None:
         self.ingest.publish_time()
@@ -255,16 +268,21 @@ class Hub:
         self.ledger.refresh(self.clock.ms(), share=REFRESH_SHARE)
 
     def evaluate_alerts(self) -> None:
-        self.engine.tick(self.clock.ms())
+        if self.leader.is_leader:
+            self.engine.tick(self.clock.ms())
 
     def route_alerts(self) -> None:
-        self.router.tick(self.clock.ms())
+        if self.leader.is_leader:
+            self.router.tick(self.clock.ms())
 
     def publish_directory(self) -> None:
         """Send the Directories no longer right on the broker (hub/fleet/directory.py)."""
-        self.directory.tick()
+        if self.leader.is_leader:
+            self.directory.tick()
 
     def prune_deliveries(self) -> None:
+        if not self.leader.is_leader:
+            return
         gone = self.outbox.prune(self.clock.ms() - KEEP_DELIVERIES_MS)
         if gone:
             log.info("pruned %d finished notifications older than 30 days", gone)
@@ -283,11 +301,14 @@ class Hub:
         if self._started:
             return
         self._started = True
-        self.leader.poll()
+        if not self.leader.poll():
+            self.engine.pause()  # another worker's engine opens and closes alerts
+        self.leader.listen(self._leading)
+        self.ingest.broker_stats.exported = lambda: self.leader.is_leader
         self.ledger.hub_started(self.clock.ms())
         # Senders first: what the engine finds at its start is delivered at once.
         self.outbox.start()
-        self.engine.start()  # evaluates the fleet as loaded, then listens
+        self.engine.start()  # evaluates the fleet as loaded (if leading), then listens
         self.ingest.start()
         # A "Running job" line a second would drown the log; a job's exception is
         # still logged (ERROR), with its traceback.

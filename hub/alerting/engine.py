@@ -215,6 +215,8 @@ class AlertEngine:
         self._sites: dict[str, _Site] = {}
         self._thread: threading.Thread | None = None
         self._closing = False
+        # Several hub workers: only the leader's engine evaluates (pause/resume).
+        self._paused = False
         self.evaluations = 0  # stations evaluated, for tests and benchmarks
         self._load()
         fleet.add_listener(self.note)
@@ -261,6 +263,35 @@ class AlertEngine:
         self._thread.start()
         return self
 
+    def pause(self) -> None:
+        """Another hub worker leads (hub/storage/leader.py): open and close no
+        alert, and keep nothing noted, until ``resume()``. The thread stays."""
+        with self._lock, self._queue:
+            self._paused = True
+            self._dirty.clear()
+            self._urgent.clear()
+            self._events.clear()
+
+    def resume(self, now_ms: int | None = None) -> None:
+        """This worker leads (again): what it knew is forgotten — the leader
+        before it opened, closed and handled alerts meanwhile — the open alerts
+        are read again from the database and every station is evaluated. A
+        condition pending its ``for`` starts over from now (docs/alerting-internals.md)."""
+        with self._lock:
+            for memory in (self._tracks, self._by_id, self._sites, self._due, self._evaluated):
+                memory.clear()
+            with self._queue:
+                self._dirty.clear()
+                self._urgent.clear()
+                self._events.clear()
+            self._load()
+            self._paused = False
+        self.evaluate_all(now_ms)
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
     def close(self) -> None:
         """Stop the thread and stop listening. Idempotent."""
         with self._queue:
@@ -276,6 +307,8 @@ class AlertEngine:
 
     def note(self, sid: str, kind: str, payload: Any, now_ms: int) -> None:
         """The fleet listener: ``sid`` changed; evaluated soon on the engine's thread."""
+        if self._paused:
+            return  # the leader's engine evaluates it
         urgent = False
         if kind == "event" and payload is not None:
             if payload.type not in ENGINE_EVENTS:
@@ -340,6 +373,8 @@ class AlertEngine:
         """Evaluate every rule of station ``sid`` at ``now_ms``, with the events
         noted for it, raising and clearing its alerts."""
         with self._lock:
+            if self._paused:
+                return
             with self._queue:
                 self._dirty.pop(sid, None)
                 self._urgent.discard(sid)
@@ -418,6 +453,8 @@ class AlertEngine:
     def _pass(self, choose: Callable[[int], Iterable[str]], now_ms: int | None) -> None:
         """Silences and windows re-read, the stations ``choose(now)`` names
         evaluated, overdue loans."""
+        if self._paused:
+            return
         now = self.clock.ms() if now_ms is None else now_ms
         try:
             self.alerts.mutes.refresh(now)
@@ -701,6 +738,8 @@ class AlertEngine:
 
     def _mutes_changed(self) -> None:
         """A silence or window was added or ended through the API: look again now."""
+        if self._paused:
+            return
         now = self.clock.ms()
         with self._lock:
             sids = [sid for sid, tracks in self._tracks.items()

@@ -30,6 +30,13 @@ def min_charge(hub: Any) -> int:
     return int(hub.config.min_charge)
 
 
+def leads(hub: Any) -> bool:
+    """Whether this hub worker exports the fleet-wide series: the leader does
+    (hub/storage/leader.py); a hub without leadership is alone, and leads."""
+    leader = getattr(hub, "leader", None)
+    return leader is None or bool(leader.is_leader)
+
+
 class FleetCollector(Collector):
     """Every station's §12 series from ``hub.fleet.view``, ``hub.fleet.ledger`` and
     ``hub.alerting.alerts``."""
@@ -44,6 +51,10 @@ class FleetCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         hub = self.hub
+        if not leads(hub):
+            # Several workers: the fleet-wide series come from the leader alone,
+            # so a sum over the workers counts each station once (docs/hub.md).
+            return
         f = self._families()
         now_ms = hub.clock.ms()
         threshold = min_charge(hub)

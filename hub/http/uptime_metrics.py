@@ -12,6 +12,11 @@
 * ``yizhan_station_predicted_empty_seconds{station,supply}``: the forecaster's
   time until water or chargers run out; absent without a forecast.
 * ``yizhan_hub_healthy``: 1 when ``/healthz`` would say ok, else 0.
+* ``yizhan_hub_leader``: 1 on the worker that leads (hub/storage/leader.py),
+  always 1 with one worker.
+
+With several workers (``mqtt.shared_group``) the station series come from the
+leader alone; each worker exports its own ``yizhan_hub_*`` series.
 
 All computed at scrape time from what the hub holds; nothing here walks a
 station's history (the ledger's accounts move on by the time since the last
@@ -31,6 +36,7 @@ from prometheus_client.registry import Collector
 
 from hub.fleet.seconds import KINDS
 from hub.http.health import problems_of
+from hub.http.metrics import leads
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +69,9 @@ class UptimeCollector(Collector):
         hub = self.hub
         f = self._families()
         now_ms = hub.clock.ms()
-        views = hub.fleet.stations()
+        leading = leads(hub)
+        # Another worker leads: it exports the fleet, this one only itself.
+        views = hub.fleet.stations() if leading else []
         for view in views:
             f["info"].add_metric([view.sid, view.name or "", view.group or ""], 1.0)
         accounts = hub.ledger.seconds(((v.sid, v.last_seen_ms) for v in views), now_ms)
@@ -73,10 +81,11 @@ class UptimeCollector(Collector):
                 f["seconds"].add_metric([view.sid, state], value)
             f["outages"].add_metric([view.sid], float(outages))
         forecaster = getattr(hub, "forecaster", None)
-        if forecaster is not None:
+        if forecaster is not None and leading:
             with self._lock:
                 self._predictions(f["empty"], forecaster, views, now_ms)
         f["healthy"].add_metric([], 0.0 if problems_of(hub) else 1.0)
+        f["leader"].add_metric([], 1.0 if leading else 0.0)
         yield from f.values()
 
     def _predictions(self, family: GaugeMetricFamily, forecaster: Any, views: list[Any],
@@ -122,4 +131,7 @@ class UptimeCollector(Collector):
             "healthy": GaugeMetricFamily(
                 "yizhan_hub_healthy", "1 while /healthz reports ok, else 0 (the same "
                 "judgement: MQTT, database, writer, notification senders)."),
+            "leader": GaugeMetricFamily(
+                "yizhan_hub_leader", "1 on the hub worker that leads (alerts, scheduled "
+                "work, the station series), else 0; always 1 with one worker."),
         }

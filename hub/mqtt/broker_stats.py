@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -53,6 +53,9 @@ class BrokerStats(Collector):
         self._values: dict[str, int] = {}
         self._lock = threading.Lock()
         self._complained: set[str] = set()
+        #: Whether this process exports them: with several hub workers only the
+        #: leader does (the hub sets it), so a sum over workers counts the broker once.
+        self.exported: Callable[[], bool] = lambda: True
         if registry is not None:
             registry.register(self)
 
@@ -85,6 +88,8 @@ class BrokerStats(Collector):
             return self._values.get(topic)
 
     def collect(self) -> Iterator[Metric]:
+        if not self.exported():
+            return
         with self._lock:
             values = dict(self._values)
         for topic, (name, help_, counter) in TOPICS.items():
