@@ -21,8 +21,13 @@ the session works (:meth:`Ingest.problem`).
 On paho's network thread each message is parsed and validated (``protocol``),
 applied to the in-memory ``Fleet`` and handed to the writer — nothing waits on
 the database. An invalid payload is counted in
-``yizhan_hub_messages_total{kind,result="invalid"}``, logged once per station
-and reason, and dropped: it never stops the hub (design principle 7).
+``yizhan_hub_messages_total{kind,result="invalid"}`` and, by why, in
+``yizhan_hub_invalid_messages_total{kind,reason}`` (``REASONS``), logged once
+an hour per (station, kind, reason), and dropped: it never stops the hub
+(design principle 7). What is remembered as logged is bounded (``LOGGED_KEPT``
+keys; past them one line says the rest is only counted), so a flood of made-up
+stations or made-up values costs neither memory nor log lines without end
+(docs/security.md, "Hostile input at the hub").
 
 >>> ingest = Ingest(config, fleet, clock, registry)
 >>> ingest.start()      # connects in the background; ``connected`` is set once up
@@ -32,7 +37,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import ssl
 import threading
 
@@ -45,7 +49,7 @@ from hub.fleet.view import APPLIED, DUPLICATE, INVALID, STALE, Fleet
 from hub.mqtt.broker_stats import SUBSCRIPTIONS as BROKER_SUBSCRIPTIONS
 from hub.mqtt.broker_stats import BrokerStats
 from hub.mqtt.bulk_client import BulkClient
-from hub.mqtt.tallies import LagHistogram, MessageTallies
+from hub.mqtt.tallies import LagHistogram, MessageTallies, RefusalTallies
 from protocol import messages as m
 from protocol.errors import InvalidMessage, TopicError
 from protocol.topics import (
@@ -69,8 +73,24 @@ RESULTS = (APPLIED, DUPLICATE, STALE, INVALID)
 #: From a millisecond on loopback to a minute behind (a queued session, a replay).
 LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                10.0, 30.0, 60.0)
-#: How many (station, reason) pairs are remembered as already logged.
-LOGGED_KEPT = 10_000
+#: Why a message was refused: the ``reason`` label of
+#: ``yizhan_hub_invalid_messages_total``. A fixed few words: the station's own
+#: text (a made-up door name, a value) never becomes a label or a log key.
+TOPIC, UNKNOWN_STATION, TOO_LARGE, NOT_JSON = "topic", "unknown_station", "too_large", "not_json"
+VERSION, SID, FIELD, APPLY_FAILED = "version", "sid", "field", "apply_failed"
+REASONS = (TOPIC, UNKNOWN_STATION, TOO_LARGE, NOT_JSON, VERSION, SID, FIELD, APPLY_FAILED)
+#: The ``kind`` of a refused message whose topic does not tell its kind (not
+#: one the hub subscribes to: a topic that is not UTF-8, say).
+OTHER_KIND = "other"
+#: How many (station, kind, reason) keys are remembered as already logged in a
+#: window; past them, one line says the rest is only counted.
+LOGGED_KEPT = 1_000
+#: Seconds (hub clock) after which what was logged may be logged again: a
+#: station still sending the same mistake an hour later says so once more.
+LOG_WINDOW = 3600.0
+#: Characters of a refusal's reason shown in the log (a 60 KB string a station
+#: sent is quoted in the reason).
+SHOWN_CHARS = 200
 #: The hub's reconnect backoff: 1 s doubling to 30 s, each wait jittered.
 RECONNECT = Backoff(1.0, 30.0)
 #: Seconds between two of the hub's time beacons (``yizhan/v1/hub/time``).
@@ -92,10 +112,15 @@ class Ingest:
         # Plain numbers, not prometheus_client's locked Counter and Histogram:
         # they change on every message (hub/mqtt/tallies.py).
         self.messages = MessageTallies(METRIC_KIND.values(), RESULTS, registry)
+        self.refused = RefusalTallies((*METRIC_KIND.values(), OTHER_KIND), REASONS, registry)
         self.lag = LagHistogram(LAG_BUCKETS, registry)
         self.broker_stats = BrokerStats(registry)
         self.connected = threading.Event()
-        self._logged: set[tuple[str, str]] = set()
+        #: (station or "", kind, reason) logged in this window, and since when.
+        self._logged: set[tuple[str, str, str]] = set()
+        self._window_since = clock.monotonic()
+        #: Refusals not logged this window because ``_logged`` was full.
+        self._unlogged = 0
         self._subscriptions = hub_subscriptions(config.shared_group)
         #: The only sids taken in, or None for any (``accept_unknown_stations``).
         self._known: frozenset[str] | None = (
@@ -244,12 +269,25 @@ class Ingest:
         self.fleet.broker_down()
 
     def _message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
+        try:
+            self._take(msg)
+        except Exception as err:
+            # The last guard: an exception out of on_message stops paho's network
+            # thread (suppress_exceptions is off), and with it the whole ingest.
+            self._refuse(OTHER_KIND, None, APPLY_FAILED, None, err, trace=True)
+
+    def _take(self, msg: mqtt.MQTTMessage) -> None:
         kind = sid = None
-        if BrokerStats.is_ours(msg.topic):
-            self.broker_stats.take(msg.topic, msg.payload)
+        try:
+            name = msg.topic
+        except UnicodeDecodeError:  # paho decodes the topic when asked; a broker lets none by
+            self._refuse(OTHER_KIND, None, TOPIC, None, TopicError("topic is not UTF-8"))
+            return
+        if BrokerStats.is_ours(name):
+            self.broker_stats.take(name, msg.payload)
             return
         try:
-            where = parse_topic(msg.topic)
+            where = parse_topic(name)
             kind, sid = where.kind, where.sid
             if kind is Kind.HUB_STATUS or kind not in METRIC_KIND:
                 return  # our own status, or a hub → station topic: not ours to take in
@@ -265,7 +303,7 @@ class Ingest:
                     payload = m.utf8_text(payload)
             message = m.decode(kind, payload, topic_sid=sid)
         except (InvalidMessage, TopicError) as err:
-            self._invalid(msg.topic, kind, sid, err)
+            self._invalid(name, kind, sid, err)
             return
         # A retained copy handed out on subscribe, or a message the broker sends
         # again because our PUBACK never reached it (DUP: a broken connection, or
@@ -275,10 +313,11 @@ class Ingest:
         try:
             result = self.apply(kind, message, live,
                                 raw=payload if kind is Kind.STATE else None)
-        except Exception:
-            # A bug must not take the network thread down with it; it is logged
-            # with its traceback and the message is not counted as applied.
-            log.exception("applying a message on %s failed", msg.topic)
+        except Exception as err:
+            # A bug must not take the network thread down with it; the message
+            # is counted invalid (apply_failed) and the first of its kind from
+            # this station logged with its traceback.
+            self._refuse(METRIC_KIND[kind], sid, APPLY_FAILED, name, err, trace=True)
             return
         self.messages.inc(METRIC_KIND[kind], result)
 
@@ -305,31 +344,85 @@ class Ingest:
 
     def _unknown(self, kind: Kind, sid: str) -> None:
         """A message from a station ``stations:`` does not list, refused."""
-        self.messages.inc(METRIC_KIND[kind], INVALID)
-        # Logged once for all unknown sids, not once each: 10 000 made-up ids
-        # must not become 10 000 log lines.
-        if ("", "unknown") not in self._logged:
-            self._logged.add(("", "unknown"))
-            log.warning("messages from unknown stations dropped (accept_unknown_stations "
-                        "is false); first from %s, counted as invalid", sid)
+        # Logged once a window for all unknown sids, not once each: 10 000
+        # made-up ids must not become 10 000 log lines.
+        self._refuse(METRIC_KIND[kind], "", UNKNOWN_STATION, sid,
+                     "accept_unknown_stations is false", who=sid)
 
     def _invalid(self, topic: str, kind: Kind | None, sid: str | None,
                  err: Exception) -> None:
         label = METRIC_KIND.get(kind) if kind is not None else _kind_of(topic)
-        if label is not None:
+        self._refuse(label or OTHER_KIND, sid, reason_of(err), topic, err)
+
+    def _refuse(self, label: str, sid: str | None, reason: str, topic: str | None,
+                err: object, *, trace: bool = False, who: str | None = None) -> None:
+        """Count a refused message and log it once per (station, kind, reason) a
+        window. ``sid`` None: the topic named no station (all such are one key)."""
+        if label != OTHER_KIND:
             self.messages.inc(label, INVALID)
-        field_ = getattr(err, "field", "")
-        reason = getattr(err, "reason", str(err))
-        # Once per station and reason: the numbers in a reason ("payload of 70000
-        # bytes") would make every message new.
-        key = (sid or topic, f"{label}:{field_}:{re.sub(r'[0-9]+', 'N', reason)[:120]}")
-        if key in self._logged:
+        self.refused.inc(label, reason)
+        if not self._first((sid or "", label, reason)):
             return
+        who = _shown(who or sid or topic or "a topic that is not UTF-8", 80)
+        text = _shown(str(err), SHOWN_CHARS)
+        if trace:
+            log.error("applying a %s from %s failed (%s; logged once an hour per station "
+                      "and reason): %s", label, who, reason, text, exc_info=err)
+        elif reason == UNKNOWN_STATION:
+            log.warning("messages from unknown stations dropped (accept_unknown_stations "
+                        "is false); first from %s, counted as invalid (reason %s)", who, reason)
+        else:
+            log.warning("invalid %s from %s dropped (%s; logged once an hour per station "
+                        "and reason): %s", label, who, reason, text)
+
+    def _first(self, key: tuple[str, str, str]) -> bool:
+        """Whether ``key`` is to be logged now: not yet this window, and room to
+        remember it."""
+        now = self.clock.monotonic()
+        if now - self._window_since >= LOG_WINDOW or now < self._window_since:
+            if self._unlogged:
+                log.warning("%d more invalid messages in the last %.0f s were counted in "
+                            "yizhan_hub_invalid_messages_total but not logged (more than "
+                            "%d stations and reasons)", self._unlogged,
+                            now - self._window_since, LOGGED_KEPT)
+            self._logged.clear()
+            self._window_since, self._unlogged = now, 0
+        if key in self._logged:
+            return False
         if len(self._logged) >= LOGGED_KEPT:
-            self._logged.clear()  # bound the memory of what was already said
+            if not self._unlogged:
+                log.warning("more than %d stations and reasons sent invalid messages "
+                            "within %.0f s: the rest are counted "
+                            "(yizhan_hub_invalid_messages_total), not logged, until the "
+                            "hour is over", LOGGED_KEPT, LOG_WINDOW)
+            self._unlogged += 1
+            return False
         self._logged.add(key)
-        log.warning("invalid %s from %s dropped (logged once): %s", label or "message",
-                    sid or topic, err)
+        return True
+
+
+def reason_of(err: Exception) -> str:
+    """The ``reason`` label of a refusal (``REASONS``), from what ``protocol`` raised."""
+    if isinstance(err, TopicError):
+        return TOPIC
+    if not isinstance(err, InvalidMessage):
+        return APPLY_FAILED
+    if err.field == "v":
+        return VERSION
+    if err.field == "sid":
+        return SID
+    if err.field:
+        return FIELD
+    return TOO_LARGE if "exceeds" in err.reason else NOT_JSON
+
+
+def _shown(text: str, limit: int) -> str:
+    """``text`` for a log line: at most ``limit`` characters, control characters
+    escaped (a station's newline must not forge a second log line)."""
+    cut = text[:limit]
+    if not cut.isprintable():
+        cut = "".join(c if c.isprintable() else repr(c)[1:-1] for c in cut)
+    return cut + ("…" if len(text) > limit else "")
 
 
 def _kind_of(topic: str) -> str | None:

@@ -11,6 +11,8 @@ the fleet's own series (``hub.http.metrics``).
 >>> tallies.inc("state", "applied")
 >>> lag = LagHistogram(registry=registry, buckets=(0.1, 1.0))
 >>> lag.observe(0.25)
+>>> refused = RefusalTallies(["state"], ["not_json"], registry)
+>>> refused.inc("state", "not_json")
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class MessageTallies(Collector):
 
     NAME = "yizhan_hub_messages"
     HELP = "Messages taken in from stations, by kind and outcome."
+    LABELS = ("kind", "result")
 
     def __init__(self, kinds: Iterable[str], results: Iterable[str],
                  registry: CollectorRegistry | None = None) -> None:
@@ -46,13 +49,26 @@ class MessageTallies(Collector):
         return self.counts[(kind, result)]
 
     def collect(self) -> Iterator[Metric]:
-        family = CounterMetricFamily(self.NAME, self.HELP, labels=["kind", "result"])
+        family = CounterMetricFamily(self.NAME, self.HELP, labels=list(self.LABELS))
         for (kind, result), n in list(self.counts.items()):
             family.add_metric([kind, result], n)
         yield family
 
     def describe(self) -> Iterator[Metric]:
-        yield CounterMetricFamily(self.NAME, self.HELP, labels=["kind", "result"])
+        yield CounterMetricFamily(self.NAME, self.HELP, labels=list(self.LABELS))
+
+
+class RefusalTallies(MessageTallies):
+    """``yizhan_hub_invalid_messages_total{kind,reason}``: why each message the
+    ingest refused was refused, every pair from the start, at 0. The reasons
+    are a fixed few words (hub/mqtt/ingest.py ``REASONS``), never text a
+    station sent: a label per made-up value would be a series per attacker's
+    whim."""
+
+    NAME = "yizhan_hub_invalid_messages"
+    HELP = "Messages the hub refused, by kind and reason (each also counted invalid " \
+           "in yizhan_hub_messages_total, but kind other)."
+    LABELS = ("kind", "reason")
 
 
 class LagHistogram(Collector):
