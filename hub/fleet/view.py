@@ -34,7 +34,7 @@ import json
 import logging
 import threading
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -47,6 +47,7 @@ from hub.fleet.loans import Loans
 from hub.storage.schema import events, station_state, stations, status_log
 from hub.storage.writer import Commuting, Guarded, Rows
 from protocol import messages as m
+from protocol.topics import Kind
 from yizhan.clock import Clock
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,13 @@ MAX_AHEAD_MS = 5 * 60_000
 #: An event's data as compact UTF-8 JSON, ten times faster than json.dumps (what
 #: decode gave is JSON's own types, which it writes as json does).
 _data_json = msgspec.json.Encoder().encode
+#: A station's last State, kept as compact JSON once read (``_Station.doc``).
+_read_json = msgspec.json.decode
+
+
+def _liveness(birth: int | None, since_ms: int | None) -> tuple[int, int]:
+    """What orders two records of a station's liveness in one epoch (merge_station)."""
+    return (-1 if birth is None else birth, -1 if since_ms is None else since_ms)
 
 
 def event_time(event: m.Event, received_ms: int) -> int:
@@ -95,6 +103,10 @@ def event_time(event: m.Event, received_ms: int) -> int:
     return received_ms
 
 
+#: The empty seq set every station shares until it holds one (see Seqs).
+_NONE: frozenset[int] = frozenset()
+
+
 class Seqs:
     """Which events of one (sid, epoch) the hub holds: all of ``1..through``, plus
     the out-of-order ones in ``ahead``. ``lost`` are seqs the station said it no
@@ -109,8 +121,11 @@ class Seqs:
 
     def __init__(self, through: int = 0) -> None:
         self.through = through
-        self.ahead: set[int] = set()
-        self.lost: set[int] = set()
+        # Most stations never hold an event out of order: their two sets are the
+        # one shared empty frozenset until then (an empty set is 216 bytes, and
+        # 100 000 stations had two each).
+        self.ahead: set[int] | frozenset[int] = _NONE
+        self.lost: set[int] | frozenset[int] = _NONE
 
     def add(self, seq: int) -> bool:
         """Take ``seq`` in; False when it is already held (a duplicate)."""
@@ -121,8 +136,11 @@ class Seqs:
             return False
         if seq == self.through + 1:
             self.through = seq
-            self._advance()
+            if self.ahead or self.lost:
+                self._advance()
         else:
+            if self.ahead is _NONE:
+                self.ahead = set()
             self.ahead.add(seq)
         return True
 
@@ -138,6 +156,8 @@ class Seqs:
     def give_up(self, lo: int, hi: int) -> None:
         for seq in range(max(lo, self.through + 1), hi + 1):
             if seq not in self.ahead:
+                if self.lost is _NONE:
+                    self.lost = set()
                 self.lost.add(seq)
         self._advance()
 
@@ -153,9 +173,13 @@ class Seqs:
         return lo, hi
 
 
-@dataclass
+@dataclass(slots=True)
 class StationView:
-    """What the hub knows of one station; the web and /metrics read copies of it."""
+    """What the hub knows of one station; the web and /metrics read copies of it.
+
+    The fleet's own views keep ``state`` None: the last State is kept compact in
+    the station's record (``_Station.doc``) and each copy handed out gets its own
+    dict of it (``Fleet.get``, ``Fleet.stations``)."""
 
     sid: str
     name: str
@@ -185,21 +209,28 @@ class StationView:
         return dispenser.get("level_state") if dispenser else None
 
 
-@dataclass
+@dataclass(slots=True)
 class _Station:
-    """A view plus the bookkeeping behind it."""
+    """A view plus the bookkeeping behind it. Slotted, and what most stations
+    never need (other epochs, marks) made when first needed: 100 000 of these
+    are the hub's memory (docs/hub-internals.md, "Memory and the garbage
+    collector")."""
 
     view: StationView
     seqs: Seqs = field(default_factory=Seqs)  # of the current epoch
-    others: OrderedDict[str, Seqs] = field(default_factory=OrderedDict)  # other epochs
+    others: OrderedDict[str, Seqs] | None = None  # other epochs, when there are
     known_high: int = 0  # the highest seq known to exist in the current epoch
     # (highest seq, hub ms when first known): a seq is missing since the first mark
     # at or above it. Marks are merged, so there are a handful at a time.
-    marks: deque[list[int]] = field(default_factory=deque)
+    marks: list[list[int]] = field(default_factory=list)
     state_last_seq: int = 0  # what the applied State already reflects
-    # The newest State while nobody has read it: its dict (view.state) is made
-    # when a reader asks (_read), not for every State the ingest applies.
-    unread: m.State | None = None
+    # The last State, compact: the payload text as the station sent it (``raw``
+    # True: not read since) — the decoded State and its dict are 2.7 and 3.9 kB
+    # of small objects the collector walks, this is one string of ~1.4 kB it
+    # does not — or, once a reader asked, its dict as compact JSON (the readers
+    # then decode that: a sixth of the cost of reading the payload again).
+    doc: str | bytes | None = None
+    raw: bool = False
     next_replay_ms: int = 0
     replay_from: int = 0
     replays_of_gap: int = 0
@@ -271,8 +302,8 @@ class Fleet:
                 events_through=row["events_through"] or 0)
             st = _Station(view=view, seqs=Seqs(view.events_through))
             if row["state"] is not None and row["state_epoch"] == view.epoch:
-                view.state, view.state_rev, view.state_ts = (
-                    row["state"], row["state_rev"], row["state_ts"])
+                view.state_rev, view.state_ts = row["state_rev"], row["state_ts"]
+                st.doc = _data_json(row["state"])
                 st.state_last_seq = row["state"].get("last_seq") or 0
             self._stations[view.sid] = st
         # Events stored past each station's events_through (written lazily, with
@@ -308,19 +339,16 @@ class Fleet:
     # -- reading -------------------------------------------------------------------------
 
     def stations(self) -> list[StationView]:
-        """A copy of every station's view, by sid."""
+        """A copy of every station's view, by sid, each with its own dict of the
+        last State."""
         with self._lock:
-            copies = [(st, replace(st.view), st.unread)
+            copies = [(st, replace(st.view), st.doc, st.raw)
                       for _, st in sorted(self._stations.items())]
-        # The States nobody read yet become dicts outside the lock: the ingest
-        # waits for no scrape.
-        for st, view, unread in copies:
-            if unread is not None:
-                view.state = unread.to_dict()
-                with self._lock:
-                    if st.unread is unread:
-                        st.view.state, st.unread = view.state, None
-        return [view for _, view, _ in copies]
+        # The States become dicts outside the lock: the ingest waits for no scrape.
+        for st, view, doc, raw in copies:
+            if doc is not None:
+                view.state = self._state_of(st, doc, raw)
+        return [view for _, view, _, _ in copies]
 
     def sids(self) -> list[str]:
         """Every station's id, sorted (no copy of the views: 50 000 of those
@@ -333,9 +361,23 @@ class Fleet:
             st = self._stations.get(sid)
             if st is None:
                 return None
-            if st.unread is not None:
-                st.view.state, st.unread = st.unread.to_dict(), None
-            return replace(st.view)
+            view, doc, raw = replace(st.view), st.doc, st.raw
+        if doc is not None:
+            view.state = self._state_of(st, doc, raw)
+        return view
+
+    def _state_of(self, st: _Station, doc: str | bytes, raw: bool) -> dict[str, Any]:
+        """The dict of a station's last State from its compact form: the payload
+        read again the way the ingest read it (the same dict as the State it
+        applied gives) the first time, its compact JSON after that."""
+        if not raw:
+            return _read_json(doc)
+        state = m.decode(m.State.KIND, doc, topic_sid=st.view.sid).to_dict()
+        compact = _data_json(state)
+        with self._lock:
+            if st.doc is doc:  # no newer State came meanwhile
+                st.doc, st.raw = compact, False
+        return state
 
     def last_of_group_down(self, sid: str) -> bool:
         """Whether ``sid`` is down and was the last station of its group online:
@@ -403,6 +445,112 @@ class Fleet:
     def _online(self, sid: str) -> bool:
         st = self._stations.get(sid)
         return st is not None and st.view.online
+
+    # -- what other hub workers stored (several workers, hub/fleet/sync.py) ---------------
+
+    def merge_station(self, row: Mapping[str, Any], now_ms: int) -> bool:
+        """Take in a station's row (``stations`` columns) as the database holds it,
+        written by any hub worker. The newer liveness wins: a later birth of the
+        epoch, else a later ``since_ms`` (offline at the same one: a will follows
+        its birth); the latest ``last_seen_ms`` and ``last_seq`` are kept. A
+        station presumed silent but heard since is up again from when it was heard
+        (the leader records that). Nothing else is written: the worker that
+        decided wrote it. Returns whether the station's liveness changed here."""
+        sid, epoch = row["sid"], row["epoch"]
+        if epoch is None:
+            return False
+        with self._lock:
+            st = self._station(sid)
+            v = st.view
+            was_online = v.online
+            if v.epoch != epoch:
+                if v.epoch is not None and (row["last_seen_ms"] or 0) < (v.last_seen_ms or 0):
+                    return False  # an older epoch's row: this worker's newer one wins there
+                self._new_epoch(st, epoch)
+            theirs, mine = _liveness(row["birth"], row["since_ms"]), _liveness(v.birth, v.since_ms)
+            if theirs > mine or (theirs == mine and v.online and not row["online"]):
+                v.birth, v.since_ms = row["birth"], row["since_ms"]
+                v.offline_reason = row["offline_reason"]
+                if bool(row["online"]) != v.online:
+                    v.online = bool(row["online"])
+                    self._mark(st, "station", UP if v.online else DOWN, v.since_ms)
+            if (row["last_seen_ms"] or 0) > (v.last_seen_ms or 0):
+                v.last_seen_ms = row["last_seen_ms"]
+            if not v.online and v.offline_reason == SILENT and (
+                    v.last_seen_ms or 0) > (v.since_ms or 0):
+                # Heard by a worker that did not know it was presumed silent.
+                v.online, v.since_ms, v.offline_reason = True, v.last_seen_ms, None
+                self._mark(st, "station", UP, v.since_ms)
+                if self.ledger.leads():
+                    self._log_status(st, v.since_ms, "heard")
+                    self._save(st)
+            self._learn_seq(st, row["last_seq"], now_ms)
+            changed = v.online != was_online
+        self._drain()
+        if changed:
+            self._tell(sid, "status", None, now_ms)
+        return changed
+
+    def merge_state(self, sid: str, epoch: str, rev: int, raw: str, received_ms: int,
+                    now_ms: int) -> bool:
+        """Take in a State another worker stored, when newer than the one held
+        (of the station's current epoch: its row is merged first). The parts it
+        shows are marked as of its receipt. Returns whether it was taken."""
+        with self._lock:
+            st = self._stations.get(sid)
+            if st is None or st.view.epoch != epoch or (
+                    st.view.state_rev is not None and rev <= st.view.state_rev):
+                return False
+        try:
+            state = m.decode(Kind.STATE, raw)
+        except Exception as err:  # validated by the worker that stored it
+            log.warning("stored State of %s rev %d unreadable: %s", sid, rev, err)
+            return False
+        with self._lock:
+            v = st.view
+            if v.epoch != epoch or (v.state_rev is not None and rev <= v.state_rev):
+                return False  # the ingest was quicker
+            v.state_rev, v.state_ts = state.rev, state.ts
+            st.doc, st.raw = raw, True  # compact: read again when asked (_state_of)
+            st.state_last_seq = max(st.state_last_seq, state.last_seq)
+            self._learn_seq(st, state.last_seq, now_ms)
+            self._parts_from_state(st, state, received_ms)
+        self._drain()
+        self._tell(sid, "state", state, now_ms)
+        return True
+
+    def merge_event(self, row: Mapping[str, Any], now_ms: int) -> bool:
+        """Take in an event another worker stored (``events`` columns): held from
+        now on (no gap, a redelivery is a duplicate), what it shows of the parts
+        marked as of its receipt, its maintenance noted (the storing worker wrote
+        it). Returns whether it was new here (its listeners are then told)."""
+        sid, epoch, seq = row["sid"], row["epoch"], row["seq"]
+        kind, received_ms = row["type"], row["received_ms"]
+        with self._lock:
+            st = self._station(sid)
+            current = st.view.epoch == epoch
+            seqs = st.seqs if current else self._other_epoch(st, epoch)
+            if not seqs.add(seq):
+                return False
+            if current:
+                st.view.events_through = seqs.through
+                self._learn_seq(st, seq, now_ms)
+                if seq > st.state_last_seq:  # as _effects: newer than the State only
+                    if kind in ("locker_offline", "locker_online"):
+                        self._mark(st, "lockers", UP if kind == "locker_online" else DOWN,
+                                   received_ms)
+                    elif kind == "dispenser_fault":
+                        self._mark(st, "dispenser", DOWN, received_ms)
+                    elif kind == "dispenser_fault_cleared" and st.parts.get("dispenser") == DOWN:
+                        self._mark(st, "dispenser", UP, received_ms)
+        self._drain()
+        if kind in ("maintenance_started", "maintenance_ended"):
+            self.ledger.maintenance(sid, kind == "maintenance_started", row["at_ms"],
+                                    write=False)
+        event = m.Event(sid, epoch, row["ts"], bool(row["synced"]), seq, kind,
+                        json.loads(row["data"]))
+        self._tell(sid, "event", event, now_ms)
+        return True
 
     # -- the broker connection -------------------------------------------------------------
 
@@ -499,8 +647,11 @@ class Fleet:
                 return STALE
         if v.epoch != state.epoch:
             self._new_epoch(st, state.epoch)
-        v.state, v.state_rev, v.state_ts = None, state.rev, state.ts
-        st.unread = state
+        v.state_rev, v.state_ts = state.rev, state.ts
+        if raw is not None:
+            st.doc, st.raw = raw, True  # read again when a reader asks (_state_of)
+        else:
+            st.doc, st.raw = _data_json(state.to_dict()), False
         st.state_last_seq = max(st.state_last_seq, state.last_seq)
         self._learn_seq(st, state.last_seq, now_ms)
         self._parts_from_state(st, state, now_ms)
@@ -592,6 +743,8 @@ class Fleet:
         return out
 
     def _other_epoch(self, st: _Station, epoch: str) -> Seqs:
+        if st.others is None:
+            st.others = OrderedDict()
         seqs = st.others.get(epoch)
         if seqs is None:
             # Not loaded from the database: after a restart a duplicate of an old
@@ -714,15 +867,15 @@ class Fleet:
         through = st.seqs.through
         marks = st.marks
         while marks and marks[0][0] <= through:
-            marks.popleft()
+            del marks[0]
         if not marks:
             return None
         upto = None
         while marks and marks[0][1] + grace <= now_ms:
-            upto = marks.popleft()
+            upto = marks.pop(0)
         if upto is None:
             return None
-        marks.appendleft(upto)  # the due ones merged into one
+        marks.insert(0, upto)  # the due ones merged into one
         return st.seqs.first_missing(upto[0], self.config.replay_max)
 
     # -- the bookkeeping behind the rules ------------------------------------------------------
@@ -733,13 +886,15 @@ class Fleet:
         if v.epoch is not None:
             log.warning("station %s: new epoch %s (was %s): its storage was wiped",
                         v.sid, epoch, v.epoch)
+            if st.others is None:
+                st.others = OrderedDict()
             st.others[v.epoch] = st.seqs
             while len(st.others) > OTHER_EPOCHS_KEPT:
                 st.others.popitem(last=False)
         v.epoch, v.birth = epoch, None
         v.state, v.state_rev, v.state_ts, v.last_seq = None, None, None, None
-        st.unread = None
-        st.seqs = st.others.pop(epoch, None) or Seqs()
+        st.doc, st.raw = None, False
+        st.seqs = (st.others.pop(epoch, None) if st.others else None) or Seqs()
         v.events_through = st.seqs.through
         st.known_high, st.state_last_seq = st.seqs.through, 0
         st.marks.clear()
