@@ -45,6 +45,7 @@ digested in the same commit) instead of being sent late one by one.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import logging
 import random
@@ -214,7 +215,9 @@ class Outbox:
         limits = notifier.spec.limits
 
         def store_row(conn: sa.Connection) -> str | None:
-            # Counted and stored in one operation: the writer runs one at a time.
+            # Counted and stored in one operation: the writer runs one at a time,
+            # and other workers' writers wait for the notifier's lock.
+            _one_at_a_time(conn, notifier_name)
             if conn.execute(sa.select(table.c.id).where(table.c.id == did)).first():
                 return None  # already stored (same delivery_id): kept as it is
             why = lim.held_reason(conn, limits, notifier_name, kind, alert, sid, now_ms,
@@ -403,13 +406,17 @@ class Outbox:
         new_id = new_delivery_id(now_ms)
 
         def fold(conn: sa.Connection) -> tuple[int, str]:
+            _one_at_a_time(conn, name)
             # Read again in the writer: a row tried or sent since is left as it is.
+            # Locked (PostgreSQL): another worker's claim of one waits for this
+            # fold, then finds it folded; one claimed first is not read here.
             pending = conn.execute(
                 sa.select(table)
                 .where(table.c.id.in_(ids or [""]), table.c.attempts == 0,
                        table.c.delivered_ms.is_(None), table.c.held_ms.is_(None),
                        table.c.next_attempt_ms < NEVER)
-                .order_by(table.c.created_ms, table.c.id).limit(lim.MAX_PER_DIGEST)).all()
+                .order_by(table.c.created_ms, table.c.id).limit(lim.MAX_PER_DIGEST)
+                .with_for_update()).all()
             held = conn.execute(
                 sa.select(table)
                 .where(table.c.notifier == name, table.c.held_ms.is_not(None),
@@ -503,13 +510,23 @@ class Outbox:
         ids = [r.id for r in rows]
         digest = self._digest_row(notifier, did, rows, now_ms)
 
-        def store_digest(conn: sa.Connection) -> None:
+        def store_digest(conn: sa.Connection) -> bool:
+            _one_at_a_time(conn, name)
+            # Another worker's digest may have carried some of them since they
+            # were read: then none is stored now, and the next pass reads again.
+            free = conn.execute(
+                sa.select(sa.func.count()).select_from(table)
+                .where(table.c.id.in_(ids), table.c.digest_id.is_(None))).scalar()
+            if free != len(ids):
+                return False
             conn.execute(table.insert().values(**digest))
             conn.execute(table.update()
                          .where(table.c.id.in_(ids), table.c.digest_id.is_(None))
                          .values(digest_id=did))
+            return True
 
-        self._write(store_digest)
+        if not self._write(store_digest):
+            return now_ms
         log.info("digest %s of %d held notifications for %s", did, len(rows), name)
         # More than one digest holds: the rest go in the next one, at once.
         return now_ms if held > len(rows) else None
@@ -616,13 +633,27 @@ class Outbox:
             return conn.execute(sa.select(table.c.body).where(table.c.id == row.id)).scalar_one()
 
     def _claim(self, row: Any, lease_ms: int) -> bool:
-        """Take ``row`` for one attempt, unless someone else did since we read it."""
+        """Take ``row`` for one attempt, unless someone else did since we read it.
+
+        On PostgreSQL the row is locked ``FOR UPDATE SKIP LOCKED`` first: a
+        worker whose claim meets another's in progress gives up at once instead
+        of waiting for that transaction (and the writer's batch with it) to end.
+        Either way the claim is the conditional update: the lease it writes is
+        what keeps the row from every other worker until the attempt ends or,
+        the worker killed, the lease runs out and another one retries it."""
+        # Not folded into a digest since (another worker's fold) either.
+        unchanged = (table.c.id == row.id, table.c.attempts == row.attempts,
+                     table.c.next_attempt_ms == row.next_attempt_ms,
+                     table.c.delivered_ms.is_(None), table.c.held_ms.is_(None))
+
         def claim(conn: sa.Connection) -> bool:
+            where: tuple[Any, ...] = unchanged
+            if conn.dialect.name == "postgresql":
+                free = (sa.select(table.c.id).where(*unchanged)
+                        .with_for_update(skip_locked=True).scalar_subquery())
+                where = (table.c.id == free,)
             result = conn.execute(
-                table.update()
-                .where(table.c.id == row.id, table.c.attempts == row.attempts,
-                       table.c.next_attempt_ms == row.next_attempt_ms,
-                       table.c.delivered_ms.is_(None))
+                table.update().where(*where)
                 .values(attempts=row.attempts + 1, next_attempt_ms=lease_ms)
                 .execution_options(preserve_rowcount=True))
             return result.rowcount == 1
@@ -778,6 +809,18 @@ class Outbox:
                 .execution_options(preserve_rowcount=True)).rowcount
 
         return int(self._write(op))
+
+
+def _one_at_a_time(conn: sa.Connection, notifier: str) -> None:
+    """Several hub workers on one PostgreSQL: what reads a notifier's rows to
+    decide what to store (a limit counted, a digest made, rows folded) runs
+    for one worker at a time, until its transaction ends (an advisory
+    transaction lock per notifier). One process's writer is one thread: on
+    SQLite nothing to do."""
+    if conn.dialect.name == "postgresql":
+        key = int.from_bytes(hashlib.sha256(f"yizhan-notifier:{notifier}".encode())
+                             .digest()[:8], "big", signed=True)
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
 
 
 def _sooner(a: int | None, b: int | None) -> int | None:
