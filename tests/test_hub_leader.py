@@ -3,17 +3,22 @@
 What it proves: of several workers sharing one database exactly one leads; the
 leader that lets go (closes, or loses its connection as a SIGKILLed worker
 would) is replaced at another worker's next poll; without sharing every worker
-leads alone, and nothing connects.
+leads alone, and nothing connects. Two in-process hubs on a real Mosquitto
+(``mqtt.shared_group``): the follower's alert engine is paused and /metrics
+shows the stations from the leader only; the leader closed, the follower leads.
 """
 
 from __future__ import annotations
 
 import pytest
 import sqlalchemy as sa
+from prometheus_client.parser import text_string_to_metric_families
 
+from hub.service import Hub
 from hub.storage.leader import Leadership
 from hub.storage.store import Store
 from tests.harness.procs import wait_until
+from tests.test_hub_ingest import make_hub  # noqa: F401  (the fixture)
 
 
 @pytest.fixture
@@ -81,3 +86,43 @@ def test_without_sharing_every_worker_leads_and_nothing_connects(tmp_path) -> No
         assert all(w._conn is None for w in workers)
     finally:
         store.close()
+
+
+# -- two hub workers in process, on one broker and one PostgreSQL ----------------------
+
+
+def scrape(hub: Hub) -> dict[str, list[float]]:
+    """/metrics as served: {sample name: values}."""
+    text = hub.app.test_client().get("/metrics").get_data(as_text=True)
+    out: dict[str, list[float]] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out.setdefault(s.name, []).append(s.value)
+    return out
+
+
+@pytest.mark.postgres
+def test_of_two_hub_workers_one_leads_the_alerts_and_the_station_series(
+        make_hub, broker, pg_url: str) -> None:  # noqa: F811
+    shared = {"shared_group": "hubs"}
+    stations = [{"sid": "yh-lead-01", "name": "驿站 1"}, {"sid": "yh-lead-02", "name": "驿站 2"}]
+    a = make_hub(broker, pg_url, mqtt={**shared, "client_id": "hub-a"}, stations=stations)
+    b = make_hub(broker, pg_url, mqtt={**shared, "client_id": "hub-b"}, stations=stations)
+    assert a.leader.is_leader and not b.leader.is_leader
+    assert not a.engine.paused and b.engine.paused
+    # One view: the stations' series from the leader only, each worker's own part.
+    ma, mb = scrape(a), scrape(b)
+    assert len(ma["yizhan_station_up"]) == 2 and "yizhan_station_up" not in mb
+    assert len(ma["yizhan_station_info"]) == 2 and "yizhan_station_info" not in mb
+    assert ma["yizhan_hub_leader"] == [1.0] and mb["yizhan_hub_leader"] == [0.0]
+    assert mb["yizhan_hub_healthy"] == [1.0]
+    # The follower skips the leader's jobs quietly.
+    evaluated = b.engine.evaluations
+    b.evaluate_alerts()
+    b.engine.evaluate_all()
+    assert b.engine.evaluations == evaluated
+    # The leader stops: the other takes over at its next poll (the `lead` job).
+    a.close()
+    wait_until(lambda: (b.lead(), b.leader.is_leader)[1], 10, "b leads")
+    assert not b.engine.paused and b.engine.evaluations >= evaluated + 2
+    assert len(scrape(b)["yizhan_station_up"]) == 2
