@@ -42,6 +42,7 @@ from hub.fleet.commands import CommandError, Commands
 from hub.fleet.directory import Directory
 from hub.fleet.ledger import Ledger
 from hub.fleet.loans import Loans
+from hub.fleet.sync import SYNC_EVERY, Sync
 from hub.fleet.view import Fleet
 from hub.http.metrics import FleetCollector
 from hub.http.uptime_metrics import UptimeCollector
@@ -111,6 +112,10 @@ class Hub:
             self.commands = Commands(self.store, self.writer, self._publish, clock)
             self.fleet = Fleet(config, self.store, self.writer, self.ledger, clock,
                                loans=self.loans, commands=self.commands)
+            # Several workers: each merges what the others stored (hub/fleet/sync.py),
+            # and the ledger points derived from the fleet are the leader's to write.
+            self.peers = Sync(self.store, self.fleet, shared=config.shared_group is not None)
+            self.ledger.leads = lambda: self.leader.is_leader
             self.alerts = AlertStore(self.store, self.writer, clock)
             self.directory = Directory(
                 self.store, clock, self._publish, self._directory_stations,
@@ -223,14 +228,27 @@ class Hub:
     # -- scheduled jobs ----------------------------------------------------------------------
 
     def sweep(self) -> None:
-        """Stations silent for too long go down (their outage from when last heard)."""
+        """Stations silent for too long go down (their outage from when last heard).
+        The leader's: its view holds what every worker heard (``sync``)."""
+        if not self.leader.is_leader:
+            return
         for sid in self.fleet.sweep_silent(self.clock.ms()):
             log.warning("station %s is silent past %d heartbeats: down", sid,
                         self.config.missed_heartbeats)
 
     def heal_gaps(self) -> None:
-        """Ask stations to replay the events the hub is missing (contract §3)."""
+        """Ask stations to replay the events the hub is missing (contract §3). The
+        leader's: with several workers a hole is first looked for in the events
+        table, where another worker may have stored what this one has not merged."""
+        if not self.leader.is_leader:
+            return
         for sid, lo, hi in self.fleet.gaps_due(self.clock.ms()):
+            view = self.fleet.get(sid) if self.peers.shared else None
+            if view is not None and view.epoch is not None:
+                span = self.peers.missing(sid, view.epoch, lo, hi, self.clock.ms())
+                if span is None:
+                    continue  # all stored: merged now
+                lo, hi = span
             try:
                 cid = self.commands.send(sid, "replay", {"from_seq": lo, "to_seq": hi},
                                          by="hub")
@@ -241,16 +259,33 @@ class Hub:
             self.fleet.replay_sent(sid, cid, lo, hi)
             log.info("asked %s to replay events %d..%d (%s)", sid, lo, hi, cid)
 
+    def sync(self) -> None:
+        """Merge what the other workers stored (several workers; hub/fleet/sync.py)."""
+        self.peers.pull(self.clock.ms())
+
     def lead(self) -> None:
         """Take or keep the leadership (hub/storage/leader.py)."""
         self.leader.poll()
 
     def _leading(self, leading: bool) -> None:
         """Leadership changed: the engine takes over the alerts, or stops."""
+        if leading and self.peers.shared:
+            self._take_over_marks()
         if leading:
             self.engine.resume(self.clock.ms())
         else:
             self.engine.pause()
+
+    def _take_over_marks(self) -> None:
+        """A worker that starts leading writes the ledger from here on: from what
+        the database holds (the last leader may have died before writing what it
+        decided), each station's liveness as merged, dated when it changed."""
+        self.ledger.resume()
+        self.peers.pull(self.clock.ms())
+        for view in self.fleet.stations():
+            if view.epoch is not None and view.since_ms is not None:
+                self.ledger.mark(view.sid, "station", "up" if view.online else "down",
+                                 view.since_ms)
 
     # Leader-only jobs: with several workers (mqtt.shared_group) the others skip
     # them quietly; with one worker it always leads (hub/storage/leader.py).
@@ -323,7 +358,8 @@ class Hub:
                 (self.refresh, REFRESH_EVERY), (self.evaluate_alerts, ENGINE_EVERY),
                 (self.route_alerts, ROUTER_EVERY), (self.prune_deliveries, PRUNE_EVERY),
                 (self.publish_directory, DIRECTORY_EVERY),
-                (self.watchdog.tick, WATCHDOG_EVERY), (self.lead, LEADER_EVERY))
+                (self.watchdog.tick, WATCHDOG_EVERY), (self.lead, LEADER_EVERY),
+                (self.sync, SYNC_EVERY))
         if tune_gc:
             jobs += ((self.collect_young_garbage, GC_YOUNG_EVERY),
                      (self.collect_all_garbage, GC_FULL_EVERY))

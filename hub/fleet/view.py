@@ -474,22 +474,29 @@ class Fleet:
                 if bool(row["online"]) != v.online:
                     v.online = bool(row["online"])
                     self._mark(st, "station", UP if v.online else DOWN, v.since_ms)
-            if (row["last_seen_ms"] or 0) > (v.last_seen_ms or 0):
-                v.last_seen_ms = row["last_seen_ms"]
-            if not v.online and v.offline_reason == SILENT and (
-                    v.last_seen_ms or 0) > (v.since_ms or 0):
-                # Heard by a worker that did not know it was presumed silent.
-                v.online, v.since_ms, v.offline_reason = True, v.last_seen_ms, None
-                self._mark(st, "station", UP, v.since_ms)
-                if self.ledger.leads():
-                    self._log_status(st, v.since_ms, "heard")
-                    self._save(st)
+            self._heard_elsewhere(st, row["last_seen_ms"])
             self._learn_seq(st, row["last_seq"], now_ms)
             changed = v.online != was_online
         self._drain()
         if changed:
             self._tell(sid, "status", None, now_ms)
         return changed
+
+    def _heard_elsewhere(self, st: _Station, heard_ms: int | None) -> None:
+        """Another worker heard the station at ``heard_ms``; one that did not know
+        it was presumed silent did not bring it back up: this does (the leader
+        records it, dated when it was heard)."""
+        v = st.view
+        if heard_ms is not None and heard_ms > (v.last_seen_ms or 0):
+            v.last_seen_ms = heard_ms
+        heard_ms = v.last_seen_ms  # this worker may have heard it too, unaware
+        if (not v.online and v.offline_reason == SILENT and heard_ms is not None
+                and heard_ms > (v.since_ms or 0)):
+            v.online, v.since_ms, v.offline_reason = True, heard_ms, None
+            self._mark(st, "station", UP, heard_ms)
+            if self.ledger.leads():
+                self._log_status(st, heard_ms, "heard")
+                self._save(st)
 
     def merge_state(self, sid: str, epoch: str, rev: int, raw: str, received_ms: int,
                     now_ms: int) -> bool:
@@ -532,6 +539,8 @@ class Fleet:
             seqs = st.seqs if current else self._other_epoch(st, epoch)
             if not seqs.add(seq):
                 return False
+            # Heard then (a station's last words may reach another worker than its will).
+            self._heard_elsewhere(st, received_ms)
             if current:
                 st.view.events_through = seqs.through
                 self._learn_seq(st, seq, now_ms)

@@ -11,6 +11,10 @@ import sqlalchemy as sa
 
 metadata = sa.MetaData()
 
+#: The database's clock in microseconds (PostgreSQL): stamps what hub workers
+#: sharing it write, so each reads what the others wrote since it last looked.
+DB_NOW_US = "(extract(epoch from clock_timestamp()) * 1000000)::bigint"
+
 # SQLite only autoincrements an INTEGER PRIMARY KEY; PostgreSQL wants BIGINT.
 BigId = sa.BigInteger().with_variant(sa.Integer, "sqlite")
 
@@ -29,6 +33,10 @@ stations = sa.Table(
     # epoch is stored: what gap detection and de-duplication start from.
     sa.Column("events_through", sa.BigInteger, nullable=False, default=0),
     sa.Column("last_seq", sa.BigInteger, nullable=True),  # as the station last said
+    # When a hub worker sharing PostgreSQL last wrote the row (DB_NOW_US): what
+    # the other workers read to learn of it (hub/fleet/sync.py). NULL otherwise.
+    sa.Column("changed_us", sa.BigInteger, nullable=True),
+    sa.Index("stations_changed", "changed_us"),
 )
 
 # The last applied State of each station (contract §5), by (epoch, rev).
@@ -40,6 +48,8 @@ station_state = sa.Table(
     sa.Column("ts", sa.BigInteger, nullable=False),
     sa.Column("received_ms", sa.BigInteger, nullable=False),
     sa.Column("state", sa.Text, nullable=False),  # the State as JSON
+    sa.Column("changed_us", sa.BigInteger, nullable=True),  # as stations.changed_us
+    sa.Index("station_state_changed", "changed_us"),
 )
 
 # Every event once per (sid, epoch, seq) (contract §3).
@@ -55,8 +65,12 @@ events = sa.Table(
     # The time the event is dated by: ts when synced, else received_ms.
     sa.Column("at_ms", sa.BigInteger, nullable=False),
     sa.Column("data", sa.Text, nullable=False),  # JSON
+    # When it was stored, on the database's clock (PostgreSQL's default,
+    # DB_NOW_US): how the hub workers sharing it learn of each other's events.
+    sa.Column("stored_us", sa.BigInteger, nullable=True),
     sa.Index("events_sid_at", "sid", "at_ms"),
     sa.Index("events_type_at", "type", "at_ms"),
+    sa.Index("events_stored", "stored_us", postgresql_using="brin"),
 )
 
 # Birth and death of each station as the hub saw them (hub clock).
