@@ -10,12 +10,16 @@ shows the stations from the leader only; the leader closed, the follower leads.
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+
 import pytest
 import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
 from hub.service import Hub
-from hub.storage.leader import Leadership
+from hub.storage.leader import LEADER_EVERY, Leadership
 from hub.storage.store import Store
 from tests.harness.procs import wait_until
 from tests.test_hub_ingest import make_hub  # noqa: F401  (the fixture)
@@ -126,3 +130,37 @@ def test_of_two_hub_workers_one_leads_the_alerts_and_the_station_series(
     wait_until(lambda: (b.lead(), b.leader.is_leader)[1], 10, "b leads")
     assert not b.engine.paused and b.engine.evaluations >= evaluated + 2
     assert len(scrape(b)["yizhan_station_up"]) == 2
+
+
+HOLDER = """
+import sys, time
+from hub.storage.leader import Leadership
+from hub.storage.store import Store
+leader = Leadership(Store(sys.argv[1], migrate=False), shared=True)
+print("leads" if leader.poll() else "follows", flush=True)
+while True:
+    time.sleep(2)
+    leader.poll()
+"""
+
+
+@pytest.mark.postgres
+def test_a_sigkilled_leader_process_is_replaced_within_a_poll_or_two(pg_store: Store,
+                                                                    pg_url: str) -> None:
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, pg_url], stdout=subprocess.PIPE,
+                            text=True)
+    follower = Leadership(pg_store, shared=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "leads"
+        assert follower.poll() is False
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        # The process's session ends with it, and its lock: at the next poll
+        # (LEADER_EVERY, 2 s) or the one after.
+        wait_until(follower.poll, 2 * LEADER_EVERY, "the follower takes over")
+        assert follower.is_leader and follower.since_ms is not None
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        follower.close()
