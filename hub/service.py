@@ -265,7 +265,11 @@ class Hub:
 
     def lead(self) -> None:
         """Take or keep the leadership (hub/storage/leader.py)."""
-        self.leader.poll()
+        if self.leader.poll() and self.engine.paused:
+            # Taking over failed half-way (the database away while the open
+            # alerts were read): the engine stays paused until a poll mends it.
+            log.warning("leading with the alert engine paused: resuming it")
+            self.engine.resume(self.clock.ms())
 
     def _leading(self, leading: bool) -> None:
         """Leadership changed: the engine takes over the alerts, or stops."""
