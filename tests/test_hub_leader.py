@@ -66,9 +66,13 @@ def test_a_leader_whose_connection_is_killed_steps_down_and_is_replaced(
         # leader's session ends, and its lock with it.
         with pg_store.engine.connect() as conn:
             ended = conn.execute(sa.text(
+                # This test's database only: other tests share the server.
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE application_name = 'yizhan-hub leader' AND pid IN "
-                "(SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted)"
+                "WHERE application_name = 'yizhan-hub leader' "
+                "AND datname = current_database() AND pid IN "
+                "(SELECT l.pid FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
+                "WHERE l.locktype = 'advisory' AND l.granted "
+                "AND d.datname = current_database())"
             )).scalars().all()
         assert ended == [True]
         # The server ends the session a moment after it was asked to.
