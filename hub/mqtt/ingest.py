@@ -126,8 +126,14 @@ class Ingest:
         self._known: frozenset[str] | None = (
             None if config.accept_unknown_stations
             else frozenset(s.sid for s in config.stations))
+        # Several workers (mqtt.shared_group): a clean session each. Mosquitto
+        # keeps handing a dead member's persistent session its share of the
+        # group's messages, queued for a worker that may never come back; with
+        # a clean session a killed worker leaves the group at once, and what it
+        # held unacknowledged comes back by replay (events) or retained (States,
+        # Statuses). docs/scaling.md.
         c = BulkClient(CallbackAPIVersion.VERSION2, client_id=config.client_id,
-                       clean_session=False, protocol=mqtt.MQTTv311)
+                       clean_session=config.shared_group is None, protocol=mqtt.MQTTv311)
         mc = config.mqtt
         if mc.username:
             c.username_pw_set(mc.username, mc.password)
