@@ -35,7 +35,7 @@ import logging
 import threading
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, replace  # noqa: F401  (the doctests')
 from typing import Any
 
 import msgspec
@@ -44,6 +44,7 @@ import sqlalchemy as sa
 from hub.config import HubConfig
 from hub.fleet.banks import holds_bank
 from hub.fleet.loans import Loans
+from hub.fleet.packed import pack, unpack
 from hub.storage.schema import events, station_state, stations, status_log
 from hub.storage.writer import Commuting, Guarded, Rows
 from protocol import messages as m
@@ -74,7 +75,7 @@ MAX_AHEAD_MS = 5 * 60_000
 #: An event's data as compact UTF-8 JSON, ten times faster than json.dumps (what
 #: decode gave is JSON's own types, which it writes as json does).
 _data_json = msgspec.json.Encoder().encode
-#: A station's last State, kept as compact JSON once read (``_Station.doc``).
+#: A station's last State, read from its compact JSON (``StationView.doc``).
 _read_json = msgspec.json.decode
 
 
@@ -177,9 +178,11 @@ class Seqs:
 class StationView:
     """What the hub knows of one station; the web and /metrics read copies of it.
 
-    The fleet's own views keep ``state`` None: the last State is kept compact in
-    the station's record (``_Station.doc``) and each copy handed out gets its own
-    dict of it (``Fleet.get``, ``Fleet.stations``)."""
+    ``state`` is the last State as a dict. A copy the fleet hands out carries it
+    packed (``doc``: compact JSON, hub/fleet/packed.py) and makes a fresh dict
+    of it each time ``state`` is read: /metrics walking 100 000 copies holds one
+    such dict at a time, not 100 000 (0.4 GB). A dict given (``state=``) is
+    kept as it is."""
 
     sid: str
     name: str
@@ -195,6 +198,7 @@ class StationView:
     state_ts: int | None = None
     last_seq: int | None = None  # the highest seq the station said it created
     events_through: int = 0  # every event 1..this of the epoch is held
+    doc: bytes | None = field(default=None, repr=False, compare=False)
 
     def chargers_ready(self, min_charge: int = 80) -> int | None:
         lockers = (self.state or {}).get("lockers")
@@ -207,6 +211,39 @@ class StationView:
     def water(self) -> str | None:
         dispenser = (self.state or {}).get("dispenser")
         return dispenser.get("level_state") if dispenser else None
+
+
+# ``state`` is stored in its slot as given, and read from ``doc`` when that is None.
+_STATE_SLOT = StationView.state
+
+
+def _get_state(view: StationView) -> dict[str, Any] | None:
+    state = _STATE_SLOT.__get__(view, StationView)
+    if state is None and view.doc is not None:
+        return _read_json(unpack(view.doc))
+    return state
+
+
+def _set_state(view: StationView, state: dict[str, Any] | None) -> None:
+    _STATE_SLOT.__set__(view, state)
+    view.doc = None
+
+
+StationView.state = property(_get_state, _set_state)  # type: ignore[assignment]
+
+
+def _compacted(sid: str, raw: bytes) -> bytes:
+    """The packed compact JSON of the dict of the State whose payload ``raw``
+    packs, read as the ingest read it (the same dict as the State it applied)."""
+    return pack(_data_json(m.decode(m.State.KIND, unpack(raw), topic_sid=sid).to_dict()))
+
+
+def _copy(view: StationView, doc: bytes | None) -> StationView:
+    """A reader's copy of the fleet's own ``view`` (whose ``state`` is None),
+    with the last State packed (``doc``)."""
+    return StationView(view.sid, view.name, view.group, view.epoch, view.birth, view.online,
+                       view.since_ms, view.last_seen_ms, view.offline_reason, view.state_rev,
+                       None, view.state_ts, view.last_seq, view.events_through, doc)
 
 
 @dataclass(slots=True)
@@ -224,12 +261,12 @@ class _Station:
     # at or above it. Marks are merged, so there are a handful at a time.
     marks: list[list[int]] = field(default_factory=list)
     state_last_seq: int = 0  # what the applied State already reflects
-    # The last State, compact: the payload text as the station sent it (``raw``
-    # True: not read since) — the decoded State and its dict are 2.7 and 3.9 kB
-    # of small objects the collector walks, this is one string of ~1.4 kB it
-    # does not — or, once a reader asked, its dict as compact JSON (the readers
-    # then decode that: a sixth of the cost of reading the payload again).
-    doc: str | bytes | None = None
+    # The last State, packed (hub/fleet/packed.py): the payload as the station
+    # sent it (``raw`` True: not read since) — the decoded State and its dict
+    # are 2.7 and 3.9 kB of small objects the collector walks, this is ~150
+    # bytes it does not — or, once a reader asked, its dict as compact JSON
+    # (readers then decode that: a third of the cost of reading the payload).
+    doc: bytes | None = None
     raw: bool = False
     next_replay_ms: int = 0
     replay_from: int = 0
@@ -303,7 +340,7 @@ class Fleet:
             st = _Station(view=view, seqs=Seqs(view.events_through))
             if row["state"] is not None and row["state_epoch"] == view.epoch:
                 view.state_rev, view.state_ts = row["state_rev"], row["state_ts"]
-                st.doc = _data_json(row["state"])
+                st.doc = pack(_data_json(row["state"]))
                 st.state_last_seq = row["state"].get("last_seq") or 0
             self._stations[view.sid] = st
         # Events stored past each station's events_through (written lazily, with
@@ -342,13 +379,14 @@ class Fleet:
         """A copy of every station's view, by sid, each with its own dict of the
         last State."""
         with self._lock:
-            copies = [(st, replace(st.view), st.doc, st.raw)
-                      for _, st in sorted(self._stations.items())]
-        # The States become dicts outside the lock: the ingest waits for no scrape.
-        for st, view, doc, raw in copies:
-            if doc is not None:
-                view.state = self._state_of(st, doc, raw)
-        return [view for _, view, _, _ in copies]
+            held = [(st, st.doc, st.raw) for _, st in sorted(self._stations.items())]
+        # The States not read since they came are made compact outside the lock
+        # (the ingest waits for no scrape), one at a time.
+        for st, doc, raw in held:
+            if raw:
+                self._compact(st, doc)
+        with self._lock:
+            return [_copy(st.view, self._doc(st)) for st, _, _ in held]
 
     def sids(self) -> list[str]:
         """Every station's id, sorted (no copy of the views: 50 000 of those
@@ -361,23 +399,21 @@ class Fleet:
             st = self._stations.get(sid)
             if st is None:
                 return None
-            view, doc, raw = replace(st.view), st.doc, st.raw
-        if doc is not None:
-            view.state = self._state_of(st, doc, raw)
-        return view
+            return _copy(st.view, self._doc(st))
 
-    def _state_of(self, st: _Station, doc: str | bytes, raw: bool) -> dict[str, Any]:
-        """The dict of a station's last State from its compact form: the payload
-        read again the way the ingest read it (the same dict as the State it
-        applied gives) the first time, its compact JSON after that."""
-        if not raw:
-            return _read_json(doc)
-        state = m.decode(m.State.KIND, doc, topic_sid=st.view.sid).to_dict()
-        compact = _data_json(state)
+    def _doc(self, st: _Station) -> bytes | None:
+        """The station's last State as packed compact JSON (under the lock)."""
+        if st.raw:
+            st.doc, st.raw = _compacted(st.view.sid, st.doc), False
+        return st.doc
+
+    def _compact(self, st: _Station, raw: bytes) -> None:
+        """Make the station's last State, ``raw`` the payload as the station sent
+        it (packed), compact JSON — outside the lock; a newer State wins."""
+        compact = _compacted(st.view.sid, raw)
         with self._lock:
-            if st.doc is doc:  # no newer State came meanwhile
+            if st.doc is raw:
                 st.doc, st.raw = compact, False
-        return state
 
     def last_of_group_down(self, sid: str) -> bool:
         """Whether ``sid`` is down and was the last station of its group online:
@@ -518,7 +554,7 @@ class Fleet:
             if v.epoch != epoch or (v.state_rev is not None and rev <= v.state_rev):
                 return False  # the ingest was quicker
             v.state_rev, v.state_ts = state.rev, state.ts
-            st.doc, st.raw = raw, True  # compact: read again when asked (_state_of)
+            st.doc, st.raw = pack(raw), True  # read again when a reader asks (_doc)
             st.state_last_seq = max(st.state_last_seq, state.last_seq)
             self._learn_seq(st, state.last_seq, now_ms)
             self._parts_from_state(st, state, received_ms)
@@ -658,9 +694,9 @@ class Fleet:
             self._new_epoch(st, state.epoch)
         v.state_rev, v.state_ts = state.rev, state.ts
         if raw is not None:
-            st.doc, st.raw = raw, True  # read again when a reader asks (_state_of)
+            st.doc, st.raw = pack(raw), True  # read again when a reader asks (_doc)
         else:
-            st.doc, st.raw = _data_json(state.to_dict()), False
+            st.doc, st.raw = pack(_data_json(state.to_dict())), False
         st.state_last_seq = max(st.state_last_seq, state.last_seq)
         self._learn_seq(st, state.last_seq, now_ms)
         self._parts_from_state(st, state, now_ms)
