@@ -71,8 +71,9 @@ DIRECTORY_EVERY = 5  # expired denials, new stations, Directories not yet sent
 WATCHDOG_EVERY = 5  # the systemd watchdog's heartbeat (systemd/yizhan-hub.service)
 #: Garbage collection (``start(tune_gc=True)``, what ``run()`` does): every
 #: GC_YOUNG_EVERY seconds the young generations are collected and whatever
-#: survived is frozen (a pause of milliseconds); every GC_FULL_EVERY everything
-#: is collected (1.3 s with 50 000 stations).
+#: survived is frozen (a pause of milliseconds); every GC_FULL_EVERY every
+#: generation but the frozen objects (the fleet: walking it stopped the hub
+#: 1.3 s at 50 000 stations; docs/hub-internals.md).
 GC_YOUNG_EVERY = 60
 GC_FULL_EVERY = 6 * 3600
 #: Automatic full collections only this rarely (in gen-1 collections): the
@@ -351,6 +352,11 @@ class Hub:
         # Senders first: what the engine finds at its start is delivered at once.
         self.outbox.start()
         self.engine.start()  # evaluates the fleet as loaded (if leading), then listens
+        if tune_gc:
+            gc.set_threshold(*gc.get_threshold()[:2], GC_GEN2_THRESHOLD)
+            # The one collection that walks the fleet as loaded (a second at
+            # 100 000 stations), before any station is heard: then frozen.
+            self._collect(full=True, frozen=True)
         self.ingest.start()
         # A "Running job" line a second would drown the log; a job's exception is
         # still logged (ERROR), with its traceback.
@@ -372,34 +378,43 @@ class Hub:
             self.scheduler.add_job(job, "interval", seconds=seconds, id=job.__name__,
                                    max_instances=1, coalesce=True)
         self.scheduler.start()
-        if tune_gc:
-            gc.set_threshold(*gc.get_threshold()[:2], GC_GEN2_THRESHOLD)
-            self.collect_all_garbage()
 
     def collect_young_garbage(self) -> None:
         """Collect the two young generations (what died young, cycles included)
         and freeze every survivor, so no automatic collection walks it again.
         Walking what came since the last freeze instead would cost a second after
-        a storm (every station new); a cycle that forms among older objects
-        waits for ``collect_all_garbage`` (rare here: States, events and views
-        hold no cycles; the bench counts what the full collection finds)."""
+        a storm (every station new)."""
         self._collect(full=False)
 
     def collect_all_garbage(self) -> int:
-        """Collect every object (a pause of about a second with 50 000 stations),
-        then freeze the survivors. Returns how many unreachable objects it found."""
+        """Collect every generation — what was not frozen yet, the old objects
+        an automatic collection left included — then freeze the survivors.
+        Returns how many unreachable objects it found.
+
+        The frozen objects (the fleet, over a million at 100 000 stations) are
+        not walked: that stopped every thread for 1–1.5 s. A cycle that forms
+        among them is never freed; the hub makes few (its records, States and
+        events hold no cycles, and what dies young dies before it is frozen):
+        bench/hub_ingest.py counts what a walk of everything finds after its
+        run (docs/benchmarks.md)."""
         return self._collect(full=True)
 
-    def _collect(self, full: bool) -> int:
+    def collect_frozen_garbage(self) -> int:
+        """Walk every object, the frozen ones too (a pause of a second or two at
+        100 000 stations), then freeze the survivors: what ``start`` does once,
+        before it listens. Returns how many unreachable objects it found."""
+        return self._collect(full=True, frozen=True)
+
+    def _collect(self, full: bool, frozen: bool = False) -> int:
         started = time.monotonic()
-        if full:
+        if frozen:
             gc.unfreeze()
         found = gc.collect() if full else gc.collect(1)
         gc.freeze()
         log.log(logging.INFO if full else logging.DEBUG,
                 "garbage collection (%s): %d unreachable, %d objects frozen, %.0f ms",
-                "full" if full else "young", found, gc.get_freeze_count(),
-                (time.monotonic() - started) * 1000)
+                "everything" if frozen else "full" if full else "young", found,
+                gc.get_freeze_count(), (time.monotonic() - started) * 1000)
         return found
 
     def serve(self) -> None:

@@ -429,6 +429,23 @@ def test_a_tuned_hub_freezes_its_fleet_and_collects_on_the_schedulers_time(
         finally:
             gc.enable()
         assert collected == [True] and gc.get_freeze_count() > 0
+        # The 6-hourly collection leaves the frozen fleet unwalked (a second's
+        # pause at 100 000 stations): a cycle frozen before it became garbage
+        # is found only by the walk of everything (start's, before listening).
+        gc.disable()
+        try:
+            old = Node()
+            old.me = old
+            weakref.finalize(old, collected.append, "frozen")
+            hub.collect_young_garbage()  # it survives a minute: frozen
+            frozen = gc.get_freeze_count()
+            del old
+            hub.collect_all_garbage()
+            assert collected == [True] and gc.get_freeze_count() >= frozen
+            hub.collect_frozen_garbage()
+        finally:
+            gc.enable()
+        assert collected == [True, "frozen"]
     finally:
         hub.close()
         gc.unfreeze()
