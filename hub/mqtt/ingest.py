@@ -133,7 +133,7 @@ class Ingest:
         # held unacknowledged comes back by replay (events) or retained (States,
         # Statuses). docs/scaling.md.
         c = BulkClient(CallbackAPIVersion.VERSION2, client_id=config.client_id,
-                       clean_session=config.shared_group is None, protocol=mqtt.MQTTv311)
+                       clean_session=config.shared_group is not None, protocol=mqtt.MQTTv311)
         mc = config.mqtt
         if mc.username:
             c.username_pw_set(mc.username, mc.password)
