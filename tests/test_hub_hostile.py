@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import sys
 import tracemalloc
 from collections.abc import Callable
 from typing import Any
@@ -25,6 +26,7 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from hub.fleet.view import LOST_KEPT, Seqs
 from hub.mqtt.bulk_client import Received
 from hub.mqtt.ingest import LOG_WINDOW, LOGGED_KEPT, METRIC_KIND, OTHER_KIND, REASONS
 from hub.service import Hub
@@ -418,3 +420,62 @@ def test_a_station_cannot_change_another(make_hub, secure_broker):  # noqa: F811
     assert rows_of(hub, VICTIM) == rows_before
     # Counted: nothing of the victim's own kinds but its first three.
     assert sum(hub.ingest.messages.counts[(k, "applied")] for k in kinds) == 4
+
+
+# -- a gap that never closes ---------------------------------------------------------------
+
+
+def test_seqs_given_up_are_remembered_up_to_a_bound():
+    seqs = Seqs()
+    seqs.add(1)
+    seqs.add(2**62)  # valid (seq < 2**63), and the gap below it never closes
+    for _n in range(30):  # what 30 give-ups of 1 000 leave
+        lo = seqs.through + 1
+        seqs.give_up(lo, lo + 999)
+    assert seqs.through == 30_001
+    assert len(seqs.lost) == LOST_KEPT
+    assert min(seqs.lost) == 30_001 - LOST_KEPT + 1  # the latest kept: still welcome
+    assert seqs.add(30_001) and not seqs.add(30_001 - LOST_KEPT)
+
+
+def test_a_station_with_a_gap_that_never_closes_does_not_grow_the_hub(make_hub):  # noqa: F811
+    """One valid event with a seq near 2**63: the hub asks for the gap below it,
+    a replay every replay_every, giving up replay_max seqs every ten unanswered
+    replays, for ever. What it remembers of them stays bounded."""
+    clock = ManualClock()
+    hub = make_hub(clock=clock)
+    sid = examples.SID
+
+    def alive() -> None:
+        handle(hub, topic(sid, Kind.STATUS).encode(),
+               json.dumps(example("status", ts=clock.ms())).encode())
+
+    alive()
+    for seq in (1, 2**62):
+        handle(hub, topic(sid, Kind.EVENT).encode(),
+               json.dumps(example("event", seq=seq, ts=clock.ms())).encode())
+    every = hub.config.replay_every + 1
+
+    def passes(n: int) -> None:
+        for _ in range(n):
+            clock.advance(every)
+            alive()
+            hub.heal_gaps()
+
+    # LOST_KEPT seqs given up (11 replays a thousand), then as many again; traced
+    # from the first, so that what the second frees is counted against it.
+    tracemalloc.start()
+    try:
+        passes(11 * (LOST_KEPT // hub.config.replay_max) + 5)
+        through = hub.fleet.get(sid).events_through
+        start = tracemalloc.take_snapshot()
+        passes(11 * (LOST_KEPT // hub.config.replay_max))
+        end = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    assert hub.fleet.get(sid).events_through >= through + LOST_KEPT  # still asking
+    seqs_file = [tracemalloc.Filter(True, sys.modules[Seqs.__module__].__file__)]
+    grown = sum(s.size_diff for s in end.filter_traces(seqs_file).compare_to(
+        start.filter_traces(seqs_file), "filename"))
+    # Unbounded, the 10 000 more seqs given up were ~800 KB of set and ints.
+    assert grown < 100_000, f"the fleet grew {grown} bytes over 10 000 seqs given up"

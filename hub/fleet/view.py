@@ -67,6 +67,11 @@ MAX_REPLAYS_OF_ONE_GAP = 10
 OTHER_EPOCHS_KEPT = 4
 #: Replay commands remembered for their results.
 REPLAYS_KEPT = 10_000
+#: Seqs given up on that are still remembered, to take one if it comes late
+#: (``Seqs.lost``): the highest these many. A gap that never closes (a valid seq
+#: near 2**63) gives up ``replay_max`` more every ``MAX_REPLAYS_OF_ONE_GAP``
+#: replays, for ever: unbounded, a station grew the hub ~30 MB a day.
+LOST_KEPT = 10_000
 #: A "synced" station clock this far ahead of the hub's receipt is wrong all the
 #: same (an NTP server astray, a Pi whose flag lies): nothing can arrive before it
 #: was sent, so such an event is dated by its receipt, like an unsynced one. Five
@@ -161,6 +166,10 @@ class Seqs:
                     self.lost = set()
                 self.lost.add(seq)
         self._advance()
+        if len(self.lost) > LOST_KEPT:
+            # The oldest go (all at or below through now): one of them arriving
+            # this late is taken for a duplicate.
+            self.lost = set(sorted(self.lost)[-LOST_KEPT:])
 
     def first_missing(self, upto: int, limit: int) -> tuple[int, int] | None:
         """The lowest missing range at or below ``upto``, at most ``limit`` long;
