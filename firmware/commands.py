@@ -124,7 +124,8 @@ class CommandHandler:
         cid = _lenient_id(payload)
         if cid is None:
             self.unanswerable += 1
-            log.warning("a command without a usable id cannot be answered: %s", error)
+            # The link has logged this payload once already (a WARNING) and counted it.
+            log.debug("a command without a usable id cannot be answered: %s", error)
             return
         self._enqueue(("bad", (cid, str(error))), cid)
 

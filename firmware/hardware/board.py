@@ -174,7 +174,7 @@ class LockerBoard:
 
     def status(self) -> list[SlotRecord]:
         """Every slot's record, slot 1 first."""
-        return self._request(Cmd.STATUS, status_request(self.address), parse_status)
+        return self._request(Cmd.STATUS, status_request(self.address), _slots_of)
 
     def unlock(self, slot: int, pulse_ms: int = 500) -> UnlockResult:
         """Pulse ``slot``'s lock for ``pulse_ms``; the board's verdict
@@ -265,6 +265,24 @@ class _Malformed:
 
     def __init__(self, reason: str) -> None:
         self.reason = reason
+
+
+def _slots_of(frame: Frame) -> list[SlotRecord]:
+    """A STATUS answer's records, each slot numbered 1..255 and named once.
+
+    The codec reads any u8; a record of slot 0 or a slot named twice is a
+    firmware fault, and taken as it is it would put a slot 0 into the State,
+    which the contract refuses (every State after it unpublishable) or let one
+    record silently overwrite another.
+    """
+    records = parse_status(frame)
+    seen: set[int] = set()
+    for r in records:
+        if r.slot == 0 or r.slot in seen:
+            raise FrameError(f"STATUS answer names slot {r.slot} "
+                             f"{'twice' if r.slot in seen else '(slots are 1..255)'}")
+        seen.add(r.slot)
+    return records
 
 
 def _result_for(slot: int, parse: Callable[[Frame], tuple[int, R]]) -> Callable[[Frame], R]:
