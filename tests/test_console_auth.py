@@ -357,10 +357,11 @@ def test_unlock_needs_a_slot_the_station_has_and_a_reason(live_hub, slot):
     h, _broker = live_hub
     desk = Browser(h, "desk")
     desk.get("/console/stations/yh-chumen-01")
+    # Refused: the station's page again, saying why (400).
     resp = desk.post("/console/stations/yh-chumen-01/unlock", {"slot": slot, "reason": "x"})
-    assert resp.status_code == 303
+    assert resp.status_code == 400 and 'class="flash error"' in resp.get_data(as_text=True)
     resp = desk.post("/console/stations/yh-chumen-01/unlock", {"slot": "1", "reason": " "})
-    assert resp.status_code == 303
+    assert resp.status_code == 400
     assert [r for r in _audit(h) if r.action == "unlock"] == []
 
 

@@ -254,7 +254,8 @@ def test_alerts_ack_resolve_assign_silence_audited_and_limited_to_own_groups(hub
     assert hub.alerts.get(mine)["assigned_to"] == "s-li"
     page = wang.get("/console/alerts").get_data(as_text=True)
     assert 'value="s-li" selected' in page
-    assert wang.post(f"/console/alerts/{mine}/assign", {"staff": "nobody-such"}).status_code == 303
+    # Refused: the alerts page again, saying so (400).
+    assert wang.post(f"/console/alerts/{mine}/assign", {"staff": "nobody-such"}).status_code == 400
     assert hub.alerts.get(mine)["assigned_to"] == "s-li"
     wang.follow(wang.post("/console/silences",
                           {"alert": mine, "duration": "4h", "comment": "水箱已报修"}))

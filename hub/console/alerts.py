@@ -107,6 +107,8 @@ def _alert_to_act_on(alert_id: str) -> dict[str, Any]:
 
 
 def _back():
+    """Taken: back to the list (303). A refusal shows the list again with a 4xx
+    (409: resolved already), a store that cannot write with a 503."""
     return redirect(url_for("console_alerts.alerts"), 303)
 
 
@@ -130,10 +132,10 @@ def _change(alert_id: str, change: str, done: str):
         getattr(_hub().alerts, change)(alert["id"], by=actor())
     except AlertConflict:
         flash(N_("That alert is resolved already."), "error")
-        return _back()
+        return alerts(), 409
     except (AlertNotFound, StoreUnavailable):
         flash(N_("The hub could not save that; try again."), "error")
-        return _back()
+        return alerts(), 503
     record(_hub(), f"alert.{change}", "alert", alert["id"], {"sid": alert["sid"]})
     flash(done, "ok")
     return _back()
@@ -162,15 +164,15 @@ def assign(alert_id: str):
             hub.directory.get_staff(staff_id[:64])
         except DirectoryNotFound:
             flash(N_("No such staff member."), "error")
-            return _back()
+            return alerts(), 400
     try:
         hub.alerts.assign(alert["id"], staff_id, by=actor())
     except AlertConflict:
         flash(N_("That alert is resolved already."), "error")
-        return _back()
+        return alerts(), 409
     except (AlertNotFound, StoreUnavailable):
         flash(N_("The hub could not save that; try again."), "error")
-        return _back()
+        return alerts(), 503
     record(hub, "alert.assign", "alert", alert["id"], {"sid": alert["sid"], "to": staff_id})
     flash(N_("Alert assigned.") if staff_id else N_("Alert given to nobody."), "ok")
     return _back()
@@ -185,10 +187,10 @@ def silence():
         made = add_silence(hub, request.form, alert, actor())
     except BadMute as err:
         flash(refusal(err, SILENCE_WORDS, MAX_COMMENT), "error")
-        return _back()
+        return alerts(), 400
     except StoreUnavailable:
         flash(N_("The hub could not save that; try again."), "error")
-        return _back()
+        return alerts(), 503
     record(hub, "silence.add", "silence", made.get("id", ""),
            {"sid": alert["sid"], "rule": alert["rule"], "ends_at": made.get("ends_at")})
     flash(N_("Silenced."), "ok")

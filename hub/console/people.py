@@ -47,9 +47,13 @@ def staff_body(form: Mapping[str, str], new: bool) -> dict[str, Any]:
     body["name"] = form.get("name", "").strip()
     body["groups"] = _groups(form.get("groups", ""))
     phone = form.get("phone", "").strip()
+    clear = form.get("clear_phone")
+    if clear not in (None, "", "1"):
+        # The checkbox sends "1": any other value is no tick the page made.
+        raise BadField("bad_clear_phone", "clear_phone is the checkbox's 1, or absent")
     if phone:
         body["phone"] = phone
-    elif form.get("clear_phone"):
+    elif clear:
         body["phone"] = None
     pin = form.get("pin", "")
     if pin or new:
@@ -99,14 +103,25 @@ def _back():
     return redirect(url_for("console_people.people"), 303)
 
 
+def _status(err: Exception) -> int:
+    """A refusal's HTTP status, as the API's: 404 for what is not there, 409 for a
+    clash with what is stored, else 400 (the form is wrong). Either way the page
+    is shown again, saying why."""
+    status = getattr(err, "status", None)
+    if isinstance(status, int) and 400 <= status < 500:
+        return status
+    return 404 if getattr(err, "code", None) == "not_found" else 400
+
+
 def _directory(change: Any, done: str):
-    """Run a Directory change; flash the reader's words for its refusal (they name
-    the box, never the value typed), and go back to the list either way."""
+    """Run a Directory change: taken, back to the list (303); refused, the list
+    shown again (400, 404) with the reader's words for why (they name the box,
+    never the value typed)."""
     try:
         change()
     except (BadField, DirectoryError, BadRange) as err:
         flash(refusal(err, DIRECTORY_WORDS), "error")
-        return _back()
+        return people(), _status(err)
     flash(done, "ok")
     return _back()
 
@@ -194,7 +209,7 @@ def make_token():
                                     hub.clock.ms(), actor())
     except stored_tokens.TokenRefused as err:
         flash(refusal(err, TOKEN_WORDS), "error")
-        return redirect(url_for("console_people.tokens"), 303)
+        return tokens(), _status(err)
     record(hub, "token.add", "api_token", name, {"scopes": sorted(set(chosen))})
     return render_template("console/tokens.html", tokens=token_list(hub), scopes=SCOPES,
                            new_name=name, new_secret=secret)
@@ -208,7 +223,7 @@ def revoke_token(name: str):
         stored_tokens.revoke(hub.store, name[:64], hub.clock.ms())
     except stored_tokens.TokenRefused as err:
         flash(refusal(err, TOKEN_WORDS), "error")
-        return redirect(url_for("console_people.tokens"), 303)
+        return tokens(), _status(err)
     record(hub, "token.revoke", "api_token", name[:64])
     flash(N_("Token revoked: the API refuses it from now on."), "ok")
     return redirect(url_for("console_people.tokens"), 303)

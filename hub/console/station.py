@@ -203,7 +203,13 @@ def place(sid: str):
     if view is None:
         abort(404)
     back = redirect(url_for("console_station.station", sid=view.sid) + "#place", 303)
-    if request.form.get("action") == "reset":
+    action = request.form.get("action")
+    if action not in ("save", "reset"):
+        # The form's two buttons say which; anything else is not this form (it was
+        # taken as a save: a stray field must not overwrite what riders see).
+        flash(N_("The form had a value the hub cannot take."), "error")
+        return station(view.sid), 400
+    if action == "reset":
         if meta.reset(hub, view.sid):
             record(hub, "station_place_reset", "station", view.sid)
         flash(N_("Back to the configuration's place, address, host and hours."), "ok")
@@ -221,7 +227,7 @@ def place(sid: str):
         else:
             flash(N_("Not saved: opening hours are 24h or HH:MM-HH:MM, like 07:00-22:00 "
                      "or 20:00-08:00."), "error")
-        return back
+        return station(view.sid), 400
     record(hub, "station_place", "station", view.sid,
            {k: row[k] for k in meta.FIELDS})
     flash(N_("Saved: riders see it in the finder now."), "ok")
@@ -271,12 +277,12 @@ def unlock(sid: str):
     slot = _slot(request.form.get("slot"), view)
     if slot is None:
         flash(N_("Choose a slot this station has."), "error")
-        return back
+        return station(view.sid), 400
     try:
         reason = text(request.form.get("reason", "").strip(), "reason", MAX_REASON)
     except BadField:
         flash(N_("Give a reason for the unlock (up to 200 characters)."), "error")
-        return back
+        return station(view.sid), 400
     # Audited before it is sent: an unlock that went out is never missing from the log.
     record(hub, "unlock", "station", view.sid, {"slot": slot, "reason": reason})
     try:

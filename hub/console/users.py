@@ -42,6 +42,13 @@ def _back():
     return redirect(url_for("console_users.users"), 303)
 
 
+def _refused(err: UserError):
+    """The users page again (400; 404 for a user that is not there; 409 for a
+    name taken), its flash saying why: nothing was changed."""
+    status = {"not_found": 404, "exists": 409}.get(getattr(err, "code", ""), 400)
+    return users(), status
+
+
 @bp.get("/users")
 @requires("admin")
 def users():
@@ -61,7 +68,7 @@ def add_user():
     except UserError as err:
         flash(refusal(err, USER_WORDS, MAX_PASSWORD, least=MIN_PASSWORD, longest=MAX_NAME),
               "error")
-        return _back()
+        return _refused(err)
     record(console.hub, "user.add", "console_user", name, {"role": role, "groups": groups})
     flash(N_("User added."), "ok")
     return _back()
@@ -75,6 +82,10 @@ def change_user(name: str):
     form = request.form
     name = name[:64]
     detail: dict[str, Any] = {}
+    if form.get("action") not in (None, "password", "disable", "enable"):
+        # Not one of the page's three forms: refused, rather than read as a role change.
+        flash(N_("The form had a value the hub cannot take."), "error")
+        return users(), 400
     try:
         if form.get("action") == "password":
             console.users.set_password(name, form.get("password", ""))
@@ -84,7 +95,7 @@ def change_user(name: str):
             me = current_user()
             if disable and me is not None and me.name == name:
                 flash(N_("You cannot disable yourself."), "error")
-                return _back()
+                return users(), 400
             console.users.change(name, disabled=disable)
             detail["disabled"] = disable
         else:
@@ -97,7 +108,7 @@ def change_user(name: str):
     except UserError as err:
         flash(refusal(err, USER_WORDS, MAX_PASSWORD, least=MIN_PASSWORD, longest=MAX_NAME),
               "error")
-        return _back()
+        return _refused(err)
     record(console.hub, "user.change", "console_user", name, detail)
     flash(N_("User changed."), "ok")
     return _back()

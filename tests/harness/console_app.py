@@ -96,7 +96,12 @@ class Browser:
         return resp
 
     def follow(self, resp: Any) -> str:
-        """The page a POST redirected to (flash messages included)."""
+        """The page a POST redirected to (flash messages included), or the page a
+        refused POST showed again (a 4xx saying why, docs/console.md)."""
+        if 400 <= resp.status_code < 500:
+            page = resp.get_data(as_text=True)
+            assert 'class="flash error"' in page, (resp.status_code, "refused without a word")
+            return page
         assert resp.status_code == 303, resp.status_code
         return self.get(resp.headers["Location"]).get_data(as_text=True)
 
