@@ -117,6 +117,7 @@ class Hub:
             # and the ledger points derived from the fleet are the leader's to write.
             self.peers = Sync(self.store, self.fleet, shared=config.shared_group is not None)
             self.ledger.leads = lambda: self.leader.is_leader
+            self.commands.shared = self.peers.shared
             self.alerts = AlertStore(self.store, self.writer, clock)
             self.directory = Directory(
                 self.store, clock, self._publish, self._directory_stations,
@@ -296,8 +297,9 @@ class Hub:
     # them quietly; with one worker it always leads (hub/storage/leader.py).
 
     def expire_commands(self) -> None:
-        if self.leader.is_leader:
-            self.commands.expire(self.clock.ms())
+        # Every worker's: each holds the commands it sent, and expires them
+        # unless another worker took the station's answer (Commands.shared).
+        self.commands.expire(self.clock.ms())
 
     def alive(self) -> None:
         # The leader's run is the one that vouches: it makes the derived marks.

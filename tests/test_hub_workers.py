@@ -200,3 +200,43 @@ def test_three_workers_keep_order_gaps_liveness_and_ledger_as_one(pg_server, bro
     # Every worker's view of the fleet is the one worker's.
     for view in three["views"]:
         assert view == one["views"][0]
+
+
+def test_a_command_is_answered_on_the_worker_that_sent_it(pg_url, broker_factory):
+    """The station's answer reaches whichever worker the broker picks; the sender
+    still reports it, and does not expire it."""
+    broker = broker_factory()
+    clock = ManualClock(T0 / 1000)
+    hubs = [start(broker, pg_url, clock, f"hub-{i}", shared=True) for i in range(3)]
+    side = Fleetside(broker, hubs)
+    try:
+        side.send(A, Kind.STATUS, {"ts": T0, "synced": True, "rev": 1, "state": "online",
+                                   "birth": 1, "last_seq": 0})
+        side.settle()
+        sender = hubs[1]
+        ids = [sender.commands.send(A, "unlock", {"slot": n}, by="test") for n in range(1, 7)]
+        wait_until(lambda: len([r for r in side.cmds.messages
+                                if json.loads(r.payload).get("cmd") == "unlock"]) == 6, 5,
+                   "the six commands at the station")
+        for n, cid in enumerate(ids, start=1):
+            side.send(A, Kind.CMD_RESULT, {"ts": T0, "synced": True, "rev": 1 + n, "id": cid,
+                                           "ok": True, "error": None,
+                                           "data": {"slot": n, "locked": False}})
+        wait_until(lambda: taken(hubs, "result") >= 6, 10, "the six answers taken in")
+        for h in hubs:
+            assert h.writer.flush(5)
+        # Some answers went to the other workers (the broker shares them out).
+        assert [sender.commands.get(A, cid)["state"] for cid in ids] == ["ok"] * 6
+        clock.advance(60)
+        for h in hubs:
+            h.expire_commands()
+            assert h.writer.flush(5)
+        assert [sender.commands.get(A, cid)["state"] for cid in ids] == ["ok"] * 6
+        with sender.store.engine.connect() as conn:
+            states = conn.execute(sa.select(commands.c.state)
+                                  .where(commands.c.id.in_(ids))).scalars().all()
+        assert states == ["ok"] * 6
+    finally:
+        side.close()
+        for h in hubs:
+            h.close()

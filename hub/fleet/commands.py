@@ -161,6 +161,10 @@ class Commands:
         self._open: dict[str, _Record] = {}
         self._closed: dict[str, _Record] = {}  # by id, in closing order
         self.replay_pace = ReplayPace(clock)
+        #: Several hub workers (docs/scaling.md): a result may reach a worker that
+        #: did not send the command; it closes the stored row, and the sender
+        #: reads the row before it reports or expires a command of its own.
+        self.shared = False
         self._load()
 
     def _load(self) -> None:
@@ -227,6 +231,8 @@ class Commands:
         """The command ``command_id`` of station ``sid`` as the API shows it, or None."""
         with self._lock:
             rec = self._open.get(command_id) or self._closed.get(command_id)
+        if rec is not None and self.shared and rec.state in (SENT, EXPIRED):
+            rec = self._answered_elsewhere([rec]).get(rec.id, rec)
         if rec is None:
             with self.store.engine.connect() as conn:
                 row = conn.execute(sa.select(table).where(table.c.id == command_id)).first()
@@ -250,6 +256,10 @@ class Commands:
                 closed = self._closed.get(result.id)
                 if closed is not None and closed.sid == result.sid and closed.state in (OK, FAILED):
                     return DUPLICATE
+                if self.shared:
+                    # Perhaps another worker's command: its row is closed if it is
+                    # open, this station's and not expired (counted stale here).
+                    self.writer.submit(_answer(result, now_ms))
                 return STALE
             if rec.sid != result.sid:
                 return STALE  # another station must not close this station's command
@@ -271,12 +281,28 @@ class Commands:
         """Mark every command unanswered past ``expires`` + grace ``expired``; how many."""
         with self._lock:
             due = [r for r in self._open.values() if now_ms > r.expires_ms + GRACE_MS]
-            done = [self._close_locked(rec, EXPIRED, None, None, None) for rec in due]
+        answered = self._answered_elsewhere(due) if self.shared and due else {}
+        with self._lock:
+            done = [self._close_locked(rec, EXPIRED, None, None, None) for rec in due
+                    if rec.id in self._open and rec.id not in answered]
             self._forget_closed(now_ms)
         for rec in done:
             self.writer.submit(_update(rec))
             log.warning("command %s (%s) to %s expired unanswered", rec.id, rec.cmd, rec.sid)
         return len(done)
+
+    def _answered_elsewhere(self, recs: list[_Record]) -> dict[str, _Record]:
+        """Of ``recs``, those another worker closed with the station's answer, as
+        stored (and now closed here too)."""
+        q = sa.select(table).where(table.c.id.in_([r.id for r in recs]),
+                                   table.c.state.in_((OK, FAILED)))
+        with self.store.engine.connect() as conn:
+            found = {row.id: _Record.from_row(row) for row in conn.execute(q)}
+        with self._lock:
+            for cid, rec in found.items():
+                self._open.pop(cid, None)
+                self._closed[cid] = rec
+        return found
 
     def _close(self, command_id: str, state: str, error: str | None,
                data: dict | None, now_ms: int) -> None:
@@ -322,6 +348,23 @@ def _insert(rec: _Record) -> Callable[[sa.Connection], None]:
 
     def op(conn: sa.Connection) -> None:
         conn.execute(table.insert().values(**values))
+
+    return op
+
+
+def _answer(result: m.CommandResult, now_ms: int) -> Callable[[sa.Connection], None]:
+    """A station's answer to a command this worker did not send (several workers)."""
+    values = {
+        "state": OK if result.ok else FAILED, "error": None if result.ok else result.error,
+        "answered_ms": now_ms,
+        "result": json.dumps(result.data, ensure_ascii=False)
+        if result.data is not None else None,
+    }
+
+    def op(conn: sa.Connection) -> None:
+        conn.execute(table.update().where(
+            table.c.id == result.id, table.c.sid == result.sid, table.c.state == SENT,
+            table.c.expires_ms + GRACE_MS >= now_ms).values(**values))
 
     return op
 
