@@ -509,8 +509,8 @@ class Fleet:
             v = st.view
             was_online = v.online
             if v.epoch != epoch:
-                if v.epoch is not None and (row["last_seen_ms"] or 0) < (v.last_seen_ms or 0):
-                    return False  # an older epoch's row: this worker's newer one wins there
+                if v.epoch is not None and (row["last_seen_ms"] or 0) <= (v.last_seen_ms or 0):
+                    return False  # not heard later than this worker heard its own epoch
                 self._new_epoch(st, epoch)
             theirs, mine = _liveness(row["birth"], row["since_ms"]), _liveness(v.birth, v.since_ms)
             if theirs > mine or (theirs == mine and v.online and not row["online"]):
