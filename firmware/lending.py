@@ -49,6 +49,7 @@ from typing import Any
 from firmware.directory import DirectoryStore, PinCheck
 from firmware.hardware.board import BoardOffline, BoardRefused
 from firmware.journal import SEQ, Journal, StorageFault
+from firmware.kept import forget_finished
 from firmware.parts import Reporter
 from firmware.returning import ReturnDesk
 from protocol.frames import ErrorCode, SlotRecord, UnlockResult
@@ -896,9 +897,8 @@ class Lending:
 
     def _prune(self) -> None:
         now = self.clock.monotonic()
-        for key in [k for k, a in self._attempts.items()
-                    if a.finished_at is not None and now - a.finished_at > self.keep_attempts]:
-            del self._attempts[key]
+        # At most MAX_FINISHED kept: made-up riders cannot grow it (firmware/kept.py).
+        forget_finished(self._attempts, now, self.keep_attempts)
         # Ended sessions stay readable for an hour (the kiosk shows "logged out"),
         # an hour of the monotonic clock (_end's last_activity), whatever NTP does.
         for key in [k for k, r in self._sessions.items()

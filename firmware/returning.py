@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from firmware.journal import SEQ
+from firmware.kept import forget_finished
 from protocol.frames import SlotRecord
 from protocol.ids import check_rider_id
 
@@ -291,10 +292,8 @@ class ReturnDesk:
         self._prune()
 
     def _prune(self) -> None:
-        now = self.lending.clock.monotonic()
-        for key in [k for k, c in self._claims.items()
-                    if c.finished_at is not None and now - c.finished_at > self.keep]:
-            del self._claims[key]
+        # At most MAX_FINISHED kept: made-up riders cannot grow it (firmware/kept.py).
+        forget_finished(self._claims, self.lending.clock.monotonic(), self.keep)
 
 
 def _new_id() -> str:

@@ -44,6 +44,7 @@ from firmware.agent import Agent
 from firmware.config import parse_station_config
 from firmware.hardware.board import BoardOffline, LockerBoard, LockerError
 from firmware.hardware.station import build_hardware
+from firmware.kept import MAX_FINISHED
 from firmware.locker import Locker
 from protocol import examples
 from protocol import messages as m
@@ -540,3 +541,66 @@ def test_a_status_answer_naming_slot_0_or_a_slot_twice_is_malformed():
         locker.poll_once()
         assert locker.failed_polls == 1 and locker.slots() == []
         _publishable(locker)
+
+
+# -- the local API: made-up riders --------------------------------------------------------
+
+MADE_UP = 10_000
+
+
+def test_ten_thousand_made_up_riders_keep_memory_bounded(agent):
+    """Borrows and return claims for 10 000 made-up rider ids (each refused at once: a
+    finished attempt or claim) keep at most MAX_FINISHED of each, and the memory they
+    leave stays under a bound per id that keeping them all would break (~0.5 KB each).
+    Found by this test: all were kept for ten minutes, and scanned on every request."""
+    import tracemalloc
+
+    lending = agent.lending
+    base = f"http://127.0.0.1:{agent.local_api_port}"
+
+    def rider(i: int) -> str:
+        return "r:" + f"{i:024x}"
+
+    def made_up(start: int, count: int) -> None:
+        for i in range(start, start + count):
+            lending.borrow(rider(i))  # what POST /v1/borrow calls, without the HTTP
+            lending.return_desk.expect(rider(i))
+
+    # The path over HTTP, a few times: answered, refused ones finish at once.
+    for i in range(20):
+        code, body = http_post(base + "/v1/borrow", {"rider": rider(10**9 + i)})
+        assert code == 202 and body["attempt"]["rider"] == rider(10**9 + i)
+    quiet = logging.getLogger("firmware")
+    level, quiet.level = quiet.level, logging.WARNING  # pytest keeps every record it sees
+    agent.captured.take()
+    try:
+        made_up(0, MAX_FINISHED)  # full to the cap
+        tracemalloc.start()
+        # Once more, traced: what is kept then was allocated under tracemalloc, so
+        # its release is seen when the made-up riders below replace it.
+        made_up(MAX_FINISHED, MAX_FINISHED)
+        before = tracemalloc.take_snapshot()
+        made_up(2 * MAX_FINISHED, MADE_UP)
+        after = tracemalloc.take_snapshot()
+        tracemalloc.stop()
+    finally:
+        quiet.level = level
+    grown = sum(s.size_diff for s in after.compare_to(before, "filename"))
+    assert len(lending._attempts) <= MAX_FINISHED + 12  # finished, and under way (slots)
+    assert len(lending.return_desk._claims) <= MAX_FINISHED + 12
+    # Keeping each would be ~1 KB per id (an attempt and a claim): 10 MB here.
+    assert grown < 50 * MADE_UP, f"{grown} bytes for {MADE_UP} made-up riders"
+    _assert_healthy(agent)
+
+
+def http_post(url: str, body: dict) -> tuple[int, dict]:
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")
