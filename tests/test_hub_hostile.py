@@ -302,8 +302,10 @@ MADE_UP = 10_000
 
 
 def grown_per_id(hub: Hub, send: Callable[[int], None]) -> float:
-    """Bytes still held per made-up id after ``MADE_UP`` of them were sent (the
-    first 200 sent before measuring: warm-up of caches that are not per id)."""
+    """Bytes still held per made-up id after ``MADE_UP`` of them were sent: the
+    smaller of two rounds of fresh ids, after 200 of warm-up. What the hub's
+    other threads cache once (a statement compiled by a scheduled job) lands in
+    one round; what is kept per id, in both."""
     for i in range(200):
         send(i)
     hub.writer.flush(10)
@@ -313,19 +315,21 @@ def grown_per_id(hub: Hub, send: Callable[[int], None]) -> float:
     quiet = logging.NullHandler()
     ingest_log.addHandler(quiet)
     ingest_log.propagate = False
+    rounds = []
     tracemalloc.start()
     try:
-        start = tracemalloc.take_snapshot()
-        for i in range(200, 200 + MADE_UP):
-            send(i)
-        hub.writer.flush(10)
-        end = tracemalloc.take_snapshot()
+        for first in (200, 200 + MADE_UP):
+            start = tracemalloc.take_snapshot()
+            for i in range(first, first + MADE_UP):
+                send(i)
+            hub.writer.flush(10)
+            end = tracemalloc.take_snapshot()
+            rounds.append(sum(s.size_diff for s in end.compare_to(start, "filename")))
     finally:
         tracemalloc.stop()
         ingest_log.propagate = True
         ingest_log.removeHandler(quiet)
-    grown = sum(s.size_diff for s in end.compare_to(start, "filename"))
-    return grown / MADE_UP
+    return min(rounds) / MADE_UP
 
 
 def test_unknown_stations_cost_nothing_when_refused(make_hub):  # noqa: F811
@@ -342,7 +346,7 @@ def test_unknown_stations_cost_nothing_when_refused(make_hub):  # noqa: F811
 
     per_id = grown_per_id(hub, send)
     assert per_id < 8, f"{per_id:.1f} bytes kept per refused made-up station"
-    assert hub.ingest.refused.value("status", "unknown_station") == MADE_UP + 200
+    assert hub.ingest.refused.value("status", "unknown_station") == 2 * MADE_UP + 200
     assert hub.fleet.sids() == [] or set(hub.fleet.sids()) <= {examples.SID}
 
 
@@ -354,8 +358,9 @@ def test_invalid_messages_from_made_up_stations_cost_bounded_memory(hub):
         handle(hub, f"yizhan/v1/yh-made-{i}/state".encode(), b'{"v":1,')
 
     per_id = grown_per_id(hub, send)
-    # The 800 keys the log may still remember, ~160 bytes each (a tuple, the sid,
-    # the set's slot): 13 bytes a made-up id. Keeping the sid of each would be 60+.
+    # The 800 keys the log may still remember (full within the first round), ~160
+    # bytes each (a tuple, the sid, the set's slot): 13 bytes a made-up id at most.
+    # Keeping the sid of each would be 60 and more.
     bound = (LOGGED_KEPT - 200) * 250 / MADE_UP
     assert per_id < bound, f"{per_id:.1f} bytes kept per made-up station"
     assert hub.fleet.sids() == []
@@ -398,6 +403,9 @@ def test_a_station_cannot_change_another(make_hub, secure_broker):  # noqa: F811
     ])
     wait_until(lambda: hub.ingest.messages.value("event", "applied") == 1, 10,
                "the victim's messages taken in")
+    # The contract's example State has few chargers ready: the engine's own
+    # alert of it comes on its own time, before the snapshot.
+    wait_until(lambda: rows_of(hub, VICTIM)["alerts"], 10, "the victim's chargers_low")
     view_before = hub.fleet.get(VICTIM)
     rows_before = rows_of(hub, VICTIM)
     assert rows_before["events"] and rows_before["station_state"]
