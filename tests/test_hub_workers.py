@@ -11,6 +11,7 @@ tests/test_hub_workers_kill.py.
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
@@ -240,3 +241,78 @@ def test_a_command_is_answered_on_the_worker_that_sent_it(pg_url, broker_factory
         side.close()
         for h in hubs:
             h.close()
+
+
+def _shared_hub(pg_url: str) -> Hub:
+    """A shared worker's Hub, not started: its store, fleet and Sync only."""
+    return Hub(parse_hub_config({"mqtt": {"host": "127.0.0.1", "port": 1, "client_id": "w",
+                                          "shared_group": "hubs"},
+                                 "database": pg_url}),
+               clock=ManualClock(T0 / 1000), registry=CollectorRegistry())
+
+
+def test_a_worker_behind_never_undoes_a_newer_row(pg_url):
+    """The stations upsert of shared workers (hub/fleet/sync.py): a stale snapshot
+    keeps the newer liveness, the latest last_seen and the highest seqs; a new
+    epoch heard later replaces the old one, and an old epoch's row does not
+    come back."""
+    from hub.fleet.sync import station_upsert
+    from hub.storage.schema import stations
+
+    hub = _shared_hub(pg_url)
+    try:
+        upsert = station_upsert()
+        cols = ("epoch", "birth", "online", "since_ms", "last_seen_ms", "offline_reason",
+                "last_seq", "events_through")
+
+        def write(**row: Any) -> tuple:
+            values = {"sid": A, "name": A, "grp": None, "epoch": EPOCH, "birth": None,
+                      "online": False, "since_ms": None, "last_seen_ms": None,
+                      "offline_reason": None, "last_seq": None, "events_through": 0} | row
+            with hub.store.engine.begin() as conn:
+                conn.execute(upsert, values)
+                return tuple(conn.execute(sa.select(*(stations.c[c] for c in cols))
+                                          .where(stations.c.sid == A)).one())
+
+        assert write(birth=2, online=True, since_ms=100, last_seen_ms=150, last_seq=10,
+                     events_through=5) == (EPOCH, 2, True, 100, 150, None, 10, 5)
+        # A worker that never heard birth 2, saving after a State it took at 200.
+        assert write(birth=1, online=True, since_ms=50, last_seen_ms=200, last_seq=8,
+                     events_through=3) == (EPOCH, 2, True, 100, 200, None, 10, 5)
+        # Birth 2's will, taken by a third worker.
+        assert write(birth=2, online=False, since_ms=200, last_seen_ms=200,
+                     offline_reason="lost", last_seq=10) == (
+            EPOCH, 2, False, 200, 200, "lost", 10, 5)
+        # A worker still holding birth 2 online saves its older snapshot.
+        assert write(birth=2, online=True, since_ms=100, last_seen_ms=190, last_seq=10,
+                     events_through=5) == (EPOCH, 2, False, 200, 200, "lost", 10, 5)
+        # The station's storage was wiped: a new epoch, heard later.
+        assert write(epoch="0ddba11", birth=1, online=True, since_ms=300, last_seen_ms=300,
+                     last_seq=1) == ("0ddba11", 1, True, 300, 300, None, 1, 0)
+        # A worker behind saves the old epoch's snapshot: it does not come back.
+        assert write(birth=2, online=True, since_ms=100, last_seen_ms=250, last_seq=12,
+                     events_through=12) == ("0ddba11", 1, True, 300, 300, None, 1, 0)
+    finally:
+        hub.close()
+
+
+def test_a_row_committed_late_is_still_merged(pg_url):
+    """A pull reads from the start of the oldest transaction still writing: a row
+    stamped well before its commit is not skipped by the next pull."""
+    hub = _shared_hub(pg_url)
+    try:
+        row = {"sid": B, "epoch": EPOCH, "seq": 1, "type": "visit", "ts": T0, "synced": True,
+               "received_ms": T0, "at_ms": T0, "data": '{"count": 1}'}
+        slow = hub.store.engine.connect()
+        tx = slow.begin()
+        slow.execute(events.insert().values(**row))  # stamped now, committed later
+        time.sleep(2.5)  # longer than the pull's margin
+        hub.peers.pull(T0)
+        assert hub.peers.merged[1] == 0  # not committed yet: not seen
+        tx.commit()
+        slow.close()
+        hub.peers.pull(T0)
+        assert hub.peers.merged[1] == 1
+        assert hub.fleet.get(B) is not None
+    finally:
+        hub.close()
