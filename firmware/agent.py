@@ -281,6 +281,7 @@ class Agent:
         app = create_local_api(self.lending, self.local_view, self.directory,
                                unix_socket=api.unix_socket is not None,
                                port=api.port or None)
+        self.local_api_app = app  # its refusal counts: app.extensions (localapi/context.py)
 
         @app.before_request
         def _kiosk_alive():

@@ -604,3 +604,31 @@ def http_post(url: str, body: dict) -> tuple[int, dict]:
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as err:
         return err.code, json.loads(err.read() or b"{}")
+
+
+def test_refused_requests_are_counted_and_logged_at_powers_of_two(agent):
+    """Every refusal of the local API is counted by code; its line is written at the
+    1st, 2nd, 4th, 8th … of a code, with the count, so a flood writes a few lines."""
+    import http.client
+
+    refusals = agent.local_api_app.extensions["yizhan_local_api"].refusals
+    base = f"http://127.0.0.1:{agent.local_api_port}"
+    before = refusals.counts["bad_rider"], refusals.counts["bad_host"]
+    agent.captured.take()
+    for _ in range(40):
+        code, body = http_post(base + "/v1/borrow", {"rider": "+86 138 0013 8000"})
+        assert (code, body["error"]["code"]) == (400, "bad_rider")
+    for _ in range(3):  # DNS rebinding: the browser calls us by the attacker's name
+        conn = http.client.HTTPConnection("127.0.0.1", agent.local_api_port, timeout=10)
+        conn.request("GET", "/v1/station", headers={"Host": "evil.example"})
+        assert conn.getresponse().status == 421
+        conn.close()
+    assert refusals.counts["bad_rider"] - before[0] == 40
+    assert refusals.counts["bad_host"] - before[1] == 3
+    lines = [r.getMessage() for r in agent.captured.take() if r.name == "firmware.localapi"]
+    counted = [int(line.split("(")[-1].split()[0]) for line in lines if "bad_rider" in line]
+    assert counted == [n for n in (1, 2, 4, 8, 16, 32, 64)
+                       if before[0] < n <= before[0] + 40]
+    assert all("POST /v1/borrow" in line and "138" not in line
+               for line in lines if "bad_rider" in line)  # never the phone number
+    assert any("for host 'evil.example'" in line for line in lines), lines

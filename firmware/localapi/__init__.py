@@ -29,7 +29,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 
-from flask import Flask, jsonify, request
+from flask import Flask, g, jsonify, request
 
 from firmware.directory import DirectoryStore
 from firmware.lending import Lending
@@ -64,12 +64,13 @@ def create_local_api(lending: Lending, state_provider: StateProvider,
 
     @app.before_request
     def only_this_machine():
+        # Logged with the counts (firmware/localapi/refusals.py), not once a call.
         if not unix_socket and not _is_local(request.remote_addr):
-            log.warning("local API refused a call from %s", request.remote_addr)
+            g.yizhan_refused_detail = f" from {request.remote_addr}"
             return error_response(403, "forbidden", "the local API answers this machine only")
         if not unix_socket and not loopback_host(request.host, port):
             # A page rebound to 127.0.0.1 by its DNS: the browser calls us by its name.
-            log.warning("local API refused a call for host %r", request.host[:80])
+            g.yizhan_refused_detail = f" for host {request.host[:80]!r}"
             return error_response(421, "bad_host",
                                   "the local API answers to 127.0.0.1 or localhost only")
         return None

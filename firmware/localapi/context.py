@@ -4,13 +4,14 @@ directory and its view of the station (one per app, never a module global)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from flask import Flask, current_app
 
 from firmware.directory import DirectoryStore
 from firmware.lending import Lending
+from firmware.localapi.refusals import Refusals
 
 __all__ = ["LocalApi", "StateProvider", "local_api"]
 
@@ -27,6 +28,8 @@ class LocalApi:
     lending: Lending
     state_provider: StateProvider
     directory: DirectoryStore
+    #: What the API refused, by error code (firmware/localapi/refusals.py).
+    refusals: Refusals = field(default_factory=Refusals)
 
     def install(self, app: Flask) -> None:
         app.extensions[_KEY] = self

@@ -9,8 +9,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask, jsonify, request
+from flask import Flask, g, jsonify, request
 from werkzeug.exceptions import HTTPException
+
+from firmware.localapi.context import local_api
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +29,15 @@ class ApiError(Exception):
 
 def error_response(status: int, code: str, message: str, **extra: Any):
     body = {"error": {"code": code, "message": message, **extra}}
+    g.yizhan_refused = (status, code)  # counted once the answer is made (init_app)
     return jsonify(body), status
+
+
+def refused_request(detail: str = "") -> str:
+    """The refused request in a log line: its method and route (the path, trimmed
+    and quoted, when no route matched: it is the caller's text)."""
+    rule = request.url_rule.rule if request.url_rule is not None else repr(request.path[:80])
+    return f"{request.method} {rule}{detail}"
 
 
 def init_app(app: Flask) -> None:
@@ -47,3 +57,13 @@ def init_app(app: Flask) -> None:
     def crash(err: Exception):
         log.exception("local API failed on %s %s", request.method, request.path)
         return error_response(500, "internal", "the station could not answer; try again")
+
+    @app.after_request
+    def count_refusal(response):
+        refused = g.pop("yizhan_refused", None)
+        if refused is not None:
+            status, code = refused
+            local_api().refusals.refused(status, code,
+                                         refused_request(g.pop("yizhan_refused_detail", "")),
+                                         logged=code == "internal")
+        return response
