@@ -285,8 +285,10 @@ class Hub:
     def _take_over_marks(self) -> None:
         """A worker that starts leading writes the ledger from here on: from what
         the database holds (the last leader may have died before writing what it
-        decided), each station's liveness as merged, dated when it changed."""
+        decided), each station's liveness as merged, dated when it changed, and
+        its parts at their next State."""
         self.ledger.resume()
+        self.fleet.forget_parts()  # each part marked again at its next State
         self.peers.pull(self.clock.ms())
         for view in self.fleet.stations():
             if view.epoch is not None and view.since_ms is not None:

@@ -316,3 +316,46 @@ def test_a_row_committed_late_is_still_merged(pg_url):
         assert hub.fleet.get(B) is not None
     finally:
         hub.close()
+
+
+def test_a_new_leader_writes_what_the_dead_one_decided_but_never_wrote(pg_url,
+                                                                        broker_factory):
+    """The leader decides a station up and its lockers down and dies before its
+    ledger points are written (here: they were never submitted); the worker that
+    takes over writes the station's liveness at once, dated when it changed, and
+    the lockers at the station's next State."""
+    broker = broker_factory()
+    clock = ManualClock(T0 / 1000)
+    hubs = [start(broker, pg_url, clock, f"hub-{i}", shared=True) for i in range(2)]
+    old, new = hubs
+    assert old.leader.is_leader and not new.leader.is_leader
+    side = Fleetside(broker, hubs)
+    try:
+        old.ledger.leads = lambda: False  # what it decides from now on is never written
+        side.send(A, Kind.STATUS, {"ts": T0, "synced": True, "rev": 1, "state": "online",
+                                   "birth": 1, "last_seq": 0})
+        side.send(A, Kind.STATE, state(1, 0, lockers_online=False))
+        side.settle()
+        for h in hubs:  # the merges' marks too, noted while neither writes
+            assert h.writer.flush(5)
+
+        def points() -> list[tuple]:
+            with new.store.engine.connect() as conn:
+                return conn.execute(sa.select(ledger.c.component, ledger.c.state,
+                                              ledger.c.at_ms)
+                                    .where(ledger.c.sid == A)
+                                    .order_by(ledger.c.component, ledger.c.at_ms)).all()
+
+        assert points() == []
+        old.leader.close()  # the lock goes, as with a SIGKILL
+        wait_until(lambda: new.leader.poll(), 10, "the survivor leads")
+        wait_until(lambda: ("station", "up", T0) in points(), 10, "the station's point")
+        clock.advance(60)
+        old.close()  # the survivor alone takes the next State
+        side.send(A, Kind.STATE, state(2, 0, lockers_online=False))
+        wait_until(lambda: len(points()) == 2, 10, "the lockers' point")
+        assert points() == [("lockers", "down", T0 + 60_000), ("station", "up", T0)]
+    finally:
+        side.close()
+        for h in hubs:
+            h.close()

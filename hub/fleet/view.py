@@ -527,6 +527,15 @@ class Fleet:
             self._tell(sid, "status", None, now_ms)
         return changed
 
+    def forget_parts(self) -> None:
+        """Forget the state each part was last marked in, so that the next State
+        marks every part again (the ledger writes only what differs from its own
+        last point): a worker that starts leading does this, its predecessor
+        having perhaps died before its last marks were written."""
+        with self._lock:
+            for st in self._stations.values():
+                st.parts.clear()
+
     def _heard_elsewhere(self, st: _Station, heard_ms: int | None) -> None:
         """Another worker heard the station at ``heard_ms``; one that did not know
         it was presumed silent did not bring it back up: this does (the leader
