@@ -153,7 +153,10 @@ def hub(make_hub) -> Hub:  # noqa: F811
 # -- nothing crashes; every input counted once, with its reason; logged at most once ----
 
 
-def test_every_hostile_message_is_counted_once_and_nothing_breaks(hub, caplog):
+def test_every_hostile_message_is_counted_once_and_nothing_breaks(make_hub, database_url,  # noqa: F811
+                                                                    caplog):
+    """On both stores: PostgreSQL refuses what SQLite takes (a NUL in a text)."""
+    hub = make_hub(database_url=database_url)
     caplog.set_level(logging.WARNING)
     seen_keys: set = set()
 
@@ -487,3 +490,46 @@ def test_a_station_with_a_gap_that_never_closes_does_not_grow_the_hub(make_hub):
         start.filter_traces(seqs_file), "filename"))
     # Unbounded, the 10 000 more seqs given up were ~800 KB of set and ints.
     assert grown < 100_000, f"the fleet grew {grown} bytes over 10 000 seqs given up"
+
+
+# -- what one store takes and the other refuses ------------------------------------------
+
+
+def _borrow(bank: str) -> dict:
+    d = example("event", seq=7)
+    d["data"] = {**d["data"], "bank": bank}
+    return d
+
+
+def _state_door(name: str) -> dict:
+    d = example("state")
+    d["doors"] = {name: False}
+    return d
+
+
+#: U+0000 where the contract takes any string: PostgreSQL's text cannot hold it.
+NUL_CASES = {
+    "a borrow's bank id": ("event", lambda: _borrow("PB\x00X")),
+    "a door name in a State": ("state", lambda: _state_door("front\x00")),
+    "a key of an unknown event's data": ("event", lambda: {
+        **example("event", seq=8), "type": "made_up", "data": {"k\x00": "v"}}),
+    "a command result's data": ("result", lambda: {**example("result"), "data": {"x": "\x00"}}),
+}
+TAILS = {"status": Kind.STATUS, "state": Kind.STATE, "event": Kind.EVENT,
+         "result": Kind.CMD_RESULT}
+
+
+def test_a_nul_in_a_station_string_is_refused_on_both_stores(make_hub, database_url):  # noqa: F811
+    """It was taken, and on PostgreSQL its write then failed: the borrow's event
+    and loan lost, a traceback, the writer's batch retried by halves."""
+    hub = make_hub(database_url=database_url)
+    for case, (kind, make) in NUL_CASES.items():
+        before = hub.ingest.refused.value(kind, "field")
+        handle(hub, topic(examples.SID, TAILS[kind]).encode(), json.dumps(make()).encode())
+        assert hub.ingest.refused.value(kind, "field") == before + 1, case
+    # What only looks like one (a backslash, then the letters) is a good message.
+    handle(hub, topic(examples.SID, Kind.EVENT).encode(),
+           json.dumps(_borrow("PB\\u0000")).encode())
+    assert hub.ingest.messages.value("event", "applied") == 1
+    assert hub.writer.flush(10)
+    assert hub.writer.failed == 0
