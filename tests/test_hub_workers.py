@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry
 from hub.config import parse_hub_config
 from hub.service import Hub
 from hub.storage.schema import commands, events, ledger, status_log
+from protocol import examples
 from protocol.topics import Kind, topic
 from tests.harness.mqtt import Subscriber, close, connect
 from tests.harness.procs import wait_until
@@ -355,6 +356,43 @@ def test_a_new_leader_writes_what_the_dead_one_decided_but_never_wrote(pg_url,
         side.send(A, Kind.STATE, state(2, 0, lockers_online=False))
         wait_until(lambda: len(points()) == 2, 10, "the lockers' point")
         assert points() == [("lockers", "down", T0 + 60_000), ("station", "up", T0)]
+    finally:
+        side.close()
+        for h in hubs:
+            h.close()
+
+
+def test_every_worker_holds_the_open_loans_whoever_took_the_events(pg_url, broker_factory):
+    """A borrow and its return taken by different workers: the loan is closed in
+    the table, and every worker's memory of the open loans (what the leader's
+    overdue alerts read) holds the one still out, not the one returned."""
+    broker = broker_factory()
+    clock = ManualClock(T0 / 1000)
+    hubs = [start(broker, pg_url, clock, f"hub-{i}", shared=True) for i in range(3)]
+    side = Fleetside(broker, hubs)
+    rider = examples.RIDER
+
+    def bank(seq: int, kind: str, bank_id: str) -> dict:
+        return {"ts": clock.ms(), "synced": True, "seq": seq, "type": kind,
+                "data": {"slot": 3, "bank": bank_id, "charge": 96, "rider": rider}}
+
+    try:
+        for sid in (A, B):
+            side.send(sid, Kind.STATUS, {"ts": T0, "synced": True, "rev": 1,
+                                         "state": "online", "birth": 1, "last_seq": 0})
+        side.settle()
+        side.send(A, Kind.EVENT, bank(1, "bank_borrowed", "PB0001AA"))
+        side.send(B, Kind.EVENT, bank(1, "bank_borrowed", "PB0002BB"))
+        side.settle()
+        clock.advance(60)
+        side.send(A, Kind.EVENT, bank(2, "bank_returned", "PB0001AA"))
+        side.settle()
+        a_week = T0 + 7 * 86_400_000
+        for h in hubs:
+            assert [loan.bank for loan in h.loans.overdue(a_week)] == ["PB0002BB"]
+        with hubs[0].store.engine.connect() as conn:
+            rows = conn.execute(sa.text("SELECT bank, returned_ms FROM loans ORDER BY bank"))
+            assert [tuple(r) for r in rows] == [("PB0001AA", T0 + 60_000), ("PB0002BB", None)]
     finally:
         side.close()
         for h in hubs:

@@ -577,6 +577,8 @@ class Fleet:
             self._learn_seq(st, state.last_seq, now_ms)
             self._parts_from_state(st, state, received_ms)
         self._drain()
+        # The open loans in this worker's memory (the storing worker wrote its own).
+        self.loans.on_state(sid, state, received_ms)
         self._tell(sid, "state", state, now_ms)
         return True
 
@@ -612,6 +614,10 @@ class Fleet:
                                     write=False)
         event = m.Event(sid, epoch, row["ts"], bool(row["synced"]), seq, kind,
                         json.loads(row["data"]))
+        if event.is_known:
+            # The open loans in this worker's memory (what overdue alerts read);
+            # the writes were the storing worker's, decided again from the table.
+            self.loans.on_event(sid, epoch, event, row["at_ms"], received_ms)
         self._tell(sid, "event", event, now_ms)
         return True
 
