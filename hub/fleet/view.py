@@ -255,6 +255,27 @@ def _copy(view: StationView, doc: bytes | None) -> StationView:
                        None, view.state_ts, view.last_seq, view.events_through, doc)
 
 
+class _Parts:
+    """The state last marked for each part of a station (``component -> state``,
+    as ``dict.get``, item assignment and ``clear`` see it): 64 bytes where a
+    dict of the four was 232 (100 000 stations on one hub, issue 21)."""
+
+    __slots__ = ("dispenser", "kiosk", "lockers", "station")
+
+    def __init__(self) -> None:
+        self.clear()
+
+    def get(self, component: str, default: str | None = None) -> str | None:
+        state = getattr(self, component, None)
+        return default if state is None else state
+
+    def __setitem__(self, component: str, state: str) -> None:
+        setattr(self, component, state)
+
+    def clear(self) -> None:
+        self.dispenser = self.kiosk = self.lockers = self.station = None
+
+
 @dataclass(slots=True)
 class _Station:
     """A view plus the bookkeeping behind it. Slotted, and what most stations
@@ -280,7 +301,7 @@ class _Station:
     next_replay_ms: int = 0
     replay_from: int = 0
     replays_of_gap: int = 0
-    parts: dict[str, str] = field(default_factory=dict)  # component -> marked state
+    parts: _Parts = field(default_factory=lambda: _Parts())  # component -> marked state
     clock_ahead_told: bool = False  # its synced clock was found ahead (logged once)
 
 
