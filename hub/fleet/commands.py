@@ -216,7 +216,16 @@ class Commands:
                       created_ms=now, expires_ms=command.expires)
         with self._lock:
             self._open[rec.id] = rec
-        self.writer.submit(_insert(rec))
+        if self.shared:
+            # The answer may reach another worker, which closes the stored row:
+            # the row must be there before the station can answer.
+            try:
+                self.writer.call(_insert(rec))
+            except Exception as err:
+                self._close(rec.id, FAILED, "not_sent", None, now)
+                raise CommandNotSent(f"the command could not be stored: {err}") from err
+        else:
+            self.writer.submit(_insert(rec))
         try:
             self.publish(topic(sid, Kind.CMD), payload)
         except Exception as err:
