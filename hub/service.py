@@ -157,6 +157,7 @@ class Hub:
         self.outbox = Outbox(self.store, self.writer, clock,
                              build_notifiers(config.notifier_specs, config.routing.timezone),
                              acklinks=self.acklinks, registry=self.registry, pacer=pacer,
+                             shared=config.shared_group is not None,
                              last_of_group_down=self.fleet.last_of_group_down)
         self.engine = AlertEngine(config, self.fleet, self.alerts, clock,
                                   forecaster=self.forecaster)

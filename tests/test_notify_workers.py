@@ -197,3 +197,29 @@ def test_a_worker_killed_mid_send_leaves_the_row_to_another_after_its_lease(
     finally:
         a.close()
         b.close()
+
+
+def test_a_notifier_given_up_by_one_worker_is_failing_for_every_worker(
+        dbs: list[Db], clock: ManualClock, robots: dict[str, FakeRobot]) -> None:
+    """The leader raises notify_failing from its outbox's ``failing()``: with
+    several workers it must know what another worker's sender met."""
+    wrong = [NotifierSpec(name="ops-wecom", type="wecom",
+                          url=robots["wecom"].url.replace("wecom-token-0123", "not-a-key"),
+                          timeout=2.0)]
+
+    def shared_worker(db: Db) -> Outbox:
+        return Outbox(db.store, db.writer, clock, build_notifiers(wrong),
+                      acklinks=AckLinks(b"k" * 32, PUBLIC, clock=clock),
+                      registry=CollectorRegistry(), pacer=SharedPacer(db.store, clock),
+                      shared=True)
+
+    sender, leader = shared_worker(dbs[0]), shared_worker(dbs[1])
+    try:
+        sender.enqueue("ops-wecom", "firing", alert(0), {"sid": "yh-w-00"})
+        assert sender.send_due() == 1  # the robot does not know the key: given up
+        assert sender.failing() == ["ops-wecom"]
+        assert leader.failing() == ["ops-wecom"]
+        assert leader.status()["ops-wecom"]["gave_up"] is True
+    finally:
+        sender.close()
+        leader.close()

@@ -140,7 +140,7 @@ class Outbox:
                  failing_after: float = DEFAULT_FAILING_AFTER, flush_timeout: float = 5.0,
                  poll: float = 2.0, rng: random.Random | None = None,
                  registry: Any = None, pacer: pacing.Pacer | None = None,
-                 pace: bool = True,
+                 pace: bool = True, shared: bool = False,
                  last_of_group_down: Callable[[str], bool] | None = None) -> None:
         if backoff[0] <= 0 or backoff[1] < backoff[0] or not 0 <= jitter < 1:
             raise ValueError("backoff must be (first > 0, max ≥ first) and 0 ≤ jitter < 1")
@@ -150,6 +150,10 @@ class Outbox:
         self.notifiers = dict(notifiers)
         self.acklinks = acklinks
         self.failing_after = failing_after
+        # Several hub workers send (mqtt.shared_group): how a notifier is doing
+        # is read from the rows, which every worker's attempts write, not from
+        # what this worker's senders saw alone.
+        self.shared = shared
         self.flush_timeout = flush_timeout
         self.poll = poll
         self.rng = rng or random.Random()
@@ -264,10 +268,14 @@ class Outbox:
         itself); for the hub's own "cannot notify" alert."""
         now_ms = self.clock.ms() if now_ms is None else now_ms
         limit = int(self.failing_after * 1000)
-        with self._lock:
-            return sorted(name for name, h in self._health.items()
-                          if h.gave_up or (h.failing_since_ms is not None
-                                           and now_ms - h.failing_since_ms >= limit))
+        if self.shared:
+            health = self._health_from_rows()
+        else:
+            with self._lock:
+                health = dict(self._health)
+        return sorted(name for name, h in health.items()
+                      if h.gave_up or (h.failing_since_ms is not None
+                                       and now_ms - h.failing_since_ms >= limit))
 
     def held(self, notifier: str | None = None) -> list[dict[str, Any]]:
         """Deliveries held back over a rate limit, not yet in a digest, oldest first."""
@@ -291,11 +299,15 @@ class Outbox:
         with self.store.engine.connect() as conn:
             counts = dict(conn.execute(q).all())
             held = dict(conn.execute(qh).all())
-        with self._lock:
-            return {name: {"failing_since": h.failing_since_ms, "gave_up": h.gave_up,
-                           "last_error": h.last_error, "last_delivered": h.delivered_ms,
-                           "pending": counts.get(name, 0), "held": held.get(name, 0)}
-                    for name, h in sorted(self._health.items())}
+        if self.shared:
+            health = self._health_from_rows()
+        else:
+            with self._lock:
+                health = dict(self._health)
+        return {name: {"failing_since": h.failing_since_ms, "gave_up": h.gave_up,
+                       "last_error": h.last_error, "last_delivered": h.delivered_ms,
+                       "pending": counts.get(name, 0), "held": held.get(name, 0)}
+                for name, h in sorted(health.items())}
 
     # -- sending -------------------------------------------------------------------------
 
@@ -686,8 +698,12 @@ class Outbox:
     def _load_health(self) -> None:
         """What the rows say about each notifier, so a restart does not forget that
         one was failing (approximately: since its oldest waiting, tried row)."""
+        self._health.update(self._health_from_rows())
+
+    def _health_from_rows(self) -> dict[str, _Health]:
+        out = {name: _Health() for name in self.notifiers}
         with self.store.engine.connect() as conn:
-            for name, health in self._health.items():
+            for name, health in out.items():
                 head = conn.execute(
                     sa.select(table.c.created_ms, table.c.last_error)
                     .where(table.c.notifier == name, table.c.delivered_ms.is_(None),
@@ -706,6 +722,7 @@ class Outbox:
                     health.last_error = health.last_error or last.last_error
                 elif last is not None:
                     health.delivered_ms = last.delivered_ms
+        return out
 
     def _seed_pacer(self) -> None:
         """Each paced robot's attempts answered in the last minute, from the rows:
