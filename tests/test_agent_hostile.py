@@ -251,6 +251,11 @@ def _assert_healthy(agent: Agent) -> None:
     wait_until(agent.link.connected.is_set, 10, "the agent connected")
     assert agent.link.healthy()
     assert http_json(f"http://127.0.0.1:{agent.local_api_port}/v1/station")[0] == 200
+    # The hub's beacon as it comes every 30 s: a valid hostile one far ahead (a hub
+    # clock in 2033) would make the command below look expired until it came.
+    heard = agent.link.hub_clock.heard_count
+    publish(agent.broker, HUB_TIME_TOPIC, {"v": 1, "ts": int(time.time() * 1000)})
+    wait_until(lambda: agent.link.hub_clock.heard_count > heard, 10, "the hub's time heard")
     cid = f"c-{uuid.uuid4().hex[:12]}"
     with Subscriber(agent.broker, [topic(SID, Kind.CMD_RESULT), topic(SID, Kind.STATE)]) as sub:
         now = int(time.time() * 1000)
