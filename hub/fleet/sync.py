@@ -121,7 +121,7 @@ class Sync:
 
     >>> sync = Sync(store, fleet, shared=config.shared_group is not None)
     >>> sync.pull(clock.ms())     # every SYNC_EVERY s
-    >>> sync.missing(sid, epoch, 1, 40)   # before the leader asks for a replay
+    >>> sync.missing(sid, epoch, 1, 40, clock.ms())   # before the leader asks for a replay
     [(17, 17)]
 
     Not shared (one worker, or SQLite): nothing is changed and ``pull`` does nothing.
