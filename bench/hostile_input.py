@@ -18,10 +18,12 @@ the memory a made-up station id costs (tracemalloc, 10 000 ids, after 200 of
 warm-up) in three cases: refused as unknown (``accept_unknown_stations:
 false``), an invalid payload from each (default), a valid Status from each
 (default: each becomes a station — the reason to list the fleet and refuse the
-rest). No baseline: these are counts, not a speed.
+rest). No baseline: these are counts, not a speed. On SQLite and on
+PostgreSQL (a database made for the run on ``--pg``, dropped after): what one
+store takes the other may refuse (U+0000 in a text).
 
-    .venv/bin/python bench/hostile_input.py              # ~3 min, 4 x 5 000 examples
-    .venv/bin/python bench/hostile_input.py --examples 500
+    .venv/bin/python bench/hostile_input.py              # ~6 min, 2 x 4 x 5 000 examples
+    .venv/bin/python bench/hostile_input.py --examples 500 --stores pg
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import argparse
 import collections
 import json
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -38,7 +41,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 
+import hub_ingest  # noqa: E402  (its pg_database)
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
@@ -56,6 +61,8 @@ from tests.test_hub_hostile import (  # noqa: E402
     valid_message,
 )
 from tests.test_hub_ingest import example, healthy, start_hub  # noqa: E402
+
+PG_DEFAULT = hub_ingest.PG_DEFAULT
 
 CATEGORIES = {
     "valid": valid_message().map(lambda t: (t[0].encode(), t[1])),
@@ -164,29 +171,23 @@ def memory(broker: Broker, workdir: Path) -> dict:
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--examples", type=int, default=5000, help="per category")
-    args = parser.parse_args()
+def run_store(broker: Broker, url: str, examples_each: int) -> None:
+    """The four categories on one hub on ``url``; prints the table."""
     tally = Tally()
     logging.getLogger("hub").addHandler(tally)
-    logging.getLogger("hub").propagate = False  # counted, not printed
-    # A loaded machine makes the scheduler say it ran a job late: not the hub's words.
-    logging.getLogger("apscheduler").setLevel(logging.ERROR)
-    with tempfile.TemporaryDirectory() as tmp, Broker(Path(tmp) / "broker") as broker:
-        hub = start_hub(broker, f"sqlite:///{Path(tmp) / 'hub.db'}")
-        try:
-            results = [fuzz(hub, name, strategy, args.examples, tally)
-                       for name, strategy in CATEGORIES.items()]
-            hub.writer.flush(30)
-            after = {"writer_failed": hub.writer.failed, "healthy": healthy(hub),
-                     "network_thread_alive": hub.ingest._client.loop_alive(),
-                     "stations_made": len(hub.fleet.sids()),
-                     "log_lines_by_logger": dict(tally.by_logger),
-                     "error_lines": tally.errors}
-        finally:
-            hub.close()
-        mem = memory(broker, Path(tmp))
+    hub = start_hub(broker, url)
+    try:
+        results = [fuzz(hub, name, strategy, examples_each, tally)
+                   for name, strategy in CATEGORIES.items()]
+        hub.writer.flush(30)
+        after = {"writer_failed": hub.writer.failed, "healthy": healthy(hub),
+                 "network_thread_alive": hub.ingest._client.loop_alive(),
+                 "stations_made": len(hub.fleet.sids()),
+                 "log_lines_by_logger": dict(tally.by_logger),
+                 "error_lines": tally.errors}
+    finally:
+        hub.close()
+        logging.getLogger("hub").removeHandler(tally)
     print(f"{'category':8} {'examples':>8} {'crashes':>7} {'log lines':>9} {'s':>6}  outcomes")
     for r in results:
         shown = ", ".join(f"{k} {v}" for k, v in sorted(r["outcomes"].items()))
@@ -195,7 +196,35 @@ def main() -> None:
         for sample in r["crash_samples"]:
             print("   crash:", sample)
     print("after:", json.dumps(after))
-    print("bytes kept per made-up station id (10 000 ids):", json.dumps(mem, ensure_ascii=False))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--examples", type=int, default=5000, help="per category")
+    parser.add_argument("--stores", default="sqlite,pg",
+                        help="sqlite, pg or both (comma-separated)")
+    parser.add_argument("--pg", default=os.environ.get("YIZHAN_TEST_PG", PG_DEFAULT),
+                        help="a PostgreSQL server where a database may be made")
+    args = parser.parse_args()
+    logging.getLogger("hub").propagate = False  # counted, not printed
+    logging.getLogger("hub").addHandler(logging.NullHandler())  # not lastResort's stderr
+    # A loaded machine makes the scheduler say it ran a job late: not the hub's words.
+    logging.getLogger("apscheduler").setLevel(logging.ERROR)
+    stores = args.stores.split(",")
+    with tempfile.TemporaryDirectory() as tmp, Broker(Path(tmp) / "broker") as broker:
+        if "sqlite" in stores:
+            print("== SQLite")
+            run_store(broker, f"sqlite:///{Path(tmp) / 'hub.db'}", args.examples)
+        if "pg" in stores:
+            with hub_ingest.pg_database(args.pg) as (url, why):
+                print("== PostgreSQL")
+                if url is None:
+                    print("skipped:", why)
+                else:
+                    run_store(broker, url, args.examples)
+        mem = memory(broker, Path(tmp))
+    print("bytes kept per made-up station id (10 000 ids, SQLite):",
+          json.dumps(mem, ensure_ascii=False))
 
 
 if __name__ == "__main__":
