@@ -31,7 +31,7 @@ from schemathesis import GenerationMode
 from hub.console import openapi_forms
 from hub.service import Hub
 from hub.storage.schema import metadata
-from tests.harness.console_app import Browser, bring_online, console_hub
+from tests.harness.console_app import PASSWORD, Browser, bring_online, console_hub
 from yizhan.clock import ManualClock
 
 T0 = 1_764_201_600.0  # 2025-11-27 08:00 CST
@@ -273,4 +273,111 @@ def test_invalid_forms_are_refused_and_nothing_stored(label: str, boss: Browser,
                                                        caplog) -> None:
     caplog.set_level(logging.ERROR)
     _run(label, boss, hub, GenerationMode.NEGATIVE, NEGATIVE_EXAMPLES)
+    assert not [r for r in caplog.records if "unhandled error" in r.getMessage()]
+
+
+# -- what the fuzzing found, each pinned by name ------------------------------------------
+
+
+def test_a_refused_form_answers_4xx_with_its_page_again_and_a_taken_one_303(
+        boss: Browser, hub: Hub) -> None:
+    """A refusal was a 303 like a success: only the flash told them apart."""
+    before = stored(hub)
+    resp = boss.post("/console/people/staff", {"id": "s-li", "name": "李", "pin": "12a4"})
+    page = resp.get_data(as_text=True)
+    assert resp.status_code == 400 and 'class="flash error"' in page and 'id="add-staff"' in page
+    assert stored(hub) == before
+    resp = boss.post("/console/people/staff", {"id": "s-li", "name": "李", "pin": "1234"})
+    assert resp.status_code == 303 and hub.directory.get_staff("s-li")["name"] == "李"
+    # Taken already: 409, the page again.
+    resp = boss.post("/console/people/staff", {"id": "s-li", "name": "李", "pin": "1234"})
+    assert resp.status_code == 409 and 'class="flash error"' in resp.get_data(as_text=True)
+
+
+def test_the_place_form_refuses_an_action_it_does_not_have(boss: Browser, hub: Hub) -> None:
+    """Any action but "reset" was taken as a save."""
+    before = stored(hub)
+    form = {"lat": "28.1", "lon": "121.2", "address": "x", "host": "", "hours": "24h"}
+    for action in ("__not_in_enum__", "", "Save"):
+        resp = boss.post(f"/console/stations/{SID}/place", {**form, "action": action})
+        assert resp.status_code == 400, action
+    resp = boss.post(f"/console/stations/{SID}/place", form)  # no button named
+    assert resp.status_code == 400
+    assert stored(hub) == before
+    assert boss.post(f"/console/stations/{SID}/place",
+                     {**form, "action": "save"}).status_code == 303
+    assert stored(hub) != before
+
+
+def test_a_user_change_with_an_unknown_action_is_refused(boss: Browser, hub: Hub) -> None:
+    """It was read as the role form's change (an admin's slip could demote a user)."""
+    before = stored(hub)
+    resp = boss.post("/console/users/desk", {"action": "delete", "role": "ops", "groups": ""})
+    assert resp.status_code == 400 and stored(hub) == before
+    resp = boss.post("/console/users/nobody", {"action": "password", "password": "x" * 12})
+    assert resp.status_code == 404 and stored(hub) == before
+
+
+def test_the_remove_phone_box_takes_only_its_tick(boss: Browser, hub: Hub) -> None:
+    """Any value of clear_phone removed the phone; the checkbox sends 1."""
+    hub.directory.add_staff({"id": "s-zhao", "name": "赵", "phone": "13900001111",
+                             "pin": "1234"}, by="test")
+    before = stored(hub)
+    resp = boss.post("/console/people/staff/s-zhao", {"name": "赵", "clear_phone": "yes"})
+    assert resp.status_code == 400 and stored(hub) == before
+    assert boss.post("/console/people/staff/s-zhao",
+                     {"name": "赵", "clear_phone": "1"}).status_code == 303
+    assert hub.directory.get_staff("s-zhao")["phone"] is None
+
+
+# -- the sign-in form (public), last: its wrong passwords lock the address ---------------
+
+
+@pytest.fixture(scope="module")
+def stranger(hub: Hub) -> Browser:
+    b = Browser(hub)
+    b.get("/console/signin")
+    return b
+
+
+def test_signing_in_with_a_real_password_is_taken(stranger: Browser, hub: Hub) -> None:
+    """Whatever ``next`` says, a right password signs in and stays on this console."""
+    operation = OPERATIONS["POST /console/signin"]
+
+    @settings(max_examples=5, deadline=None, database=None,
+              suppress_health_check=list(HealthCheck), phases=RUN)
+    @given(case=operation.as_strategy(generation_mode=GenerationMode.POSITIVE))
+    def signs_in(case: Any) -> None:
+        # "wang": "desk" had its password changed by the forms above.
+        case.body.update(name="wang", password=PASSWORD, csrf=stranger.token)
+        resp = case.call(app=hub.app, session=stranger.client)
+        case.validate_response(resp)
+        assert resp.status_code == 303
+        where = resp.headers["location"][0]  # schemathesis's headers: lower case, lists
+        assert where.startswith("/console") and not where.startswith("//"), where
+        stranger.get("/console/")  # signed in: a page with the new session's token
+        assert stranger.post("/console/signout", {}).status_code == 303
+        stranger.get("/console/signin")
+
+    signs_in()
+
+
+def test_hostile_sign_ins_are_refused_never_a_5xx(stranger: Browser, hub: Hub, caplog) -> None:
+    """Invalid sign-in forms: 400, 401 or (after fifty) 429, nothing stored."""
+    caplog.set_level(logging.ERROR)
+    operation = OPERATIONS["POST /console/signin"]
+
+    @settings(max_examples=NEGATIVE_EXAMPLES, deadline=None, database=None,
+              suppress_health_check=list(HealthCheck), phases=RUN)
+    @given(case=operation.as_strategy(generation_mode=GenerationMode.NEGATIVE))
+    def refused(case: Any) -> None:
+        before = stored(hub)
+        if isinstance(case.body, dict):
+            case.body["csrf"] = stranger.token
+        resp = case.call(app=hub.app, session=stranger.client)
+        case.validate_response(resp)
+        TALLY[("POST /console/signin", "negative", str(resp.status_code))] += 1
+        assert resp.status_code in (400, 401, 429) and stored(hub) == before
+
+    refused()
     assert not [r for r in caplog.records if "unhandled error" in r.getMessage()]
