@@ -370,6 +370,7 @@ PLAN = {
     "yizhan_station_predicted_empty_seconds": ("gauge", {("station", "supply")}),
     "yizhan_alert_duration_seconds": ("histogram", {("le", "rule")}),
     "yizhan_hub_healthy": ("gauge", {()}),
+    "yizhan_hub_leader": ("gauge", {()}),  # issue 21: 1 on the worker that leads
     "yizhan_broker_clients_connected": ("gauge", {()}),
     "yizhan_broker_messages_received": ("counter", {()}),
     "yizhan_broker_messages_dropped": ("counter", {()}),
