@@ -28,6 +28,7 @@ from prometheus_client import CollectorRegistry
 
 from hub.alerting.acklink import AckLinks
 from hub.alerting.notify import Outbox, build_notifiers
+from hub.alerting.notify.base import DeliveryFailed
 from hub.alerting.notify.pacing import Pacer
 from hub.alerting.notify.shared_pace import SharedPacer
 from hub.config import NotifierSpec
@@ -223,3 +224,22 @@ def test_a_notifier_given_up_by_one_worker_is_failing_for_every_worker(
     finally:
         sender.close()
         leader.close()
+
+
+def test_a_refusal_for_speed_seen_by_one_worker_pauses_the_robot_for_all(
+        dbs: list[Db], clock: ManualClock, robots: dict[str, FakeRobot]) -> None:
+    a, b = worker(dbs[0], clock, robots), worker(dbs[1], clock, robots, seed=1)
+    try:
+        now = clock.ms()
+        assert a.pacer.take("ops-dingtalk", now) is None
+        refused = DeliveryFailed("130101 send too fast", rate_limited=True)
+        until = a.pacer.answered("ops-dingtalk", now, refused)
+        assert until == now + 600_000  # DingTalk's documented ten minutes
+        assert b.pacer.free_at("ops-dingtalk", now) == until
+        assert b.pacer.take("ops-dingtalk", now + 599_000, first=True) == until
+        assert b.pacer.refusals("ops-dingtalk") == 1
+        assert b.pacer.take("ops-wecom", now) is None  # another robot: not paused
+        b.pacer.release("ops-wecom")
+    finally:
+        a.close()
+        b.close()
