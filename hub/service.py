@@ -126,6 +126,9 @@ class Hub:
                 fresh_sessions=lambda: self.ingest.fresh_sessions)
             self._build_alerting()
             self.ingest = Ingest(config, self.fleet, clock, self.registry)
+            # The hub's status (contract §9) is the leader's: with several
+            # workers one "online" per leadership, not one per worker's connect.
+            self.ingest.speaks = lambda: self.leader.is_leader
             self.app = create_app(self)
             if config.console.enabled:
                 register_console(self.app, self)
@@ -283,6 +286,12 @@ class Hub:
         else:
             self.engine.pause()
 
+    def _speak_for_hub(self, leading: bool) -> None:
+        """A worker that starts leading says the hub is online (a new ``ts``: the
+        stations republish once, resending what a dead leader took and lost)."""
+        if leading:
+            self.ingest.announce()
+
     def _take_over_marks(self) -> None:
         """A worker that starts leading writes the ledger from here on: from what
         the database holds (the last leader may have died before writing what it
@@ -352,6 +361,7 @@ class Hub:
         if not self.leader.poll():
             self.engine.pause()  # another worker's engine opens and closes alerts
         self.leader.listen(self._leading)
+        self.leader.listen(self._speak_for_hub)
         self.ingest.broker_stats.exported = lambda: self.leader.is_leader
         self.ledger.hub_started(self.clock.ms())
         # Senders first: what the engine finds at its start is delivered at once.

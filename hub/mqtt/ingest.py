@@ -40,6 +40,7 @@ import logging
 import re
 import ssl
 import threading
+from collections.abc import Callable
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -147,6 +148,22 @@ class Ingest:
         #: Refusals not logged this window because ``_logged`` was full.
         self._unlogged = 0
         self._subscriptions = hub_subscriptions(config.shared_group)
+        #: Whether this worker speaks for the hub on ``hub/status`` (contract §9):
+        #: one hub always; of several workers (mqtt.shared_group) only the leader
+        #: (the Hub sets it to its leadership), else each worker's connect and
+        #: clean stop would make the whole fleet republish.
+        self.speaks: Callable[[], bool] = lambda: True
+        self._shared = config.shared_group is not None
+        if self._shared:
+            # Not shared: each worker hears every offline (a worker's will), so
+            # the leader, whichever it is, can answer it (``_hub_status``).
+            self._subscriptions = [*self._subscriptions, (HUB_STATUS_TOPIC, 1)]
+        self._status_lock = threading.Lock()
+        self._up = False  # a session, for announce(); under _status_lock
+        #: The online the leader answered an offline with, until it comes back:
+        #: the same offline reaches it twice (the shared and its own subscription).
+        self._answer_ts: int | None = None
+        self._stopping = False
         #: The only sids taken in, or None for any (``accept_unknown_stations``).
         self._known: frozenset[str] | None = (
             None if config.accept_unknown_stations
@@ -186,8 +203,10 @@ class Ingest:
         self._client.loop_start()
 
     def stop(self) -> None:
-        """Say goodbye (the retained ``offline``), disconnect, stop the network thread."""
-        if self.connected.is_set():
+        """Say goodbye (the retained ``offline``; of several workers, the leader
+        only: a follower going leaves the hub up), disconnect, stop the network thread."""
+        self._stopping = True  # its own offline coming back is not to be answered
+        if self.connected.is_set() and self.speaks():
             info = self._client.publish(HUB_STATUS_TOPIC, m.encode(m.HubStatus(state="offline")),
                                         qos=1, retain=True)
             try:
@@ -279,9 +298,12 @@ class Ingest:
         client.subscribe(self._subscriptions + BROKER_SUBSCRIPTIONS)
         # What the hub owns on the broker, republished on every connect: a
         # session the broker forgot (restarted without persistence) took the
-        # retained copies with it. The status is also contract §9's "online".
-        online = m.HubStatus(state="online", ts=self.clock.ms())
-        client.publish(HUB_STATUS_TOPIC, m.encode(online), qos=1, retain=True)
+        # retained copies with it. The status is also contract §9's "online"
+        # (of several workers, the leader's only).
+        with self._status_lock:
+            self._up, self._answer_ts = True, None
+            if self.speaks():
+                self._online(client)
         if not flags.session_present:
             self.fresh_sessions += 1
         self._down_since = None
@@ -292,7 +314,45 @@ class Ingest:
         log.info("hub connected to %s:%s (session %s)", self.config.mqtt.host,
                  self.config.mqtt.port, "kept" if flags.session_present else "new")
 
+    def announce(self) -> bool:
+        """Publish ``online`` (a new ``ts``) now, if connected: a worker that starts
+        leading speaks for the hub (several workers). False while not connected
+        (its connect will)."""
+        with self._status_lock:
+            if not self._up or self._stopping:
+                return False
+            self._online(self._client)
+            return True
+
+    def _online(self, client: mqtt.Client) -> int:
+        ts = self.clock.ms()
+        client.publish(HUB_STATUS_TOPIC, m.encode(m.HubStatus(state="online", ts=ts)),
+                       qos=1, retain=True)
+        return ts
+
+    def _hub_status(self, msg: mqtt.MQTTMessage) -> None:
+        """Several workers: the leader answers an offline — a follower's will, an old
+        leader's — with online again, a new ``ts``: the stations republish, which
+        also resends what a dead worker took and lost. A retained copy is old news
+        (each connect publishes its own); one hub ignores its status."""
+        if not self._shared or msg.retain or self._stopping or not self.speaks():
+            return
+        try:
+            status = m.decode(Kind.HUB_STATUS, msg.payload)
+        except InvalidMessage:
+            return  # not from a hub worker (the ACL lets none other publish here)
+        with self._status_lock:
+            if status.state == "online":
+                if status.ts == self._answer_ts:
+                    self._answer_ts = None  # answered; the next offline is a new one
+                return
+            if self._answer_ts is None and self._up:
+                log.info("a hub worker's offline on %s: answering online", HUB_STATUS_TOPIC)
+                self._answer_ts = self._online(self._client)
+
     def _disconnected(self, client, userdata, flags, reason_code, properties) -> None:
+        with self._status_lock:
+            self._up = False
         if self.connected.is_set():
             log.warning("hub lost the broker: %s", reason_code)
             self._down_since = self.clock.monotonic()
@@ -320,8 +380,11 @@ class Ingest:
         try:
             where = parse_topic(name)
             kind, sid = where.kind, where.sid
-            if kind is Kind.HUB_STATUS or kind not in METRIC_KIND:
-                return  # our own status, or a hub → station topic: not ours to take in
+            if kind is Kind.HUB_STATUS:
+                self._hub_status(msg)  # several workers: the leader answers an offline
+                return
+            if kind not in METRIC_KIND:
+                return  # a hub → station topic: not ours to take in
             if self._known is not None and sid not in self._known:
                 # Before decoding: a flood of made-up sids costs a set lookup,
                 # and never reaches the fleet, the store, /metrics or alerting.
