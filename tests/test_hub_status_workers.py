@@ -10,7 +10,8 @@ What it proves: three workers starting make one online, not three; a follower
 stopping cleanly changes nothing the stations hear; a follower whose
 connection dies without a DISCONNECT (its will fires) shows offline for a
 moment and the leader answers with one online; the leader going (its clean
-offline), the next leader says online. One hub alone keeps its old behaviour
+offline, or a ``yizhan hub`` leader SIGKILLed: its will), the next leader says
+online, once. One hub alone keeps its old behaviour
 (tests/test_hub_ingest.py: online at connect, offline on a clean stop).
 
 To know that nothing more is on its way, a worker publishes a marker on its
@@ -34,7 +35,7 @@ from hub.config import parse_hub_config
 from hub.service import Hub
 from protocol.topics import HUB_STATUS_TOPIC
 from tests.harness.mqtt import Subscriber
-from tests.harness.procs import wait_until
+from tests.harness.procs import Procs, free_port, http_json, wait_until, write_yaml
 
 pytestmark = pytest.mark.postgres
 
@@ -131,3 +132,41 @@ def test_the_stations_hear_one_online_per_leadership(hubs) -> None:
         assert [s for s, _ in statuses(sub)[before:]] == ["offline", "online"]
         assert len(waves(sub)) == 3
         assert retained(broker) == statuses(sub)[-1]
+
+
+def test_a_sigkilled_leader_process_is_followed_by_one_online_of_the_next_leader(
+        hubs, tmp_path) -> None:
+    broker, url, made = hubs
+    procs = Procs(tmp_path)
+    try:
+        with Subscriber(broker, [HUB_STATUS_TOPIC, MARK]) as sub:
+            port = free_port()
+            cfg = write_yaml(tmp_path / "hub-0.yaml", {
+                "mqtt": {"host": broker.host, "port": broker.port, "client_id": "hub-0",
+                         "shared_group": "hubs"},
+                "database": url, "http": {"host": "127.0.0.1", "port": port}})
+            first = procs.start("hub-0", "hub", "--config", str(cfg))
+            # Up first, so it leads (and migrates the database).
+            wait_until(lambda: http_json(f"http://127.0.0.1:{port}/healthz")[0] == 200, 30,
+                       "hub-0 healthy", on_fail=first.tail)
+            wait_until(lambda: statuses(sub) == [("online", waves(sub)[0])], 10,
+                       "hub-0's online")
+            made.extend(start(broker, url, f"hub-{i}") for i in (1, 2))
+            assert not any(h.leader.is_leader for h in made)
+            heard_all_of(sub, *made)
+            assert len(statuses(sub)) == 1
+
+            # SIGKILLed: no DISCONNECT (the broker publishes its will) and its
+            # database session ends (another worker takes the lock at its poll).
+            first.kill()
+            wait_until(lambda: any(h.leader.is_leader for h in made)
+                       and [s for s, _ in statuses(sub)] == ["online", "offline", "online"],
+                       15, "the will, then the next leader's online", on_fail=first.tail)
+            heard_all_of(sub, *made)
+            # Its will reached the broker before the next leader's online: that
+            # online answers it, and no second one follows.
+            assert [s for s, _ in statuses(sub)] == ["online", "offline", "online"]
+            assert len(waves(sub)) == 2
+            assert retained(broker) == statuses(sub)[-1]
+    finally:
+        procs.close()

@@ -160,8 +160,10 @@ class Ingest:
             self._subscriptions = [*self._subscriptions, (HUB_STATUS_TOPIC, 1)]
         self._status_lock = threading.Lock()
         self._up = False  # a session, for announce(); under _status_lock
-        #: The online the leader answered an offline with, until it comes back:
-        #: the same offline reaches it twice (the shared and its own subscription).
+        #: The last online this worker published, until it hears it back: an
+        #: offline heard meanwhile was taken by the broker before it, and so is
+        #: already answered (a will that fired just before a takeover; the same
+        #: offline heard twice, by the shared and by the worker's own subscription).
         self._answer_ts: int | None = None
         self._stopping = False
         #: The only sids taken in, or None for any (``accept_unknown_stations``).
@@ -324,11 +326,12 @@ class Ingest:
             self._online(self._client)
             return True
 
-    def _online(self, client: mqtt.Client) -> int:
+    def _online(self, client: mqtt.Client) -> None:
+        """Publish ``online`` with a new ``ts`` (under ``_status_lock``)."""
         ts = self.clock.ms()
         client.publish(HUB_STATUS_TOPIC, m.encode(m.HubStatus(state="online", ts=ts)),
                        qos=1, retain=True)
-        return ts
+        self._answer_ts = ts
 
     def _hub_status(self, msg: mqtt.MQTTMessage) -> None:
         """Several workers: the leader answers an offline — a follower's will, an old
@@ -348,7 +351,7 @@ class Ingest:
                 return
             if self._answer_ts is None and self._up:
                 log.info("a hub worker's offline on %s: answering online", HUB_STATUS_TOPIC)
-                self._answer_ts = self._online(self._client)
+                self._online(self._client)
 
     def _disconnected(self, client, userdata, flags, reason_code, properties) -> None:
         with self._status_lock:
