@@ -4,7 +4,8 @@ The hub connects with a fixed client id and ``clean_session=False``, so the
 broker queues what stations publish while the hub restarts (up to Mosquitto's
 ``max_queued_messages``; what overflows comes back by replay). On connect it
 subscribes to ``hub_subscriptions()`` and publishes its retained ``online``
-status, with the ``offline`` form as its last will (contract §9). It also
+status, with the ``offline`` form as its last will (contract §9; of several
+workers, only the leader speaks for the hub: ``speaks``, ``announce``). It also
 subscribes to three of the broker's ``$SYS`` counters, shown as
 ``yizhan_broker_*`` metrics (hub/mqtt/broker_stats.py).
 
