@@ -381,3 +381,28 @@ def test_hostile_sign_ins_are_refused_never_a_5xx(stranger: Browser, hub: Hub, c
 
     refused()
     assert not [r for r in caplog.records if "unhandled error" in r.getMessage()]
+
+
+def test_a_staff_change_without_the_groups_box_keeps_the_groups(boss: Browser,
+                                                                 hub: Hub) -> None:
+    """Read as an empty box, it gave the staff member every station."""
+    hub.directory.add_staff({"id": "s-qian", "name": "钱", "groups": ["kanmen"],
+                             "pin": "1234"}, by="test")
+    assert boss.post("/console/people/staff/s-qian", {"name": "钱师傅"}).status_code == 303
+    assert hub.directory.get_staff("s-qian")["groups"] == ["kanmen"]
+    assert hub.directory.get_staff("s-qian")["name"] == "钱师傅"
+    assert boss.post("/console/people/staff/s-qian",
+                     {"name": "钱师傅", "groups": ""}).status_code == 303
+    assert hub.directory.get_staff("s-qian")["groups"] == []  # typed empty: every station
+
+
+def test_a_place_form_without_its_boxes_wipes_nothing(boss: Browser, hub: Hub) -> None:
+    """Its missing boxes were read as "not known" and saved over the place."""
+    full = {"lat": "28.1", "lon": "121.2", "address": "楚门镇先锋路 18 号", "host": "x",
+            "hours": "24h", "action": "save"}
+    assert boss.post(f"/console/stations/{SID}/place", full).status_code == 303
+    before = stored(hub)
+    assert boss.post(f"/console/stations/{SID}/place", {"action": "save"}).status_code == 400
+    assert boss.post(f"/console/stations/{SID}/place",
+                     {k: v for k, v in full.items() if k != "hours"}).status_code == 400
+    assert stored(hub) == before

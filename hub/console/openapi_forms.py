@@ -32,18 +32,20 @@ __all__ = ["SILENCE_DURATIONS", "document"]
 #: What the alerts page offers to silence a rule for.
 SILENCE_DURATIONS = ("1h", "4h", "12h", "1d", "7d")
 
-# Text a box takes: no control characters (C0, DEL, C1; the line and paragraph
-# separators neither), at least one character that is not a blank, since the
-# console trims what is typed.
-_CTRL = r"\x00-\x1f\x7f-\x9f\u2028\u2029"
-_TEXT = rf"^[^{_CTRL}]*[^\s{_CTRL}][^{_CTRL}]*$"
-# The console trims the boxes: blanks around a value are not part of it.
-_B = r"[ \t]*"
+# Control characters (C0, DEL, C1) no text box takes; a station's place takes
+# neither the line and paragraph separators.
+_CTRL = r"\x00-\x1f\x7f-\x9f"
+_PLACE_CTRL = _CTRL + r"\u2028\u2029"
+# The console trims the boxes (str.strip: \s): blanks around a value are not part of it.
+_B = r"\s*"
 
 
-def _text(most: int, description: str, empty: bool = False) -> dict[str, Any]:
-    pattern = f"^$|{_TEXT}" if empty else _TEXT
-    return {"type": "string", "pattern": pattern, "maxLength": most,
+def _text(most: int, description: str, empty: bool = False, ctrl: str = _CTRL
+          ) -> dict[str, Any]:
+    """1 to ``most`` characters once trimmed, none of them a control character."""
+    core = rf"[^\s{ctrl}](?:[^{ctrl}]{{0,{most - 2}}}[^\s{ctrl}])?"
+    pattern = rf"^\s*{core}\s*$"
+    return {"type": "string", "pattern": f"^$|{pattern}" if empty else pattern,
             "description": description}
 
 
@@ -53,9 +55,10 @@ def _trimmed(pattern: str, description: str, empty: bool = False) -> dict[str, A
 
 
 def _groups_box(description: str) -> dict[str, Any]:
-    # Up to 32 names split at commas (also the full-width ，), each up to 64
-    # characters; blank names are dropped. 64 characters in all keep both bounds.
-    return {"type": "string", "pattern": f"^[^{_CTRL}]*$", "maxLength": 64,
+    """Up to 32 group names split at commas (also the full-width ，), each up to 64
+    characters once trimmed; blank ones are dropped."""
+    seg = rf"\s*(?:[^\s,，{_CTRL}](?:[^,，{_CTRL}]{{0,62}}[^\s,，{_CTRL}])?)?\s*"
+    return {"type": "string", "pattern": rf"^{seg}(?:[,，]{seg}){{0,31}}$",
             "description": description}
 
 
@@ -200,8 +203,10 @@ def _paths() -> dict[str, Any]:
                    "lon": _trimmed(r"-?([0-9]|[1-9][0-9]|1[0-7][0-9])(\.[0-9]{1,13})?",
                                    "longitude, WGS-84 degrees; empty with lat: not known",
                                    empty=True),
-                   "address": _text(MAX_TEXT, "the address; empty: not known", empty=True),
-                   "host": _text(MAX_TEXT, "who hosts it; empty: not known", empty=True),
+                   "address": _text(MAX_TEXT, "the address; empty: not known", empty=True,
+                                    ctrl=_PLACE_CTRL),
+                   "host": _text(MAX_TEXT, "who hosts it; empty: not known", empty=True,
+                                 ctrl=_PLACE_CTRL),
                    "hours": {"type": "string",
                              "pattern": rf"^$|^{_B}(24h|([01][0-9]|2[0-3]):[0-5][0-9]-"
                                         rf"([01][0-9]|2[0-3]):[0-5][0-9]){_B}$",

@@ -39,13 +39,17 @@ def _groups(raw: str) -> list[str]:
 
 def staff_body(form: Mapping[str, str], new: bool) -> dict[str, Any]:
     """The Directory's body from the staff form. Adding takes every field; editing
-    changes name and groups as shown, and the phone and PIN only when typed (an
-    empty PIN box keeps the PIN; the page never has it to show)."""
+    changes name and groups as shown (groups only when the form has the box), and
+    the phone and PIN only when typed (an empty PIN box keeps the PIN; the page
+    never has it to show)."""
     body: dict[str, Any] = {}
     if new:
         body["id"] = form.get("id", "").strip()
     body["name"] = form.get("name", "").strip()
-    body["groups"] = _groups(form.get("groups", ""))
+    if new or "groups" in form:
+        # Editing, a form without the groups box keeps them: read as empty, it
+        # gave the staff member every station.
+        body["groups"] = _groups(form.get("groups", ""))
     phone = form.get("phone", "").strip()
     clear = form.get("clear_phone")
     if clear not in (None, "", "1"):

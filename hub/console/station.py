@@ -214,7 +214,12 @@ def place(sid: str):
             record(hub, "station_place_reset", "station", view.sid)
         flash(N_("Back to the configuration's place, address, host and hours."), "ok")
         return back
-    values = {k: request.form.get(k, "") for k in meta.FIELDS}
+    if any(k not in request.form for k in meta.FIELDS):
+        # The page's form sends all five boxes (empty: not known); a post without
+        # some is not that form, and must not wipe what riders see.
+        flash(N_("The form had a value the hub cannot take."), "error")
+        return station(view.sid), 400
+    values = {k: request.form[k] for k in meta.FIELDS}
     try:
         row = meta.save(hub, view.sid, values, actor())
     except BadMeta as err:
