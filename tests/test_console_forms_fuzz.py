@@ -7,8 +7,9 @@ console (a Hub on a SQLite file, its Flask app reached in-process as the other
 console tests reach it). Every answer must be one the document lists and never a
 5xx; a valid example must be taken (303, or the token page) and change what the
 hub stores; an invalid one must be refused (4xx, the form shown again) and leave
-every table of the database as it was. The example counts are bounded so the file
-runs in well under a minute.
+every table of the database as it was. The example counts are bounded (10 valid,
+20 invalid per form): the file took 66 s on the 2-core machine under load
+average 7-9 (five engineers' tests at once).
 """
 
 from __future__ import annotations
