@@ -27,6 +27,7 @@ import pytest
 import schemathesis
 import sqlalchemy as sa
 from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
 from hub.console import openapi_forms
@@ -330,6 +331,41 @@ def test_the_remove_phone_box_takes_only_its_tick(boss: Browser, hub: Hub) -> No
     assert boss.post("/console/people/staff/s-zhao",
                      {"name": "赵", "clear_phone": "1"}).status_code == 303
     assert hub.directory.get_staff("s-zhao")["phone"] is None
+
+
+# -- the filter forms (GET) ----------------------------------------------------------------
+
+#: The pages whose forms are filters in the query string (uptime and report ranges,
+#: a group, a page of the fleet).
+FILTERED = ("/console/", "/console/uptime", "/console/uptime.csv", "/console/report",
+            "/console/report.csv", "/console/refill", "/console/loans", "/console/alerts",
+            f"/console/stations/{SID}")
+_QUERY_VALUES = st.one_of(
+    st.text(max_size=30), st.integers(-10**20, 10**20).map(str),
+    st.from_regex(r"\A20[0-9]{2}-[0-9]{2}-[0-9]{2}\Z"),
+    st.from_regex(r"\A20[0-9]{2}-(Q[0-9]|[0-9]{2})\Z"))
+
+
+def test_filter_forms_answer_200_or_400_and_store_nothing(boss: Browser, hub: Hub,
+                                                          caplog) -> None:
+    """Any query a filter form could send, and many it could not: the page (200) or
+    the page saying the range is wrong (400), never a 5xx, nothing stored."""
+    caplog.set_level(logging.ERROR)
+    before = stored(hub)
+
+    @settings(max_examples=NEGATIVE_EXAMPLES * 2, deadline=None, database=None,
+              suppress_health_check=list(HealthCheck), phases=RUN)
+    @given(path=st.sampled_from(FILTERED),
+           query=st.dictionaries(st.sampled_from(["from", "to", "group", "page", "period"]),
+                                 _QUERY_VALUES, max_size=4))
+    def filtered(path: str, query: dict[str, str]) -> None:
+        resp = boss.client.get(path, query_string=query)
+        TALLY[(f"GET {path.replace(SID, '{sid}')}", "query", str(resp.status_code))] += 1
+        assert resp.status_code in (200, 400), (path, query, resp.status_code)
+
+    filtered()
+    assert stored(hub) == before
+    assert not [r for r in caplog.records if "unhandled error" in r.getMessage()]
 
 
 # -- the sign-in form (public), last: its wrong passwords lock the address ---------------
