@@ -353,7 +353,7 @@ def test_filter_forms_answer_200_or_400_and_store_nothing(boss: Browser, hub: Hu
     caplog.set_level(logging.ERROR)
     before = stored(hub)
 
-    @settings(max_examples=NEGATIVE_EXAMPLES * 2, deadline=None, database=None,
+    @settings(max_examples=NEGATIVE_EXAMPLES, deadline=None, database=None,
               suppress_health_check=list(HealthCheck), phases=RUN)
     @given(path=st.sampled_from(FILTERED),
            query=st.dictionaries(st.sampled_from(["from", "to", "group", "page", "period"]),
