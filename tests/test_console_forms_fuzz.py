@@ -200,7 +200,8 @@ def map_case(ctx: Any, case: Any) -> Any:
         body["name"] = _unique(body["name"])
     elif op == "addUser":
         body["name"] = _unique(body["name"].strip().lower())
-        if body["role"] == "maintenance" and not body.get("groups", "").strip(" ,，"):
+        if body["role"] == "maintenance" and not any(
+                g.strip() for g in re.split("[,，]", body.get("groups", ""))):
             body["groups"] = "chumen"
     elif op in ("registerRider", "denyRider"):
         body["phone"] = f"138{_serial():08d}"  # a rider not registered or denied yet

@@ -36,15 +36,19 @@ SILENCE_DURATIONS = ("1h", "4h", "12h", "1d", "7d")
 # neither the line and paragraph separators.
 _CTRL = r"\x00-\x1f\x7f-\x9f"
 _PLACE_CTRL = _CTRL + r"\u2028\u2029"
-# The console trims the boxes (str.strip: \s): blanks around a value are not part of it.
-_B = r"\s*"
+# What Python's str.strip() takes off (str.isspace), written out: JSON Schema's
+# \s is ECMAScript's, which differs (it leaves \x1c-\x1f and \x85, for one).
+_WS = (r"\t\n\x0b\x0c\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f"
+       r"\u205f\u3000")
+# The console trims the boxes: blanks around a value are not part of it.
+_B = f"[{_WS}]*"
 
 
 def _text(most: int, description: str, empty: bool = False, ctrl: str = _CTRL
           ) -> dict[str, Any]:
     """1 to ``most`` characters once trimmed, none of them a control character."""
-    core = rf"[^\s{ctrl}](?:[^{ctrl}]{{0,{most - 2}}}[^\s{ctrl}])?"
-    pattern = rf"^\s*{core}\s*$"
+    core = rf"[^{_WS}{ctrl}](?:[^{ctrl}]{{0,{most - 2}}}[^{_WS}{ctrl}])?"
+    pattern = rf"^{_B}{core}{_B}$"
     return {"type": "string", "pattern": f"^$|{pattern}" if empty else pattern,
             "description": description}
 
@@ -57,7 +61,7 @@ def _trimmed(pattern: str, description: str, empty: bool = False) -> dict[str, A
 def _groups_box(description: str) -> dict[str, Any]:
     """Up to 32 group names split at commas (also the full-width ，), each up to 64
     characters once trimmed; blank ones are dropped."""
-    seg = rf"\s*(?:[^\s,，{_CTRL}](?:[^,，{_CTRL}]{{0,62}}[^\s,，{_CTRL}])?)?\s*"
+    seg = rf"{_B}(?:[^{_WS},，{_CTRL}](?:[^,，{_CTRL}]{{0,62}}[^{_WS},，{_CTRL}])?)?{_B}"
     return {"type": "string", "pattern": rf"^{seg}(?:[,，]{seg}){{0,31}}$",
             "description": description}
 
