@@ -67,9 +67,9 @@ from yizhan.watchdog import Notifier
 
 SID = "yh-hostile-01"
 #: Examples of the volume run (straight into the callback) and of the broker run.
-CALLBACK_EXAMPLES = 1000
+CALLBACK_EXAMPLES = 600
 BROKER_EXAMPLES = 150
-BOARD_EXAMPLES = 50
+BOARD_EXAMPLES = 40
 #: The longest line a refused payload may log: a 64 KiB payload must not make a 64 KiB line.
 MAX_LOG_LINE = 2000
 
@@ -435,21 +435,25 @@ def _overwrite(record: bytes, hit: tuple[int, int] | None) -> bytes:
 raw_record = st.tuples(st.builds(
     lambda slot, flags, charge, temp, cycles, status, bank: struct.pack(
         "<BBBbHBB8s", slot, flags, charge, temp, cycles, status, 0, bank),
-    st.sampled_from([1, 2, 0, 3, 4, 5, 6, 255]), st.integers(0, 7),
+    st.sampled_from([1, 0, 2, 3, 0, 4, 5, 6, 255]), st.integers(0, 7),
     st.integers(0, 100) | st.just(0xFF), st.integers(-128, 127), st.integers(0, 0xFFFF),
     st.integers(0, 4),
     st.text(string.ascii_uppercase + string.digits, min_size=1, max_size=8)
     .map(lambda s: s.encode().ljust(8, b"\x00")) | st.just(bytes(8))),
-    st.none() | st.tuples(st.integers(0, 15), st.integers(0, 255))).map(lambda t: _overwrite(*t))
+    # One record in four has a byte overwritten: whole answers of valid-looking
+    # records (slot 0 among them) stay common enough to reach the State.
+    st.sampled_from([None, None, None, "hit"]).flatmap(
+        lambda hit: st.tuples(st.integers(0, 15), st.integers(0, 255)) if hit else st.none()),
+).map(lambda t: _overwrite(*t))
 
 
 #: What the board does with one request. Hypothesis draws the first entries most
 #: often: the answers that cost a 200 ms timeout (silence, an answer to another
 #: request) are few and late in the list, so the file stays fast at the board's real
 #: timeout.
-BEHAVIOURS = ("shaped", "records", "noise+shaped", "error", "info", "result",
-              "noise+records", "other+ours", "error", "shaped", "records", "result",
-              "well-formed", "noise+info", "silent", "error-about-another")
+BEHAVIOURS = ("structured", "shaped", "noise+structured", "structured", "error",
+              "noise+shaped", "structured", "other+ours", "structured", "shaped",
+              "well-formed", "noise+structured", "silent", "error-about-another")
 
 
 def _answer(draw: st.DrawFn, request: bytes) -> bytes:
@@ -467,14 +471,17 @@ def _answer(draw: st.DrawFn, request: bytes) -> bytes:
     if how in ("error", "error-about-another"):
         about = req.cmd if how == "error" else draw(st.integers(0, 255))
         return error_response(addr, about, draw(st.integers(0, 255)))
-    if how == "records" and req.cmd == Cmd.STATUS:
+    # "structured": the answer's own layout with drawn values (slot records, an
+    # INFO's count and firmware, an UNLOCK's or CHARGE's slot and result).
+    if how == "structured" and req.cmd == Cmd.STATUS:
         records = draw(st.lists(raw_record, max_size=15))
-        count = draw(st.just(len(records)) | st.integers(0, 255))
+        count = len(records) if draw(st.sampled_from([True, True, False])) else \
+            draw(st.integers(0, 255))
         return noise + encode_frame(addr, reply, bytes((count,)) + b"".join(records))
-    if how == "info" and req.cmd == Cmd.INFO:
+    if how == "structured" and req.cmd == Cmd.INFO:
         fw = draw(st.just(b"YZ-LB1-2.3") | st.binary(max_size=20))
         return noise + encode_frame(addr, reply, bytes((draw(st.integers(0, 255)),)) + fw)
-    if how == "result" and req.cmd in (Cmd.UNLOCK, Cmd.CHARGE):
+    if how == "structured" and req.cmd in (Cmd.UNLOCK, Cmd.CHARGE):
         slot = req.payload[0] if draw(st.booleans()) else draw(st.integers(0, 255))
         return noise + encode_frame(addr, reply, bytes((slot, draw(st.integers(0, 255)))))
     if how == "well-formed" and req.cmd == Cmd.STATUS:  # some polls succeed
@@ -550,7 +557,8 @@ def test_a_status_answer_naming_slot_0_or_a_slot_twice_is_malformed():
 
 # -- the local API: made-up riders --------------------------------------------------------
 
-MADE_UP = 10_000
+#: Made-up rider ids measured, after 2 000 that fill the cap: 10 000 in all.
+MADE_UP = 8_000
 
 
 def test_ten_thousand_made_up_riders_keep_memory_bounded(agent):
