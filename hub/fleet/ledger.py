@@ -532,8 +532,9 @@ class Ledger:
         with self.store.engine.connect() as conn:
             rows = conn.execute(sa.select(last).where(last.c.n == 1)).all()
         with self._lock:
-            for r in rows:
-                self._last[(r.sid, r.component)] = (r.at_ms, r.state)
+            # Replaced, not updated: what was only noted and never written must go.
+            self._last = _LastPoints(((r.sid, r.component), (r.at_ms, r.state))
+                                     for r in rows)
 
     def _record(self, sid: str, component: str, state: str, at_ms: int,
                 write: bool | None = None) -> bool:
