@@ -43,6 +43,7 @@ ROLES = REPO / "deploy" / "ansible" / "roles"
 BIN = Path(sys.executable).parent
 
 A, B, GONE = "yh-a-01", "yh-b-01", "yh-gone-01"
+SIMULATED = ["yh-sim-00001", "yh-sim-00002"]  # yizhan sim fleet --prefix yh-sim-
 V1 = "yizhan/v1"
 
 PLAY = """\
@@ -120,7 +121,7 @@ class RoleBroker(Broker):
 def fleet(tmp_path_factory) -> Fleet:
     secrets_dir = tmp_path_factory.mktemp("secrets")
     # With passwords too, for the role's password mode (the last test).
-    provision(secrets_dir, [A, B, GONE], broker_hosts=["127.0.0.1", "localhost"],
+    provision(secrets_dir, [A, B, GONE, *SIMULATED], broker_hosts=["127.0.0.1", "localhost"],
               password=True)
     f = Fleet(secrets_dir)
     f.revoke(GONE)
@@ -405,6 +406,31 @@ def test_password_mode_names_the_station_by_its_password(fleet, tmp_path) -> Non
             close(tls_client(broker, fleet.ca_cert, None, login=(A, own)))
     finally:
         broker.stop()
+
+
+def test_fleet_simulator_connects_each_station_as_its_own_identity(deployed, fleet, hub):
+    """``yizhan sim fleet --identities`` against the deployed broker: each simulated
+    station presents the certificate provision made for it (CN = sid), so the
+    broker's ACL lets it publish its own birth; a station without one is named
+    before anything connects."""
+    argv = [sys.executable, "-m", "yizhan", "sim", "fleet", "--quiet",
+            "--host", "127.0.0.1", "--port", str(deployed.tls_port),
+            "--cafile", str(fleet.ca_cert), "--identities", str(fleet.dir),
+            "--prefix", "yh-sim-", "--duration", "3"]
+    done = subprocess.run([*argv, "--stations", "2"], capture_output=True, text=True,
+                          timeout=30)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["connects"] == 2 and summary["connect_errors"] == 0, summary
+    for sid in SIMULATED:
+        birth = hub.wait_for(lambda m, sid=sid: m.topic == f"{V1}/{sid}/status"
+                             and json.loads(m.payload)["state"] == "online")
+        assert json.loads(birth.payload)["sid"] == sid
+    missing = subprocess.run([*argv, "--stations", "3"], capture_output=True, text=True,
+                             timeout=30)
+    assert missing.returncode != 0
+    assert "no certificate and key for 1 of 3 stations, the first yh-sim-00003" in \
+        missing.stderr, missing.stderr
 
 
 def test_argument_specs_say_what_the_role_does() -> None:

@@ -16,6 +16,7 @@ import random
 import selectors
 import socket
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -28,6 +29,18 @@ from firmware.sim.fleet.truth import Truth
 COALESCE = 2.0  # a State within 2 s of a change (contract §5)
 MISC_EVERY = 1.0  # loop_misc (keepalive pings) for a slice of the clients each second
 MISC_SLICES = 5
+
+
+def station_ids(prefix: str, n: int) -> list[str]:
+    """The simulated stations' sids: the prefix and a number, zero-padded to one width."""
+    width = max(5, len(str(n)))
+    return [f"{prefix}{i:0{width}d}" for i in range(1, n + 1)]
+
+
+def identity(secrets: str | Path, sid: str) -> tuple[Path, Path]:
+    """A station's certificate and key where ``yizhan provision`` writes them."""
+    d = Path(secrets) / "stations" / sid
+    return d / f"{sid}.crt", d / f"{sid}.key"
 
 
 @dataclass
@@ -50,6 +63,7 @@ class Options:
     cafile: str | None = None
     certfile: str | None = None
     keyfile: str | None = None
+    identities: str | None = None  # yizhan provision's secrets directory: a pair a station
     insecure: bool = False
     bind: list[str] = field(default_factory=list)  # source addresses, round robin
     seed: int = 1
@@ -65,9 +79,8 @@ class Fleet:
         self.sel = selectors.DefaultSelector()
         self.heap: list[tuple[float, int, str, int, object]] = []
         self._n = itertools.count()
-        width = max(5, len(str(opts.stations)))
-        self.stations = [FleetStation(f"{opts.prefix}{i:0{width}d}", i, opts.seed)
-                         for i in range(1, opts.stations + 1)]
+        self.stations = [FleetStation(sid, i, opts.seed) for i, sid
+                         in enumerate(station_ids(opts.prefix, opts.stations), start=1)]
         self.by_sid = {s.sid: s.index - 1 for s in self.stations}
         self.mode = ["new"] * opts.stations  # new, connecting, online, off, cut
         self.last_sent = [0] * opts.stations
@@ -87,7 +100,12 @@ class Fleet:
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=st.sid, clean_session=True,
                         userdata=st.index - 1, protocol=mqtt.MQTTv311)
         c.username_pw_set(o.username.replace("{sid}", st.sid), o.password)
-        if o.tls or o.cafile:
+        if o.identities:
+            cert, key = identity(o.identities, st.sid)
+            c.tls_set(ca_certs=o.cafile, certfile=str(cert), keyfile=str(key))
+            if o.insecure:
+                c.tls_insecure_set(True)
+        elif o.tls or o.cafile:
             c.tls_set(ca_certs=o.cafile, certfile=o.certfile, keyfile=o.keyfile)
             if o.insecure:
                 c.tls_insecure_set(True)

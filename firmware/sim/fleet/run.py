@@ -9,7 +9,7 @@ import signal
 import sys
 import threading
 
-from firmware.sim.fleet.clients import Fleet, Options
+from firmware.sim.fleet.clients import Fleet, Options, identity, station_ids
 from firmware.sim.fleet.faults import FaultError, parse_fault
 from firmware.sim.fleet.truth import Truth
 from yizhan.clock import SYSTEM_CLOCK
@@ -49,6 +49,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cafile", help="CA certificate(s) for the broker's (implies --tls)")
     p.add_argument("--cert", help="client certificate (one for every station)")
     p.add_argument("--key", help="client key")
+    p.add_argument("--identities", metavar="DIR",
+                   help="each station's own certificate and key, from yizhan provision's "
+                        "secrets directory (DIR/stations/<sid>/<sid>.crt and .key; "
+                        "implies --tls): a broker that maps certificates to sids")
     p.add_argument("--bind", action="append", default=[], metavar="ADDR",
                    help="source address, repeatable, used in turn (past ~28 000 "
                         "connections from one address to one broker port)")
@@ -93,12 +97,23 @@ def _options(a: argparse.Namespace) -> Options:
                 password = f.readline().rstrip("\r\n")
         except OSError as err:
             bad(f"--password-file: {err}")
+    if a.identities:
+        if a.cert or a.key:
+            bad("--identities gives each station its own certificate: not with --cert/--key")
+        missing = [sid for sid in station_ids(a.prefix, a.stations)
+                   if not all(p.is_file() for p in identity(a.identities, sid))]
+        if missing:
+            cert, _ = identity(a.identities, missing[0])
+            bad(f"--identities: no certificate and key for {len(missing)} of "
+                f"{a.stations} stations, the first {missing[0]} ({cert}); "
+                f"yizhan provision --secrets {a.identities} {missing[0]} … makes them")
     return Options(
         host=a.host, port=a.port, stations=a.stations, prefix=a.prefix, keepalive=a.keepalive,
         heartbeat=a.heartbeat, visits_per_hour=a.visits, ml_per_visit=a.ml_per_visit,
         speed=a.speed, fault_rate=a.fault_rate, faults=[parse_fault(f) for f in a.fault],
         connect_rate=a.connect_rate, username=a.username, password=password,
-        tls=a.tls, cafile=a.cafile, certfile=a.cert, keyfile=a.key, bind=a.bind, seed=a.seed)
+        tls=a.tls, cafile=a.cafile, certfile=a.cert, keyfile=a.key,
+        identities=a.identities, bind=a.bind, seed=a.seed)
 
 
 def _raise_fd_limit(needed: int) -> None:
