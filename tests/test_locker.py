@@ -308,17 +308,28 @@ def test_a_release_the_thread_cannot_get_to_is_never_sent(
     assert not [f for f in board.frames_received if f.cmd == Cmd.UNLOCK]
 
 
-def test_listener_errors_do_not_stop_the_polls(live: Locker, board: BoardSimulator) -> None:
+def test_listener_errors_do_not_stop_the_polls(
+    board: BoardSimulator, reporter: RecordingReporter
+) -> None:
     def broken(n: int, before: SlotRecord | None, after: SlotRecord) -> None:
         raise RuntimeError("lending bug")
 
-    live.add_listener(broken)
-    # Online is set before the poll's listeners run: wait for what they did.
-    wait_until(lambda: live.listener_errors == 12, 2, "the first poll's 12 listener calls")
-    assert live.online
-    board.cabinet.unlock(1)
-    wait_until(lambda: live.listener_errors == 13, 2, "the next change")
-    assert live.online
+    # The listener goes in before the thread starts: added to a started locker,
+    # it missed the first poll's calls whenever that poll came first (a loaded
+    # machine), and no later poll changes all 12 slots again.
+    lk = Locker(LockerBoard(board.port, timeout=0.05), reporter, Clock(), poll_interval=0.1,
+                reconnect_min=0.05, reconnect_max=0.2)
+    lk.add_listener(broken)
+    lk.start()
+    try:
+        # Online is set before the poll's listeners run: wait for what they did.
+        wait_until(lambda: lk.listener_errors == 12, 10, "the first poll's 12 listener calls")
+        assert lk.online
+        board.cabinet.unlock(1)
+        wait_until(lambda: lk.listener_errors == 13, 10, "the next change")
+        assert lk.online
+    finally:
+        lk.close()
 
 
 def test_close_is_idempotent_and_fails_later_requests(live: Locker) -> None:
