@@ -84,7 +84,9 @@ def tampered(client: Any, sid: str) -> None:
 
 
 def test_three_workers_deliver_each_alert_once_across_a_change_of_leader(
-        broker, pg_url: str, receiver: Receiver) -> None:
+        broker_factory, pg_url: str, receiver: Receiver) -> None:
+    # A broker of its own: the session's holds retained States other test files left.
+    broker = broker_factory()
     hubs = [start(broker, pg_url, receiver, f"hub-{i}") for i in range(3)]
     station = connect(broker)
     try:

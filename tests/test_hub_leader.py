@@ -111,7 +111,10 @@ def scrape(hub: Hub) -> dict[str, list[float]]:
 
 @pytest.mark.postgres
 def test_of_two_hub_workers_one_leads_the_alerts_and_the_station_series(
-        make_hub, broker, pg_url: str) -> None:  # noqa: F811
+        make_hub, broker_factory, pg_url: str) -> None:  # noqa: F811
+    # A broker of its own: the session's holds retained States other test files
+    # left, which reach shared subscribers too and would count as stations here.
+    broker = broker_factory()
     shared = {"shared_group": "hubs"}
     stations = [{"sid": "yh-lead-01", "name": "驿站 1"}, {"sid": "yh-lead-02", "name": "驿站 2"}]
     a = make_hub(broker, pg_url, mqtt={**shared, "client_id": "hub-a"}, stations=stations)
