@@ -8,31 +8,19 @@ tamper one alert, and the survivors agree on every station and on its uptime
 
 from __future__ import annotations
 
-import json
 import signal
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
-from tests.harness.procs import Procs, free_port, http_json, wait_until, write_yaml
+from tests.harness.procs import free_port, http_json, wait_until, write_yaml
+from tests.test_sim_fleet import procs, read_truth  # noqa: F401  (procs: the fixture)
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(300)]
 
 TOKEN = "workers-kill-test-token-0123456789"
 STATIONS = 30
 EARLY, LATE = "sim-00003", "sim-00005"  # tampered before and after the kill
-
-
-@pytest.fixture
-def procs(tmp_path):
-    p = Procs(tmp_path)
-    yield p
-    p.close()
-
-
-def read_truth(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
 def metric(base: str, name: str) -> float | None:
@@ -46,7 +34,7 @@ def metric(base: str, name: str) -> float | None:
 
 
 def test_three_workers_one_killed_lose_nothing_and_do_nothing_twice(
-        tmp_path, broker_factory, pg_url, procs):
+        tmp_path, broker_factory, pg_url, procs):  # noqa: F811
     broker = broker_factory()
     engine = sa.create_engine(pg_url)
     bases, hubs = [], []

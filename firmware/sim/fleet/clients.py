@@ -100,13 +100,11 @@ class Fleet:
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=st.sid, clean_session=True,
                         userdata=st.index - 1, protocol=mqtt.MQTTv311)
         c.username_pw_set(o.username.replace("{sid}", st.sid), o.password)
-        if o.identities:
-            cert, key = identity(o.identities, st.sid)
-            c.tls_set(ca_certs=o.cafile, certfile=str(cert), keyfile=str(key))
-            if o.insecure:
-                c.tls_insecure_set(True)
-        elif o.tls or o.cafile:
-            c.tls_set(ca_certs=o.cafile, certfile=o.certfile, keyfile=o.keyfile)
+        if o.identities or o.tls or o.cafile:
+            # --identities: the station's own pair; else the one given for all.
+            cert, key = ((str(f) for f in identity(o.identities, st.sid)) if o.identities
+                         else (o.certfile, o.keyfile))
+            c.tls_set(ca_certs=o.cafile, certfile=cert, keyfile=key)
             if o.insecure:
                 c.tls_insecure_set(True)
         c.on_connect = self._connected
