@@ -137,6 +137,8 @@ class Directory:
                              "loan_hours": max(1, math.ceil(loan_hours))}
         self._fresh_sessions = fresh_sessions
         self._sessions_seen: int | None = None
+        #: The stations directory_revs holds a row of (None: not read yet).
+        self._sent_sids: set[str] | None = None
         self._lock = threading.RLock()
         self._next_expiry: int | None = None
         self._dirty = True  # the first tick compares everything with what was sent
@@ -544,6 +546,8 @@ class Directory:
                     conn.execute(directory_revs.delete().where(
                         directory_revs.c.sid.in_([d["sid"] for d in done[i:i + 500]])))
                 conn.execute(directory_revs.insert(), done)
+            if self._sent_sids is not None:
+                self._sent_sids.update(d["sid"] for d in done)
             if len(contents) > 10:
                 log.info("directory published to %d stations", len(done))
         return len(done)
@@ -586,6 +590,10 @@ class Directory:
 
     def _has_new_stations(self) -> bool:
         known = {sid for sid, _ in self._stations()}
-        with self.store.engine.connect() as conn:
-            sent = {r.sid for r in conn.execute(sa.select(directory_revs.c.sid))}
-        return bool(known - sent)
+        if self._sent_sids is None or not known <= self._sent_sids:
+            # Read (again) when a station looks new: the worker that led before
+            # this one may have sent it. Otherwise from memory: the table holds
+            # a row a station, 100 000 rows to read every 5 s.
+            with self.store.engine.connect() as conn:
+                self._sent_sids = {r.sid for r in conn.execute(sa.select(directory_revs.c.sid))}
+        return bool(known - self._sent_sids)

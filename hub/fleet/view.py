@@ -188,10 +188,10 @@ class StationView:
     """What the hub knows of one station; the web and /metrics read copies of it.
 
     ``state`` is the last State as a dict. A copy the fleet hands out carries it
-    packed (``doc``: compact JSON, hub/fleet/packed.py) and makes a fresh dict
-    of it each time ``state`` is read: /metrics walking 100 000 copies holds one
-    such dict at a time, not 100 000 (0.4 GB). A dict given (``state=``) is
-    kept as it is."""
+    as compact JSON (``doc``: text while new, packed bytes once the fleet packed
+    it, hub/fleet/packed.py) and makes a fresh dict of it each time ``state`` is
+    read: /metrics walking 100 000 copies holds one such dict at a time, not
+    100 000 (0.4 GB). A dict given (``state=``) is kept as it is."""
 
     sid: str
     name: str
@@ -207,7 +207,7 @@ class StationView:
     state_ts: int | None = None
     last_seq: int | None = None  # the highest seq the station said it created
     events_through: int = 0  # every event 1..this of the epoch is held
-    doc: bytes | None = field(default=None, repr=False, compare=False)
+    doc: str | bytes | None = field(default=None, repr=False, compare=False)
 
     def chargers_ready(self, min_charge: int = 80) -> int | None:
         lockers = (self.state or {}).get("lockers")
@@ -229,7 +229,7 @@ _STATE_SLOT = StationView.state
 def _get_state(view: StationView) -> dict[str, Any] | None:
     state = _STATE_SLOT.__get__(view, StationView)
     if state is None and view.doc is not None:
-        return _read_json(unpack(view.doc))
+        return _read_json(_text_of(view.doc))
     return state
 
 
@@ -241,15 +241,24 @@ def _set_state(view: StationView, state: dict[str, Any] | None) -> None:
 StationView.state = property(_get_state, _set_state)  # type: ignore[assignment]
 
 
-def _compacted(sid: str, raw: bytes) -> bytes:
-    """The packed compact JSON of the dict of the State whose payload ``raw``
-    packs, read as the ingest read it (the same dict as the State it applied)."""
-    return pack(_data_json(m.decode(m.State.KIND, unpack(raw), topic_sid=sid).to_dict()))
+def _text_of(doc: str | bytes) -> str | bytes:
+    """A State's compact JSON, as held: text while new, packed once packed."""
+    return doc if isinstance(doc, str) else unpack(doc)
 
 
-def _copy(view: StationView, doc: bytes | None) -> StationView:
+def _compact(state: m.State) -> str:
+    """The compact JSON of the dict of ``state``: what readers get, whatever
+    the payload looked like (other key order, keys the contract does not know).
+    Made on the ingest's thread from the State it decoded (~6 µs); packing it
+    (zlib, which gives up the GIL twice and then waits for it behind every busy
+    thread: a quarter of the ingest's time at 100 000 stations) is left to
+    ``Fleet.pack_states``, on the scheduler's thread."""
+    return _data_json(state.to_dict()).decode()
+
+
+def _copy(view: StationView, doc: str | bytes | None) -> StationView:
     """A reader's copy of the fleet's own ``view`` (whose ``state`` is None),
-    with the last State packed (``doc``)."""
+    with the last State as held (``doc``)."""
     return StationView(view.sid, view.name, view.group, view.epoch, view.birth, view.online,
                        view.since_ms, view.last_seen_ms, view.offline_reason, view.state_rev,
                        None, view.state_ts, view.last_seq, view.events_through, doc)
@@ -291,13 +300,11 @@ class _Station:
     # at or above it. Marks are merged, so there are a handful at a time.
     marks: list[list[int]] = field(default_factory=list)
     state_last_seq: int = 0  # what the applied State already reflects
-    # The last State, packed (hub/fleet/packed.py): the payload as the station
-    # sent it (``raw`` True: not read since) — the decoded State and its dict
-    # are 2.7 and 3.9 kB of small objects the collector walks, this is ~150
-    # bytes it does not — or, once a reader asked, its dict as compact JSON
-    # (readers then decode that: a third of the cost of reading the payload).
-    doc: bytes | None = None
-    raw: bool = False
+    # The last State: its dict as compact JSON, text (~1.2 kB) until
+    # ``Fleet.pack_states`` packs it (hub/fleet/packed.py, ~150 bytes) a
+    # second or two later. The decoded State and its dict were 2.7 and 3.9 kB
+    # of small objects the collector walks; either form is one object it does not.
+    doc: str | bytes | None = None
     next_replay_ms: int = 0
     replay_from: int = 0
     replays_of_gap: int = 0
@@ -341,6 +348,8 @@ class Fleet:
         # The stations that may have marks (events known missing): gaps_due
         # looks at these every 2 s, not at all 50 000 under the fleet's lock.
         self._marked: set[str] = set()
+        # The stations whose last State is still text: pack_states packs them.
+        self._loose: set[str] = set()
         self._replays: OrderedDict[str, _Replay] = OrderedDict()
         self._listening_since: int | None = None
         self._listeners: list[Callable[[str, str, Any, int], None]] = []
@@ -409,41 +418,52 @@ class Fleet:
         """A copy of every station's view, by sid, each with its own dict of the
         last State."""
         with self._lock:
-            held = [(st, st.doc, st.raw) for _, st in sorted(self._stations.items())]
-        # The States not read since they came are made compact outside the lock
-        # (the ingest waits for no scrape), one at a time.
-        for st, doc, raw in held:
-            if raw:
-                self._compact(st, doc)
+            held = list(self._stations.items())
+        held.sort()  # outside the lock: the ingest waits for no sort
         with self._lock:
-            return [_copy(st.view, self._doc(st)) for st, _, _ in held]
+            return [_copy(st.view, st.doc) for _, st in held]
 
     def sids(self) -> list[str]:
         """Every station's id, sorted (no copy of the views: 50 000 of those
         would hold the lock for a fifth of a second)."""
         with self._lock:
-            return sorted(self._stations)
+            sids = list(self._stations)
+        return sorted(sids)
+
+    def groups(self) -> list[tuple[str, str | None]]:
+        """(sid, group) of every station, unsorted: what the Directory job asks
+        every 5 s, without a copy of any view."""
+        with self._lock:
+            return [(sid, st.view.group) for sid, st in self._stations.items()]
+
+    def pack_states(self) -> int:
+        """Pack the last States still held as text (hub/fleet/packed.py), outside
+        the lock; a newer State that came meanwhile is left for the next call.
+        The hub's scheduler calls it every ``PACK_EVERY`` seconds. Returns how
+        many were packed."""
+        with self._lock:
+            loose, self._loose = self._loose, set()
+            held = [(st, st.doc) for st in map(self._stations.get, loose)
+                    if st is not None and isinstance(st.doc, str)]
+        packed = [(st, text, pack(text)) for st, text in held]
+        with self._lock:
+            for st, text, doc in packed:
+                if st.doc is text:
+                    st.doc = doc
+        return len(packed)
 
     def get(self, sid: str) -> StationView | None:
         with self._lock:
             st = self._stations.get(sid)
             if st is None:
                 return None
-            return _copy(st.view, self._doc(st))
+            return _copy(st.view, st.doc)
 
-    def _doc(self, st: _Station) -> bytes | None:
-        """The station's last State as packed compact JSON (under the lock)."""
-        if st.raw:
-            st.doc, st.raw = _compacted(st.view.sid, st.doc), False
-        return st.doc
-
-    def _compact(self, st: _Station, raw: bytes) -> None:
-        """Make the station's last State, ``raw`` the payload as the station sent
-        it (packed), compact JSON — outside the lock; a newer State wins."""
-        compact = _compacted(st.view.sid, raw)
-        with self._lock:
-            if st.doc is raw:
-                st.doc, st.raw = compact, False
+    def _hold_state(self, st: _Station, state: m.State) -> None:
+        """Keep ``state`` as the station's last (under the lock): as text, until
+        pack_states packs it."""
+        st.doc = _compact(state)
+        self._loose.add(st.view.sid)
 
     def last_of_group_down(self, sid: str) -> bool:
         """Whether ``sid`` is down and was the last station of its group online:
@@ -593,7 +613,7 @@ class Fleet:
             if v.epoch != epoch or (v.state_rev is not None and rev <= v.state_rev):
                 return False  # the ingest was quicker
             v.state_rev, v.state_ts = state.rev, state.ts
-            st.doc, st.raw = pack(raw), True  # read again when a reader asks (_doc)
+            self._hold_state(st, state)
             st.state_last_seq = max(st.state_last_seq, state.last_seq)
             self._learn_seq(st, state.last_seq, now_ms)
             self._parts_from_state(st, state, received_ms)
@@ -738,10 +758,7 @@ class Fleet:
         if v.epoch != state.epoch:
             self._new_epoch(st, state.epoch)
         v.state_rev, v.state_ts = state.rev, state.ts
-        if raw is not None:
-            st.doc, st.raw = pack(raw), True  # read again when a reader asks (_doc)
-        else:
-            st.doc, st.raw = pack(_data_json(state.to_dict())), False
+        self._hold_state(st, state)
         st.state_last_seq = max(st.state_last_seq, state.last_seq)
         self._learn_seq(st, state.last_seq, now_ms)
         self._parts_from_state(st, state, now_ms)
@@ -983,7 +1000,7 @@ class Fleet:
                 st.others.popitem(last=False)
         v.epoch, v.birth = epoch, None
         v.state, v.state_rev, v.state_ts, v.last_seq = None, None, None, None
-        st.doc, st.raw = None, False
+        st.doc = None
         st.seqs = (st.others.pop(epoch, None) if st.others else None) or Seqs()
         v.events_through = st.seqs.through
         st.known_high, st.state_last_seq = st.seqs.through, 0
