@@ -6,7 +6,9 @@ objects the garbage collector walked, as its dict ~3.9 kB, as JSON ~1.4 kB.
 Deflated against a preset dictionary — a State as the contract shapes it
 (docs/protocol.md §5), whose key names, enums and layout every State repeats —
 it takes ~130 bytes, one object the collector never walks. Packing costs
-~10 µs, unpacking ~4 µs (bench/hub_ingest.py, docs/benchmarks.md).
+~10 µs, unpacking ~3 µs alone; zlib gives up the GIL for each call, so the
+fleet packs on the scheduler's thread (``Fleet.pack_states``), never on the
+ingest's (docs/hub-internals.md, "Memory and the garbage collector").
 
 The packed bytes live only in this process's memory: the dictionary may change
 between versions without any migration.
