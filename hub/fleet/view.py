@@ -45,6 +45,7 @@ from hub.config import HubConfig
 from hub.fleet.banks import holds_bank
 from hub.fleet.loans import Loans
 from hub.fleet.packed import pack, unpack
+from hub.log_once import EVENTS_GIVEN_UP, NEW_EPOCH, StationNotes
 from hub.storage.schema import events, station_state, stations, status_log
 from hub.storage.writer import Commuting, Guarded, Rows
 from protocol import messages as m
@@ -72,6 +73,19 @@ REPLAYS_KEPT = 10_000
 #: near 2**63) gives up ``replay_max`` more every ``MAX_REPLAYS_OF_ONE_GAP``
 #: replays, for ever: unbounded, a station grew the hub ~30 MB a day.
 LOST_KEPT = 10_000
+#: Events held above a gap (``Seqs.ahead``), per (station, epoch), at most. A
+#: station publishes in seq order and a gap closes by replay within minutes, so
+#: ``ahead`` holds what came above a lost message meanwhile: a week's backlog of
+#: a busy station flushed after an outage is ~10 000 events (firmware/journal.py
+#: MAX_HELD). At 100 000 the station has delivered its own KEEP_EVENTS (100 000)
+#: newer events than the missing one, past which its journal no longer promises
+#: to keep it (only if under 7 days old): no real station gets here, while one
+#: with a stolen certificate sending seqs 2, 4, 6, … would grow the set without
+#: end (~75 bytes a seq). Past it the lowest gaps are given up (counted lost,
+#: asked for no more) until ``AHEAD_KEPT - AHEAD_SHED`` are held: a sort of the
+#: set every ``AHEAD_SHED`` events, not a scan per event. ~7.4 MB at the cap.
+AHEAD_KEPT = 100_000
+AHEAD_SHED = AHEAD_KEPT // 10
 #: A "synced" station clock this far ahead of the hub's receipt is wrong all the
 #: same (an NTP server astray, a Pi whose flag lies): nothing can arrive before it
 #: was sent, so such an event is dated by its receipt, like an unsynced one. Five
@@ -133,8 +147,10 @@ class Seqs:
         self.ahead: set[int] | frozenset[int] = _NONE
         self.lost: set[int] | frozenset[int] = _NONE
 
-    def add(self, seq: int) -> bool:
-        """Take ``seq`` in; False when it is already held (a duplicate)."""
+    def add(self, seq: int) -> bool | tuple[int, int]:
+        """Take ``seq`` in; False when it is already held (a duplicate). When it
+        took ``ahead`` past ``AHEAD_KEPT``, the lowest gaps were given up to make
+        room: (lo, hi), the span of the seqs given up (true as well: ``seq`` is new)."""
         if seq in self.lost:
             self.lost.discard(seq)
             return True
@@ -148,7 +164,35 @@ class Seqs:
             if self.ahead is _NONE:
                 self.ahead = set()
             self.ahead.add(seq)
+            if len(self.ahead) > AHEAD_KEPT:
+                return self._shed()
         return True
+
+    def _shed(self) -> tuple[int, int]:
+        """Give up every missing seq below the ``AHEAD_SHED`` lowest held ones:
+        ``through`` moves up to the highest of those, the highest ``LOST_KEPT``
+        seqs given up go to ``lost`` (still welcome if they come), and ``ahead``
+        is made anew (a set never shrinks its table as it empties)."""
+        held = sorted(self.ahead)
+        lo, cut = self.through + 1, held[AHEAD_SHED - 1]
+        # The missing seqs, from the top down, gap by gap: a hole may be 2**62
+        # wide, so only as many are looked at as lost can keep.
+        gone: list[int] = []
+        for i in range(AHEAD_SHED - 1, -1, -1):
+            below = held[i - 1] if i else self.through
+            for seq in range(held[i] - 1, below, -1):
+                if seq not in self.lost:
+                    gone.append(seq)
+                    if len(gone) == LOST_KEPT:
+                        break
+            if len(gone) == LOST_KEPT:
+                break
+        self.ahead = set(held[AHEAD_SHED:])
+        self.through = cut
+        lost = set(gone).union(self.lost)
+        self.lost = set(sorted(lost)[-LOST_KEPT:]) if len(lost) > LOST_KEPT else lost
+        self._advance()
+        return lo, gone[0]
 
     def _advance(self) -> None:
         while True:
@@ -264,6 +308,10 @@ def _copy(view: StationView, doc: str | bytes | None) -> StationView:
                        None, view.state_ts, view.last_seq, view.events_through, doc)
 
 
+#: Stations copied under one hold of the fleet's lock (``Fleet.stations``): ~3 ms.
+COPY_SHARE = 2_000
+
+
 class _Parts:
     """The state last marked for each part of a station (``component -> state``,
     as ``dict.get``, item assignment and ``clear`` see it): 64 bytes where a
@@ -338,7 +386,11 @@ class Fleet:
         self.writer = writer
         self.ledger = ledger
         self.clock = clock
+        #: What the fleet and its loans note about station messages: counted,
+        #: logged once an hour per station (the ingest registers it).
+        self.notes = StationNotes(clock)
         self.loans = loans if loans is not None else Loans(store, config.loan_hours)
+        self.loans.notes = self.notes  # one count, and the hub's clock
         self.commands = commands
         self._lock = threading.Lock()
         # Writer ops, queued under _lock in decision order; see _drain.
@@ -420,8 +472,14 @@ class Fleet:
         with self._lock:
             held = list(self._stations.items())
         held.sort()  # outside the lock: the ingest waits for no sort
-        with self._lock:
-            return [_copy(st.view, st.doc) for _, st in held]
+        copies: list[StationView] = []
+        # A share at a time: each copy is one moment of its station, and the
+        # ingest never waits for more than a share (100 000 copies at once held
+        # the lock for ~150 ms, every /metrics scrape).
+        for i in range(0, len(held), COPY_SHARE):
+            with self._lock:
+                copies.extend([_copy(st.view, st.doc) for _, st in held[i:i + COPY_SHARE]])
+        return copies
 
     def sids(self) -> list[str]:
         """Every station's id, sorted (no copy of the views: 50 000 of those
@@ -807,8 +865,15 @@ class Fleet:
             self._save(st)  # the epoch, so that a restart knows what it holds
         current = v.epoch == event.epoch
         seqs = st.seqs if current else self._other_epoch(st, event.epoch)
-        if not seqs.add(event.seq):
+        taken = seqs.add(event.seq)
+        if not taken:
             return DUPLICATE
+        if taken is not True:
+            lo, hi = taken
+            self.notes.say(log, logging.WARNING, v.sid, EVENTS_GIVEN_UP,
+                           "station %s (epoch %s): more than %d events held above a gap; "
+                           "events %d..%d given up, not asked for again", v.sid, event.epoch,
+                           AHEAD_KEPT, lo, hi)
         if current:
             v.events_through = seqs.through
             self._learn_seq(st, event.seq, now_ms)
@@ -991,8 +1056,11 @@ class Fleet:
         """The station's storage was wiped (or it is new): start its record afresh."""
         v = st.view
         if v.epoch is not None:
-            log.warning("station %s: new epoch %s (was %s): its storage was wiped",
-                        v.sid, epoch, v.epoch)
+            # A wiped card is rare; a station alternating two epochs (a stolen
+            # certificate, two cards in one cabinet) would be a line a message.
+            self.notes.say(log, logging.WARNING, v.sid, NEW_EPOCH,
+                           "station %s: new epoch %s (was %s): its storage was wiped",
+                           v.sid, epoch, v.epoch)
             if st.others is None:
                 st.others = OrderedDict()
             st.others[v.epoch] = st.seqs
