@@ -7,12 +7,15 @@ peak resident memory per station, and the broker's CPU over the same window.
 
     .venv/bin/python bench/sim_fleet.py             # 1 000 to 19 000 stations, ~6 minutes
     .venv/bin/python bench/sim_fleet.py --sizes 2000 --seconds 30
+    .venv/bin/python bench/sim_fleet.py --sizes 15000 --processes 3 --seconds 30
 
 Stations send contract traffic at the default rates (a State heartbeat a minute,
 6 visits an hour on the day's mean, the hour's shape at ``--speed 1``).
 One process's ceiling on this machine is the open-file limit (``ulimit -Hn``):
 one socket a station, in the simulator and in the broker alike; past ~28 000
 stations against one broker port the source ports run out too (``--bind``).
+``--processes N`` runs each size as ``yizhan sim fleet --processes N``: the
+CPU is then the parent's and its children's, the RSS the children's sum.
 """
 
 from __future__ import annotations
@@ -40,27 +43,38 @@ def _raise_nofile() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def cpu_s(pid: int) -> float:
+def cpu_s(pid: int, children: bool = False) -> float:
+    """CPU seconds of ``pid`` (and of its children, --processes: they are alive)."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
+    own = (int(fields[11]) + int(fields[12])) / TICK
+    if not children:
+        return own
+    kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return own + sum(cpu_s(int(k)) for k in kids)
 
 
 def online_count(truth: Path) -> int:
-    try:
-        with truth.open(encoding="utf-8") as f:
-            return sum(1 for line in f if '"what":"online"' in line)
-    except OSError:
-        return 0
+    """Online lines in the log, or in the children's files while they run."""
+    n = 0
+    for path in [truth, *truth.parent.glob(truth.name + ".*")]:
+        try:
+            with path.open(encoding="utf-8") as f:
+                n += sum(1 for line in f if '"what":"online"' in line)
+        except OSError:
+            pass
+    return n
 
 
-def one(size: int, seconds: float, work: Path, port: int, broker_pid: int) -> dict:
+def one(size: int, seconds: float, work: Path, port: int, broker_pid: int,
+        processes: int = 1) -> dict:
     truth = work / f"truth-{size}.jsonl"
     t0 = time.monotonic()
     sim = subprocess.Popen(
         [sys.executable, "-m", "yizhan", "sim", "fleet", "--port", str(port),
          "--stations", str(size), "--connect-rate", "1000", "--quiet",
-         "--duration", str(size / 1000 + 30 + seconds), "--truth", str(truth)],
+         "--duration", str(size / 1000 + 30 + seconds), "--truth", str(truth),
+         "--processes", str(processes)],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     while online_count(truth) < size and sim.poll() is None:
         time.sleep(0.5)
@@ -68,14 +82,16 @@ def one(size: int, seconds: float, work: Path, port: int, broker_pid: int) -> di
             break
     up = online_count(truth)
     all_online_s = time.monotonic() - t0
-    c0, b0, w0 = cpu_s(sim.pid), cpu_s(broker_pid), time.monotonic()
+    many = processes > 1
+    c0, b0, w0 = cpu_s(sim.pid, many), cpu_s(broker_pid), time.monotonic()
     time.sleep(seconds)
-    c1, b1, w1 = cpu_s(sim.pid), cpu_s(broker_pid), time.monotonic()
+    c1, b1, w1 = cpu_s(sim.pid, many), cpu_s(broker_pid), time.monotonic()
     sim.terminate()
     out, _ = sim.communicate(timeout=120)
     summary = json.loads(out.strip().splitlines()[-1])
     window = w1 - w0
-    return {"stations": size, "online": up, "connect_s": round(all_online_s, 1),
+    return {"stations": size, "processes": processes, "online": up,
+            "connect_s": round(all_online_s, 1),
             "cpu_share": round((c1 - c0) / window, 3),
             "broker_cpu_share": round((b1 - b0) / window, 3),
             "rss_mb": summary["max_rss_mb"],
@@ -88,6 +104,8 @@ def main() -> int:
     p.add_argument("--sizes", default="1000,5000,10000,19000")
     p.add_argument("--seconds", type=float, default=60.0,
                    help="steady-state window once all are online (default 60)")
+    p.add_argument("--processes", type=int, default=1,
+                   help="yizhan sim fleet --processes (default 1)")
     a = p.parse_args()
     sizes = [int(s) for s in a.sizes.split(",")]
     with tempfile.TemporaryDirectory(prefix="bench-sim-fleet-") as tmp:
@@ -104,7 +122,8 @@ def main() -> int:
             print(f"open-file limit {resource.getrlimit(resource.RLIMIT_NOFILE)[1]}, "
                   f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}")
             for size in sizes:
-                print(json.dumps(one(size, a.seconds, work, port, broker.pid)), flush=True)
+                print(json.dumps(one(size, a.seconds, work, port, broker.pid,
+                                     a.processes)), flush=True)
         finally:
             broker.terminate()
             broker.wait(10)

@@ -1,11 +1,14 @@
 """``yizhan sim fleet`` against a real Mosquitto and a real ``yizhan hub``: the hub's
 view (online/offline, outages, events stored) matches the simulator's ground-truth
-log; bad arguments exit 2 with a clear message before anything connects.
+log; bad arguments exit 2 with a clear message before anything connects;
+``--processes N`` is the same fleet in N processes, one log, one summary.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -19,8 +22,8 @@ from tests.harness.procs import Procs, free_port, http_json, wait_until, write_y
 TOKEN = "sim-fleet-test-token-0123456789"
 STATIONS = 50
 CUT = "sim-00007"  # power cut: the will fires at once
-SILENT = "sim-00011"  # network cut: the will fires after 1.5 keepalives
-TAMPERED = "sim-00003"
+SILENT = "sim-00041"  # network cut: the will fires after 1.5 keepalives
+TAMPERED = "sim-00023"  # with --processes 3 (1-17, 18-34, 35-50), a fault in each
 HEALTHY = "sim-00001"
 
 
@@ -40,7 +43,8 @@ def stored_events(db: Path) -> set[tuple[str, str, int, str]]:
         return set(conn.execute("SELECT sid, epoch, seq, type FROM events"))
 
 
-def test_the_hub_sees_what_the_fleet_did(tmp_path, broker_factory, procs):
+@pytest.mark.parametrize("processes", [1, 3])
+def test_the_hub_sees_what_the_fleet_did(tmp_path, broker_factory, procs, processes):
     broker = broker_factory()
     port = free_port()
     db = tmp_path / "hub.db"
@@ -59,6 +63,7 @@ def test_the_hub_sees_what_the_fleet_did(tmp_path, broker_factory, procs):
         "sim", "sim", "fleet", "--host", broker.host, "--port", str(broker.port),
         "--stations", str(STATIONS), "--duration", "18", "--visits", "720",
         "--keepalive", "2", "--quiet", "--truth", str(truth_path),
+        "--processes", str(processes),
         "--fault", f"power_cut:{CUT}@4+8", "--fault", f"network_cut:{SILENT}@4+8",
         "--fault", f"tamper:{TAMPERED}@3+2")
 
@@ -77,6 +82,12 @@ def test_the_hub_sees_what_the_fleet_did(tmp_path, broker_factory, procs):
     truth = read_truth(truth_path)
     summary = truth[-1]
     assert summary["what"] == "summary" and summary["stations"] == STATIONS
+    # One log in time order, one summary, whatever the number of processes.
+    assert [r["t"] for r in truth] == sorted(r["t"] for r in truth)
+    assert [r["what"] for r in truth].count("summary") == 1
+    # Everyone, and the cut two again (more if a loaded machine missed a keepalive).
+    assert summary["connects"] >= STATIONS + 2
+    assert list(tmp_path.glob("truth.jsonl.*")) == []  # the children's files merged
     made = {(r["sid"], r["epoch"], r["seq"], r["type"]) for r in truth if r["what"] == "event"}
     assert len(made) == summary["events"] > STATIONS
     # Every event the stations made is stored once (those made during the network
@@ -139,6 +150,9 @@ def run_sim(*argv: str) -> subprocess.CompletedProcess:
     (["--fault", "power_cut:sim-00099@1"], "names sim-00099, not one of"),
     (["--fault", "power_cut:sim-00001@" + "9" * 30], "expected KIND:SID@SECONDS"),
     (["--password-file", "/nonexistent/pw"], "--password-file"),
+    (["--processes", "0"], "--processes must be 1 to 256"),
+    (["--processes", "11"], "at most --stations"),
+    (["--processes", "2", "--fault", "power_cut:sim-00099@1"], "names sim-00099, not one of"),
 ])
 def test_bad_arguments_exit_2_naming_the_problem(argv, says):
     done = run_sim("--stations", "10", *argv) if argv[0] != "--stations" else run_sim(*argv)
@@ -264,3 +278,74 @@ def test_tls_with_a_password_and_the_deployed_acl(tmp_path, broker_factory):
     assert refused.returncode == 0, refused.stderr
     lines = read_truth(truth)
     assert any(r["what"] == "refused" for r in lines) and lines[-1]["connects"] == 0
+
+
+def births(truth: list[dict]) -> set[tuple[str, str, int]]:
+    return {(r["sid"], r["epoch"], r["birth"]) for r in truth if r["what"] == "online"}
+
+
+def test_processes_make_the_same_fleet_in_one_log(tmp_path, broker):
+    """--processes 3: the sids, epochs and births one process makes, from three
+    shards, in one log in time order with one summary on stdout and in the log."""
+    runs = {}
+    for n in (1, 3):
+        truth = tmp_path / f"t{n}.jsonl"
+        done = run_sim("--host", broker.host, "--port", str(broker.port), "--stations", "40",
+                       "--prefix", "pr-", "--seed", "7", "--duration", "2",
+                       "--processes", str(n), "--truth", str(truth))
+        assert done.returncode == 0, done.stderr
+        lines = read_truth(truth)
+        assert [r["t"] for r in lines] == sorted(r["t"] for r in lines)
+        assert [r["what"] for r in lines].count("summary") == 1
+        summary = json.loads(done.stdout)
+        assert summary == {k: v for k, v in lines[-1].items() if k not in ("t", "what")}
+        assert summary["stations"] == 40 and summary["connects"] == 40
+        assert summary["online_at_end"] == 40
+        runs[n] = births(lines)
+    assert len(runs[1]) == 40 and {sid for sid, _, _ in runs[1]} == {
+        f"pr-{i:05d}" for i in range(1, 41)}
+    assert runs[3] == runs[1]
+    assert summary["processes"] == 3
+
+
+def child_with(parent: int, path: Path) -> int:
+    """The child of ``parent`` that has ``path`` open (its shard's truth file)."""
+    for pid in Path(f"/proc/{parent}/task/{parent}/children").read_text().split():
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                if os.readlink(fd) == str(path):
+                    return int(pid)
+            except OSError:
+                continue
+    raise AssertionError(f"no child of {parent} has {path} open")
+
+
+def test_a_killed_process_is_named_and_the_others_stop_cleanly(tmp_path, broker):
+    truth = tmp_path / "t.jsonl"
+    sim = subprocess.Popen(
+        [sys.executable, "-m", "yizhan", "sim", "fleet", "--host", broker.host,
+         "--port", str(broker.port), "--stations", "30", "--prefix", "kc-",
+         "--processes", "3", "--quiet", "--truth", str(truth)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        def online(k: int) -> int:  # each child flushes its file once a second
+            shard = tmp_path / f"t.jsonl.{k}"
+            return shard.read_text().count('"what":"online"') if shard.exists() else 0
+
+        wait_until(lambda: all(online(k) == 10 for k in (1, 2, 3)), 20, "30 online")
+        os.kill(child_with(sim.pid, tmp_path / "t.jsonl.2"), signal.SIGKILL)
+        out, err = sim.communicate(timeout=40)
+    finally:
+        sim.kill()
+    assert sim.returncode == 1, err
+    assert "process 2 of 3 (stations kc-00011 .. kc-00020) died, exit code -9" in err
+    summary = json.loads(out)
+    assert summary["died"] == [2] and summary["online_at_end"] == 20
+    lines = read_truth(truth)
+    assert [r["t"] for r in lines] == sorted(r["t"] for r in lines)
+    assert lines[-1]["what"] == "summary" and lines[-1]["died"] == [2]
+    # The killed child's births are kept; the others said goodbye.
+    assert len(births(lines)) == 30
+    stopped = {r["sid"] for r in lines if r.get("reason") == "shutdown"}
+    assert stopped == {f"kc-{i:05d}" for i in (*range(1, 11), *range(21, 31))}
+    assert list(tmp_path.glob("t.jsonl.*")) == []

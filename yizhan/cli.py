@@ -308,7 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      "contract (births, States, events, wills, replays) "
                                      "against a broker, with riders by the hour and "
                                      "scripted or random faults; a ground-truth log to "
-                                     "hold against the hub (docs/simulator.md).")
+                                     "hold against the hub; --processes N for more "
+                                     "than one process holds (docs/simulator.md).")
     from firmware.sim.fleet.run import add_arguments
 
     add_arguments(fl)

@@ -6,6 +6,8 @@
 - ``clients``: one paho-mqtt client per station, all on one selector loop;
 - ``truth``: the ground-truth log (JSON lines);
 - ``run``: the command: arguments, progress display, summary.
+- ``shards``, ``child``: ``--processes N``, the fleet in N processes shown,
+  logged and summed as one.
 
 docs/simulator.md says what it does and what it leaves out.
 """

@@ -31,10 +31,21 @@ MISC_EVERY = 1.0  # loop_misc (keepalive pings) for a slice of the clients each 
 MISC_SLICES = 5
 
 
-def station_ids(prefix: str, n: int) -> list[str]:
-    """The simulated stations' sids: the prefix and a number, zero-padded to one width."""
+def station_ids(prefix: str, n: int, first: int = 1, count: int | None = None) -> list[str]:
+    """The simulated stations' sids: the prefix and a number, zero-padded to one width
+    (the whole fleet's, ``n``); ``first`` and ``count``: one process's shard of them."""
     width = max(5, len(str(n)))
-    return [f"{prefix}{i:0{width}d}" for i in range(1, n + 1)]
+    last = n if count is None else first + count - 1
+    return [f"{prefix}{i:0{width}d}" for i in range(first, last + 1)]
+
+
+def check_faults(faults: list[Fault], sids: list[str]) -> None:
+    """A scripted fault must name one of the simulated stations."""
+    known = set(sids)
+    for f in faults:
+        if f.sid not in known:
+            raise ValueError(f"--fault names {f.sid}, not one of the simulated stations "
+                             f"({sids[0]} .. {sids[-1]})")
 
 
 def identity(secrets: str | Path, sid: str) -> tuple[Path, Path]:
@@ -67,6 +78,10 @@ class Options:
     insecure: bool = False
     bind: list[str] = field(default_factory=list)  # source addresses, round robin
     seed: int = 1
+    # One process's shard of a larger fleet (--processes): its first station's
+    # index (1-based) and the fleet's size, which fixes the sids' width.
+    first: int = 1
+    total: int = 0  # 0: ``stations``, a fleet of one process
 
 
 class Fleet:
@@ -74,18 +89,22 @@ class Fleet:
         self.o = opts
         self.clock = clock
         self.truth = truth
-        self.rng = random.Random(opts.seed)
+        # One generator for the riders and random faults of every station here, drawn
+        # in the order things fall due; a shard after the first seeds its own, so
+        # that shards do not repeat each other's draws.
+        self.rng = random.Random(opts.seed if opts.first == 1 else f"{opts.seed}/{opts.first}")
         self.sim = traffic.SimTime(clock, opts.speed)
         self.sel = selectors.DefaultSelector()
         self.heap: list[tuple[float, int, str, int, object]] = []
         self._n = itertools.count()
-        self.stations = [FleetStation(sid, i, opts.seed) for i, sid
-                         in enumerate(station_ids(opts.prefix, opts.stations), start=1)]
-        self.by_sid = {s.sid: s.index - 1 for s in self.stations}
+        ids = station_ids(opts.prefix, opts.total or opts.stations, opts.first, opts.stations)
+        self.stations = [FleetStation(sid, i, opts.seed)
+                         for i, sid in enumerate(ids, start=opts.first)]
+        self.by_sid = {s.sid: n for n, s in enumerate(self.stations)}
         self.mode = ["new"] * opts.stations  # new, connecting, online, off, cut
         self.last_sent = [0] * opts.stations
         self.retries = [0] * opts.stations
-        self.clients = [self._client(s) for s in self.stations]
+        self.clients = [self._client(n, s) for n, s in enumerate(self.stations)]
         self.stats = {"connects": 0, "connect_errors": 0, "published": 0, "events": 0,
                       "commands": 0, "replays": 0, "lost": 0, "faults": 0}
         self.active_faults = 0
@@ -95,10 +114,10 @@ class Fleet:
 
     # -- clients ----------------------------------------------------------
 
-    def _client(self, st: FleetStation) -> mqtt.Client:
+    def _client(self, n: int, st: FleetStation) -> mqtt.Client:
         o = self.o
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=st.sid, clean_session=True,
-                        userdata=st.index - 1, protocol=mqtt.MQTTv311)
+                        userdata=n, protocol=mqtt.MQTTv311)
         c.username_pw_set(o.username.replace("{sid}", st.sid), o.password)
         if o.identities or o.tls or o.cafile:
             # --identities: the station's own pair; else the one given for all.
@@ -191,7 +210,9 @@ class Fleet:
             return  # a retry that came due while dark or cut: the fault's end connects
         c.will_set(st.t_status, st.next_birth(), qos=1, retain=True)
         self.mode[i] = "connecting"
-        bind = o.bind[i % len(o.bind)] if o.bind else ""
+        # By the fleet-wide index: each address takes every len(bind)-th station,
+        # however the fleet is split into processes.
+        bind = o.bind[(st.index - 1) % len(o.bind)] if o.bind else ""
         try:
             c.connect(o.host, o.port, o.keepalive, bind_address=bind)
         except (OSError, ValueError) as err:
@@ -224,12 +245,9 @@ class Fleet:
             self._at(i * gap + self.rng.uniform(0, o.heartbeat), "heartbeat", i)
             self._schedule_visit(i)
             self._schedule_random_fault(i)
+        check_faults(o.faults, [s.sid for s in self.stations])
         for f in o.faults:
-            i = self.by_sid.get(f.sid)
-            if i is None:
-                raise ValueError(f"--fault names {f.sid}, not one of the simulated stations "
-                                 f"({self.stations[0].sid} .. {self.stations[-1].sid})")
-            self._at(f.at, "fault", i, (f.kind, f.lasts))
+            self._at(f.at, "fault", self.by_sid[f.sid], (f.kind, f.lasts))
 
     def _schedule_visit(self, i: int) -> None:
         gap = traffic.next_gap(self.rng, self.o.visits_per_hour, self.sim.now())

@@ -9,12 +9,13 @@ import signal
 import sys
 import threading
 
-from firmware.sim.fleet.clients import Fleet, Options, identity, station_ids
+from firmware.sim.fleet.clients import Fleet, Options, check_faults, identity, station_ids
 from firmware.sim.fleet.faults import FaultError, parse_fault
 from firmware.sim.fleet.truth import Truth
 from yizhan.clock import SYSTEM_CLOCK
 
 MAX_STATIONS = 100_000
+MAX_PROCESSES = 256
 EXIT_USAGE = 2
 
 
@@ -59,14 +60,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     p.add_argument("--truth", metavar="FILE", help="write the ground-truth log (JSON lines)")
     p.add_argument("--quiet", action="store_true", help="no live display")
+    p.add_argument("--processes", type=int, default=1, metavar="N",
+                   help="split the stations into N contiguous shards, one simulator "
+                        "process each (same sids and epochs as one process), with one "
+                        "display, one --truth log and one summary; past one process's "
+                        "open-file limit and CPU (default 1)")
 
 
 def _options(a: argparse.Namespace) -> Options:
     def bad(text: str) -> None:
         raise FaultError(text)
 
-    if not 1 <= a.stations <= MAX_STATIONS:
-        bad(f"--stations must be 1 to {MAX_STATIONS}, got {a.stations}")
+    # A child of --processes holds stations first .. first+stations-1 of total.
+    first, total = getattr(a, "shard", None) or (1, a.stations)
+    if not 1 <= total <= MAX_STATIONS:
+        bad(f"--stations must be 1 to {MAX_STATIONS}, got {total}")
+    if not 1 <= a.processes <= min(MAX_PROCESSES, total):
+        bad(f"--processes must be 1 to {MAX_PROCESSES} and at most --stations, "
+            f"got {a.processes}")
     if not 1 <= a.port <= 65535:
         bad(f"--port must be 1 to 65535, got {a.port}")
     if not 0 < a.speed <= 100_000:
@@ -85,7 +96,7 @@ def _options(a: argparse.Namespace) -> Options:
         bad(f"--connect-rate must be above 0 and at most 100000, got {a.connect_rate}")
     if not 0 <= a.duration <= 10 ** 7:
         bad(f"--duration must be 0 to 10000000 s, got {a.duration}")
-    if len(a.prefix) > 32 - len(str(a.stations)) or not all(
+    if len(a.prefix) > 32 - len(str(total)) or not all(
             ch.isdigit() or ch == "-" or "a" <= ch <= "z" for ch in a.prefix) or \
             not a.prefix or a.prefix[0] == "-":
         bad(f"--prefix {a.prefix[:40]!r}: lowercase letters, digits and '-', starting "
@@ -100,7 +111,7 @@ def _options(a: argparse.Namespace) -> Options:
     if a.identities:
         if a.cert or a.key:
             bad("--identities gives each station its own certificate: not with --cert/--key")
-        missing = [sid for sid in station_ids(a.prefix, a.stations)
+        missing = [sid for sid in station_ids(a.prefix, total, first, a.stations)
                    if not all(p.is_file() for p in identity(a.identities, sid))]
         if missing:
             cert, _ = identity(a.identities, missing[0])
@@ -113,7 +124,7 @@ def _options(a: argparse.Namespace) -> Options:
         speed=a.speed, fault_rate=a.fault_rate, faults=[parse_fault(f) for f in a.fault],
         connect_rate=a.connect_rate, username=a.username, password=password,
         tls=a.tls, cafile=a.cafile, certfile=a.cert, keyfile=a.key,
-        identities=a.identities, bind=a.bind, seed=a.seed)
+        identities=a.identities, bind=a.bind, seed=a.seed, first=first, total=total)
 
 
 def _raise_fd_limit(needed: int) -> None:
@@ -126,12 +137,18 @@ def _raise_fd_limit(needed: int) -> None:
               f"{hard} (ulimit -n)", file=sys.stderr)
 
 
-def _line(fleet: Fleet, elapsed: float) -> str:
-    c, s = fleet.counts(), fleet.stats
-    return (f"{elapsed:7.0f}s  online {c['online']}/{len(fleet.stations)}  "
+def line(c: dict, s: dict, faults: int, stations: int, elapsed: float) -> str:
+    """The live display: counts by mode ``c``, totals ``s``."""
+    return (f"{elapsed:7.0f}s  online {c['online']}/{stations}  "
             f"connecting {c['connecting'] + c['new']}  off {c['off']}  cut {c['cut']}  "
-            f"sent {s['published']}  events {s['events']}  faults {fleet.active_faults}  "
+            f"sent {s['published']}  events {s['events']}  faults {faults}  "
             f"replays {s['replays']}")
+
+
+def progress(fleet: Fleet) -> dict:
+    """What a child of --processes reports to its parent, a line a second."""
+    return {"progress": {"counts": fleet.counts(), "stats": fleet.stats,
+                         "faults": fleet.active_faults}}
 
 
 def run(a: argparse.Namespace, clock=SYSTEM_CLOCK) -> int:
@@ -146,6 +163,16 @@ def run(a: argparse.Namespace, clock=SYSTEM_CLOCK) -> int:
     except OSError as err:
         print(f"yizhan sim fleet: --truth: {err}", file=sys.stderr)
         return EXIT_USAGE
+    if a.processes > 1:
+        from firmware.sim.fleet.shards import run_shards
+
+        try:
+            check_faults(opts.faults, station_ids(opts.prefix, opts.stations))
+        except ValueError as err:
+            print(f"yizhan sim fleet: {err}", file=sys.stderr)
+            return EXIT_USAGE
+        return run_shards(a, opts, out, clock)
+    child = getattr(a, "shard", None) is not None
     truth = Truth(out)
     _raise_fd_limit(opts.stations + 32)
     fleet = Fleet(opts, clock, truth)
@@ -158,20 +185,27 @@ def run(a: argparse.Namespace, clock=SYSTEM_CLOCK) -> int:
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
-    live = not a.quiet
+    live = not a.quiet and not child
     t0 = clock.monotonic()
     shown = 0.0
-    print(f"yizhan sim fleet: {opts.stations} stations on {opts.host}:{opts.port}",
-          file=sys.stderr, flush=True)
+    if not child:
+        print(f"yizhan sim fleet: {opts.stations} stations on {opts.host}:{opts.port}",
+              file=sys.stderr, flush=True)
     while not done.is_set():
         now = clock.monotonic()
         if a.duration and now - t0 >= a.duration:
             break
         fleet.step(0.2)
-        if live and now - shown >= 1.0:
+        if child and now - shown >= 1.0:
+            shown = now
+            print(json.dumps(progress(fleet)), flush=True)
+            if out is not None:
+                out.flush()  # what a killed child leaves is at most a second short
+        elif live and now - shown >= 1.0:
             shown = now
             end = "\r" if sys.stderr.isatty() else "\n"
-            print(_line(fleet, now - t0), end=end, file=sys.stderr, flush=True)
+            print(line(fleet.counts(), fleet.stats, fleet.active_faults,
+                       len(fleet.stations), now - t0), end=end, file=sys.stderr, flush=True)
     online_at_end = fleet.counts()["online"]
     fleet.stop()
     elapsed = clock.monotonic() - t0
