@@ -56,9 +56,22 @@ from dataclasses import dataclass, replace
 
 import sqlalchemy as sa
 
+from hub.log_once import (
+    BANK_ID_TOO_LONG,
+    BANKLESS_CLOSED,
+    BANKLESS_NO_RIDER,
+    BANKLESS_UNMATCHED,
+    BORROW_AGAIN,
+    BORROW_ELSEWHERE,
+    CLOSED_BY_STATE,
+    RETURN_ELSEWHERE,
+    RETURN_UNMATCHED,
+    StationNotes,
+)
 from hub.storage.schema import loans as table
 from hub.storage.writer import Rows, execute_row
 from protocol import messages as m
+from yizhan.clock import SYSTEM_CLOCK
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +158,11 @@ class Loans:
     def __init__(self, store, loan_hours: float = 24.0) -> None:
         self.store = store
         self.loan_ms = int(loan_hours * 3600_000)
+        #: Each line below is the word of one station, which may be a stolen
+        #: certificate repeating it without end (made-up banks, made-up riders):
+        #: counted, logged once an hour per (station, what). The fleet hands
+        #: its own (its clock, the one count the ingest registers).
+        self.notes = StationNotes(SYSTEM_CLOCK)
         self._lock = threading.Lock()
         self._open: dict[str, Loan] = {}  # by bank: a bank is out on one loan at a time
         self._unmatched: dict[str, tuple[str, int]] = {}  # bank -> (sid, returned_ms)
@@ -245,8 +263,9 @@ class Loans:
         if len(bank) > BANK_ID_MAX:
             # YZ-LB1 bank ids are 8 characters; a longer one is a station's bug and
             # must not cost the event itself (it is stored, in the same transaction).
-            log.warning("%s from %s: bank id %r is longer than %d characters; no loan kept",
-                        event.type, sid, bank[:40], BANK_ID_MAX)
+            self.notes.say(log, logging.WARNING, sid, BANK_ID_TOO_LONG,
+                           "%s from %s: bank id %r is longer than %d characters; no loan kept",
+                           event.type, sid, bank[:40], BANK_ID_MAX)
             return []
         now_ms = at_ms if now_ms is None else max(now_ms, at_ms)
         if event.type == "bank_borrowed":
@@ -276,12 +295,14 @@ class Loans:
                 del self._open[bank]
                 if claim is not None and claim.sid == sid:
                     back_ms = claim.returned_ms
-                    log.info("bank %s confirmed back at %s", bank, sid)
+                    self.notes.say(log, logging.INFO, sid, CLOSED_BY_STATE,
+                                   "bank %s confirmed back at %s", bank, sid)
                 else:
                     # Back here with no return heard from here (a lost event).
                     back_ms = max(loan.borrowed_ms, seen_ms)
-                    log.info("bank %s lent at %s is in a slot at %s; loan closed",
-                             bank, loan.sid, sid)
+                    self.notes.say(log, logging.INFO, sid, CLOSED_BY_STATE,
+                                   "bank %s lent at %s is in a slot at %s; loan closed",
+                                   bank, loan.sid, sid)
                 out.append(InOrder(self._give_back, {"b_bank": bank, "b_at": back_ms,
                                                      "b_sid": sid}))
         return out
@@ -316,9 +337,10 @@ class Loans:
                 # this station showing it would have closed that loan, on_state):
                 # only this station says the bank came back. Its claim, as a
                 # return here would be; the loan stays open meanwhile.
-                log.warning("bank %s borrowed at %s while its loan from %s is open, and "
-                            "no State of %s showed it; a claim until one does",
-                            loan.bank, sid, previous.sid, sid)
+                self.notes.say(log, logging.WARNING, sid, BORROW_ELSEWHERE,
+                               "bank %s borrowed at %s while its loan from %s is open, and "
+                               "no State of %s showed it; a claim until one does",
+                               loan.bank, sid, previous.sid, sid)
                 return self._claimed(previous, sid, at_ms, now_ms)
             if heard_back and earlier[0] != sid:
                 # Its return elsewhere was heard first: a claim, until that
@@ -340,8 +362,9 @@ class Loans:
                         # Taken again where it was lent, so it came back there
                         # meanwhile; that return was never heard (a wiped
                         # station). The old loan ends here.
-                        log.warning("bank %s borrowed at %s while its loan from %s was "
-                                    "open; closing that loan", loan.bank, sid, previous.sid)
+                        self.notes.say(log, logging.WARNING, sid, BORROW_AGAIN,
+                                       "bank %s borrowed at %s while its loan from %s was "
+                                       "open; closing that loan", loan.bank, sid, previous.sid)
                 if returned is None:
                     self._claims.pop(loan.bank, None)  # taken again: any claim is moot
                     self._open[loan.bank] = loan
@@ -367,8 +390,9 @@ class Loans:
             if loan is not None and loan.sid != sid and loan.borrowed_ms <= at_ms:
                 # Back at another station: only that station says so. Closed when
                 # its next State shows the bank (on_state), overdue if none does.
-                log.info("bank %s lent at %s returned at %s; open until a State of %s "
-                         "shows it", bank, loan.sid, sid, sid)
+                self.notes.say(log, logging.INFO, sid, RETURN_ELSEWHERE,
+                               "bank %s lent at %s returned at %s; open until a State of %s "
+                               "shows it", bank, loan.sid, sid, sid)
                 return self._claimed(loan, sid, at_ms, now_ms)
             if loan is not None and _earlier_here(loan, sid, epoch, event.seq):
                 # Borrowed here before, by the station's own count: whatever the
@@ -382,8 +406,9 @@ class Loans:
                 if len(self._unmatched) >= UNMATCHED_KEPT:
                     self._unmatched.pop(next(iter(self._unmatched)))
                 self._unmatched[bank] = (sid, at_ms)
-                log.info("bank %s returned at %s matches no open loan; kept as an event",
-                         bank, sid)
+                self.notes.say(log, logging.INFO, sid, RETURN_UNMATCHED,
+                               "bank %s returned at %s matches no open loan; kept as an event",
+                               bank, sid)
 
         # Decided again from the table: the op may run twice after a rollback.
         return [Rows(self._give_back, {"b_bank": bank, "b_at": at_ms, "b_sid": sid},
@@ -397,8 +422,9 @@ class Loans:
         if rider is None:
             # A bank came back and nobody said whose (the rider skipped the
             # kiosk): a fact for the station's counts, no loan to close.
-            log.info("a bank with no id came back at %s with no rider named; kept as an event",
-                     sid)
+            self.notes.say(log, logging.INFO, sid, BANKLESS_NO_RIDER,
+                           "a bank with no id came back at %s with no rider named; kept as "
+                           "an event", sid)
             return []
         if event.type == "bank_borrowed":
             return self._borrowed_without_bank(sid, epoch, event, rider, at_ms)
@@ -409,13 +435,15 @@ class Loans:
                           key=lambda loan: loan.borrowed_ms)
             if not mine:
                 self._keep_unmatched(self._unmatched_riders, rider, (sid, at_ms))
-                log.info("a bank with no id returned at %s by %s matches no open loan; "
-                         "kept as an event", sid, rider)
+                self.notes.say(log, logging.INFO, sid, BANKLESS_UNMATCHED,
+                               "a bank with no id returned at %s by %s matches no open loan; "
+                               "kept as an event", sid, rider)
                 return []
             loan = mine[0]
             del self._bankless[loan.key]
         back_ms = max(at_ms, loan.borrowed_ms)
-        log.info("bank-less loan %s of %s closed by a return at %s", loan.key, rider, sid)
+        self.notes.say(log, logging.INFO, sid, BANKLESS_CLOSED,
+                       "bank-less loan %s of %s closed by a return at %s", loan.key, rider, sid)
         return [Rows(self._close, {"b_key": loan.key, "b_at": back_ms, "b_sid": sid},
                      order=(ORDER, rider))]
 

@@ -49,6 +49,7 @@ from prometheus_client import CollectorRegistry
 
 from hub.config import HubConfig
 from hub.fleet.view import APPLIED, DUPLICATE, INVALID, STALE, Fleet
+from hub.log_once import LOG_WINDOW, LOGGED_KEPT, LogOnce  # noqa: F401  (the bounds, read here too)
 from hub.mqtt.broker_stats import SUBSCRIPTIONS as BROKER_SUBSCRIPTIONS
 from hub.mqtt.broker_stats import BrokerStats
 from hub.mqtt.bulk_client import BulkClient
@@ -85,12 +86,6 @@ REASONS = (TOPIC, UNKNOWN_STATION, TOO_LARGE, NOT_JSON, VERSION, SID, FIELD, APP
 #: The ``kind`` of a refused message whose topic does not tell its kind (not
 #: one the hub subscribes to: a topic that is not UTF-8, say).
 OTHER_KIND = "other"
-#: How many (station, kind, reason) keys are remembered as already logged in a
-#: window; past them, one line says the rest is only counted.
-LOGGED_KEPT = 1_000
-#: Seconds (hub clock) after which what was logged may be logged again: a
-#: station still sending the same mistake an hour later says so once more.
-LOG_WINDOW = 3600.0
 #: Characters of a refusal's reason shown in the log (a 60 KB string a station
 #: sent is quoted in the reason).
 SHOWN_CHARS = 200
@@ -142,12 +137,14 @@ class Ingest:
         self.refused = RefusalTallies((*METRIC_KIND.values(), OTHER_KIND), REASONS, registry)
         self.lag = LagHistogram(LAG_BUCKETS, registry)
         self.broker_stats = BrokerStats(registry)
+        # What the fleet and its loans note about messages they took, beside
+        # what the ingest refused (hub/log_once.py).
+        registry.register(fleet.notes)
         self.connected = threading.Event()
-        #: (station or "", kind, reason) logged in this window, and since when.
-        self._logged: set[tuple[str, str, str]] = set()
-        self._window_since = clock.monotonic()
-        #: Refusals not logged this window because ``_logged`` was full.
-        self._unlogged = 0
+        #: Which (station or "", kind, reason) refusals are logged: once a
+        #: window of LOG_WINDOW, at most LOGGED_KEPT keys (hub/log_once.py).
+        self._once = LogOnce(clock, log, "invalid messages", "stations and reasons",
+                             "sent invalid messages", "yizhan_hub_invalid_messages_total")
         self._subscriptions = hub_subscriptions(config.shared_group)
         #: Whether this worker speaks for the hub on ``hub/status`` (contract §9):
         #: one hub always; of several workers (mqtt.shared_group) only the leader
@@ -478,27 +475,7 @@ class Ingest:
     def _first(self, key: tuple[str, str, str]) -> bool:
         """Whether ``key`` is to be logged now: not yet this window, and room to
         remember it."""
-        now = self.clock.monotonic()
-        if now - self._window_since >= LOG_WINDOW or now < self._window_since:
-            if self._unlogged:
-                log.warning("%d more invalid messages in the last %.0f s were counted in "
-                            "yizhan_hub_invalid_messages_total but not logged (more than "
-                            "%d stations and reasons)", self._unlogged,
-                            now - self._window_since, LOGGED_KEPT)
-            self._logged.clear()
-            self._window_since, self._unlogged = now, 0
-        if key in self._logged:
-            return False
-        if len(self._logged) >= LOGGED_KEPT:
-            if not self._unlogged:
-                log.warning("more than %d stations and reasons sent invalid messages "
-                            "within %.0f s: the rest are counted "
-                            "(yizhan_hub_invalid_messages_total), not logged, until the "
-                            "hour is over", LOGGED_KEPT, LOG_WINDOW)
-            self._unlogged += 1
-            return False
-        self._logged.add(key)
-        return True
+        return self._once.first(key)
 
 
 def reason_of(err: Exception) -> str:
