@@ -47,6 +47,7 @@ from tests.test_hub_fleet import (
     event,
     returned,
 )
+from tests.test_hub_ingest import make_hub  # noqa: F401  (the fixture)
 from yizhan.clock import ManualClock
 
 
@@ -367,3 +368,19 @@ def test_a_bankless_loan_closed_again_and_again_is_said_once(hub, clock, caplog)
     assert fleet.loans.open_count() == 0  # every one closed
     assert len(lines(caplog, "closed by a return")) == 1
     assert fleet.notes.value(log_once.BANKLESS_CLOSED) == 500
+
+
+# -- the count, on /metrics ------------------------------------------------------------------
+
+
+def test_the_notes_are_a_metric_of_the_hub(make_hub):  # noqa: F811
+    """The ingest registers the fleet's notes with its own metrics: every what
+    from the start, at 0, then counted."""
+    hub = make_hub(clock=ManualClock(T0))
+    value = hub.registry.get_sample_value
+    assert all(value("yizhan_hub_station_notes_total", {"what": what}) == 0
+               for what in log_once.NOTES)
+    clock = hub.clock
+    for epoch in (EPOCH, NEW_EPOCH, EPOCH):
+        hub.fleet.apply_status(birth(clock, 1, epoch=epoch), clock.ms())
+    assert value("yizhan_hub_station_notes_total", {"what": log_once.NEW_EPOCH}) == 2
