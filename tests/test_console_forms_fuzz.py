@@ -1,15 +1,17 @@
 """The console's forms under schemathesis (issue 21, item 4c).
 
 hub/console/openapi_forms.py describes every form the console posts. Schemathesis
-derives examples from it, valid and not, and this test sends each one, with the
-session's CSRF token, as an admin signed in with a real password, to a real hub's
-console (a Hub on a SQLite file, its Flask app reached in-process as the other
-console tests reach it). Every answer must be one the document lists and never a
-5xx; a valid example must be taken (303, or the token page) and change what the
-hub stores; an invalid one must be refused (4xx, the form shown again) and leave
-every table of the database as it was. The example counts are bounded (10 valid,
-20 invalid per form): the file took 66 s on the 2-core machine under load
-average 7-9 (five engineers' tests at once).
+derives examples from it, valid and not, and this test sends each one over real
+HTTP, with the session's CSRF token, as an admin signed in with a real password
+through the sign-in form, to a real hub's console: a Hub on a SQLite file whose
+web waitress serves on a free port (``Hub.serve``, in a thread of this process,
+so the hooks can make the alerts, staff and tokens valid examples name), the
+session cookie kept by a ``requests.Session`` as a browser keeps it. Every answer
+must be one the document lists and never a 5xx; a valid example must be taken
+(303, or the token page) and change what the hub stores; an invalid one must be
+refused (4xx, the form shown again) and leave every table of the database as it
+was. The example counts are bounded (10 valid, 20 invalid per form): the file
+took 37-58 s on the 2-core machine at load average 1-2 (24 s in-process).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from schemathesis import GenerationMode
 from hub.console import openapi_forms
 from hub.service import Hub
 from hub.storage.schema import metadata
-from tests.harness.console_app import PASSWORD, Browser, bring_online, console_hub
+from tests.harness.console_app import PASSWORD, WebBrowser, bring_online, console_hub, serving
 from yizhan.clock import ManualClock
 
 T0 = 1_764_201_600.0  # 2025-11-27 08:00 CST
@@ -65,10 +67,12 @@ _STANDING: dict[str, str] = {}
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
-    h = console_hub(tmp_path_factory.mktemp("console-fuzz"), ManualClock(T0))
+    h = console_hub(tmp_path_factory.mktemp("console-fuzz"), ManualClock(T0),
+                    http={"host": "127.0.0.1", "port": 0})
     bring_online(h, SID)  # a State with slots: the unlock form has slots to name
     _HUB["hub"] = h
-    yield h
+    with serving(h):
+        yield h
     _HUB.clear()
     _STANDING.clear()
     h.close()
@@ -80,9 +84,16 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
 
 
 @pytest.fixture(scope="module")
-def boss(hub: Hub) -> Browser:
-    """Signed in with the user's real password; the CSRF token of a real page."""
-    b = Browser(hub, "boss")
+def base(hub: Hub) -> str:
+    """The served hub's URL (``http://127.0.0.1:<free port>``)."""
+    return f"http://127.0.0.1:{hub.http_port}"
+
+
+@pytest.fixture(scope="module")
+def boss(base: str) -> WebBrowser:
+    """Signed in with the user's real password through the sign-in form, over
+    HTTP; the CSRF token of a real page."""
+    b = WebBrowser(base, "boss")
     b.get("/console/people")
     return b
 
@@ -220,7 +231,7 @@ def map_case(ctx: Any, case: Any) -> Any:
     return case
 
 
-def _run(label: str, boss: Browser, hub: Hub, mode: GenerationMode, examples: int) -> None:
+def _run(label: str, boss: WebBrowser, hub: Hub, mode: GenerationMode, examples: int) -> None:
     operation = OPERATIONS[label]
 
     # Schemathesis's own pytest plugin does not run on this pytest: drive Hypothesis here.
@@ -238,7 +249,7 @@ def _run(label: str, boss: Browser, hub: Hub, mode: GenerationMode, examples: in
             # An invalid body that is no form at all (a list, a number): no field to
             # carry the token in, refused as a form without it.
             TALLY[(label, mode.value, "no form")] += 1
-        resp = case.call(app=hub.app, session=boss.client, **extra)
+        resp = case.call(base_url=boss.base, session=boss.session, **extra)
         case.validate_response(resp)
         after = stored(hub)
         page = resp.text if resp.status_code >= 400 else ""
@@ -261,7 +272,7 @@ FORMS = sorted(label for label in OPERATIONS if label != "POST /console/signin")
 
 
 @pytest.mark.parametrize("label", FORMS)
-def test_valid_forms_are_taken(label: str, boss: Browser, hub: Hub, caplog) -> None:
+def test_valid_forms_are_taken(label: str, boss: WebBrowser, hub: Hub, caplog) -> None:
     caplog.set_level(logging.ERROR)
     _run(label, boss, hub, GenerationMode.POSITIVE, POSITIVE_EXAMPLES)
     assert not [r for r in caplog.records if "unhandled error" in r.getMessage()]
@@ -273,7 +284,7 @@ def _can_be_invalid(label: str) -> bool:
 
 
 @pytest.mark.parametrize("label", [x for x in FORMS if _can_be_invalid(x)])
-def test_invalid_forms_are_refused_and_nothing_stored(label: str, boss: Browser, hub: Hub,
+def test_invalid_forms_are_refused_and_nothing_stored(label: str, boss: WebBrowser, hub: Hub,
                                                        caplog) -> None:
     caplog.set_level(logging.ERROR)
     _run(label, boss, hub, GenerationMode.NEGATIVE, NEGATIVE_EXAMPLES)
@@ -284,21 +295,21 @@ def test_invalid_forms_are_refused_and_nothing_stored(label: str, boss: Browser,
 
 
 def test_a_refused_form_answers_4xx_with_its_page_again_and_a_taken_one_303(
-        boss: Browser, hub: Hub) -> None:
+        boss: WebBrowser, hub: Hub) -> None:
     """A refusal was a 303 like a success: only the flash told them apart."""
     before = stored(hub)
     resp = boss.post("/console/people/staff", {"id": "s-li", "name": "李", "pin": "12a4"})
-    page = resp.get_data(as_text=True)
+    page = resp.text
     assert resp.status_code == 400 and 'class="flash error"' in page and 'id="add-staff"' in page
     assert stored(hub) == before
     resp = boss.post("/console/people/staff", {"id": "s-li", "name": "李", "pin": "1234"})
     assert resp.status_code == 303 and hub.directory.get_staff("s-li")["name"] == "李"
     # Taken already: 409, the page again.
     resp = boss.post("/console/people/staff", {"id": "s-li", "name": "李", "pin": "1234"})
-    assert resp.status_code == 409 and 'class="flash error"' in resp.get_data(as_text=True)
+    assert resp.status_code == 409 and 'class="flash error"' in resp.text
 
 
-def test_the_place_form_refuses_an_action_it_does_not_have(boss: Browser, hub: Hub) -> None:
+def test_the_place_form_refuses_an_action_it_does_not_have(boss: WebBrowser, hub: Hub) -> None:
     """Any action but "reset" was taken as a save."""
     before = stored(hub)
     form = {"lat": "28.1", "lon": "121.2", "address": "x", "host": "", "hours": "24h"}
@@ -313,7 +324,7 @@ def test_the_place_form_refuses_an_action_it_does_not_have(boss: Browser, hub: H
     assert stored(hub) != before
 
 
-def test_a_user_change_with_an_unknown_action_is_refused(boss: Browser, hub: Hub) -> None:
+def test_a_user_change_with_an_unknown_action_is_refused(boss: WebBrowser, hub: Hub) -> None:
     """It was read as the role form's change (an admin's slip could demote a user)."""
     before = stored(hub)
     resp = boss.post("/console/users/desk", {"action": "delete", "role": "ops", "groups": ""})
@@ -322,7 +333,7 @@ def test_a_user_change_with_an_unknown_action_is_refused(boss: Browser, hub: Hub
     assert resp.status_code == 404 and stored(hub) == before
 
 
-def test_the_remove_phone_box_takes_only_its_tick(boss: Browser, hub: Hub) -> None:
+def test_the_remove_phone_box_takes_only_its_tick(boss: WebBrowser, hub: Hub) -> None:
     """Any value of clear_phone removed the phone; the checkbox sends 1."""
     hub.directory.add_staff({"id": "s-zhao", "name": "赵", "phone": "13900001111",
                              "pin": "1234"}, by="test")
@@ -347,7 +358,7 @@ _QUERY_VALUES = st.one_of(
     st.from_regex(r"\A20[0-9]{2}-(Q[0-9]|[0-9]{2})\Z"))
 
 
-def test_filter_forms_answer_200_or_400_and_store_nothing(boss: Browser, hub: Hub,
+def test_filter_forms_answer_200_or_400_and_store_nothing(boss: WebBrowser, hub: Hub,
                                                           caplog) -> None:
     """Any query a filter form could send, and many it could not: the page (200) or
     the page saying the range is wrong (400), never a 5xx, nothing stored."""
@@ -360,7 +371,7 @@ def test_filter_forms_answer_200_or_400_and_store_nothing(boss: Browser, hub: Hu
            query=st.dictionaries(st.sampled_from(["from", "to", "group", "page", "period"]),
                                  _QUERY_VALUES, max_size=4))
     def filtered(path: str, query: dict[str, str]) -> None:
-        resp = boss.client.get(path, query_string=query)
+        resp = boss.get(path, params=query)
         TALLY[(f"GET {path.replace(SID, '{sid}')}", "query", str(resp.status_code))] += 1
         assert resp.status_code in (200, 400), (path, query, resp.status_code)
 
@@ -373,13 +384,13 @@ def test_filter_forms_answer_200_or_400_and_store_nothing(boss: Browser, hub: Hu
 
 
 @pytest.fixture(scope="module")
-def stranger(hub: Hub) -> Browser:
-    b = Browser(hub)
+def stranger(base: str) -> WebBrowser:
+    b = WebBrowser(base)
     b.get("/console/signin")
     return b
 
 
-def test_signing_in_with_a_real_password_is_taken(stranger: Browser, hub: Hub) -> None:
+def test_signing_in_with_a_real_password_is_taken(stranger: WebBrowser, hub: Hub) -> None:
     """Whatever ``next`` says, a right password signs in and stays on this console."""
     operation = OPERATIONS["POST /console/signin"]
 
@@ -389,7 +400,7 @@ def test_signing_in_with_a_real_password_is_taken(stranger: Browser, hub: Hub) -
     def signs_in(case: Any) -> None:
         # "wang": "desk" had its password changed by the forms above.
         case.body.update(name="wang", password=PASSWORD, csrf=stranger.token)
-        resp = case.call(app=hub.app, session=stranger.client)
+        resp = case.call(base_url=stranger.base, session=stranger.session)
         case.validate_response(resp)
         assert resp.status_code == 303
         where = resp.headers["location"][0]  # schemathesis's headers: lower case, lists
@@ -401,7 +412,7 @@ def test_signing_in_with_a_real_password_is_taken(stranger: Browser, hub: Hub) -
     signs_in()
 
 
-def test_hostile_sign_ins_are_refused_never_a_5xx(stranger: Browser, hub: Hub, caplog) -> None:
+def test_hostile_sign_ins_are_refused_never_a_5xx(stranger: WebBrowser, hub: Hub, caplog) -> None:
     """Invalid sign-in forms: 400, 401 or (after fifty) 429, nothing stored."""
     caplog.set_level(logging.ERROR)
     operation = OPERATIONS["POST /console/signin"]
@@ -413,7 +424,7 @@ def test_hostile_sign_ins_are_refused_never_a_5xx(stranger: Browser, hub: Hub, c
         before = stored(hub)
         if isinstance(case.body, dict):
             case.body["csrf"] = stranger.token
-        resp = case.call(app=hub.app, session=stranger.client)
+        resp = case.call(base_url=stranger.base, session=stranger.session)
         case.validate_response(resp)
         TALLY[("POST /console/signin", "negative", str(resp.status_code))] += 1
         assert resp.status_code in (400, 401, 429) and stored(hub) == before
@@ -422,7 +433,7 @@ def test_hostile_sign_ins_are_refused_never_a_5xx(stranger: Browser, hub: Hub, c
     assert not [r for r in caplog.records if "unhandled error" in r.getMessage()]
 
 
-def test_a_staff_change_without_the_groups_box_keeps_the_groups(boss: Browser,
+def test_a_staff_change_without_the_groups_box_keeps_the_groups(boss: WebBrowser,
                                                                  hub: Hub) -> None:
     """Read as an empty box, it gave the staff member every station."""
     hub.directory.add_staff({"id": "s-qian", "name": "钱", "groups": ["kanmen"],
@@ -435,7 +446,7 @@ def test_a_staff_change_without_the_groups_box_keeps_the_groups(boss: Browser,
     assert hub.directory.get_staff("s-qian")["groups"] == []  # typed empty: every station
 
 
-def test_a_place_form_without_its_boxes_wipes_nothing(boss: Browser, hub: Hub) -> None:
+def test_a_place_form_without_its_boxes_wipes_nothing(boss: WebBrowser, hub: Hub) -> None:
     """Its missing boxes were read as "not known" and saved over the place."""
     full = {"lat": "28.1", "lon": "121.2", "address": "楚门镇先锋路 18 号", "host": "x",
             "hours": "24h", "action": "save"}

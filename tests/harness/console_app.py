@@ -4,19 +4,27 @@ A real ``hub.service.Hub`` (Store on a SQLite file, Writer, Ledger, Fleet, Loans
 AlertStore, Forecaster, Directory) on a ManualClock, not started: the tests feed
 the fleet the station's messages as the ingest would, and drive the console
 through Flask's test client with real sign-in, session cookies and CSRF tokens.
+:func:`serving` and :class:`WebBrowser` do the same over real HTTP: the hub's web
+served by waitress in a thread, a ``requests.Session`` signed in through the form.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import requests
 
 from hub.config import parse_hub_config
 from hub.service import Hub
 from protocol import examples
 from protocol import messages as m
 from protocol.topics import Kind
+from tests.harness.procs import wait_until
 from yizhan.clock import ManualClock
 
 FLEET_KEY = "console-test-fleet-key-0123456789"
@@ -104,6 +112,53 @@ class Browser:
             return page
         assert resp.status_code == 303, resp.status_code
         return self.get(resp.headers["Location"]).get_data(as_text=True)
+
+
+@contextlib.contextmanager
+def serving(hub: Hub) -> Iterator[str]:
+    """``hub``'s web served by waitress (``Hub.serve``) in a thread of this process,
+    as ``yizhan hub`` serves it; yields its base URL. The hub must have been made
+    with ``http={"host": "127.0.0.1", "port": 0}`` (a free port, chosen by the
+    kernel). Stops serving on the way out; closing the hub is the caller's."""
+    web = threading.Thread(target=hub.serve, name="console-web", daemon=True)
+    web.start()
+    wait_until(lambda: hub._server is not None, 10, "the hub's web server")
+    try:
+        yield f"http://127.0.0.1:{hub.http_port}"
+    finally:
+        hub.stop()
+        web.join(10)
+
+
+class WebBrowser:
+    """:class:`Browser` over real HTTP: a ``requests.Session`` keeps the console's
+    session cookie, and ``post`` sends the CSRF token of the last page seen in the
+    form's ``csrf`` field (hub/console/auth.py). Redirects are not followed: a
+    303 is the answer under test."""
+
+    def __init__(self, base: str, name: str | None = None) -> None:
+        self.base = base
+        self.session = requests.Session()
+        self.token = ""
+        if name is not None:
+            self.get("/console/signin")
+            resp = self.post("/console/signin", {"name": name, "password": PASSWORD})
+            assert resp.status_code == 303, resp.status_code
+
+    def get(self, path: str, params: dict[str, str] | None = None) -> requests.Response:
+        resp = self.session.get(self.base + path, params=params, allow_redirects=False,
+                                timeout=30)
+        found = _CSRF.search(resp.content.decode("utf-8", "replace"))
+        if found:
+            self.token = found.group(1)
+        return resp
+
+    def post(self, path: str, form: dict[str, str], csrf: bool = True) -> requests.Response:
+        data = dict(form)
+        if csrf:
+            data["csrf"] = self.token
+        return self.session.post(self.base + path, data=data, allow_redirects=False,
+                                 timeout=30)
 
 
 def placed_stations() -> list[dict]:
