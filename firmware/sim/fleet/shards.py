@@ -35,6 +35,7 @@ from firmware.sim.fleet.faults import parse_fault
 from firmware.sim.fleet.truth import Truth
 
 EXIT_DIED = 1
+EXIT_USAGE = 2
 STOP_GRACE_S = 30.0  # a child's clean stop takes at most ~10 s (Fleet.stop's timeout)
 TAIL = 20  # stderr lines kept of each child
 REPO = Path(__file__).resolve().parents[3]
@@ -137,7 +138,7 @@ def merge(paths: list[Path], out: IO[str]) -> int:
             if rec.get("what") != "summary":
                 yield rec["t"], raw
 
-    files = [p.open(encoding="utf-8") for p in paths if p.exists()]
+    files = [p.open(encoding="utf-8") for p in paths if p.is_file()]
     n = 0
     try:
         for _, raw in heapq.merge(*(records(f) for f in files), key=itemgetter(0)):
@@ -177,6 +178,13 @@ def run_shards(a: argparse.Namespace, opts: Options, out: IO[str] | None, clock)
     if a.fault:  # each scripted fault goes to the child holding its station
         for k, (first, count) in enumerate(parts):
             holder.update(dict.fromkeys(station_ids(a.prefix, opts.stations, first, count), k))
+    truths = [Path(f"{a.truth}.{k + 1}") if a.truth else None for k in range(n)]
+    for path in filter(None, truths):  # the children's files, before any child starts
+        try:
+            path.open("w").close()
+        except OSError as err:
+            print(f"yizhan sim fleet: --truth: {err}", file=sys.stderr)
+            return EXIT_USAGE
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
@@ -186,7 +194,7 @@ def run_shards(a: argparse.Namespace, opts: Options, out: IO[str] | None, clock)
     t0 = clock.monotonic()
     for k, (first, count) in enumerate(parts):
         sids = station_ids(a.prefix, opts.stations, first, count)
-        truth = Path(f"{a.truth}.{k + 1}") if a.truth else None
+        truth = truths[k]
         faults = [f for f in a.fault if holder[parse_fault(f).sid] == k]
         children.append(Child(k, first, count, (sids[0], sids[-1]), truth,
                               _spec(a, first, count, n, truth, faults)))
@@ -229,6 +237,7 @@ def run_shards(a: argparse.Namespace, opts: Options, out: IO[str] | None, clock)
         Truth(out).write(clock.ms(), None, "summary", **summary)
         out.close()
         for c in children:
-            c.truth.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                c.truth.unlink(missing_ok=True)
     print(json.dumps(summary), flush=True)
     return EXIT_DIED if dead else 0
