@@ -152,6 +152,9 @@ def test_silence_refusals_in_the_reader_s_language(hub: Hub, lang: str) -> None:
         ({"duration": "31d"}, "bad_time", {}),
         ({"duration": "2h", "comment": "注" * (MAX_COMMENT + 1)}, "bad_comment",
          {"most": MAX_COMMENT}),
+        # Too long as typed, though not once stripped (found by the forms fuzz).
+        ({"duration": "2h", "comment": "注" * MAX_COMMENT + " "}, "bad_comment",
+         {"most": MAX_COMMENT}),
     ]:
         page = flashed(wang, wang.post("/console/silences", {"alert": alert, **form}))
         assert said(lang, SILENCE_WORDS[code], **values) in page, (form, page)

@@ -79,7 +79,10 @@ def silence_body(form: dict[str, str], alert: dict[str, Any]) -> dict[str, Any]:
     form's ``duration`` (like ``2h``) and ``comment``; ``Mutes.add`` checks it."""
     body: dict[str, Any] = {"sid": alert["sid"], "rule": alert["rule"],
                             "duration": form.get("duration", "")}
-    comment = form.get("comment", "").strip()
+    typed = form.get("comment", "")
+    # Judged as typed (the form's maxlength, the API's): 501 characters ending
+    # in a space are refused, not taken once stripped.
+    comment = typed if len(typed) > MAX_COMMENT else typed.strip()
     if comment:
         body["comment"] = comment
     return body
