@@ -27,7 +27,15 @@ from hypothesis import strategies as st
 from hub import log_once
 from hub.fleet import view as view_module
 from hub.fleet.loans import BANK_ID_MAX
-from hub.fleet.view import AHEAD_KEPT, AHEAD_SHED, APPLIED, DUPLICATE, LOST_KEPT, Seqs
+from hub.fleet.view import (
+    AHEAD_KEPT,
+    AHEAD_SHED,
+    APPLIED,
+    DUPLICATE,
+    LOST_KEPT,
+    OTHER_AHEAD_KEPT,
+    Seqs,
+)
 from hub.log_once import LOG_WINDOW, LOGGED_KEPT
 from hub.storage.schema import events, stations
 from protocol import examples
@@ -75,13 +83,16 @@ def test_every_other_seq_stops_at_the_cap_and_gives_up_the_lowest_gaps():
     for i in range(1, AHEAD_KEPT + 1):
         assert seqs.add(2 * i) is True  # 1, 3, 5, … never come
     assert len(seqs.ahead) == AHEAD_KEPT and seqs.through == 0
-    # One more: the lowest AHEAD_SHED gaps (1, 3, …) are given up at once.
-    assert seqs.add(2 * AHEAD_KEPT + 2) == (1, 2 * AHEAD_SHED - 1)
-    assert seqs.through == 2 * AHEAD_SHED
-    assert len(seqs.ahead) == AHEAD_KEPT + 1 - AHEAD_SHED
-    assert min(seqs.ahead) == 2 * AHEAD_SHED + 2
-    assert seqs.lost == set(range(1, 2 * AHEAD_SHED, 2))  # still welcome
-    assert seqs.add(2 * AHEAD_SHED - 1) is True and not seqs.add(2 * AHEAD_SHED - 1)
+    # One more: the gaps below the lowest AHEAD_SHED + 1 held (1, 3, …, 20 001)
+    # are given up at once, AHEAD_KEPT - AHEAD_SHED left.
+    assert seqs.add(2 * AHEAD_KEPT + 2) == (1, 2 * AHEAD_SHED + 1)
+    assert seqs.through == 2 * AHEAD_SHED + 2
+    assert len(seqs.ahead) == AHEAD_KEPT - AHEAD_SHED
+    assert min(seqs.ahead) == 2 * AHEAD_SHED + 4
+    # The highest LOST_KEPT of them are still welcome; 1 comes too late.
+    assert seqs.lost == set(range(3, 2 * AHEAD_SHED + 2, 2))
+    assert seqs.add(2 * AHEAD_SHED + 1) is True and not seqs.add(2 * AHEAD_SHED + 1)
+    assert not seqs.add(1)
     # Then one give-up every AHEAD_SHED seqs, for ever, and never above the cap.
     gave_up = []
     for i in range(AHEAD_KEPT + 2, 3 * AHEAD_KEPT):
@@ -90,7 +101,7 @@ def test_every_other_seq_stops_at_the_cap_and_gives_up_the_lowest_gaps():
         if taken is not True:
             gave_up.append(taken)
         assert len(seqs.ahead) <= AHEAD_KEPT
-    assert len(gave_up) == (2 * AHEAD_KEPT - 2) // AHEAD_SHED
+    assert len(gave_up) == (2 * AHEAD_KEPT - 2) // (AHEAD_SHED + 1)
     assert len(seqs.lost) == LOST_KEPT  # the highest given up: bounded too
     assert max(seqs.lost) == seqs.through - 1 and seqs.through + 1 not in seqs.ahead
 
@@ -103,8 +114,8 @@ def test_a_hole_near_2_63_is_given_up_without_walking_it():
     base = 2**62
     for i in range(AHEAD_KEPT + 1):
         seqs.add(base + 2 * i)
-    assert seqs.through == base + 2 * (AHEAD_SHED - 1)
-    assert len(seqs.ahead) == AHEAD_KEPT + 1 - AHEAD_SHED
+    assert seqs.through == base + 2 * AHEAD_SHED
+    assert len(seqs.ahead) == AHEAD_KEPT - AHEAD_SHED
     assert len(seqs.lost) == LOST_KEPT and max(seqs.lost) == seqs.through - 1
 
 
@@ -247,6 +258,33 @@ def run_every_other(hub: Parts, clock: ManualClock, caplog: pytest.LogCaptureFix
     # Each give-up of AHEAD_SHED counted (the ten-replay give-ups of 1 000 seqs
     # meanwhile made room too, so there may be fewer).
     assert 1 <= fleet.notes.value(log_once.EVENTS_GIVEN_UP) <= (sent - AHEAD_KEPT) // AHEAD_SHED
+
+
+def test_other_epochs_hold_a_tenth_of_the_cap_each(hub, clock, caplog):
+    """A wiped station cannot replay its old epoch: what is held above its gaps
+    is cut to OTHER_AHEAD_KEPT when it stops being current and as its late
+    events come, so four made-up epochs filled in turn do not hold 5 × the cap."""
+    fleet = hub.fleet
+    caplog.set_level(logging.WARNING, logger="hub.fleet.view")
+    fleet.apply_status(birth(clock, 1), clock.ms())
+    for i in range(1, 3 * OTHER_AHEAD_KEPT + 1):
+        fleet.apply_event(event(clock, 2 * i), clock.ms())
+    assert len(fleet._stations[SID].seqs.ahead) == 3 * OTHER_AHEAD_KEPT  # under AHEAD_KEPT
+    fleet.apply_status(birth(clock, 1, epoch=NEW_EPOCH), clock.ms())
+    old = fleet._stations[SID].others[EPOCH]
+    assert len(old.ahead) <= OTHER_AHEAD_KEPT
+    assert old.through == 2 * (3 * OTHER_AHEAD_KEPT - len(old.ahead))
+    # Its events keep coming (in flight, or made up): still stored, still bounded.
+    for i in range(3 * OTHER_AHEAD_KEPT + 1, 5 * OTHER_AHEAD_KEPT + 1):
+        assert fleet.apply_event(event(clock, 2 * i), clock.ms()) == APPLIED
+        assert len(old.ahead) <= OTHER_AHEAD_KEPT
+    assert fleet.apply_event(event(clock, 2), clock.ms()) == DUPLICATE
+    assert len(hub.rows(events, events.c.epoch == EPOCH)) == 5 * OTHER_AHEAD_KEPT
+    said = lines(caplog, "events held above a gap")
+    assert len(said) == 1 and f"more than {OTHER_AHEAD_KEPT} events" in said[0], said
+    # Once on the switch, then once every OTHER_AHEAD_KEPT // 10 + 1 events.
+    assert fleet.notes.value(log_once.EVENTS_GIVEN_UP) == 1 + 2 * OTHER_AHEAD_KEPT // (
+        OTHER_AHEAD_KEPT // 10 + 1)
 
 
 # -- a new epoch, again and again --------------------------------------------------------

@@ -86,6 +86,12 @@ LOST_KEPT = 10_000
 #: set every ``AHEAD_SHED`` events, not a scan per event. ~7.4 MB at the cap.
 AHEAD_KEPT = 100_000
 AHEAD_SHED = AHEAD_KEPT // 10
+#: The same for each other epoch a station had (``OTHER_EPOCHS_KEPT`` of them):
+#: a wiped station cannot replay its old epoch, so its gaps never close and
+#: what is held above them only tells a late duplicate in flight. Kept small,
+#: a station with a stolen certificate holds at most one full ``ahead``, not
+#: one an epoch (5 × 7.4 MB, filling four made-up epochs in turn).
+OTHER_AHEAD_KEPT = 10_000
 #: A "synced" station clock this far ahead of the hub's receipt is wrong all the
 #: same (an NTP server astray, a Pi whose flag lies): nothing can arrive before it
 #: was sent, so such an event is dated by its receipt, like an unsynced one. Five
@@ -165,20 +171,22 @@ class Seqs:
                 self.ahead = set()
             self.ahead.add(seq)
             if len(self.ahead) > AHEAD_KEPT:
-                return self._shed()
+                return self.shed(AHEAD_KEPT - AHEAD_SHED)
         return True
 
-    def _shed(self) -> tuple[int, int]:
-        """Give up every missing seq below the ``AHEAD_SHED`` lowest held ones:
-        ``through`` moves up to the highest of those, the highest ``LOST_KEPT``
-        seqs given up go to ``lost`` (still welcome if they come), and ``ahead``
-        is made anew (a set never shrinks its table as it empties)."""
+    def shed(self, keep: int) -> tuple[int, int]:
+        """Give up every missing seq below all but the ``keep`` highest held in
+        ``ahead`` (there must be more): ``through`` moves up to the highest of
+        those let go, the highest ``LOST_KEPT`` seqs given up go to ``lost``
+        (still welcome if they come), and ``ahead`` is made anew (a set never
+        shrinks its table as it empties). Returns the span given up."""
         held = sorted(self.ahead)
-        lo, cut = self.through + 1, held[AHEAD_SHED - 1]
+        let_go = len(held) - keep
+        lo, cut = self.through + 1, held[let_go - 1]
         # The missing seqs, from the top down, gap by gap: a hole may be 2**62
         # wide, so only as many are looked at as lost can keep.
         gone: list[int] = []
-        for i in range(AHEAD_SHED - 1, -1, -1):
+        for i in range(let_go - 1, -1, -1):
             below = held[i - 1] if i else self.through
             for seq in range(held[i] - 1, below, -1):
                 if seq not in self.lost:
@@ -187,7 +195,7 @@ class Seqs:
                         break
             if len(gone) == LOST_KEPT:
                 break
-        self.ahead = set(held[AHEAD_SHED:])
+        self.ahead = set(held[let_go:])
         self.through = cut
         lost = set(gone).union(self.lost)
         self.lost = set(sorted(lost)[-LOST_KEPT:]) if len(lost) > LOST_KEPT else lost
@@ -225,6 +233,11 @@ class Seqs:
         while hi > lo and (hi in self.ahead or hi in self.lost):
             hi -= 1
         return lo, hi
+
+
+def _shed_other(seqs: Seqs) -> tuple[int, int]:
+    """Bring another epoch's ``ahead`` down under ``OTHER_AHEAD_KEPT``."""
+    return seqs.shed(OTHER_AHEAD_KEPT - OTHER_AHEAD_KEPT // 10)
 
 
 @dataclass(slots=True)
@@ -868,12 +881,10 @@ class Fleet:
         taken = seqs.add(event.seq)
         if not taken:
             return DUPLICATE
+        if not current and len(seqs.ahead) > OTHER_AHEAD_KEPT:
+            taken = _shed_other(seqs)
         if taken is not True:
-            lo, hi = taken
-            self.notes.say(log, logging.WARNING, v.sid, EVENTS_GIVEN_UP,
-                           "station %s (epoch %s): more than %d events held above a gap; "
-                           "events %d..%d given up, not asked for again", v.sid, event.epoch,
-                           AHEAD_KEPT, lo, hi)
+            self._gave_up(st, event.epoch, taken, AHEAD_KEPT if current else OTHER_AHEAD_KEPT)
         if current:
             v.events_through = seqs.through
             self._learn_seq(st, event.seq, now_ms)
@@ -1064,6 +1075,8 @@ class Fleet:
             if st.others is None:
                 st.others = OrderedDict()
             st.others[v.epoch] = st.seqs
+            if len(st.seqs.ahead) > OTHER_AHEAD_KEPT:
+                self._gave_up(st, v.epoch, _shed_other(st.seqs), OTHER_AHEAD_KEPT)
             while len(st.others) > OTHER_EPOCHS_KEPT:
                 st.others.popitem(last=False)
         v.epoch, v.birth = epoch, None
@@ -1074,6 +1087,14 @@ class Fleet:
         st.known_high, st.state_last_seq = st.seqs.through, 0
         st.marks.clear()
         st.next_replay_ms = st.replay_from = st.replays_of_gap = 0
+
+    def _gave_up(self, st: _Station, epoch: str, span: tuple[int, int], kept: int) -> None:
+        """Say (once an hour) that ``st`` held more than ``kept`` events above a
+        gap of ``epoch``, and which were given up for it."""
+        sid = st.view.sid
+        self.notes.say(log, logging.WARNING, sid, EVENTS_GIVEN_UP,
+                       "station %s (epoch %s): more than %d events held above a gap; "
+                       "events %d..%d given up, not asked for again", sid, epoch, kept, *span)
 
     def _learn_seq(self, st: _Station, seq: int | None, now_ms: int) -> None:
         """The station has created events up to ``seq``: any not held are missing
