@@ -18,10 +18,22 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from hub.fleet.banks import bank_states, estimated_banks, holds_bank
+from hub.http.exposition import (
+    WHOLE,
+    Scrape,
+    esc,
+    families_text,
+    num,
+    sample_name,
+    station_views,
+)
+from hub.http.exposition import floatToGoString as go
 
 log = logging.getLogger(__name__)
 
 WINDOWS = ("24h", "7d", "30d")
+BANK_STATES = ("ready", "charging", "faulty")  # bank_states' keys, in its order
+COUNTERS = ("borrows", "returns", "visits")
 
 
 def min_charge(hub: Any) -> int:
@@ -37,12 +49,40 @@ def leads(hub: Any) -> bool:
     return leader is None or bool(leader.is_leader)
 
 
+#: A station's last State as /metrics shows it (``_state_values``): the
+#: station's (epoch, rev) it was read from, then as the text format writes
+#: them (``num``: small counts are shared strings) the banks ready, charging
+#: and faulty, the empty slots and the estimated banks (all None without a
+#: locker), the water level and temperature, then the doors as sorted
+#: (name, open) pairs, then the counters borrows, returns and visits; None
+#: where the State says nothing.
+StateValues = tuple
+
+#: Door tuples are shared between stations (most stations report the same
+#: doors in the same positions); past this many distinct ones, no longer.
+_SHARED_MAX = 4096
+
+
+def _num_or_none(value: Any) -> str | None:
+    return None if value is None else num(float(value))
+
+
 class FleetCollector(Collector):
     """Every station's §12 series from ``hub.fleet.view``, ``hub.fleet.ledger`` and
-    ``hub.alerting.alerts``."""
+    ``hub.alerting.alerts``.
+
+    A station's State is read once per (epoch, rev), not at every scrape: what
+    the series need of it is kept (``_states``, ~0.27 kB a station) and a State
+    the station has not replaced since the last scrape costs a dict lookup —
+    decoding 100 000 States took a second and a half of every scrape."""
 
     def __init__(self, hub: Any) -> None:
         self.hub = hub
+        # sid -> StateValues. Two scrapes at once may both read a State and
+        # store the same values; nothing else writes here.
+        self._states: dict[str, StateValues] = {}
+        self._threshold: int | None = None
+        self._shared: dict[tuple, tuple] = {}
 
     def describe(self) -> Iterator[Metric]:
         # The families without samples: enough for the registry's name checks,
@@ -50,6 +90,9 @@ class FleetCollector(Collector):
         return iter(self._families().values())
 
     def collect(self) -> Iterator[Metric]:
+        """The series as prometheus_client's objects (``get_sample_value``, and
+        ``generate_latest`` of a registry); /metrics writes the same from
+        :meth:`text`."""
         hub = self.hub
         if not leads(hub):
             # Several workers: the fleet-wide series come from the leader alone,
@@ -57,51 +100,147 @@ class FleetCollector(Collector):
             return
         f = self._families()
         now_ms = hub.clock.ms()
-        threshold = min_charge(hub)
-        for view in hub.fleet.stations():
+        threshold = self._reset(min_charge(hub))
+        availability = hub.ledger.availability
+        views = station_views(hub)
+        for view in views:
             sid = view.sid
             f["up"].add_metric([sid], 1.0 if view.online else 0.0)
             for window in WINDOWS:
-                ratio = hub.ledger.availability(sid, window, now_ms)
+                ratio = availability(sid, window, now_ms)
                 if ratio is not None:
                     f["availability"].add_metric([sid, window], float(ratio))
             if view.last_seen_ms is not None:
                 f["last_seen"].add_metric([sid], view.last_seen_ms / 1000.0)
-            self._state(f, view, threshold)
+            s = self._state_values(view, threshold)
+            if s[2] is not None:  # the values as text: float() gives them back exactly
+                for name, n in zip(BANK_STATES, s[2:5], strict=True):
+                    f["banks"].add_metric([sid, name], float(n))
+                f["slots_empty"].add_metric([sid], float(s[5]))
+                f["banks_estimated"].add_metric([sid], float(s[6]))
+            if s[7] is not None:
+                f["water_level"].add_metric([sid], float(s[7]))
+            if s[8] is not None:
+                f["water_temp"].add_metric([sid], float(s[8]))
+            for door, is_open in s[9]:
+                f["door"].add_metric([sid, door], 1.0 if is_open else 0.0)
+            for key, n in zip(COUNTERS, s[10:13], strict=True):
+                if n is not None:
+                    f[key].add_metric([sid], float(n))
+        self._forget_gone(views)
+        for (sid, rule, severity), n in self._alerts():
+            f["alerts"].add_metric([sid, rule, severity], float(n))
+        yield from f.values()
+
+    def text(self, scrape: Scrape) -> list:
+        """What :meth:`collect` says, as the lines of the text format
+        (hub/http/exposition.py): the same bytes, without an object per line."""
+        hub = self.hub
+        if not leads(hub):
+            return []
+        families = self._families()
+        p = {key: sample_name(family) for key, family in families.items()}
+        now_ms = hub.clock.ms()
+        threshold = self._reset(min_charge(hub))
+        availability = hub.ledger.availability
+        state_values = self._state_values
+        whole = WHOLE.get
+        p_up, p_avail, p_seen = p["up"], p["availability"], p["last_seen"]
+        p_banks, p_empty, p_est = p["banks"], p["slots_empty"], p["banks_estimated"]
+        p_level, p_temp, p_door = p["water_level"], p["water_temp"], p["door"]
+        p_counts = [p[key] for key in COUNTERS]
+        up, avail, seen, banks, empty, est, level, temp, door = ([] for _ in range(9))
+        counts: list[list[str]] = [[], [], []]
+        views = scrape.views(hub)
+        for view in views:
+            sid = view.sid
+            st = f'station="{esc(sid)}"'
+            up.append(f"{p_up}{{{st}}} {'1.0' if view.online else '0.0'}\n")
+            for window in WINDOWS:
+                ratio = availability(sid, window, now_ms)
+                if ratio is not None:
+                    # 1.0 and 0.0 mostly: num's table, without num's call.
+                    avail.append(f'{p_avail}{{{st},window="{window}"}} '
+                                 f'{whole(ratio) or num(ratio)}\n')
+            if view.last_seen_ms is not None:
+                seen.append(f"{p_seen}{{{st}}} {go(view.last_seen_ms / 1000.0)}\n")
+            s = state_values(view, threshold)
+            if s[2] is not None:
+                banks.append(f'{p_banks}{{state="ready",{st}}} {s[2]}\n'
+                             f'{p_banks}{{state="charging",{st}}} {s[3]}\n'
+                             f'{p_banks}{{state="faulty",{st}}} {s[4]}\n')
+                empty.append(f"{p_empty}{{{st}}} {s[5]}\n")
+                est.append(f"{p_est}{{{st}}} {s[6]}\n")
+            if s[7] is not None:
+                level.append(f"{p_level}{{{st}}} {s[7]}\n")
+            if s[8] is not None:
+                temp.append(f"{p_temp}{{{st}}} {s[8]}\n")
+            for name, is_open in s[9]:
+                door.append(f'{p_door}{{door="{esc(name)}",{st}}} '
+                            f"{'1.0' if is_open else '0.0'}\n")
+            for lines, prefix, n in zip(counts, p_counts, s[10:13], strict=True):
+                if n is not None:
+                    lines.append(f"{prefix}{{{st}}} {n}\n")
+        self._forget_gone(views)
+        p_alerts = p["alerts"]
+        alerts = [f'{p_alerts}{{rule="{esc(rule)}",severity="{esc(severity)}",'
+                  f'station="{esc(sid)}"}} {num(n)}\n'
+                  for (sid, rule, severity), n in self._alerts()]
+        return families_text(families, {
+            "up": up, "availability": avail, "last_seen": seen, "banks": banks,
+            "banks_estimated": est, "slots_empty": empty, "water_level": level,
+            "water_temp": temp, "door": door,
+            **dict(zip(COUNTERS, counts, strict=True)), "alerts": alerts})
+
+    def _alerts(self) -> list[tuple[tuple[str, str, str], int]]:
         try:
-            counts = hub.alerts.firing_counts()
+            return sorted(self.hub.alerts.firing_counts().items())
         except Exception:
             # A scrape must still show the fleet while the database is away;
             # /healthz reports the database.
             log.exception("alert counts unavailable for /metrics")
-            counts = {}
-        for (sid, rule, severity), n in sorted(counts.items()):
-            f["alerts"].add_metric([sid, rule, severity], float(n))
-        yield from f.values()
+            return []
 
-    @staticmethod
-    def _state(f: dict[str, Metric], view: Any, threshold: int) -> None:
+    def _forget_gone(self, views: list[Any]) -> None:
+        """Drop the States of stations the fleet no longer holds."""
+        if len(self._states) > len(views):
+            held = {v.sid for v in views}
+            for sid in [sid for sid in self._states if sid not in held]:
+                self._states.pop(sid, None)
+
+    def _reset(self, threshold: int) -> int:
+        """Forget the States read at another lending threshold."""
+        if threshold != self._threshold:
+            self._states, self._threshold = {}, threshold
+        return threshold
+
+    def _state_values(self, view: Any, threshold: int) -> StateValues:
+        """What the series need of the station's last State, read from it once
+        per (epoch, rev): the fleet replaces a State only with a newer rev, or
+        with a new epoch (hub/fleet/view.py)."""
+        held = self._states.get(view.sid)
+        if held is not None and held[1] == view.state_rev and held[0] == view.epoch:
+            return held
         state = view.state or {}
-        sid = view.sid
         banks = bank_states(state, threshold)
-        if banks is not None:
-            for name, n in banks.items():
-                f["banks"].add_metric([sid, name], float(n))
+        if banks is None:
+            locker: tuple = (None,) * 5
+        else:
             slots = state["lockers"].get("slots") or ()
-            f["slots_empty"].add_metric([sid], float(sum(1 for s in slots if not holds_bank(s))))
-            f["banks_estimated"].add_metric([sid], float(estimated_banks(state) or 0))
-        dispenser = state.get("dispenser")
-        if dispenser:
-            if dispenser.get("level") is not None:
-                f["water_level"].add_metric([sid], float(dispenser["level"]))
-            if dispenser.get("temp_c") is not None:
-                f["water_temp"].add_metric([sid], float(dispenser["temp_c"]))
-        for door, is_open in sorted((state.get("doors") or {}).items()):
-            f["door"].add_metric([sid, door], 1.0 if is_open else 0.0)
+            locker = (num(banks["ready"]), num(banks["charging"]), num(banks["faulty"]),
+                      num(sum(1 for s in slots if not holds_bank(s))),
+                      num(estimated_banks(state) or 0))
+        dispenser = state.get("dispenser") or {}
+        doors = tuple(sorted((state.get("doors") or {}).items()))
+        doors = self._shared.get(doors, doors)
+        if len(self._shared) < _SHARED_MAX:
+            self._shared.setdefault(doors, doors)
         counters = state.get("counters") or {}
-        for key in ("borrows", "returns", "visits"):
-            if counters.get(key) is not None:
-                f[key].add_metric([sid], float(counters[key]))
+        values = (view.epoch, view.state_rev, *locker,
+                  _num_or_none(dispenser.get("level")), _num_or_none(dispenser.get("temp_c")),
+                  doors, *(_num_or_none(counters.get(key)) for key in COUNTERS))
+        self._states[view.sid] = values
+        return values
 
     @staticmethod
     def _families() -> dict[str, Metric]:

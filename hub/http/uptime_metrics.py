@@ -35,6 +35,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from hub.fleet.seconds import KINDS
+from hub.http.exposition import Scrape, esc, families_text, num, sample_name
 from hub.http.health import problems_of
 from hub.http.metrics import leads
 
@@ -45,6 +46,12 @@ SUPPLIES = ("water", "chargers")
 #: with the hourly rates, not from one scrape to the next, and asking 100 000
 #: of them at every scrape would cost a second.
 FORECAST_TTL_MS = 60_000
+
+
+def _account(account: Any) -> tuple[tuple[float, ...], int]:
+    """(seconds in each of KINDS, outages) of a ledger account; zeros for a
+    station without a change point."""
+    return ((0.0,) * len(KINDS), 0) if account is None else account[1:]
 
 
 def _ttl(sid: str) -> int:
@@ -59,54 +66,98 @@ class UptimeCollector(Collector):
 
     def __init__(self, hub: Any) -> None:
         self.hub = hub
-        self._forecasts: dict[tuple[str, str], tuple[int, float | None]] = {}
+        # sid -> (asked at, due again at, seconds left of each of SUPPLIES or None):
+        # one entry a station, both supplies asked together.
+        self._forecasts: dict[str, tuple[Any, ...]] = {}
         self._lock = threading.Lock()  # two scrapes at once share the forecasts
 
     def describe(self) -> Iterator[Metric]:
         return iter(self._families().values())
 
     def collect(self) -> Iterator[Metric]:
-        hub = self.hub
+        """The series as prometheus_client's objects; /metrics writes the same
+        from :meth:`text`."""
         f = self._families()
-        now_ms = hub.clock.ms()
-        leading = leads(hub)
-        # Another worker leads: it exports the fleet, this one only itself.
-        views = hub.fleet.stations() if leading else []
+        views, accounts, predictions, healthy, leading = self._read(Scrape())
         for view in views:
             f["info"].add_metric([view.sid, view.name or "", view.group or ""], 1.0)
-        accounts = hub.ledger.seconds(((v.sid, v.last_seen_ms) for v in views), now_ms)
         for view, account in zip(views, accounts, strict=True):
-            seconds, outages = ((0.0,) * len(KINDS), 0) if account is None else account[1:]
+            seconds, outages = _account(account)
             for state, value in zip(KINDS, seconds, strict=True):
                 f["seconds"].add_metric([view.sid, state], value)
             f["outages"].add_metric([view.sid], float(outages))
-        forecaster = getattr(hub, "forecaster", None)
-        if forecaster is not None and leading:
-            with self._lock:
-                self._predictions(f["empty"], forecaster, views, now_ms)
-        f["healthy"].add_metric([], 0.0 if problems_of(hub) else 1.0)
+        for sid, supply, left in predictions:
+            f["empty"].add_metric([sid, supply], left)
+        f["healthy"].add_metric([], 1.0 if healthy else 0.0)
         f["leader"].add_metric([], 1.0 if leading else 0.0)
         yield from f.values()
 
-    def _predictions(self, family: GaugeMetricFamily, forecaster: Any, views: list[Any],
-                     now_ms: int) -> None:
+    def text(self, scrape: Scrape) -> list:
+        """What :meth:`collect` says, as the lines of the text format
+        (hub/http/exposition.py)."""
+        families = self._families()
+        p = {key: sample_name(family) for key, family in families.items()}
+        views, accounts, predictions, healthy, leading = self._read(scrape)
+        p_info, p_seconds, p_outages, p_empty = p["info"], p["seconds"], p["outages"], p["empty"]
+        info, seconds, outages = [], [], []
+        kinds = [f'{p_seconds}{{state="{kind}",' for kind in KINDS]
+        for view, account in zip(views, accounts, strict=True):
+            sid = esc(view.sid)
+            info.append(f'{p_info}{{group="{esc(view.group or "")}",'
+                        f'name="{esc(view.name or "")}",station="{sid}"}} 1.0\n')
+            spent, n = _account(account)
+            seconds.append("".join([f'{kind}station="{sid}"}} {num(value)}\n'
+                                    for kind, value in zip(kinds, spent, strict=True)]))
+            outages.append(f'{p_outages}{{station="{sid}"}} {num(float(n))}\n')
+        empty = [f'{p_empty}{{station="{esc(sid)}",supply="{supply}"}} {num(left)}\n'
+                 for sid, supply, left in predictions]
+        return families_text(families, {
+            "info": info, "seconds": seconds, "outages": outages, "empty": empty,
+            "healthy": [f"{p['healthy']} {'1.0' if healthy else '0.0'}\n"],
+            "leader": [f"{p['leader']} {'1.0' if leading else '0.0'}\n"]})
+
+    def _read(self, scrape: Scrape) -> tuple[list[Any], list[Any], list[tuple[str, str, float]],
+                                              bool, bool]:
+        """(views, their accounts, forecasts, healthy, leading) at this scrape."""
+        hub = self.hub
+        now_ms = hub.clock.ms()
+        leading = leads(hub)
+        # Another worker leads: it exports the fleet, this one only itself.
+        views = scrape.views(hub) if leading else []
+        accounts = hub.ledger.seconds(((v.sid, v.last_seen_ms) for v in views), now_ms)
+        predictions: list[tuple[str, str, float]] = []
+        forecaster = getattr(hub, "forecaster", None)
+        if forecaster is not None and leading:
+            with self._lock:
+                predictions = self._predictions(forecaster, views, now_ms)
+        return views, accounts, predictions, not problems_of(hub), leading
+
+    def _predictions(self, forecaster: Any, views: list[Any], now_ms: int
+                     ) -> list[tuple[str, str, float]]:
+        out = []
+        forecasts = self._forecasts
         for view in views:
             if not view.online:
                 continue  # a silent station's forecast is stale: no answer, not a guess
-            for supply in SUPPLIES:
-                key = (view.sid, supply)
-                cached = self._forecasts.get(key)
-                if cached is None or not 0 <= now_ms - cached[0] < _ttl(view.sid):
-                    try:
-                        left = forecaster.time_to_empty(view.sid, supply, now_ms=now_ms)
-                    except Exception:
-                        log.exception("forecast of %s for %s failed", supply, view.sid)
-                        left = None
-                    cached = self._forecasts[key] = (now_ms, left)
-                if cached[1] is not None:
+            sid = view.sid
+            held = forecasts.get(sid)
+            if held is None or not held[0] <= now_ms < held[1]:
+                held = forecasts[sid] = (now_ms, now_ms + _ttl(sid),
+                                         *(self._ask(forecaster, sid, supply, now_ms)
+                                           for supply in SUPPLIES))
+            for supply, left in zip(SUPPLIES, held[2:], strict=True):
+                if left is not None:
                     # Counted down since it was asked, as the forecast itself would.
-                    left = max(0.0, cached[1] - (now_ms - cached[0]) / 1000)
-                    family.add_metric([view.sid, supply], left)
+                    out.append((sid, supply, max(0.0, left - (now_ms - held[0]) / 1000)))
+        return out
+
+    @staticmethod
+    def _ask(forecaster: Any, sid: str, supply: str, now_ms: int) -> float | None:
+        try:
+            return forecaster.time_to_empty(sid, supply, now_ms=now_ms)
+        except Exception:
+            log.exception("forecast of %s for %s failed", supply, sid)
+            return None
 
     @staticmethod
     def _families() -> dict[str, Metric]:

@@ -16,7 +16,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from flask import Blueprint, Flask, current_app, g, jsonify, request, url_for
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from werkzeug.exceptions import HTTPException
 
 from hub.alerting.alerts import (
@@ -33,6 +33,7 @@ from hub.fleet.banks import bank_states
 from hub.fleet.commands import BadCommand, CommandNotSent, TooManyReplays
 from hub.http import openapi, stored_tokens
 from hub.http.ackpage import ack_by_link, ack_page
+from hub.http.exposition import exposition
 from hub.http.health import problems_of
 from hub.http.metrics import min_charge
 from protocol.errors import InvalidIdentifier
@@ -98,7 +99,9 @@ def create_app(hub: Hub) -> Flask:
 
     @app.get("/metrics")
     def metrics():
-        return generate_latest(hub.registry), 200, {"Content-Type": CONTENT_TYPE_LATEST}
+        # The bytes generate_latest would give, written without an object per
+        # line (hub/http/exposition.py: 2.4 million lines at 100 000 stations).
+        return exposition(hub.registry), 200, {"Content-Type": CONTENT_TYPE_LATEST}
 
     # No bearer token: the signed, expiring token in the link is the authority
     # (hub/alerting/acklink.py). A phone opens it from a chat message, so the answer is a page;
