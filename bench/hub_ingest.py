@@ -1134,6 +1134,11 @@ def scheduled_collections(h: HubUnderTest) -> dict:
         if collect is not None:
             out[f"{name}_found"] = collect()
             out[name] = h.collections[-1][2]
+            if name == "young":
+                # What the hub holds once the storm is written and its next
+                # minute's collection ran (which gives freed memory back, since
+                # session 10): the end's RSS still holds the storm's queue.
+                out["rss_settled"] = rss_mb()[0]
     return out
 
 
@@ -1191,6 +1196,12 @@ def report(res: dict, rss0: float, quick: bool, elapsed: float) -> None:
         print(f"| hub RSS a station at the end: (RSS {res['hub_rss_end']:.0f} − "
               f"{rss0:.0f} MB before the hub) ÷ {fmt_int(res['stations'])} | "
               f"**{per:.1f} KB** | — | — |")
+        settled = res.get("gc", {}).get("rss_settled")
+        if settled is not None:
+            per = (settled - rss0) * 1024 / res["stations"]
+            print(f"| hub RSS a station once settled (after the scheduled young collection "
+                  f"that follows the storm): (RSS {settled:.0f} − {rss0:.0f} MB) ÷ "
+                  f"{fmt_int(res['stations'])} | **{per:.1f} KB** | — | — |")
     r = res.get("gc_run")
     if r:
         print(f"| longest garbage-collection pause from first contact to the reconnect "
