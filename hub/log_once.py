@@ -99,9 +99,10 @@ CLOSED_BY_STATE = "closed_by_state"  # a State showed another station's lent ban
 BANKLESS_NO_RIDER = "bankless_no_rider"  # a bank with no id back, no rider named
 BANKLESS_UNMATCHED = "bankless_unmatched"  # a bank-less return matching no loan
 BANKLESS_CLOSED = "bankless_closed"  # a bank-less loan closed by a return
+LOANS_FULL = "loans_full"  # a borrow past the open loans kept per station: no loan
 NOTES = (NEW_EPOCH, EVENTS_GIVEN_UP, BANK_ID_TOO_LONG, RETURN_UNMATCHED, RETURN_ELSEWHERE,
          BORROW_ELSEWHERE, BORROW_AGAIN, CLOSED_BY_STATE, BANKLESS_NO_RIDER,
-         BANKLESS_UNMATCHED, BANKLESS_CLOSED)
+         BANKLESS_UNMATCHED, BANKLESS_CLOSED, LOANS_FULL)
 
 
 class StationNotes(Collector):

@@ -6,7 +6,9 @@ can repeat without end costs the hub bounded memory and one log line an hour.
   hub, and its replay bookkeeping stays a handful of entries;
 - a station alternating two epochs, and loan events naming made-up banks and
   riders, log their line once an hour per (station, what), each counted in
-  ``yizhan_hub_station_notes_total{what}``.
+  ``yizhan_hub_station_notes_total{what}``;
+- borrows of made-up banks (or bank-less ones for made-up riders) open at most
+  ``OPEN_LOANS_KEPT`` loans per station, in memory and in the table.
 
 Real SQLite or PostgreSQL store, writer, ledger and loans (tests/test_hub_fleet.py's
 ``Parts``); production bounds throughout.
@@ -25,8 +27,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hub import log_once
+from hub.fleet import loans as loans_module
 from hub.fleet import view as view_module
-from hub.fleet.loans import BANK_ID_MAX
+from hub.fleet.loans import BANK_ID_MAX, OPEN_LOANS_KEPT, Loans
 from hub.fleet.view import (
     AHEAD_KEPT,
     AHEAD_SHED,
@@ -38,6 +41,7 @@ from hub.fleet.view import (
 )
 from hub.log_once import LOG_WINDOW, LOGGED_KEPT
 from hub.storage.schema import events, stations
+from hub.storage.schema import loans as loans_table
 from protocol import examples
 from protocol import messages as m
 from protocol.errors import InvalidMessage
@@ -406,6 +410,129 @@ def test_a_bankless_loan_closed_again_and_again_is_said_once(hub, clock, caplog)
     assert fleet.loans.open_count() == 0  # every one closed
     assert len(lines(caplog, "closed by a return")) == 1
     assert fleet.notes.value(log_once.BANKLESS_CLOSED) == 500
+
+
+# -- loans: at most OPEN_LOANS_KEPT open per station ---------------------------------------
+
+
+def loans_bytes(snapshot: tracemalloc.Snapshot) -> int:
+    """What the loans (and the notes) hold, wherever the fleet calls them from."""
+    files = [tracemalloc.Filter(True, loans_module.__file__),
+             tracemalloc.Filter(True, log_once.__file__)]
+    return sum(s.size for s in snapshot.filter_traces(files).statistics("filename"))
+
+
+def open_rows(hub: Parts, sid: str) -> int:
+    return len(hub.rows(loans_table, loans_table.c.sid == sid,
+                        loans_table.c.returned_ms.is_(None)))
+
+
+def test_a_station_borrowing_made_up_banks_keeps_the_cap(tmp_path, clock, caplog):
+    """A stolen certificate borrows 20 000 made-up banks, one after another: the
+    hub keeps OPEN_LOANS_KEPT of its loans open, in memory and in the table,
+    and no more memory past them; every borrow is stored as an event, the line
+    comes once and the rest are counted. An honest station beside it lends and
+    takes back as before; a bank returned at the full station makes room for
+    one more; a restarted hub loads no more than the cap. On SQLite only: what
+    is measured is the loans' memory."""
+    hub = Parts(f"sqlite:///{tmp_path / 'hub.db'}", clock)
+    try:
+        run_made_up_borrows(hub, clock, caplog)
+    finally:
+        hub.close()
+
+
+def run_made_up_borrows(hub: Parts, clock: ManualClock,
+                        caplog: pytest.LogCaptureFixture) -> None:
+    fleet, loans = hub.fleet, hub.fleet.loans
+    caplog.set_level(logging.WARNING, logger="hub.fleet.loans")
+    fleet.apply_status(birth(clock, 1), clock.ms())
+    fleet.apply_status(birth(clock, 1, sid=OTHER), clock.ms())
+    total = 20_000
+    tracemalloc.start()
+    try:
+        for i in range(1, total + 1):
+            assert fleet.apply_event(borrowed(clock, i, f"PB{i:06X}"), clock.ms()) == APPLIED
+            if i % 100 == 0:
+                clock.advance(1)
+            if i == OPEN_LOANS_KEPT + 1_000:
+                assert hub.writer.flush(60) and hub.writer.flush(60)
+                start = tracemalloc.take_snapshot()
+        assert hub.writer.flush(60) and hub.writer.flush(60)
+        end = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    grown = loans_bytes(end) - loans_bytes(start)
+    # Unbounded, the 14 000 borrows between the snapshots were 3.3 MB of loans.
+    assert grown < 50_000, f"the loans grew {grown} bytes over {total - OPEN_LOANS_KEPT - 1_000}"
+    assert loans_bytes(end) < OPEN_LOANS_KEPT * 1_000
+    assert loans.open_count(SID) == OPEN_LOANS_KEPT == open_rows(hub, SID)
+    assert loans.open_loan(f"PB{OPEN_LOANS_KEPT:06X}") is not None
+    assert loans.open_loan(f"PB{OPEN_LOANS_KEPT + 1:06X}") is None
+    assert len(loans.overdue(clock.ms() + 25 * 3_600_000)) == OPEN_LOANS_KEPT
+    with hub.store.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(events)
+                            .where(events.c.sid == SID)).scalar_one() == total
+    said = lines(caplog, "the most kept per station")
+    assert len(said) == 1 and "(logged once an hour per station)" in said[0], said
+    assert fleet.notes.value(log_once.LOANS_FULL) == total - OPEN_LOANS_KEPT
+
+    # The honest station lends and takes back as before.
+    assert fleet.apply_event(borrowed(clock, 1, "PBF012AF", sid=OTHER), clock.ms()) == APPLIED
+    assert loans.open_count(OTHER) == 1 and loans.open_loan("PBF012AF").sid == OTHER
+    assert fleet.apply_event(returned(clock, 2, "PBF012AF", sid=OTHER), clock.ms()) == APPLIED
+    assert loans.open_count(OTHER) == 0 == open_rows(hub, OTHER)
+
+    # A bank back at the full station makes room for one more, and only one.
+    seq = total
+    for bank in ("PB000001", "PBFFFF01", "PBFFFF02"):
+        seq += 1
+        kind = returned if bank == "PB000001" else borrowed
+        assert fleet.apply_event(kind(clock, seq, bank), clock.ms()) == APPLIED
+    assert loans.open_loan("PB000001") is None
+    assert loans.open_loan("PBFFFF01") is not None and loans.open_loan("PBFFFF02") is None
+    assert loans.open_count(SID) == OPEN_LOANS_KEPT == open_rows(hub, SID)
+
+    # A restart loads the cap, not what the table holds past it (rows written
+    # before the cap was kept): the oldest, as the running hub kept them.
+    with hub.store.engine.begin() as conn:
+        conn.execute(loans_table.insert(), [
+            {"sid": SID, "bank": f"PX{i:06X}", "rider": None, "slot": 1,
+             "borrowed_ms": clock.ms() + i, "due_ms": clock.ms() + i + 1,
+             "borrow_event": f"{SID}/{EPOCH}/{10**6 + i}"} for i in range(10)])
+    again = Loans(hub.store)
+    assert again.open_count(SID) == OPEN_LOANS_KEPT and again.open_count(OTHER) == 0
+    assert again.open_loan("PB000002") is not None and again.open_loan("PX000000") is None
+    assert lines(caplog, "10 open loans of yh-chumen-01 in the table past the")
+
+
+def test_bankless_borrows_by_made_up_riders_share_the_cap(hub, clock, caplog):
+    """A station lending with ``bank: null`` (loans kept by the borrow key)
+    for made-up riders fills the same cap; a borrow by bank id is then refused
+    too, and a bank-less return makes room."""
+    fleet, loans = hub.fleet, hub.fleet.loans
+    caplog.set_level(logging.WARNING, logger="hub.fleet.loans")
+    fleet.apply_status(birth(clock, 1), clock.ms())
+
+    def bankless(seq: int, rider: str) -> m.Event:
+        return event(clock, seq, "bank_borrowed",
+                     {"slot": 3, "bank": None, "charge": 96, "rider": rider})
+
+    over = 50
+    for i in range(1, OPEN_LOANS_KEPT + over + 1):
+        assert fleet.apply_event(bankless(i, f"r-{i}"), clock.ms()) == APPLIED
+    seq = OPEN_LOANS_KEPT + over
+    assert fleet.apply_event(borrowed(clock, seq + 1, "PB0012AF"), clock.ms()) == APPLIED
+    assert loans.open_count(SID) == OPEN_LOANS_KEPT == open_rows(hub, SID)
+    assert loans.open_loan("PB0012AF") is None
+    assert fleet.notes.value(log_once.LOANS_FULL) == over + 1
+    assert len(lines(caplog, "the most kept per station")) == 1
+    # Rider r-7 brings a bank back: room for one, which the next borrow takes.
+    assert fleet.apply_event(bankless_returned(clock, seq + 2, "r-7"), clock.ms()) == APPLIED
+    assert loans.open_count(SID) == OPEN_LOANS_KEPT - 1
+    assert fleet.apply_event(borrowed(clock, seq + 3, "PB0012AF"), clock.ms()) == APPLIED
+    assert loans.open_loan("PB0012AF") is not None
+    assert loans.open_count(SID) == OPEN_LOANS_KEPT == open_rows(hub, SID)
 
 
 # -- the count, on /metrics ------------------------------------------------------------------

@@ -35,7 +35,9 @@ stores the event (``Writer`` op), only when that insert inserted:
 >>> loans.overdue(clock.ms())                           # open loans past due
 
 The open loans are also kept in memory, loaded at start, for ``open_count`` and
-``overdue`` without a query per scrape.
+``overdue`` without a query per scrape. At most ``OPEN_LOANS_KEPT`` of them were
+lent by one station: a borrow past it is only its event (a stolen certificate
+borrowing made-up banks must not grow the hub, docs/security.md).
 
 Loans without a bank id: a station whose cabinet cannot read bank ids (a
 lock-control board, docs/hardware.md) lends with ``bank: null``; the loan is
@@ -64,6 +66,7 @@ from hub.log_once import (
     BORROW_AGAIN,
     BORROW_ELSEWHERE,
     CLOSED_BY_STATE,
+    LOANS_FULL,
     RETURN_ELSEWHERE,
     RETURN_UNMATCHED,
     StationNotes,
@@ -83,6 +86,19 @@ UNMATCHED_KEPT = 10_000
 #: station's State to show the bank (a State comes at least once a minute,
 #: contract §5) before the loan counts as overdue.
 RETURN_CONFIRM_MS = 10 * 60_000
+
+#: The most open loans kept lent by one station (by bank id and bank-less
+#: together). A loan opens when a bank leaves one of the station's slots (12
+#: in a typical locker) and stays open until that bank comes back anywhere, or
+#: for ever if it never does (overdue, not closed). A busy station lends a few
+#: hundred banks a day at most (docs/forecast.md: 3 an hour at noon), so its
+#: open loans are a day's borrows plus the banks never brought back: 5 000 is
+#: weeks of borrows with none returned, or a lost bank a day for over a decade.
+#: Only a stolen certificate naming made-up banks or riders gets there; past it
+#: a borrow is still stored (the event is history) but opens no loan, so hub
+#: memory (~230 bytes a loan), the ``loans`` table's open rows and the walks over
+#: them (``overdue`` each tick, the console's loans page) stay bounded per station.
+OPEN_LOANS_KEPT = 5_000
 
 #: The writes a borrow or return causes, in the transaction that stores its event.
 Effect = list[Rows]
@@ -169,6 +185,9 @@ class Loans:
         self._claims: dict[str, Claim] = {}  # by bank: returns elsewhere, unconfirmed
         self._bankless: dict[str, Loan] = {}  # by borrow key: loans without a bank id
         self._unmatched_riders: dict[str, tuple[str, int]] = {}  # bank-less returns, by rider
+        #: Open loans (both kinds) by the station that lent them, at most
+        #: OPEN_LOANS_KEPT each; a station with none has no entry.
+        self._lent: dict[str, int] = {}
         # Built once: a statement built per event costs SQLAlchemy a new cache key
         # on every execute, on the ingest's hot path (bench/hub_ingest.py).
         self._insert = store.insert_ignore(table)
@@ -195,7 +214,11 @@ class Loans:
         self._load()
 
     def _load(self) -> None:
-        q = sa.select(table).where(table.c.returned_ms.is_(None)).order_by(table.c.borrowed_ms)
+        # In the order they were lent (the id, for the same ms): past the cap, the
+        # running hub kept the first.
+        q = (sa.select(table).where(table.c.returned_ms.is_(None))
+             .order_by(table.c.borrowed_ms, table.c.id))
+        skipped: dict[str, int] = {}
         with self.store.engine.connect() as conn:
             for row in conn.execute(q).mappings():
                 bank = row["bank"]
@@ -203,15 +226,24 @@ class Loans:
                     key=row["borrow_event"], sid=row["sid"], bank=bank,
                     rider=row["rider"], slot=row["slot"], borrowed_ms=row["borrowed_ms"],
                     due_ms=row["due_ms"])
-                if bank is None:
-                    self._bankless[loan.key] = loan
+                if self._full(loan.sid, None if bank is None else self._open.get(bank)):
+                    # Rows past the cap (written before it was kept, or by a
+                    # hub with a larger one): the oldest are kept, as a running
+                    # hub would have; the rest stay rows, not in memory.
+                    skipped[loan.sid] = skipped.get(loan.sid, 0) + 1
                     continue
-                self._open[bank] = loan
+                if bank is None:
+                    self._put_bankless(loan)
+                    continue
+                self._put(loan)
                 if row["claim_sid"] is not None and row["confirm_by_ms"] is not None:
                     self._claims[bank] = Claim(row["claim_sid"], row["claim_ms"],
                                                row["confirm_by_ms"])
                 else:
                     self._claims.pop(bank, None)  # an older row's claim is not this loan's
+        for sid, n in skipped.items():  # one line per station, once per start
+            log.warning("%d open loans of %s in the table past the %d kept per station: "
+                        "not loaded (they stay open rows)", n, sid, OPEN_LOANS_KEPT)
 
     # -- reading ------------------------------------------------------------------------
 
@@ -220,8 +252,7 @@ class Loans:
         with self._lock:
             if sid is None:
                 return len(self._open) + len(self._bankless)
-            return sum(1 for loans in (self._open, self._bankless)
-                       for loan in loans.values() if loan.sid == sid)
+            return self._lent.get(sid, 0)
 
     def open_loan(self, bank: str) -> Loan | None:
         with self._lock:
@@ -292,7 +323,7 @@ class Loans:
                     # and a State that raced the borrow must not.
                     continue
                 claim = self._claims.pop(bank, None)
-                del self._open[bank]
+                self._drop(bank)
                 if claim is not None and claim.sid == sid:
                     back_ms = claim.returned_ms
                     self.notes.say(log, logging.INFO, sid, CLOSED_BY_STATE,
@@ -342,11 +373,17 @@ class Loans:
                                "no State of %s showed it; a claim until one does",
                                loan.bank, sid, previous.sid, sid)
                 return self._claimed(previous, sid, at_ms, now_ms)
+            late_round = (previous is not None and previous.key != loan.key
+                          and previous.borrowed_ms > at_ms)
+            opens = earlier[0] != sid if heard_back else not late_round
+            if opens and self._full(sid, previous):
+                self._say_full(sid, f"bank {loan.bank!r}")
+                return []
             if heard_back and earlier[0] != sid:
                 # Its return elsewhere was heard first: a claim, until that
                 # station's State shows the bank.
                 self._unmatched.pop(loan.bank)
-                self._open[loan.bank] = loan
+                self._put(loan)
                 claim = Claim(earlier[0], earlier[1], earlier[1] + RETURN_CONFIRM_MS)
                 self._claims[loan.bank] = claim
             elif heard_back:
@@ -367,7 +404,7 @@ class Loans:
                                        "open; closing that loan", loan.bank, sid, previous.sid)
                 if returned is None:
                     self._claims.pop(loan.bank, None)  # taken again: any claim is moot
-                    self._open[loan.bank] = loan
+                    self._put(loan)
         values = {"sid": sid, "bank": loan.bank, "rider": loan.rider, "slot": loan.slot,
                   "charge": data.get("charge"), "borrowed_ms": at_ms, "due_ms": loan.due_ms,
                   "borrow_event": loan.key,
@@ -401,7 +438,7 @@ class Loans:
                 # (both held back by an outage); the return is never before it.
                 at_ms = max(at_ms, loan.borrowed_ms)
             if loan is not None and loan.borrowed_ms <= at_ms:
-                del self._open[bank]
+                self._drop(bank)
             else:
                 if len(self._unmatched) >= UNMATCHED_KEPT:
                     self._unmatched.pop(next(iter(self._unmatched)))
@@ -441,6 +478,7 @@ class Loans:
                 return []
             loan = mine[0]
             del self._bankless[loan.key]
+            self._less(loan.sid)
         back_ms = max(at_ms, loan.borrowed_ms)
         self.notes.say(log, logging.INFO, sid, BANKLESS_CLOSED,
                        "bank-less loan %s of %s closed by a return at %s", loan.key, rider, sid)
@@ -458,8 +496,11 @@ class Loans:
             if earlier is not None and earlier[1] >= at_ms:
                 # Its return was heard first (the lending station was offline).
                 returned = self._unmatched_riders.pop(rider)
+            elif self._full(sid, None):
+                self._say_full(sid, f"a bank with no id (rider {rider[:40]!r})")
+                return []
             else:
-                self._bankless[loan.key] = loan
+                self._put_bankless(loan)
         values = {"sid": sid, "bank": None, "rider": rider, "slot": loan.slot,
                   "charge": data.get("charge"), "borrowed_ms": at_ms, "due_ms": loan.due_ms,
                   "borrow_event": loan.key,
@@ -467,6 +508,42 @@ class Loans:
                   "returned_sid": returned[0] if returned else None,
                   "claim_sid": None, "claim_ms": None, "confirm_by_ms": None}
         return [Rows(self._insert, values, order=(ORDER, rider))]
+
+    # -- how many each station has lent -------------------------------------------------------
+    # Callers hold the lock (or are _load, before anyone else can).
+
+    def _full(self, sid: str, replaced: Loan | None) -> bool:
+        """Whether a new loan of ``sid`` would pass the cap: not when it takes
+        the place of one ``sid`` lent (the same bank, borrowed there again)."""
+        return (self._lent.get(sid, 0) >= OPEN_LOANS_KEPT
+                and (replaced is None or replaced.sid != sid))
+
+    def _say_full(self, sid: str, what: str) -> None:
+        self.notes.say(log, logging.WARNING, sid, LOANS_FULL,
+                       "%s borrowed at %s while %d loans from %s are open, the most kept "
+                       "per station; stored as an event, no loan opened",
+                       what, sid, OPEN_LOANS_KEPT, sid)
+
+    def _put(self, loan: Loan) -> None:
+        previous = self._open.get(loan.bank)
+        if previous is not None:
+            self._less(previous.sid)
+        self._open[loan.bank] = loan
+        self._lent[loan.sid] = self._lent.get(loan.sid, 0) + 1
+
+    def _drop(self, bank: str) -> None:
+        self._less(self._open.pop(bank).sid)
+
+    def _put_bankless(self, loan: Loan) -> None:
+        self._bankless[loan.key] = loan
+        self._lent[loan.sid] = self._lent.get(loan.sid, 0) + 1
+
+    def _less(self, sid: str) -> None:
+        n = self._lent[sid] - 1
+        if n:
+            self._lent[sid] = n
+        else:
+            del self._lent[sid]
 
     @staticmethod
     def _keep_unmatched(kept: dict, key: str, value: tuple[str, int]) -> None:
