@@ -18,6 +18,8 @@ REPO = Path(__file__).resolve().parents[1]
 #: A hub package may import those at its own rank or lower, never higher.
 HUB_RANK = {
     "hub.storage": 0,
+    # A line logged once an hour per key, and the station notes' counter.
+    "hub.log_once": 0,
     "hub.config": 1,
     "hub.fleet": 2,
     "hub.mqtt": 3,
