@@ -91,6 +91,8 @@ def hub_run(msgs: list[Message], database: str, profile: cProfile.Profile | None
                 if not hub.engine._dirty:
                     break
             time.sleep(0.005)
+        # The scheduler's job (every 2 s in a running hub): the new States packed.
+        hub.fleet.pack_states()
         spent = time.process_time() - c0
         if profile is not None:
             profile.disable()

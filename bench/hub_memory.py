@@ -34,6 +34,7 @@ from prometheus_client import CollectorRegistry  # noqa: E402
 
 from hub.config import parse_hub_config  # noqa: E402
 from hub.service import Hub  # noqa: E402
+from yizhan import heap  # noqa: E402
 
 ROUNDS = ("birth", "state", "event", "event", "state", "event")
 
@@ -83,9 +84,11 @@ def main() -> int:
                 break
         time.sleep(0.01)
     hub.writer.flush(300)
+    hub.fleet.pack_states()  # what the running hub's scheduler does every 2 s
     if args.read:
         hub.fleet.stations()
     gc.collect()
+    heap.give_back()  # as the hub's scheduled collection does, once a minute
     rss1, objects1 = rss_mb(), len(gc.get_objects())
     print(f"{n} stations × {len(ROUNDS)} messages in {time.monotonic() - t0:.0f} s: RSS "
           f"{rss0:.0f} → {rss1:.0f} MB, **{(rss1 - rss0) * 1024 * 1024 / n:.0f} B a station**; "
